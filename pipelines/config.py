@@ -1,0 +1,297 @@
+"""flows.yaml: one loader, typed settings per stage, and errors that name the flow and key path."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A flows.yaml problem; the message names the file, the flow and the key path."""
+
+
+EVAL_SPLITS = ["test", "validation", "valid", "val", "eval", "dev"]
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """Where the samples come from (loaded through Hugging Face `datasets`)."""
+
+    type: Literal["imagefolder", "files", "disk", "hub"]
+    path: str | None = None
+    format: Literal["parquet", "csv", "json"] | None = None
+    data_files: list[str] | None = None
+    name: str | None = None
+    config: str | None = None
+    revision: str | None = None
+    splits: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class ColumnSettings:
+    """Which source columns hold the id, content, label, split and precomputed embeddings."""
+
+    id: str | None = None
+    image: str | None = None
+    text: str | None = None
+    label: str | None = "label"
+    split: str | None = None
+    embedding: str | None = None
+
+
+@dataclass(frozen=True)
+class EmbedderSettings:
+    """Which embedder turns samples into vectors, and how it runs."""
+
+    type: Literal["open_clip", "open_clip_text", "sentence_transformers", "pixels", "precomputed"]
+    model: str | None = None
+    pretrained: str | None = None
+    device: str = "auto"
+    batch_size: int = 64
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    num_workers: int = 0
+    size: int = 16
+    shard_rows: int = 4096
+
+
+@dataclass(frozen=True)
+class DedupSettings:
+    """Exact and near-duplicate detection and the policies that decide what survives."""
+
+    exact: bool = True
+    near: bool = True
+    threshold: float = 0.95
+    keep: Literal["first", "last", "largest", "centroid"] = "first"
+    eval_splits: list[str] = field(default_factory=lambda: list(EVAL_SPLITS))
+    leakage: Literal["drop_train", "drop_eval", "report"] = "drop_train"
+    dedup_eval: bool = False
+    search: Literal["auto", "exact", "partitioned"] = "auto"
+    exact_max_rows: int = 200_000
+
+
+@dataclass(frozen=True)
+class CostSettings:
+    """What one training epoch costs, to state the GPU-hours the cleaning saves."""
+
+    gpu_hours_per_epoch: float | None = None
+    samples_per_second_per_gpu: float | None = None
+    num_gpus: int = 1
+    price_per_gpu_hour: float | None = None
+    epochs: int | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """When `leanset serve` runs the flow."""
+
+    cron: str | None = None
+    interval_minutes: float | None = None
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """One named flow of flows.yaml, with every path resolved against the file's folder."""
+
+    name: str
+    source: SourceSettings
+    store: str
+    embedder: EmbedderSettings | None = None
+    columns: ColumnSettings = field(default_factory=ColumnSettings)
+    dedup: DedupSettings = field(default_factory=DedupSettings)
+    cost: CostSettings = field(default_factory=CostSettings)
+    schedule: ScheduleSettings | None = None
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (for manifests and Prefect parameters)."""
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of every setting that changes the decisions (not schedule or description)."""
+        data = self.to_dict()
+        for key in ("schedule", "description", "name"):
+            data.pop(key, None)
+        return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+def load_flows(path: str | Path) -> dict[str, FlowSettings]:
+    """Read and validate every flow in a flows.yaml file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file (expected a flows.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("flows"), dict) or not raw["flows"]:
+        raise ConfigError(
+            f"{path}: expected a mapping with a non-empty 'flows:' mapping at the top"
+        )
+    unknown = set(raw) - {"flows", "defaults"}
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {sorted(unknown)}; expected 'flows', 'defaults'"
+        )
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}: 'defaults' must be a mapping")
+    return {
+        str(name): _load_flow(path, str(name), _merge(defaults, body or {}))
+        for name, body in raw["flows"].items()
+    }
+
+
+def load_flow(path: str | Path, name: str) -> FlowSettings:
+    """Read one named flow from a flows.yaml file."""
+    flows = load_flows(path)
+    if name not in flows:
+        raise ConfigError(f"{path}: no flow named {name!r}; flows here: {', '.join(sorted(flows))}")
+    return flows[name]
+
+
+def flow_from_dict(data: dict[str, Any], name: str, base_dir: str | Path = ".") -> FlowSettings:
+    """Build flow settings from a plain dict (as written by `FlowSettings.to_dict`)."""
+    body = {k: v for k, v in data.items() if k != "name"}
+    return _load_flow(Path(base_dir) / "flows.yaml", name, body)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Deep-merge two mappings, `over` winning."""
+    if not isinstance(over, dict):
+        return over
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(out.get(key), dict) else value
+    return out
+
+
+def _load_flow(path: Path, name: str, body: Any) -> FlowSettings:
+    where = f"{path}: flow {name!r}"
+    if not isinstance(body, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {type(body).__name__}")
+    body = {"name": name, **body}
+    if "store" in body and isinstance(body["store"], str):
+        body["store"] = body["store"].replace("{flow}", name)
+    settings = _build(FlowSettings, body, where, "")
+    return _resolve_paths(settings, path.parent, where)
+
+
+def _build(cls: type, data: Any, where: str, keypath: str) -> Any:
+    """Build dataclass `cls` from `data`, rejecting unknown keys and wrong types."""
+    label = keypath or "flow"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {label}: expected a mapping, got {_show(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: {_join(keypath, unknown[0])}: unknown key; expected one of {sorted(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(hints[key], value, where, _join(keypath, key))
+    missing = [
+        f.name
+        for f in fields.values()
+        if f.name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where}: {_join(keypath, missing[0])}: required key is missing")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str, keypath: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where, keypath)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(
+                f"{where}: {keypath}: expected one of {list(args)}, got {_show(value)}"
+            )
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {keypath}: expected a list, got {_show(value)}")
+        return [_coerce(args[0], v, where, f"{keypath}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where, keypath)
+    return _scalar(hint, value, where, keypath)
+
+
+def _scalar(hint: type, value: Any, where: str, keypath: str) -> Any:
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, hint)
+    if not ok:
+        raise ConfigError(f"{where}: {keypath}: expected {hint.__name__}, got {_show(value)}")
+    return value
+
+
+def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
+    """Make relative paths absolute against the flows.yaml folder and check the ranges."""
+    src = s.source
+    if src.type in ("imagefolder", "disk") and not src.path:
+        raise ConfigError(f"{where}: source.path: required for source type {src.type!r}")
+    if src.type == "files" and not (src.data_files and src.format):
+        raise ConfigError(f"{where}: source: type 'files' needs 'format' and 'data_files'")
+    if src.type == "hub" and not src.name:
+        raise ConfigError(f"{where}: source.name: required for source type 'hub' (a dataset id)")
+    if not 0.0 < s.dedup.threshold <= 1.0:
+        raise ConfigError(
+            f"{where}: dedup.threshold: expected a number in (0, 1], got {s.dedup.threshold}"
+        )
+    if s.dedup.near and s.embedder is None:
+        raise ConfigError(f"{where}: embedder: required when dedup.near is true")
+    source = dataclasses.replace(
+        src,
+        path=_abs(base, src.path) if src.path and src.type != "hub" else src.path,
+        data_files=[_abs(base, f) for f in src.data_files] if src.data_files else None,
+    )
+    emb = s.embedder
+    if emb and emb.pretrained and _looks_like_path(emb.pretrained):
+        emb = dataclasses.replace(emb, pretrained=_abs(base, emb.pretrained))
+    if emb and emb.model and _looks_like_path(emb.model):
+        emb = dataclasses.replace(emb, model=_abs(base, emb.model))
+    return dataclasses.replace(s, source=source, store=_abs(base, s.store), embedder=emb)
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or value.endswith((".pt", ".bin", ".safetensors"))
+
+
+def _abs(base: Path, value: str) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _join(keypath: str, key: str) -> str:
+    return f"{keypath}.{key}" if keypath else key
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"[:120]

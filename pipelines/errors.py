@@ -1,0 +1,10 @@
+"""The errors a user can cause (bad config, data or store); the CLI prints them without a traceback."""
+
+from __future__ import annotations
+
+from pipelines.config import ConfigError
+from pipelines.embed import EmbedError
+from pipelines.sources import SourceError
+from pipelines.store import StoreError
+
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, SourceError, EmbedError, StoreError)

@@ -1,0 +1,250 @@
+"""The cleaning flow: thin Prefect tasks around the pure stage functions."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from dedup.stage import DedupResult, find_duplicates
+from pipelines.config import FlowSettings, load_flow
+from pipelines.cost import ComputeMeter, cost_delta, statement
+from pipelines.decide import counts_by_reason, decide
+from pipelines.embed import EmbedResult, embed_dataset, make_embedder
+from pipelines.sources import LoadedDataset, load_source
+from pipelines.store import Store, StoreConflict
+from pipelines.versioning import base_manifest, dataset_table, decisions_table, input_fingerprint
+
+
+@dataclass
+class RunSummary:
+    """What a run did, in plain data (the flow's return value and the CLI's summary)."""
+
+    flow: str
+    store: str
+    version: int | None
+    parent: int | None
+    unchanged: bool
+    counts: dict[str, Any] = field(default_factory=dict)
+    cost: dict[str, Any] = field(default_factory=dict)
+    statement: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    embed: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _not_a_conflict(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O failures, but never a lost race for a version (retrying cannot win it)."""
+    try:
+        state.result()
+    except StoreConflict:
+        return False
+    except Exception:  # noqa: BLE001 - any other failure of the write is worth a retry
+        return True
+    return True
+
+
+@task(name="load-source", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def load_task(settings: FlowSettings) -> LoadedDataset:
+    """Read the dataset and hash every sample's content."""
+    return load_source(settings.source, settings.columns)
+
+
+@task(name="embed", cache_policy=NO_CACHE)
+def embed_task(data: LoadedDataset, settings: FlowSettings, cache_root: str) -> EmbedResult:
+    """Embed what the cache does not hold yet."""
+    emb = settings.embedder
+    embedder = make_embedder(emb, data.columns.embedding)
+    return embed_dataset(
+        data,
+        embedder,
+        cache_root,
+        batch_size=emb.batch_size,
+        num_workers=emb.num_workers,
+        shard_rows=emb.shard_rows,
+    )
+
+
+@task(name="find-duplicates", cache_policy=NO_CACHE)
+def dedup_task(
+    table: pl.DataFrame, matrix: np.ndarray | None, settings: FlowSettings
+) -> DedupResult:
+    """Exact and near duplicates, groups, leaks and label conflicts."""
+    return find_duplicates(table, matrix, settings.dedup)
+
+
+@task(
+    name="commit-version",
+    retries=2,
+    retry_delay_seconds=1,
+    retry_condition_fn=_not_a_conflict,
+    cache_policy=NO_CACHE,
+)
+def commit_task(
+    store: Store, dataset: pl.DataFrame, decisions: pl.DataFrame, manifest: dict, parent: int | None
+) -> dict:
+    """Write the new version (tables first, manifest last)."""
+    return store.commit(dataset, decisions, manifest, parent)
+
+
+@task(name="publish-report", cache_policy=NO_CACHE)
+def report_task(summary: RunSummary, decisions: pl.DataFrame | None) -> str:
+    """Leave the run's summary as a Prefect markdown artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from pipelines.report import markdown_summary
+
+    text = markdown_summary(summary, decisions)
+    key = "leanset-" + "".join(c if c.isalnum() else "-" for c in summary.flow.lower())
+    create_markdown_artifact(markdown=text, key=key, description=f"leanset run of {summary.flow}")
+    return text
+
+
+@flow(name="leanset-clean", flow_run_name="clean-{flow_name}", log_prints=False)
+def clean_flow(config_path: str, flow_name: str) -> dict[str, Any]:
+    """Clean one dataset from flows.yaml and commit a new version when anything changed."""
+    settings = load_flow(config_path, flow_name)
+    summary, decisions = run_pipeline(settings)
+    report_task(summary, decisions)
+    return summary.to_dict()
+
+
+def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | None]:
+    """The flow body: load → (unchanged? stop) → embed → dedup → decide → commit."""
+    log = get_run_logger()
+    meter = ComputeMeter()
+    timings: dict[str, float] = {}
+    store = Store(settings.store)
+    parent_manifest = store.latest()
+    parent = parent_manifest["version"] if parent_manifest else None
+
+    data = _timed(timings, "load", lambda: load_task(settings))
+    fingerprint = input_fingerprint(data.table)
+    config_hash = settings.fingerprint()
+    if parent_manifest and (
+        parent_manifest["input_fingerprint"],
+        parent_manifest["config_hash"],
+    ) == (fingerprint, config_hash):
+        log.info("Input and config unchanged since version %s: no new version.", parent)
+        return _unchanged_summary(settings, parent_manifest, timings), None
+
+    matrix, embed_info = None, {}
+    table = data.table
+    if settings.embedder is not None:
+        cache_root = str(Path(settings.store) / "cache" / "embeddings")
+        res = _timed(timings, "embed", lambda: embed_task(data, settings, cache_root))
+        meter.add_gpu(res.seconds, res.device)
+        table = _mark_unreadable(table, res.errors)
+        matrix = res.matrix
+        embed_info = {
+            "computed": res.computed,
+            "cached": res.cached,
+            "device": res.device,
+            "fingerprint": res.fingerprint,
+            "samples_per_s": res.computed / max(res.seconds, 1e-9),
+        }
+        log.info(
+            "Embedded %d new samples, %d from cache (%s).", res.computed, res.cached, res.device
+        )
+
+    dd = _timed(timings, "dedup", lambda: dedup_task(table, matrix, settings))
+    decided = decide(dd.table)
+    decisions = decisions_table(decided)
+    cleaned = dataset_table(
+        LoadedDataset(decided, data.modality, data.splits, data.columns), decisions
+    )
+    counts = _counts(decisions, settings.dedup.eval_splits)
+    cd = cost_delta(settings.cost, counts["input"], counts["kept"], meter.read())
+    manifest = base_manifest(settings.to_dict(), config_hash, fingerprint) | {
+        "counts": counts,
+        "timings": timings,
+        "cost": cd.to_dict(),
+        "statement": statement(cd),
+        "embed": embed_info,
+        "search": dd.search,
+    }
+    committed = _timed(
+        timings, "commit", lambda: commit_task(store, cleaned, decisions, manifest, parent)
+    )
+    log.info("Committed version %s of %s.", committed["version"], settings.store)
+    summary = RunSummary(
+        flow=settings.name,
+        store=settings.store,
+        version=committed["version"],
+        parent=parent,
+        unchanged=False,
+        counts=counts,
+        cost=cd.to_dict(),
+        statement=statement(cd),
+        timings=timings,
+        embed=embed_info,
+        search=dd.search,
+    )
+    log.info(summary.statement)
+    return summary, decisions
+
+
+def _timed(timings: dict[str, float], name: str, fn: Any) -> Any:
+    t0 = time.perf_counter()
+    out = fn()
+    timings[name] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def _mark_unreadable(table: pl.DataFrame, errors: dict[str, str]) -> pl.DataFrame:
+    """Samples that failed to decode get their error (so they are dropped as unreadable)."""
+    if not errors:
+        return table
+    found = pl.col("content_hash").replace_strict(errors, default=None, return_dtype=pl.Utf8)
+    return table.with_columns(pl.coalesce(pl.col("error"), found).alias("error"))
+
+
+def _counts(decisions: pl.DataFrame, eval_splits: list[str]) -> dict[str, Any]:
+    kept = int(decisions["kept"].sum())
+    return {
+        "input": decisions.height,
+        "kept": kept,
+        "dropped": decisions.height - kept,
+        "by_reason": counts_by_reason(decisions),
+        "by_split": _by_split(decisions),
+        "dup_groups": int(decisions["dup_group"].drop_nulls().n_unique()),
+        "leaking_eval_samples": decisions.filter(
+            pl.col("leak_of").is_not_null() & pl.col("split").is_in(eval_splits)
+        ).height,
+        "label_conflicts": int(decisions["label_conflict"].sum()),
+    }
+
+
+def _by_split(decisions: pl.DataFrame) -> dict[str, dict[str, int]]:
+    rows = decisions.group_by("split").agg(
+        pl.len().alias("input"), pl.col("kept").sum().alias("kept")
+    )
+    return {
+        r["split"]: {"input": r["input"], "kept": int(r["kept"])}
+        for r in rows.sort("split").iter_rows(named=True)
+    }
+
+
+def _unchanged_summary(settings: FlowSettings, m: dict, timings: dict) -> RunSummary:
+    return RunSummary(
+        flow=settings.name,
+        store=settings.store,
+        version=m["version"],
+        parent=m.get("parent"),
+        unchanged=True,
+        counts=m["counts"],
+        cost=m["cost"],
+        statement=m["statement"],
+        timings=timings,
+        embed=m.get("embed", {}),
+        search=m.get("search", {}),
+    )

@@ -1,0 +1,67 @@
+"""Human-readable summaries: a markdown artifact for Prefect and a console summary for the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+
+def markdown_summary(summary: Any, decisions: pl.DataFrame | None, top: int = 10) -> str:
+    """The run summary as markdown (counts by reason, cost delta statement, top groups)."""
+    c = summary.counts
+    head = f"# leanset: {summary.flow}\n\n"
+    if summary.unchanged:
+        head += f"Input and config unchanged: version **{summary.version}** is current.\n\n"
+    else:
+        head += (
+            f"New version **{summary.version}** (parent {summary.parent}) in `{summary.store}`.\n\n"
+        )
+    lines = [head, "## Cost delta\n", summary.statement + "\n", "## Counts\n"]
+    lines.append("| | samples |\n|---|---:|")
+    lines += [f"| input | {c.get('input', 0):,} |", f"| kept | {c.get('kept', 0):,} |"]
+    lines += [f"| dropped: {r} | {n:,} |" for r, n in c.get("by_reason", {}).items()]
+    lines += [
+        f"| duplicate groups | {c.get('dup_groups', 0):,} |",
+        f"| eval samples leaking from train | {c.get('leaking_eval_samples', 0):,} |",
+        f"| samples in label-conflict groups | {c.get('label_conflicts', 0):,} |",
+        "",
+    ]
+    if decisions is not None:
+        lines.append(_top_groups(decisions, top))
+    lines.append("## Timings (s)\n")
+    lines.append(" · ".join(f"{k} {v:.2f}" for k, v in summary.timings.items()) + "\n")
+    return "\n".join(lines)
+
+
+def top_groups(decisions: pl.DataFrame, top: int = 10) -> pl.DataFrame:
+    """The largest duplicate groups: anchor, size, splits, labels."""
+    groups = decisions.filter(pl.col("dup_group").is_not_null())
+    return (
+        groups.group_by("dup_group")
+        .agg(
+            pl.len().alias("size"),
+            pl.col("kept").sum().alias("kept"),
+            pl.col("split").unique().sort().str.join(",").alias("splits"),
+            pl.col("label").drop_nulls().unique().sort().str.join(",").alias("labels"),
+            pl.col("drop_reason").drop_nulls().unique().sort().str.join(",").alias("reasons"),
+        )
+        .sort(["size", "dup_group"], descending=[True, False])
+        .head(top)
+    )
+
+
+def _top_groups(decisions: pl.DataFrame, top: int) -> str:
+    df = top_groups(decisions, top)
+    if df.height == 0:
+        return "No duplicate groups.\n"
+    rows = [
+        "## Largest duplicate groups\n",
+        "| group (kept anchor) | size | kept | splits | labels | dropped as |",
+        "|---|---:|---:|---|---|---|",
+    ]
+    rows += [
+        f"| `{r['dup_group']}` | {r['size']} | {r['kept']} | {r['splits']} | {r['labels']} | {r['reasons']} |"
+        for r in df.iter_rows(named=True)
+    ]
+    return "\n".join(rows) + "\n"

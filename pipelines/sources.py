@@ -1,0 +1,300 @@
+"""Load a dataset through Hugging Face `datasets` into leanset's sample table."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from pipelines.config import ColumnSettings, SourceSettings
+from pipelines.fsutil import digest
+
+log = logging.getLogger("leanset.sources")
+
+Modality = Literal["image", "text", "embedding"]
+
+
+class SourceError(ValueError):
+    """The dataset cannot be loaded as configured; the message names the column or sample."""
+
+
+@dataclass
+class LoadedDataset:
+    """The sample table plus a way to read each row's content again."""
+
+    table: pl.DataFrame
+    modality: Modality
+    splits: dict[str, Any] = field(repr=False)  # split name -> datasets.Dataset
+    columns: ColumnSettings = field(default_factory=ColumnSettings)
+
+    def read(self, rows: Sequence[int]) -> list[Any]:
+        """Content of table rows `rows`: image bytes, text, or an embedding vector."""
+        part = self.table["_part"].to_numpy()
+        srow = self.table["_row"].to_numpy()
+        return [self._content(self.splits[part[r]], int(srow[r])) for r in rows]
+
+    def _content(self, ds: Any, row: int) -> Any:
+        if self.modality == "embedding":
+            return ds[row][self.columns.embedding]
+        if self.modality == "text":
+            return ds[row][self.columns.text]
+        return _image_bytes(ds[row][self.columns.image])
+
+
+def load_source(source: SourceSettings, columns: ColumnSettings) -> LoadedDataset:
+    """Load the configured source and build the sample table (ids, splits, labels, hashes)."""
+    splits = _open_splits(source)
+    if source.splits:
+        missing = [s for s in source.splits if s not in splits]
+        if missing:
+            raise SourceError(f"split(s) {missing} not in the dataset; it has {sorted(splits)}")
+        splits = {s: splits[s] for s in source.splits}
+    columns = _infer_columns(columns, splits)
+    modality = _modality(columns)
+    frames = [_split_frame(name, ds, columns, modality, source) for name, ds in splits.items()]
+    table = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
+    if table.height == 0:
+        raise SourceError(f"the dataset is empty: no samples in split(s) {sorted(splits)}")
+    if columns.split:
+        table = table.with_columns(_split_column(splits, columns.split))
+    table = table.with_columns(pl.int_range(0, table.height, dtype=pl.Int64).alias("position"))
+    table = _assign_ids(table)
+    return LoadedDataset(table=table, modality=modality, splits=splits, columns=columns)
+
+
+def _open_splits(source: SourceSettings) -> dict[str, Any]:
+    """Open the source with `datasets` and return {split: Dataset}."""
+    import datasets
+
+    if source.type == "imagefolder":
+        if not Path(source.path).is_dir():
+            raise SourceError(f"source.path {source.path}: not a folder of images")
+        loaded = datasets.load_dataset("imagefolder", data_dir=source.path)
+    elif source.type == "files":
+        for f in source.data_files:
+            if not any(Path().glob(f)) and not Path(f).exists():
+                raise SourceError(f"source.data_files: {f} does not exist")
+        loaded = datasets.load_dataset(source.format, data_files=source.data_files)
+    elif source.type == "disk":
+        if not Path(source.path).exists():
+            raise SourceError(f"source.path {source.path}: no dataset saved there (save_to_disk)")
+        loaded = datasets.load_from_disk(source.path)
+    else:  # hub: the real loader; needs network or a warm Hugging Face cache
+        loaded = datasets.load_dataset(source.name, source.config, revision=source.revision)
+    if isinstance(loaded, datasets.Dataset):
+        return {"train": loaded}
+    return dict(loaded.items())
+
+
+def _infer_columns(columns: ColumnSettings, splits: dict[str, Any]) -> ColumnSettings:
+    """Fill in the content column when unset, and check that every named column exists."""
+    first = next(iter(splits.values()))
+    names = list(first.column_names)
+    if not (columns.image or columns.text or columns.embedding):
+        guess = next((c for c in ("image", "img", "text", "sentence") if c in names), None)
+        if guess is None:
+            raise SourceError(
+                f"no content column configured and none found; set columns.image or columns.text "
+                f"(columns here: {names})"
+            )
+        kind = "image" if guess in ("image", "img") else "text"
+        columns = ColumnSettings(**{**columns.__dict__, kind: guess})
+    for key in ("id", "image", "text", "label", "split", "embedding"):
+        name = getattr(columns, key)
+        if name and name not in names:
+            if key == "label" and name == "label":
+                columns = ColumnSettings(**{**columns.__dict__, "label": None})
+                continue  # the default label column is optional: no labels = unlabeled data
+            raise SourceError(
+                f"columns.{key}: column {name!r} does not exist; columns here: {names}"
+            )
+    return columns
+
+
+def _modality(columns: ColumnSettings) -> Modality:
+    if columns.embedding:
+        return "embedding"
+    return "image" if columns.image else "text"
+
+
+def _split_frame(
+    name: str, ds: Any, columns: ColumnSettings, modality: Modality, source: SourceSettings
+) -> pl.DataFrame:
+    """One split's rows: source, label, content hash, size and read errors."""
+    n = len(ds)
+    labels = _labels(ds, columns.label)
+    hashes, sizes, errors, sources = [], [], [], []
+    for row, content, src in _iter_content(ds, columns, modality, source, name):
+        data, err = content
+        hashes.append(digest(data) if err is None else digest(f"unreadable:{src}".encode()))
+        sizes.append(len(data) if err is None else 0)
+        errors.append(err)
+        sources.append(src)
+        if err:
+            log.warning("sample %s (%s row %d): %s", src, name, row, err)
+    ids = [str(v) for v in ds[columns.id]] if columns.id else [None] * n
+    return pl.DataFrame(
+        {
+            "_given_id": ids,
+            "source": sources,
+            "split": [name] * n,
+            "_part": [name] * n,
+            "label": labels,
+            "content_hash": hashes,
+            "size_bytes": np.asarray(sizes, dtype=np.int64),
+            "error": errors,
+            "_row": np.arange(n, dtype=np.int64),
+        },
+        schema_overrides={"_given_id": pl.Utf8, "label": pl.Utf8, "error": pl.Utf8},
+    )
+
+
+def _labels(ds: Any, column: str | None) -> list[str | None]:
+    """Labels as text (class names for ClassLabel features); None where missing."""
+    if not column:
+        return [None] * len(ds)
+    feature = ds.features[column]
+    values = ds[column]
+    names = getattr(feature, "names", None)
+    out = []
+    for v in values:
+        if v is None or v == -1 and names:
+            out.append(None)
+        elif names is not None:
+            out.append(names[int(v)])
+        elif isinstance(v, float) and np.isnan(v):
+            out.append(None)
+        else:
+            out.append(str(v))
+    return out
+
+
+def _iter_content(
+    ds: Any, columns: ColumnSettings, modality: Modality, source: SourceSettings, split: str
+) -> Iterator[tuple[int, tuple[bytes, str | None], str]]:
+    """Yield (row, (bytes to hash, error), source) for every row of one split."""
+    if modality == "image":
+        import datasets
+
+        if isinstance(ds.features[columns.image], datasets.Image):
+            ds = ds.cast_column(columns.image, datasets.Image(decode=False))
+        for row, value in enumerate(ds[columns.image]):
+            yield row, _safe_image_bytes(value), _image_source(value, source, split, row)
+    elif modality == "text":
+        for row, value in enumerate(ds[columns.text]):
+            yield row, _text_bytes(value), _row_source(source, split, row)
+    else:
+        for row, value in enumerate(ds[columns.embedding]):
+            yield row, _vector_bytes(value), _row_source(source, split, row)
+
+
+def _safe_image_bytes(value: Any) -> tuple[bytes, str | None]:
+    try:
+        data = _image_bytes(value)
+    except OSError as exc:
+        return b"", f"unreadable: {exc.strerror or exc}"
+    if not data:
+        return b"", "unreadable: empty file (0 bytes)"
+    return data, None
+
+
+def _image_bytes(value: Any) -> bytes:
+    """Raw encoded bytes of an image cell ({'bytes', 'path'} or a PIL image)."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return value["bytes"]
+        return Path(value["path"]).read_bytes()
+    if hasattr(value, "save"):  # a decoded PIL image: re-encode losslessly
+        import io
+
+        buf = io.BytesIO()
+        value.save(buf, format="PNG")
+        return buf.getvalue()
+    raise OSError(f"expected an image (path or bytes), got {type(value).__name__}")
+
+
+def _text_bytes(value: Any) -> tuple[bytes, str | None]:
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return b"", f"unreadable: text is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+    if not isinstance(value, str):
+        return b"", f"unreadable: expected text, got {type(value).__name__}"
+    return value.encode("utf-8"), None
+
+
+def _vector_bytes(value: Any) -> tuple[bytes, str | None]:
+    try:
+        vec = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        return b"", f"unreadable: expected a numeric vector, got {type(value).__name__}"
+    if vec.ndim != 1 or vec.size == 0:
+        return b"", f"unreadable: expected a 1-d vector, got shape {vec.shape}"
+    if not np.isfinite(vec).all():
+        return b"", "unreadable: embedding has NaN or inf values"
+    return vec.tobytes(), None
+
+
+def _image_source(value: Any, source: SourceSettings, split: str, row: int) -> str:
+    path = value.get("path") if isinstance(value, dict) else None
+    if path and source.path:
+        try:
+            return str(Path(path).resolve().relative_to(Path(source.path).resolve()))
+        except ValueError:
+            return str(path)
+    return path or _row_source(source, split, row)
+
+
+def _row_source(source: SourceSettings, split: str, row: int) -> str:
+    where = source.name or source.path or ",".join(source.data_files or [])
+    return f"{where}:{split}:{row}"
+
+
+def _split_column(splits: dict[str, Any], column: str) -> pl.Series:
+    """The configured split column's values, as text, in table order."""
+    values = [v for ds in splits.values() for v in ds[column]]
+    bad = next((i for i, v in enumerate(values) if v is None or str(v) == ""), None)
+    if bad is not None:
+        raise SourceError(f"columns.split: row {bad} has no split value in column {column!r}")
+    return pl.Series("split", [str(v) for v in values], dtype=pl.Utf8)
+
+
+def _assign_ids(table: pl.DataFrame) -> pl.DataFrame:
+    """Configured ids (checked unique), else content hash prefix plus occurrence number."""
+    if table["_given_id"].null_count() == 0:
+        dup = table.filter(pl.col("_given_id").is_duplicated())["_given_id"]
+        if dup.len():
+            raise SourceError(
+                f"columns.id: id {dup[0]!r} appears {int((table['_given_id'] == dup[0]).sum())} "
+                f"times; ids must be unique ({dup.n_unique()} duplicated ids in all)"
+            )
+        ids = table["_given_id"]
+    else:
+        k = pl.int_range(pl.len()).over("content_hash")
+        ids = table.select(
+            pl.when(k == 0)
+            .then(pl.col("content_hash").str.slice(0, 16))
+            .otherwise(pl.col("content_hash").str.slice(0, 16) + "-" + k.cast(pl.Utf8))
+        ).to_series()
+    return (
+        table.with_columns(ids.alias("sample_id"))
+        .drop("_given_id")
+        .select(
+            "sample_id",
+            "position",
+            "source",
+            "split",
+            "label",
+            "content_hash",
+            "size_bytes",
+            "error",
+            "_part",
+            "_row",
+        )
+    )

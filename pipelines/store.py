@@ -1,0 +1,162 @@
+"""The versioned store: Delta tables for the cleaned dataset and decisions, manifests as commits."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipelines.fsutil import create_exclusive
+
+log = logging.getLogger("leanset.store")
+
+TABLES = ("dataset", "decisions")
+
+
+class StoreError(ValueError):
+    """The store cannot be used as asked; the message names the path or version."""
+
+
+class StoreConflict(StoreError):
+    """Another run committed a version on the same parent first."""
+
+
+@dataclass(frozen=True)
+class Diff:
+    """Samples that entered or left the cleaned dataset between two versions."""
+
+    a: int
+    b: int
+    entered: pl.DataFrame
+    left: pl.DataFrame
+
+
+class Store:
+    """A folder holding every version of one cleaned dataset."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"store path {self.root} is a file; expected a folder (or a new path)")
+
+    # ------------------------------------------------------------ reading
+
+    def manifests(self) -> list[dict[str, Any]]:
+        """Every committed version's manifest, oldest first."""
+        folder = self.root / "manifests"
+        if not folder.is_dir():
+            return []
+        return [_read_json(p) for p in sorted(folder.glob("v*.json"))]
+
+    def latest(self) -> dict[str, Any] | None:
+        """The newest manifest, or None for an empty store."""
+        found = self.manifests()
+        return found[-1] if found else None
+
+    def manifest(self, version: int | None = None) -> dict[str, Any]:
+        """One version's manifest (the latest when `version` is None)."""
+        if version is None:
+            latest = self.latest()
+            if latest is None:
+                raise StoreError(f"store {self.root} has no versions yet")
+            return latest
+        path = self._manifest_path(version)
+        if not path.is_file():
+            have = [m["version"] for m in self.manifests()]
+            raise StoreError(
+                f"store {self.root} has no version {version}; versions: {have or 'none'}"
+            )
+        return _read_json(path)
+
+    def read(self, table: str, version: int | None = None) -> pl.DataFrame:
+        """A table ('dataset' or 'decisions') as of a leanset version."""
+        if table not in TABLES:
+            raise StoreError(f"unknown table {table!r}; expected one of {TABLES}")
+        m = self.manifest(version)
+        return pl.read_delta(str(self.root / table), version=m["tables"][table])
+
+    def diff(self, a: int, b: int) -> Diff:
+        """Which samples entered or left the cleaned dataset from version a to version b."""
+        da, db = self.read("decisions", a), self.read("decisions", b)
+        kept_a = da.filter(pl.col("kept")).select("sample_id")
+        kept_b = db.filter(pl.col("kept")).select("sample_id")
+        cols = [
+            c for c in ("sample_id", "source", "split", "label", "drop_reason") if c in db.columns
+        ]
+        entered = db.join(kept_b.join(kept_a, on="sample_id", how="anti"), on="sample_id").select(
+            cols
+        )
+        gone = kept_a.join(kept_b, on="sample_id", how="anti")
+        left = gone.join(db.select(cols), on="sample_id", how="left")
+        return Diff(a=a, b=b, entered=entered, left=left)
+
+    # ------------------------------------------------------------ writing
+
+    def commit(
+        self,
+        dataset: pl.DataFrame,
+        decisions: pl.DataFrame,
+        manifest: dict[str, Any],
+        parent: int | None,
+    ) -> dict[str, Any]:
+        """Write both tables, then the manifest that makes them a version (one winner per parent)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        latest = self.latest()
+        current = latest["version"] if latest else None
+        if current != parent:
+            raise StoreConflict(self._conflict_message(parent, current))
+        version = (parent or 0) + 1
+        token = uuid.uuid4().hex
+        tables = {
+            name: self._write_table(name, df, version, token)
+            for name, df in (("dataset", dataset), ("decisions", decisions))
+        }
+        full = {**manifest, "version": version, "parent": parent, "tables": tables, "commit": token}
+        data = (json.dumps(full, indent=2, sort_keys=True, default=str) + "\n").encode()
+        if not create_exclusive(self._manifest_path(version), data):
+            winner = self.latest()
+            raise StoreConflict(
+                self._conflict_message(parent, winner["version"] if winner else None)
+            )
+        return full
+
+    def _write_table(self, name: str, df: pl.DataFrame, version: int, token: str) -> int:
+        """Overwrite a Delta table; return the Delta version this write created."""
+        from deltalake import CommitProperties, DeltaTable
+
+        path = str(self.root / name)
+        meta = {"leanset_version": str(version), "leanset_commit": token}
+        df.write_delta(
+            path,
+            mode="overwrite",
+            delta_write_options={
+                "schema_mode": "overwrite",
+                "commit_properties": CommitProperties(custom_metadata=meta),
+            },
+        )
+        for entry in DeltaTable(path).history(limit=50):
+            if entry.get("leanset_commit") == token:
+                return int(entry["version"])
+        raise StoreError(f"{path}: the write for version {version} is not in the Delta log")
+
+    def _manifest_path(self, version: int) -> Path:
+        return self.root / "manifests" / f"v{version:06d}.json"
+
+    def _conflict_message(self, parent: int | None, current: int | None) -> str:
+        return (
+            f"store {self.root}: this run started from version {parent or 'none (empty store)'}, "
+            f"but version {current} was committed by another run meanwhile; nothing was written "
+            f"as a version. Rerun to build on version {current}."
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StoreError(f"manifest {path} is unreadable ({exc})") from exc

@@ -1,0 +1,114 @@
+"""The dedup stage on tiny tables with known answers."""
+
+from dataclasses import replace
+
+import numpy as np
+import polars as pl
+import pytest
+
+from dedup.stage import find_duplicates
+from pipelines.config import DedupSettings
+
+
+def table(rows: list[tuple[str, str, str | None, str]]) -> pl.DataFrame:
+    """rows: (sample_id, split, label, content_hash)."""
+    return pl.DataFrame(
+        {
+            "sample_id": [r[0] for r in rows],
+            "position": list(range(len(rows))),
+            "source": [f"{r[0]}.png" for r in rows],
+            "split": [r[1] for r in rows],
+            "label": [r[2] for r in rows],
+            "content_hash": [r[3] for r in rows],
+            "size_bytes": [100 + i for i in range(len(rows))],
+            "error": [None] * len(rows),
+        },
+        schema_overrides={"label": pl.Utf8, "error": pl.Utf8},
+    )
+
+
+def unit(*vs) -> np.ndarray:
+    m = np.array(vs, dtype=np.float32)
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+# a, b exact copies; c near a; e distinct; f (test) near-duplicates d (train)
+ROWS = [
+    ("a", "train", "cat", "h1"),
+    ("b", "train", "cat", "h1"),
+    ("c", "train", "dog", "h2"),
+    ("d", "train", "cat", "h3"),
+    ("e", "train", "cat", "h4"),
+    ("f", "test", "cat", "h5"),
+]
+EMB = unit([1, 0, 0, 0], [1, 0, 0, 0], [0.99, 0.1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0.995, 0.05, 0])
+
+
+def run(settings=DedupSettings(threshold=0.95), rows=ROWS, emb=EMB):
+    return find_duplicates(table(rows), emb, settings).table.sort("position")
+
+
+def col(df: pl.DataFrame, name: str) -> list:
+    return df[name].to_list()
+
+
+def test_exact_near_leak_and_conflict():
+    out = run()
+    assert col(out, "exact_dup_of") == [None, "a", None, None, None, None]
+    assert col(out, "near_dup_of") == [None, None, "a", "f", None, None]  # dropped rows point to the kept one
+    # d (train) leaks into f (test): by default the train copy is dropped, the test sample kept
+    assert col(out, "dedup_drop") == [None, "exact_duplicate", "near_duplicate", "test_leak", None, None]
+    assert col(out, "leak_of") == [None, None, None, "f", None, "d"]
+    assert col(out, "dup_group") == ["a", "a", "a", "f", None, "f"]
+    assert col(out, "label_conflict") == [True, True, True, False, False, False]  # cat vs dog in group a
+    sims = col(out, "dup_similarity")
+    assert sims[1] == 1.0 and sims[2] == pytest.approx(0.995, abs=1e-3) and sims[0] is None
+
+
+def test_leakage_policies():
+    drop_eval = run(replace(DedupSettings(threshold=0.95), leakage="drop_eval"))
+    assert col(drop_eval, "dedup_drop")[3:] == [None, None, "test_leak"]
+    report = run(replace(DedupSettings(threshold=0.95), leakage="report"))
+    assert col(report, "dedup_drop")[3:] == [None, None, None]
+    assert col(report, "leak_of")[3:] == ["f", None, "d"]
+
+
+@pytest.mark.parametrize(("keep", "kept"), [("first", "a"), ("last", "c"), ("largest", "c"), ("centroid", "a")])
+def test_keep_policies(keep: str, kept: str):
+    out = run(replace(DedupSettings(threshold=0.95), keep=keep)).filter(pl.col("dup_group").is_not_null())
+    group = out.filter(pl.col("source").is_in(["a.png", "b.png", "c.png"]))
+    assert group.filter(pl.col("dedup_drop").is_null())["sample_id"].to_list() == [kept]
+    assert set(group["dup_group"]) == {kept}
+
+
+def test_transitive_groups():
+    rows = [(k, "train", None, f"h{k}") for k in "xyz"]
+    emb = unit([1, 0], [np.cos(0.3), np.sin(0.3)], [np.cos(0.6), np.sin(0.6)])  # x~y, y~z, x!~z
+    out = run(DedupSettings(threshold=0.95), rows, emb)
+    assert col(out, "dup_group") == ["x", "x", "x"]
+    assert col(out, "near_dup_of") == [None, "x", "x"]
+    assert col(out, "dup_similarity")[2] == pytest.approx(np.cos(0.6), abs=1e-4)  # below threshold: transitive
+
+
+def test_eval_duplicates_are_reported_not_dropped_by_default():
+    rows = [("t1", "test", "a", "h1"), ("t2", "test", "a", "h1")]
+    out = run(DedupSettings(threshold=0.95), rows, unit([1, 0], [1, 0]))
+    assert col(out, "dedup_drop") == [None, None] and col(out, "exact_dup_of") == [None, "t1"]
+    out = run(DedupSettings(threshold=0.95, dedup_eval=True), rows, unit([1, 0], [1, 0]))
+    assert col(out, "dedup_drop") == [None, "exact_duplicate"]
+
+
+def test_unreadable_rows_never_join_groups():
+    t = table(ROWS[:2]).with_columns(pl.Series("error", [None, "unreadable: bad"], dtype=pl.Utf8))
+    out = find_duplicates(t, unit([1, 0], [1, 0]), DedupSettings()).table
+    assert col(out, "dup_group") == [None, None]
+
+
+def test_exact_only_without_embeddings():
+    out = find_duplicates(table(ROWS), None, DedupSettings(near=False)).table
+    assert col(out, "dedup_drop") == [None, "exact_duplicate", None, None, None, None]
+
+
+def test_embedding_rows_must_match_table():
+    with pytest.raises(ValueError, match="embeddings has 2 rows, the sample table 6"):
+        find_duplicates(table(ROWS), EMB[:2], DedupSettings())
