@@ -6,6 +6,7 @@ import hashlib
 import io
 import logging
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,12 +125,23 @@ class _TorchModel:
         return out.cpu().numpy()
 
 
+def _arch_name(model: str) -> str:
+    """A model given as an architecture JSON file is registered with open_clip under its stem."""
+    import open_clip
+
+    if model.endswith(".json"):
+        if not Path(model).is_file():
+            raise EmbedError(f"embedder.model: architecture file {model} does not exist")
+        open_clip.add_model_config(model)
+        return Path(model).stem
+    return model
+
+
 def _load_open_clip(model: str, pretrained: str | None, device: str) -> tuple[Any, Any]:
     """open_clip model (eval mode) and its eval transform; weights from a tag or local file."""
-    try:
-        import open_clip
-    except ImportError as exc:  # pragma: no cover - a core dependency
-        raise EmbedError("open_clip is missing: pip install open-clip-torch") from exc
+    import open_clip
+
+    model = _arch_name(model)
     suffixes = (".pt", ".bin", ".safetensors", ".pth")
     if pretrained and Path(pretrained).suffix in suffixes and not Path(pretrained).is_file():
         raise EmbedError(f"embedder.pretrained: checkpoint {pretrained} does not exist")
@@ -143,6 +155,10 @@ def _load_open_clip(model: str, pretrained: str | None, device: str) -> tuple[An
         ) from exc
     model_obj.eval()
     return model_obj, preprocess
+
+
+def _slug(model: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(model).stem)
 
 
 def _weights_id(pretrained: str | None) -> str:
@@ -164,7 +180,9 @@ class OpenClipImageEmbedder(_TorchModel):
     ):
         super().__init__(device, precision)
         self.model, self.preprocess = _load_open_clip(model, pretrained, self.device)
-        self.fingerprint = f"openclip-img-{model}-" + _fingerprint(model, _weights_id(pretrained))
+        self.fingerprint = f"openclip-img-{_slug(model)}-" + _fingerprint(
+            _weights_id(model), _weights_id(pretrained)
+        )
 
     def prepare(self, content: bytes) -> Any:
         return self.preprocess(_open_image(content, "RGB"))
@@ -188,8 +206,10 @@ class OpenClipTextEmbedder(_TorchModel):
 
         super().__init__(device, precision)
         self.model, _ = _load_open_clip(model, pretrained, self.device)
-        self.tokenizer = open_clip.get_tokenizer(model)
-        self.fingerprint = f"openclip-txt-{model}-" + _fingerprint(model, _weights_id(pretrained))
+        self.tokenizer = open_clip.get_tokenizer(_arch_name(model))
+        self.fingerprint = f"openclip-txt-{_slug(model)}-" + _fingerprint(
+            _weights_id(model), _weights_id(pretrained)
+        )
 
     def prepare(self, content: str) -> str:
         return content
@@ -331,7 +351,7 @@ def _read_shard(path: Path) -> tuple[list[str], np.ndarray] | None:
             hashes, vectors, checksum = z["hashes"], z["vectors"], str(z["checksum"])
         if len(hashes) != len(vectors) or _checksum(hashes, vectors) != checksum:
             raise ValueError("checksum or row count does not match")
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         log.warning(
             "embedding cache shard %s is corrupt (%s); its samples will be re-embedded", path, exc
         )

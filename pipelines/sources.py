@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ def load_source(source: SourceSettings, columns: ColumnSettings) -> LoadedDatase
         splits = {s: splits[s] for s in source.splits}
     columns = _infer_columns(columns, splits)
     modality = _modality(columns)
+    if modality == "image":
+        splits = {name: _undecoded(ds, columns.image) for name, ds in splits.items()}
     frames = [_split_frame(name, ds, columns, modality, source) for name, ds in splits.items()]
     table = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
     if table.height == 0:
@@ -77,7 +80,7 @@ def _open_splits(source: SourceSettings) -> dict[str, Any]:
         loaded = datasets.load_dataset("imagefolder", data_dir=source.path)
     elif source.type == "files":
         for f in source.data_files:
-            if not any(Path().glob(f)) and not Path(f).exists():
+            if not glob.glob(f):
                 raise SourceError(f"source.data_files: {f} does not exist")
         loaded = datasets.load_dataset(source.format, data_files=source.data_files)
     elif source.type == "disk":
@@ -114,6 +117,15 @@ def _infer_columns(columns: ColumnSettings, splits: dict[str, Any]) -> ColumnSet
                 f"columns.{key}: column {name!r} does not exist; columns here: {names}"
             )
     return columns
+
+
+def _undecoded(ds: Any, column: str) -> Any:
+    """The split with its image column left as raw bytes/paths (leanset decodes itself)."""
+    import datasets
+
+    if isinstance(ds.features[column], datasets.Image):
+        return ds.cast_column(column, datasets.Image(decode=False))
+    return ds
 
 
 def _modality(columns: ColumnSettings) -> Modality:
@@ -179,10 +191,6 @@ def _iter_content(
 ) -> Iterator[tuple[int, tuple[bytes, str | None], str]]:
     """Yield (row, (bytes to hash, error), source) for every row of one split."""
     if modality == "image":
-        import datasets
-
-        if isinstance(ds.features[columns.image], datasets.Image):
-            ds = ds.cast_column(columns.image, datasets.Image(decode=False))
         for row, value in enumerate(ds[columns.image]):
             yield row, _safe_image_bytes(value), _image_source(value, source, split, row)
     elif modality == "text":

@@ -73,7 +73,7 @@ def _content_columns(data: LoadedDataset, rows: pl.DataFrame) -> list[pl.Series]
                 "embedding", [np.asarray(v, np.float32) for v in values], dtype=pl.List(pl.Float32)
             )
         ]
-    cells = _cells(data, rows, data.columns.image, decode=False)
+    cells = _cells(data, rows, data.columns.image)
     paths = [c.get("path") if isinstance(c, dict) else None for c in cells]
     if all(p for p in paths):
         return [pl.Series("image_path", paths, dtype=pl.Utf8)]
@@ -84,17 +84,13 @@ def _content_columns(data: LoadedDataset, rows: pl.DataFrame) -> list[pl.Series]
     ]
 
 
-def _cells(data: LoadedDataset, rows: pl.DataFrame, column: str, decode: bool = True) -> list[Any]:
+def _cells(data: LoadedDataset, rows: pl.DataFrame, column: str) -> list[Any]:
     """Values of `column` for the given (part, row) pairs, read split by split."""
-    import datasets
-
     out: list[Any] = [None] * rows.height
     parts = rows["_part"].to_list()
     idx = rows["_row"].to_list()
     for part in set(parts):
         ds = data.splits[part]
-        if not decode and isinstance(ds.features[column], datasets.Image):
-            ds = ds.cast_column(column, datasets.Image(decode=False))
         where = [k for k, p in enumerate(parts) if p == part]
         values = ds.select([idx[k] for k in where])[column]
         for k, v in zip(where, values, strict=True):

@@ -41,10 +41,15 @@ ROWS = [
     ("e", "train", "cat", "h4"),
     ("f", "test", "cat", "h5"),
 ]
-EMB = unit([1, 0, 0, 0], [1, 0, 0, 0], [0.99, 0.1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0.995, 0.05, 0])
+EMB = unit(
+    [1, 0, 0, 0], [1, 0, 0, 0], [0.99, 0.1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0.995, 0.05, 0]
+)
 
 
-def run(settings=DedupSettings(threshold=0.95), rows=ROWS, emb=EMB):
+DEFAULT = DedupSettings(threshold=0.95)
+
+
+def run(settings=DEFAULT, rows=ROWS, emb=EMB):
     return find_duplicates(table(rows), emb, settings).table.sort("position")
 
 
@@ -55,12 +60,33 @@ def col(df: pl.DataFrame, name: str) -> list:
 def test_exact_near_leak_and_conflict():
     out = run()
     assert col(out, "exact_dup_of") == [None, "a", None, None, None, None]
-    assert col(out, "near_dup_of") == [None, None, "a", "f", None, None]  # dropped rows point to the kept one
+    assert col(out, "near_dup_of") == [
+        None,
+        None,
+        "a",
+        "f",
+        None,
+        None,
+    ]  # dropped rows point to the kept one
     # d (train) leaks into f (test): by default the train copy is dropped, the test sample kept
-    assert col(out, "dedup_drop") == [None, "exact_duplicate", "near_duplicate", "test_leak", None, None]
+    assert col(out, "dedup_drop") == [
+        None,
+        "exact_duplicate",
+        "near_duplicate",
+        "test_leak",
+        None,
+        None,
+    ]
     assert col(out, "leak_of") == [None, None, None, "f", None, "d"]
     assert col(out, "dup_group") == ["a", "a", "a", "f", None, "f"]
-    assert col(out, "label_conflict") == [True, True, True, False, False, False]  # cat vs dog in group a
+    assert col(out, "label_conflict") == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]  # cat vs dog in group a
     sims = col(out, "dup_similarity")
     assert sims[1] == 1.0 and sims[2] == pytest.approx(0.995, abs=1e-3) and sims[0] is None
 
@@ -73,9 +99,13 @@ def test_leakage_policies():
     assert col(report, "leak_of")[3:] == ["f", None, "d"]
 
 
-@pytest.mark.parametrize(("keep", "kept"), [("first", "a"), ("last", "c"), ("largest", "c"), ("centroid", "a")])
+@pytest.mark.parametrize(
+    ("keep", "kept"), [("first", "a"), ("last", "c"), ("largest", "c"), ("centroid", "a")]
+)
 def test_keep_policies(keep: str, kept: str):
-    out = run(replace(DedupSettings(threshold=0.95), keep=keep)).filter(pl.col("dup_group").is_not_null())
+    out = run(replace(DedupSettings(threshold=0.95), keep=keep)).filter(
+        pl.col("dup_group").is_not_null()
+    )
     group = out.filter(pl.col("source").is_in(["a.png", "b.png", "c.png"]))
     assert group.filter(pl.col("dedup_drop").is_null())["sample_id"].to_list() == [kept]
     assert set(group["dup_group"]) == {kept}
@@ -87,7 +117,9 @@ def test_transitive_groups():
     out = run(DedupSettings(threshold=0.95), rows, emb)
     assert col(out, "dup_group") == ["x", "x", "x"]
     assert col(out, "near_dup_of") == [None, "x", "x"]
-    assert col(out, "dup_similarity")[2] == pytest.approx(np.cos(0.6), abs=1e-4)  # below threshold: transitive
+    assert col(out, "dup_similarity")[2] == pytest.approx(
+        np.cos(0.6), abs=1e-4
+    )  # below threshold: transitive
 
 
 def test_eval_duplicates_are_reported_not_dropped_by_default():

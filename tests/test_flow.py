@@ -1,0 +1,106 @@
+"""The cleaning flow end to end, as a real Prefect flow run against the test API."""
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipelines.flows import clean_flow
+from pipelines.store import Store
+from pipelines.versioning import DECISION_COLUMNS
+from tests.conftest import flows_yaml
+
+CONFIG = """
+flows:
+  tiny:
+    source: {type: imagefolder, path: images}
+    embedder: {type: pixels, size: 16}
+    dedup: {threshold: 0.95}
+    store: store
+    cost: {gpu_hours_per_epoch: 10, price_per_gpu_hour: 2.5}
+"""
+
+
+@pytest.fixture
+def tiny_flow(tmp_path: Path, tiny_images: Path) -> Path:
+    return flows_yaml(tmp_path, CONFIG)
+
+
+def by_source(df: pl.DataFrame) -> dict[str, dict]:
+    return {r["source"]: r for r in df.iter_rows(named=True)}
+
+
+def test_flow_cleans_versions_and_skips_unchanged_rerun(
+    prefect_harness, tiny_flow: Path, tmp_path: Path
+):
+    first = clean_flow(config_path=str(tiny_flow), flow_name="tiny")
+    assert first["version"] == 1 and not first["unchanged"]
+    assert first["counts"]["by_reason"] == {
+        "exact_duplicate": 1,
+        "near_duplicate": 1,
+        "test_leak": 1,
+        "unreadable": 1,
+    }
+    assert "saving 4 GPU-h per epoch ($10.00)" in first["statement"].replace(
+        "4.00 GPU-h", "4 GPU-h"
+    )
+
+    store = Store(tmp_path / "store")
+    decisions = store.read("decisions")
+    assert decisions.columns[: len(DECISION_COLUMNS)] == DECISION_COLUMNS
+    rows = by_source(decisions)
+    assert rows["train/a/copy0.png"]["exact_dup_of"] == rows["train/a/base0.png"]["sample_id"]
+    assert rows["train/a/near0.png"]["near_dup_of"] == rows["train/a/base0.png"]["sample_id"]
+    assert rows["train/b/base1.png"]["drop_reason"] == "test_leak"
+    assert rows["train/b/base1.png"]["leak_of"] == rows["test/b/leak1.png"]["sample_id"]
+    assert rows["test/b/leak1.png"]["kept"]
+    assert rows["train/a/broken.png"]["drop_reason"] == "unreadable"
+    assert "cannot decode image" in rows["train/a/broken.png"]["error"]
+
+    dataset = store.read("dataset")
+    assert set(dataset["sample_id"]) == set(decisions.filter(pl.col("kept"))["sample_id"])
+    assert dataset.height == 6
+
+    second = clean_flow(config_path=str(tiny_flow), flow_name="tiny")
+    assert second["unchanged"] and second["version"] == 1
+    assert [m["version"] for m in store.manifests()] == [1]
+
+
+def test_new_data_makes_a_new_version_and_embeds_only_new(
+    prefect_harness, tiny_flow, tiny_images, tmp_path
+):
+    import numpy as np
+
+    from tests.conftest import write_png
+
+    clean_flow(config_path=str(tiny_flow), flow_name="tiny")
+    write_png(tiny_images / "train/b/new.png", np.random.default_rng(7).integers(0, 256, (16, 16)))
+    second = clean_flow(config_path=str(tiny_flow), flow_name="tiny")
+    assert second["version"] == 2 and second["parent"] == 1
+    assert second["embed"]["computed"] == 1 and second["embed"]["cached"] == 8
+    diff = Store(tmp_path / "store").diff(1, 2)
+    assert diff.entered["source"].to_list() == ["train/b/new.png"] and diff.left.height == 0
+
+
+def test_export_round_trips_through_datasets(prefect_harness, tiny_flow, tmp_path):
+    import datasets
+
+    from pipelines.export import export_version
+
+    clean_flow(config_path=str(tiny_flow), flow_name="tiny")
+    out = export_version(Store(tmp_path / "store"), None, "hf", tmp_path / "hf")
+    ds = datasets.load_from_disk(str(out))
+    assert len(ds) == 6 and {"sample_id", "label", "split", "image"} <= set(ds.column_names)
+    assert ds[0]["image"].size == (16, 16)  # decodes as an image
+    pq = export_version(
+        Store(tmp_path / "store"), 1, "parquet", tmp_path / "d.parquet", decisions=True
+    )
+    assert pl.read_parquet(pq).height == 10
+
+
+def test_store_path_that_is_a_file_is_refused(prefect_harness, tmp_path, tiny_images):
+    from pipelines.store import StoreError
+
+    (tmp_path / "store").write_text("not a folder")
+    with pytest.raises(StoreError, match="is a file"):
+        clean_flow(config_path=str(flows_yaml(tmp_path, CONFIG)), flow_name="tiny")
