@@ -72,6 +72,16 @@ def load_source(source: SourceSettings, columns: ColumnSettings) -> LoadedDatase
 
 def _open_splits(source: SourceSettings) -> dict[str, Any]:
     """Open the source with `datasets` and return {split: Dataset}."""
+    try:
+        return _open_with_datasets(source)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        if isinstance(exc, SourceError):
+            raise
+        where = source.path or source.name or ", ".join(source.data_files or [])
+        raise SourceError(f"cannot load the {source.type} source {where}: {exc}") from exc
+
+
+def _open_with_datasets(source: SourceSettings) -> dict[str, Any]:
     import datasets
 
     if source.type == "imagefolder":

@@ -1,0 +1,96 @@
+"""Loading sources: ids, labels, splits, and clear errors for bad input."""
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipelines.config import ColumnSettings, SourceSettings
+from pipelines.sources import SourceError, load_source
+
+
+def parquet(tmp_path: Path, rows: dict) -> SourceSettings:
+    path = tmp_path / "d.parquet"
+    pl.DataFrame(rows).write_parquet(path)
+    return SourceSettings(type="files", format="parquet", data_files=[str(path)])
+
+
+def test_imagefolder_rows(tiny_images: Path):
+    data = load_source(SourceSettings(type="imagefolder", path=str(tiny_images)), ColumnSettings())
+    t = data.table
+    assert data.modality == "image" and t.height == 10
+    assert sorted(t["split"].unique()) == ["test", "train"]
+    row = t.filter(pl.col("source") == "train/a/copy0.png").row(0, named=True)
+    orig = t.filter(pl.col("source") == "train/a/base0.png").row(0, named=True)
+    assert row["label"] == "a" and row["content_hash"] == orig["content_hash"]
+    assert row["sample_id"] == orig["sample_id"] + "-1"  # the second copy of the same content
+    assert t["position"].to_list() == list(range(10))
+
+
+def test_text_ids_labels_and_unlabeled(tmp_path: Path):
+    src = parquet(
+        tmp_path, {"uid": ["a", "b", "c"], "text": ["x", "y", "x"], "label": [1, None, 2]}
+    )
+    t = load_source(src, ColumnSettings(id="uid")).table
+    assert t["sample_id"].to_list() == ["a", "b", "c"]
+    assert t["label"].to_list() == ["1", None, "2"]
+    assert t["content_hash"][0] == t["content_hash"][2]
+
+
+def test_missing_label_column_is_named(tmp_path: Path):
+    src = parquet(tmp_path, {"text": ["x"], "label": [1]})
+    with pytest.raises(
+        SourceError,
+        match=r"columns.label: column 'lbl' does not exist; columns here: \['text', 'label'\]",
+    ):
+        load_source(src, ColumnSettings(label="lbl"))
+
+
+def test_duplicate_ids_are_refused(tmp_path: Path):
+    src = parquet(tmp_path, {"uid": ["a", "a", "b"], "text": ["x", "y", "z"]})
+    with pytest.raises(SourceError, match="id 'a' appears 2 times"):
+        load_source(src, ColumnSettings(id="uid"))
+
+
+def test_empty_dataset(tmp_path: Path):
+    src = parquet(tmp_path, {"text": pl.Series([], dtype=pl.Utf8)})
+    with pytest.raises(SourceError, match="the dataset is empty|corresponds to no data"):
+        load_source(src, ColumnSettings())
+
+
+def test_missing_files(tmp_path: Path):
+    with pytest.raises(SourceError, match="not a folder of images"):
+        load_source(
+            SourceSettings(type="imagefolder", path=str(tmp_path / "nope")), ColumnSettings()
+        )
+    with pytest.raises(SourceError, match="does not exist"):
+        load_source(
+            SourceSettings(type="files", format="csv", data_files=[str(tmp_path / "x.csv")]),
+            ColumnSettings(),
+        )
+
+
+def test_bad_text_and_vectors_are_unreadable_rows_not_crashes(tmp_path: Path):
+    src = parquet(tmp_path, {"text": [b"ok", b"\xff\xfe bad"]})
+    t = load_source(src, ColumnSettings()).table
+    assert t["error"][0] is None and "not valid UTF-8" in t["error"][1]
+    src = parquet(tmp_path, {"text": ["a", "b"], "emb": [[1.0, 0.0], [float("nan"), 1.0]]})
+    t = load_source(src, ColumnSettings(embedding="emb")).table
+    assert t["error"].to_list()[0] is None and "NaN" in t["error"][1]
+
+
+def test_split_column(tmp_path: Path):
+    src = parquet(tmp_path, {"text": ["a", "b"], "part": ["train", "test"]})
+    t = load_source(src, ColumnSettings(split="part")).table
+    assert t["split"].to_list() == ["train", "test"]
+
+
+def test_save_to_disk_source(tmp_path: Path):
+    import datasets
+
+    datasets.Dataset.from_dict({"text": ["a", "b"], "label": ["x", "y"]}).save_to_disk(
+        str(tmp_path / "ds")
+    )
+    data = load_source(SourceSettings(type="disk", path=str(tmp_path / "ds")), ColumnSettings())
+    assert data.modality == "text" and data.table["label"].to_list() == ["x", "y"]
+    assert data.read([1]) == ["b"]
