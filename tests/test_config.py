@@ -32,7 +32,10 @@ def test_loads_flow_with_defaults_and_resolves_paths(tmp_path: Path):
         ("    dedup: {threshold: 0.9, kep: first}", "flow 'imgs': dedup.kep: unknown key"),
         ("    dedup: {threshold: high}", "dedup.threshold: expected float, got str 'high'"),
         ("    dedup: {threshold: 1.5}", "dedup.threshold: expected a number in (0, 1]"),
-        ("    dedup: {keep: biggest}", "dedup.keep: expected one of ['first', 'last', 'largest', 'centroid']"),
+        (
+            "    dedup: {keep: biggest}",
+            "dedup.keep: expected one of ['first', 'last', 'largest', 'centroid']",
+        ),
         ("    dedup: {exact: 1}", "dedup.exact: expected bool, got int 1"),
     ],
 )
@@ -67,6 +70,11 @@ def test_yaml_tags_cannot_build_objects(tmp_path: Path):
 
 def test_fingerprint_ignores_schedule_but_not_threshold(tmp_path: Path):
     a = load_flow(flows_yaml(tmp_path, GOOD), "imgs")
-    b = load_flow(flows_yaml(tmp_path, GOOD.replace("dedup: {", "schedule: {cron: '0 2 * * *'}\n    dedup: {")), "imgs")
+    b = load_flow(
+        flows_yaml(
+            tmp_path, GOOD.replace("dedup: {", "schedule: {cron: '0 2 * * *'}\n    dedup: {")
+        ),
+        "imgs",
+    )
     c = load_flow(flows_yaml(tmp_path, GOOD.replace("0.9", "0.8")), "imgs")
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
