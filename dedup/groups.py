@@ -77,6 +77,17 @@ class _Columns:
         return cls(neg.copy(), neg.copy(), neg.copy(), [None] * n, np.zeros(n, dtype=bool))
 
 
+def age_order(table: pl.DataFrame) -> np.ndarray:
+    """Rank of each row by age: the version it was first seen in (when known), then position."""
+    position = table["position"].to_numpy()
+    if "first_seen" not in table.columns:
+        return position
+    order = np.lexsort((position, table["first_seen"].fill_null(np.iinfo(np.int64).max).to_numpy()))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
 def resolve_groups(
     table: pl.DataFrame,
     labels_of_component: np.ndarray,
@@ -87,7 +98,7 @@ def resolve_groups(
     n = table.height
     out = _Columns.empty(n)
     ctx = GroupContext(
-        position=table["position"].to_numpy(),
+        position=age_order(table),
         size_bytes=table["size_bytes"].to_numpy(),
         emb=emb,
     )

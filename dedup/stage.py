@@ -24,14 +24,27 @@ DUP_COLUMNS = [
 ]
 
 
+@dataclass(frozen=True)
+class PriorIndex:
+    """Near pairs an earlier version found, keyed by content hash, and the contents it searched."""
+
+    pairs: pl.DataFrame  # hash_a, hash_b, sim
+    covered: frozenset[str]
+    key: str  # embedder fingerprint + threshold + search: pairs are reusable only for the same key
+
+
 @dataclass
 class DedupResult:
-    """The sample table with duplicate columns, and how the search ran."""
+    """The sample table with duplicate columns, the near pairs found, and how the search ran."""
 
     table: pl.DataFrame
     near_pairs: int
+    pairs: pl.DataFrame
     search: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+
+
+PAIR_SCHEMA = {"hash_a": pl.Utf8, "hash_b": pl.Utf8, "sim": pl.Float32}
 
 
 def find_duplicates(
@@ -40,22 +53,33 @@ def find_duplicates(
     settings: DedupSettings,
     *,
     search: Callable | None = None,
+    search_between: Callable | None = None,
+    prior: PriorIndex | None = None,
     progress: bool = False,
 ) -> DedupResult:
-    """Add exact_dup_of, near_dup_of, dup_similarity, dup_group, leak_of, label_conflict, dedup_drop."""
+    """Add exact_dup_of, near_dup_of, dup_similarity, dup_group, leak_of, label_conflict, dedup_drop.
+
+    With `prior` (the pairs of an earlier version made with the same embedder and threshold), only
+    contents the prior did not cover are searched: against the covered corpus and among themselves.
+    """
     if emb is not None and len(emb) != table.height:
         raise ValueError(f"embeddings has {len(emb)} rows, the sample table {table.height}")
     t0 = time.perf_counter()
     rep_of = exact_representatives(table) if settings.exact else _no_exact(table)
     a, b = exact_edges(rep_of)
     t1 = time.perf_counter()
-    near_a, near_b, info = _near_edges(rep_of, emb, settings, search, progress)
+    near = _NearSearch(search, search_between, settings, progress)
+    near_a, near_b, sims, info = near.edges(table, rep_of, emb, prior)
     t2 = time.perf_counter()
     labels = components(table.height, np.concatenate([a, near_a]), np.concatenate([b, near_b]))
     cols = resolve_groups(table, labels, emb, settings)
     out = table.with_columns(_to_columns(table, cols, emb))
+    hashes = table["content_hash"].to_numpy()
+    pairs = pl.DataFrame(
+        {"hash_a": hashes[near_a], "hash_b": hashes[near_b], "sim": sims}, schema=PAIR_SCHEMA
+    )
     seconds = {"exact": t1 - t0, "near_search": t2 - t1, "groups": time.perf_counter() - t2}
-    return DedupResult(table=out, near_pairs=len(near_a), search=info, seconds=seconds)
+    return DedupResult(out, len(near_a), pairs, search=info, seconds=seconds)
 
 
 def _no_exact(table: pl.DataFrame) -> np.ndarray:
@@ -63,23 +87,77 @@ def _no_exact(table: pl.DataFrame) -> np.ndarray:
     return np.where(ok, np.arange(table.height), -1)
 
 
-def _near_edges(
-    rep_of, emb, settings: DedupSettings, search, progress
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    empty = np.zeros(0, dtype=np.int64)
-    if not settings.near or emb is None or emb.shape[1] == 0:
-        return empty, empty, {"method": "none"}
-    if search is None:
-        from dedup.near import find_near_pairs as search
-    reps = np.flatnonzero(rep_of == np.arange(len(rep_of)))
-    pairs = search(
-        np.ascontiguousarray(emb[reps]),
-        settings.threshold,
-        method=settings.search,
-        exact_max_rows=settings.exact_max_rows,
-        progress=progress,
-    )
-    return reps[pairs.i], reps[pairs.j], {"method": pairs.method, **pairs.params}
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+class _NearSearch:
+    """Near-duplicate edges between table rows: a full search, or an incremental one."""
+
+    def __init__(self, search, between, settings: DedupSettings, progress: bool):
+        if search is None or between is None:
+            from dedup import near
+
+            search = search or near.find_near_pairs
+            between = between or near.find_near_pairs_between
+        self.search, self.between, self.settings, self.progress = (
+            search,
+            between,
+            settings,
+            progress,
+        )
+
+    def _opts(self) -> dict:
+        s = self.settings
+        return {"method": s.search, "exact_max_rows": s.exact_max_rows, "progress": self.progress}
+
+    def edges(self, table, rep_of, emb, prior: PriorIndex | None):
+        """(rows a, rows b, similarities, search info)."""
+        if not self.settings.near or emb is None or emb.shape[1] == 0:
+            return _EMPTY, _EMPTY, np.zeros(0, np.float32), {"method": "none"}
+        reps = np.flatnonzero(rep_of == np.arange(len(rep_of)))
+        if prior is None:
+            p = self.search(
+                np.ascontiguousarray(emb[reps]), self.settings.threshold, **self._opts()
+            )
+            return (
+                reps[p.i],
+                reps[p.j],
+                p.sim,
+                {"method": p.method, **p.params, "incremental": False},
+            )
+        return self._incremental(table, reps, emb, prior)
+
+    def _incremental(self, table, reps, emb, prior: PriorIndex):
+        hashes = table["content_hash"].to_numpy()
+        old_mask = np.fromiter((h in prior.covered for h in hashes[reps]), bool, len(reps))
+        old, new = reps[old_mask], reps[~old_mask]
+        t = self.settings.threshold
+        own = self.search(np.ascontiguousarray(emb[new]), t, **self._opts())
+        cross = self.between(
+            np.ascontiguousarray(emb[new]), np.ascontiguousarray(emb[old]), t, **self._opts()
+        )
+        ka, kb, ks = _prior_edges(prior.pairs, hashes, old)
+        a = np.concatenate([new[own.i], new[cross.i], ka])
+        b = np.concatenate([new[own.j], old[cross.j], kb])
+        sims = np.concatenate([own.sim, cross.sim, ks]).astype(np.float32)
+        info = {
+            "method": cross.method,
+            **cross.params,
+            "incremental": True,
+            "new_contents": len(new),
+            "reused_contents": len(old),
+            "reused_pairs": len(ka),
+        }
+        return a, b, sims, info
+
+
+def _prior_edges(pairs: pl.DataFrame, hashes: np.ndarray, old: np.ndarray):
+    """The prior's pairs whose two contents are still present, as row indices."""
+    row_of = dict(zip(hashes[old].tolist(), old.tolist(), strict=True))
+    live = pairs.filter(pl.col("hash_a").is_in(list(row_of)) & pl.col("hash_b").is_in(list(row_of)))
+    a = np.array([row_of[h] for h in live["hash_a"].to_list()], dtype=np.int64)
+    b = np.array([row_of[h] for h in live["hash_b"].to_list()], dtype=np.int64)
+    return a, b, live["sim"].to_numpy().astype(np.float32)
 
 
 def _to_columns(table: pl.DataFrame, cols, emb: np.ndarray | None) -> list[pl.Series]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +13,22 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from dedup.stage import DedupResult, find_duplicates
+from dedup.stage import DedupResult, PriorIndex, find_duplicates
 from pipelines.config import FlowSettings, load_flow
 from pipelines.cost import ComputeMeter, cost_delta, statement
 from pipelines.decide import counts_by_reason, decide
 from pipelines.embed import EmbedResult, embed_dataset, make_embedder
 from pipelines.sources import LoadedDataset, load_source
 from pipelines.store import Store, StoreConflict
-from pipelines.versioning import base_manifest, dataset_table, decisions_table, input_fingerprint
+from pipelines.versioning import (
+    History,
+    base_manifest,
+    dataset_table,
+    decisions_table,
+    input_fingerprint,
+)
+
+GPU_LIMIT = "leanset-gpu"  # Prefect global concurrency limit guarding GPU work
 
 
 @dataclass
@@ -61,10 +70,11 @@ def load_task(settings: FlowSettings) -> LoadedDataset:
 
 @task(name="embed", cache_policy=NO_CACHE)
 def embed_task(data: LoadedDataset, settings: FlowSettings, cache_root: str) -> EmbedResult:
-    """Embed what the cache does not hold yet."""
+    """Embed what the cache does not hold yet (one GPU slot at a time across flows)."""
     emb = settings.embedder
     embedder = make_embedder(emb, data.columns.embedding)
-    return embed_dataset(
+    run = partial(
+        embed_dataset,
         data,
         embedder,
         cache_root,
@@ -72,14 +82,20 @@ def embed_task(data: LoadedDataset, settings: FlowSettings, cache_root: str) -> 
         num_workers=emb.num_workers,
         shard_rows=emb.shard_rows,
     )
+    if not str(getattr(embedder, "device", "cpu")).startswith("cuda"):
+        return run()
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(GPU_LIMIT, occupy=1, strict=False):
+        return run()
 
 
 @task(name="find-duplicates", cache_policy=NO_CACHE)
 def dedup_task(
-    table: pl.DataFrame, matrix: np.ndarray | None, settings: FlowSettings
+    table: pl.DataFrame, matrix: np.ndarray | None, settings: FlowSettings, prior: PriorIndex | None
 ) -> DedupResult:
-    """Exact and near duplicates, groups, leaks and label conflicts."""
-    return find_duplicates(table, matrix, settings.dedup)
+    """Exact and near duplicates, groups, leaks and label conflicts (incremental with a prior)."""
+    return find_duplicates(table, matrix, settings.dedup, prior=prior)
 
 
 @task(
@@ -89,23 +105,29 @@ def dedup_task(
     retry_condition_fn=_not_a_conflict,
     cache_policy=NO_CACHE,
 )
-def commit_task(
-    store: Store, dataset: pl.DataFrame, decisions: pl.DataFrame, manifest: dict, parent: int | None
-) -> dict:
-    """Write the new version (tables first, manifest last)."""
-    return store.commit(dataset, decisions, manifest, parent)
+def commit_task(store: Store, version: VersionDraft) -> dict:
+    """Write the new version (tables and pair index first, manifest last)."""
+    return store.commit(
+        version.dataset, version.decisions, version.manifest, version.parent, pairs=version.pairs
+    )
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
 def report_task(summary: RunSummary, decisions: pl.DataFrame | None) -> str:
-    """Leave the run's summary as a Prefect markdown artifact."""
-    from prefect.artifacts import create_markdown_artifact
+    """Leave the run's summary (markdown) and its largest duplicate groups (table) as artifacts."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from pipelines.report import markdown_summary
+    from pipelines.report import markdown_summary, top_groups
 
     text = markdown_summary(summary, decisions)
     key = "leanset-" + "".join(c if c.isalnum() else "-" for c in summary.flow.lower())
     create_markdown_artifact(markdown=text, key=key, description=f"leanset run of {summary.flow}")
+    if decisions is not None:
+        groups = top_groups(decisions, 25)
+        if groups.height:
+            create_table_artifact(
+                table=groups.to_dicts(), key=f"{key}-groups", description="largest duplicate groups"
+            )
     return text
 
 
@@ -116,6 +138,17 @@ def clean_flow(config_path: str, flow_name: str) -> dict[str, Any]:
     summary, decisions = run_pipeline(settings)
     report_task(summary, decisions)
     return summary.to_dict()
+
+
+@dataclass
+class VersionDraft:
+    """Everything a commit writes."""
+
+    dataset: pl.DataFrame
+    decisions: pl.DataFrame
+    manifest: dict[str, Any]
+    parent: int | None
+    pairs: pl.DataFrame | None
 
 
 def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | None]:
@@ -137,32 +170,34 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
         log.info("Input and config unchanged since version %s: no new version.", parent)
         return _unchanged_summary(settings, parent_manifest, timings), None
 
-    matrix, embed_info = None, {}
-    table = data.table
+    history = History.of(store, parent_manifest)
+    table = history.mark_first_seen(data.table, (parent or 0) + 1)
+    matrix, embed_info, index_key = None, {}, None
     if settings.embedder is not None:
         cache_root = str(Path(settings.store) / "cache" / "embeddings")
         res = _timed(timings, "embed", lambda: embed_task(data, settings, cache_root))
         meter.add_gpu(res.seconds, res.device)
-        table = _mark_unreadable(table, res.errors)
-        matrix = res.matrix
+        table, matrix = _mark_unreadable(table, res.errors), res.matrix
         embed_info = {
             "computed": res.computed,
             "cached": res.cached,
             "device": res.device,
             "fingerprint": res.fingerprint,
-            "samples_per_s": res.computed / max(res.seconds, 1e-9),
+            "samples_per_s": round(res.computed / max(res.seconds, 1e-9), 1),
         }
+        index_key = f"{res.fingerprint}|{settings.dedup.threshold}"
         log.info(
             "Embedded %d new samples, %d from cache (%s).", res.computed, res.cached, res.device
         )
 
-    dd = _timed(timings, "dedup", lambda: dedup_task(table, matrix, settings))
+    prior = history.prior_index(index_key) if settings.dedup.near else None
+    dd = _timed(timings, "dedup", lambda: dedup_task(table, matrix, settings, prior))
     decided = decide(dd.table)
     decisions = decisions_table(decided)
     cleaned = dataset_table(
         LoadedDataset(decided, data.modality, data.splits, data.columns), decisions
     )
-    counts = _counts(decisions, settings.dedup.eval_splits)
+    counts = _counts(decisions, settings.dedup.eval_splits) | history.new_counts(decisions)
     cd = cost_delta(settings.cost, counts["input"], counts["kept"], meter.read())
     manifest = base_manifest(settings.to_dict(), config_hash, fingerprint) | {
         "counts": counts,
@@ -171,10 +206,10 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
         "statement": statement(cd),
         "embed": embed_info,
         "search": dd.search,
+        "index": {"key": index_key},
     }
-    committed = _timed(
-        timings, "commit", lambda: commit_task(store, cleaned, decisions, manifest, parent)
-    )
+    draft = VersionDraft(cleaned, decisions, manifest, parent, dd.pairs if index_key else None)
+    committed = _timed(timings, "commit", lambda: commit_task(store, draft))
     log.info("Committed version %s of %s.", committed["version"], settings.store)
     summary = RunSummary(
         flow=settings.name,

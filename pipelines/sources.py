@@ -284,7 +284,10 @@ def _split_column(splits: dict[str, Any], column: str) -> pl.Series:
 
 
 def _assign_ids(table: pl.DataFrame) -> pl.DataFrame:
-    """Configured ids (checked unique), else content hash prefix plus occurrence number."""
+    """Configured ids (checked unique), else a hash of content and source location.
+
+    Derived ids stay the same when data is appended or reordered, and differ for identical
+    content at two locations (two files, two rows)."""
     if table["_given_id"].null_count() == 0:
         dup = table.filter(pl.col("_given_id").is_duplicated())["_given_id"]
         if dup.len():
@@ -294,12 +297,8 @@ def _assign_ids(table: pl.DataFrame) -> pl.DataFrame:
             )
         ids = table["_given_id"]
     else:
-        k = pl.int_range(pl.len()).over("content_hash")
-        ids = table.select(
-            pl.when(k == 0)
-            .then(pl.col("content_hash").str.slice(0, 16))
-            .otherwise(pl.col("content_hash").str.slice(0, 16) + "-" + k.cast(pl.Utf8))
-        ).to_series()
+        pairs = zip(table["content_hash"].to_list(), table["source"].to_list(), strict=True)
+        ids = pl.Series([digest(f"{h}\x1f{src}".encode())[:16] for h, src in pairs], dtype=pl.Utf8)
     return (
         table.with_columns(ids.alias("sample_id"))
         .drop("_given_id")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import uuid
@@ -11,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.fsutil import create_exclusive
+from pipelines.fsutil import atomic_write_bytes, create_exclusive
 
 log = logging.getLogger("leanset.store")
 
@@ -103,8 +104,9 @@ class Store:
         decisions: pl.DataFrame,
         manifest: dict[str, Any],
         parent: int | None,
+        pairs: pl.DataFrame | None = None,
     ) -> dict[str, Any]:
-        """Write both tables, then the manifest that makes them a version (one winner per parent)."""
+        """Write both tables (and the near-pair index), then the manifest that makes them a version."""
         self.root.mkdir(parents=True, exist_ok=True)
         latest = self.latest()
         current = latest["version"] if latest else None
@@ -117,6 +119,12 @@ class Store:
             for name, df in (("dataset", dataset), ("decisions", decisions))
         }
         full = {**manifest, "version": version, "parent": parent, "tables": tables, "commit": token}
+        if pairs is not None:
+            rel = f"index/pairs-v{version:06d}-{token[:8]}.parquet"
+            buf = io.BytesIO()
+            pairs.write_parquet(buf)
+            atomic_write_bytes(self.root / rel, buf.getvalue())
+            full["index"] = {**full.get("index", {}), "pairs": rel}
         data = (json.dumps(full, indent=2, sort_keys=True, default=str) + "\n").encode()
         if not create_exclusive(self._manifest_path(version), data):
             winner = self.latest()
@@ -124,6 +132,19 @@ class Store:
                 self._conflict_message(parent, winner["version"] if winner else None)
             )
         return full
+
+    def read_pairs(self, manifest: dict[str, Any]) -> pl.DataFrame | None:
+        """The near pairs a version found (None when it recorded none or the file is unreadable)."""
+        rel = manifest.get("index", {}).get("pairs")
+        if not rel:
+            return None
+        try:
+            return pl.read_parquet(self.root / rel)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            log.warning(
+                "near-pair index %s is unreadable (%s); searching everything again", rel, exc
+            )
+            return None
 
     def _write_table(self, name: str, df: pl.DataFrame, version: int, token: str) -> int:
         """Overwrite a Delta table; return the Delta version this write created."""

@@ -66,7 +66,7 @@ def test_flow_cleans_versions_and_skips_unchanged_rerun(
     assert [m["version"] for m in store.manifests()] == [1]
 
 
-def test_new_data_makes_a_new_version_and_embeds_only_new(
+def test_new_data_is_embedded_and_searched_incrementally(
     prefect_harness, tiny_flow, tiny_images, tmp_path
 ):
     import numpy as np
@@ -75,10 +75,21 @@ def test_new_data_makes_a_new_version_and_embeds_only_new(
 
     clean_flow(config_path=str(tiny_flow), flow_name="tiny")
     write_png(tiny_images / "train/b/new.png", np.random.default_rng(7).integers(0, 256, (16, 16)))
+    # a copy of an old image whose name sorts first: the older sample must still be the one kept
+    (tiny_images / "train/a/aaa.png").write_bytes((tiny_images / "train/a/base0.png").read_bytes())
     second = clean_flow(config_path=str(tiny_flow), flow_name="tiny")
     assert second["version"] == 2 and second["parent"] == 1
     assert second["embed"]["computed"] == 1 and second["embed"]["cached"] == 8
-    diff = Store(tmp_path / "store").diff(1, 2)
+    assert second["search"]["incremental"] and second["search"]["new_contents"] == 1
+    assert second["search"]["reused_pairs"] == 2  # base0~near0 and base1~leak1 were not searched again
+    assert second["counts"]["new_samples"] == 2
+    assert second["counts"]["new_duplicates_of_older"] == 1
+
+    store = Store(tmp_path / "store")
+    rows = by_source(store.read("decisions"))
+    assert rows["train/a/aaa.png"]["exact_dup_of"] == rows["train/a/base0.png"]["sample_id"]
+    assert rows["train/a/base0.png"]["kept"] and rows["train/a/aaa.png"]["first_seen"] == 2
+    diff = store.diff(1, 2)
     assert diff.entered["source"].to_list() == ["train/b/new.png"] and diff.left.height == 0
 
 
