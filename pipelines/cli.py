@@ -59,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
+    serve = sub.add_parser("serve", help="serve every scheduled flow as a Prefect deployment")
+    serve.add_argument("config", help="path to flows.yaml")
+    serve.add_argument("--flow", action="append", help="serve only this flow (repeatable)")
+    serve.add_argument(
+        "--gpu-slots",
+        type=int,
+        default=None,
+        help="set the leanset-gpu concurrency limit (default: create with 1 slot if missing)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
     versions = sub.add_parser("versions", help="list the versions in a store")
     versions.add_argument("store")
     versions.add_argument("--json", action="store_true")
@@ -108,6 +119,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, default=str))
     else:
         print_summary(summary)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipelines.serve import scheduled_flows, serve
+
+    for f in scheduled_flows(args.config, args.flow):
+        when = f.schedule.cron or f"every {f.schedule.interval_minutes:g} min"
+        console.print(f"serving [bold]{f.name}[/]: {when} ({f.schedule.timezone}) -> {f.store}")
+    serve(args.config, args.flow, args.gpu_slots)
     return 0
 
 
