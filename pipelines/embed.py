@@ -70,14 +70,33 @@ def _fingerprint(*parts: Any) -> str:
 
 
 def _open_image(content: bytes, mode: str) -> Any:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         img = Image.open(io.BytesIO(content))
+        _check_pixels(img.size)
         img.load()
         return img.convert(mode)
+    except UnidentifiedImageError as exc:  # its message holds a memory address: not reproducible
+        raise SampleError("unreadable: cannot decode image (not a known image format)") from exc
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, SampleError):
+            raise
         raise SampleError(f"unreadable: cannot decode image ({exc})") from exc
+
+
+def _check_pixels(size: tuple[int, int]) -> None:
+    """Refuse, before decoding, images larger than PIL's bomb limit (PIL itself only warns up to
+    twice that size, after allocating it)."""
+    from PIL import Image
+
+    w, h = size
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and w * h > limit:
+        raise SampleError(
+            f"unreadable: image is {w} x {h} = {w * h:,} pixels, more than the {limit:,} "
+            f"leanset decodes (PIL.Image.MAX_IMAGE_PIXELS; a decompression bomb?)"
+        )
 
 
 class PixelEmbedder:
@@ -389,7 +408,7 @@ def embed_dataset(
     t0 = time.perf_counter()
     table = data.table
     if isinstance(embedder, PrecomputedEmbedder):
-        check_vector_widths(data)
+        return _precomputed(data, embedder, t0)
     readable = table.filter(pl.col("error").is_null()).unique(
         "content_hash", keep="first", maintain_order=True
     )
@@ -427,10 +446,27 @@ def embed_dataset(
     )
 
 
-def check_vector_widths(data: LoadedDataset) -> int:
-    """All precomputed vectors must have one width; the first that differs is named."""
+def _precomputed(data: LoadedDataset, embedder: PrecomputedEmbedder, t0: float) -> EmbedResult:
+    """Vectors from the dataset's own column: checked, normalised, nothing computed or cached."""
     ok = data.table.filter(pl.col("error").is_null())
-    widths = np.array([len(v) for v in data.read(ok["position"].to_list())])
+    vectors = data.vectors(ok["position"].to_list())
+    width = check_vector_widths(ok, vectors)
+    matrix = np.zeros((data.table.height, width), dtype=np.float32)
+    if vectors:
+        matrix[ok["position"].to_numpy()] = l2_normalise(np.stack(vectors))  # one pass, no cache
+    return EmbedResult(
+        matrix=matrix,
+        computed=0,
+        cached=0,
+        seconds=time.perf_counter() - t0,
+        device="cpu",
+        fingerprint=embedder.fingerprint,
+    )
+
+
+def check_vector_widths(ok: pl.DataFrame, vectors: list[np.ndarray]) -> int:
+    """All precomputed vectors must have one width; the first that differs is named."""
+    widths = np.array([len(v) for v in vectors], dtype=np.int64)
     if widths.size == 0:
         return 0
     expected = int(np.bincount(widths).argmax())

@@ -170,7 +170,7 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
         log.info("Input and config unchanged since version %s: no new version.", parent)
         return _unchanged_summary(settings, parent_manifest, timings), None
 
-    history = History.of(store, parent_manifest)
+    history = _timed(timings, "history", lambda: History.of(store, parent_manifest))
     table = history.mark_first_seen(data.table, (parent or 0) + 1)
     matrix, embed_info, index_key = None, {}, None
     if settings.embedder is not None:
@@ -194,8 +194,12 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
     dd = _timed(timings, "dedup", lambda: dedup_task(table, matrix, settings, prior))
     decided = decide(dd.table)
     decisions = decisions_table(decided)
-    cleaned = dataset_table(
-        LoadedDataset(decided, data.modality, data.splits, data.columns), decisions
+    cleaned = _timed(
+        timings,
+        "build_version",
+        lambda: dataset_table(
+            LoadedDataset(decided, data.modality, data.splits, data.columns), decisions
+        ),
     )
     counts = _counts(decisions, settings.dedup.eval_splits) | history.new_counts(decisions)
     cd = cost_delta(settings.cost, counts["input"], counts["kept"], meter.read())

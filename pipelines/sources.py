@@ -39,6 +39,23 @@ class LoadedDataset:
         srow = self.table["_row"].to_numpy()
         return [self._content(self.splits[part[r]], int(srow[r])) for r in rows]
 
+    def vectors(self, rows: Sequence[int]) -> list[np.ndarray]:
+        """Precomputed vectors of table rows `rows`, read in bulk per split."""
+        part = self.table["_part"].to_numpy()[list(rows)]
+        srow = self.table["_row"].to_numpy()[list(rows)]
+        out: list[np.ndarray] = [None] * len(part)  # type: ignore[list-item]
+        for name in set(part.tolist()):
+            col = _numpy_column(self.splits[name], self.columns.embedding)
+            where = np.flatnonzero(part == name)
+            if isinstance(col, np.ndarray):
+                block = col[srow[where]]
+                for k, row in zip(where, block, strict=True):
+                    out[k] = row
+            else:
+                for k in where:
+                    out[k] = np.asarray(col[srow[k]], dtype=np.float32)
+        return out
+
     def _content(self, ds: Any, row: int) -> Any:
         if self.modality == "embedding":
             return ds[row][self.columns.embedding]
@@ -207,8 +224,31 @@ def _iter_content(
         for row, value in enumerate(ds[columns.text]):
             yield row, _text_bytes(value), _row_source(source, split, row)
     else:
-        for row, value in enumerate(ds[columns.embedding]):
+        for row, value in enumerate(_numpy_column(ds, columns.embedding)):
             yield row, _vector_bytes(value), _row_source(source, split, row)
+
+
+def _numpy_column(ds: Any, column: str) -> Any:
+    """A vector column as a 2-D float32 array when every row has one width, else a list of rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if ds._indices is not None:  # a selected/filtered view: materialise the row order first
+        ds = ds.flatten_indices()
+    arr = ds.data.column(column).combine_chunks()
+    if _is_list(arr.type, pa) and arr.null_count == 0 and len(arr):
+        lengths = pc.list_value_length(arr).to_numpy()
+        if (lengths == lengths[0]).all() and lengths[0] > 0:
+            try:
+                values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+                return values.reshape(len(arr), int(lengths[0]))
+            except (TypeError, ValueError, pa.ArrowInvalid):
+                pass  # not numeric: every row is reported on its own below
+    return [None if v is None else v for v in arr.to_pylist()]
+
+
+def _is_list(t: Any, pa: Any) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
 def _safe_image_bytes(value: Any) -> tuple[bytes, str | None]:

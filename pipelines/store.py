@@ -149,17 +149,25 @@ class Store:
     def _write_table(self, name: str, df: pl.DataFrame, version: int, token: str) -> int:
         """Overwrite a Delta table; return the Delta version this write created."""
         from deltalake import CommitProperties, DeltaTable
+        from deltalake.exceptions import CommitFailedError
 
         path = str(self.root / name)
         meta = {"leanset_version": str(version), "leanset_commit": token}
-        df.write_delta(
-            path,
-            mode="overwrite",
-            delta_write_options={
-                "schema_mode": "overwrite",
-                "commit_properties": CommitProperties(custom_metadata=meta),
-            },
-        )
+        try:
+            df.write_delta(
+                path,
+                mode="overwrite",
+                delta_write_options={
+                    "schema_mode": "overwrite",
+                    "commit_properties": CommitProperties(custom_metadata=meta),
+                },
+            )
+        except CommitFailedError as exc:  # another run's write to this table committed first
+            raise StoreConflict(
+                f"store {self.root}: another run wrote the {name!r} table at the same time as "
+                f"this one, which was to become version {version}; nothing was written as a "
+                f"version. Rerun to build on the version that run commits. (Delta: {exc})"
+            ) from exc
         for entry in DeltaTable(path).history(limit=50):
             if entry.get("leanset_commit") == token:
                 return int(entry["version"])

@@ -55,13 +55,13 @@ def decisions_table(table: pl.DataFrame) -> pl.DataFrame:
 def dataset_table(data: LoadedDataset, decisions: pl.DataFrame) -> pl.DataFrame:
     """The cleaned dataset: kept rows with their content reference (path, bytes, text or vector)."""
     kept = decisions.filter(pl.col("kept"))
-    rows = data.table.select("sample_id", "_part", "_row").join(
+    rows = data.table.select("sample_id", "position", "_part", "_row").join(
         kept.select("sample_id", "split", "label", "source", "content_hash"),
         on="sample_id",
         how="inner",
         maintain_order="right",
     )
-    return rows.with_columns(_content_columns(data, rows)).drop("_part", "_row")
+    return rows.with_columns(_content_columns(data, rows)).drop("position", "_part", "_row")
 
 
 def _content_columns(data: LoadedDataset, rows: pl.DataFrame) -> list[pl.Series]:
@@ -69,12 +69,9 @@ def _content_columns(data: LoadedDataset, rows: pl.DataFrame) -> list[pl.Series]
         values = _cells(data, rows, data.columns.text)
         return [pl.Series("text", values, dtype=pl.Utf8)]
     if data.modality == "embedding":
-        values = _cells(data, rows, data.columns.embedding)
-        return [
-            pl.Series(
-                "embedding", [np.asarray(v, np.float32) for v in values], dtype=pl.List(pl.Float32)
-            )
-        ]
+        vectors = data.vectors(rows["position"].to_list())
+        matrix = np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)
+        return [pl.Series("embedding", matrix).cast(pl.List(pl.Float32))]
     cells = _cells(data, rows, data.columns.image)
     paths = [c.get("path") if isinstance(c, dict) else None for c in cells]
     if all(p for p in paths):

@@ -81,7 +81,9 @@ def test_new_data_is_embedded_and_searched_incrementally(
     assert second["version"] == 2 and second["parent"] == 1
     assert second["embed"]["computed"] == 1 and second["embed"]["cached"] == 8
     assert second["search"]["incremental"] and second["search"]["new_contents"] == 1
-    assert second["search"]["reused_pairs"] == 2  # base0~near0 and base1~leak1 were not searched again
+    assert (
+        second["search"]["reused_pairs"] == 2
+    )  # base0~near0 and base1~leak1 were not searched again
     assert second["counts"]["new_samples"] == 2
     assert second["counts"]["new_duplicates_of_older"] == 1
 
