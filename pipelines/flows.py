@@ -19,7 +19,7 @@ from pipelines.cost import ComputeMeter, cost_delta, statement
 from pipelines.decide import counts_by_reason, decide
 from pipelines.embed import EmbedResult, embed_dataset, make_embedder
 from pipelines.sources import LoadedDataset, load_source
-from pipelines.store import Store, StoreConflict
+from pipelines.store import Store
 from pipelines.versioning import (
     History,
     base_manifest,
@@ -51,18 +51,26 @@ class RunSummary:
         return asdict(self)
 
 
-def _not_a_conflict(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry I/O failures, but never a lost race for a version (retrying cannot win it)."""
+def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry passing I/O failures; never bad input or a lost race for a version (same result)."""
+    from pipelines.errors import USER_ERRORS
+
     try:
         state.result()
-    except StoreConflict:
+    except USER_ERRORS:  # includes StoreConflict: a retry cannot win the race it lost
         return False
-    except Exception:  # noqa: BLE001 - any other failure of the write is worth a retry
+    except Exception:  # noqa: BLE001 - anything else (a flaky disk or network) may pass next time
         return True
     return True
 
 
-@task(name="load-source", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(
+    name="load-source",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=_worth_retrying,
+    cache_policy=NO_CACHE,
+)
 def load_task(settings: FlowSettings) -> LoadedDataset:
     """Read the dataset and hash every sample's content."""
     return load_source(settings.source, settings.columns)
@@ -102,7 +110,7 @@ def dedup_task(
     name="commit-version",
     retries=2,
     retry_delay_seconds=1,
-    retry_condition_fn=_not_a_conflict,
+    retry_condition_fn=_worth_retrying,
     cache_policy=NO_CACHE,
 )
 def commit_task(store: Store, version: VersionDraft) -> dict:
