@@ -1,0 +1,1 @@
+"""leanset benchmarks: synthetic data with planted near-duplicates, stage timings, GPU check."""

@@ -1,0 +1,786 @@
+"""Near-duplicate pairs by cosine similarity: FAISS exact, partitioned (SemDeDup-style), GPU.
+
+Rows of the embedding matrix are L2-normalised, so cosine similarity is the inner product. Two
+searchers share one set of compute kernels:
+
+* ``exact`` compares every pair, in blocks of ``block_rows`` x ``block_rows`` (a self-search
+  only visits blocks on or above the diagonal, so it does half the work of a full search).
+* ``partitioned`` trains spherical k-means (about sqrt(N) centroids; clusters far above the
+  mean size are split once more) on a sample, and gives each row its nearest centroid plus
+  the next ones, up to ``n_probe_clusters`` in all, whose similarity is within
+  ``PROBE_MARGIN * sqrt(2 - 2 threshold)`` of the nearest (rows on a border probe several
+  clusters, rows deep inside one probe one). Each cluster's members (rows whose nearest
+  centroid it is) are searched against its members and every row probing it. A pair (x, y) is
+  found when x's nearest centroid is among y's probed ones, or the other way round; recall
+  below 1 comes only from pairs failing both. Found pairs are exact (same cosine as exact).
+
+Kernels: FAISS ``IndexFlatIP.range_search`` on CPU; on a GPU with faiss-gpu, k-NN search on a
+GPU flat index with k grown until every query's neighbours within the threshold are complete;
+on a GPU without faiss-gpu (or on CPU for testing: ``device="cpu-torch"``), blocked ``torch.mm``
+in fp16 (CUDA) or bf16 (CPU) whose candidates within a rounding-error bound of the threshold
+are re-checked in fp32. All kernels return the same pairs up to fp32 rounding at the threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "cpu-torch", "cuda-torch")
+"""`cpu`: FAISS; `cuda`: faiss-gpu if present, else torch; `*-torch`: the torch kernel."""
+
+NORM_TOL = 1e-3
+KMEANS_ITERS = 10
+KMEANS_POINTS_PER_CENTROID = 40
+BALANCE_FACTOR = 4.0  # clusters with more than this x the mean sample count are split
+BALANCE_ROUNDS = 1
+DEFAULT_PROBE_CLUSTERS = 8  # the most clusters one row probes
+PROBE_MARGIN = 0.1  # probe centroids within PROBE_MARGIN * sqrt(2 - 2 threshold) of the nearest
+# FAISS calls comparing fewer pairs run on one thread: OpenMP start-up and spin-waiting cost
+# more than the work (2-4x slower partitioned search on a busy 2-core machine)
+_FAISS_SERIAL_PAIRS = 1 << 22
+_CHECK_ROWS = 65536  # rows per validation block (bounds temporary memory)
+_ASSIGN_ROWS = 65536  # rows per centroid-assignment block
+_RECHECK_PAIRS = 1 << 18  # candidate pairs per fp32 re-check chunk
+_GPU_KNN_START = 64  # first k of the faiss-gpu range emulation
+_GPU_KNN_MAX = 2048  # largest k faiss-gpu flat search accepts
+
+
+@dataclass(frozen=True)
+class NearPairs:
+    """Unordered pairs (i < j for a self-search) with cosine >= threshold, sorted by (i, j)."""
+
+    i: np.ndarray
+    j: np.ndarray
+    sim: np.ndarray
+    method: str
+    params: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        """Number of pairs."""
+        return int(self.i.shape[0])
+
+
+Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _empty_pairs() -> Pairs:
+    """No pairs."""
+    return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+
+
+def _concat(parts: list[Pairs]) -> Pairs:
+    """Concatenate pair lists."""
+    if not parts:
+        return _empty_pairs()
+    return (
+        np.concatenate([p[0] for p in parts]).astype(np.int64, copy=False),
+        np.concatenate([p[1] for p in parts]).astype(np.int64, copy=False),
+        np.concatenate([p[2] for p in parts]).astype(np.float32, copy=False),
+    )
+
+
+def _blocks(n: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges covering 0..n in steps of `size`."""
+    return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def _block_grid(nq: int, nc: int, size: int, upper: bool) -> Iterator[tuple[int, int, int, int]]:
+    """Query/corpus block pairs; with `upper` (query is corpus) only blocks on/above the diagonal."""
+    for qs, qe in _blocks(nq, size):
+        for cs, ce in _blocks(nc, size):
+            if not upper or cs >= qs:
+                yield qs, qe, cs, ce
+
+
+def _n_block_pairs(nq: int, nc: int, size: int, upper: bool) -> int:
+    """How many blocks `_block_grid` yields."""
+    bq, bc = math.ceil(nq / size), math.ceil(nc / size)
+    return bq * (bq + 1) // 2 if upper else bq * bc
+
+
+# --------------------------------------------------------------------------------------------
+# kernels: one (query block, corpus block) range search, top-k against centroids
+
+
+@contextmanager
+def _faiss_threads(n: int) -> Iterator[None]:
+    """Run FAISS with n OpenMP threads inside the block (0: leave as is)."""
+    before = faiss.omp_get_max_threads()
+    if n:
+        faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n:
+            faiss.omp_set_num_threads(before)
+
+
+class _FaissKernel:
+    """FAISS flat inner-product search on CPU."""
+
+    name = "faiss-cpu"
+
+    def load(self, x: np.ndarray) -> np.ndarray:
+        """The matrix in the kernel's memory."""
+        return x
+
+    def take(self, h: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
+        """Selected rows (contiguous)."""
+        return np.ascontiguousarray(h[rows])
+
+    def _index(self, c: np.ndarray) -> Any:
+        """A flat IP index over `c`."""
+        index = faiss.IndexFlatIP(c.shape[1])
+        index.add(c)
+        return index
+
+    def block(self, q: np.ndarray, c: np.ndarray, threshold: float, diag: bool) -> Pairs:
+        """Pairs (local rows) with inner product >= threshold; `diag`: q is c, keep qi < cj."""
+        # FAISS keeps IP > radius (strict): step one float below so IP == threshold is kept
+        radius = float(np.nextafter(np.float32(threshold), np.float32(0)))
+        with _faiss_threads(1 if q.shape[0] * c.shape[0] < _FAISS_SERIAL_PAIRS else 0):
+            lims, sims, idx = self._index(c).range_search(q, radius)
+        qi = np.repeat(np.arange(q.shape[0], dtype=np.int64), np.diff(lims.astype(np.int64)))
+        keep = sims >= np.float32(threshold)
+        if diag:
+            keep &= qi < idx
+        return qi[keep], idx[keep].astype(np.int64), sims[keep]
+
+    def top_k(self, q: np.ndarray, c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Similarities and indices of each query's k most similar corpus rows."""
+        sims, idx = self._index(c).search(q, k)
+        return sims, idx.astype(np.int64)
+
+
+def _knn_range(
+    search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+    q: np.ndarray,
+    nc: int,
+    threshold: float,
+    k_start: int,
+    k_max: int,
+    fallback: Callable[[np.ndarray], Pairs],
+) -> Pairs:
+    """Range search emulated by k-NN: grow k for queries whose k-th neighbour is still in range."""
+    parts: list[Pairs] = []
+    todo = np.arange(q.shape[0], dtype=np.int64)
+    k = min(k_start, nc)
+    while todo.size:
+        sims, idx = search(np.ascontiguousarray(q[todo]), k)
+        full = (sims[:, -1] >= threshold) & (k < nc)
+        done = ~full
+        r, col = np.nonzero((sims >= threshold) & done[:, None])
+        parts.append((todo[r], idx[r, col].astype(np.int64), sims[r, col]))
+        todo = todo[full]
+        if todo.size and k >= k_max:
+            qi, cj, s = fallback(np.ascontiguousarray(q[todo]))
+            parts.append((todo[qi], cj, s))
+            break
+        k = min(k * 4, k_max, nc)
+    return _concat(parts)
+
+
+class _FaissGpuKernel(_FaissKernel):
+    """faiss-gpu flat search; range search emulated with growing k (faiss-gpu has none)."""
+
+    name = "faiss-gpu"
+
+    def __init__(self) -> None:
+        self._res = faiss.StandardGpuResources()
+
+    def _index(self, c: np.ndarray) -> Any:
+        """A GPU flat IP index over `c`."""
+        index = faiss.GpuIndexFlatIP(self._res, c.shape[1])
+        index.add(c)
+        return index
+
+    def block(self, q: np.ndarray, c: np.ndarray, threshold: float, diag: bool) -> Pairs:
+        """Pairs (local rows) with inner product >= threshold; `diag`: q is c, keep qi < cj."""
+        index = self._index(c)
+        qi, cj, s = _knn_range(
+            index.search,
+            q,
+            c.shape[0],
+            threshold,
+            _GPU_KNN_START,
+            _GPU_KNN_MAX,
+            lambda rest: _CPU.block(rest, c, threshold, False),
+        )
+        keep = qi < cj if diag else np.ones(qi.shape, bool)
+        return qi[keep], cj[keep], s[keep]
+
+
+_CPU = _FaissKernel()
+
+
+@dataclass(frozen=True)
+class _TorchRows:
+    """Rows of a matrix on the torch device: low-precision copy, and where their fp32 rows are."""
+
+    lp: Any  # (n, D) fp16/bf16 rows
+    base: Any  # the whole fp32 matrix (shared, never copied per block)
+    rows: Any  # (n,) int64 row ids into base
+
+
+class _TorchKernel:
+    """Blocked torch.mm in fp16/bf16, candidates near the threshold re-checked in fp32."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        # |error| of a low-precision dot of unit vectors: 2u (inputs) + u (output rounding)
+        unit_roundoff = float(torch.finfo(self.dtype).eps) / 2
+        self.margin = 3 * unit_roundoff + 1e-4
+        self.name = f"torch-{self.device.type}-{str(self.dtype).removeprefix('torch.')}"
+
+    def load(self, x: np.ndarray) -> _TorchRows:
+        """The matrix on the device (fp32 and low precision)."""
+        base = self.torch.from_numpy(x).to(self.device)
+        rows = self.torch.arange(x.shape[0], device=self.device)
+        return _TorchRows(base.to(self.dtype), base, rows)
+
+    def take(self, h: _TorchRows, rows: np.ndarray | slice) -> _TorchRows:
+        """Selected rows (fp32 stays in place; re-checks gather from it)."""
+        if isinstance(rows, slice):
+            return _TorchRows(h.lp[rows], h.base, h.rows[rows])
+        r = self.torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)
+        return _TorchRows(h.lp.index_select(0, r), h.base, h.rows.index_select(0, r))
+
+    def _recheck(self, q: _TorchRows, c: _TorchRows, qi: Any, cj: Any) -> Any:
+        """fp32 inner products of the candidate pairs, in chunks."""
+        out = []
+        for s in range(0, qi.shape[0], _RECHECK_PAIRS):
+            a = q.base.index_select(0, q.rows[qi[s : s + _RECHECK_PAIRS]])
+            b = c.base.index_select(0, c.rows[cj[s : s + _RECHECK_PAIRS]])
+            out.append((a * b).sum(dim=1))
+        return self.torch.cat(out) if out else q.base.new_empty(0)
+
+    def block(self, q: _TorchRows, c: _TorchRows, threshold: float, diag: bool) -> Pairs:
+        """Pairs (local rows) with inner product >= threshold; `diag`: q is c, keep qi < cj."""
+        torch = self.torch
+        sim = q.lp @ c.lp.T
+        if diag:
+            sim.fill_diagonal_(-math.inf)
+        low = threshold - self.margin
+        hit = torch.nonzero(sim.amax(dim=1) >= low).squeeze(1)
+        if hit.numel() == 0:
+            return _empty_pairs()
+        r, cj = torch.nonzero(sim.index_select(0, hit) >= low, as_tuple=True)
+        qi = hit[r]
+        if diag:
+            upper = qi < cj
+            qi, cj = qi[upper], cj[upper]
+        exact = self._recheck(q, c, qi, cj)
+        keep = exact >= threshold
+        return (
+            qi[keep].cpu().numpy().astype(np.int64),
+            cj[keep].cpu().numpy().astype(np.int64),
+            exact[keep].cpu().numpy().astype(np.float32),
+        )
+
+    def top_k(self, q: _TorchRows, c: _TorchRows, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Similarities and indices of each query's k most similar corpus rows (fp32)."""
+        qf = q.base.index_select(0, q.rows)
+        cf = c.base.index_select(0, c.rows)
+        sims, idx = self.torch.topk(qf @ cf.T, k, dim=1)
+        return sims.cpu().numpy(), idx.cpu().numpy().astype(np.int64)
+
+
+Kernel = Any  # _FaissKernel | _FaissGpuKernel | _TorchKernel (duck-typed)
+
+
+def _torch_cuda_available() -> bool:
+    """True when torch is importable and sees a CUDA device."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _faiss_gpus() -> int:
+    """Number of GPUs faiss can use (0 for faiss-cpu)."""
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def _make_kernel(device: str) -> Kernel:
+    """The kernel for a device name (see DEVICES)."""
+    torch_gpu, faiss_gpu = (
+        (False, False)
+        if device in ("cpu", "cpu-torch")
+        else (_torch_cuda_available(), _faiss_gpus() > 0)
+    )
+    if device == "auto":
+        device = "cuda" if torch_gpu or faiss_gpu else "cpu"
+    if device == "cpu":
+        return _FaissKernel()
+    if device == "cpu-torch":
+        return _TorchKernel("cpu")
+    if device == "cuda" and faiss_gpu:
+        return _FaissGpuKernel()
+    if not torch_gpu:
+        raise RuntimeError(f"device={device!r} needs a CUDA GPU visible to torch, and none is")
+    return _TorchKernel("cuda")
+
+
+# --------------------------------------------------------------------------------------------
+# searchers
+
+
+@dataclass
+class _Task:
+    """One search: matrices on the kernel, sizes, and the options."""
+
+    kernel: Kernel
+    query: np.ndarray
+    corpus: np.ndarray
+    q: Any
+    c: Any
+    self_search: bool
+    threshold: float
+    block_rows: int
+    n_clusters: int | None
+    n_probe_clusters: int | None
+    seed: int
+    progress: bool
+
+
+def _range_pairs(
+    task: _Task, q: Any, c: Any, nq: int, nc: int, upper: bool, bar: tqdm | None = None
+) -> Pairs:
+    """All pairs (local rows) of q x c at or above the threshold, searched in blocks."""
+    kernel, parts = task.kernel, []
+    for qs, qe, cs, ce in _block_grid(nq, nc, task.block_rows, upper):
+        qi, cj, s = kernel.block(
+            kernel.take(q, slice(qs, qe)),
+            kernel.take(c, slice(cs, ce)),
+            task.threshold,
+            upper and qs == cs,
+        )
+        if qi.size:
+            parts.append((qi + qs, cj + cs, s))
+        if bar is not None:
+            bar.update(1)
+    return _concat(parts)
+
+
+def _search_exact(task: _Task) -> tuple[Pairs, dict]:
+    """Every pair, block by block."""
+    nq, nc = task.query.shape[0], task.corpus.shape[0]
+    total = _n_block_pairs(nq, nc, task.block_rows, task.self_search)
+    with tqdm(total=total, desc="exact blocks", disable=not task.progress) as bar:
+        pairs = _range_pairs(task, task.q, task.c, nq, nc, task.self_search, bar)
+    return pairs, {"block_pairs": total}
+
+
+def _sample_rows(task: _Task, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A k-means training sample drawn from the query and corpus rows."""
+    nq = 0 if task.self_search else task.query.shape[0]
+    pick = np.sort(rng.choice(nq + task.corpus.shape[0], size=size, replace=False))
+    from_q, from_c = pick[pick < nq], pick[pick >= nq] - nq
+    return np.concatenate([task.query[from_q], task.corpus[from_c]])
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Spherical k-means centroids (unit rows) of the rows of x."""
+    km = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=KMEANS_ITERS,
+        spherical=True,
+        seed=seed,
+        verbose=False,
+        min_points_per_centroid=1,
+        max_points_per_centroid=1 << 30,
+    )
+    km.train(x)
+    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+
+
+def _train_centroids(sample: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means centroids, with clusters over BALANCE_FACTOR x the mean size split by k-means."""
+    cent = _kmeans(sample, k, seed)
+    target = sample.shape[0] / k
+    for round_ in range(BALANCE_ROUNDS):
+        labels = _CPU.top_k(sample, cent, 1)[1][:, 0]
+        counts = np.bincount(labels, minlength=cent.shape[0])
+        big = np.flatnonzero(counts > BALANCE_FACTOR * target)
+        if not big.size:
+            break
+        parts = [cent[counts <= BALANCE_FACTOR * target]]
+        for c in big:
+            sub = np.ascontiguousarray(sample[labels == c])
+            parts.append(_kmeans(sub, math.ceil(counts[c] / target), seed + 1 + round_))
+        cent = np.concatenate(parts)
+    return cent
+
+
+def _probe_margin(threshold: float) -> float:
+    """Similarity margin below a row's nearest centroid within which it probes more clusters."""
+    return PROBE_MARGIN * math.sqrt(2.0 - 2.0 * threshold)
+
+
+def _assign(task: _Task, h: Any, n: int, centroids: Any, m: int, bar: tqdm) -> np.ndarray:
+    """Each row's nearest centroid, then up to m - 1 more within the probe margin (-1 pads)."""
+    out = np.empty((n, m), dtype=np.int64)
+    kernel, margin = task.kernel, _probe_margin(task.threshold)
+    for s, e in _blocks(n, _ASSIGN_ROWS):
+        sims, idx = kernel.top_k(kernel.take(h, slice(s, e)), centroids, m)
+        idx[sims < sims[:, :1] - margin] = -1
+        out[s:e] = idx
+        bar.update(e - s)
+    return out
+
+
+def _members(labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR grouping by label: rows[starts[c]:starts[c + 1]] have label c in some column (>= 0)."""
+    flat = labels.ravel()
+    order = np.argsort(flat, kind="stable")
+    order = order[flat[order] >= 0]
+    rows = order // labels.shape[1]
+    starts = np.zeros(k + 1, dtype=np.int64)
+    np.cumsum(np.bincount(flat[order], minlength=k), out=starts[1:])
+    return rows, starts
+
+
+def _cluster_pairs(task: _Task, q_rows: np.ndarray, c_rows: np.ndarray, own: bool) -> Pairs:
+    """Pairs between query rows and corpus rows (global ids); `own`: q_rows lead c_rows (self)."""
+    kernel = task.kernel
+    qh = kernel.take(task.q, q_rows)
+    if own:  # c_rows starts with q_rows: a triangle for q x q, then q x the rest
+        n = q_rows.shape[0]
+        a = _range_pairs(task, qh, qh, n, n, True)
+        rest = c_rows[n:]
+        b = _range_pairs(task, qh, kernel.take(task.c, rest), n, rest.shape[0], False)
+        qi, cj, s = _concat([a, (b[0], b[1] + n, b[2])])
+    else:
+        qi, cj, s = _range_pairs(
+            task, qh, kernel.take(task.c, c_rows), q_rows.shape[0], c_rows.shape[0], False
+        )
+    gi, gj = q_rows[qi], c_rows[cj]
+    if own:
+        gi, gj = np.minimum(gi, gj), np.maximum(gi, gj)
+    return gi, gj, s
+
+
+def _default_clusters(n: int) -> int:
+    """About sqrt(n) clusters: balances centroid assignment (n k) against search (n^2 / k)."""
+    return max(1, round(math.sqrt(n)))
+
+
+def _cluster_jobs(
+    q_top: np.ndarray, c_top: np.ndarray, k: int, self_search: bool
+) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
+    """Per cluster: (query rows, corpus rows, own) searches that find pairs across borders.
+
+    Self-search: the cluster's members against its members (triangle) and the rows probing it.
+    Between: query members against corpus rows probing it, and query rows probing it against
+    corpus members.
+    """
+    q_prim, c_all = _members(q_top[:, :1], k), _members(c_top, k)
+    if not self_search:
+        q_sec, c_prim = _members(q_top[:, 1:], k), _members(c_top[:, :1], k)
+    for cl in range(k):
+        qr = q_prim[0][q_prim[1][cl] : q_prim[1][cl + 1]]
+        cr = c_all[0][c_all[1][cl] : c_all[1][cl + 1]]
+        if self_search:  # members first, then the rows that only probe this cluster
+            yield qr, np.concatenate([qr, cr[c_top[cr, 0] != cl]]), True
+            continue
+        yield qr, cr, False
+        yield (
+            q_sec[0][q_sec[1][cl] : q_sec[1][cl + 1]],
+            c_prim[0][c_prim[1][cl] : c_prim[1][cl + 1]],
+            False,
+        )
+
+
+def _job_work(q_rows: np.ndarray, c_rows: np.ndarray, own: bool) -> float:
+    """Pairs a cluster job compares."""
+    nq, nc = q_rows.size, c_rows.size
+    return nq * (nc - (nq + 1) / 2) if own else float(nq * nc)
+
+
+def _search_partitioned(task: _Task) -> tuple[Pairs, dict]:
+    """Spherical k-means partitions; each cluster against rows that have it among their nearest."""
+    nq, nc = task.query.shape[0], task.corpus.shape[0]
+    n_all = nc if task.self_search else nq + nc
+    k0 = min(task.n_clusters or _default_clusters(n_all), n_all)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(task.seed)
+    sample = _sample_rows(task, min(n_all, k0 * KMEANS_POINTS_PER_CENTROID), rng)
+    centroids = _train_centroids(sample, k0, task.seed)
+    k = centroids.shape[0]
+    m = min(task.n_probe_clusters or DEFAULT_PROBE_CLUSTERS, k)
+    t1 = time.perf_counter()
+    cent = task.kernel.load(centroids)
+    with tqdm(total=n_all, desc="assign", disable=not task.progress) as bar:
+        c_top = _assign(task, task.c, nc, cent, m, bar)
+        q_top = c_top if task.self_search else _assign(task, task.q, nq, cent, m, bar)
+    t2 = time.perf_counter()
+    parts, work = [], 0.0
+    with tqdm(total=k, desc="clusters", disable=not task.progress) as bar:
+        for n_job, (qr, cr, own) in enumerate(_cluster_jobs(q_top, c_top, k, task.self_search)):
+            work += _job_work(qr, cr, own)
+            if qr.size and cr.size:
+                parts.append(_cluster_pairs(task, qr, cr, own))
+            if task.self_search or n_job % 2:
+                bar.update(1)
+    t3 = time.perf_counter()
+    full = nc * (nc - 1) / 2 if task.self_search else nq * nc
+    sizes = np.bincount(c_top[:, 0], minlength=k)
+    params = {
+        "n_clusters": k,
+        "n_clusters_kmeans": k0,
+        "n_probe_clusters": m,
+        "probe_margin": round(_probe_margin(task.threshold), 6),
+        "mean_probes": round(float((c_top >= 0).sum() / nc), 3),
+        "kmeans_sample": int(sample.shape[0]),
+        "kmeans_iters": KMEANS_ITERS,
+        "largest_cluster": int(sizes.max()),
+        "work_fraction": round(work / full, 6),
+        "kmeans_s": round(t1 - t0, 3),
+        "assign_s": round(t2 - t1, 3),
+        "search_s": round(t3 - t2, 3),
+    }
+    return _concat(parts), params
+
+
+SEARCHERS: dict[str, Callable[[_Task], tuple[Pairs, dict]]] = {
+    "exact": _search_exact,
+    "partitioned": _search_partitioned,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# validation and the public entry points
+
+
+def _check_matrix(name: str, x: Any) -> np.ndarray:
+    """A finite 2-D float matrix with unit rows, as C-contiguous float32."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows x dims), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{name} must be a float array, got dtype {x.dtype}")
+    if x.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one column, got shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    for s, e in _blocks(x.shape[0], _CHECK_ROWS):
+        blk = x[s:e]
+        bad = np.flatnonzero(~np.isfinite(blk).all(axis=1))
+        if bad.size:
+            raise ValueError(f"{name} row {s + int(bad[0])} has a non-finite value (NaN or inf)")
+        norms = np.sqrt(np.einsum("ij,ij->i", blk, blk, dtype=np.float64))
+        off = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOL)
+        if off.size:
+            r = int(off[0])
+            raise ValueError(
+                f"{name} row {s + r} has L2 norm {norms[r]:.6g}, expected 1 (within {NORM_TOL}); "
+                f"L2-normalise the rows first ({off.size} such rows in rows {s}..{e - 1})"
+            )
+    return x
+
+
+def _check_options(
+    threshold: Any,
+    method: str,
+    device: str,
+    exact_max_rows: int,
+    block_rows: int,
+    n_clusters: int | None,
+    n_probe_clusters: int | None,
+) -> None:
+    """Raise ValueError naming the expected and the given value of a bad option."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)):
+        raise TypeError(f"threshold must be a number in (0, 1], got {type(threshold).__name__}")
+    if not (0.0 < float(threshold) <= 1.0):
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if method != "auto" and method not in SEARCHERS:
+        raise ValueError(f"method must be 'auto' or one of {sorted(SEARCHERS)}, got {method!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {list(DEVICES)}, got {device!r}")
+    for name, value in (
+        ("exact_max_rows", exact_max_rows),
+        ("block_rows", block_rows),
+        ("n_clusters", n_clusters),
+        ("n_probe_clusters", n_probe_clusters),
+    ):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _pick_method(method: str, nq: int, nc: int, self_search: bool, exact_max_rows: int) -> str:
+    """`auto`: exact while the pair count is at most that of a self-search of exact_max_rows."""
+    if method != "auto":
+        return method
+    pairs = nc * (nc - 1) / 2 if self_search else nq * nc
+    return "exact" if pairs <= exact_max_rows * (exact_max_rows - 1) / 2 else "partitioned"
+
+
+def _finish(pairs: Pairs, nc: int) -> Pairs:
+    """Pairs sorted by (i, j), each once."""
+    i, j, s = pairs
+    key = i * np.int64(nc) + j
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    first = np.ones(key.shape, dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    keep = order[first]
+    return i[keep], j[keep], s[keep]
+
+
+def _run(
+    query: np.ndarray,
+    corpus: np.ndarray,
+    self_search: bool,
+    threshold: float,
+    method: str,
+    device: str,
+    exact_max_rows: int,
+    block_rows: int,
+    n_clusters: int | None,
+    n_probe_clusters: int | None,
+    seed: int,
+    progress: bool,
+) -> NearPairs:
+    """Shared body of find_near_pairs and find_near_pairs_between (inputs validated)."""
+    nq, nc = query.shape[0], corpus.shape[0]
+    chosen = _pick_method(method, nq, nc, self_search, exact_max_rows)
+    params: dict[str, Any] = {
+        "method": chosen,
+        "requested_method": method,
+        "device": device,
+        "threshold": float(threshold),
+        "query_rows": nq,
+        "corpus_rows": nc,
+        "dim": corpus.shape[1],
+        "self_search": self_search,
+        "block_rows": block_rows,
+        "seed": seed,
+    }
+    if (self_search and nc < 2) or (not self_search and (nq == 0 or nc == 0)):
+        params["backend"] = "none"
+        return NearPairs(*_empty_pairs(), method=chosen, params=params)
+    kernel = _make_kernel(device)
+    params["backend"] = kernel.name
+    start = time.perf_counter()
+    c = kernel.load(corpus)
+    task = _Task(
+        kernel,
+        query,
+        corpus,
+        c if self_search else kernel.load(query),
+        c,
+        self_search,
+        float(threshold),
+        block_rows,
+        n_clusters,
+        n_probe_clusters,
+        seed,
+        progress,
+    )
+    pairs, extra = SEARCHERS[chosen](task)
+    i, j, s = _finish(pairs, nc)
+    params.update(extra)
+    params["seconds"] = round(time.perf_counter() - start, 3)
+    params["pairs"] = int(i.shape[0])
+    log.info(
+        "near pairs: %d at cosine >= %s (%s, %s, %.1f s)",
+        i.shape[0],
+        threshold,
+        chosen,
+        kernel.name,
+        params["seconds"],
+    )
+    return NearPairs(i, j, s, method=chosen, params=params)
+
+
+def find_near_pairs(
+    emb: np.ndarray,
+    threshold: float,
+    *,
+    method: str = "auto",
+    device: str = "auto",
+    exact_max_rows: int = 200_000,
+    block_rows: int = 16384,
+    n_clusters: int | None = None,
+    n_probe_clusters: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> NearPairs:
+    """All pairs i < j of rows of `emb` (unit rows) with cosine similarity >= `threshold`."""
+    _check_options(
+        threshold, method, device, exact_max_rows, block_rows, n_clusters, n_probe_clusters
+    )
+    emb = _check_matrix("embeddings", emb)
+    return _run(
+        emb,
+        emb,
+        True,
+        threshold,
+        method,
+        device,
+        exact_max_rows,
+        block_rows,
+        n_clusters,
+        n_probe_clusters,
+        seed,
+        progress,
+    )
+
+
+def find_near_pairs_between(
+    query: np.ndarray,
+    corpus: np.ndarray,
+    threshold: float,
+    *,
+    method: str = "auto",
+    device: str = "auto",
+    exact_max_rows: int = 200_000,
+    block_rows: int = 16384,
+    n_clusters: int | None = None,
+    n_probe_clusters: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> NearPairs:
+    """All pairs (i of `query`, j of `corpus`) with cosine similarity >= `threshold`."""
+    _check_options(
+        threshold, method, device, exact_max_rows, block_rows, n_clusters, n_probe_clusters
+    )
+    query = _check_matrix("query", query)
+    corpus = _check_matrix("corpus", corpus)
+    if query.shape[1] != corpus.shape[1]:
+        raise ValueError(
+            f"query has {query.shape[1]} columns, expected {corpus.shape[1]} (as corpus)"
+        )
+    return _run(
+        query,
+        corpus,
+        False,
+        threshold,
+        method,
+        device,
+        exact_max_rows,
+        block_rows,
+        n_clusters,
+        n_probe_clusters,
+        seed,
+        progress,
+    )
