@@ -74,7 +74,8 @@ def bench_size(n: int, m: int, threshold: float, work: Path) -> dict:
         "reused_pairs": incr["search"].get("reused_pairs"),
         "same_decisions": same,
         "dropped": incr["counts"]["dropped"],
-        "incremental_stages": incr["timings"], "full_stages": full["timings"],
+        "incremental_stages": incr["timings"],
+        "full_stages": full["timings"],
     }
 
 

@@ -64,6 +64,8 @@ def find_duplicates(
     """
     if emb is not None and len(emb) != table.height:
         raise ValueError(f"embeddings has {len(emb)} rows, the sample table {table.height}")
+    if emb is not None:
+        _check_finite(table, emb)
     t0 = time.perf_counter()
     rep_of = exact_representatives(table) if settings.exact else _no_exact(table)
     a, b = exact_edges(rep_of)
@@ -80,6 +82,19 @@ def find_duplicates(
     )
     seconds = {"exact": t1 - t0, "near_search": t2 - t1, "groups": time.perf_counter() - t2}
     return DedupResult(out, len(near_a), pairs, search=info, seconds=seconds)
+
+
+def _check_finite(table: pl.DataFrame, emb: np.ndarray) -> None:
+    """NaN or inf in a readable sample's embedding would make every similarity meaningless."""
+    readable = table["error"].is_null().to_numpy()
+    bad = np.flatnonzero(readable & ~np.isfinite(emb).all(axis=1))
+    if bad.size:
+        row = table.row(int(bad[0]), named=True)
+        where = f" ({row['source']})" if row.get("source") else ""
+        raise ValueError(
+            f"sample {row['sample_id']}{where}: its embedding has NaN or inf values "
+            f"({bad.size} sample(s) in all); embeddings must be finite"
+        )
 
 
 def _no_exact(table: pl.DataFrame) -> np.ndarray:
@@ -130,6 +145,9 @@ class _NearSearch:
     def _incremental(self, table, reps, emb, prior: PriorIndex):
         hashes = table["content_hash"].to_numpy()
         old_mask = np.fromiter((h in prior.covered for h in hashes[reps]), bool, len(reps))
+        first = np.zeros(len(reps), dtype=bool)  # without exact dedup a content repeats in reps:
+        first[np.unique(hashes[reps], return_index=True)[1]] = True  # only its first is "old"
+        old_mask &= first
         old, new = reps[old_mask], reps[~old_mask]
         t = self.settings.threshold
         own = self.search(np.ascontiguousarray(emb[new]), t, **self._opts())

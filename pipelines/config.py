@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -78,6 +79,43 @@ class DedupSettings:
 
 
 @dataclass(frozen=True)
+class LabelNoiseSettings:
+    """Label issues found by cleanlab on a probe's out-of-fold probabilities, and what to do."""
+
+    policy: Literal["flag", "drop", "relabel"] = "flag"
+    relabel_threshold: float = 0.9
+    filter_by: Literal[
+        "calibrated_rank",
+        "prune_by_noise_rate",
+        "prune_by_class",
+        "both",
+        "confident_learning",
+        "predicted_neq_given",
+        "low_normalized_margin",
+        "low_self_confidence",
+    ] = "calibrated_rank"
+    refit: bool = False
+    pred_probs_column: str | None = None
+    n_folds: int = 5
+    c: float = 20.0
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ActiveLearningSettings:
+    """Which unlabeled samples go to the labeling queue each run."""
+
+    budget: int = 100
+    strategy: Literal["margin", "entropy", "least_confidence", "random"] = "margin"
+    diversity: Literal["kmeans", "kcenter", "none"] = "kmeans"
+    pool_factor: float = 5.0
+    max_similarity: float | None = None
+    queue_label_issues: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class CostSettings:
     """What one training epoch costs, to state the GPU-hours the cleaning saves."""
 
@@ -108,6 +146,8 @@ class FlowSettings:
     columns: ColumnSettings = field(default_factory=ColumnSettings)
     dedup: DedupSettings = field(default_factory=DedupSettings)
     cost: CostSettings = field(default_factory=CostSettings)
+    label_noise: LabelNoiseSettings | None = None
+    active_learning: ActiveLearningSettings | None = None
     schedule: ScheduleSettings | None = None
     description: str = ""
 
@@ -130,7 +170,7 @@ def load_flows(path: str | Path) -> dict[str, FlowSettings]:
         raise ConfigError(f"{path}: no such config file (expected a flows.yaml)")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("flows"), dict) or not raw["flows"]:
         raise ConfigError(
@@ -267,6 +307,7 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
         )
     if s.dedup.near and s.embedder is None:
         raise ConfigError(f"{where}: embedder: required when dedup.near is true")
+    _check_labeling(s, where)
     source = dataclasses.replace(
         src,
         path=_abs(base, src.path) if src.path and src.type != "hub" else src.path,
@@ -278,6 +319,29 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
     if emb and emb.model and _looks_like_path(emb.model):
         emb = dataclasses.replace(emb, model=_abs(base, emb.model))
     return dataclasses.replace(s, source=source, store=_abs(base, s.store), embedder=emb)
+
+
+def _check_labeling(s: FlowSettings, where: str) -> None:
+    """Ranges and dependencies of the label_noise and active_learning sections."""
+    noise, al = s.label_noise, s.active_learning
+    if noise and s.embedder is None and not noise.pred_probs_column:
+        raise ConfigError(
+            f"{where}: label_noise: needs an embedder (for the probe) or pred_probs_column"
+        )
+    if noise and not 0.0 < noise.relabel_threshold <= 1.0:
+        raise ConfigError(f"{where}: label_noise.relabel_threshold: expected a number in (0, 1]")
+    if noise and noise.n_folds < 2:
+        raise ConfigError(
+            f"{where}: label_noise.n_folds: expected an integer >= 2, got {noise.n_folds}"
+        )
+    if al and al.budget < 1:
+        raise ConfigError(
+            f"{where}: active_learning.budget: expected an integer >= 1, got {al.budget}"
+        )
+    if al and s.embedder is None:
+        raise ConfigError(
+            f"{where}: active_learning: needs an embedder (diversity is measured on embeddings)"
+        )
 
 
 def _looks_like_path(value: str) -> bool:
@@ -293,5 +357,9 @@ def _join(keypath: str, key: str) -> str:
     return f"{keypath}.{key}" if keypath else key
 
 
+_SHOW = reprlib.Repr()  # bounded: a YAML alias bomb must not be expanded into an error message
+_SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxstring, _SHOW.maxother = 2, 4, 4, 80, 80
+
+
 def _show(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"[:120]
+    return f"{type(value).__name__} {_SHOW.repr(value)}"[:120]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import pickle
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +58,14 @@ def resolve_device(device: str) -> str:
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length; an all-zero row becomes the uniform unit vector."""
     x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    with np.errstate(over="ignore"):
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+    over = np.isinf(norms[:, 0])
+    if over.any():  # finite rows whose squares overflow float32: scale them down first
+        over &= np.isfinite(x).all(axis=1)
+        x = x.copy()
+        x[over] /= np.abs(x[over]).max(axis=1, keepdims=True)
+        norms[over] = np.linalg.norm(x[over], axis=1, keepdims=True)
     zero = norms[:, 0] == 0
     if zero.any():
         x = x.copy()
@@ -73,7 +82,9 @@ def _open_image(content: bytes, mode: str) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        img = Image.open(io.BytesIO(content))
+        with warnings.catch_warnings():  # leanset refuses those images itself, just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(content))
         _check_pixels(img.size)
         img.load()
         return img.convert(mode)
@@ -159,6 +170,7 @@ def _arch_name(model: str) -> str:
 def _load_open_clip(model: str, pretrained: str | None, device: str) -> tuple[Any, Any]:
     """open_clip model (eval mode) and its eval transform; weights from a tag or local file."""
     import open_clip
+    from safetensors import SafetensorError
 
     model = _arch_name(model)
     suffixes = (".pt", ".bin", ".safetensors", ".pth")
@@ -168,7 +180,13 @@ def _load_open_clip(model: str, pretrained: str | None, device: str) -> tuple[An
         model_obj, _, preprocess = open_clip.create_model_and_transforms(
             model, pretrained=pretrained, device=device
         )
-    except RuntimeError as exc:
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused an object
+        raise EmbedError(
+            f"embedder.pretrained: checkpoint {pretrained} holds pickled Python objects, not only "
+            f"weights; leanset loads weights only and does not run what a pickle carries (save "
+            f"the weights with torch.save(model.state_dict(), path) or as .safetensors)"
+        ) from exc
+    except (RuntimeError, ValueError, OSError, SafetensorError) as exc:
         raise EmbedError(
             f"embedder: cannot load open_clip {model!r} / {pretrained!r}: {exc}"
         ) from exc
@@ -249,7 +267,13 @@ class SentenceTransformerEmbedder:
                 "embedder type 'sentence_transformers' needs: pip install 'leanset[text]'"
             ) from exc
         self.device = resolve_device(device)
-        self.model = SentenceTransformer(model, device=self.device)
+        try:
+            self.model = SentenceTransformer(model, device=self.device)
+        except pickle.UnpicklingError as exc:  # a weights-only load refused a pickled object
+            raise EmbedError(
+                f"embedder.model: the weights in {model} hold pickled Python objects, not only "
+                f"weights; leanset loads weights only and does not run what a pickle carries"
+            ) from exc
         self.batch_size = batch_size
         self.fingerprint = "st-" + _fingerprint(Path(model).name, _weights_id(_st_weights(model)))
 
@@ -370,7 +394,9 @@ def _read_shard(path: Path) -> tuple[list[str], np.ndarray] | None:
             hashes, vectors, checksum = z["hashes"], z["vectors"], str(z["checksum"])
         if len(hashes) != len(vectors) or _checksum(hashes, vectors) != checksum:
             raise ValueError("checksum or row count does not match")
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        if hashes.ndim != 1 or vectors.ndim != 2 or not np.isfinite(vectors).all():
+            raise ValueError("not one hash per row of finite vector values")
+    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         log.warning(
             "embedding cache shard %s is corrupt (%s); its samples will be re-embedded", path, exc
         )
@@ -529,8 +555,10 @@ def _compute(
         if good:
             out = _roundtrip(embedder.encode([item for _, item in good]))
             _check_dims(dims, out, len(good))
-            pending_h += [h for h, _ in good]
-            pending_v.append(out)
+            finite = np.isfinite(out).all(axis=1)  # a NaN vector is an error, never cached
+            errors.update((h, NONFINITE) for (h, _), ok in zip(good, finite, strict=True) if not ok)
+            pending_h += [h for (h, _), ok in zip(good, finite, strict=True) if ok]
+            pending_v.append(out[finite])
         if len(pending_h) >= shard_rows:
             _flush(cache, vectors, pending_h, pending_v)
             pending_h, pending_v = [], []
@@ -538,6 +566,9 @@ def _compute(
     bar.close()
     _flush(cache, vectors, pending_h, pending_v)
     return errors
+
+
+NONFINITE = "unreadable: the embedder returned NaN or inf values for this sample"
 
 
 def _roundtrip(out: np.ndarray) -> np.ndarray:

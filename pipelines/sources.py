@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import reprlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,19 @@ class LoadedDataset:
         part = self.table["_part"].to_numpy()
         srow = self.table["_row"].to_numpy()
         return [self._content(self.splits[part[r]], int(srow[r])) for r in rows]
+
+    def column(self, name: str) -> list[Any]:
+        """Every value of a source column, in table order."""
+        for part, ds in self.splits.items():
+            if name not in ds.column_names:
+                raise SourceError(
+                    f"column {name!r} does not exist in split {part!r}; columns: {ds.column_names}"
+                )
+        return [
+            v
+            for part in dict.fromkeys(self.table["_part"].to_list())
+            for v in self.splits[part][name]
+        ]
 
     def vectors(self, rows: Sequence[int]) -> list[np.ndarray]:
         """Precomputed vectors of table rows `rows`, read in bulk per split."""
@@ -91,11 +105,19 @@ def _open_splits(source: SourceSettings) -> dict[str, Any]:
     """Open the source with `datasets` and return {split: Dataset}."""
     try:
         return _open_with_datasets(source)
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except (ValueError, FileNotFoundError, OSError, _generation_error()) as exc:
         if isinstance(exc, SourceError):
             raise
         where = source.path or source.name or ", ".join(source.data_files or [])
-        raise SourceError(f"cannot load the {source.type} source {where}: {exc}") from exc
+        cause = f" ({type(exc.__cause__).__name__}: {exc.__cause__})" if exc.__cause__ else ""
+        raise SourceError(f"cannot load the {source.type} source {where}: {exc}{cause}") from exc
+
+
+def _generation_error() -> type[Exception]:
+    """`datasets` wraps a file it cannot parse (e.g. a CSV that is not UTF-8) in this error."""
+    from datasets.exceptions import DatasetGenerationError
+
+    return DatasetGenerationError
 
 
 def _open_with_datasets(source: SourceSettings) -> dict[str, Any]:
@@ -166,7 +188,7 @@ def _split_frame(
 ) -> pl.DataFrame:
     """One split's rows: source, label, content hash, size and read errors."""
     n = len(ds)
-    labels = _labels(ds, columns.label)
+    labels = _labels(ds, columns.label, name)
     hashes, sizes, errors, sources = [], [], [], []
     for row, content, src in _iter_content(ds, columns, modality, source, name):
         data, err = content
@@ -176,7 +198,7 @@ def _split_frame(
         sources.append(src)
         if err:
             log.warning("sample %s (%s row %d): %s", src, name, row, err)
-    ids = [str(v) for v in ds[columns.id]] if columns.id else [None] * n
+    ids = _ids(ds, columns.id, name) if columns.id else [None] * n
     return pl.DataFrame(
         {
             "_given_id": ids,
@@ -193,15 +215,19 @@ def _split_frame(
     )
 
 
-def _labels(ds: Any, column: str | None) -> list[str | None]:
-    """Labels as text (class names for ClassLabel features); None where missing."""
+def _labels(ds: Any, column: str | None, split: str = "train") -> list[str | None]:
+    """Labels as text (class names for ClassLabel features); None where missing.
+
+    A label must be one value, and one column holds one type of value: as text, 1 and "1" would
+    be one class and 1 and 1.0 two, so a column that mixes types is refused, naming two rows."""
     if not column:
         return [None] * len(ds)
     feature = ds.features[column]
-    values = ds[column]
+    values = _python_column(ds, column, "label", split)
     names = getattr(feature, "names", None)
-    out = []
-    for v in values:
+    out: list[str | None] = []
+    first_of_kind: dict[str, int] = {}
+    for row, v in enumerate(values):
         if v is None or v == -1 and names:
             out.append(None)
         elif names is not None:
@@ -209,8 +235,79 @@ def _labels(ds: Any, column: str | None) -> list[str | None]:
         elif isinstance(v, float) and np.isnan(v):
             out.append(None)
         else:
+            first_of_kind.setdefault(_label_kind(v, column, split, row), row)
             out.append(str(v))
+    if len(first_of_kind) > 1:
+        (k1, r1), (k2, r2) = sorted(first_of_kind.items(), key=lambda kv: kv[1])[:2]
+        raise SourceError(
+            f"columns.label: column {column!r} mixes label types: split {split!r} row {r1} is "
+            f"{k1} {_short(values[r1])}, row {r2} is {k2} {_short(values[r2])}; give every "
+            f"label the same type"
+        )
     return out
+
+
+def _label_kind(value: Any, column: str, split: str, row: int) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "a boolean"
+    if isinstance(value, (int, np.integer)):
+        return "an integer"
+    if isinstance(value, (float, np.floating)):
+        return "a float"
+    if isinstance(value, str):
+        return "text"
+    raise SourceError(
+        f"columns.label: column {column!r}, split {split!r} row {row}: label {_short(value)} is "
+        f"a {type(value).__name__}; a label must be one value (text, an integer or a boolean)"
+    )
+
+
+def _ids(ds: Any, column: str, split: str) -> list[str]:
+    """The configured id column as text; every sample must have one."""
+    values = _python_column(ds, column, "id", split)
+    missing = next((row for row, v in enumerate(values) if v is None or str(v) == ""), None)
+    if missing is not None:
+        raise SourceError(
+            f"columns.id: split {split!r} row {missing} has no id in column {column!r}; "
+            f"every sample needs one"
+        )
+    return [str(v) for v in values]
+
+
+def _python_column(ds: Any, column: str, key: str, split: str) -> list[Any]:
+    """A column's values; text that is not UTF-8 is refused, naming the column and row."""
+    try:
+        return list(ds[column])
+    except UnicodeDecodeError as exc:
+        raw = _raw_text(ds, column)
+        row = next((i for i, v in enumerate(raw) if isinstance(v, bytes) and _bad_utf8(v)), "?")
+        raise SourceError(
+            f"columns.{key}: column {column!r}, split {split!r} row {row}: text is not valid "
+            f"UTF-8 ({exc.reason})"
+        ) from exc
+
+
+def _raw_text(ds: Any, column: str) -> list[Any]:
+    """A column's values, as raw bytes where Arrow holds strings (they are decoded one by one, so
+    one value that is not UTF-8 names its sample instead of stopping the whole load)."""
+    import pyarrow as pa
+
+    col = ds.with_format("arrow")[column]
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return col.cast(pa.large_binary()).to_pylist()
+    return ds[column]
+
+
+def _bad_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _short(value: Any) -> str:
+    return reprlib.repr(value)[:60]
 
 
 def _iter_content(
@@ -221,7 +318,7 @@ def _iter_content(
         for row, value in enumerate(ds[columns.image]):
             yield row, _safe_image_bytes(value), _image_source(value, source, split, row)
     elif modality == "text":
-        for row, value in enumerate(ds[columns.text]):
+        for row, value in enumerate(_raw_text(ds, columns.text)):
             yield row, _text_bytes(value), _row_source(source, split, row)
     else:
         for row, value in enumerate(_numpy_column(ds, columns.embedding)):

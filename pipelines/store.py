@@ -9,10 +9,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import polars as pl
 
-from pipelines.fsutil import atomic_write_bytes, create_exclusive
+from pipelines.fsutil import atomic_write_bytes, create_exclusive, digest
 
 log = logging.getLogger("leanset.store")
 
@@ -79,6 +80,7 @@ class Store:
         if table not in TABLES:
             raise StoreError(f"unknown table {table!r}; expected one of {TABLES}")
         m = self.manifest(version)
+        _check_table_files(self.root / table, m["tables"][table], m["version"])
         return pl.read_delta(str(self.root / table), version=m["tables"][table])
 
     def diff(self, a: int, b: int) -> Diff:
@@ -124,7 +126,11 @@ class Store:
             buf = io.BytesIO()
             pairs.write_parquet(buf)
             atomic_write_bytes(self.root / rel, buf.getvalue())
-            full["index"] = {**full.get("index", {}), "pairs": rel}
+            full["index"] = {
+                **full.get("index", {}),
+                "pairs": rel,
+                "pairs_digest": digest(buf.getvalue()),
+            }
         data = (json.dumps(full, indent=2, sort_keys=True, default=str) + "\n").encode()
         if not create_exclusive(self._manifest_path(version), data):
             winner = self.latest()
@@ -139,7 +145,11 @@ class Store:
         if not rel:
             return None
         try:
-            return pl.read_parquet(self.root / rel)
+            data = (self.root / rel).read_bytes()
+            expected = manifest["index"].get("pairs_digest")
+            if expected and digest(data) != expected:  # Parquet itself misses flipped bits
+                raise OSError("its checksum does not match the manifest")
+            return pl.read_parquet(io.BytesIO(data))
         except (OSError, pl.exceptions.PolarsError) as exc:
             log.warning(
                 "near-pair index %s is unreadable (%s); searching everything again", rel, exc
@@ -168,10 +178,18 @@ class Store:
                 f"this one, which was to become version {version}; nothing was written as a "
                 f"version. Rerun to build on the version that run commits. (Delta: {exc})"
             ) from exc
-        for entry in DeltaTable(path).history(limit=50):
-            if entry.get("leanset_commit") == token:
-                return int(entry["version"])
-        raise StoreError(f"{path}: the write for version {version} is not in the Delta log")
+        found = _find_commit(Path(path), DeltaTable(path).version(), token)
+        if found is None:
+            raise StoreError(f"{path}: the write for version {version} is not in the Delta log")
+        delta_version, added = found
+        files = DeltaTable(path, version=delta_version).get_add_actions().column("path")
+        if set(files.to_pylist()) != added:  # a concurrent write made ours an append
+            raise StoreConflict(
+                f"store {self.root}: another run wrote the {name!r} table at the same time as "
+                f"this one, which was to become version {version}; nothing was written as a "
+                f"version. Rerun to build on the version that run commits."
+            )
+        return delta_version
 
     def _manifest_path(self, version: int) -> Path:
         return self.root / "manifests" / f"v{version:06d}.json"
@@ -182,6 +200,53 @@ class Store:
             f"but version {current} was committed by another run meanwhile; nothing was written "
             f"as a version. Rerun to build on version {current}."
         )
+
+
+def _check_table_files(path: Path, delta_version: int, version: int) -> None:
+    """Every data file a version reads exists with the size its Delta log recorded (a truncated or
+    missing file is named here, instead of failing deep inside the Parquet reader)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError
+
+    try:
+        files = DeltaTable(str(path), version=delta_version).get_add_actions()
+    except (DeltaError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(
+            f"version {version}: the Delta log of {path} cannot be read at Delta version "
+            f"{delta_version} ({first})"
+        ) from exc
+    paths = files.column("path").to_pylist()
+    sizes = files.column("size_bytes").to_pylist()
+    for rel, size in zip(paths, sizes, strict=True):
+        file = path / unquote(rel)
+        actual = file.stat().st_size if file.is_file() else None
+        if actual != size:
+            found = "missing" if actual is None else f"{actual} bytes, its Delta log says {size}"
+            raise StoreError(
+                f"version {version}: data file {file} is {found}; the version cannot be read "
+                f"(a new run writes a new version)"
+            )
+
+
+def _find_commit(
+    table: Path, latest: int, token: str, depth: int = 200
+) -> tuple[int, set[str]] | None:
+    """(Delta version, files it added) of the commit carrying `token`, read from the commit files.
+
+    (`DeltaTable.history` numbers its entries down from the snapshot's version, and a concurrent
+    writer's newer commit can shift that numbering: a version number taken from it can be wrong.)
+    """
+    for v in range(latest, max(latest - depth, -1), -1):
+        try:
+            text = (table / "_delta_log" / f"{v:020d}.json").read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        actions = [json.loads(line) for line in text.splitlines() if line.strip()]
+        info = next((a["commitInfo"] for a in actions if "commitInfo" in a), None)
+        if isinstance(info, dict) and info.get("leanset_commit") == token:
+            return v, {unquote(a["add"]["path"]) for a in actions if "add" in a}
+    return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Fault-injection and property tests for leanset's reliability promises (README: Guarantees)."""

@@ -1,0 +1,185 @@
+"""Child processes for the crash and race tests: each runs real leanset code, stops at a point the
+parent chooses (writing a marker file there, then sleeping), and is killed with SIGKILL.
+
+    python -m tests.reliability._child embed IMAGES CACHE KILL_POINT MARKER
+    python -m tests.reliability._child commit STORE TAG PARENT KILL_POINT MARKER
+    python -m tests.reliability._child loop STORE MARKER
+    python -m tests.reliability._child race STORE TAG READY GO
+    python -m tests.reliability._child gc STORE KEEP_LAST MARKER
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+
+def pause_here(marker: str, note: str = "") -> None:
+    """Tell the parent we are at the kill point, then wait to be killed."""
+    Path(marker).write_text(note)
+    time.sleep(600)
+    os._exit(3)  # never reached when the parent kills us
+
+
+def nth_call(n: int, fn, on_hit):
+    """Wrap `fn` so that its n-th call runs `on_hit(*args)` first."""
+    calls = {"k": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["k"] += 1
+        if calls["k"] == n:
+            on_hit(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- embedding
+
+
+def embed(images: str, cache: str, kill_point: str, marker: str) -> None:
+    from pipelines import embed as E
+    from pipelines.config import ColumnSettings, SourceSettings
+    from pipelines.sources import load_source
+
+    point, _, k = kill_point.partition(":")
+    k = int(k or 1)
+    data = load_source(SourceSettings(type="imagefolder", path=images), ColumnSettings())
+    if point == "after_shard":  # the k-th shard is complete on disk, the next is not started
+        real_put = E.EmbeddingCache.put
+
+        def put(self, hashes, vectors):
+            path = real_put(self, hashes, vectors)
+            if len(list(self.dir.glob("shard-*.npz"))) == k:
+                pause_here(marker, json.dumps({"rows": len(self)}))
+            return path
+
+        E.EmbeddingCache.put = put
+    elif point == "before_rename":  # the k-th shard's temp file is complete, not yet renamed
+        os.replace = nth_call(k, os.replace, lambda *a: pause_here(marker))
+    elif point == "mid_write":  # the k-th shard's temp file holds half its bytes
+        real_fdopen = os.fdopen
+
+        def fdopen(fd, mode="r", *args, **kwargs):
+            fh = real_fdopen(fd, mode, *args, **kwargs)
+            name = os.readlink(f"/proc/self/fd/{fd}")
+            if "wb" in mode and ".shard-" in name:
+                fdopen.count += 1
+                if fdopen.count == k:
+                    return _HalfWriter(fh, marker)
+            return fh
+
+        fdopen.count = 0
+        os.fdopen = fdopen
+    E.embed_dataset(data, E.PixelEmbedder(16), cache, batch_size=2, shard_rows=4, progress=False)
+    Path(marker).write_text("finished")
+
+
+class _HalfWriter:
+    """A file that writes half of what it is given, flushes, and stops there."""
+
+    def __init__(self, fh, marker: str):
+        self.fh, self.marker = fh, marker
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+    def write(self, data: bytes) -> int:
+        self.fh.write(data[: len(data) // 2])
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        pause_here(self.marker)
+        return len(data)
+
+
+# ---------------------------------------------------------------- committing
+
+
+def payload(tag: str, n: int = 3000) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A version's tables, recognisable by `tag` in every row."""
+    ids = [f"{tag}-{i}" for i in range(n)]
+    kept = [i % 3 != 0 for i in range(n)]
+    decisions = pl.DataFrame(
+        {
+            "sample_id": ids,
+            "tag": [tag] * n,
+            "kept": kept,
+            "drop_reason": [None if k else "near_duplicate" for k in kept],
+        },
+        schema_overrides={"drop_reason": pl.Utf8},
+    )
+    return decisions.filter(pl.col("kept")).select("sample_id", "tag"), decisions
+
+
+def do_commit(store_path: str, tag: str, parent: int | None) -> dict:
+    from pipelines.store import Store
+
+    dataset, decisions = payload(tag)
+    return Store(store_path).commit(dataset, decisions, {"tag": tag, "counts": {}}, parent)
+
+
+def commit(store_path: str, tag: str, parent: str, kill_point: str, marker: str) -> None:
+    import pipelines.store as S
+
+    if kill_point == "between_tables":  # dataset table written, decisions not yet
+        S.Store._write_table = nth_call(2, S.Store._write_table, lambda *a: pause_here(marker))
+    elif kill_point == "before_manifest":  # both tables written, no manifest
+        S.create_exclusive = nth_call(1, S.create_exclusive, lambda *a: pause_here(marker))
+    elif kill_point == "mid_manifest":  # manifest's temp file written, not yet linked in place
+        os.link = nth_call(1, os.link, lambda *a: pause_here(marker))
+    out = do_commit(store_path, tag, None if parent == "none" else int(parent))
+    if kill_point == "after_manifest":
+        pause_here(marker, json.dumps({"version": out["version"]}))
+    print(json.dumps({"version": out["version"]}))
+
+
+def loop(store_path: str, marker: str) -> None:
+    """Commit version after version until killed."""
+    from pipelines.store import Store
+
+    store = Store(store_path)
+    while True:
+        latest = store.latest()
+        parent = latest["version"] if latest else None
+        do_commit(store_path, f"v{(parent or 0) + 1}", parent)
+        Path(marker).write_text("running")
+
+
+def race(store_path: str, tag: str, ready: str, go: str) -> None:
+    """Read the parent, say so, wait for the start signal, then commit on that parent."""
+    from pipelines.store import Store, StoreConflict
+
+    latest = Store(store_path).latest()
+    parent = latest["version"] if latest else None
+    dataset, decisions = payload(tag, 500)
+    Path(ready).write_text("ready")
+    while not Path(go).exists():
+        time.sleep(0.001)
+    try:
+        out = Store(store_path).commit(dataset, decisions, {"tag": tag, "counts": {}}, parent)
+        print(json.dumps({"tag": tag, "parent": parent, "version": out["version"]}))
+    except StoreConflict as exc:
+        print(json.dumps({"tag": tag, "parent": parent, "conflict": str(exc)}))
+
+
+# ---------------------------------------------------------------- gc
+
+
+def gc(store_path: str, keep_last: str, marker: str) -> None:
+    import pipelines.gc as G
+
+    G._remove_paths = nth_call(2, G._remove_paths, lambda *a: pause_here(marker))
+    G.collect_garbage(store_path, keep_last=int(keep_last), grace_seconds=0)
+
+
+if __name__ == "__main__":
+    mode, *args = sys.argv[1:]
+    {"embed": embed, "commit": commit, "loop": loop, "race": race, "gc": gc}[mode](*args)

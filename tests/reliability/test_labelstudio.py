@@ -1,0 +1,121 @@
+"""A Label Studio import whose ids or paths point outside the store: skipped and counted, nothing
+outside `STORE/labeling` is read or written, and the versions already in the store do not change."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.reliability._child import do_commit
+from tests.reliability.conftest import TALLY, tree_digest
+
+queue = pytest.importorskip("labeling.queue", reason="labeling/queue.py is not there yet")
+LabelingError = pytest.importorskip("labeling.probe").LabelingError
+
+CLASSES = ["cat", "dog"]
+
+
+def ask(store: Path) -> None:
+    rows = pl.DataFrame(
+        {
+            "sample_id": ["s1", "s2", "s3"],
+            "source": ["train/cat/1.png", "train/dog/2.png", "train/cat/3.png"],
+            "reason": ["uncertain", "label_issue", "uncertain"],
+            "label": ["cat", "cat", None],
+            "suggested_label": ["dog", "dog", "cat"],
+            "suggested_score": [0.6, 0.9, 0.5],
+        }
+    )
+    queue.enqueue(store, rows, version=1)
+
+
+def task(sample_id, choice: str = "dog", image: str = "train/cat/1.png", ann_id: int = 1) -> dict:
+    result = {"from_name": "label", "to_name": "image", "type": "choices"}
+    return {
+        "id": ann_id,
+        "data": {"sample_id": sample_id, "image": image, "source": image},
+        "annotations": [{"id": ann_id, "result": [{**result, "value": {"choices": [choice]}}]}],
+    }
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    do_commit(str(root), "v1", None)
+    ask(root)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("do not touch")
+    return root
+
+
+def test_ids_and_paths_pointing_outside_the_store_are_skipped_and_counted(
+    store: Path, tmp_path: Path
+):
+    outside = tmp_path / "outside"
+    hostile_ids = [
+        "../../outside/secret.txt",
+        str(outside / "secret.txt"),
+        "..\\..\\outside",
+        "labeling/../../outside",
+        12345,
+        {"$ne": None},
+        ["s1"],
+        "",
+    ]
+    tasks = [task(sid, ann_id=10 + k) for k, sid in enumerate(hostile_ids)]
+    tasks += [
+        task("s1", image=str(outside / "secret.txt"), ann_id=30),  # a path in data: never read
+        task("s2", choice="../../outside/secret.txt", ann_id=31),  # not one of the classes
+        {"id": 32, "data": {"image": "../../outside"}, "annotations": []},  # no sample id
+    ]
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(tasks))
+    before_store = {k: v for k, v in tree_digest(store).items() if not k.startswith("labeling/")}
+    before_outside = tree_digest(outside)
+
+    result = queue.import_label_studio(store, path, classes=CLASSES)
+    TALLY["hostile inputs tried: Label Studio import (ids/paths outside the store)"] += len(tasks)
+
+    assert result.applied == 1 and result.skipped_unknown_id == len(hostile_ids)
+    assert result.skipped_unknown_label == 1 and result.skipped_no_sample_id == 1
+    answers = queue.read_answers(store)
+    assert answers.select("sample_id", "label").rows() == [("s1", "dog")]
+    assert tree_digest(outside) == before_outside
+    assert {k: v for k, v in tree_digest(store).items() if not k.startswith("labeling/")} == (
+        before_store
+    )
+    assert sorted(p.name for p in (store / "labeling").iterdir()) == [
+        ".lock",
+        "answers.parquet",
+        "queue.parquet",
+    ]
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("secret*")) == [
+        "outside/secret.txt"
+    ]
+
+
+def test_a_labeling_file_linked_outside_the_store_is_refused(store: Path, tmp_path: Path):
+    TALLY["hostile inputs tried: Label Studio import (answers file linked outside)"] += 1
+    target = tmp_path / "outside" / "answers.parquet"
+    target.write_bytes(b"someone else's file")
+    (store / "labeling" / "answers.parquet").symlink_to(target)
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([task("s1")]))
+    with pytest.raises(LabelingError, match="outside the store"):
+        queue.import_label_studio(store, path, classes=CLASSES)
+    assert target.read_bytes() == b"someone else's file"
+
+
+def test_export_refuses_sources_that_climb_out_of_the_image_root(store: Path, tmp_path: Path):
+    TALLY["hostile inputs tried: Label Studio export (source outside the image root)"] += 1
+    rows = pl.DataFrame(
+        {"sample_id": ["evil"], "source": ["../../outside/secret.txt"], "reason": ["uncertain"]}
+    )
+    queue.enqueue(store, rows)
+    with pytest.raises(LabelingError, match="sample 'evil' has source '../../outside/secret.txt'"):
+        queue.export_label_studio(store, tmp_path / "tasks.json", image_root="/data/images")
+    assert not (tmp_path / "tasks.json").exists()
