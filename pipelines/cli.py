@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
+    _queue_parser(sub)
+
+    from pipelines.gc import add_gc_command
+
+    add_gc_command(sub)
+
     versions = sub.add_parser("versions", help="list the versions in a store")
     versions.add_argument("store")
     versions.add_argument("--json", action="store_true")
@@ -99,6 +105,29 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--limit", type=int, default=20, help="rows to list per side")
     diff.set_defaults(func=cmd_diff)
     return p
+
+
+def _queue_parser(sub: Any) -> None:
+    queue = sub.add_parser("queue", help="the labeling queue: export tasks, import answers")
+    qsub = queue.add_subparsers(dest="queue_command", required=True)
+    exp = qsub.add_parser("export", help="write the pending queue as Label Studio tasks or a table")
+    exp.add_argument("store")
+    exp.add_argument("--format", choices=["label-studio", "csv", "parquet"], default="label-studio")
+    exp.add_argument("--out", required=True)
+    exp.add_argument(
+        "--image-root",
+        default=None,
+        help="prefix for image paths in tasks (a folder, a URL, or Label Studio's "
+        "/data/local-files/?d= prefix; default: the dataset folder of the latest version)",
+    )
+    exp.set_defaults(func=cmd_queue_export)
+    imp = qsub.add_parser("import", help="record the answers of a Label Studio JSON export")
+    imp.add_argument("store")
+    imp.add_argument("annotations")
+    imp.set_defaults(func=cmd_queue_import)
+    show = qsub.add_parser("show", help="queue counts by status and reason")
+    show.add_argument("store")
+    show.set_defaults(func=cmd_queue_show)
 
 
 # ---------------------------------------------------------------- run / demo
@@ -184,6 +213,71 @@ def _print_scores(scores: dict[str, Any]) -> None:
             f"{sc['recall']:.3f}",
         )
     console.print(t)
+
+
+# ---------------------------------------------------------------- the labeling queue
+
+
+def cmd_queue_export(args: argparse.Namespace) -> int:
+    from labeling.queue import export_label_studio, export_table, label_studio_config
+
+    store = _store(args.store)
+    if args.format != "label-studio":
+        out = export_table(store.root, args.out, format=args.format)
+        console.print(f"wrote {out}", highlight=False)
+        return 0
+    latest = store.manifest()
+    source = latest["config"]["source"]
+    root = args.image_root or (source["path"] if source["type"] == "imagefolder" else None)
+    res = export_label_studio(store.root, args.out, image_root=root)
+    classes = _classes(store)
+    kind = "image" if root else "text"
+    xml = Path(args.out).with_suffix(".label_config.xml")
+    xml.write_text(label_studio_config(classes, kind=kind))
+    console.print(
+        f"wrote {res.n_tasks} Label Studio tasks to {res.path} (labeling config: {xml})",
+        highlight=False,
+    )
+    return 0
+
+
+def cmd_queue_import(args: argparse.Namespace) -> int:
+    from labeling.queue import import_label_studio
+
+    store = _store(args.store)
+    res = import_label_studio(store.root, args.annotations, classes=_classes(store))
+    console.print(
+        f"{res.applied} answer(s) recorded, {res.unchanged} unchanged, {res.skipped} skipped "
+        f"of {res.n_tasks} task(s); the next run's version carries them",
+        highlight=False,
+    )
+    skipped = {k: v for k, v in vars(res).items() if k.startswith("skipped_") and v}
+    if skipped:
+        console.print(f"skipped: {skipped}", highlight=False)
+    if res.unknown_ids:
+        console.print(f"unknown ids (first): {', '.join(res.unknown_ids[:5])}", highlight=False)
+    return 0
+
+
+def cmd_queue_show(args: argparse.Namespace) -> int:
+    from labeling.queue import read_answers, read_queue
+
+    store = _store(args.store)
+    q = read_queue(store.root)
+    t = Table(title=f"labeling queue of {args.store}", title_justify="left")
+    for col in ("status", "reason", "samples"):
+        t.add_column(col)
+    for row in q.group_by("status", "reason").len().sort("status", "reason").iter_rows():
+        t.add_row(*[str(v) for v in row])
+    console.print(t)
+    console.print(f"{read_answers(store.root).height} answered sample(s) recorded")
+    return 0
+
+
+def _classes(store: Any) -> list[str]:
+    """The label set of the latest version (for the labeling config and to check answers)."""
+    labels = store.read("decisions")["label"].drop_nulls().unique().sort()
+    return labels.to_list()
 
 
 # ---------------------------------------------------------------- reading a store

@@ -46,6 +46,7 @@ class ColumnSettings:
     label: str | None = "label"
     split: str | None = None
     embedding: str | None = None
+    unlabeled_splits: list[str] = field(default_factory=lambda: ["unlabeled"])
 
 
 @dataclass(frozen=True)

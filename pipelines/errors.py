@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from labeling.probe import LabelingError
 from pipelines.config import ConfigError
 from pipelines.embed import EmbedError
 from pipelines.sources import SourceError
 from pipelines.store import StoreError
 
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, SourceError, EmbedError, StoreError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError,
+    SourceError,
+    EmbedError,
+    StoreError,
+    LabelingError,
+)

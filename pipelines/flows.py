@@ -14,6 +14,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from dedup.stage import DedupResult, PriorIndex, find_duplicates
+from labeling.queue import PENDING, enqueue, read_answers, read_queue
+from labeling.stage import apply_answers, label_noise, queue_rows, select_for_labeling
 from pipelines.config import FlowSettings, load_flow
 from pipelines.cost import ComputeMeter, cost_delta, statement
 from pipelines.decide import counts_by_reason, decide
@@ -120,6 +122,53 @@ def commit_task(store: Store, version: VersionDraft) -> dict:
     )
 
 
+@task(name="label-noise-and-selection", cache_policy=NO_CACHE)
+def labeling_task(
+    table: pl.DataFrame,
+    matrix: np.ndarray | None,
+    settings: FlowSettings,
+    data: LoadedDataset,
+    store: Store,
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """cleanlab label issues on out-of-fold probe probabilities, then the labeling selection."""
+    info: dict[str, Any] = {}
+    probs = None
+    if settings.label_noise:
+        column = settings.label_noise.pred_probs_column
+        given = data.column(column) if column else None
+        out = label_noise(table, matrix, settings.label_noise, given)
+        table, probs, info = out.table, out.probs, out.info
+    if settings.active_learning:
+        pending = read_queue(store.root).filter(pl.col("status").is_in(list(PENDING)))
+        table, sel = select_for_labeling(
+            table, matrix, probs, settings.active_learning, pending, settings.dedup.threshold
+        )
+        info["selection"] = sel
+    return table, info
+
+
+@task(name="fill-labeling-queue", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def enqueue_task(
+    store: Store, table: pl.DataFrame, settings: FlowSettings, version: int, data: LoadedDataset
+) -> dict:
+    """Add this version's uncertain samples, label issues and label conflicts to the queue."""
+    rows = queue_rows(table, settings.active_learning)
+    if rows.height == 0:
+        return {"added": 0}
+    if data.modality != "image":  # text tasks carry the text (or, for bare vectors, the source)
+        where = table.select("sample_id", "position").join(rows.select("sample_id"), on="sample_id")
+        texts = dict(zip(where["sample_id"], data.texts(where["position"].to_list()), strict=True))
+        rows = rows.with_columns(pl.col("sample_id").replace_strict(texts).alias("text"))
+    counts = enqueue(store.root, rows, run_id=str(_run_id()), version=version)
+    return asdict(counts)
+
+
+def _run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    return flow_run.id
+
+
 @task(name="publish-report", cache_policy=NO_CACHE)
 def report_task(summary: RunSummary, decisions: pl.DataFrame | None) -> str:
     """Leave the run's summary (markdown) and its largest duplicate groups (table) as artifacts."""
@@ -169,6 +218,8 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
     parent = parent_manifest["version"] if parent_manifest else None
 
     data = _timed(timings, "load", lambda: load_task(settings))
+    labeled, human = apply_answers(data.table, read_answers(store.root))
+    data = LoadedDataset(labeled, data.modality, data.splits, data.columns)
     fingerprint = input_fingerprint(data.table)
     config_hash = settings.fingerprint()
     if parent_manifest and (
@@ -200,7 +251,10 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
 
     prior = history.prior_index(index_key) if settings.dedup.near else None
     dd = _timed(timings, "dedup", lambda: dedup_task(table, matrix, settings, prior))
-    decided = decide(dd.table)
+    table, labeling_info = _timed(
+        timings, "labeling", lambda: labeling_task(dd.table, matrix, settings, data, store)
+    )
+    decided = decide(table)
     decisions = decisions_table(decided)
     cleaned = _timed(
         timings,
@@ -223,6 +277,8 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
     draft = VersionDraft(cleaned, decisions, manifest, parent, dd.pairs if index_key else None)
     committed = _timed(timings, "commit", lambda: commit_task(store, draft))
     log.info("Committed version %s of %s.", committed["version"], settings.store)
+    if settings.label_noise or settings.active_learning:
+        labeling_info["queue"] = enqueue_task(store, decided, settings, committed["version"], data)
     summary = RunSummary(
         flow=settings.name,
         store=settings.store,

@@ -40,6 +40,13 @@ class LoadedDataset:
         srow = self.table["_row"].to_numpy()
         return [self._content(self.splits[part[r]], int(srow[r])) for r in rows]
 
+    def texts(self, rows: Sequence[int]) -> list[str]:
+        """What a person reads for each row: the text column when there is one, else the source."""
+        if not self.columns.text:
+            return [str(s) for s in self.table["source"].gather(list(rows)).to_list()]
+        values = self.column(self.columns.text)
+        return [str(values[r]) for r in rows]
+
     def column(self, name: str) -> list[Any]:
         """Every value of a source column, in table order."""
         for part, ds in self.splits.items():
@@ -96,7 +103,13 @@ def load_source(source: SourceSettings, columns: ColumnSettings) -> LoadedDatase
         raise SourceError(f"the dataset is empty: no samples in split(s) {sorted(splits)}")
     if columns.split:
         table = table.with_columns(_split_column(splits, columns.split))
-    table = table.with_columns(pl.int_range(0, table.height, dtype=pl.Int64).alias("position"))
+    table = table.with_columns(
+        pl.int_range(0, table.height, dtype=pl.Int64).alias("position"),
+        pl.when(pl.col("split").is_in(columns.unlabeled_splits))
+        .then(None)
+        .otherwise(pl.col("label"))
+        .alias("label"),  # a pool split: its folder or column labels are placeholders
+    )
     table = _assign_ids(table)
     return LoadedDataset(table=table, modality=modality, splits=splits, columns=columns)
 

@@ -33,7 +33,7 @@ DECISION_COLUMNS = [
     "position",
     "size_bytes",
 ]
-INTERNAL = {"_part", "_row", "dedup_drop", "noise_drop"}
+INTERNAL = {"_part", "_row", "dedup_drop", "noise_drop"}  # reasons live on in drop_reason
 
 
 def input_fingerprint(table: pl.DataFrame) -> str:

@@ -1,0 +1,249 @@
+"""The labeling stages of a run: human answers in, label noise out, a labeling queue to fill.
+
+Each function takes the sample table (and the embedding matrix) and returns a new table with more
+columns; `pipelines/flows.py` wraps them in Prefect tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from labeling.noise import (
+    apply_noise_policy,
+    detect_label_issues,
+    find_label_issues,
+    noise_columns,
+)
+from labeling.probe import encode_labels, stack_pred_probs, validate_pred_probs
+from labeling.select import select_batch
+from pipelines.config import ActiveLearningSettings, LabelNoiseSettings
+
+log = logging.getLogger("leanset.labeling")
+
+
+# ---------------------------------------------------------------- human answers
+
+
+def apply_answers(
+    table: pl.DataFrame, answers: pl.DataFrame
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Imported human labels replace the source label; each change names its annotation."""
+    if answers.height == 0:
+        return table.with_columns(
+            pl.lit(None, dtype=pl.Utf8).alias("label_before_human"),
+            pl.lit(None, dtype=pl.Utf8).alias("relabel_source"),
+        ), {"human_labels": 0, "human_labels_unmatched": 0}
+    a = answers.select(
+        "sample_id",
+        pl.col("label").alias("_human"),
+        ("label-studio:" + pl.col("annotation_id").fill_null("?")).alias("relabel_source"),
+    )
+    out = table.join(a, on="sample_id", how="left", maintain_order="left")
+    changed = pl.col("_human").is_not_null() & (pl.col("_human") != pl.col("label")).fill_null(True)
+    out = out.with_columns(
+        pl.when(changed).then(pl.col("label")).otherwise(None).alias("label_before_human"),
+        pl.when(changed).then(pl.col("relabel_source")).otherwise(None).alias("relabel_source"),
+        pl.coalesce("_human", "label").alias("label"),
+    ).drop("_human")
+    unmatched = answers.join(table.select("sample_id"), on="sample_id", how="anti").height
+    if unmatched:
+        log.warning(
+            "%d imported answer(s) name samples that are no longer in the dataset", unmatched
+        )
+    return out, {
+        "human_labels": int(out["relabel_source"].is_not_null().sum()),
+        "human_labels_unmatched": unmatched,
+    }
+
+
+# ---------------------------------------------------------------- label noise
+
+
+@dataclass
+class NoiseOutcome:
+    """The table with the noise columns, the probe's probabilities for every row, and counts."""
+
+    table: pl.DataFrame
+    probs: np.ndarray | None
+    classes: tuple[str, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def label_noise(
+    table: pl.DataFrame,
+    emb: np.ndarray | None,
+    settings: LabelNoiseSettings,
+    pred_probs: Any = None,
+) -> NoiseOutcome:
+    """cleanlab label issues on out-of-sample probabilities, and the flow's noise policy.
+
+    The probe sees readable samples that dedup kept (a dropped copy would count its group twice);
+    duplicate groups stay in one fold. Given `pred_probs` (a column), no probe is trained.
+    """
+    rows = np.flatnonzero((table["error"].is_null() & table["dedup_drop"].is_null()).to_numpy())
+    sub = table[rows]
+    ids = sub["sample_id"].to_list()
+    enc = encode_labels(sub["label"].to_list(), sample_ids=ids)
+    if (enc.idx >= 0).sum() == 0:
+        log.info("label noise: no labeled samples; skipped")
+        return NoiseOutcome(_empty_noise(table), None, (), {"label_noise": "skipped: no labels"})
+    if pred_probs is not None:
+        probs = validate_pred_probs(
+            stack_pred_probs(pred_probs[rows], sample_ids=ids),
+            len(rows),
+            len(enc.classes),
+            sample_ids=ids,
+        )
+        issues = find_label_issues(enc.idx, probs, filter_by=settings.filter_by, sample_ids=ids)
+        info = {"probe": "given pred_probs"}
+    else:
+        res = detect_label_issues(
+            emb[rows],
+            enc.idx,
+            refit=settings.refit,
+            filter_by=settings.filter_by,
+            sample_ids=ids,
+            probe_options={
+                "classes": enc.classes,
+                "groups": _groups(sub),
+                "n_folds": settings.n_folds,
+                "seed": settings.seed,
+                "device": settings.device,
+                "c": settings.c,
+            },
+        )
+        issues, probs = res.issues, res.probe.probs
+        info = {
+            "probe": res.probe.backend,
+            "probe_device": res.probe.device,
+            "probe_accuracy": round(float(res.probe.accuracy), 4),
+        }
+    dec = apply_noise_policy(
+        enc.idx, issues, policy=settings.policy, relabel_threshold=settings.relabel_threshold
+    )
+    cols = noise_columns(issues, dec, enc.classes).with_columns(
+        pl.Series("noise_drop", dec.drop_reason, dtype=pl.Utf8)
+    )
+    out = _scatter(table, rows, cols)
+    if settings.policy == "relabel":
+        out = out.with_columns(
+            pl.when(pl.col("label_action") == "relabeled")
+            .then(pl.col("new_label"))
+            .otherwise(pl.col("label"))
+            .alias("label")
+        )
+    full = np.full((table.height, len(enc.classes)), np.nan)
+    full[rows] = probs
+    info |= {"label_issues": issues.n_issues, "actions": dec.counts(), "policy": settings.policy}
+    return NoiseOutcome(out, full, enc.classes, info)
+
+
+def _groups(sub: pl.DataFrame) -> np.ndarray:
+    """Duplicate groups as integers (-1 = in no group), so a group stays in one fold."""
+    g = sub["dup_group"]
+    codes = g.cast(pl.Categorical).to_physical().cast(pl.Int64).fill_null(-1)
+    return codes.to_numpy()
+
+
+def _scatter(table: pl.DataFrame, rows: np.ndarray, cols: pl.DataFrame) -> pl.DataFrame:
+    """Columns computed for `rows` placed into the full table (null elsewhere)."""
+    idx = pl.DataFrame({"_i": rows.astype(np.int64)}).hstack(cols)
+    base = table.with_row_index("_i").with_columns(pl.col("_i").cast(pl.Int64))
+    return base.join(idx, on="_i", how="left", maintain_order="left").drop("_i")
+
+
+def _empty_noise(table: pl.DataFrame) -> pl.DataFrame:
+    schema = {
+        "label_quality": pl.Float64,
+        "label_issue": pl.Boolean,
+        "suggested_label": pl.Utf8,
+        "suggested_score": pl.Float64,
+        "label_action": pl.Utf8,
+        "relabeled_from": pl.Utf8,
+        "new_label": pl.Utf8,
+        "needs_review": pl.Boolean,
+        "noise_drop": pl.Utf8,
+    }
+    return table.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in schema.items()])
+
+
+# ---------------------------------------------------------------- selection and the queue
+
+
+def select_for_labeling(
+    table: pl.DataFrame,
+    emb: np.ndarray,
+    probs: np.ndarray | None,
+    settings: ActiveLearningSettings,
+    pending: pl.DataFrame,
+    threshold: float,
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Uncertain, diverse unlabeled samples for the queue: adds `al_score`, `queue_rank`."""
+    none = table.with_columns(
+        pl.lit(None, dtype=pl.Float64).alias("al_score"),
+        pl.lit(None, dtype=pl.Int64).alias("queue_rank"),
+    )
+    if probs is None:
+        return none, {"selected": 0, "note": "no probabilities (no labeled samples)"}
+    waiting = table["sample_id"].is_in(pending["sample_id"].implode()).to_numpy()
+    unlabeled = (_alive(table) & pl.col("label").is_null()).alias("_c")
+    cand = np.flatnonzero(table.select(unlabeled)["_c"].to_numpy() & ~waiting)
+    if cand.size == 0:
+        return none, {"selected": 0, "candidates": 0}
+    groups = _groups(table)
+    busy = tuple(int(c) for c in np.unique(groups[waiting]) if c >= 0)  # their group is queued
+    sel = select_batch(
+        np.nan_to_num(probs, nan=1.0 / max(probs.shape[1], 1)),
+        emb,
+        budget=settings.budget,
+        candidate_idx=cand,
+        strategy=settings.strategy,
+        diversity=settings.diversity,
+        pool_factor=settings.pool_factor,
+        groups=groups,
+        exclude_groups=busy,
+        max_similarity=settings.max_similarity or threshold,
+        seed=settings.seed,
+    )
+    return table.hstack(sel.columns()), {
+        "selected": len(sel.indices),
+        "candidates": int(cand.size),
+        "strategy": settings.strategy,
+        "diversity": settings.diversity,
+    }
+
+
+def _alive(table: pl.DataFrame) -> pl.Expr:
+    """Readable and not dropped by any stage so far."""
+    alive = pl.col("error").is_null() & pl.col("dedup_drop").is_null()
+    return alive & pl.col("noise_drop").is_null() if "noise_drop" in table.columns else alive
+
+
+def queue_rows(table: pl.DataFrame, settings: ActiveLearningSettings | None) -> pl.DataFrame:
+    """Rows for the labeling queue: selected (uncertain), label issues and label conflicts."""
+    has = set(table.columns)
+    reasons = []
+    if "queue_rank" in has:
+        reasons.append(pl.when(pl.col("queue_rank").is_not_null()).then(pl.lit("uncertain")))
+    if "needs_review" in has and (settings is None or settings.queue_label_issues):
+        reasons.append(pl.when(pl.col("needs_review").fill_null(False)).then(pl.lit("label_issue")))
+    if settings is None or settings.queue_label_issues:
+        reasons.append(
+            pl.when(pl.col("label_conflict") & _alive(table)).then(pl.lit("label_conflict"))
+        )
+    if not reasons:
+        return pl.DataFrame()
+    cols = ["sample_id", "source", "reason", "label"] + [
+        c for c in ("al_score", "queue_rank", "suggested_label", "suggested_score") if c in has
+    ]
+    return (
+        table.with_columns(pl.coalesce(reasons).alias("reason"))
+        .filter(pl.col("reason").is_not_null())
+        .unique("sample_id", keep="first", maintain_order=True)
+        .select(cols)
+    )

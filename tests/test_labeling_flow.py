@@ -1,0 +1,111 @@
+"""The labeling loop through the real flow: label issues, the queue, Label Studio round trip."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from labeling.queue import export_label_studio, import_label_studio, read_queue
+from pipelines.flows import clean_flow
+from pipelines.store import Store
+from tests.conftest import flows_yaml
+
+CONFIG = """
+flows:
+  digits:
+    source: {type: files, format: parquet, data_files: [digits.parquet]}
+    columns: {id: id, embedding: emb, label: label}
+    embedder: {type: precomputed}
+    dedup: {threshold: 0.995}
+    label_noise: {policy: drop}
+    active_learning: {budget: 20, strategy: margin, diversity: kmeans}
+    store: store
+"""
+
+
+@pytest.fixture
+def digits(tmp_path: Path) -> dict:
+    """sklearn digits as precomputed pixel vectors: 5% flipped labels, 200 unlabeled."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    labels = y.astype(str).astype(object)
+    unlabeled = rng.choice(len(y), 200, replace=False)
+    rest = np.setdiff1d(np.arange(len(y)), unlabeled)
+    flipped = rng.choice(rest, int(0.05 * len(rest)), replace=False)
+    for i in flipped:
+        labels[i] = str((y[i] + rng.integers(1, 10)) % 10)
+    labels[unlabeled] = None
+    ids = [f"d{i:04d}" for i in range(len(y))]
+    pl.DataFrame(
+        {"id": ids, "emb": list(x.astype(np.float32)), "label": list(labels)},
+        schema={"id": pl.Utf8, "emb": pl.List(pl.Float32), "label": pl.Utf8},
+    ).write_parquet(tmp_path / "digits.parquet")
+    return {
+        "truth": {ids[i]: str(y[i]) for i in range(len(y))},
+        "flipped": {ids[i] for i in flipped},
+        "unlabeled": {ids[i] for i in unlabeled},
+    }
+
+
+def test_label_issues_queue_and_answers_round_trip(prefect_harness, tmp_path, digits):
+    config = flows_yaml(tmp_path, CONFIG)
+    first = clean_flow(config_path=str(config), flow_name="digits")
+    store = Store(tmp_path / "store")
+    dec = store.read("decisions")
+
+    issues = set(dec.filter(pl.col("label_issue").fill_null(False))["sample_id"])
+    tp = len(issues & digits["flipped"])
+    precision, recall = tp / max(len(issues), 1), tp / len(digits["flipped"])
+    assert precision >= 0.8 and recall >= 0.8, (precision, recall)
+    assert first["counts"]["by_reason"]["label_issue"] == len(issues)  # policy: drop
+    assert {"label_quality", "suggested_label", "al_score", "queue_rank"} <= set(dec.columns)
+
+    queue = read_queue(store.root)
+    picked = queue.filter(pl.col("reason") == "uncertain")
+    assert picked.height == 20 and set(picked["sample_id"]) <= digits["unlabeled"]
+    groups = dec.filter(pl.col("sample_id").is_in(picked["sample_id"].implode()))["dup_group"]
+    assert groups.drop_nulls().is_unique().all()  # never two members of one duplicate group
+
+    # a human answers every task in Label Studio; the export comes back
+    tasks_path = tmp_path / "tasks.json"
+    export_label_studio(store.root, tasks_path)
+    tasks = json.loads(tasks_path.read_text())
+    for t in tasks:
+        label = digits["truth"][t["data"]["sample_id"]]
+        t["annotations"] = [
+            {
+                "id": 7,
+                "completed_by": 1,
+                "result": [
+                    {
+                        "from_name": "label",
+                        "to_name": "text",
+                        "type": "choices",
+                        "value": {"choices": [label]},
+                    }
+                ],
+            }
+        ]
+    (tmp_path / "answers.json").write_text(json.dumps(tasks))
+    res = import_label_studio(store.root, tmp_path / "answers.json")
+    assert res.applied + res.unchanged == len(tasks)
+
+    second = clean_flow(config_path=str(config), flow_name="digits")
+    assert second["version"] == 2  # answers changed the labels: a new version
+    dec2 = store.read("decisions").filter(
+        pl.col("sample_id").is_in([t["data"]["sample_id"] for t in tasks])
+    )
+    assert dec2["label"].to_list() == [digits["truth"][i] for i in dec2["sample_id"]]
+    human = dec2.filter(pl.col("relabel_source").is_not_null())
+    assert (
+        human.height == res.applied
+        and human["relabel_source"].str.starts_with("label-studio:").all()
+    )
+    again = read_queue(store.root)
+    assert again.filter(pl.col("sample_id").is_in(picked["sample_id"].implode()))[
+        "status"
+    ].unique().to_list() == ["answered"]
