@@ -13,16 +13,6 @@ from dedup.exact import exact_edges, exact_representatives
 from dedup.groups import components, resolve_groups
 from pipelines.config import DedupSettings
 
-DUP_COLUMNS = [
-    "exact_dup_of",
-    "near_dup_of",
-    "dup_similarity",
-    "dup_group",
-    "leak_of",
-    "label_conflict",
-    "dedup_drop",
-]
-
 
 @dataclass(frozen=True)
 class PriorIndex:

@@ -196,6 +196,22 @@ def print_summary(s: dict[str, Any]) -> None:
             f"; near-duplicate search: {s.get('search', {}).get('method', 'none')}",
             highlight=False,
         )
+    lab = s.get("labeling") or {}
+    if "label_issues" in lab:
+        console.print(
+            f"label issues: {lab['label_issues']:,} (policy {lab.get('policy')}: "
+            f"{lab.get('actions') or 'none'}); probe accuracy {lab.get('probe_accuracy', 'n/a')}",
+            highlight=False,
+        )
+    if lab.get("human_labels"):
+        console.print(f"human labels applied: {lab['human_labels']:,}", highlight=False)
+    if "queue" in lab:
+        q = lab["queue"]
+        console.print(
+            f"labeling queue: {q.get('added', 0):,} added"
+            + (f", {q['skipped_pending']:,} already waiting" if q.get("skipped_pending") else ""),
+            highlight=False,
+        )
     console.print(f"[bold]Cost delta:[/] {s['statement']}", highlight=False)
     console.print(f"store: {s['store']}", highlight=False)
 

@@ -1,16 +1,26 @@
 """The bundled demo data: scikit-learn's digits as an imagefolder with planted duplicates and noise.
 
-`make_demo(root)` writes `root/images/{train,test}/<label>/<name>.(png|jpg)`, `root/truth.json` (what
-was planted) and `root/README.txt`. Everything is drawn from one seed, so the same seed and the same
-library versions give the same bytes. truth.json is written last and is the commit point: a folder
-without it is an unfinished run and is rebuilt.
+`make_demo(root)` writes `root/images/{train,test,unlabeled}/<label>/<name>.(png|jpg)` (with an
+`images/README.md` naming the splits), `root/truth.json` (what was planted) and `root/README.txt`.
+Everything is drawn from one seed, so the same seed and the same library versions give the same
+bytes. truth.json is written last and is the commit point: a folder without it is an unfinished
+run and is rebuilt.
 
 Planted on top of the 1,797 natural digits (8x8, upscaled to 32x32):
 
 * exact: train images copied byte for byte under another name (some twice: groups of three);
 * near: train images re-saved with a light perturbation (noise, 1-pixel shift, contrast, JPEG);
 * leak: test images whose exact or near copy is also placed in train;
-* flipped: ~5% of the other train images filed under a wrong digit (for the label-noise stage).
+* flipped: ~5% of the other train images filed under a wrong digit (for the label-noise stage);
+* pool: N_POOL other natural train images (stratified over digits) moved to `images/unlabeled/`,
+  an unlabeled pool for the labeling loop. The digit folder is kept only so the imagefolder layout
+  stays uniform; a loader must treat the `unlabeled` split as unlabeled. `answer_tasks` plays the
+  annotator for Label Studio tasks exported from a run over the demo.
+
+Note that `datasets.load_dataset("imagefolder", data_dir=...)` only finds the split folders whose
+names it knows (train, test, validation, ...): pass `data_files=SPLIT_DATA_FILES`, or load the
+folder itself (`datasets.load_dataset(str(images_dir))`, which reads `images/README.md`'s
+`configs`), to get the `unlabeled` split too.
 
 Near copies are kept findable by the raw-pixel demo embedder (16x16 grayscale, mean-centred,
 L2-normalised): each copy's cosine similarity to its original is at least `MIN_COPY_SIMILARITY`.
@@ -20,6 +30,8 @@ Natural digits that are that close to each other anyway are kept and listed as `
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
 import io
 import json
 import logging
@@ -28,8 +40,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 from PIL import Image
@@ -39,7 +53,7 @@ from pipelines.fsutil import atomic_write_bytes, atomic_write_json
 log = logging.getLogger(__name__)
 
 GENERATOR = "leanset-demo-digits"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 IMAGE_SIZE = 32
 FEATURE_SIZE = 16
 TEST_FRACTION = 0.2
@@ -59,6 +73,16 @@ N_NEAR_SHIFTED = 8
 N_LEAK_EXACT = 20
 N_LEAK_NEAR = 20
 FLIP_FRACTION = 0.05
+N_POOL = 300
+"""Natural train images moved to the unlabeled pool (N_POOL // 10 per digit)."""
+
+SPLITS = ("train", "test", "unlabeled")
+UNLABELED_SPLIT = "unlabeled"
+SPLIT_DATA_FILES = {split: f"{split}/**" for split in SPLITS}
+"""`data_files` for `datasets.load_dataset("imagefolder", data_dir=images_dir, data_files=...)`."""
+LABELS = tuple(str(d) for d in range(10))
+ANNOTATOR = {"id": 1, "email": "simulated-annotator@leanset.demo"}
+"""`completed_by` of the simulated annotator's answers."""
 
 KINDS = ("exact", "near", "leak", "natural")
 PLANTED_KINDS = ("exact", "near", "leak")
@@ -101,6 +125,14 @@ class FlippedLabel:
     true_label: str
 
 
+@dataclass(frozen=True)
+class PoolImage:
+    """An image of the unlabeled pool (under images/unlabeled/) and the digit it shows."""
+
+    path: str
+    true_label: str
+
+
 @dataclass
 class DemoTruth:
     """What `make_demo` planted, as recorded in `root/truth.json` (paths relative to root/images)."""
@@ -113,8 +145,10 @@ class DemoTruth:
     groups: list[TruthGroup]
     natural_pairs: list[NaturalPair]
     flipped: list[FlippedLabel]
+    pool: list[PoolImage] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
+    _known: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def images_dir(self) -> Path:
@@ -155,6 +189,7 @@ class DemoTruth:
                 {"path": f.path, "given_label": f.given_label, "true_label": f.true_label}
                 for f in self.flipped
             ],
+            "pool": [{"path": p.path, "true_label": p.true_label} for p in self.pool],
             "counts": self.counts,
             "stats": self.stats,
         }
@@ -183,6 +218,48 @@ class DemoTruth:
         """Paths of the train images filed under a wrong label."""
         return {f.path for f in self.flipped}
 
+    def pool_paths(self) -> set[str]:
+        """Paths of the unlabeled pool's images."""
+        return {p.path for p in self.pool}
+
+    def true_label(self, path: str) -> str:
+        """The digit a demo image shows: pool → its digit, flipped → true_label, else its folder.
+
+        `path` is relative to images/ (`train/3/train_0012.png`), or anything ending in that: an
+        absolute path, a URL, Label Studio's `/data/local-files/?d=...`. ValueError for a path
+        that is not laid out like a demo image, or an unlabeled image that is not in the pool.
+        """
+        rel = image_relpath(path)
+        if self._known is None:
+            known = {f.path: f.true_label for f in self.flipped}
+            known.update((p.path, p.true_label) for p in self.pool)
+            self._known = known
+        if rel in self._known:
+            return self._known[rel]
+        split, label, _ = rel.split("/")
+        if split == UNLABELED_SPLIT:
+            raise ValueError(f"{path!r}: {rel} is not in the demo's unlabeled pool")
+        return label
+
+
+def image_relpath(ref: str) -> str:
+    """`<split>/<digit>/<name>`: the path relative to images/ that `ref` ends in, else ValueError.
+
+    `ref` may be that path itself, an absolute path, a URL (percent-encoding undone) or Label
+    Studio's `/data/local-files/?d=<path>`; the last three path segments are taken.
+    """
+    if not isinstance(ref, str):
+        raise ValueError(f"expected a demo image path, got {type(ref).__name__} {ref!r}")
+    parts = [p for p in unquote(ref).replace("\\", "/").split("/") if p]
+    tail = parts[-3:]
+    if len(tail) != 3 or tail[0].rpartition("=")[2] not in SPLITS or tail[1] not in LABELS:
+        raise ValueError(
+            f"{ref!r} does not end in a demo image path <split>/<digit>/<name> "
+            f"(split one of {list(SPLITS)}, digit 0-9)"
+        )
+    tail[0] = tail[0].rpartition("=")[2]  # `?d=train/...`: the image root was the bare prefix
+    return "/".join(tail)
+
 
 def make_demo(root: str | Path, seed: int = 0) -> DemoTruth:
     """Write the demo imagefolder and truth under `root` (no-op when already there for this seed)."""
@@ -201,6 +278,114 @@ def make_demo(root: str | Path, seed: int = 0) -> DemoTruth:
         atomic_write_json(root / "truth.json", truth.to_json()).chmod(0o644)
     log.info("demo data written to %s (%s)", root, truth.counts)
     return truth
+
+
+# --- the simulated annotator ------------------------------------------------------------------
+
+
+def task_image_path(truth: DemoTruth, task: Any) -> str:
+    """The demo image (relative to images/) a task shows: from `data.image`, else `data.source`."""
+    data = task.get("data") if isinstance(task, dict) else None
+    if not isinstance(data, dict):
+        raise ValueError(f"task {_task_name(task)}: no 'data' object")
+    refs = [data.get(k) for k in ("image", "source") if isinstance(data.get(k), str)]
+    if not refs:
+        raise ValueError(
+            f"task {_task_name(task)}: no data.image or data.source; the demo annotator answers "
+            "image tasks exported with an image root"
+        )
+    errors = []
+    for ref in refs:
+        try:
+            rel = image_relpath(ref)
+            truth.true_label(rel)
+        except ValueError as exc:
+            errors.append(str(exc))
+            continue
+        if truth.images_dir.is_dir() and not (truth.images_dir / rel).is_file():
+            errors.append(f"{ref!r}: no such demo image {truth.images_dir / rel}")
+            continue
+        return rel
+    raise ValueError(f"task {_task_name(task)}: {'; '.join(errors)}")
+
+
+def answer_tasks(
+    truth: DemoTruth,
+    tasks: Sequence[dict[str, Any]],
+    accuracy: float = 1.0,
+    seed: int = 0,
+    *,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Label Studio's JSON export of `tasks` after a (simulated) human answered every one.
+
+    `tasks` are the tasks `leanset queue export --format label-studio` wrote for the demo. Each
+    returned task is a copy with an `id` (its 1-based position when it had none) and one
+    annotation choosing the image's true digit (`truth.true_label`), or, with probability
+    1 - `accuracy`, a uniformly drawn wrong digit. Draws depend only on `seed` and task order.
+    Annotation ids are derived from the tasks, the seed and the answer, so answering the same
+    export again gives the same ids (a re-import changes nothing), and another export new ones.
+    """
+    if not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"accuracy must be between 0 and 1, got {accuracy}")
+    if not isinstance(tasks, Sequence) or isinstance(tasks, (str, bytes)):
+        raise ValueError(f"expected a list of tasks, got {type(tasks).__name__}")
+    rng = np.random.default_rng(seed)
+    stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    created = stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    digest = hashlib.blake2b(
+        json.dumps(list(tasks), sort_keys=True, default=str).encode(), digest_size=16
+    ).hexdigest()
+    out = []
+    for number, task in enumerate(tasks, start=1):
+        rel = task_image_path(truth, task)
+        label = truth.true_label(rel)
+        if rng.random() >= accuracy:
+            label = LABELS[(LABELS.index(label) + int(rng.integers(1, 10))) % 10]
+        answered = copy.deepcopy(dict(task))
+        answered.setdefault("id", number)
+        from_name, to_name = _control_names(task)
+        key = f"{digest}:{seed}:{number}:{task['data'].get('sample_id')}:{label}".encode()
+        h = hashlib.blake2b(key, digest_size=16).digest()
+        result = {
+            "id": h[8:13].hex()[:10],
+            "from_name": from_name,
+            "to_name": to_name,
+            "type": "choices",
+            "value": {"choices": [label]},
+            "origin": "manual",
+        }
+        answered["annotations"] = [
+            {
+                "id": int.from_bytes(h[:6], "big"),  # < 2**48: exact in every JSON reader
+                "completed_by": dict(ANNOTATOR),
+                "result": [result],
+                "was_cancelled": False,
+                "ground_truth": False,
+                "created_at": created,
+                "updated_at": created,
+                "task": answered["id"],
+            }
+        ]
+        out.append(answered)
+    return out
+
+
+def _control_names(task: dict[str, Any]) -> tuple[str, str]:
+    """(from_name, to_name) of the task's pre-annotation, else leanset's ("label", "image")."""
+    predictions = [p for p in task.get("predictions") or [] if isinstance(p, dict)]
+    for item in (i for p in predictions for i in p.get("result") or []):
+        if isinstance(item, dict) and item.get("type", "choices") == "choices":
+            return str(item.get("from_name", "label")), str(item.get("to_name", "image"))
+    return "label", "image"
+
+
+def _task_name(task: Any) -> str:
+    """How to name a task in an error: its sample id, else its id."""
+    data = task.get("data") if isinstance(task, dict) else None
+    if isinstance(data, dict) and data.get("sample_id") is not None:
+        return repr(data["sample_id"])
+    return repr(task.get("id")) if isinstance(task, dict) else repr(task)
 
 
 # --- generation ------------------------------------------------------------------------------
@@ -253,8 +438,11 @@ def _generate(root: Path, seed: int) -> tuple[DemoTruth, list[_File]]:
     flips = _choose_flips(rng, labels, is_test, planted, in_natural)
     for idx, wrong in flips.items():
         files[idx].label = wrong
+    pool = _choose_pool(rng, labels, is_test, planted | set(flips) | in_natural)
+    for idx in pool:
+        files[idx].split = UNLABELED_SPLIT
     _assign_names(files, rng)
-    truth = _assemble_truth(root, seed, files, labels, groups, nat_pairs, flips)
+    truth = _assemble_truth(root, seed, files, labels, groups, nat_pairs, flips, pool)
     truth.stats = _similarity_stats(truth, np.stack(file_feats), files, sims)
     return truth, files
 
@@ -417,9 +605,25 @@ def _choose_flips(
     return {i: int((labels[i] + rng.integers(1, 10)) % 10) for i in chosen}
 
 
+def _choose_pool(
+    rng: np.random.Generator, labels: np.ndarray, is_test: np.ndarray, excluded: set[int]
+) -> list[int]:
+    """N_POOL // 10 train digits per class, none planted, flipped or in a natural pair."""
+    per_class = N_POOL // 10
+    chosen: list[int] = []
+    for label in range(10):
+        eligible = [
+            int(i) for i in np.flatnonzero(~is_test & (labels == label)) if int(i) not in excluded
+        ]
+        if len(eligible) < per_class:
+            raise RuntimeError(f"only {len(eligible)} digits {label} left for the unlabeled pool")
+        chosen += rng.permutation(eligible)[:per_class].astype(int).tolist()
+    return sorted(chosen)
+
+
 def _assign_names(files: list[_File], rng: np.random.Generator) -> None:
     """Give every file a shuffled `<split>_NNNN` name, so names do not reveal what was planted."""
-    for split in ("train", "test"):
+    for split in SPLITS:
         idx = [i for i, f in enumerate(files) if f.split == split]
         for number, i in enumerate(rng.permutation(idx).tolist()):
             f = files[i]
@@ -434,6 +638,7 @@ def _assemble_truth(
     groups: list[tuple[str, list[int], tuple[str, ...], float]],
     nat_pairs: list[tuple[int, int, float]],
     flips: dict[int, int],
+    pool: list[int],
 ) -> DemoTruth:
     """The DemoTruth for the generated files."""
     truth_groups = [
@@ -454,6 +659,9 @@ def _assemble_truth(
     flipped = [
         FlippedLabel(files[i].path, str(wrong), str(int(labels[i]))) for i, wrong in flips.items()
     ]
+    pool_images = sorted(
+        (PoolImage(files[i].path, str(int(labels[i]))) for i in pool), key=lambda p: p.path
+    )
     counts = _counts(files, truth_groups + natural, flipped)
     return DemoTruth(
         root=root,
@@ -464,6 +672,7 @@ def _assemble_truth(
         groups=truth_groups + natural,
         natural_pairs=pairs,
         flipped=sorted(flipped, key=lambda f: f.path),
+        pool=pool_images,
         counts=counts,
     )
 
@@ -477,11 +686,9 @@ def _with_min_similarity(group: TruthGroup, pairs: list[NaturalPair]) -> TruthGr
 
 def _counts(files: list[_File], groups: list[TruthGroup], flipped: list[FlippedLabel]) -> dict:
     """File and plant counts for truth.json and the README."""
-    counts = {
-        "train_files": sum(f.split == "train" for f in files),
-        "test_files": sum(f.split == "test" for f in files),
-        "flipped": len(flipped),
-    }
+    counts = {f"{split}_files": sum(f.split == split for f in files) for split in SPLITS}
+    counts["pool"] = counts["unlabeled_files"]
+    counts["flipped"] = len(flipped)
     for kind in KINDS:
         kind_groups = [g for g in groups if g.kind == kind]
         counts[f"{kind}_groups"] = len(kind_groups)
@@ -618,6 +825,7 @@ def _write_tree(root: Path, files: list[_File], seed: int) -> None:
             target = build / f.path
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(f.data)
+        (build / "README.md").write_text(_images_readme())
         build.chmod(0o755)  # mkdtemp makes it private; the data is meant to be shared
         (root / "truth.json").unlink(missing_ok=True)  # the commit point goes first
         atomic_write_bytes(root / "README.txt", _readme(seed).encode()).chmod(0o644)
@@ -657,10 +865,15 @@ def _readme(seed: int) -> str:
     """The README.txt text."""
     return f"""{_README_MARKER} (generator {GENERATOR} v{GENERATOR_VERSION}, seed {seed})
 
-images/train/<label>/<name>.png|jpg and images/test/<label>/<name>.png
+images/{{train,test,unlabeled}}/<label>/<name>.png|jpg
     scikit-learn's 1,797 handwritten digits (8x8, bundled with scikit-learn), upscaled to 32x32
     grayscale (bicubic, 0..255), split about 80/20 per class. The folder name is the label.
-    Load it with datasets.load_dataset("imagefolder", data_dir="images").
+    unlabeled/ is a pool of {N_POOL} train digits ({N_POOL // 10} per digit) to be used without
+    labels (the labeling loop's pool): its digit folders only keep the layout uniform.
+    Load all three splits with datasets.load_dataset("images") (images/README.md names them), or
+    datasets.load_dataset("imagefolder", data_dir="images", data_files={{"train": "train/**",
+    "test": "test/**", "unlabeled": "unlabeled/**"}}); with data_dir alone, datasets only finds
+    the train and test folders.
 
 truth.json  what was planted, with paths relative to images/:
     groups          kind exact: a train image and its byte-for-byte copies (some twice);
@@ -674,9 +887,30 @@ truth.json  what was planted, with paths relative to images/:
                     groups at another threshold.
     flipped         train images filed under a wrong label: given_label (the folder) and
                     true_label.
+    pool            the unlabeled pool: path and true_label of each image.
     recommended_threshold  the similarity at which the planted pairs are found.
 
 Rebuild with: python data/make_demo.py --out <this folder> --seed {seed}
+Answer Label Studio tasks exported from a run over it (a simulated annotator):
+    python data/answer_queue.py TASKS.json ANSWERS.json --demo <this folder>
+"""
+
+
+def _images_readme() -> str:
+    """images/README.md: dataset card metadata naming the three splits for `datasets`."""
+    configs = "\n".join(
+        f'  - split: {split}\n    path: "{pattern}"' for split, pattern in SPLIT_DATA_FILES.items()
+    )
+    return f"""---
+configs:
+- config_name: default
+  data_files:
+{configs}
+---
+# {_README_MARKER}
+
+Handwritten digits as an imagefolder with three splits: train, test and unlabeled (a pool whose
+digit folders are not labels to train on). See ../README.txt and ../truth.json.
 """
 
 
@@ -704,6 +938,12 @@ def _truth_from_json(root: Path, raw: Any, path: Path) -> DemoTruth:
         for i, p in enumerate(raw["natural_pairs"])
     ]
     flipped = [_flip_from_json(f, f"{path}: flipped[{i}]") for i, f in enumerate(raw["flipped"])]
+    if "pool" not in raw and raw["generator_version"] >= 2:
+        raise ValueError(f"{path}: missing key 'pool'")
+    pool_raw = raw.get("pool", [])
+    if not isinstance(pool_raw, list):
+        raise ValueError(f"{path}: 'pool' must be a list, got {type(pool_raw).__name__}")
+    pool = [_pool_from_json(p, f"{path}: pool[{i}]") for i, p in enumerate(pool_raw)]
     return DemoTruth(
         root=root,
         seed=raw["seed"],
@@ -713,6 +953,7 @@ def _truth_from_json(root: Path, raw: Any, path: Path) -> DemoTruth:
         groups=groups,
         natural_pairs=pairs,
         flipped=flipped,
+        pool=pool,
         counts=dict(raw.get("counts", {})),
         stats=dict(raw.get("stats", {})),
     )
@@ -744,6 +985,18 @@ def _flip_from_json(raw: Any, where: str) -> FlippedLabel:
     if not isinstance(raw, dict) or any(not isinstance(raw.get(k), str) for k in keys):
         raise ValueError(f"{where}: expected an object with string keys {list(keys)}")
     return FlippedLabel(raw["path"], raw["given_label"], raw["true_label"])
+
+
+def _pool_from_json(raw: Any, where: str) -> PoolImage:
+    """One pool[] entry."""
+    keys = ("path", "true_label")
+    if not isinstance(raw, dict) or any(not isinstance(raw.get(k), str) for k in keys):
+        raise ValueError(f"{where}: expected an object with string keys {list(keys)}")
+    if not raw["path"].startswith(f"{UNLABELED_SPLIT}/") or raw["true_label"] not in LABELS:
+        raise ValueError(
+            f"{where}: expected a path under {UNLABELED_SPLIT}/ and a true_label 0-9, got {raw}"
+        )
+    return PoolImage(raw["path"], raw["true_label"])
 
 
 def _str_list(raw: Any, key: str, where: str, min_len: int = 2) -> list[str]:

@@ -48,6 +48,7 @@ class RunSummary:
     timings: dict[str, float] = field(default_factory=dict)
     embed: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] = field(default_factory=dict)
+    labeling: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -278,7 +279,9 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
     committed = _timed(timings, "commit", lambda: commit_task(store, draft))
     log.info("Committed version %s of %s.", committed["version"], settings.store)
     if settings.label_noise or settings.active_learning:
-        labeling_info["queue"] = enqueue_task(store, decided, settings, committed["version"], data)
+        manifest["labeling"]["queue"] = enqueue_task(
+            store, decided, settings, committed["version"], data
+        )
     summary = RunSummary(
         flow=settings.name,
         store=settings.store,
@@ -291,6 +294,7 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
         timings=timings,
         embed=embed_info,
         search=dd.search,
+        labeling=manifest["labeling"],
     )
     log.info(summary.statement)
     return summary, decisions
@@ -350,4 +354,5 @@ def _unchanged_summary(settings: FlowSettings, m: dict, timings: dict) -> RunSum
         timings=timings,
         embed=m.get("embed", {}),
         search=m.get("search", {}),
+        labeling=m.get("labeling", {}),
     )
