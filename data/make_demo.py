@@ -23,12 +23,19 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
     c = truth.counts
     print(f"demo data in {truth.root} (seed {truth.seed}, {elapsed:.1f} s)")
-    print(f"  images:   {truth.images_dir}  ({c['train_files']} train, {c['test_files']} test)")
+    print(
+        f"  images:   {truth.images_dir}  ({c['train_files']} train, {c['test_files']} test, "
+        f"{c['unlabeled_files']} unlabeled)"
+    )
     print(f"  truth:    {truth.root / 'truth.json'}")
     print(
         f"  planted:  {c['exact_groups']} exact groups, {c['near_groups']} near, "
         f"{c['leak_groups']} train/test leaks ({c['copies']} extra files); "
         f"{c['flipped']} flipped labels"
+    )
+    print(
+        f"  pool:     {c['pool']} unlabeled images in images/unlabeled/ (true labels in "
+        "truth.json; data/answer_queue.py answers their labeling tasks)"
     )
     print(
         f"  natural:  {c['natural_groups']} groups of natural digits at or above the "

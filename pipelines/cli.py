@@ -367,16 +367,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     d = _store(args.store).diff(args.a, args.b)
+    parts = {"entered": d.entered, "left": d.left, "relabeled": d.relabeled}
     if args.json:
         print(
-            json.dumps(
-                {"a": d.a, "b": d.b, "entered": d.entered.to_dicts(), "left": d.left.to_dicts()},
-                indent=2,
-            )
+            json.dumps({"a": d.a, "b": d.b} | {k: v.to_dicts() for k, v in parts.items()}, indent=2)
         )
         return 0
-    console.print(f"version {d.a} -> {d.b}: {d.entered.height:,} entered, {d.left.height:,} left")
-    for name, df in (("entered", d.entered), ("left", d.left)):
+    console.print(
+        f"version {d.a} -> {d.b}: {d.entered.height:,} entered, {d.left.height:,} left, "
+        f"{d.relabeled.height:,} relabeled"
+    )
+    for name, df in parts.items():
         if df.height:
             t = Table(title=f"{name} (first {min(args.limit, df.height)})", title_justify="left")
             for col in df.columns:

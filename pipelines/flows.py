@@ -274,6 +274,7 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
         "embed": embed_info,
         "search": dd.search,
         "index": {"key": index_key},
+        "labeling": labeling_info | human,
     }
     draft = VersionDraft(cleaned, decisions, manifest, parent, dd.pairs if index_key else None)
     committed = _timed(timings, "commit", lambda: commit_task(store, draft))

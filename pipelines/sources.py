@@ -87,7 +87,7 @@ class LoadedDataset:
 
 def load_source(source: SourceSettings, columns: ColumnSettings) -> LoadedDataset:
     """Load the configured source and build the sample table (ids, splits, labels, hashes)."""
-    splits = _open_splits(source)
+    splits = _open_splits(source, columns.unlabeled_splits)
     if source.splits:
         missing = [s for s in source.splits if s not in splits]
         if missing:
@@ -114,10 +114,10 @@ def load_source(source: SourceSettings, columns: ColumnSettings) -> LoadedDatase
     return LoadedDataset(table=table, modality=modality, splits=splits, columns=columns)
 
 
-def _open_splits(source: SourceSettings) -> dict[str, Any]:
+def _open_splits(source: SourceSettings, pool_splits: Sequence[str] = ()) -> dict[str, Any]:
     """Open the source with `datasets` and return {split: Dataset}."""
     try:
-        return _open_with_datasets(source)
+        return _open_with_datasets(source, pool_splits)
     except (ValueError, FileNotFoundError, OSError, _generation_error()) as exc:
         if isinstance(exc, SourceError):
             raise
@@ -133,13 +133,15 @@ def _generation_error() -> type[Exception]:
     return DatasetGenerationError
 
 
-def _open_with_datasets(source: SourceSettings) -> dict[str, Any]:
+def _open_with_datasets(source: SourceSettings, pool_splits: Sequence[str]) -> dict[str, Any]:
     import datasets
 
     if source.type == "imagefolder":
         if not Path(source.path).is_dir():
             raise SourceError(f"source.path {source.path}: not a folder of images")
-        loaded = datasets.load_dataset("imagefolder", data_dir=source.path)
+        loaded = datasets.load_dataset(
+            "imagefolder", data_dir=source.path, data_files=_folder_splits(source.path, pool_splits)
+        )
     elif source.type == "files":
         for f in source.data_files:
             if not glob.glob(f):
@@ -154,6 +156,14 @@ def _open_with_datasets(source: SourceSettings) -> dict[str, Any]:
     if isinstance(loaded, datasets.Dataset):
         return {"train": loaded}
     return dict(loaded.items())
+
+
+def _folder_splits(root: str, pool_splits: Sequence[str]) -> dict[str, str] | None:
+    """Top-level folders as splits when one is a pool split (`datasets` only knows train/test/...)."""
+    tops = sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not set(tops) & set(pool_splits):
+        return None  # let `datasets` infer splits (or class folders) as usual
+    return {name: f"{name}/**" for name in tops}
 
 
 def _infer_columns(columns: ColumnSettings, splits: dict[str, Any]) -> ColumnSettings:

@@ -36,6 +36,7 @@ class Diff:
     b: int
     entered: pl.DataFrame
     left: pl.DataFrame
+    relabeled: pl.DataFrame
 
 
 class Store:
@@ -96,7 +97,14 @@ class Store:
         )
         gone = kept_a.join(kept_b, on="sample_id", how="anti")
         left = gone.join(db.select(cols), on="sample_id", how="left")
-        return Diff(a=a, b=b, entered=entered, left=left)
+        both = da.select("sample_id", pl.col("label").alias("label_before")).join(
+            db.select(
+                [c for c in ("sample_id", "source", "label", "relabel_source") if c in db.columns]
+            ),
+            on="sample_id",
+        )
+        relabeled = both.filter(pl.col("label_before").ne_missing(pl.col("label")))
+        return Diff(a=a, b=b, entered=entered, left=left, relabeled=relabeled)
 
     # ------------------------------------------------------------ writing
 

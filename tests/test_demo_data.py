@@ -1,18 +1,25 @@
-"""The bundled demo data: layout, counts against truth.json, determinism, findability, loading."""
+"""The bundled demo data: layout, counts against truth.json, determinism, findability, loading,
+the unlabeled pool and the simulated annotator's round trip through the labeling queue."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from dedup.evaluate import evaluate_groups
+from labeling.queue import enqueue, export_label_studio, import_label_studio, read_answers
 from pipelines import demo
-from pipelines.demo import DemoTruth, make_demo
+from pipelines.demo import DemoTruth, answer_tasks, make_demo
+
+NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +37,12 @@ def truth(demo_root: Path) -> DemoTruth:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    """{path relative to images/: bytes} for every image file."""
+    """{path relative to images/: bytes} for every image file (not images/README.md)."""
     images = root / "images"
     return {
         p.relative_to(images).as_posix(): p.read_bytes()
         for p in sorted(images.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.suffix in (".png", ".jpg")
     }
 
 
@@ -75,10 +82,13 @@ def _found_groups(files: dict[str, bytes], threshold: float) -> list[list[str]]:
 def test_layout_and_counts_match_truth(demo_root: Path, truth: DemoTruth) -> None:
     files = _files(demo_root)
     splits = Counter(p.split("/")[0] for p in files)
-    assert set(splits) == {"train", "test"}
-    assert splits["train"] == truth.counts["train_files"]
-    assert splits["test"] == truth.counts["test_files"]
-    assert len(files) == 1797 + truth.counts["copies"]
+    assert set(splits) == {"train", "test", "unlabeled"}
+    assert splits["train"] == truth.counts["train_files"] == 1318
+    assert splits["test"] == truth.counts["test_files"] == 359
+    assert splits["unlabeled"] == truth.counts["unlabeled_files"] == demo.N_POOL == 300
+    assert len(files) == 1797 + truth.counts["copies"] == 1977
+    others = [p for p in (demo_root / "images").rglob("*") if p.is_file()]
+    assert len(others) == len(files) + 1 and (demo_root / "images" / "README.md").is_file()
     assert 0.18 < splits["test"] / 1797 < 0.22
     assert all(p.split("/")[1] in {str(d) for d in range(10)} for p in files)
     kinds = Counter(g.kind for g in truth.groups)
@@ -132,8 +142,12 @@ def test_planted_pairs_are_found_at_the_recommended_threshold(
     demo_root: Path, truth: DemoTruth
 ) -> None:
     found = _found_groups(_files(demo_root), truth.recommended_threshold)
+    assert truth.recommended_threshold == 0.99
     score = evaluate_groups(truth.duplicate_groups(), found)
-    assert score.precision >= 0.97 and score.recall >= 0.97, score.summary()
+    assert score.precision == 1.0 and score.recall == 1.0, score.summary()
+    assert score.truth_pairs == 199
+    pool = truth.pool_paths()
+    assert not [p for g in found for p in g if p in pool], "a pool image has a duplicate"
     assert truth.stats["ungrouped_pairs_at_threshold"] == 0
     assert truth.stats["near_copy_similarity_min"] >= demo.MIN_COPY_SIMILARITY
     planted_only = evaluate_groups(truth.duplicate_groups(kinds=demo.PLANTED_KINDS), found)
@@ -180,6 +194,16 @@ def test_truth_load_names_the_bad_key(tmp_path: Path, demo_root: Path) -> None:
     with pytest.raises(ValueError, match="'flipped'"):
         DemoTruth.load(tmp_path)
     raw = json.loads((demo_root / "truth.json").read_text())
+    del raw["pool"]
+    (tmp_path / "truth.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="'pool'"):
+        DemoTruth.load(tmp_path)
+    raw = json.loads((demo_root / "truth.json").read_text())
+    raw["pool"][7]["path"] = "train/3/x.png"
+    (tmp_path / "truth.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"pool\[7\]"):
+        DemoTruth.load(tmp_path)
+    raw = json.loads((demo_root / "truth.json").read_text())
     raw["groups"][3]["kind"] = "fuzzy"
     (tmp_path / "truth.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match=r"groups\[3\]"):
@@ -201,17 +225,189 @@ def test_features_match_the_pixel_embedder(demo_root: Path, truth: DemoTruth) ->
 
 def test_loads_with_datasets_imagefolder(demo_root: Path, truth: DemoTruth, tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
+    images = demo_root / "images"
+    expected = {
+        "train": truth.counts["train_files"],
+        "test": truth.counts["test_files"],
+        "unlabeled": truth.counts["unlabeled_files"],
+    }
+    # data_dir alone finds only the split folders datasets knows by name (train, test, ...)
     loaded = datasets.load_dataset(
-        "imagefolder", data_dir=str(demo_root / "images"), cache_dir=str(tmp_path / "hf")
+        "imagefolder",
+        data_dir=str(images),
+        data_files=demo.SPLIT_DATA_FILES,
+        cache_dir=str(tmp_path / "hf"),
     )
-    assert set(loaded) == {"train", "test"}
-    assert loaded["train"].num_rows == truth.counts["train_files"]
-    assert loaded["test"].num_rows == truth.counts["test_files"]
+    assert {split: ds.num_rows for split, ds in loaded.items()} == expected
     names = loaded["train"].features["label"].names
     assert names == [str(d) for d in range(10)]
-    rows = loaded["train"].cast_column("image", datasets.Image(decode=False))
-    for row in rows.select(range(50)):
-        folder = Path(row["image"]["path"]).parent.name
-        assert names[row["label"]] == folder
+    for split in expected:
+        rows = loaded[split].cast_column("image", datasets.Image(decode=False))
+        for row in rows.select(range(0, rows.num_rows, 7)):
+            rel = Path(row["image"]["path"]).relative_to(images).as_posix()
+            assert names[row["label"]] == rel.split("/")[1]
+            if split == "unlabeled":
+                assert rel in truth.pool_paths() and names[row["label"]] == truth.true_label(rel)
     image = loaded["test"][0]["image"]
     assert image.size == (demo.IMAGE_SIZE, demo.IMAGE_SIZE) and image.mode == "L"
+    # the folder as a dataset: images/README.md's configs name the three splits
+    card = datasets.load_dataset(str(images), cache_dir=str(tmp_path / "hf-card"))
+    assert {split: ds.num_rows for split, ds in card.items()} == expected
+
+
+def test_unlabeled_pool(demo_root: Path, truth: DemoTruth) -> None:
+    pool = truth.pool
+    assert len(pool) == len(truth.pool_paths()) == truth.counts["pool"] == demo.N_POOL
+    assert Counter(p.true_label for p in pool) == {str(d): demo.N_POOL // 10 for d in range(10)}
+    grouped = {p for g in truth.groups for p in g.paths}
+    paired = {p for pair in truth.natural_pairs for p in pair.paths}
+    for p in pool:
+        assert p.path.startswith(f"unlabeled/{p.true_label}/unlabeled_"), p
+        assert (demo_root / "images" / p.path).is_file()
+        assert p.path not in grouped | paired | truth.flipped_paths()
+    on_disk = {p for p in _files(demo_root) if p.startswith("unlabeled/")}
+    assert on_disk == truth.pool_paths()
+
+
+def test_true_label(truth: DemoTruth) -> None:
+    for p in truth.pool[:5]:
+        assert truth.true_label(p.path) == p.true_label
+    for f in truth.flipped[:5]:
+        assert truth.true_label(f.path) == f.true_label != f.path.split("/")[1]
+    test_path = next(p for g in truth.groups if g.kind == "leak" for p in g.paths)
+    assert truth.true_label(test_path) == test_path.split("/")[1]
+    rel = truth.pool[0].path
+    for ref in (
+        f"/abs/data/demo/images/{rel}",
+        f"http://localhost:8080/data/local-files/?d=demo%2Fimages%2F{rel.replace('/', '%2F')}",
+        f"/data/local-files/?d={rel}",
+        rel.replace("/", "\\"),
+    ):
+        assert demo.image_relpath(ref) == rel and truth.true_label(ref) == truth.pool[0].true_label
+    for bad in ("unlabeled/3/not_in_pool.png", "train/x/a.png", "valid/3/a.png", "a.png"):
+        with pytest.raises(ValueError):
+            truth.true_label(bad)
+
+
+def _queue_rows(truth: DemoTruth) -> pl.DataFrame:
+    """A small selection: pool images, flipped train images, clean train and test images."""
+    flipped = truth.flipped_paths()
+    pool = [p.path for p in truth.pool[::30]]  # sorted by path: one per digit
+    wrong = sorted(flipped)[:6]
+    clean = [p for g in truth.groups if g.kind == "exact" for p in g.paths[:1]][:4]
+    test = [g.paths[0] for g in truth.groups if g.kind == "leak"][:2]
+    paths = pool + wrong + clean + test
+    return pl.DataFrame(
+        {
+            "sample_id": [f"s{i:03d}" for i in range(len(paths))],
+            "source": paths,
+            "reason": [
+                "uncertain" if p in pool else "label_issue" if p in flipped else "label_conflict"
+                for p in paths
+            ],
+            "label": [None if p.startswith("unlabeled/") else p.split("/")[1] for p in paths],
+            "suggested_label": ["0"] * len(paths),
+            "suggested_score": [0.4] * len(paths),
+        }
+    )
+
+
+def _answered(path: Path) -> dict[str, str]:
+    """{sample_id: chosen label} of an answered export."""
+    return {
+        t["data"]["sample_id"]: t["annotations"][0]["result"][0]["value"]["choices"][0]
+        for t in json.loads(path.read_text())
+    }
+
+
+def test_answered_queue_imports_with_the_true_labels(
+    demo_root: Path, truth: DemoTruth, tmp_path: Path
+) -> None:
+    store, classes = tmp_path / "store", [str(d) for d in range(10)]
+    rows = _queue_rows(truth)
+    true = {s: truth.true_label(p) for s, p in zip(rows["sample_id"], rows["source"], strict=True)}
+    assert enqueue(store, rows, now=NOW).added == rows.height
+    tasks_path = tmp_path / "tasks.json"
+    export_label_studio(store, tasks_path, image_root=str(demo_root / "images"), now=NOW)
+    tasks = json.loads(tasks_path.read_text())
+    answered = answer_tasks(truth, tasks, accuracy=1.0, seed=0, now=NOW)
+    assert [t["data"] for t in answered] == [t["data"] for t in tasks]
+    ann = answered[0]["annotations"][0]
+    assert ann["result"][0] == {
+        "id": ann["result"][0]["id"],
+        "from_name": "label",
+        "to_name": "image",
+        "type": "choices",
+        "value": {"choices": [true[answered[0]["data"]["sample_id"]]]},
+        "origin": "manual",
+    }
+    assert len({t["annotations"][0]["id"] for t in answered}) == len(answered)
+    out = tmp_path / "answered.json"
+    out.write_text(json.dumps(answered))
+    result = import_label_studio(store, out, classes=classes, now=NOW)
+    assert (result.applied, result.skipped) == (rows.height, 0), result
+    got = read_answers(store)
+    assert dict(zip(got["sample_id"], got["label"], strict=True)) == true
+    assert set(got["completed_by"]) == {demo.ANNOTATOR["email"]}
+    flipped_ids = rows.filter(pl.col("reason") == "label_issue")["sample_id"].to_list()
+    relabeled = got.filter(pl.col("sample_id").is_in(flipped_ids))
+    assert (relabeled["label"] != relabeled["previous_label"]).all()
+    # answering the same export again gives the same annotation ids: a re-import changes nothing
+    again = answer_tasks(truth, tasks, accuracy=1.0, seed=0, now=NOW)
+    assert again == answered
+    assert import_label_studio(store, out, classes=classes, now=NOW).unchanged == rows.height
+
+    # round 2: the same samples re-queued, exported for Label Studio's local-files storage,
+    # answered by an annotator who is always wrong: new annotation ids, every answer applied
+    assert enqueue(store, rows, requeue_answered=True, now=NOW).requeued == rows.height
+    tasks2 = tmp_path / "tasks2.json"
+    export_label_studio(store, tasks2, image_root="/data/local-files/?d=data/demo/images")
+    out2 = tmp_path / "answered2.json"
+    out2.write_text(json.dumps(answer_tasks(truth, json.loads(tasks2.read_text()), 0.0, seed=3)))
+    assert import_label_studio(store, out2, classes=classes).applied == rows.height
+    wrong = _answered(out2)
+    assert all(wrong[s] != true[s] and wrong[s] in classes for s in true)
+    latest = read_answers(store)
+    assert dict(zip(latest["sample_id"], latest["label"], strict=True)) == wrong
+
+
+def test_answer_accuracy_seed_and_bad_tasks(truth: DemoTruth) -> None:
+    tasks = [{"data": {"image": f"/x/images/{p.path}", "sample_id": p.path}} for p in truth.pool]
+
+    def chosen(accuracy: float, seed: int) -> list[str]:
+        answered = answer_tasks(truth, tasks, accuracy=accuracy, seed=seed, now=NOW)
+        return [t["annotations"][0]["result"][0]["value"]["choices"][0] for t in answered]
+
+    true = [p.true_label for p in truth.pool]
+    half = chosen(0.5, seed=1)
+    n_right = sum(a == b for a, b in zip(half, true, strict=True))
+    assert 0.4 * len(true) < n_right < 0.6 * len(true)
+    assert half == chosen(0.5, seed=1) and half != chosen(0.5, seed=2)
+    assert chosen(1.0, seed=5) == true
+    answered = answer_tasks(truth, tasks[:3], now=NOW)
+    assert [t["id"] for t in answered] == [1, 2, 3] and "annotations" not in tasks[0]
+    with pytest.raises(ValueError, match="accuracy"):
+        answer_tasks(truth, tasks, accuracy=1.5)
+    with pytest.raises(ValueError, match="no data.image"):
+        answer_tasks(truth, [{"data": {"text": "hello", "sample_id": "t1"}}])
+    with pytest.raises(ValueError, match="'t2'"):
+        answer_tasks(truth, [{"data": {"image": "/x/images/train/3/nope.png", "sample_id": "t2"}}])
+
+
+def test_answer_queue_script(demo_root: Path, truth: DemoTruth, tmp_path: Path, capsys) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "answer_queue", Path(__file__).resolve().parents[1] / "data" / "answer_queue.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    paths = [f.path for f in truth.flipped[:4]]
+    tasks = [{"data": {"image": f"images/{p}", "sample_id": p}} for p in paths]
+    (tmp_path / "tasks.json").write_text(json.dumps(tasks))
+    argv = [str(tmp_path / "tasks.json"), str(tmp_path / "out.json"), "--demo", str(demo_root)]
+    assert script.main(argv) == 0
+    assert _answered(tmp_path / "out.json") == {f.path: f.true_label for f in truth.flipped[:4]}
+    assert "answered 4 task(s)" in capsys.readouterr().out
+    assert script.main([*argv, "--accuracy", "0"]) == 0
+    assert "0 with the true label, 4 wrong" in capsys.readouterr().out
+    assert script.main([argv[0], argv[1], "--demo", str(tmp_path / "none")]) == 2
+    assert "truth.json" in capsys.readouterr().err
