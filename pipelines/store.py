@@ -97,6 +97,8 @@ class Store:
         )
         gone = kept_a.join(kept_b, on="sample_id", how="anti")
         left = gone.join(db.select(cols), on="sample_id", how="left")
+        if "label" not in da.columns or "label" not in db.columns:
+            return Diff(a=a, b=b, entered=entered, left=left, relabeled=pl.DataFrame())
         both = da.select("sample_id", pl.col("label").alias("label_before")).join(
             db.select(
                 [c for c in ("sample_id", "source", "label", "relabel_source") if c in db.columns]
