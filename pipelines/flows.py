@@ -175,7 +175,7 @@ def report_task(summary: RunSummary, decisions: pl.DataFrame | None) -> str:
     """Leave the run's summary (markdown) and its largest duplicate groups (table) as artifacts."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from pipelines.report import markdown_summary, top_groups
+    from pipelines.report import markdown_summary, top_groups, top_label_issues
 
     text = markdown_summary(summary, decisions)
     key = "leanset-" + "".join(c if c.isalnum() else "-" for c in summary.flow.lower())
@@ -185,6 +185,13 @@ def report_task(summary: RunSummary, decisions: pl.DataFrame | None) -> str:
         if groups.height:
             create_table_artifact(
                 table=groups.to_dicts(), key=f"{key}-groups", description="largest duplicate groups"
+            )
+        issues = top_label_issues(decisions, 25)
+        if issues.height:
+            create_table_artifact(
+                table=issues.to_dicts(),
+                key=f"{key}-label-issues",
+                description="likeliest label errors (lowest label quality)",
             )
     return text
 

@@ -29,6 +29,7 @@ def markdown_summary(summary: Any, decisions: pl.DataFrame | None, top: int = 10
     ]
     if decisions is not None:
         lines.append(_top_groups(decisions, top))
+        lines.append(_top_issues(decisions, top))
     lines.append("## Timings (s)\n")
     lines.append(" · ".join(f"{k} {v:.2f}" for k, v in summary.timings.items()) + "\n")
     return "\n".join(lines)
@@ -51,6 +52,27 @@ def top_groups(decisions: pl.DataFrame, top: int = 10) -> pl.DataFrame:
     )
 
 
+def top_label_issues(decisions: pl.DataFrame, top: int = 10) -> pl.DataFrame:
+    """The flagged labels with the lowest label quality (empty without the label-noise stage)."""
+    if "label_issue" not in decisions.columns:
+        return pl.DataFrame()
+    cols = [
+        "sample_id",
+        "source",
+        "split",
+        "label",
+        "suggested_label",
+        "label_quality",
+        "label_action",
+    ]
+    return (
+        decisions.filter(pl.col("label_issue").fill_null(False))
+        .sort("label_quality")
+        .head(top)
+        .select([c for c in cols if c in decisions.columns])
+    )
+
+
 def _top_groups(decisions: pl.DataFrame, top: int) -> str:
     df = top_groups(decisions, top)
     if df.height == 0:
@@ -62,6 +84,23 @@ def _top_groups(decisions: pl.DataFrame, top: int) -> str:
     ]
     rows += [
         f"| `{r['dup_group']}` | {r['size']} | {r['kept']} | {r['splits']} | {r['labels']} | {r['reasons']} |"
+        for r in df.iter_rows(named=True)
+    ]
+    return "\n".join(rows) + "\n"
+
+
+def _top_issues(decisions: pl.DataFrame, top: int) -> str:
+    df = top_label_issues(decisions, top)
+    if df.height == 0:
+        return ""
+    rows = [
+        "## Likeliest label errors\n",
+        "| sample | source | label | suggested | quality | action |",
+        "|---|---|---|---|---:|---|",
+    ]
+    rows += [
+        f"| `{r['sample_id']}` | {r['source']} | {r['label']} | {r['suggested_label']} | "
+        f"{r['label_quality']:.3g} | {r['label_action']} |"
         for r in df.iter_rows(named=True)
     ]
     return "\n".join(rows) + "\n"
