@@ -88,13 +88,18 @@ def label_noise(
     rows = np.flatnonzero((table["error"].is_null() & table["dedup_drop"].is_null()).to_numpy())
     sub = table[rows]
     ids = sub["sample_id"].to_list()
-    enc = encode_labels(sub["label"].to_list(), sample_ids=ids)
+    # given probabilities have a column per class of the whole dataset; the probe learns the
+    # classes of the rows it sees
+    every = (
+        sorted(table["label"].drop_nulls().unique().to_list()) if pred_probs is not None else None
+    )
+    enc = encode_labels(sub["label"].to_list(), classes=every, sample_ids=ids)
     if (enc.idx >= 0).sum() == 0:
         log.info("label noise: no labeled samples; skipped")
         return NoiseOutcome(_empty_noise(table), None, (), {"label_noise": "skipped: no labels"})
     if pred_probs is not None:
         probs = validate_pred_probs(
-            stack_pred_probs(pred_probs[rows], sample_ids=ids),
+            stack_pred_probs([pred_probs[i] for i in rows], sample_ids=ids),
             len(rows),
             len(enc.classes),
             sample_ids=ids,

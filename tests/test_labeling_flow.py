@@ -109,3 +109,57 @@ def test_label_issues_queue_and_answers_round_trip(prefect_harness, tmp_path, di
     assert again.filter(pl.col("sample_id").is_in(picked["sample_id"].implode()))[
         "status"
     ].unique().to_list() == ["answered"]
+
+
+PRED_PROBS_CONFIG = """
+flows:
+  given:
+    source: {type: files, format: parquet, data_files: [given.parquet]}
+    columns: {id: id, embedding: emb, label: label}
+    embedder: {type: precomputed}
+    dedup: {near: false}
+    label_noise: {pred_probs_column: probs}
+    store: store-given
+"""
+
+
+def _given(tmp_path: Path, probs: np.ndarray, labels: list[str]) -> Path:
+    n = len(labels)
+    pl.DataFrame(
+        {
+            "id": [f"g{i}" for i in range(n)],
+            "emb": list(np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)),
+            "label": labels,
+            "probs": list(probs),
+        },
+        schema={
+            "id": pl.Utf8,
+            "emb": pl.List(pl.Float32),
+            "label": pl.Utf8,
+            "probs": pl.List(pl.Float64),
+        },
+    ).write_parquet(tmp_path / "given.parquet")
+    return flows_yaml(tmp_path, PRED_PROBS_CONFIG)
+
+
+def test_user_given_pred_probs_replace_the_probe(prefect_harness, tmp_path):
+    labels = ["a"] * 10 + ["b"] * 10
+    probs = np.array([[0.95, 0.05]] * 10 + [[0.05, 0.95]] * 10)
+    probs[3] = [0.02, 0.98]  # g3 is labeled "a", but the user's model is sure it is "b"
+    out = clean_flow(config_path=str(_given(tmp_path, probs, labels)), flow_name="given")
+    assert out["labeling"]["probe"] == "given pred_probs"
+    dec = Store(tmp_path / "store-given").read("decisions")
+    assert dec.filter(pl.col("label_issue"))["sample_id"].to_list() == ["g3"]
+    assert dec.filter(pl.col("sample_id") == "g3")["suggested_label"].item() == "b"
+
+
+def test_pred_probs_that_do_not_sum_to_one_are_refused_by_sample(prefect_harness, tmp_path):
+    from labeling.probe import LabelingError
+
+    probs = np.array([[0.9, 0.1]] * 20)
+    probs[5] = [0.9, 0.3]
+    with pytest.raises(LabelingError, match="g5"):
+        clean_flow(
+            config_path=str(_given(tmp_path, probs, ["a"] * 10 + ["b"] * 10)), flow_name="given"
+        )
+    assert not (tmp_path / "store-given" / "manifests").exists()  # nothing was committed
