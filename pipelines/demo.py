@@ -765,7 +765,7 @@ def _encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
 def _features(data: bytes) -> np.ndarray:
     """The demo embedder's raw-pixel features of encoded image bytes."""
     with Image.open(io.BytesIO(data)) as img:
-        return _image_features(img.convert("L"))
+        return _image_features(img)
 
 
 def _pixel_features(pixels: np.ndarray) -> np.ndarray:
@@ -774,12 +774,11 @@ def _pixel_features(pixels: np.ndarray) -> np.ndarray:
 
 
 def _image_features(img: Image.Image) -> np.ndarray:
-    """16x16 bilinear, float32, mean-centred, L2-normalised (pipelines.embed.PixelEmbedder(16))."""
-    small = img.resize((FEATURE_SIZE, FEATURE_SIZE), Image.Resampling.BILINEAR)
-    vec = np.asarray(small, dtype=np.float32).ravel()
-    vec = vec - vec.mean()
-    norm = np.linalg.norm(vec)
-    return vec / norm if norm > 0 else vec
+    """Exactly what the demo flow's embedder (PixelEmbedder(FEATURE_SIZE)) computes."""
+    from pipelines.embed import PixelEmbedder
+
+    embedder = PixelEmbedder(FEATURE_SIZE)
+    return embedder.encode([embedder.from_image(img)])[0]
 
 
 # --- writing -----------------------------------------------------------------------------------

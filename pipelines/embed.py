@@ -118,10 +118,14 @@ class PixelEmbedder:
         self.fingerprint = f"pixels-{size}-" + _fingerprint("pixels", size, 1)
 
     def prepare(self, content: bytes) -> np.ndarray:
+        return self.from_image(_open_image(content, "L"))
+
+    def from_image(self, img: Any) -> np.ndarray:
+        """Features of a decoded PIL image (before normalisation, which `encode` does)."""
         from PIL import Image
 
-        img = _open_image(content, "L").resize((self.size, self.size), Image.BILINEAR)
-        x = np.asarray(img, dtype=np.float32).ravel()
+        small = img.convert("L").resize((self.size, self.size), Image.BILINEAR)
+        x = np.asarray(small, dtype=np.float32).ravel()
         return x - x.mean()
 
     def encode(self, items: list[np.ndarray]) -> np.ndarray:

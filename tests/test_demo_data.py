@@ -211,11 +211,9 @@ def test_truth_load_names_the_bad_key(tmp_path: Path, demo_root: Path) -> None:
 
 
 def test_features_match_the_pixel_embedder(demo_root: Path, truth: DemoTruth) -> None:
-    embed = pytest.importorskip("pipelines.embed")
-    embedder_cls = getattr(embed, "PixelEmbedder", None)
-    if embedder_cls is None:
-        pytest.skip("pipelines.embed has no PixelEmbedder")
-    embedder = embedder_cls(demo.FEATURE_SIZE)
+    from pipelines.embed import PixelEmbedder
+
+    embedder = PixelEmbedder(demo.FEATURE_SIZE)
     paths = [p for g in truth.groups[:20] for p in g.paths]
     data = [(demo_root / "images" / p).read_bytes() for p in paths]
     theirs = embedder.encode([embedder.prepare(d) for d in data])
