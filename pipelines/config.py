@@ -76,7 +76,7 @@ class DedupSettings:
     leakage: Literal["drop_train", "drop_eval", "report"] = "drop_train"
     dedup_eval: bool = False
     search: Literal["auto", "exact", "partitioned"] = "auto"
-    exact_max_rows: int = 200_000
+    exact_max_rows: int | None = None  # None: 200k on CPU, 2M on a GPU
 
 
 @dataclass(frozen=True)
