@@ -20,7 +20,7 @@ from pipelines.config import FlowSettings, load_flow
 from pipelines.cost import ComputeMeter, cost_delta, statement
 from pipelines.decide import counts_by_reason, decide
 from pipelines.embed import EmbedResult, embed_dataset, make_embedder
-from pipelines.sources import LoadedDataset, load_source
+from pipelines.sources import FileHashCache, LoadedDataset, load_source
 from pipelines.store import Store
 from pipelines.versioning import (
     History,
@@ -75,8 +75,11 @@ def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
     cache_policy=NO_CACHE,
 )
 def load_task(settings: FlowSettings) -> LoadedDataset:
-    """Read the dataset and hash every sample's content."""
-    return load_source(settings.source, settings.columns)
+    """Read the dataset and hash every sample's content (unchanged files: from the hash cache)."""
+    hashes = FileHashCache(Path(settings.store) / "cache" / "file-hashes.parquet")
+    data = load_source(settings.source, settings.columns, hashes)
+    hashes.save()
+    return data
 
 
 @task(name="embed", cache_policy=NO_CACHE)

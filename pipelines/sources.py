@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import reprlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -85,7 +86,68 @@ class LoadedDataset:
         return _image_bytes(ds[row][self.columns.image])
 
 
-def load_source(source: SourceSettings, columns: ColumnSettings) -> LoadedDataset:
+class Hashed(NamedTuple):
+    """A content hash known without reading the content (from the file hash cache)."""
+
+    hash: str
+    size: int
+
+
+class FileHashCache:
+    """Content hashes of image files keyed by (path, size, mtime): reruns skip reading them."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._known: dict[tuple[str, int, int], str] = {}
+        self._added = 0
+        if self.path.is_file():
+            try:
+                t = pl.read_parquet(self.path)
+                keys = zip(
+                    t["path"].to_list(), t["size"].to_list(), t["mtime_ns"].to_list(), strict=True
+                )
+                self._known = dict(zip(keys, t["hash"].to_list(), strict=True))
+            except (OSError, pl.exceptions.PolarsError, KeyError) as exc:
+                log.warning(
+                    "file hash cache %s is unreadable (%s); files are hashed again", path, exc
+                )
+
+    def get(self, path: str, st: os.stat_result) -> Hashed | None:
+        """The cached hash when the file's size and modification time are unchanged."""
+        h = self._known.get((path, st.st_size, st.st_mtime_ns))
+        return Hashed(h, st.st_size) if h else None
+
+    def put(self, path: str, st: os.stat_result, content_hash: str) -> None:
+        self._known[(path, st.st_size, st.st_mtime_ns)] = content_hash
+        self._added += 1
+
+    def save(self) -> None:
+        """Write the cache (atomically) when this load hashed new files."""
+        if not self._added:
+            return
+        import io
+
+        from pipelines.fsutil import atomic_write_bytes
+
+        keys = list(self._known)
+        frame = pl.DataFrame(
+            {
+                "path": [k[0] for k in keys],
+                "size": [k[1] for k in keys],
+                "mtime_ns": [k[2] for k in keys],
+                "hash": list(self._known.values()),
+            },
+            schema={"path": pl.Utf8, "size": pl.Int64, "mtime_ns": pl.Int64, "hash": pl.Utf8},
+        )
+        buf = io.BytesIO()
+        frame.write_parquet(buf)
+        atomic_write_bytes(self.path, buf.getvalue())
+        self._added = 0
+
+
+def load_source(
+    source: SourceSettings, columns: ColumnSettings, file_hashes: FileHashCache | None = None
+) -> LoadedDataset:
     """Load the configured source and build the sample table (ids, splits, labels, hashes)."""
     splits = _open_splits(source, columns.unlabeled_splits)
     if source.splits:
@@ -97,7 +159,10 @@ def load_source(source: SourceSettings, columns: ColumnSettings) -> LoadedDatase
     modality = _modality(columns)
     if modality == "image":
         splits = {name: _undecoded(ds, columns.image) for name, ds in splits.items()}
-    frames = [_split_frame(name, ds, columns, modality, source) for name, ds in splits.items()]
+    frames = [
+        _split_frame(name, ds, columns, modality, source, file_hashes)
+        for name, ds in splits.items()
+    ]
     table = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
     if table.height == 0:
         raise SourceError(f"the dataset is empty: no samples in split(s) {sorted(splits)}")
@@ -207,16 +272,26 @@ def _modality(columns: ColumnSettings) -> Modality:
 
 
 def _split_frame(
-    name: str, ds: Any, columns: ColumnSettings, modality: Modality, source: SourceSettings
+    name: str,
+    ds: Any,
+    columns: ColumnSettings,
+    modality: Modality,
+    source: SourceSettings,
+    file_hashes: FileHashCache | None = None,
 ) -> pl.DataFrame:
     """One split's rows: source, label, content hash, size and read errors."""
     n = len(ds)
     labels = _labels(ds, columns.label, name)
     hashes, sizes, errors, sources = [], [], [], []
-    for row, content, src in _iter_content(ds, columns, modality, source, name):
-        data, err = content
-        hashes.append(digest(data) if err is None else digest(f"unreadable:{src}".encode()))
-        sizes.append(len(data) if err is None else 0)
+    for row, content, src in _iter_content(ds, columns, modality, source, name, file_hashes):
+        if isinstance(content, Hashed):
+            err = None
+            hashes.append(content.hash)
+            sizes.append(content.size)
+        else:
+            data, err = content
+            hashes.append(digest(data) if err is None else digest(f"unreadable:{src}".encode()))
+            sizes.append(len(data) if err is None else 0)
         errors.append(err)
         sources.append(src)
         if err:
@@ -334,12 +409,18 @@ def _short(value: Any) -> str:
 
 
 def _iter_content(
-    ds: Any, columns: ColumnSettings, modality: Modality, source: SourceSettings, split: str
-) -> Iterator[tuple[int, tuple[bytes, str | None], str]]:
-    """Yield (row, (bytes to hash, error), source) for every row of one split."""
+    ds: Any,
+    columns: ColumnSettings,
+    modality: Modality,
+    source: SourceSettings,
+    split: str,
+    file_hashes: FileHashCache | None = None,
+) -> Iterator[tuple[int, tuple[bytes, str | None] | Hashed, str]]:
+    """Yield (row, (bytes to hash, error) or a known hash, source) for every row of one split."""
     if modality == "image":
         for row, value in enumerate(ds[columns.image]):
-            yield row, _safe_image_bytes(value), _image_source(value, source, split, row)
+            item = _cached_image(value, file_hashes)
+            yield row, item, _image_source(value, source, split, row)
     elif modality == "text":
         for row, value in enumerate(_raw_text(ds, columns.text)):
             yield row, _text_bytes(value), _row_source(source, split, row)
@@ -369,6 +450,26 @@ def _numpy_column(ds: Any, column: str) -> Any:
 
 def _is_list(t: Any, pa: Any) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _cached_image(value: Any, cache: FileHashCache | None) -> tuple[bytes, str | None] | Hashed:
+    """A file's hash from the cache when it is unchanged, else its bytes (remembering the hash)."""
+    path = value.get("path") if isinstance(value, dict) and not value.get("bytes") else None
+    if cache is None or not path:
+        return _safe_image_bytes(value)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return _safe_image_bytes(value)  # reports the error
+    hit = cache.get(path, st)
+    if hit is not None:
+        return hit
+    data, err = _safe_image_bytes(value)
+    if err is not None:
+        return data, err
+    h = digest(data)
+    cache.put(path, st, h)
+    return Hashed(h, len(data))
 
 
 def _safe_image_bytes(value: Any) -> tuple[bytes, str | None]:

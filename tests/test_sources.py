@@ -95,3 +95,34 @@ def test_save_to_disk_source(tmp_path: Path):
     data = load_source(SourceSettings(type="disk", path=str(tmp_path / "ds")), ColumnSettings())
     assert data.modality == "text" and data.table["label"].to_list() == ["x", "y"]
     assert data.read([1]) == ["b"]
+
+
+def test_file_hash_cache_skips_reading_unchanged_files(
+    tiny_images: Path, tmp_path: Path, monkeypatch
+):
+    import os
+
+    from pipelines.sources import FileHashCache
+
+    src = SourceSettings(type="imagefolder", path=str(tiny_images))
+    cache_path = tmp_path / "hashes.parquet"
+    first = FileHashCache(cache_path)
+    fresh = load_source(src, ColumnSettings(), first).table
+    first.save()
+
+    reads = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or real(self))
+    again = load_source(src, ColumnSettings(), FileHashCache(cache_path)).table
+    assert reads == []  # every file was unchanged: nothing was read again
+    assert again.select("sample_id", "content_hash", "size_bytes").equals(
+        fresh.select("sample_id", "content_hash", "size_bytes")
+    )
+
+    target = tiny_images / "train/b/base2.png"
+    target.write_bytes((tiny_images / "train/b/base3.png").read_bytes())
+    os.utime(target, ns=(1, 1))  # a changed file is hashed again, whatever its mtime
+    changed = load_source(src, ColumnSettings(), FileHashCache(cache_path)).table
+    row = changed.filter(pl.col("source") == "train/b/base2.png")
+    other = changed.filter(pl.col("source") == "train/b/base3.png")
+    assert row["content_hash"].item() == other["content_hash"].item()
