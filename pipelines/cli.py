@@ -214,6 +214,8 @@ def print_summary(s: dict[str, Any]) -> None:
         )
     console.print(f"[bold]Cost delta:[/] {s['statement']}", highlight=False)
     console.print(f"store: {s['store']}", highlight=False)
+    if s.get("report") and Path(s["report"]).is_file():
+        console.print(f"report: {s['report']}", highlight=False)
 
 
 def _print_scores(scores: dict[str, Any]) -> None:

@@ -49,6 +49,7 @@ class RunSummary:
     embed: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] = field(default_factory=dict)
     labeling: dict[str, Any] = field(default_factory=dict)
+    report: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,6 +200,22 @@ def report_task(summary: RunSummary, decisions: pl.DataFrame | None) -> str:
     return text
 
 
+@task(name="write-html-report", cache_policy=NO_CACHE)
+def html_report_task(
+    store: Store, summary: RunSummary, decisions: pl.DataFrame, data: LoadedDataset
+) -> str | None:
+    """A static HTML page of the version, with the samples behind its decisions."""
+    from pipelines.html_report import write_html_report
+
+    path = report_path(store, summary.version)
+    return str(write_html_report(path, summary, decisions, data))
+
+
+def report_path(store: Store, version: int) -> Path:
+    """Where a version's HTML report lives."""
+    return Path(store.root) / "reports" / f"v{version:06d}.html"
+
+
 @flow(name="leanset-clean", flow_run_name="clean-{flow_name}", log_prints=False)
 def clean_flow(config_path: str, flow_name: str) -> dict[str, Any]:
     """Clean one dataset from flows.yaml and commit a new version when anything changed."""
@@ -307,6 +324,7 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
         search=dd.search,
         labeling=manifest["labeling"],
     )
+    summary.report = html_report_task(store, summary, decisions, data)
     log.info(summary.statement)
     return summary, decisions
 
@@ -366,4 +384,5 @@ def _unchanged_summary(settings: FlowSettings, m: dict, timings: dict) -> RunSum
         embed=m.get("embed", {}),
         search=m.get("search", {}),
         labeling=m.get("labeling", {}),
+        report=str(report_path(Store(settings.store), m["version"])),
     )

@@ -61,6 +61,11 @@ def test_flow_cleans_versions_and_skips_unchanged_rerun(
     assert set(dataset["sample_id"]) == set(decisions.filter(pl.col("kept"))["sample_id"])
     assert dataset.height == 6
 
+    page = Path(first["report"]).read_text()  # the version's HTML report shows the samples
+    assert first["report"].endswith("reports/v000001.html")
+    assert page.count("data:image/png;base64,") >= 5 and "train/a/near0.png" in page
+    assert "Closest calls" in page and "test_leak" in page
+
     second = clean_flow(config_path=str(tiny_flow), flow_name="tiny")
     assert second["unchanged"] and second["version"] == 1
     assert [m["version"] for m in store.manifests()] == [1]
