@@ -54,6 +54,26 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def of(
+        cls, settings: FlowSettings, m: dict[str, Any], timings: dict, unchanged: bool = False
+    ) -> RunSummary:
+        """The summary of the version a manifest describes."""
+        return cls(
+            flow=settings.name,
+            store=settings.store,
+            version=m["version"],
+            parent=m.get("parent"),
+            unchanged=unchanged,
+            counts=m["counts"],
+            cost=m["cost"],
+            statement=m["statement"],
+            timings=timings,
+            embed=m.get("embed", {}),
+            search=m.get("search", {}),
+            labeling=m.get("labeling", {}),
+        )
+
 
 def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
     """Retry passing I/O failures; never bad input or a lost race for a version (same result)."""
@@ -255,27 +275,13 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
         parent_manifest["config_hash"],
     ) == (fingerprint, config_hash):
         log.info("Input and config unchanged since version %s: no new version.", parent)
-        return _unchanged_summary(settings, parent_manifest, timings), None
+        summary = RunSummary.of(settings, parent_manifest, timings, unchanged=True)
+        summary.report = str(report_path(store, parent))
+        return summary, None
 
     history = _timed(timings, "history", lambda: History.of(store, parent_manifest))
     table = history.mark_first_seen(data.table, (parent or 0) + 1)
-    matrix, embed_info, index_key = None, {}, None
-    if settings.embedder is not None:
-        cache_root = str(Path(settings.store) / "cache" / "embeddings")
-        res = _timed(timings, "embed", lambda: embed_task(data, settings, cache_root))
-        meter.add_gpu(res.seconds, res.device)
-        table, matrix = _mark_unreadable(table, res.errors), res.matrix
-        embed_info = {
-            "computed": res.computed,
-            "cached": res.cached,
-            "device": res.device,
-            "fingerprint": res.fingerprint,
-            "samples_per_s": round(res.computed / max(res.seconds, 1e-9), 1),
-        }
-        index_key = f"{res.fingerprint}|{settings.dedup.threshold}"
-        log.info(
-            "Embedded %d new samples, %d from cache (%s).", res.computed, res.cached, res.device
-        )
+    table, matrix, embed_info, index_key = _embed(data, table, settings, timings, meter)
 
     prior = history.prior_index(index_key) if settings.dedup.near else None
     dd = _timed(timings, "dedup", lambda: dedup_task(table, matrix, settings, prior))
@@ -310,23 +316,37 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
         manifest["labeling"]["queue"] = enqueue_task(
             store, decided, settings, committed["version"], data
         )
-    summary = RunSummary(
-        flow=settings.name,
-        store=settings.store,
-        version=committed["version"],
-        parent=parent,
-        unchanged=False,
-        counts=counts,
-        cost=cd.to_dict(),
-        statement=statement(cd),
-        timings=timings,
-        embed=embed_info,
-        search=dd.search,
-        labeling=manifest["labeling"],
-    )
+    summary = RunSummary.of(settings, committed | {"labeling": manifest["labeling"]}, timings)
     summary.report = html_report_task(store, summary, decisions, data)
     log.info(summary.statement)
     return summary, decisions
+
+
+def _embed(
+    data: LoadedDataset,
+    table: pl.DataFrame,
+    settings: FlowSettings,
+    timings: dict,
+    meter: ComputeMeter,
+) -> tuple[pl.DataFrame, np.ndarray | None, dict[str, Any], str | None]:
+    """Embed (cache first): the table with decode errors marked, the matrix, info, index key."""
+    if settings.embedder is None:
+        return table, None, {}, None
+    cache_root = str(Path(settings.store) / "cache" / "embeddings")
+    res = _timed(timings, "embed", lambda: embed_task(data, settings, cache_root))
+    meter.add_gpu(res.seconds, res.device)
+    info = {
+        "computed": res.computed,
+        "cached": res.cached,
+        "device": res.device,
+        "fingerprint": res.fingerprint,
+        "samples_per_s": round(res.computed / max(res.seconds, 1e-9), 1),
+    }
+    get_run_logger().info(
+        "Embedded %d new samples, %d from cache (%s).", res.computed, res.cached, res.device
+    )
+    index_key = f"{res.fingerprint}|{settings.dedup.threshold}"
+    return _mark_unreadable(table, res.errors), res.matrix, info, index_key
 
 
 def _timed(timings: dict[str, float], name: str, fn: Any) -> Any:
@@ -368,21 +388,3 @@ def _by_split(decisions: pl.DataFrame) -> dict[str, dict[str, int]]:
         r["split"]: {"input": r["input"], "kept": int(r["kept"])}
         for r in rows.sort("split").iter_rows(named=True)
     }
-
-
-def _unchanged_summary(settings: FlowSettings, m: dict, timings: dict) -> RunSummary:
-    return RunSummary(
-        flow=settings.name,
-        store=settings.store,
-        version=m["version"],
-        parent=m.get("parent"),
-        unchanged=True,
-        counts=m["counts"],
-        cost=m["cost"],
-        statement=m["statement"],
-        timings=timings,
-        embed=m.get("embed", {}),
-        search=m.get("search", {}),
-        labeling=m.get("labeling", {}),
-        report=str(report_path(Store(settings.store), m["version"])),
-    )
