@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,18 +50,11 @@ from labeling.probe import (
     fit_probe,
     validate_pred_probs,
 )
+from pipelines.config import NoiseFilter  # the one list of filter names
 
 logger = logging.getLogger(__name__)
 
-CLEANLAB_FILTERS = (
-    "prune_by_noise_rate",
-    "prune_by_class",
-    "both",
-    "confident_learning",
-    "predicted_neq_given",
-    "low_normalized_margin",
-    "low_self_confidence",
-)
+CLEANLAB_FILTERS = tuple(f for f in typing.get_args(NoiseFilter) if f != "calibrated_rank")
 SCORE_METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
 DROP_REASON = "label_issue"
 IssueFilter = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]

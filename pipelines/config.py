@@ -79,22 +79,26 @@ class DedupSettings:
     exact_max_rows: int | None = None  # None: 200k on CPU, 2M on a GPU
 
 
+# How label issues are picked: leanset's calibrated ranking, or a cleanlab.filter method.
+NoiseFilter = Literal[
+    "calibrated_rank",
+    "prune_by_noise_rate",
+    "prune_by_class",
+    "both",
+    "confident_learning",
+    "predicted_neq_given",
+    "low_normalized_margin",
+    "low_self_confidence",
+]
+
+
 @dataclass(frozen=True)
 class LabelNoiseSettings:
     """Label issues found by cleanlab on a probe's out-of-fold probabilities, and what to do."""
 
     policy: Literal["flag", "drop", "relabel"] = "flag"
     relabel_threshold: float = 0.9
-    filter_by: Literal[
-        "calibrated_rank",
-        "prune_by_noise_rate",
-        "prune_by_class",
-        "both",
-        "confident_learning",
-        "predicted_neq_given",
-        "low_normalized_margin",
-        "low_self_confidence",
-    ] = "calibrated_rank"
+    filter_by: NoiseFilter = "calibrated_rank"
     refit: bool = False
     pred_probs_column: str | None = None
     n_folds: int = 5
