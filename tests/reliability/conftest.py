@@ -153,3 +153,14 @@ def leanset_warnings():
         yield handler
     finally:
         logger.removeHandler(handler)
+
+
+def pixel_flow(folder: Path, name: str) -> Path:
+    """A flows.yaml in `folder` with one flow `name`: images/ with the pixel embedder, store/."""
+    from tests.conftest import flows_yaml
+
+    body = (
+        f"flows:\n  {name}:\n    source: {{type: imagefolder, path: images}}\n"
+        "    embedder: {type: pixels, size: 16}\n    store: store\n"
+    )
+    return flows_yaml(folder, body)

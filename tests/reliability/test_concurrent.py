@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.store import Store, StoreConflict
-from tests.conftest import flows_yaml
 from tests.reliability._child import payload
-from tests.reliability.conftest import TALLY, finish, spawn
+from tests.reliability.conftest import TALLY, finish, pixel_flow, spawn
 
 WRITERS = 3
 FRESH_STORES = 4  # creation races: every writer finds the tables missing and creates them
@@ -72,22 +71,13 @@ def test_writer_processes_racing_on_one_parent_make_exactly_one_version(tmp_path
         check_round(stores[0], results[stores[0]], round_)
 
 
-FLOW = """
-flows:
-  same:
-    source: {type: imagefolder, path: images}
-    embedder: {type: pixels, size: 16}
-    store: store
-"""
-
-
 def test_two_flow_runs_at_once_commit_one_version_and_the_loser_says_why(
     prefect_harness, imagefolder: Path, tmp_path: Path, monkeypatch
 ):
     """Two runs of the same flow on the same store: both get to the commit on the empty store."""
     from pipelines.flows import clean_flow
 
-    config = flows_yaml(tmp_path, FLOW)
+    config = pixel_flow(tmp_path, "same")
     barrier = threading.Barrier(2, timeout=60)
     first_call = threading.local()
     real_commit = Store.commit

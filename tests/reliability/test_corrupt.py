@@ -16,9 +16,9 @@ from pipelines.config import ColumnSettings, SourceSettings
 from pipelines.embed import PixelEmbedder, _checksum, embed_dataset
 from pipelines.sources import load_source
 from pipelines.store import Store, StoreError
-from tests.conftest import flows_yaml, write_png
+from tests.conftest import write_png
 from tests.reliability._child import do_commit, payload
-from tests.reliability.conftest import TALLY
+from tests.reliability.conftest import TALLY, pixel_flow
 
 
 def _load(p: Path) -> dict[str, np.ndarray]:
@@ -217,21 +217,12 @@ def test_corrupt_pair_index_is_named_in_a_warning_and_ignored(tmp_path: Path, co
     TALLY["faults survived"] += 1
 
 
-FLOW = """
-flows:
-  idx:
-    source: {type: imagefolder, path: images}
-    embedder: {type: pixels, size: 16}
-    store: store
-"""
-
-
 def test_incremental_run_over_a_corrupt_pair_index_decides_like_a_full_run(
     prefect_harness, imagefolder: Path, tmp_path: Path, leanset_warnings
 ):
     from pipelines.flows import clean_flow
 
-    config = flows_yaml(tmp_path, FLOW)
+    config = pixel_flow(tmp_path, "idx")
     clean_flow(config_path=str(config), flow_name="idx")
     store = Store(tmp_path / "store")
     index = store.root / store.latest()["index"]["pairs"]
@@ -247,7 +238,7 @@ def test_incremental_run_over_a_corrupt_pair_index_decides_like_a_full_run(
 
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "images").symlink_to(imagefolder)
-    clean_flow(config_path=str(flows_yaml(tmp_path / "full", FLOW)), flow_name="idx")
+    clean_flow(config_path=str(pixel_flow(tmp_path / "full", "idx")), flow_name="idx")
     a = store.read("decisions").drop("first_seen").sort("sample_id")
     b = Store(tmp_path / "full" / "store").read("decisions").drop("first_seen").sort("sample_id")
     assert a.equals(b)

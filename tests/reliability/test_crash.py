@@ -18,13 +18,13 @@ from pipelines.decide import decide
 from pipelines.embed import PixelEmbedder, embed_dataset
 from pipelines.sources import load_source
 from pipelines.store import Store
-from tests.conftest import flows_yaml
 from tests.reliability._child import do_commit, payload
 from tests.reliability.conftest import (
     TALLY,
     brute_search,
     finish,
     kill9,
+    pixel_flow,
     spawn,
     tree_digest,
     wait_for,
@@ -86,15 +86,6 @@ def test_killed_embedding_reuses_complete_shards_and_decides_the_same(
     TALLY["faults survived"] += 1
 
 
-FLOW = """
-flows:
-  crash:
-    source: {type: imagefolder, path: images}
-    embedder: {type: pixels, size: 16}
-    store: STORE
-"""
-
-
 def test_killed_flow_run_resumes_from_its_cache_with_the_same_decisions(
     prefect_harness, imagefolder: Path, tmp_path: Path
 ):
@@ -109,13 +100,13 @@ def test_killed_flow_run_resumes_from_its_cache_with_the_same_decisions(
     assert not (store / "manifests").exists()
     complete_rows = rows_in(shards(store / "cache"))
 
-    config = flows_yaml(tmp_path, FLOW.replace("STORE", "store"))
+    config = pixel_flow(tmp_path, "crash")
     resumed = clean_flow(config_path=str(config), flow_name="crash")
     assert resumed["version"] == 1 and resumed["embed"]["cached"] == complete_rows
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "images").symlink_to(imagefolder)
     clean = clean_flow(
-        config_path=str(flows_yaml(tmp_path / "b", FLOW.replace("STORE", "store"))),
+        config_path=str(pixel_flow(tmp_path / "b", "crash")),
         flow_name="crash",
     )
     assert clean["embed"]["cached"] == 0

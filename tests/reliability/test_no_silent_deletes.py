@@ -10,16 +10,8 @@ import polars as pl
 
 from pipelines.gc import collect_garbage
 from pipelines.store import Store
-from tests.conftest import flows_yaml, write_png
-from tests.reliability.conftest import TALLY, tree_digest
-
-FLOW = """
-flows:
-  keep:
-    source: {type: imagefolder, path: images}
-    embedder: {type: pixels, size: 16}
-    store: store
-"""
+from tests.conftest import write_png
+from tests.reliability.conftest import TALLY, pixel_flow, tree_digest
 
 
 def test_runs_exports_and_gc_never_touch_the_source(
@@ -28,7 +20,7 @@ def test_runs_exports_and_gc_never_touch_the_source(
     from pipelines.export import export_version
     from pipelines.flows import clean_flow
 
-    config = flows_yaml(tmp_path, FLOW)
+    config = pixel_flow(tmp_path, "keep")
     expected = tree_digest(imagefolder)  # bytes, mode and mtime of every source file
 
     def run() -> dict:
