@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.run import peak_rss_mib, reset_peak_rss
 from pipelines.config import ColumnSettings, SourceSettings
-from pipelines.demo import make_demo
+from pipelines.demo.data import make_demo
 from pipelines.embed import OpenClipImageEmbedder, PixelEmbedder, embed_dataset
 from pipelines.sources import LoadedDataset, load_source
 
@@ -48,7 +48,7 @@ def _subset(data: LoadedDataset, n: int) -> LoadedDataset:
 
 def run(demo: Path, clip_images: int, device: str) -> list[dict]:
     """Time each stage on the demo images."""
-    from dedup.near import find_near_pairs
+    from dedup.near import SearchOptions, find_near_pairs
 
     truth = make_demo(demo)
     src = SourceSettings(type="imagefolder", path=str(truth.images_dir))
@@ -80,7 +80,7 @@ def run(demo: Path, clip_images: int, device: str) -> list[dict]:
         )
     ok = data.table["error"].is_null().to_numpy()
     emb = res.matrix[ok]
-    pairs, s, rss = _timed(lambda: find_near_pairs(emb, 0.99, method="exact"))
+    pairs, s, rss = _timed(lambda: find_near_pairs(emb, 0.99, SearchOptions(method="exact")))
     rows.append(
         _row("knn exact (t=0.99)", len(emb), s, pairs.params["backend"], rss, f"{len(pairs)} pairs")
     )

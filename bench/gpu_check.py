@@ -113,14 +113,18 @@ def _executed_flops(n: int, dim: int, block: int) -> float:
 
 def _search_row(args: argparse.Namespace, method: str) -> dict[str, Any]:
     """Time find_near_pairs on the synthetic data (after a small warm-up on the device)."""
-    from dedup.near import find_near_pairs
+    from dedup.near import SearchOptions, find_near_pairs
 
     syn = _data(args)
-    find_near_pairs(syn.emb[:20000], args.threshold, method=method, device=args.device)
+    find_near_pairs(
+        syn.emb[:20000], args.threshold, SearchOptions(method=method, device=args.device)
+    )
     _sync()
     t0 = time.perf_counter()
     res = find_near_pairs(
-        syn.emb, args.threshold, method=method, device=args.device, block_rows=args.block_rows
+        syn.emb,
+        args.threshold,
+        SearchOptions(method=method, device=args.device, block_rows=args.block_rows),
     )
     _sync()
     seconds = time.perf_counter() - t0
@@ -210,7 +214,8 @@ def _embed_files(args: argparse.Namespace) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from pipelines.config import ColumnSettings, SourceSettings
-    from pipelines.embed import _Prepared, embed_dataset
+    from pipelines.embed import embed_dataset
+    from pipelines.embed.stage import _Prepared
     from pipelines.sources import load_source
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from labeling.probe import train_probe
+from labeling.probe import ProbeOptions, train_probe
 from labeling.select import select_batch
 
 STRATEGIES: dict[str, tuple[str, str]] = {
@@ -70,7 +70,9 @@ def run_loop(
     labels[split.seed_idx] = split.pool_y[split.seed_idx]
     curve: list[tuple[int, float]] = []
     for r in range(rounds + 1):
-        predict = train_probe(split.pool_x, labels, n_classes, device="cpu", seed=seed)
+        predict = train_probe(
+            split.pool_x, labels, n_classes, options=ProbeOptions(device="cpu", seed=seed)
+        )
         acc = float(np.mean(predict(split.test_x).argmax(axis=1) == split.test_y))
         curve.append((int((labels >= 0).sum()), acc))
         if r == rounds:

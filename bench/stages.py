@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from bench.synth import Synthetic, clustered_embeddings
-from dedup.near import NearPairs, find_near_pairs, find_near_pairs_between
+from dedup.near import NearPairs, SearchOptions, find_near_pairs, find_near_pairs_between
 from pipelines.fsutil import digest
 
 
@@ -53,7 +53,7 @@ class BenchContext:
             if not self.exact_affordable():
                 return None
             self.results["exact_pairs"] = find_near_pairs(
-                self.data().emb, self.threshold, method="exact", device=self.device
+                self.data().emb, self.threshold, SearchOptions(method="exact", device=self.device)
             )
         return self.results["exact_pairs"]
 
@@ -69,7 +69,7 @@ class BenchContext:
             size = min(self.args.exact_sample, self.n)
             rows = np.sort(rng.choice(self.n, size=size, replace=False))
             res = find_near_pairs_between(
-                emb[rows], emb, self.threshold, method="exact", device=self.device
+                emb[rows], emb, self.threshold, SearchOptions(method="exact", device=self.device)
             )
             gi = rows[res.i]
             other = gi != res.j
@@ -133,7 +133,7 @@ def _knn_stage(ctx: BenchContext, method: str) -> dict[str, Any]:
     """Time find_near_pairs with one method on the synthetic embeddings."""
     emb = ctx.data().emb
     t0 = time.perf_counter()
-    res = find_near_pairs(emb, ctx.threshold, method=method, device=ctx.device)
+    res = find_near_pairs(emb, ctx.threshold, SearchOptions(method=method, device=ctx.device))
     seconds = time.perf_counter() - t0
     if method == "exact":
         ctx.results["exact_pairs"] = res

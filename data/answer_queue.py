@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.demo import DemoTruth, answer_tasks, task_image_path
+from pipelines.demo.annotator import answer_tasks, task_image_path
+from pipelines.demo.data import DemoTruth
 from pipelines.fsutil import atomic_write_bytes
 
 DEFAULT_DEMO = Path(__file__).resolve().parent / "demo"

@@ -10,7 +10,7 @@ import polars as pl
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipelines.config import DedupSettings
+from dedup.config import DedupSettings
 
 
 def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -19,7 +19,8 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
-    return labels.astype(np.int64)
+    out: np.ndarray = labels.astype(np.int64)
+    return out
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ def _centroid(m: np.ndarray, ctx: GroupContext) -> int:
     return int(m[order[0]])
 
 
-KEEP_POLICIES: dict[str, Callable[[np.ndarray, GroupContext], int]] = {
+KeepPolicy = Callable[[np.ndarray, GroupContext], int]
+KEEP_POLICIES: dict[str, KeepPolicy] = {
     "first": _first,
     "last": _last,
     "largest": _largest,
@@ -62,7 +64,7 @@ KEEP_POLICIES: dict[str, Callable[[np.ndarray, GroupContext], int]] = {
 
 
 @dataclass
-class _Columns:
+class GroupColumns:
     """Per-row output arrays of the dedup stage (row indices, -1 = none)."""
 
     ref: np.ndarray
@@ -72,7 +74,7 @@ class _Columns:
     conflict: np.ndarray
 
     @classmethod
-    def empty(cls, n: int) -> _Columns:
+    def empty(cls, n: int) -> GroupColumns:
         neg = np.full(n, -1, dtype=np.int64)
         return cls(neg.copy(), neg.copy(), neg.copy(), [None] * n, np.zeros(n, dtype=bool))
 
@@ -93,10 +95,10 @@ def resolve_groups(
     labels_of_component: np.ndarray,
     emb: np.ndarray | None,
     settings: DedupSettings,
-) -> _Columns:
+) -> GroupColumns:
     """Decide, in every group of two or more rows, who is kept and what each other row points to."""
     n = table.height
-    out = _Columns.empty(n)
+    out = GroupColumns.empty(n)
     ctx = GroupContext(
         position=age_order(table),
         size_bytes=table["size_bytes"].to_numpy(),
@@ -115,7 +117,14 @@ def resolve_groups(
 
 
 def _resolve_one(
-    m, is_eval, hashes, labels, choose, ctx, settings: DedupSettings, out: _Columns
+    m: np.ndarray,
+    is_eval: np.ndarray,
+    hashes: np.ndarray,
+    labels: list[str | None],
+    choose: KeepPolicy,
+    ctx: GroupContext,
+    settings: DedupSettings,
+    out: GroupColumns,
 ) -> None:
     ev, tr = m[is_eval[m]], m[~is_eval[m]]
     anchor_ev = choose(ev, ctx) if len(ev) else -1

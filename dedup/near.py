@@ -35,12 +35,13 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from dedup.matrix import check_matrix, cuda_available
+
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "cpu-torch", "cuda-torch")
 """`cpu`: FAISS; `cuda`: faiss-gpu if present, else torch; `*-torch`: the torch kernel."""
 
-NORM_TOL = 1e-3
 KMEANS_ITERS = 10
 KMEANS_POINTS_PER_CENTROID = 40
 BALANCE_FACTOR = 4.0  # clusters with more than this x the mean sample count are split
@@ -50,7 +51,6 @@ PROBE_MARGIN = 0.1  # probe centroids within PROBE_MARGIN * sqrt(2 - 2 threshold
 # FAISS calls comparing fewer pairs run on one thread: OpenMP start-up and spin-waiting cost
 # more than the work (2-4x slower partitioned search on a busy 2-core machine)
 _FAISS_SERIAL_PAIRS = 1 << 22
-_CHECK_ROWS = 65536  # rows per validation block (bounds temporary memory)
 _ASSIGN_ROWS = 65536  # rows per centroid-assignment block
 _RECHECK_PAIRS = 1 << 18  # candidate pairs per fp32 re-check chunk
 _GPU_KNN_START = 64  # first k of the faiss-gpu range emulation
@@ -304,15 +304,6 @@ class _TorchKernel:
 Kernel = Any  # _FaissKernel | _FaissGpuKernel | _TorchKernel (duck-typed)
 
 
-def _torch_cuda_available() -> bool:
-    """True when torch is importable and sees a CUDA device."""
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
 def _faiss_gpus() -> int:
     """Number of GPUs faiss can use (0 for faiss-cpu)."""
     get = getattr(faiss, "get_num_gpus", None)
@@ -322,9 +313,7 @@ def _faiss_gpus() -> int:
 def _make_kernel(device: str) -> Kernel:
     """The kernel for a device name (see DEVICES)."""
     torch_gpu, faiss_gpu = (
-        (False, False)
-        if device in ("cpu", "cpu-torch")
-        else (_torch_cuda_available(), _faiss_gpus() > 0)
+        (False, False) if device in ("cpu", "cpu-torch") else (cuda_available(), _faiss_gpus() > 0)
     )
     if device == "auto":
         device = "cuda" if torch_gpu or faiss_gpu else "cpu"
@@ -343,9 +332,41 @@ def _make_kernel(device: str) -> Kernel:
 # searchers
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """How a search runs (not what it finds: every method returns the pairs >= the threshold).
+
+    `method`: exact, partitioned, or auto (exact while the pair count is at most that of a
+    self-search of `exact_max_rows` rows); `device`: see DEVICES; `block_rows`: rows per block of
+    a blocked product; `n_clusters` (default about sqrt(N)) and `n_probe_clusters` (default
+    DEFAULT_PROBE_CLUSTERS) shape the partitioned search; `seed` its k-means.
+    """
+
+    method: str = "auto"
+    device: str = "auto"
+    exact_max_rows: int = 200_000
+    block_rows: int = 16384
+    n_clusters: int | None = None
+    n_probe_clusters: int | None = None
+    seed: int = 0
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method != "auto" and self.method not in SEARCHERS:
+            raise ValueError(
+                f"method must be 'auto' or one of {sorted(SEARCHERS)}, got {self.method!r}"
+            )
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {list(DEVICES)}, got {self.device!r}")
+        for name in ("exact_max_rows", "block_rows", "n_clusters", "n_probe_clusters"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 @dataclass
 class _Task:
-    """One search: matrices on the kernel, sizes, and the options."""
+    """One search: matrices on the kernel, and how to search them."""
 
     kernel: Kernel
     query: np.ndarray
@@ -354,11 +375,15 @@ class _Task:
     c: Any
     self_search: bool
     threshold: float
-    block_rows: int
-    n_clusters: int | None
-    n_probe_clusters: int | None
-    seed: int
-    progress: bool
+    options: SearchOptions
+
+    @property
+    def block_rows(self) -> int:
+        return self.options.block_rows
+
+    @property
+    def progress(self) -> bool:
+        return self.options.progress
 
 
 def _range_pairs(
@@ -520,13 +545,13 @@ def _search_partitioned(task: _Task) -> tuple[Pairs, dict]:
     """Spherical k-means partitions; each cluster against rows that have it among their nearest."""
     nq, nc = task.query.shape[0], task.corpus.shape[0]
     n_all = nc if task.self_search else nq + nc
-    k0 = min(task.n_clusters or _default_clusters(n_all), n_all)
+    k0 = min(task.options.n_clusters or _default_clusters(n_all), n_all)
     t0 = time.perf_counter()
-    rng = np.random.default_rng(task.seed)
+    rng = np.random.default_rng(task.options.seed)
     sample = _sample_rows(task, min(n_all, k0 * KMEANS_POINTS_PER_CENTROID), rng)
-    centroids = _train_centroids(sample, k0, task.seed)
+    centroids = _train_centroids(sample, k0, task.options.seed)
     k = centroids.shape[0]
-    m = min(task.n_probe_clusters or DEFAULT_PROBE_CLUSTERS, k)
+    m = min(task.options.n_probe_clusters or DEFAULT_PROBE_CLUSTERS, k)
     t1 = time.perf_counter()
     cent = task.kernel.load(centroids)
     with tqdm(total=n_all, desc="assign", disable=not task.progress) as bar:
@@ -571,59 +596,13 @@ SEARCHERS: dict[str, Callable[[_Task], tuple[Pairs, dict]]] = {
 # validation and the public entry points
 
 
-def _check_matrix(name: str, x: Any) -> np.ndarray:
-    """A finite 2-D float matrix with unit rows, as C-contiguous float32."""
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (rows x dims), got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{name} must be a float array, got dtype {x.dtype}")
-    if x.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one column, got shape {x.shape}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    for s, e in _blocks(x.shape[0], _CHECK_ROWS):
-        blk = x[s:e]
-        bad = np.flatnonzero(~np.isfinite(blk).all(axis=1))
-        if bad.size:
-            raise ValueError(f"{name} row {s + int(bad[0])} has a non-finite value (NaN or inf)")
-        norms = np.sqrt(np.einsum("ij,ij->i", blk, blk, dtype=np.float64))
-        off = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOL)
-        if off.size:
-            r = int(off[0])
-            raise ValueError(
-                f"{name} row {s + r} has L2 norm {norms[r]:.6g}, expected 1 (within {NORM_TOL}); "
-                f"L2-normalise the rows first ({off.size} such rows in rows {s}..{e - 1})"
-            )
-    return x
-
-
-def _check_options(
-    threshold: Any,
-    method: str,
-    device: str,
-    exact_max_rows: int,
-    block_rows: int,
-    n_clusters: int | None,
-    n_probe_clusters: int | None,
-) -> None:
-    """Raise ValueError naming the expected and the given value of a bad option."""
+def _check_threshold(threshold: Any) -> float:
+    """A number in (0, 1]."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)):
         raise TypeError(f"threshold must be a number in (0, 1], got {type(threshold).__name__}")
     if not (0.0 < float(threshold) <= 1.0):
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    if method != "auto" and method not in SEARCHERS:
-        raise ValueError(f"method must be 'auto' or one of {sorted(SEARCHERS)}, got {method!r}")
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {list(DEVICES)}, got {device!r}")
-    for name, value in (
-        ("exact_max_rows", exact_max_rows),
-        ("block_rows", block_rows),
-        ("n_clusters", n_clusters),
-        ("n_probe_clusters", n_probe_clusters),
-    ):
-        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return float(threshold)
 
 
 def _pick_method(method: str, nq: int, nc: int, self_search: bool, exact_max_rows: int) -> str:
@@ -647,55 +626,32 @@ def _finish(pairs: Pairs, nc: int) -> Pairs:
 
 
 def _run(
-    query: np.ndarray,
-    corpus: np.ndarray,
-    self_search: bool,
-    threshold: float,
-    method: str,
-    device: str,
-    exact_max_rows: int,
-    block_rows: int,
-    n_clusters: int | None,
-    n_probe_clusters: int | None,
-    seed: int,
-    progress: bool,
+    query: np.ndarray, corpus: np.ndarray, self_search: bool, threshold: float, opts: SearchOptions
 ) -> NearPairs:
     """Shared body of find_near_pairs and find_near_pairs_between (inputs validated)."""
     nq, nc = query.shape[0], corpus.shape[0]
-    chosen = _pick_method(method, nq, nc, self_search, exact_max_rows)
+    chosen = _pick_method(opts.method, nq, nc, self_search, opts.exact_max_rows)
     params: dict[str, Any] = {
         "method": chosen,
-        "requested_method": method,
-        "device": device,
-        "threshold": float(threshold),
+        "requested_method": opts.method,
+        "device": opts.device,
+        "threshold": threshold,
         "query_rows": nq,
         "corpus_rows": nc,
         "dim": corpus.shape[1],
         "self_search": self_search,
-        "block_rows": block_rows,
-        "seed": seed,
+        "block_rows": opts.block_rows,
+        "seed": opts.seed,
     }
     if (self_search and nc < 2) or (not self_search and (nq == 0 or nc == 0)):
         params["backend"] = "none"
         return NearPairs(*_empty_pairs(), method=chosen, params=params)
-    kernel = _make_kernel(device)
+    kernel = _make_kernel(opts.device)
     params["backend"] = kernel.name
     start = time.perf_counter()
     c = kernel.load(corpus)
-    task = _Task(
-        kernel,
-        query,
-        corpus,
-        c if self_search else kernel.load(query),
-        c,
-        self_search,
-        float(threshold),
-        block_rows,
-        n_clusters,
-        n_probe_clusters,
-        seed,
-        progress,
-    )
+    q = c if self_search else kernel.load(query)
+    task = _Task(kernel, query, corpus, q, c, self_search, threshold, opts)
     pairs, extra = SEARCHERS[chosen](task)
     i, j, s = _finish(pairs, nc)
     params.update(extra)
@@ -713,74 +669,23 @@ def _run(
 
 
 def find_near_pairs(
-    emb: np.ndarray,
-    threshold: float,
-    *,
-    method: str = "auto",
-    device: str = "auto",
-    exact_max_rows: int = 200_000,
-    block_rows: int = 16384,
-    n_clusters: int | None = None,
-    n_probe_clusters: int | None = None,
-    seed: int = 0,
-    progress: bool = False,
+    emb: np.ndarray, threshold: float, options: SearchOptions | None = None
 ) -> NearPairs:
     """All pairs i < j of rows of `emb` (unit rows) with cosine similarity >= `threshold`."""
-    _check_options(
-        threshold, method, device, exact_max_rows, block_rows, n_clusters, n_probe_clusters
-    )
-    emb = _check_matrix("embeddings", emb)
-    return _run(
-        emb,
-        emb,
-        True,
-        threshold,
-        method,
-        device,
-        exact_max_rows,
-        block_rows,
-        n_clusters,
-        n_probe_clusters,
-        seed,
-        progress,
-    )
+    t = _check_threshold(threshold)
+    emb = check_matrix(emb, name="embeddings", unit=True)
+    return _run(emb, emb, True, t, options or SearchOptions())
 
 
 def find_near_pairs_between(
-    query: np.ndarray,
-    corpus: np.ndarray,
-    threshold: float,
-    *,
-    method: str = "auto",
-    device: str = "auto",
-    exact_max_rows: int = 200_000,
-    block_rows: int = 16384,
-    n_clusters: int | None = None,
-    n_probe_clusters: int | None = None,
-    seed: int = 0,
-    progress: bool = False,
+    query: np.ndarray, corpus: np.ndarray, threshold: float, options: SearchOptions | None = None
 ) -> NearPairs:
     """All pairs (i of `query`, j of `corpus`) with cosine similarity >= `threshold`."""
-    _check_options(
-        threshold, method, device, exact_max_rows, block_rows, n_clusters, n_probe_clusters
-    )
-    query = _check_matrix("query", query)
-    corpus = _check_matrix("corpus", corpus)
+    t = _check_threshold(threshold)
+    query = check_matrix(query, name="query", unit=True)
+    corpus = check_matrix(corpus, name="corpus", unit=True)
     if query.shape[1] != corpus.shape[1]:
         raise ValueError(
             f"query has {query.shape[1]} columns, expected {corpus.shape[1]} (as corpus)"
         )
-    return _run(
-        query,
-        corpus,
-        False,
-        threshold,
-        method,
-        device,
-        exact_max_rows,
-        block_rows,
-        n_clusters,
-        n_probe_clusters,
-        seed,
-        progress,
-    )
+    return _run(query, corpus, False, t, options or SearchOptions())

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
 
+from dedup.config import DedupError, DedupSettings
 from dedup.exact import exact_edges, exact_representatives
-from dedup.groups import components, resolve_groups
-from pipelines.config import DedupSettings
+from dedup.groups import GroupColumns, components, resolve_groups
+from dedup.matrix import check_matrix, cuda_available
+from dedup.near import NearPairs, SearchOptions, find_near_pairs, find_near_pairs_between
 
 
 @dataclass(frozen=True)
@@ -28,10 +30,8 @@ class DedupResult:
     """The sample table with duplicate columns, the near pairs found, and how the search ran."""
 
     table: pl.DataFrame
-    near_pairs: int
     pairs: pl.DataFrame
-    search: dict = field(default_factory=dict)
-    seconds: dict = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)
 
 
 PAIR_SCHEMA = {"hash_a": pl.Utf8, "hash_b": pl.Utf8, "sim": pl.Float32}
@@ -45,24 +45,18 @@ def find_duplicates(
     search: Callable | None = None,
     search_between: Callable | None = None,
     prior: PriorIndex | None = None,
-    progress: bool = False,
 ) -> DedupResult:
     """Add exact_dup_of, near_dup_of, dup_similarity, dup_group, leak_of, label_conflict, dedup_drop.
 
     With `prior` (the pairs of an earlier version made with the same embedder and threshold), only
     contents the prior did not cover are searched: against the covered corpus and among themselves.
     """
-    if emb is not None and len(emb) != table.height:
-        raise ValueError(f"embeddings has {len(emb)} rows, the sample table {table.height}")
     if emb is not None:
-        _check_finite(table, emb)
-    t0 = time.perf_counter()
+        emb = _check_embeddings(table, emb)
     rep_of = exact_representatives(table) if settings.exact else _no_exact(table)
     a, b = exact_edges(rep_of)
-    t1 = time.perf_counter()
-    near = _NearSearch(search, search_between, settings, progress)
+    near = _NearSearch(search, search_between, settings)
     near_a, near_b, sims, info = near.edges(table, rep_of, emb, prior)
-    t2 = time.perf_counter()
     labels = components(table.height, np.concatenate([a, near_a]), np.concatenate([b, near_b]))
     cols = resolve_groups(table, labels, emb, settings)
     out = table.with_columns(_to_columns(table, cols, emb))
@@ -70,21 +64,17 @@ def find_duplicates(
     pairs = pl.DataFrame(
         {"hash_a": hashes[near_a], "hash_b": hashes[near_b], "sim": sims}, schema=PAIR_SCHEMA
     )
-    seconds = {"exact": t1 - t0, "near_search": t2 - t1, "groups": time.perf_counter() - t2}
-    return DedupResult(out, len(near_a), pairs, search=info, seconds=seconds)
+    return DedupResult(out, pairs, search=info)
 
 
-def _check_finite(table: pl.DataFrame, emb: np.ndarray) -> None:
-    """NaN or inf in a readable sample's embedding would make every similarity meaningless."""
-    readable = table["error"].is_null().to_numpy()
-    bad = np.flatnonzero(readable & ~np.isfinite(emb).all(axis=1))
-    if bad.size:
-        row = table.row(int(bad[0]), named=True)
-        where = f" ({row['source']})" if row.get("source") else ""
-        raise ValueError(
-            f"sample {row['sample_id']}{where}: its embedding has NaN or inf values "
-            f"({bad.size} sample(s) in all); embeddings must be finite"
-        )
+def _check_embeddings(table: pl.DataFrame, emb: np.ndarray) -> np.ndarray:
+    """One finite row per sample (unreadable samples have zero rows); a bad row names its sample."""
+
+    def describe(r: int) -> str:
+        row = table.row(r, named=True)
+        return f"sample {row['sample_id']}" + (f" ({row['source']})" if row.get("source") else "")
+
+    return check_matrix(emb, rows=table.height, describe=describe, error=DedupError)
 
 
 def _no_exact(table: pl.DataFrame) -> np.ndarray:
@@ -97,41 +87,43 @@ _EMPTY = np.zeros(0, dtype=np.int64)
 
 def default_exact_max_rows() -> int:
     """Exact search up to 200k rows on CPU (~35 s on 2 cores); a GPU does 2M exactly in minutes."""
-    from pipelines.embed import resolve_device
+    return 2_000_000 if cuda_available() else 200_000
 
-    return 2_000_000 if resolve_device("auto").startswith("cuda") else 200_000
+
+Edges = tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]  # rows a, rows b, sims, info
+Search = Callable[[np.ndarray, float, SearchOptions], NearPairs]
+SearchBetween = Callable[[np.ndarray, np.ndarray, float, SearchOptions], NearPairs]
 
 
 class _NearSearch:
     """Near-duplicate edges between table rows: a full search, or an incremental one."""
 
-    def __init__(self, search, between, settings: DedupSettings, progress: bool):
-        if search is None or between is None:
-            from dedup import near
+    def __init__(
+        self, search: Search | None, between: SearchBetween | None, settings: DedupSettings
+    ):
+        self.search: Search = search or find_near_pairs
+        self.between: SearchBetween = between or find_near_pairs_between
+        self.settings = settings
 
-            search = search or near.find_near_pairs
-            between = between or near.find_near_pairs_between
-        self.search, self.between, self.settings, self.progress = (
-            search,
-            between,
-            settings,
-            progress,
+    def _opts(self) -> SearchOptions:
+        s = self.settings
+        return SearchOptions(
+            method=s.search, exact_max_rows=s.exact_max_rows or default_exact_max_rows()
         )
 
-    def _opts(self) -> dict:
-        s = self.settings
-        limit = s.exact_max_rows or default_exact_max_rows()
-        return {"method": s.search, "exact_max_rows": limit, "progress": self.progress}
-
-    def edges(self, table, rep_of, emb, prior: PriorIndex | None):
+    def edges(
+        self,
+        table: pl.DataFrame,
+        rep_of: np.ndarray,
+        emb: np.ndarray | None,
+        prior: PriorIndex | None,
+    ) -> Edges:
         """(rows a, rows b, similarities, search info)."""
         if not self.settings.near or emb is None or emb.shape[1] == 0:
             return _EMPTY, _EMPTY, np.zeros(0, np.float32), {"method": "none"}
         reps = np.flatnonzero(rep_of == np.arange(len(rep_of)))
         if prior is None:
-            p = self.search(
-                np.ascontiguousarray(emb[reps]), self.settings.threshold, **self._opts()
-            )
+            p = self.search(np.ascontiguousarray(emb[reps]), self.settings.threshold, self._opts())
             return (
                 reps[p.i],
                 reps[p.j],
@@ -140,7 +132,9 @@ class _NearSearch:
             )
         return self._incremental(table, reps, emb, prior)
 
-    def _incremental(self, table, reps, emb, prior: PriorIndex):
+    def _incremental(
+        self, table: pl.DataFrame, reps: np.ndarray, emb: np.ndarray, prior: PriorIndex
+    ) -> Edges:
         hashes = table["content_hash"].to_numpy()
         old_mask = np.fromiter((h in prior.covered for h in hashes[reps]), bool, len(reps))
         first = np.zeros(len(reps), dtype=bool)  # without exact dedup a content repeats in reps:
@@ -148,9 +142,9 @@ class _NearSearch:
         old_mask &= first
         old, new = reps[old_mask], reps[~old_mask]
         t = self.settings.threshold
-        own = self.search(np.ascontiguousarray(emb[new]), t, **self._opts())
+        own = self.search(np.ascontiguousarray(emb[new]), t, self._opts())
         cross = self.between(
-            np.ascontiguousarray(emb[new]), np.ascontiguousarray(emb[old]), t, **self._opts()
+            np.ascontiguousarray(emb[new]), np.ascontiguousarray(emb[old]), t, self._opts()
         )
         ka, kb, ks = _prior_edges(prior.pairs, hashes, old)
         a = np.concatenate([new[own.i], new[cross.i], ka])
@@ -167,7 +161,9 @@ class _NearSearch:
         return a, b, sims, info
 
 
-def _prior_edges(pairs: pl.DataFrame, hashes: np.ndarray, old: np.ndarray):
+def _prior_edges(
+    pairs: pl.DataFrame, hashes: np.ndarray, old: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The prior's pairs whose two contents are still present, as row indices."""
     row_of = dict(zip(hashes[old].tolist(), old.tolist(), strict=True))
     live = pairs.filter(pl.col("hash_a").is_in(list(row_of)) & pl.col("hash_b").is_in(list(row_of)))
@@ -176,7 +172,7 @@ def _prior_edges(pairs: pl.DataFrame, hashes: np.ndarray, old: np.ndarray):
     return a, b, live["sim"].to_numpy().astype(np.float32)
 
 
-def _to_columns(table: pl.DataFrame, cols, emb: np.ndarray | None) -> list[pl.Series]:
+def _to_columns(table: pl.DataFrame, cols: GroupColumns, emb: np.ndarray | None) -> list[pl.Series]:
     ids = table["sample_id"].to_numpy().astype(object)
     hashes = table["content_hash"].to_numpy()
     has_ref = cols.ref >= 0
@@ -188,7 +184,10 @@ def _to_columns(table: pl.DataFrame, cols, emb: np.ndarray | None) -> list[pl.Se
     sim = np.where(same, 1.0, sim).astype(np.float32)
 
     def ids_where(mask: np.ndarray, idx: np.ndarray) -> pl.Series:
-        return pl.Series(np.where(mask, ids[np.where(mask, idx, 0)], None).tolist(), dtype=pl.Utf8)
+        names = ids[np.where(mask, idx, 0)]
+        return pl.Series(
+            [n if m else None for n, m in zip(names, mask, strict=True)], dtype=pl.Utf8
+        )
 
     return [
         ids_where(same, ref).alias("exact_dup_of"),

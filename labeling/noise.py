@@ -32,25 +32,23 @@ probe's cost, so it is off by default.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import polars as pl
 
+from labeling.config import LabelingError, NoiseFilter  # the one list of filter names
 from labeling.probe import (
     UNLABELED,
-    LabelingError,
+    ProbeOptions,
     ProbeResult,
     decode_labels,
     fit_probe,
     validate_pred_probs,
 )
-from pipelines.config import NoiseFilter  # the one list of filter names
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +56,6 @@ CLEANLAB_FILTERS = tuple(f for f in typing.get_args(NoiseFilter) if f != "calibr
 SCORE_METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
 DROP_REASON = "label_issue"
 IssueFilter = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-_NOT_PROBE_OPTIONS = {"embeddings", "labels", "train_mask", "sample_ids"}
 
 
 @dataclass(frozen=True)
@@ -109,34 +106,42 @@ def detect_label_issues(
     refit: bool = False,
     filter_by: str = "calibrated_rank",
     score_method: str = "self_confidence",
-    probe_options: Mapping[str, Any] | None = None,
+    probe: ProbeOptions | None = None,
+    classes: Sequence[str] | None = None,
+    groups: np.ndarray | None = None,
     sample_ids: Sequence[str] | None = None,
 ) -> NoiseResult:
     """Probe + cleanlab; with `refit`, once more with the first pass's issues out of training.
 
-    `probe_options` go to `fit_probe` (classes, groups, n_folds, seed, device, backend, c, ...).
+    `probe`, `classes` and `groups` are `fit_probe`'s options, class names and fold groups.
     """
-    options = dict(probe_options or {})
-    allowed = set(inspect.signature(fit_probe).parameters) - _NOT_PROBE_OPTIONS
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise LabelingError(f"probe_options: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-    probe = fit_probe(embeddings, labels, sample_ids=sample_ids, **options)
+
+    def fit(mask: np.ndarray | None) -> ProbeResult:
+        return fit_probe(
+            embeddings,
+            labels,
+            classes=classes,
+            groups=groups,
+            train_mask=mask,
+            options=probe,
+            sample_ids=sample_ids,
+        )
+
+    fitted = fit(None)
     issues = find_label_issues(
-        labels, probe.probs, filter_by=filter_by, score_method=score_method, sample_ids=sample_ids
+        labels, fitted.probs, filter_by=filter_by, score_method=score_method, sample_ids=sample_ids
     )
     first = issues.n_issues
     if refit and first:
-        mask = ~issues.label_issue
-        probe = fit_probe(embeddings, labels, sample_ids=sample_ids, train_mask=mask, **options)
+        fitted = fit(~issues.label_issue)
         issues = find_label_issues(
             labels,
-            probe.probs,
+            fitted.probs,
             filter_by=filter_by,
             score_method=score_method,
             sample_ids=sample_ids,
         )
-    return NoiseResult(probe=probe, issues=issues, first_pass_issues=first)
+    return NoiseResult(probe=fitted, issues=issues, first_pass_issues=first)
 
 
 def find_label_issues(
@@ -293,10 +298,9 @@ def noise_columns(
     issues: LabelIssues, decisions: NoiseDecisions, classes: Sequence[str]
 ) -> pl.DataFrame:
     """The columns this stage adds to the sample table, aligned with its rows."""
-    quality = np.where(np.isnan(issues.label_quality), None, issues.label_quality)
     return pl.DataFrame(
         {
-            "label_quality": pl.Series(quality.tolist(), dtype=pl.Float64),
+            "label_quality": pl.Series(issues.label_quality, dtype=pl.Float64).fill_nan(None),
             "label_issue": pl.Series(issues.label_issue.tolist(), dtype=pl.Boolean),
             "suggested_label": pl.Series(
                 decode_labels(issues.suggested_label, classes), dtype=pl.String

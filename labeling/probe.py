@@ -29,16 +29,15 @@ from typing import Any
 
 import numpy as np
 
+from dedup.matrix import check_matrix, resolve_device
+from labeling.config import LabelingError
+
 logger = logging.getLogger(__name__)
 
 UNLABELED = -1
 ROW_SUM_ATOL = 1e-3
 
 Predictor = Callable[[np.ndarray], np.ndarray]
-
-
-class LabelingError(ValueError):
-    """Bad input to a labeling stage; the message names the sample or key and what was expected."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,7 @@ class _ProbeSpec:
     c: float
     max_iter: int
     device: str
+    backend: str
 
     def train(self, x: np.ndarray, y: np.ndarray, seed: int) -> Predictor:
         """Fit on (x, y) and return the predictor."""
@@ -183,7 +183,8 @@ def validate_pred_probs(
             f"pred_probs {_row_name(row, sample_ids)} sums to {sums[row]:.6g}, "
             f"expected 1 (tolerance {atol})"
         )
-    return probs / sums[:, None]
+    normalised: np.ndarray = probs / sums[:, None]
+    return normalised
 
 
 def stack_pred_probs(column: Any, *, sample_ids: Sequence[str] | None = None) -> np.ndarray:
@@ -204,6 +205,34 @@ def stack_pred_probs(column: Any, *, sample_ids: Sequence[str] | None = None) ->
     return np.asarray(rows, dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class ProbeOptions:
+    """How the probe is fit: folds, seed, device and backend, and its regularisation.
+
+    `c`: inverse L2 strength, as LogisticRegression's C. `device`: auto|cpu|cuda[:N];
+    `backend`: auto (torch on CUDA, scikit-learn on CPU)|sklearn|torch.
+    """
+
+    n_folds: int = 5
+    seed: int = 0
+    device: str = "auto"
+    backend: str = "auto"
+    c: float = 20.0
+    max_iter: int = 1000
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_folds, int) or self.n_folds < 2:
+            raise LabelingError(f"n_folds must be an integer >= 2, got {self.n_folds!r}")
+        if not self.c > 0:
+            raise LabelingError(f"c (inverse regularisation) must be > 0, got {self.c!r}")
+
+    def spec(self, n_classes: int) -> _ProbeSpec:
+        """The fit every fold shares (the device resolved, the backend chosen)."""
+        device = resolve_device(self.device, error=LabelingError)
+        backend = _resolve_backend(self.backend, device)
+        return _ProbeSpec(BACKENDS[backend], n_classes, self.c, self.max_iter, device, backend)
+
+
 def fit_probe(
     embeddings: np.ndarray,
     labels: np.ndarray,
@@ -211,52 +240,41 @@ def fit_probe(
     classes: Sequence[str] | None = None,
     groups: np.ndarray | None = None,
     train_mask: np.ndarray | None = None,
-    n_folds: int = 5,
-    seed: int = 0,
-    device: str = "auto",
-    backend: str = "auto",
-    c: float = 20.0,
-    max_iter: int = 1000,
+    options: ProbeOptions | None = None,
     sample_ids: Sequence[str] | None = None,
 ) -> ProbeResult:
     """Out-of-fold probabilities for labeled rows (-1 = unlabeled), predictions for the rest.
 
     `groups`: one int per row, rows sharing a non-negative id stay in one fold (negative = no
     group). `train_mask`: rows that may be used for training (all others still get predictions),
-    e.g. to refit without suspected label issues. `c`: inverse L2 strength, as LogisticRegression's
-    C. `device`: auto|cpu|cuda; `backend`: auto (torch on CUDA, scikit-learn on CPU)|sklearn|torch.
+    e.g. to refit without suspected label issues.
     """
+    opts = options or ProbeOptions()
     x = _check_embeddings(embeddings, sample_ids)
     names = _check_classes(labels, classes)
     y = _check_labels(labels, len(x), len(names), sample_ids)
-    group_ids = _check_groups(groups, len(x))
+    group_ids = _fold_groups(groups, len(x))
     mask = _check_mask(train_mask, len(x))
-    if not isinstance(n_folds, int) or n_folds < 2:
-        raise LabelingError(f"n_folds must be an integer >= 2, got {n_folds!r}")
-    if not c > 0:
-        raise LabelingError(f"c (inverse regularisation) must be > 0, got {c!r}")
     labeled = np.flatnonzero(y != UNLABELED)
-    _check_class_counts(y[labeled], names, n_folds)
-    _check_group_count(group_ids[labeled], n_folds)
-    resolved = resolve_device(device)
-    chosen = _resolve_backend(backend, resolved)
-    spec = _ProbeSpec(BACKENDS[chosen], len(names), c, max_iter, resolved)
+    _check_class_counts(y[labeled], names, opts.n_folds)
+    _check_group_count(group_ids[labeled], opts.n_folds)
+    spec = opts.spec(len(names))
     logger.info(
         "probe: %d labeled, %d unlabeled, %d classes, %d folds, %s on %s",
         labeled.size,
         len(x) - labeled.size,
         len(names),
-        n_folds,
-        chosen,
-        resolved,
+        opts.n_folds,
+        spec.backend,
+        spec.device,
     )
-    folds = _compute_folds(y[labeled], group_ids[labeled], n_folds, seed)
-    oof, accs = _compute_oof(x, y, labeled, folds, mask, spec, seed)
+    folds = _compute_folds(y[labeled], group_ids[labeled], opts.n_folds, opts.seed)
+    oof, accs = _compute_oof(x, y, labeled, folds, mask, spec, opts.seed)
     unlabeled = np.flatnonzero(y == UNLABELED)
     unl_probs = np.zeros((0, len(names)), dtype=np.float64)
     if unlabeled.size:
         train = labeled[mask[labeled]]
-        unl_probs = spec.train(x[train], y[train], seed)(x[unlabeled])
+        unl_probs = spec.train(x[train], y[train], opts.seed)(x[unlabeled])
     return ProbeResult(
         pred_probs=oof,
         unlabeled_probs=unl_probs,
@@ -264,9 +282,9 @@ def fit_probe(
         unlabeled_idx=unlabeled,
         classes=names,
         fold_accuracy=tuple(accs),
-        backend=chosen,
-        device=resolved,
-        n_folds=n_folds,
+        backend=spec.backend,
+        device=spec.device,
+        n_folds=opts.n_folds,
     )
 
 
@@ -275,62 +293,33 @@ def train_probe(
     labels: np.ndarray,
     n_classes: int,
     *,
-    seed: int = 0,
-    device: str = "auto",
-    backend: str = "auto",
-    c: float = 20.0,
-    max_iter: int = 1000,
+    options: ProbeOptions | None = None,
 ) -> Predictor:
     """Fit one probe on all labeled rows; return a function from embeddings to probabilities."""
+    opts = options or ProbeOptions()
     x = _check_embeddings(embeddings, None)
     y = _check_labels(labels, len(x), n_classes, None)
     keep = y != UNLABELED
     if len(np.unique(y[keep])) < 2:
         raise LabelingError("the probe needs labeled samples of at least 2 classes")
-    resolved = resolve_device(device)
-    spec = _ProbeSpec(
-        BACKENDS[_resolve_backend(backend, resolved)], n_classes, c, max_iter, resolved
-    )
-    return spec.train(x[keep], y[keep], seed)
-
-
-def resolve_device(device: str) -> str:
-    """`auto` → cuda when torch sees a GPU, else cpu; `cuda` without a GPU is an error."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise LabelingError(f"device must be one of auto, cpu, cuda; got {device!r}")
-    if device == "cpu":
-        return "cpu"
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if device == "cuda":
-        raise LabelingError("device 'cuda' was asked for but torch sees no CUDA GPU")
-    return "cpu"
+    return opts.spec(n_classes).train(x[keep], y[keep], opts.seed)
 
 
 def _resolve_backend(backend: str, device: str) -> str:
     """`auto` → torch on CUDA, scikit-learn on CPU."""
     if backend == "auto":
-        return {"cuda": "torch", "cpu": "sklearn"}[device]
+        return "torch" if device.startswith("cuda") else "sklearn"
     if backend not in BACKENDS:
         raise LabelingError(f"backend must be one of auto, {', '.join(BACKENDS)}; got {backend!r}")
-    if backend == "sklearn" and device == "cuda":
+    if backend == "sklearn" and device.startswith("cuda"):
         logger.info("probe: backend sklearn runs on CPU although device is cuda")
     return backend
 
 
 def _check_embeddings(embeddings: np.ndarray, sample_ids: Sequence[str] | None) -> np.ndarray:
-    """A finite 2-D float32 matrix."""
-    x = np.asarray(embeddings)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise LabelingError(f"embeddings must be a non-empty N x D matrix, got shape {x.shape}")
-    x = x.astype(np.float32, copy=False)
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise LabelingError(f"embedding of {_row_name(row, sample_ids)} holds NaN or inf")
-    return x
+    """A finite, non-empty N x D float32 matrix (rows named by sample id when known)."""
+    describe = (lambda r: f"sample {sample_ids[r]!r}") if sample_ids is not None else None
+    return check_matrix(embeddings, nonempty=True, describe=describe, error=LabelingError)
 
 
 def _check_classes(labels: np.ndarray, classes: Sequence[str] | None) -> tuple[str, ...]:
@@ -365,8 +354,8 @@ def _check_labels(
     return y.astype(np.int64, copy=False)
 
 
-def _check_groups(groups: np.ndarray | None, n_rows: int) -> np.ndarray:
-    """Group id per row; a negative id becomes a group of its own."""
+def _fold_groups(groups: np.ndarray | None, n_rows: int) -> np.ndarray:
+    """Fold group id per row (one fold per group); a negative id becomes a group of its own."""
     if groups is None:
         return np.arange(n_rows, dtype=np.int64)
     g = np.asarray(groups)

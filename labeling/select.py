@@ -27,7 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from labeling.probe import LabelingError, validate_pred_probs
+from dedup.matrix import check_matrix
+from labeling.config import LabelingError
+from labeling.probe import validate_pred_probs
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +46,14 @@ def margin_score(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def entropy_score(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Predictive entropy, divided by log(K) so it lies in [0, 1]."""
     p = np.clip(probs, 1e-12, 1.0)
-    return -(p * np.log(p)).sum(axis=1) / math.log(probs.shape[1])
+    out: np.ndarray = -(p * np.log(p)).sum(axis=1) / math.log(probs.shape[1])
+    return out
 
 
 def least_confidence_score(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """1 minus the probability of the most likely class."""
-    return 1.0 - probs.max(axis=1)
+    out: np.ndarray = 1.0 - probs.max(axis=1)
+    return out
 
 
 def random_score(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -86,12 +90,11 @@ class Selection:
 
     def columns(self) -> pl.DataFrame:
         """`al_score` (null for non-candidates) and `queue_rank` (null when not chosen) per row."""
-        score = np.where(np.isnan(self.al_score), None, self.al_score)
-        rank = np.where(self.queue_rank > 0, self.queue_rank, None)
+        rank = self.queue_rank
         return pl.DataFrame(
             {
-                "al_score": pl.Series(score.tolist(), dtype=pl.Float64),
-                "queue_rank": pl.Series(rank.tolist(), dtype=pl.Int64),
+                "al_score": pl.Series(self.al_score, dtype=pl.Float64).fill_nan(None),
+                "queue_rank": pl.Series([int(r) if r > 0 else None for r in rank], dtype=pl.Int64),
             }
         )
 
@@ -115,7 +118,7 @@ def select_batch(
     `probs`: class probabilities for every row; `groups`: one int per row, rows sharing a
     non-negative id are one duplicate group (negative = no group).
     """
-    x = _check_embeddings(embeddings)
+    x = check_matrix(embeddings, error=LabelingError)
     p = validate_pred_probs(probs, len(x), np.shape(probs)[-1])
     cand = _check_candidates(candidate_idx, len(x))
     _check_settings(budget, strategy, diversity, pool_factor, max_similarity)
@@ -139,17 +142,6 @@ def select_batch(
         n_candidates=len(cand),
         n_pool=len(pool),
     )
-
-
-def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
-    """A finite N x D float32 matrix."""
-    x = np.asarray(embeddings, dtype=np.float32)
-    if x.ndim != 2:
-        raise LabelingError(f"embeddings must be an N x D matrix, got shape {x.shape}")
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        raise LabelingError(f"embedding of row {int(np.argmax(bad))} holds NaN or inf")
-    return x
 
 
 def _check_candidates(candidate_idx: np.ndarray | None, n_rows: int) -> np.ndarray:
@@ -218,7 +210,8 @@ def _compute_eligible(
     _, first = np.unique(g[grouped], return_index=True)
     best = np.zeros(len(cand), dtype=bool)
     best[grouped[first]] = True
-    return cand[keep & ((g < 0) | best)]
+    eligible: np.ndarray = cand[keep & ((g < 0) | best)]
+    return eligible
 
 
 def _kcenter(

@@ -13,15 +13,22 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from labeling.config import ActiveLearningSettings, LabelingError, LabelNoiseSettings
 from labeling.noise import (
+    LabelIssues,
     apply_noise_policy,
     detect_label_issues,
     find_label_issues,
     noise_columns,
 )
-from labeling.probe import encode_labels, stack_pred_probs, validate_pred_probs
+from labeling.probe import (
+    EncodedLabels,
+    ProbeOptions,
+    encode_labels,
+    stack_pred_probs,
+    validate_pred_probs,
+)
 from labeling.select import select_batch
-from pipelines.config import ActiveLearningSettings, LabelNoiseSettings
 
 log = logging.getLogger("leanset.labeling")
 
@@ -98,36 +105,9 @@ def label_noise(
         log.info("label noise: no labeled samples; skipped")
         return NoiseOutcome(_empty_noise(table), None, (), {"label_noise": "skipped: no labels"})
     if pred_probs is not None:
-        probs = validate_pred_probs(
-            stack_pred_probs([pred_probs[i] for i in rows], sample_ids=ids),
-            len(rows),
-            len(enc.classes),
-            sample_ids=ids,
-        )
-        issues = find_label_issues(enc.idx, probs, filter_by=settings.filter_by, sample_ids=ids)
-        info = {"probe": "given pred_probs"}
+        issues, probs, info = _issues_from_given(pred_probs, rows, enc, ids, settings)
     else:
-        res = detect_label_issues(
-            emb[rows],
-            enc.idx,
-            refit=settings.refit,
-            filter_by=settings.filter_by,
-            sample_ids=ids,
-            probe_options={
-                "classes": enc.classes,
-                "groups": _groups(sub),
-                "n_folds": settings.n_folds,
-                "seed": settings.seed,
-                "device": settings.device,
-                "c": settings.c,
-            },
-        )
-        issues, probs = res.issues, res.probe.probs
-        info = {
-            "probe": res.probe.backend,
-            "probe_device": res.probe.device,
-            "probe_accuracy": round(float(res.probe.accuracy), 4),
-        }
+        issues, probs, info = _issues_from_probe(emb, rows, sub, enc, ids, settings)
     dec = apply_noise_policy(
         enc.idx, issues, policy=settings.policy, relabel_threshold=settings.relabel_threshold
     )
@@ -146,6 +126,55 @@ def label_noise(
     full[rows] = probs
     info |= {"label_issues": issues.n_issues, "actions": dec.counts(), "policy": settings.policy}
     return NoiseOutcome(out, full, enc.classes, info)
+
+
+def _issues_from_given(
+    pred_probs: Any,
+    rows: np.ndarray,
+    enc: EncodedLabels,
+    ids: list[str],
+    settings: LabelNoiseSettings,
+) -> tuple[LabelIssues, np.ndarray, dict[str, Any]]:
+    """Label issues on the user's own out-of-sample probabilities (a column per class)."""
+    probs = validate_pred_probs(
+        stack_pred_probs([pred_probs[i] for i in rows], sample_ids=ids),
+        len(rows),
+        len(enc.classes),
+        sample_ids=ids,
+    )
+    issues = find_label_issues(enc.idx, probs, filter_by=settings.filter_by, sample_ids=ids)
+    return issues, probs, {"probe": "given pred_probs"}
+
+
+def _issues_from_probe(
+    emb: np.ndarray | None,
+    rows: np.ndarray,
+    sub: pl.DataFrame,
+    enc: EncodedLabels,
+    ids: list[str],
+    settings: LabelNoiseSettings,
+) -> tuple[LabelIssues, np.ndarray, dict[str, Any]]:
+    """Label issues on the out-of-fold probabilities of a probe on the embeddings."""
+    if emb is None:
+        raise LabelingError("label_noise: needs an embedder (for the probe) or pred_probs_column")
+    res = detect_label_issues(
+        emb[rows],
+        enc.idx,
+        refit=settings.refit,
+        filter_by=settings.filter_by,
+        probe=ProbeOptions(
+            n_folds=settings.n_folds, seed=settings.seed, device=settings.device, c=settings.c
+        ),
+        classes=enc.classes,
+        groups=_groups(sub),
+        sample_ids=ids,
+    )
+    info = {
+        "probe": res.probe.backend,
+        "probe_device": res.probe.device,
+        "probe_accuracy": round(float(res.probe.accuracy), 4),
+    }
+    return res.issues, res.probe.probs, info
 
 
 def _groups(sub: pl.DataFrame) -> np.ndarray:
@@ -175,6 +204,48 @@ def _empty_noise(table: pl.DataFrame) -> pl.DataFrame:
         "noise_drop": pl.Utf8,
     }
     return table.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in schema.items()])
+
+
+# ---------------------------------------------------------------- both, as the flow runs them
+
+
+@dataclass
+class LabelingOutcome:
+    """The table with the label-noise and selection columns, and what each stage found."""
+
+    table: pl.DataFrame
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def label_and_select(
+    table: pl.DataFrame,
+    emb: np.ndarray | None,
+    noise: LabelNoiseSettings | None,
+    selection: ActiveLearningSettings | None,
+    *,
+    pred_probs: Any = None,
+    pending: pl.DataFrame | None = None,
+    threshold: float = 0.95,
+) -> LabelingOutcome:
+    """Label noise (when configured), then the selection of unlabeled samples (when configured).
+
+    `pending`: queue rows still waiting for a human (their samples are not picked again);
+    `threshold`: the dedup threshold, the default for how similar two picks may be."""
+    info: dict[str, Any] = {}
+    probs = None
+    if noise is not None:
+        out = label_noise(table, emb, noise, pred_probs)
+        table, probs, info = out.table, out.probs, out.info
+    if selection is not None and emb is not None:
+        waiting = (
+            pending
+            if pending is not None
+            else pl.DataFrame({"sample_id": []}, schema={"sample_id": pl.Utf8})
+        )
+        table, info["selection"] = select_for_labeling(
+            table, emb, probs, selection, waiting, threshold
+        )
+    return LabelingOutcome(table, info)
 
 
 # ---------------------------------------------------------------- selection and the queue

@@ -14,12 +14,12 @@ from typing import Any, Literal
 
 import yaml
 
+from dedup.config import DedupSettings
+from labeling.config import ActiveLearningSettings, LabelNoiseSettings
+
 
 class ConfigError(ValueError):
     """A flows.yaml problem; the message names the file, the flow and the key path."""
-
-
-EVAL_SPLITS = ["test", "validation", "valid", "val", "eval", "dev"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,13 @@ class ColumnSettings:
     embedding: str | None = None
     unlabeled_splits: list[str] = field(default_factory=lambda: ["unlabeled"])
 
+    def content(self) -> str:
+        """The content column (embedding, else image, else text) once the loader has set it."""
+        name = self.embedding or self.image or self.text
+        if not name:
+            raise ConfigError("columns: no content column (image, text or embedding) is set")
+        return name
+
 
 @dataclass(frozen=True)
 class EmbedderSettings:
@@ -62,62 +69,6 @@ class EmbedderSettings:
     num_workers: int = 0
     size: int = 16
     shard_rows: int = 4096
-
-
-@dataclass(frozen=True)
-class DedupSettings:
-    """Exact and near-duplicate detection and the policies that decide what survives."""
-
-    exact: bool = True
-    near: bool = True
-    threshold: float = 0.95
-    keep: Literal["first", "last", "largest", "centroid"] = "first"
-    eval_splits: list[str] = field(default_factory=lambda: list(EVAL_SPLITS))
-    leakage: Literal["drop_train", "drop_eval", "report"] = "drop_train"
-    dedup_eval: bool = False
-    search: Literal["auto", "exact", "partitioned"] = "auto"
-    exact_max_rows: int | None = None  # None: 200k on CPU, 2M on a GPU
-
-
-# How label issues are picked: leanset's calibrated ranking, or a cleanlab.filter method.
-NoiseFilter = Literal[
-    "calibrated_rank",
-    "prune_by_noise_rate",
-    "prune_by_class",
-    "both",
-    "confident_learning",
-    "predicted_neq_given",
-    "low_normalized_margin",
-    "low_self_confidence",
-]
-
-
-@dataclass(frozen=True)
-class LabelNoiseSettings:
-    """Label issues found by cleanlab on a probe's out-of-fold probabilities, and what to do."""
-
-    policy: Literal["flag", "drop", "relabel"] = "flag"
-    relabel_threshold: float = 0.9
-    filter_by: NoiseFilter = "calibrated_rank"
-    refit: bool = False
-    pred_probs_column: str | None = None
-    n_folds: int = 5
-    c: float = 20.0
-    device: str = "auto"
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class ActiveLearningSettings:
-    """Which unlabeled samples go to the labeling queue each run."""
-
-    budget: int = 100
-    strategy: Literal["margin", "entropy", "least_confidence", "random"] = "margin"
-    diversity: Literal["kmeans", "kcenter", "none"] = "kmeans"
-    pool_factor: float = 5.0
-    max_similarity: float | None = None
-    queue_label_issues: bool = True
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -203,12 +154,6 @@ def load_flow(path: str | Path, name: str) -> FlowSettings:
     return flows[name]
 
 
-def flow_from_dict(data: dict[str, Any], name: str, base_dir: str | Path = ".") -> FlowSettings:
-    """Build flow settings from a plain dict (as written by `FlowSettings.to_dict`)."""
-    body = {k: v for k, v in data.items() if k != "name"}
-    return _load_flow(Path(base_dir) / "flows.yaml", name, body)
-
-
 def _merge(base: dict, over: dict) -> dict:
     """Deep-merge two mappings, `over` winning."""
     if not isinstance(over, dict):
@@ -277,7 +222,7 @@ def _coerce(hint: Any, value: Any, where: str, keypath: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: {keypath}: expected a list, got {_show(value)}")
         return [_coerce(args[0], v, where, f"{keypath}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, where, keypath)
     return _scalar(hint, value, where, keypath)
 

@@ -91,7 +91,7 @@ def cost_delta(settings: CostSettings, before: int, after: int, run: RunCompute)
     """Compute the cost delta of a cleaning run."""
     b = epoch_gpu_hours(settings, before, before)
     a = epoch_gpu_hours(settings, after, before)
-    saved = None if b is None else b - a
+    saved = None if b is None or a is None else b - a
     break_even = run.gpu_hours / saved if saved and run.gpu_hours > 0 else None
     price = settings.price_per_gpu_hour
     return CostDelta(

@@ -11,7 +11,7 @@ DROP_COLUMNS = ["dedup_drop", "noise_drop"]
 
 def decide(table: pl.DataFrame) -> pl.DataFrame:
     """Add `kept` and `drop_reason` (unreadable first, then each stage's reason in order)."""
-    reasons = [pl.when(pl.col("error").is_not_null()).then(pl.lit("unreadable"))]
+    reasons: list[pl.Expr] = [pl.when(pl.col("error").is_not_null()).then(pl.lit("unreadable"))]
     reasons += [pl.col(c) for c in DROP_COLUMNS if c in table.columns]
     drop_reason = pl.coalesce(reasons).cast(pl.Utf8).alias("drop_reason")
     out = table.with_columns(drop_reason)

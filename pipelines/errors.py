@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from labeling.probe import LabelingError
+from dedup.config import DedupError
+from labeling.config import LabelingError
 from pipelines.config import ConfigError
 from pipelines.embed import EmbedError
 from pipelines.sources import SourceError
@@ -10,6 +11,7 @@ from pipelines.store import StoreError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigError,
+    DedupError,
     SourceError,
     EmbedError,
     StoreError,

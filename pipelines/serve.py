@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ConfigError, FlowSettings, load_flows
+from pipelines.config import ConfigError, FlowSettings, ScheduleSettings, load_flows
 
 log = logging.getLogger("leanset.serve")
 
@@ -26,7 +26,7 @@ def scheduled_flows(config_path: str | Path, only: list[str] | None = None) -> l
             f"{config_path}: no flow to serve: give a flow a `schedule:` (cron or interval_minutes)"
         )
     for f in chosen:
-        if bool(f.schedule.cron) == bool(f.schedule.interval_minutes):
+        if bool(_when(f).cron) == bool(_when(f).interval_minutes):
             raise ConfigError(
                 f"{config_path}: flow {f.name!r}: schedule: set exactly one of cron, interval_minutes"
             )
@@ -36,10 +36,17 @@ def scheduled_flows(config_path: str | Path, only: list[str] | None = None) -> l
 def _schedule(settings: FlowSettings) -> Any:
     from prefect.schedules import Cron, Interval
 
-    s = settings.schedule
+    s = _when(settings)
     if s.cron:
         return Cron(s.cron, timezone=s.timezone)
-    return Interval(timedelta(minutes=s.interval_minutes), timezone=s.timezone)
+    return Interval(timedelta(minutes=s.interval_minutes or 0), timezone=s.timezone)
+
+
+def _when(settings: FlowSettings) -> ScheduleSettings:
+    """The schedule of a flow `scheduled_flows` returned (it has one)."""
+    if settings.schedule is None:
+        raise ConfigError(f"flow {settings.name!r}: no schedule")
+    return settings.schedule
 
 
 def deployments(config_path: str | Path, only: list[str] | None = None) -> list[Any]:

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import write_png
+
 _STATE = Path(tempfile.mkdtemp(prefix="leanset-tests-"))
 os.environ.update(
     {
@@ -35,15 +37,6 @@ def prefect_harness():
         yield
 
 
-def write_png(path: Path, array: np.ndarray) -> Path:
-    """Save a uint8 grayscale array as a PNG (creating folders)."""
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array.astype(np.uint8), mode="L").save(path)
-    return path
-
-
 @pytest.fixture
 def tiny_images(tmp_path: Path) -> Path:
     """An imagefolder with known duplicates: exact copy, near copy, a train→test leak, a corrupt file.
@@ -64,10 +57,3 @@ def tiny_images(tmp_path: Path) -> Path:
         write_png(root / f"train/b/base{k}.png", bases[k])
     (root / "train/a/broken.png").write_bytes(b"this is not a png")
     return root
-
-
-def flows_yaml(tmp_path: Path, body: str) -> Path:
-    """Write a flows.yaml next to the test data and return its path."""
-    path = tmp_path / "flows.yaml"
-    path.write_text(body)
-    return path

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import ConfigError, load_flow, load_flows
-from tests.conftest import flows_yaml
+from tests.helpers import flows_yaml
 
 GOOD = """
 defaults:

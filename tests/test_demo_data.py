@@ -15,9 +15,10 @@ import polars as pl
 import pytest
 
 from dedup.evaluate import evaluate_groups
-from labeling.queue import enqueue, export_label_studio, import_label_studio, read_answers
-from pipelines import demo
-from pipelines.demo import DemoTruth, answer_tasks, make_demo
+from pipelines.demo import data as demo
+from pipelines.demo.annotator import answer_tasks
+from pipelines.demo.data import DemoTruth, make_demo
+from pipelines.store.queue import enqueue, export_label_studio, import_label_studio, read_answers
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 

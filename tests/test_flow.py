@@ -7,23 +7,17 @@ import pytest
 
 from pipelines.flows import clean_flow
 from pipelines.store import Store
-from pipelines.versioning import DECISION_COLUMNS
-from tests.conftest import flows_yaml
+from pipelines.store.tables import DECISION_COLUMNS
+from tests.helpers import pixel_flow_body, write_flows
 
-CONFIG = """
-flows:
-  tiny:
-    source: {type: imagefolder, path: images}
-    embedder: {type: pixels, size: 16}
-    dedup: {threshold: 0.95}
-    store: store
-    cost: {gpu_hours_per_epoch: 10, price_per_gpu_hour: 2.5}
-"""
+TINY = pixel_flow_body(
+    dedup={"threshold": 0.95}, cost={"gpu_hours_per_epoch": 10, "price_per_gpu_hour": 2.5}
+)
 
 
 @pytest.fixture
 def tiny_flow(tmp_path: Path, tiny_images: Path) -> Path:
-    return flows_yaml(tmp_path, CONFIG)
+    return write_flows(tmp_path, tiny=TINY)
 
 
 def by_source(df: pl.DataFrame) -> dict[str, dict]:
@@ -76,7 +70,7 @@ def test_new_data_is_embedded_and_searched_incrementally(
 ):
     import numpy as np
 
-    from tests.conftest import write_png
+    from tests.helpers import write_png
 
     clean_flow(config_path=str(tiny_flow), flow_name="tiny")
     write_png(tiny_images / "train/b/new.png", np.random.default_rng(7).integers(0, 256, (16, 16)))
@@ -103,7 +97,7 @@ def test_new_data_is_embedded_and_searched_incrementally(
 def test_export_round_trips_through_datasets(prefect_harness, tiny_flow, tmp_path):
     import datasets
 
-    from pipelines.export import export_version
+    from pipelines.store.export import export_version
 
     clean_flow(config_path=str(tiny_flow), flow_name="tiny")
     out = export_version(Store(tmp_path / "store"), None, "hf", tmp_path / "hf")
@@ -121,7 +115,7 @@ def test_store_path_that_is_a_file_is_refused(prefect_harness, tmp_path, tiny_im
 
     (tmp_path / "store").write_text("not a folder")
     with pytest.raises(StoreError, match="is a file"):
-        clean_flow(config_path=str(flows_yaml(tmp_path, CONFIG)), flow_name="tiny")
+        clean_flow(config_path=str(write_flows(tmp_path, tiny=TINY)), flow_name="tiny")
 
 
 def test_text_flow_with_the_packaged_sentence_model(prefect_harness, tmp_path):
@@ -136,18 +130,18 @@ def test_text_flow_with_the_packaged_sentence_model(prefect_harness, tmp_path):
         ("Where is my parcel at the moment?", "shipping", "test"),
     ]
     pl.DataFrame(rows, schema=["text", "label", "part"], orient="row").write_csv(tmp_path / "t.csv")
-    config = flows_yaml(
-        tmp_path,
-        f"""
-flows:
-  texts:
-    source: {{type: files, format: csv, data_files: [t.csv]}}
-    columns: {{text: text, label: label, split: part}}
-    embedder: {{type: sentence_transformers, model: "{gt.get_model_path()}", device: cpu}}
-    dedup: {{threshold: 0.9}}
-    store: store-text
-""",
-    )
+    texts = {
+        "source": {"type": "files", "format": "csv", "data_files": ["t.csv"]},
+        "columns": {"text": "text", "label": "label", "split": "part"},
+        "embedder": {
+            "type": "sentence_transformers",
+            "model": str(gt.get_model_path()),
+            "device": "cpu",
+        },
+        "dedup": {"threshold": 0.9},
+        "store": "store-text",
+    }
+    config = write_flows(tmp_path, texts=texts)
     out = clean_flow(config_path=str(config), flow_name="texts")
     assert out["counts"]["by_reason"] == {"exact_duplicate": 1, "near_duplicate": 1, "test_leak": 1}
     rows_ = Store(tmp_path / "store-text").read("decisions").sort("position")

@@ -7,22 +7,20 @@ import numpy as np
 import polars as pl
 import pytest
 
-from labeling.queue import export_label_studio, import_label_studio, read_queue
 from pipelines.flows import clean_flow
 from pipelines.store import Store
-from tests.conftest import flows_yaml
+from pipelines.store.queue import export_label_studio, import_label_studio, read_queue
+from tests.helpers import write_flows
 
-CONFIG = """
-flows:
-  digits:
-    source: {type: files, format: parquet, data_files: [digits.parquet]}
-    columns: {id: id, embedding: emb, label: label}
-    embedder: {type: precomputed}
-    dedup: {threshold: 0.995}
-    label_noise: {policy: drop}
-    active_learning: {budget: 20, strategy: margin, diversity: kmeans}
-    store: store
-"""
+DIGITS = {
+    "source": {"type": "files", "format": "parquet", "data_files": ["digits.parquet"]},
+    "columns": {"id": "id", "embedding": "emb", "label": "label"},
+    "embedder": {"type": "precomputed"},
+    "dedup": {"threshold": 0.995},
+    "label_noise": {"policy": "drop"},
+    "active_learning": {"budget": 20, "strategy": "margin", "diversity": "kmeans"},
+    "store": "store",
+}
 
 
 @pytest.fixture
@@ -52,7 +50,7 @@ def digits(tmp_path: Path) -> dict:
 
 
 def test_label_issues_queue_and_answers_round_trip(prefect_harness, tmp_path, digits):
-    config = flows_yaml(tmp_path, CONFIG)
+    config = write_flows(tmp_path, digits=DIGITS)
     first = clean_flow(config_path=str(config), flow_name="digits")
     store = Store(tmp_path / "store")
     dec = store.read("decisions")
@@ -111,16 +109,14 @@ def test_label_issues_queue_and_answers_round_trip(prefect_harness, tmp_path, di
     ].unique().to_list() == ["answered"]
 
 
-PRED_PROBS_CONFIG = """
-flows:
-  given:
-    source: {type: files, format: parquet, data_files: [given.parquet]}
-    columns: {id: id, embedding: emb, label: label}
-    embedder: {type: precomputed}
-    dedup: {near: false}
-    label_noise: {pred_probs_column: probs}
-    store: store-given
-"""
+GIVEN = {
+    "source": {"type": "files", "format": "parquet", "data_files": ["given.parquet"]},
+    "columns": {"id": "id", "embedding": "emb", "label": "label"},
+    "embedder": {"type": "precomputed"},
+    "dedup": {"near": False},
+    "label_noise": {"pred_probs_column": "probs"},
+    "store": "store-given",
+}
 
 
 def _given(tmp_path: Path, probs: np.ndarray, labels: list[str]) -> Path:
@@ -139,7 +135,7 @@ def _given(tmp_path: Path, probs: np.ndarray, labels: list[str]) -> Path:
             "probs": pl.List(pl.Float64),
         },
     ).write_parquet(tmp_path / "given.parquet")
-    return flows_yaml(tmp_path, PRED_PROBS_CONFIG)
+    return write_flows(tmp_path, given=GIVEN)
 
 
 def test_user_given_pred_probs_replace_the_probe(prefect_harness, tmp_path):
@@ -154,7 +150,7 @@ def test_user_given_pred_probs_replace_the_probe(prefect_harness, tmp_path):
 
 
 def test_pred_probs_that_do_not_sum_to_one_are_refused_by_sample(prefect_harness, tmp_path):
-    from labeling.probe import LabelingError
+    from labeling.config import LabelingError
 
     probs = np.array([[0.9, 0.1]] * 20)
     probs[5] = [0.9, 0.3]

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 from threadpoolctl import threadpool_limits
 
+from labeling.config import LabelingError
 from labeling.noise import (
     NOISE_POLICIES,
     LabelIssues,
@@ -17,7 +18,7 @@ from labeling.noise import (
     find_label_issues,
     noise_columns,
 )
-from labeling.probe import LabelingError, fit_probe
+from labeling.probe import ProbeOptions, fit_probe
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def planted_flips(seed: int, rate: float = 0.05) -> tuple[np.ndarray, np.ndarray
 @pytest.mark.parametrize("refit", [False, True])
 def test_planted_flips_are_found_with_precision_and_recall(refit: bool) -> None:
     x, noisy, truth = planted_flips(seed=7)
-    result = detect_label_issues(x, noisy, refit=refit, probe_options={"device": "cpu"})
+    result = detect_label_issues(x, noisy, refit=refit, probe=ProbeOptions(device="cpu"))
     issues = result.issues
     hits = int((issues.label_issue & truth).sum())
     precision, recall = hits / max(issues.n_issues, 1), hits / int(truth.sum())
@@ -60,11 +61,13 @@ def test_planted_flips_are_found_with_precision_and_recall(refit: bool) -> None:
     assert np.median(issues.label_quality[truth]) < np.median(issues.label_quality[~truth])
 
 
-@pytest.mark.parametrize("key", ["train_mask", "n_fold"])
-def test_unknown_or_reserved_probe_options_are_errors(key: str) -> None:
-    x, noisy, _ = planted_flips(seed=2)
-    with pytest.raises(LabelingError, match=rf"probe_options: unknown key\(s\) \['{key}'\]"):
-        detect_label_issues(x, noisy, probe_options={key: 3})
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"n_folds": 1}, "n_folds must be an integer >= 2"), ({"c": 0.0}, "must be > 0")],
+)
+def test_bad_probe_options_are_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(LabelingError, match=message):
+        ProbeOptions(**kwargs)
 
 
 def test_a_class_nobody_labeled_is_no_problem() -> None:
@@ -79,7 +82,7 @@ def test_a_class_nobody_labeled_is_no_problem() -> None:
 def test_unlabeled_rows_are_never_issues() -> None:
     x, noisy, _ = planted_flips(seed=1)
     noisy[::3] = -1
-    probe = fit_probe(x, noisy, device="cpu")
+    probe = fit_probe(x, noisy, options=ProbeOptions(device="cpu"))
     issues = find_label_issues(noisy, probe.probs)
     assert not issues.label_issue[noisy < 0].any()
     assert np.isnan(issues.label_quality[noisy < 0]).all()

@@ -9,6 +9,7 @@ from threadpoolctl import threadpool_limits
 
 from labeling.probe import (
     LabelingError,
+    ProbeOptions,
     decode_labels,
     encode_labels,
     fit_probe,
@@ -50,7 +51,7 @@ def test_probe_out_of_fold_accuracy_and_shapes(digits) -> None:
     x, y = digits
     labels = y.copy()
     labels[::5] = -1
-    result = fit_probe(x, labels, device="cpu")
+    result = fit_probe(x, labels, options=ProbeOptions(device="cpu"))
     assert result.backend == "sklearn" and result.n_folds == 5
     assert result.pred_probs.shape == ((labels >= 0).sum(), 10)
     assert result.unlabeled_probs.shape == ((labels < 0).sum(), 10)
@@ -68,8 +69,8 @@ def test_duplicate_groups_never_straddle_folds() -> None:
     x = np.repeat(base / np.linalg.norm(base, axis=1, keepdims=True), 2, axis=0)
     y = np.repeat(rng.integers(0, 2, 200), 2).astype(np.int64)
     groups = np.repeat(np.arange(200), 2)
-    leaky = fit_probe(x, y, device="cpu", c=1000.0)
-    grouped = fit_probe(x, y, groups=groups, device="cpu", c=1000.0)
+    leaky = fit_probe(x, y, options=ProbeOptions(device="cpu", c=1000.0))
+    grouped = fit_probe(x, y, groups=groups, options=ProbeOptions(device="cpu", c=1000.0))
     assert leaky.accuracy > 0.8  # ~4 in 5 twins sit in the training folds
     assert grouped.accuracy < 0.65  # chance is 0.5
 
@@ -87,8 +88,8 @@ def torch_one_thread():
 def test_torch_head_matches_logistic_regression_on_cpu(digits, torch_one_thread) -> None:
     x, y = digits
     x, y = x[:600], y[:600]
-    sk = fit_probe(x, y, device="cpu", backend="sklearn")
-    th = fit_probe(x, y, device="cpu", backend="torch")
+    sk = fit_probe(x, y, options=ProbeOptions(device="cpu", backend="sklearn"))
+    th = fit_probe(x, y, options=ProbeOptions(device="cpu", backend="torch"))
     assert th.backend == "torch" and th.device == "cpu"
     assert abs(sk.accuracy - th.accuracy) < 0.02
     assert np.abs(sk.probs - th.probs).mean() < 0.01
@@ -99,8 +100,8 @@ def test_torch_head_on_cuda_matches_cpu(digits) -> None:
     x, y = digits
     labels = y.copy()
     labels[::4] = -1
-    gpu = fit_probe(x, labels, device="auto")
-    cpu = fit_probe(x, labels, device="cpu")
+    gpu = fit_probe(x, labels, options=ProbeOptions(device="auto"))
+    cpu = fit_probe(x, labels, options=ProbeOptions(device="cpu"))
     assert gpu.device == "cuda" and gpu.backend == "torch"
     assert abs(gpu.accuracy - cpu.accuracy) < 0.02
     assert np.abs(gpu.probs - cpu.probs).mean() < 0.01
@@ -108,7 +109,7 @@ def test_torch_head_on_cuda_matches_cpu(digits) -> None:
 
 def test_train_probe_predicts_held_out_rows(digits) -> None:
     x, y = digits
-    predict = train_probe(x[:1200], y[:1200], 10, device="cpu")
+    predict = train_probe(x[:1200], y[:1200], 10, options=ProbeOptions(device="cpu"))
     assert np.mean(predict(x[1200:]).argmax(axis=1) == y[1200:]) > 0.9
 
 
@@ -116,14 +117,14 @@ def test_single_class_is_an_error() -> None:
     x = np.eye(12, dtype=np.float32)
     y = np.array([0] * 10 + [-1, -1])
     with pytest.raises(LabelingError, match=r"at least 2 classes; found only class 'cat' \(10"):
-        fit_probe(x, y, classes=["cat", "dog"], device="cpu")
+        fit_probe(x, y, classes=["cat", "dog"], options=ProbeOptions(device="cpu"))
 
 
 def test_class_with_fewer_samples_than_folds_is_named() -> None:
     x = np.random.default_rng(0).normal(size=(23, 4)).astype(np.float32)
     y = np.array([0] * 10 + [1] * 10 + [2] * 3)
     with pytest.raises(LabelingError, match=r"'bird' has 3 .*n_folds=5"):
-        fit_probe(x, y, classes=["cat", "dog", "bird"], device="cpu")
+        fit_probe(x, y, classes=["cat", "dog", "bird"], options=ProbeOptions(device="cpu"))
 
 
 def test_label_index_outside_classes_names_the_sample() -> None:
@@ -143,7 +144,7 @@ def test_label_index_outside_classes_names_the_sample() -> None:
 )
 def test_bad_shapes_and_values(embeddings, labels, message) -> None:
     with pytest.raises(LabelingError, match=message):
-        fit_probe(embeddings, labels, device="cpu")
+        fit_probe(embeddings, labels, options=ProbeOptions(device="cpu"))
 
 
 def test_cuda_without_a_gpu_is_an_error() -> None:
@@ -151,7 +152,11 @@ def test_cuda_without_a_gpu_is_an_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(LabelingError, match="no CUDA GPU"):
-        fit_probe(np.eye(10, dtype=np.float32), np.arange(10) % 2, device="cuda", n_folds=2)
+        fit_probe(
+            np.eye(10, dtype=np.float32),
+            np.arange(10) % 2,
+            options=ProbeOptions(device="cuda", n_folds=2),
+        )
 
 
 def test_validate_pred_probs_accepts_and_renormalises() -> None:

@@ -9,14 +9,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from labeling.probe import LabelingError
-from labeling.queue import (
+from labeling.config import LabelingError
+from labeling.labelstudio import label_studio_config
+from pipelines.store.queue import (
     STATUSES,
     enqueue,
     export_label_studio,
     export_table,
     import_label_studio,
-    label_studio_config,
     read_answers,
     read_queue,
 )

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labeling.probe import LabelingError
+from labeling.config import LabelingError
 from labeling.select import DIVERSITY, SELECTORS, select_batch
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dedup import near
-from dedup.near import NearPairs, find_near_pairs, find_near_pairs_between
+from dedup.near import NearPairs, SearchOptions, find_near_pairs, find_near_pairs_between
 
 T = 0.9
 
@@ -69,7 +69,7 @@ def check_shape(p: NearPairs, self_search: bool = True) -> None:
 
 @pytest.mark.parametrize("device", ["cpu", "cpu-torch"])
 def test_exact_matches_brute_force(emb: np.ndarray, device: str) -> None:
-    p = find_near_pairs(emb, T, method="exact", device=device, block_rows=128)
+    p = find_near_pairs(emb, T, SearchOptions(method="exact", device=device, block_rows=128))
     check_shape(p)
     truth = brute(emb, emb, T, True)
     assert len(truth) >= 40 and as_set(p) == truth
@@ -81,7 +81,9 @@ def test_exact_matches_brute_force(emb: np.ndarray, device: str) -> None:
 @pytest.mark.parametrize("device", ["cpu", "cpu-torch"])
 def test_partitioned_with_one_cluster_is_exact(emb: np.ndarray, device: str) -> None:
     """One cluster: members in blocks (triangle on the diagonal), nothing approximate left."""
-    p = find_near_pairs(emb, T, method="partitioned", n_clusters=1, block_rows=64, device=device)
+    p = find_near_pairs(
+        emb, T, SearchOptions(method="partitioned", n_clusters=1, block_rows=64, device=device)
+    )
     check_shape(p)
     assert p.params["n_clusters"] == 1 and p.params["work_fraction"] == 1.0
     assert as_set(p) == brute(emb, emb, T, True)
@@ -91,8 +93,12 @@ def test_partitioned_finds_pairs_across_cluster_borders() -> None:
     """Many small clusters: planted pairs split by a border are still found through probing."""
     x = planted(2000, 24, seed=4, n_centres=3, n_pairs=120)
     truth = brute(x, x, T, True)
-    one = as_set(find_near_pairs(x, T, method="partitioned", n_clusters=40, n_probe_clusters=1))
-    p = find_near_pairs(x, T, method="partitioned", n_clusters=40)
+    one = as_set(
+        find_near_pairs(
+            x, T, SearchOptions(method="partitioned", n_clusters=40, n_probe_clusters=1)
+        )
+    )
+    p = find_near_pairs(x, T, SearchOptions(method="partitioned", n_clusters=40))
     assert p.params["n_clusters"] >= 40 and p.params["mean_probes"] > 1.0
     found = as_set(p)
     assert one <= found <= truth  # never a false pair; probing only adds
@@ -102,7 +108,7 @@ def test_partitioned_finds_pairs_across_cluster_borders() -> None:
 @pytest.mark.parametrize("device", ["cpu", "cpu-torch"])
 def test_partitioned_defaults_match_exact_on_clustered_data(device: str) -> None:
     x = planted(3000, 48, seed=2, n_centres=12, n_pairs=150)
-    p = find_near_pairs(x, T, method="partitioned", device=device)
+    p = find_near_pairs(x, T, SearchOptions(method="partitioned", device=device))
     check_shape(p)
     assert as_set(p) == brute(x, x, T, True)
     assert p.method == "partitioned"
@@ -116,7 +122,12 @@ def test_partitioned_defaults_match_exact_on_clustered_data(device: str) -> None
 def test_between_matches_brute_force(emb: np.ndarray, method: str, device: str) -> None:
     q, c = emb[:150], emb[150:]
     p = find_near_pairs_between(
-        q, c, T, method=method, device=device, block_rows=100, n_clusters=4, n_probe_clusters=4
+        q,
+        c,
+        T,
+        SearchOptions(
+            method=method, device=device, block_rows=100, n_clusters=4, n_probe_clusters=4
+        ),
     )
     check_shape(p, self_search=False)
     truth = brute(q, c, T, False)
@@ -125,8 +136,8 @@ def test_between_matches_brute_force(emb: np.ndarray, method: str, device: str) 
 
 
 def test_torch_path_equals_faiss_path(emb: np.ndarray) -> None:
-    a = find_near_pairs(emb, T, method="exact", device="cpu")
-    b = find_near_pairs(emb, T, method="exact", device="cpu-torch", block_rows=200)
+    a = find_near_pairs(emb, T, SearchOptions(method="exact", device="cpu"))
+    b = find_near_pairs(emb, T, SearchOptions(method="exact", device="cpu-torch", block_rows=200))
     assert as_set(a) == as_set(b)
     np.testing.assert_allclose(a.sim, b.sim, atol=1e-6)
     assert a.params["backend"] == "faiss-cpu" and b.params["backend"].startswith("torch-cpu")
@@ -138,9 +149,9 @@ def test_threshold_is_inclusive(device: str) -> None:
     x[0, 0] = 1.0
     x[1, 0], x[1, 1] = 0.75, np.sqrt(np.float32(1 - 0.75**2))
     x[2] = x[0]
-    p = find_near_pairs(x, 0.75, method="exact", device=device)
+    p = find_near_pairs(x, 0.75, SearchOptions(method="exact", device=device))
     assert as_set(p) == {(0, 1), (0, 2), (1, 2)}
-    assert as_set(find_near_pairs(x, 1.0, method="exact", device=device)) == {(0, 2)}
+    assert as_set(find_near_pairs(x, 1.0, SearchOptions(method="exact", device=device))) == {(0, 2)}
 
 
 def test_knn_range_emulation_grows_k_then_falls_back() -> None:
@@ -167,9 +178,9 @@ def test_knn_range_emulation_grows_k_then_falls_back() -> None:
 
 def test_auto_picks_by_size(emb: np.ndarray) -> None:
     assert find_near_pairs(emb, T).method == "exact"
-    p = find_near_pairs(emb, T, exact_max_rows=100)
+    p = find_near_pairs(emb, T, SearchOptions(exact_max_rows=100))
     assert p.method == "partitioned" and p.params["requested_method"] == "auto"
-    small_q = find_near_pairs_between(emb[:2], emb, T, exact_max_rows=100)
+    small_q = find_near_pairs_between(emb[:2], emb, T, SearchOptions(exact_max_rows=100))
     assert small_q.method == "exact"  # 2 x 600 comparisons are fewer than 100 choose 2
 
 
@@ -183,7 +194,7 @@ def test_empty_and_single_row_give_no_pairs() -> None:
 
 
 def test_progress_bar_runs(emb: np.ndarray, capsys: pytest.CaptureFixture[str]) -> None:
-    find_near_pairs(emb, T, method="partitioned", progress=True, n_clusters=4)
+    find_near_pairs(emb, T, SearchOptions(method="partitioned", progress=True, n_clusters=4))
     assert "clusters" in capsys.readouterr().err
 
 
@@ -233,7 +244,7 @@ def test_names_the_bad_row(emb: np.ndarray) -> None:
 def test_rejects_bad_options(emb: np.ndarray, kwargs: dict, error: type, message: str) -> None:
     args = {"threshold": T, **kwargs}
     with pytest.raises(error, match=message):
-        find_near_pairs(emb, args.pop("threshold"), **args)
+        find_near_pairs(emb, args.pop("threshold"), SearchOptions(**args))
 
 
 def test_between_dimension_mismatch(emb: np.ndarray) -> None:
@@ -242,7 +253,7 @@ def test_between_dimension_mismatch(emb: np.ndarray) -> None:
 
 
 def test_cuda_device_without_gpu_says_so(emb: np.ndarray) -> None:
-    if near._torch_cuda_available() or near._faiss_gpus() > 0:
+    if near.cuda_available() or near._faiss_gpus() > 0:
         pytest.skip("a GPU is visible")
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
-        find_near_pairs(emb, T, device="cuda")
+        find_near_pairs(emb, T, SearchOptions(device="cuda"))

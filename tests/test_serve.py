@@ -15,22 +15,16 @@ import numpy as np
 import pytest
 
 from pipelines.store import Store
-from tests.conftest import flows_yaml, write_png
+from tests.helpers import pixel_flow_body, write_flows, write_png
 
-CONFIG = """
-flows:
-  nightly:
-    description: tiny nightly cleaning
-    source: {type: imagefolder, path: images}
-    embedder: {type: pixels, size: 16}
-    dedup: {threshold: 0.95}
-    store: store
-    schedule: {interval_minutes: 1440, timezone: Europe/Paris}
-  adhoc:
-    source: {type: imagefolder, path: images}
-    embedder: {type: pixels}
-    store: store2
-"""
+FLOWS = {
+    "nightly": pixel_flow_body(
+        description="tiny nightly cleaning",
+        dedup={"threshold": 0.95},
+        schedule={"interval_minutes": 1440, "timezone": "Europe/Paris"},
+    ),
+    "adhoc": pixel_flow_body(embedder={"type": "pixels"}, store="store2"),
+}
 
 TRIGGER = """
 import json, sys
@@ -117,10 +111,11 @@ def _trigger(env: dict, cwd: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a real `prefect server start` and `leanset serve` in child processes
 def test_served_deployment_runs_and_second_run_embeds_only_new(
     prefect_server, tmp_path, tiny_images
 ):
-    config = flows_yaml(tmp_path, CONFIG)
+    config = write_flows(tmp_path, **FLOWS)
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         serve = subprocess.Popen(
@@ -174,9 +169,8 @@ def test_serve_without_scheduled_flows_is_a_clear_error(tmp_path):
     from pipelines.config import ConfigError
     from pipelines.serve import scheduled_flows
 
-    config = flows_yaml(
-        tmp_path,
-        "flows:\n  a:\n    source: {type: hub, name: x}\n    store: s\n    dedup: {near: false}\n",
+    config = write_flows(
+        tmp_path, a={"source": {"type": "hub", "name": "x"}, "store": "s", "dedup": {"near": False}}
     )
     with pytest.raises(ConfigError, match="no flow to serve"):
         scheduled_flows(config)

@@ -127,7 +127,7 @@ def do_commit(store_path: str, tag: str, parent: int | None) -> dict:
 
 
 def commit(store_path: str, tag: str, parent: str, kill_point: str, marker: str) -> None:
-    import pipelines.store as S
+    import pipelines.store.versions as S
 
     if kill_point == "between_tables":  # dataset table written, decisions not yet
         S.Store._write_table = nth_call(2, S.Store._write_table, lambda *a: pause_here(marker))
@@ -174,7 +174,7 @@ def race(store_path: str, tag: str, ready: str, go: str) -> None:
 
 
 def gc(store_path: str, keep_last: str, marker: str) -> None:
-    import pipelines.gc as G
+    import pipelines.store.gc as G
 
     G._remove_paths = nth_call(2, G._remove_paths, lambda *a: pause_here(marker))
     G.collect_garbage(store_path, keep_last=int(keep_last), grace_seconds=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import signal
@@ -12,10 +11,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.conftest import write_png
+from tests.helpers import make_imagefolder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,52 +77,6 @@ def finish(proc: subprocess.Popen, timeout: float = 120.0) -> str:
 # ---------------------------------------------------------------- data and digests
 
 
-def tree_digest(root: Path) -> dict[str, tuple[int, int, str]]:
-    """{relative path: (mode, mtime_ns, blake2b of bytes)} for every file under `root`."""
-    out = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            st = path.stat()
-            digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-            out[str(path.relative_to(root))] = (st.st_mode, st.st_mtime_ns, digest)
-    return out
-
-
-def make_imagefolder(root: Path, n: int = 24, seed: int = 0) -> Path:
-    """An imagefolder of `n` distinct 16x16 images plus exact copies, near copies, leaks, junk."""
-    rng = np.random.default_rng(seed)
-    bases = [rng.integers(0, 256, size=(16, 16)) for _ in range(n)]
-    for k, img in enumerate(bases):
-        write_png(root / f"train/{'ab'[k % 2]}/img{k:03d}.png", img)
-    for k in range(0, n, 6):
-        write_png(root / f"train/{'ab'[k % 2]}/copy{k:03d}.png", bases[k])
-        noisy = np.clip(bases[k + 1] + rng.normal(0, 3, (16, 16)), 0, 255)
-        write_png(root / f"train/{'ab'[(k + 1) % 2]}/near{k:03d}.png", noisy)
-        leak = np.clip(bases[k + 2] + rng.normal(0, 3, (16, 16)), 0, 255)
-        write_png(root / f"test/{'ab'[k % 2]}/leak{k:03d}.png", leak)
-    write_png(root / "test/a/only_test.png", rng.integers(0, 256, size=(16, 16)))
-    (root / "train/a/broken.png").write_bytes(b"not an image")
-    return root
-
-
-class BrutePairs:
-    """What `dedup.near.find_near_pairs` returns, computed by brute force (for stage tests)."""
-
-    def __init__(self, i: np.ndarray, j: np.ndarray, sim: np.ndarray):
-        self.i, self.j, self.sim = i, j, sim
-        self.method, self.params = "brute", {}
-
-    def __len__(self) -> int:
-        return len(self.i)
-
-
-def brute_search(emb: np.ndarray, threshold: float, **_: object) -> BrutePairs:
-    """Every pair (i < j) with cosine similarity >= threshold."""
-    sims = emb @ emb.T
-    i, j = np.nonzero(np.triu(sims >= np.float32(threshold), k=1))
-    return BrutePairs(i.astype(np.int64), j.astype(np.int64), sims[i, j])
-
-
 @pytest.fixture
 def imagefolder(tmp_path: Path) -> Path:
     return make_imagefolder(tmp_path / "images")
@@ -153,14 +105,3 @@ def leanset_warnings():
         yield handler
     finally:
         logger.removeHandler(handler)
-
-
-def pixel_flow(folder: Path, name: str) -> Path:
-    """A flows.yaml in `folder` with one flow `name`: images/ with the pixel embedder, store/."""
-    from tests.conftest import flows_yaml
-
-    body = (
-        f"flows:\n  {name}:\n    source: {{type: imagefolder, path: images}}\n"
-        "    embedder: {type: pixels, size: 16}\n    store: store\n"
-    )
-    return flows_yaml(folder, body)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipelines.store import Store, StoreConflict
+from tests.helpers import pixel_flow
 from tests.reliability._child import payload
-from tests.reliability.conftest import TALLY, finish, pixel_flow, spawn
+from tests.reliability.conftest import TALLY, finish, spawn
 
 WRITERS = 3
 FRESH_STORES = 4  # creation races: every writer finds the tables missing and creates them
@@ -62,6 +63,7 @@ def check_round(store_root: Path, results: list[dict], parent: int | None) -> No
     assert store.read("decisions").equals(decisions)
 
 
+@pytest.mark.slow  # races child processes
 def test_writer_processes_racing_on_one_parent_make_exactly_one_version(tmp_path: Path):
     stores = [tmp_path / f"store{k}" for k in range(FRESH_STORES)]
     for store, results in race_round(stores, "new", tmp_path / "go-new").items():
@@ -78,7 +80,7 @@ def test_two_flow_runs_at_once_commit_one_version_and_the_loser_says_why(
     from pipelines.flows import clean_flow
 
     config = pixel_flow(tmp_path, "same")
-    barrier = threading.Barrier(2, timeout=60)
+    barrier = threading.Barrier(2, timeout=240)
     first_call = threading.local()
     real_commit = Store.commit
 
@@ -101,7 +103,7 @@ def test_two_flow_runs_at_once_commit_one_version_and_the_loser_says_why(
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=180)
+        t.join(timeout=300)
     TALLY["concurrent writers started"] += 2
 
     won = [r for r in results.values() if isinstance(r, dict)]

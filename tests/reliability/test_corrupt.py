@@ -13,12 +13,13 @@ import polars as pl
 import pytest
 
 from pipelines.config import ColumnSettings, SourceSettings
-from pipelines.embed import PixelEmbedder, _checksum, embed_dataset
+from pipelines.embed import PixelEmbedder, embed_dataset
+from pipelines.embed.cache import shard_checksum
 from pipelines.sources import load_source
 from pipelines.store import Store, StoreError
-from tests.conftest import write_png
+from tests.helpers import pixel_flow, write_png
 from tests.reliability._child import do_commit, payload
-from tests.reliability.conftest import TALLY, pixel_flow
+from tests.reliability.conftest import TALLY
 
 
 def _load(p: Path) -> dict[str, np.ndarray]:
@@ -62,7 +63,7 @@ def vector_changed_checksum_kept(p: Path) -> None:
 def fewer_vectors_than_hashes(p: Path) -> None:
     z = _load(p)
     vectors = z["vectors"][:-1]
-    _save(p, hashes=z["hashes"], vectors=vectors, checksum=_checksum(z["hashes"], vectors))
+    _save(p, hashes=z["hashes"], vectors=vectors, checksum=shard_checksum(z["hashes"], vectors))
 
 
 def pickled_object_array(p: Path) -> None:
@@ -79,14 +80,17 @@ def nan_vector_with_valid_checksum(p: Path) -> None:
     z = _load(p)
     z["vectors"][0] = np.nan
     _save(
-        p, hashes=z["hashes"], vectors=z["vectors"], checksum=_checksum(z["hashes"], z["vectors"])
+        p,
+        hashes=z["hashes"],
+        vectors=z["vectors"],
+        checksum=shard_checksum(z["hashes"], z["vectors"]),
     )
 
 
 def text_vectors_with_valid_checksum(p: Path) -> None:
     z = _load(p)
     vectors = np.full(z["vectors"].shape, "x", dtype="U1")
-    _save(p, hashes=z["hashes"], vectors=vectors, checksum=_checksum(z["hashes"], vectors))
+    _save(p, hashes=z["hashes"], vectors=vectors, checksum=shard_checksum(z["hashes"], vectors))
 
 
 def replaced_by_a_folder(p: Path) -> None:
@@ -113,7 +117,7 @@ SHARD_CORRUPTIONS: list[Callable[[Path], None]] = [
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory):
     """An imagefolder embedded once into a cache of 3-row shards."""
-    from tests.reliability.conftest import make_imagefolder
+    from tests.helpers import make_imagefolder
 
     root = tmp_path_factory.mktemp("corrupt")
     images = make_imagefolder(root / "images", n=12)

@@ -12,23 +12,18 @@ import numpy as np
 import polars as pl
 import pytest
 
+from dedup.config import DedupSettings
 from dedup.stage import find_duplicates
-from pipelines.config import ColumnSettings, DedupSettings, SourceSettings
+from pipelines.config import ColumnSettings, SourceSettings
 from pipelines.decide import decide
 from pipelines.embed import PixelEmbedder, embed_dataset
 from pipelines.sources import load_source
 from pipelines.store import Store
+from tests.helpers import brute_search, pixel_flow, tree_digest
 from tests.reliability._child import do_commit, payload
-from tests.reliability.conftest import (
-    TALLY,
-    brute_search,
-    finish,
-    kill9,
-    pixel_flow,
-    spawn,
-    tree_digest,
-    wait_for,
-)
+from tests.reliability.conftest import TALLY, finish, kill9, spawn, wait_for
+
+pytestmark = pytest.mark.slow  # every test here kills a child process
 
 
 def decisions_of(data, matrix: np.ndarray) -> pl.DataFrame:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -12,11 +11,13 @@ import numpy as np
 import polars as pl
 import pytest
 
+from pipelines.cli import parser as leanset_parser
 from pipelines.embed import EmbeddingCache
-from pipelines.gc import GcError, add_gc_command, collect_garbage, plan_gc
 from pipelines.store import Store, StoreError
+from pipelines.store.gc import GcError, collect_garbage, plan_gc
+from tests.helpers import tree_digest
 from tests.reliability._child import payload
-from tests.reliability.conftest import TALLY, kill9, spawn, tree_digest, wait_for
+from tests.reliability.conftest import TALLY, kill9, spawn, wait_for
 
 FINGERPRINT = {1: "fp-a", 2: "fp-a", 3: "fp-b", 4: "fp-c"}
 HOUR = 3600
@@ -41,6 +42,7 @@ def build_store(root: Path) -> Store:
         dataset, decisions = payload(f"v{v}", 50)
         manifest = {"tag": f"v{v}", "counts": {}, "embed": {"fingerprint": FINGERPRINT[v]}}
         store.commit(dataset, decisions, manifest, v - 1 or None, pairs=pairs(f"v{v}"))
+        _touch_old(store.layout.report(v))
     cache = root / "cache" / "embeddings"
     for fp in ("fp-a", "fp-b", "fp-c", "fp-running"):  # fp-running: no manifest names it yet
         EmbeddingCache(cache, fp).put([f"{fp}-h"], np.ones((1, 4), dtype=np.float32))
@@ -58,6 +60,7 @@ def build_store(root: Path) -> Store:
     ).write_bytes(b"x")
     _touch_old(root / "index" / "pairs-v000009-deadbeef.parquet")
     (root / "index" / "README").write_text("someone's file")
+    (root / "reports" / "notes.html").write_text("someone's page")
     (root / "labeling").mkdir()
     (root / "labeling" / "queue.parquet").write_bytes(b"labels")
     return store
@@ -93,6 +96,7 @@ def test_dry_run_lists_what_only_removed_versions_use_and_changes_nothing(store:
     assert plan.cache_dirs == [str(root / "cache" / "embeddings" / "fp-a")]
     assert [Path(p).parent.name for p in plan.corrupt_shards] == ["fp-c"]
     assert [Path(p).name for p in plan.temp_files] == [".v000005.json.dead1.tmp"]
+    assert plan.reports == [str(root / "reports" / f"v00000{v}.html") for v in (1, 2)]
     index = sorted(Path(p).name for p in plan.index_files)
     assert index[-1] == "pairs-v000009-deadbeef.parquet" and len(index) == 3
     assert all(Path(p).name.startswith(("pairs-v000001", "pairs-v000002")) for p in index[:2])
@@ -123,6 +127,11 @@ def test_gc_keeps_every_file_kept_versions_read_and_the_store_works_after(store:
         reopened.read("dataset", 1)
     assert (store.root / "cache" / "embeddings" / "fp-running").is_dir()
     assert (store.root / "labeling" / "queue.parquet").read_bytes() == b"labels"
+    assert sorted(p.name for p in (store.root / "reports").iterdir()) == [
+        "notes.html",
+        "v000003.html",
+        "v000004.html",
+    ]
     d, dec = payload("v5", 50)
     assert reopened.commit(d, dec, {"counts": {}}, 4)["version"] == 5  # numbering goes on
     again = plan_gc(reopened, keep_last=3)
@@ -172,6 +181,7 @@ def test_empty_store_is_refused(tmp_path: Path):
         collect_garbage(tmp_path / "nothing", keep_last=1)
 
 
+@pytest.mark.slow  # kills a child process
 def test_killed_gc_leaves_a_valid_store_and_a_rerun_finishes(store: Store, tmp_path: Path):
     kept = snapshot(store, [3, 4])
     child = spawn("gc", store.root, 2, tmp_path / "m")
@@ -189,7 +199,7 @@ def test_killed_gc_leaves_a_valid_store_and_a_rerun_finishes(store: Store, tmp_p
 
 
 def test_paths_outside_a_table_are_never_candidates(tmp_path: Path):
-    from pipelines.gc import _inside
+    from pipelines.store.gc import _inside
 
     root = tmp_path / "store" / "dataset"
     root.mkdir(parents=True)
@@ -200,8 +210,7 @@ def test_paths_outside_a_table_are_never_candidates(tmp_path: Path):
 
 
 def test_command_parses_and_prints_the_plan(store: Store, capsys):
-    parser = argparse.ArgumentParser(prog="leanset")
-    add_gc_command(parser.add_subparsers(dest="command"))
+    parser = leanset_parser()
     args = parser.parse_args(["gc", str(store.root), "--keep-last", "1", "--dry-run", "--json"])
     before = tree_digest(store.root)
     assert args.func(args) == 0

@@ -14,14 +14,16 @@ import numpy as np
 import polars as pl
 import pytest
 
+from dedup.config import DedupSettings
 from dedup.stage import find_duplicates
-from pipelines.config import ColumnSettings, ConfigError, DedupSettings, SourceSettings, load_flows
+from pipelines.config import ColumnSettings, ConfigError, SourceSettings, load_flows
 from pipelines.decide import decide
-from pipelines.embed import NONFINITE, EmbedError, PixelEmbedder, PrecomputedEmbedder, embed_dataset
+from pipelines.embed import EmbedError, PixelEmbedder, PrecomputedEmbedder, embed_dataset
+from pipelines.embed.stage import NONFINITE
 from pipelines.sources import SourceError, load_source
 from pipelines.store import Store
-from tests.conftest import write_png
-from tests.reliability.conftest import TALLY, brute_search, tree_digest
+from tests.helpers import brute_search, tree_digest, write_png
+from tests.reliability.conftest import TALLY
 
 TINY_CLIP = str(Path(__file__).parents[2] / "data" / "models" / "leanset-tiny-clip.json")
 

@@ -3,7 +3,7 @@
 Tables and embeddings are drawn with planted structure (identical contents, clusters of near copies
 at several noise levels, several splits, labels, unreadable samples) and run through the real
 stage functions: `dedup.stage.find_duplicates` (with a brute-force search, so that these tests do
-not depend on FAISS) and `pipelines.decide.decide`, then `pipelines.versioning.dataset_table`.
+not depend on FAISS) and `pipelines.decide.decide`, then `pipelines.store.tables.dataset_table`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dedup.config import EVAL_SPLITS, DedupSettings
 from dedup.stage import PriorIndex, find_duplicates
-from pipelines.config import EVAL_SPLITS, ColumnSettings, DedupSettings
+from pipelines.config import ColumnSettings
 from pipelines.decide import decide
 from pipelines.sources import LoadedDataset
-from pipelines.versioning import dataset_table, decisions_table
-from tests.reliability.conftest import TALLY, BrutePairs, brute_search
+from pipelines.store.tables import dataset_table, decisions_table
+from tests.helpers import BrutePairs, brute_search
+from tests.reliability.conftest import TALLY
 
 DIM = 8
 DUPLICATE = ("exact_duplicate", "near_duplicate", "test_leak")
@@ -110,7 +112,9 @@ def run(case: Case, s: DedupSettings, prior: PriorIndex | None = None) -> pl.Dat
     return decisions_table(decide(out.table))
 
 
-def brute_between(q: np.ndarray, c: np.ndarray, threshold: float, **_: object) -> BrutePairs:
+def brute_between(
+    q: np.ndarray, c: np.ndarray, threshold: float, options: object = None
+) -> BrutePairs:
     sims = q @ c.T
     i, j = np.nonzero(sims >= np.float32(threshold))
     return BrutePairs(i.astype(np.int64), j.astype(np.int64), sims[i, j])

@@ -9,10 +9,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from tests.helpers import tree_digest
 from tests.reliability._child import do_commit
-from tests.reliability.conftest import TALLY, tree_digest
+from tests.reliability.conftest import TALLY
 
-queue = pytest.importorskip("labeling.queue", reason="labeling/queue.py is not there yet")
+queue = pytest.importorskip("pipelines.store.queue", reason="labeling/queue.py is not there yet")
 LabelingError = pytest.importorskip("labeling.probe").LabelingError
 
 CLASSES = ["cat", "dog"]

@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipelines.gc import collect_garbage
 from pipelines.store import Store
-from tests.conftest import write_png
-from tests.reliability.conftest import TALLY, pixel_flow, tree_digest
+from pipelines.store.gc import collect_garbage
+from tests.helpers import pixel_flow, tree_digest, write_png
+from tests.reliability.conftest import TALLY
 
 
 def test_runs_exports_and_gc_never_touch_the_source(
     prefect_harness, imagefolder: Path, tmp_path: Path
 ):
-    from pipelines.export import export_version
     from pipelines.flows import clean_flow
+    from pipelines.store.export import export_version
 
     config = pixel_flow(tmp_path, "keep")
     expected = tree_digest(imagefolder)  # bytes, mode and mtime of every source file

@@ -1,19 +1,13 @@
-"""The labeling queue in the store, and its round trip through Label Studio.
+"""The labeling queue in the store (`STORE/labeling/`), and its round trip through Label Studio files.
 
-Files (under `STORE/labeling/`, each a Parquet file rewritten whole through a temporary file and a
-rename, so a reader sees the old or the new table; read-modify-write runs under an advisory lock on
-`STORE/labeling/.lock`):
-- `queue.parquet`: one row per queued sample (`QUEUE_SCHEMA`); status queued/exported/answered.
-- `answers.parquet`: one row per imported annotation (`ANSWER_SCHEMA`); `read_answers` gives the
+Each file is a Parquet table rewritten whole through a temporary file and a rename, so a reader
+sees the old or the new table; read-modify-write runs under an advisory lock:
+- the queue: one row per queued sample (`QUEUE_SCHEMA`); status queued/exported/answered.
+- the answers: one row per imported annotation (`ANSWER_SCHEMA`); `read_answers` gives the
   latest per sample, which the next run applies as a relabel traceable to the annotation id.
 Parquet rather than Delta: the queue is small, is rewritten whole, and needs no time travel; the
-versioned history of labels lives in the decisions table that the next run writes.
-
-Label Studio: `export_label_studio` writes tasks for the labeling config `label_studio_config(...)`
-returns (an `Image` or `Text` object named `image`/`text`, a single-choice `Choices` control named
-`label`); each task carries `data.sample_id`, and the model's suggestion as a pre-annotation
-(`predictions[0].result[0].value.choices`, with its `score`). `import_label_studio` reads Label
-Studio's JSON export (a list of tasks with `annotations[].result[].value.choices`).
+versioned history of labels lives in the decisions table that the next run writes. The task and
+export formats themselves are `labeling.labelstudio`'s.
 """
 
 from __future__ import annotations
@@ -25,14 +19,22 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
 import polars as pl
 
-from labeling.probe import LabelingError
+from labeling.config import LabelingError
+from labeling.labelstudio import (
+    annotator_of,
+    choices_of,
+    collect_answers,
+    id_text,
+    parse_export,
+    task_for_row,
+)
 from pipelines.fsutil import atomic_write_bytes
+from pipelines.store.layout import StoreLayout
 
 try:  # advisory locking is POSIX-only; elsewhere a single writer is assumed
     import fcntl
@@ -41,43 +43,45 @@ except ImportError:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-QUEUE_FILE = "queue.parquet"
-ANSWERS_FILE = "answers.parquet"
 REASONS = ("uncertain", "label_issue", "label_conflict")
 PENDING = ("queued", "exported")
 STATUSES = ("queued", "exported", "answered")
 _TS = pl.Datetime("us", "UTC")
-QUEUE_SCHEMA: dict[str, pl.DataType] = {
-    "sample_id": pl.String(),
-    "source": pl.String(),
-    "status": pl.String(),
-    "reason": pl.String(),
-    "al_score": pl.Float64(),
-    "queue_rank": pl.Int64(),
-    "label": pl.String(),
-    "suggested_label": pl.String(),
-    "suggested_score": pl.Float64(),
-    "text": pl.String(),
-    "queued_at": _TS,
-    "exported_at": _TS,
-    "answered_at": _TS,
-    "run_id": pl.String(),
-    "version": pl.Int64(),
-}
+QUEUE_SCHEMA = pl.Schema(
+    {
+        "sample_id": pl.String(),
+        "source": pl.String(),
+        "status": pl.String(),
+        "reason": pl.String(),
+        "al_score": pl.Float64(),
+        "queue_rank": pl.Int64(),
+        "label": pl.String(),
+        "suggested_label": pl.String(),
+        "suggested_score": pl.Float64(),
+        "text": pl.String(),
+        "queued_at": _TS,
+        "exported_at": _TS,
+        "answered_at": _TS,
+        "run_id": pl.String(),
+        "version": pl.Int64(),
+    }
+)
 ROW_REQUIRED = ("sample_id", "source", "reason")
 ROW_OPTIONAL = ("al_score", "queue_rank", "label", "suggested_label", "suggested_score", "text")
-ANSWER_SCHEMA: dict[str, pl.DataType] = {
-    "sample_id": pl.String(),
-    "label": pl.String(),
-    "previous_label": pl.String(),
-    "reason": pl.String(),
-    "annotation_id": pl.String(),
-    "task_id": pl.String(),
-    "completed_by": pl.String(),
-    "annotated_at": pl.String(),
-    "imported_at": _TS,
-    "source_file": pl.String(),
-}
+ANSWER_SCHEMA = pl.Schema(
+    {
+        "sample_id": pl.String(),
+        "label": pl.String(),
+        "previous_label": pl.String(),
+        "reason": pl.String(),
+        "annotation_id": pl.String(),
+        "task_id": pl.String(),
+        "completed_by": pl.String(),
+        "annotated_at": pl.String(),
+        "imported_at": _TS,
+        "source_file": pl.String(),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -121,29 +125,12 @@ class ImportResult:
         return self.n_tasks - self.applied - self.unchanged
 
 
-def label_studio_config(
-    classes: Sequence[str], *, kind: str = "image", from_name: str = "label"
-) -> str:
-    """The Label Studio labeling config (XML) the exported tasks assume."""
-    if kind not in ("image", "text"):
-        raise LabelingError(f"kind must be image or text, got {kind!r}")
-    if not classes:
-        raise LabelingError("label_studio_config needs at least one class")
-    obj = "Image" if kind == "image" else "Text"
-    choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in classes)
-    return (
-        f'<View>\n  <{obj} name="{kind}" value="${kind}"/>\n'
-        f'  <Choices name={quoteattr(from_name)} toName="{kind}" choice="single" '
-        f'showInline="true">\n{choices}\n  </Choices>\n</View>\n'
-    )
-
-
 def labeling_dir(store: str | Path) -> Path:
     """`STORE/labeling`, refusing a store that is a file or a labeling folder that leaves it."""
     root = Path(store)
     if root.exists() and not root.is_dir():
         raise LabelingError(f"store {str(root)!r} is a file, expected a folder")
-    folder = root / "labeling"
+    folder = StoreLayout(root).labeling
     _check_inside(root, folder)
     return folder
 
@@ -156,8 +143,9 @@ def _check_inside(root: Path, path: Path) -> None:
 
 
 def _store_file(store: str | Path, name: str) -> Path:
-    """A file under STORE/labeling, checked to stay inside the store."""
-    path = labeling_dir(store) / name
+    """A labeling file (`queue`, `answers`) of the store, checked to stay inside the store."""
+    labeling_dir(store)
+    path: Path = getattr(StoreLayout(Path(store)), name)
     _check_inside(Path(store), path)
     return path
 
@@ -170,7 +158,7 @@ def _locked(store: str | Path) -> Iterator[None]:
     if fcntl is None:  # pragma: no cover
         yield
         return
-    with open(folder / ".lock", "a+b") as fh:
+    with open(StoreLayout(Path(store)).labeling_lock, "a+b") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -178,7 +166,7 @@ def _locked(store: str | Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _read(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def _read(path: Path, schema: pl.Schema) -> pl.DataFrame:
     """A stored table, or an empty one with its schema."""
     if not path.exists():
         return pl.DataFrame(schema=schema)
@@ -194,12 +182,12 @@ def _write(path: Path, frame: pl.DataFrame) -> Path:
 
 def read_queue(store: str | Path) -> pl.DataFrame:
     """The queue table (empty when nothing was ever queued)."""
-    return _read(_store_file(store, QUEUE_FILE), QUEUE_SCHEMA)
+    return _read(_store_file(store, "queue"), QUEUE_SCHEMA)
 
 
 def read_answers(store: str | Path, *, latest: bool = True) -> pl.DataFrame:
     """Imported answers; with `latest`, one per sample (the most recently imported)."""
-    answers = _read(_store_file(store, ANSWERS_FILE), ANSWER_SCHEMA)
+    answers = _read(_store_file(store, "answers"), ANSWER_SCHEMA)
     if not latest:
         return answers
     ordered = answers.sort(["imported_at", "annotated_at"], nulls_last=False)
@@ -255,7 +243,7 @@ def enqueue(
     """
     rows = _check_rows(rows)
     with _locked(store):
-        path = _store_file(store, QUEUE_FILE)
+        path = _store_file(store, "queue")
         queue = _read(path, QUEUE_SCHEMA)
         status = dict(zip(queue["sample_id"].to_list(), queue["status"].to_list(), strict=True))
         ids = rows["sample_id"].to_list()
@@ -314,51 +302,6 @@ def _pending_rows(queue: pl.DataFrame, statuses: Sequence[str]) -> pl.DataFrame:
     return chosen.sort(["queued_at", "queue_rank", "sample_id"], nulls_last=True)
 
 
-def _image_ref(image_root: str, sample_id: str, source: str | None) -> str:
-    """`image_root/source`, refusing sources that are absolute or climb out with '..'."""
-    rel = PurePosixPath((source or "").replace("\\", "/"))
-    if not source or rel.is_absolute() or ".." in rel.parts or ":" in rel.parts[0]:
-        raise LabelingError(
-            f"sample {sample_id!r} has source {source!r}; expected a path relative to the "
-            "dataset root (no '..', not absolute)"
-        )
-    return f"{image_root.rstrip('/')}/{rel}"
-
-
-def _task(row: dict[str, Any], image_root: str | None, from_name: str, model: str) -> dict:
-    """One Label Studio task with the model's suggestion as a pre-annotation."""
-    kind = "image" if image_root is not None else "text"
-    if image_root is not None:
-        content = _image_ref(image_root, row["sample_id"], row["source"])
-    elif row["text"] is None:
-        raise LabelingError(
-            f"sample {row['sample_id']!r} has no text in the queue; pass image_root for image "
-            "datasets, or enqueue rows with a text column"
-        )
-    else:
-        content = row["text"]
-    data = {
-        kind: content,
-        "sample_id": row["sample_id"],
-        "source": row["source"],
-        "reason": row["reason"],
-        "given_label": row["label"],
-    }
-    task: dict[str, Any] = {"data": data}
-    if row["suggested_label"] is not None:
-        score = row["suggested_score"]
-        value = {"choices": [row["suggested_label"]]}
-        result = {
-            "from_name": from_name,
-            "to_name": kind,
-            "type": "choices",
-            "value": value,
-            "score": score,
-        }
-        task["predictions"] = [{"model_version": model, "score": score, "result": [result]}]
-    return task
-
-
 def export_label_studio(
     store: str | Path,
     out_path: str | Path,
@@ -375,10 +318,13 @@ def export_label_studio(
     Studio's `/data/local-files/?d=` prefix); without it the tasks carry the queue's `text`.
     """
     with _locked(store):
-        path = _store_file(store, QUEUE_FILE)
+        path = _store_file(store, "queue")
         queue = _read(path, QUEUE_SCHEMA)
         rows = _pending_rows(queue, statuses)
-        tasks = [_task(r, image_root, from_name, model_version) for r in rows.iter_rows(named=True)]
+        tasks = [
+            task_for_row(r, image_root, from_name, model_version)
+            for r in rows.iter_rows(named=True)
+        ]
         out = atomic_write_bytes(out_path, (json.dumps(tasks, indent=2) + "\n").encode())
         ids = rows["sample_id"].to_list()
         if ids:
@@ -436,78 +382,6 @@ def export_table(
     return ExportResult(path=Path(out), n_tasks=rows.height, sample_ids=tuple(rows["sample_id"]))
 
 
-def _load_tasks(path: Path) -> list[dict[str, Any]]:
-    """Label Studio's JSON export: a list of tasks, each with an `annotations` list."""
-    if not path.is_file():
-        raise LabelingError(f"annotation file {str(path)!r} does not exist")
-    try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LabelingError(f"annotation file {str(path)!r} is not valid JSON: {exc}") from exc
-    if not isinstance(tasks, list):
-        raise LabelingError(
-            f"annotation file {str(path)!r} holds a {type(tasks).__name__}; expected Label "
-            "Studio's JSON export (a list of tasks)"
-        )
-    for i, task in enumerate(tasks):
-        if not isinstance(task, dict) or not isinstance(task.get("annotations"), list):
-            raise LabelingError(
-                f"task {i} of {str(path)!r} has no 'annotations' list; export from Label Studio "
-                "in the JSON format (not JSON-MIN or CSV)"
-            )
-    return tasks
-
-
-def _sample_id(task: dict[str, Any]) -> str | None:
-    """The sample id the export put into the task's data."""
-    data = task.get("data")
-    value = data.get("sample_id") if isinstance(data, dict) else None
-    return None if value is None else str(value)
-
-
-def _choices(annotation: dict[str, Any], from_name: str) -> list[str]:
-    """The choices an annotation made in the `from_name` control."""
-    picked: list[str] = []
-    for item in annotation.get("result") or []:
-        if (
-            item.get("type", "choices") != "choices"
-            or item.get("from_name", from_name) != from_name
-        ):
-            continue
-        picked.extend(str(c) for c in (item.get("value") or {}).get("choices") or [])
-    return picked
-
-
-def _text(value: Any) -> str | None:
-    """An id as text (Label Studio ids are integers), None kept."""
-    return None if value is None else str(value)
-
-
-def _annotator(annotation: dict[str, Any]) -> str | None:
-    """Who completed the annotation (user id or email), as text."""
-    who = annotation.get("completed_by")
-    if isinstance(who, dict):
-        who = who.get("email") or who.get("id")
-    return _text(who)
-
-
-def _pick_annotation(task: dict[str, Any], from_name: str) -> tuple[str, dict[str, Any] | None]:
-    """The latest non-cancelled annotation with choices, or why there is none."""
-    live = [a for a in task["annotations"] if isinstance(a, dict) and not a.get("was_cancelled")]
-    if task["annotations"] and not live:
-        return "skipped_cancelled", None
-    with_choice = [a for a in live if _choices(a, from_name)]
-    if not with_choice:
-        return "skipped_no_choice", None
-    latest = max(
-        enumerate(with_choice),
-        key=lambda ia: (str(ia[1].get("updated_at") or ia[1].get("created_at") or ""), ia[0]),
-    )[1]
-    if len(set(_choices(latest, from_name))) > 1:
-        return "skipped_multiple_choices", None
-    return "applied", latest
-
-
 def import_label_studio(
     store: str | Path,
     annotations_path: str | Path,
@@ -522,16 +396,18 @@ def import_label_studio(
     Re-importing the same file changes nothing (`unchanged`).
     """
     path = Path(annotations_path)
-    tasks = _load_tasks(path)
+    if not path.is_file():
+        raise LabelingError(f"annotation file {str(path)!r} does not exist")
+    tasks = parse_export(path.read_bytes(), path)
     stamp = _now(now)
     with _locked(store):
-        qpath, apath = _store_file(store, QUEUE_FILE), _store_file(store, ANSWERS_FILE)
+        qpath, apath = _store_file(store, "queue"), _store_file(store, "answers")
         queue, answers = _read(qpath, QUEUE_SCHEMA), _read(apath, ANSWER_SCHEMA)
         known = {r["sample_id"]: r for r in queue.iter_rows(named=True)}
         seen = set(
             zip(answers["sample_id"].to_list(), answers["annotation_id"].to_list(), strict=True)
         )
-        counts, new, unknown = _collect(tasks, known, seen, classes, from_name)
+        counts, new, unknown = collect_answers(tasks, known, seen, classes, from_name)
         fresh = _answer_frame(new, known, stamp, path.name, from_name)
         if fresh.height:
             _write(apath, pl.concat([answers, fresh]))
@@ -546,54 +422,6 @@ def import_label_studio(
     return result
 
 
-def _collect(
-    tasks: list[dict[str, Any]],
-    known: dict[str, dict[str, Any]],
-    seen: set[tuple[str, str]],
-    classes: Sequence[str] | None,
-    from_name: str,
-) -> tuple[dict[str, int], dict[str, tuple[dict, dict]], list[str]]:
-    """Sort each task into applied/unchanged/skipped; the last task per sample wins."""
-    counts: dict[str, int] = {}
-    new: dict[str, tuple[dict, dict]] = {}
-    unknown: list[str] = []
-    for task in tasks:
-        outcome, annotation = _classify(task, known, seen, classes, from_name)
-        counts[outcome] = counts.get(outcome, 0) + 1
-        if outcome == "skipped_unknown_id":
-            unknown.append(str(_sample_id(task)))
-        if outcome == "applied":
-            sid = str(_sample_id(task))
-            if sid in new:  # the same sample in two tasks: the later task wins
-                counts["applied"] -= 1
-                counts["skipped_duplicate_task"] = counts.get("skipped_duplicate_task", 0) + 1
-            new[sid] = (task, annotation)
-    return counts, new, unknown
-
-
-def _classify(
-    task: dict[str, Any],
-    known: dict[str, dict[str, Any]],
-    seen: set[tuple[str, str]],
-    classes: Sequence[str] | None,
-    from_name: str,
-) -> tuple[str, dict | None]:
-    """What to do with one task, and the annotation to apply."""
-    sid = _sample_id(task)
-    if sid is None:
-        return "skipped_no_sample_id", None
-    if sid not in known:
-        return "skipped_unknown_id", None
-    outcome, annotation = _pick_annotation(task, from_name)
-    if annotation is None:
-        return outcome, None
-    if classes is not None and _choices(annotation, from_name)[0] not in classes:
-        return "skipped_unknown_label", None
-    if (sid, _text(annotation.get("id"))) in seen:
-        return "unchanged", None
-    return "applied", annotation
-
-
 def _answer_frame(
     new: dict[str, tuple[dict, dict]],
     known: dict[str, dict[str, Any]],
@@ -605,12 +433,12 @@ def _answer_frame(
     records = [
         {
             "sample_id": sid,
-            "label": _choices(ann, from_name)[0],
+            "label": choices_of(ann, from_name)[0],
             "previous_label": known[sid]["label"],
             "reason": known[sid]["reason"],
-            "annotation_id": _text(ann.get("id")),
-            "task_id": _text(task.get("id")),
-            "completed_by": _annotator(ann),
+            "annotation_id": id_text(ann.get("id")),
+            "task_id": id_text(task.get("id")),
+            "completed_by": annotator_of(ann),
             "annotated_at": ann.get("updated_at") or ann.get("created_at"),
             "imported_at": now,
             "source_file": name,

@@ -16,6 +16,8 @@ from typing import Any
 import polars as pl
 
 from pipelines.sources import LoadedDataset
+from pipelines.store.manifest import Counts
+from pipelines.summary import RunSummary
 
 log = logging.getLogger("leanset.report")
 
@@ -35,7 +37,11 @@ table.counts td{padding:2px 12px}table.counts td:last-child{text-align:right}
 
 
 def write_html_report(
-    path: str | Path, summary: Any, decisions: pl.DataFrame, data: LoadedDataset, top: int = 12
+    path: str | Path,
+    summary: RunSummary,
+    decisions: pl.DataFrame,
+    data: LoadedDataset,
+    top: int = 12,
 ) -> Path:
     """Write the version's report page and return its path."""
     from pipelines.fsutil import atomic_write_bytes
@@ -44,7 +50,7 @@ def write_html_report(
     return atomic_write_bytes(path, page.encode("utf-8"))
 
 
-def render(summary: Any, decisions: pl.DataFrame, data: LoadedDataset, top: int = 12) -> str:
+def render(summary: RunSummary, decisions: pl.DataFrame, data: LoadedDataset, top: int = 12) -> str:
     """The whole page as a string."""
     thumbs = _Thumbs(data, decisions)
     parts = [
@@ -61,15 +67,8 @@ def render(summary: Any, decisions: pl.DataFrame, data: LoadedDataset, top: int 
     return f"<!doctype html><meta charset=utf-8><title>leanset {_e(summary.flow)} v{summary.version}</title><style>{STYLE}</style>{body}"
 
 
-def _counts(c: dict[str, Any]) -> str:
-    rows = [("input", c.get("input", 0)), ("kept", c.get("kept", 0))]
-    rows += [(f"dropped: {r}", n) for r, n in c.get("by_reason", {}).items()]
-    rows += [
-        ("duplicate groups", c.get("dup_groups", 0)),
-        ("eval samples leaking from train", c.get("leaking_eval_samples", 0)),
-        ("samples in label-conflict groups", c.get("label_conflicts", 0)),
-    ]
-    cells = "".join(f"<tr><td>{_e(k)}</td><td>{v:,}</td></tr>" for k, v in rows)
+def _counts(c: Counts) -> str:
+    cells = "".join(f"<tr><td>{_e(k)}</td><td>{v:,}</td></tr>" for k, v in c.rows())
     return f"<h2>Counts</h2><table class=counts>{cells}</table>"
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
+
+if TYPE_CHECKING:
+    import datasets
 
 from pipelines.store import Store, StoreError
 
@@ -25,7 +29,7 @@ def export_version(
     raise StoreError(f"unknown export format {fmt!r}; expected 'parquet' or 'hf'")
 
 
-def to_hf(df: pl.DataFrame):
+def to_hf(df: pl.DataFrame) -> datasets.Dataset:
     """A `datasets.Dataset` from a version table; image paths/bytes become an Image feature."""
     import datasets
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import polars as pl
 
+from pipelines.summary import RunSummary
 
-def markdown_summary(summary: Any, decisions: pl.DataFrame | None, top: int = 10) -> str:
+
+def markdown_summary(summary: RunSummary, decisions: pl.DataFrame | None, top: int = 10) -> str:
     """The run summary as markdown (counts by reason, cost delta statement, top groups)."""
     c = summary.counts
     head = f"# leanset: {summary.flow}\n\n"
@@ -19,14 +19,7 @@ def markdown_summary(summary: Any, decisions: pl.DataFrame | None, top: int = 10
         )
     lines = [head, "## Cost delta\n", summary.statement + "\n", "## Counts\n"]
     lines.append("| | samples |\n|---|---:|")
-    lines += [f"| input | {c.get('input', 0):,} |", f"| kept | {c.get('kept', 0):,} |"]
-    lines += [f"| dropped: {r} | {n:,} |" for r, n in c.get("by_reason", {}).items()]
-    lines += [
-        f"| duplicate groups | {c.get('dup_groups', 0):,} |",
-        f"| eval samples leaking from train | {c.get('leaking_eval_samples', 0):,} |",
-        f"| samples in label-conflict groups | {c.get('label_conflicts', 0):,} |",
-        "",
-    ]
+    lines += [f"| {name} | {n:,} |" for name, n in c.rows()] + [""]
     if decisions is not None:
         lines.append(_top_groups(decisions, top))
         lines.append(_top_issues(decisions, top))

@@ -11,9 +11,10 @@ so version numbers are never reused) and lists what only removed versions used:
   version names: a run died before its manifest);
 * embedding cache folders of embedder fingerprints that only removed versions used;
 * shards that fail their checksum (they are never read) and temporary files that interrupted writes
-  left behind, once they are older than a grace period (a running writer may still own them).
+  left behind, once they are older than a grace period (a running writer may still own them);
+* the HTML reports of removed versions.
 
-Nothing outside the store's `manifests/`, `dataset/`, `decisions/`, `index/` and
+Nothing outside the store's `manifests/`, `dataset/`, `decisions/`, `index/`, `reports/` and
 `cache/embeddings/` folders is touched: source data, files Delta never wrote, the Delta logs and
 `labeling/` are never removed. An interrupted collection leaves a valid store; rerunning it
 finishes the job.
@@ -21,8 +22,6 @@ finishes the job.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import re
 import time
@@ -31,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.store import TABLES, Store, StoreError
+from pipelines.store.layout import TABLES
+from pipelines.store.versions import Store, StoreError
 
 log = logging.getLogger("leanset.gc")
 
@@ -58,6 +58,7 @@ class GcPlan:
     cache_dirs: list[str] = field(default_factory=list)
     corrupt_shards: list[str] = field(default_factory=list)
     temp_files: list[str] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)
     bytes: int = 0
     applied: bool = False
 
@@ -70,6 +71,7 @@ class GcPlan:
             + self.cache_dirs
             + self.corrupt_shards
             + self.temp_files
+            + self.reports
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +85,7 @@ class GcPlan:
             "cache_dirs": self.cache_dirs,
             "corrupt_shards": self.corrupt_shards,
             "temp_files": self.temp_files,
+            "reports": self.reports,
             "bytes": self.bytes,
             "applied": self.applied,
         }
@@ -119,7 +122,7 @@ def plan_gc(
     kept = _kept_versions(store, sorted(by_version), keep_last, keep)
     removed = [v for v in sorted(by_version) if v not in kept]
     plan = GcPlan(store=str(store.root), keep=sorted(kept), remove=removed)
-    plan.manifests = [str(_manifest_path(store, v).resolve()) for v in removed]
+    plan.manifests = [str(store.layout.manifest(v).resolve()) for v in removed]
     kept_manifests = [by_version[v] for v in plan.keep]
     for table in TABLES:
         plan.table_files += _table_garbage(store, table, kept_manifests, grace_seconds)
@@ -129,6 +132,7 @@ def plan_gc(
     plan.cache_dirs = _cache_garbage(store, kept_manifests, [by_version[v] for v in removed])
     plan.corrupt_shards = _corrupt_shards(store, plan.cache_dirs)
     plan.temp_files = _stale_temp_files(store, grace_seconds)
+    plan.reports = [str(p.resolve()) for v in removed if (p := store.layout.report(v)).is_file()]
     plan.bytes = sum(_size(Path(p)) for p in plan.paths())
     return plan
 
@@ -138,7 +142,7 @@ def apply_gc(plan: GcPlan) -> GcPlan:
     _remove_paths(plan.manifests)
     _remove_paths(plan.table_files + plan.index_files)
     _remove_paths(plan.cache_dirs)
-    _remove_paths(plan.corrupt_shards + plan.temp_files)
+    _remove_paths(plan.corrupt_shards + plan.temp_files + plan.reports)
     plan.applied = True
     log.info(
         "store %s: removed versions %s (%d files, %d bytes); kept %s",
@@ -174,10 +178,6 @@ def _kept_versions(
     return set(keep) | {versions[-1]}
 
 
-def _manifest_path(store: Store, version: int) -> Path:
-    return store.root / "manifests" / f"v{version:06d}.json"
-
-
 # ---------------------------------------------------------------- Delta tables
 
 
@@ -187,7 +187,7 @@ def _table_garbage(
     """Data files of `table` that no kept version reads and that Delta itself would vacuum."""
     from deltalake import DeltaTable
 
-    root = store.root / table
+    root = store.layout.table(table)
     if not (root / "_delta_log").is_dir():
         return []
     delta_versions = sorted({int(m["tables"][table]) for m in kept})
@@ -261,7 +261,7 @@ def _index_garbage(
     store: Store, kept: list[dict[str, Any]], removed: list[dict[str, Any]], grace_seconds: float
 ) -> list[str]:
     """Pair-index files of removed versions, and unnamed ones older than the grace period."""
-    folder = store.root / "index"
+    folder = store.layout.index
     if not folder.is_dir():
         return []
 
@@ -294,9 +294,9 @@ def _cache_garbage(
     """Cache folders of fingerprints that removed versions used and no kept version uses.
 
     Folders no manifest names (a run in progress, or one that never committed) are kept."""
-    root = (store.root / "cache" / "embeddings").resolve()
+    root = store.layout.embeddings.resolve()
     keep = {_fingerprint(m) for m in kept}
-    gone = {_fingerprint(m) for m in removed} - keep - {None}
+    gone = {fp for m in removed if (fp := _fingerprint(m))} - keep
     out = []
     for fp in sorted(gone):
         path = (root / fp).resolve()
@@ -307,7 +307,7 @@ def _cache_garbage(
 
 def _corrupt_shards(store: Store, removed_dirs: list[str]) -> list[str]:
     """Shards that fail their checksum in the folders that stay (they are never read)."""
-    root = store.root / "cache" / "embeddings"
+    root = store.layout.embeddings
     if not root.is_dir():
         return []
     out = []
@@ -319,14 +319,14 @@ def _corrupt_shards(store: Store, removed_dirs: list[str]) -> list[str]:
 
 
 def _valid(path: Path) -> bool:
-    from pipelines.embed import _read_shard
+    from pipelines.embed.cache import read_shard
 
-    return _read_shard(path) is not None
+    return read_shard(path) is not None
 
 
 def _stale_temp_files(store: Store, grace_seconds: float) -> list[str]:
     """Temporary files of interrupted atomic writes, older than the grace period."""
-    folders = [store.root / "manifests", store.root / "cache" / "embeddings"]
+    folders = [store.layout.manifests, store.layout.embeddings]
     out = []
     for folder in folders:
         if not folder.is_dir():
@@ -365,56 +365,3 @@ def _age(path: Path) -> float:
         return time.time() - path.stat().st_mtime
     except OSError:
         return 0.0
-
-
-# ---------------------------------------------------------------- the command
-
-
-def add_gc_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `leanset gc STORE --keep-last N | --keep V... [--dry-run] [--json]`."""
-    gc = subparsers.add_parser(
-        "gc",
-        help="remove old versions (and what only they used); --dry-run lists without removing",
-    )
-    gc.add_argument("store")
-    which = gc.add_mutually_exclusive_group(required=True)
-    which.add_argument(
-        "--keep-last", type=int, metavar="N", help="keep the newest N versions, remove the rest"
-    )
-    which.add_argument(
-        "--keep",
-        type=int,
-        nargs="+",
-        metavar="V",
-        help="keep these versions (and always the newest), remove the rest",
-    )
-    gc.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
-    gc.add_argument("--json", action="store_true", help="print the plan as JSON")
-    gc.set_defaults(func=cmd_gc)
-    return gc
-
-
-def cmd_gc(args: argparse.Namespace) -> int:
-    """Run `leanset gc` and print what was (or would be) removed."""
-    plan = collect_garbage(
-        args.store, keep_last=args.keep_last, keep=args.keep, dry_run=args.dry_run
-    )
-    if args.json:
-        print(json.dumps(plan.to_dict(), indent=2))
-        return 0
-    from rich.console import Console
-
-    verb = "removed" if plan.applied else "would remove (dry run)"
-    console = Console()
-    console.print(
-        f"store {plan.store}: keeping version(s) {plan.keep or 'none'}; "
-        f"{verb}: version(s) {plan.remove or 'none'}",
-        highlight=False,
-    )
-    console.print(
-        f"  {len(plan.manifests)} manifest(s), {len(plan.table_files)} Delta data file(s), "
-        f"{len(plan.index_files)} pair index file(s), {len(plan.cache_dirs)} cache folder(s), {len(plan.corrupt_shards)} corrupt shard(s), "
-        f"{len(plan.temp_files)} leftover temporary file(s): {plan.bytes:,} bytes",
-        highlight=False,
-    )
-    return 0

@@ -7,142 +7,24 @@ import logging
 import os
 import reprlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from pipelines.config import ColumnSettings, SourceSettings
 from pipelines.fsutil import digest
+from pipelines.sources.dataset import (
+    LoadedDataset,
+    Modality,
+    SourceError,
+    image_bytes,
+    numpy_column,
+)
+from pipelines.sources.hashes import FileHashCache, Hashed
 
 log = logging.getLogger("leanset.sources")
-
-Modality = Literal["image", "text", "embedding"]
-
-
-class SourceError(ValueError):
-    """The dataset cannot be loaded as configured; the message names the column or sample."""
-
-
-@dataclass
-class LoadedDataset:
-    """The sample table plus a way to read each row's content again."""
-
-    table: pl.DataFrame
-    modality: Modality
-    splits: dict[str, Any] = field(repr=False)  # split name -> datasets.Dataset
-    columns: ColumnSettings = field(default_factory=ColumnSettings)
-
-    def read(self, rows: Sequence[int]) -> list[Any]:
-        """Content of table rows `rows`: image bytes, text, or an embedding vector."""
-        part = self.table["_part"].to_numpy()
-        srow = self.table["_row"].to_numpy()
-        return [self._content(self.splits[part[r]], int(srow[r])) for r in rows]
-
-    def texts(self, rows: Sequence[int]) -> list[str]:
-        """What a person reads for each row: the text column when there is one, else the source."""
-        if not self.columns.text:
-            return [str(s) for s in self.table["source"].gather(list(rows)).to_list()]
-        values = self.column(self.columns.text)
-        return [str(values[r]) for r in rows]
-
-    def column(self, name: str) -> list[Any]:
-        """Every value of a source column, in table order."""
-        for part, ds in self.splits.items():
-            if name not in ds.column_names:
-                raise SourceError(
-                    f"column {name!r} does not exist in split {part!r}; columns: {ds.column_names}"
-                )
-        return [
-            v
-            for part in dict.fromkeys(self.table["_part"].to_list())
-            for v in self.splits[part][name]
-        ]
-
-    def vectors(self, rows: Sequence[int]) -> list[np.ndarray]:
-        """Precomputed vectors of table rows `rows`, read in bulk per split."""
-        part = self.table["_part"].to_numpy()[list(rows)]
-        srow = self.table["_row"].to_numpy()[list(rows)]
-        out: list[np.ndarray] = [None] * len(part)  # type: ignore[list-item]
-        for name in set(part.tolist()):
-            col = _numpy_column(self.splits[name], self.columns.embedding)
-            where = np.flatnonzero(part == name)
-            if isinstance(col, np.ndarray):
-                block = col[srow[where]]
-                for k, row in zip(where, block, strict=True):
-                    out[k] = row
-            else:
-                for k in where:
-                    out[k] = np.asarray(col[srow[k]], dtype=np.float32)
-        return out
-
-    def _content(self, ds: Any, row: int) -> Any:
-        if self.modality == "embedding":
-            return ds[row][self.columns.embedding]
-        if self.modality == "text":
-            return ds[row][self.columns.text]
-        return _image_bytes(ds[row][self.columns.image])
-
-
-class Hashed(NamedTuple):
-    """A content hash known without reading the content (from the file hash cache)."""
-
-    hash: str
-    size: int
-
-
-class FileHashCache:
-    """Content hashes of image files keyed by (path, size, mtime): reruns skip reading them."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._known: dict[tuple[str, int, int], str] = {}
-        self._added = 0
-        if self.path.is_file():
-            try:
-                t = pl.read_parquet(self.path)
-                keys = zip(
-                    t["path"].to_list(), t["size"].to_list(), t["mtime_ns"].to_list(), strict=True
-                )
-                self._known = dict(zip(keys, t["hash"].to_list(), strict=True))
-            except (OSError, pl.exceptions.PolarsError, KeyError) as exc:
-                log.warning(
-                    "file hash cache %s is unreadable (%s); files are hashed again", path, exc
-                )
-
-    def get(self, path: str, st: os.stat_result) -> Hashed | None:
-        """The cached hash when the file's size and modification time are unchanged."""
-        h = self._known.get((path, st.st_size, st.st_mtime_ns))
-        return Hashed(h, st.st_size) if h else None
-
-    def put(self, path: str, st: os.stat_result, content_hash: str) -> None:
-        self._known[(path, st.st_size, st.st_mtime_ns)] = content_hash
-        self._added += 1
-
-    def save(self) -> None:
-        """Write the cache (atomically) when this load hashed new files."""
-        if not self._added:
-            return
-        import io
-
-        from pipelines.fsutil import atomic_write_bytes
-
-        keys = list(self._known)
-        frame = pl.DataFrame(
-            {
-                "path": [k[0] for k in keys],
-                "size": [k[1] for k in keys],
-                "mtime_ns": [k[2] for k in keys],
-                "hash": list(self._known.values()),
-            },
-            schema={"path": pl.Utf8, "size": pl.Int64, "mtime_ns": pl.Int64, "hash": pl.Utf8},
-        )
-        buf = io.BytesIO()
-        frame.write_parquet(buf)
-        atomic_write_bytes(self.path, buf.getvalue())
-        self._added = 0
 
 
 def load_source(
@@ -158,7 +40,7 @@ def load_source(
     columns = _infer_columns(columns, splits)
     modality = _modality(columns)
     if modality == "image":
-        splits = {name: _undecoded(ds, columns.image) for name, ds in splits.items()}
+        splits = {name: _undecoded(ds, columns.content()) for name, ds in splits.items()}
     frames = [
         _split_frame(name, ds, columns, modality, source, file_hashes)
         for name, ds in splits.items()
@@ -195,27 +77,33 @@ def _generation_error() -> type[Exception]:
     """`datasets` wraps a file it cannot parse (e.g. a CSV that is not UTF-8) in this error."""
     from datasets.exceptions import DatasetGenerationError
 
-    return DatasetGenerationError
+    error: type[Exception] = DatasetGenerationError
+    return error
 
 
 def _open_with_datasets(source: SourceSettings, pool_splits: Sequence[str]) -> dict[str, Any]:
     import datasets
 
+    # leanset shows its own progress; `datasets`' bars ("Downloading data" for local files) mislead,
+    # and two loads in one process race on their shared tqdm lock
+    datasets.disable_progress_bars()
+
+    path = source.path or ""  # the config loader requires it for the types that read it
     if source.type == "imagefolder":
-        if not Path(source.path).is_dir():
-            raise SourceError(f"source.path {source.path}: not a folder of images")
+        if not Path(path).is_dir():
+            raise SourceError(f"source.path {path}: not a folder of images")
         loaded = datasets.load_dataset(
-            "imagefolder", data_dir=source.path, data_files=_folder_splits(source.path, pool_splits)
+            "imagefolder", data_dir=path, data_files=_folder_splits(path, pool_splits)
         )
     elif source.type == "files":
-        for f in source.data_files:
+        for f in source.data_files or []:
             if not glob.glob(f):
                 raise SourceError(f"source.data_files: {f} does not exist")
         loaded = datasets.load_dataset(source.format, data_files=source.data_files)
     elif source.type == "disk":
-        if not Path(source.path).exists():
-            raise SourceError(f"source.path {source.path}: no dataset saved there (save_to_disk)")
-        loaded = datasets.load_from_disk(source.path)
+        if not Path(path).exists():
+            raise SourceError(f"source.path {path}: no dataset saved there (save_to_disk)")
+        loaded = datasets.load_from_disk(path)
     else:  # hub: the real loader; needs network or a warm Hugging Face cache
         loaded = datasets.load_dataset(source.name, source.config, revision=source.revision)
     if isinstance(loaded, datasets.Dataset):
@@ -392,8 +280,8 @@ def _raw_text(ds: Any, column: str) -> list[Any]:
 
     col = ds.with_format("arrow")[column]
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        return col.cast(pa.large_binary()).to_pylist()
-    return ds[column]
+        return list(col.cast(pa.large_binary()).to_pylist())
+    return list(ds[column])
 
 
 def _bad_utf8(data: bytes) -> bool:
@@ -418,38 +306,15 @@ def _iter_content(
 ) -> Iterator[tuple[int, tuple[bytes, str | None] | Hashed, str]]:
     """Yield (row, (bytes to hash, error) or a known hash, source) for every row of one split."""
     if modality == "image":
-        for row, value in enumerate(ds[columns.image]):
+        for row, value in enumerate(ds[columns.content()]):
             item = _cached_image(value, file_hashes)
             yield row, item, _image_source(value, source, split, row)
     elif modality == "text":
-        for row, value in enumerate(_raw_text(ds, columns.text)):
+        for row, value in enumerate(_raw_text(ds, columns.content())):
             yield row, _text_bytes(value), _row_source(source, split, row)
     else:
-        for row, value in enumerate(_numpy_column(ds, columns.embedding)):
+        for row, value in enumerate(numpy_column(ds, columns.content())):
             yield row, _vector_bytes(value), _row_source(source, split, row)
-
-
-def _numpy_column(ds: Any, column: str) -> Any:
-    """A vector column as a 2-D float32 array when every row has one width, else a list of rows."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if ds._indices is not None:  # a selected/filtered view: materialise the row order first
-        ds = ds.flatten_indices()
-    arr = ds.data.column(column).combine_chunks()
-    if _is_list(arr.type, pa) and arr.null_count == 0 and len(arr):
-        lengths = pc.list_value_length(arr).to_numpy()
-        if (lengths == lengths[0]).all() and lengths[0] > 0:
-            try:
-                values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-                return values.reshape(len(arr), int(lengths[0]))
-            except (TypeError, ValueError, pa.ArrowInvalid):
-                pass  # not numeric: every row is reported on its own below
-    return [None if v is None else v for v in arr.to_pylist()]
-
-
-def _is_list(t: Any, pa: Any) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
 def _cached_image(value: Any, cache: FileHashCache | None) -> tuple[bytes, str | None] | Hashed:
@@ -474,27 +339,12 @@ def _cached_image(value: Any, cache: FileHashCache | None) -> tuple[bytes, str |
 
 def _safe_image_bytes(value: Any) -> tuple[bytes, str | None]:
     try:
-        data = _image_bytes(value)
+        data = image_bytes(value)
     except OSError as exc:
         return b"", f"unreadable: {exc.strerror or exc}"
     if not data:
         return b"", "unreadable: empty file (0 bytes)"
     return data, None
-
-
-def _image_bytes(value: Any) -> bytes:
-    """Raw encoded bytes of an image cell ({'bytes', 'path'} or a PIL image)."""
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return value["bytes"]
-        return Path(value["path"]).read_bytes()
-    if hasattr(value, "save"):  # a decoded PIL image: re-encode losslessly
-        import io
-
-        buf = io.BytesIO()
-        value.save(buf, format="PNG")
-        return buf.getvalue()
-    raise OSError(f"expected an image (path or bytes), got {type(value).__name__}")
 
 
 def _text_bytes(value: Any) -> tuple[bytes, str | None]:

@@ -14,10 +14,9 @@ from urllib.parse import unquote
 import polars as pl
 
 from pipelines.fsutil import atomic_write_bytes, create_exclusive, digest
+from pipelines.store.layout import TABLES, StoreLayout
 
 log = logging.getLogger("leanset.store")
-
-TABLES = ("dataset", "decisions")
 
 
 class StoreError(ValueError):
@@ -44,6 +43,7 @@ class Store:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self.layout = StoreLayout(self.root)
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"store path {self.root} is a file; expected a folder (or a new path)")
 
@@ -51,7 +51,7 @@ class Store:
 
     def manifests(self) -> list[dict[str, Any]]:
         """Every committed version's manifest, oldest first."""
-        folder = self.root / "manifests"
+        folder = self.layout.manifests
         if not folder.is_dir():
             return []
         return [_read_json(p) for p in sorted(folder.glob("v*.json"))]
@@ -68,7 +68,7 @@ class Store:
             if latest is None:
                 raise StoreError(f"store {self.root} has no versions yet")
             return latest
-        path = self._manifest_path(version)
+        path = self.layout.manifest(version)
         if not path.is_file():
             have = [m["version"] for m in self.manifests()]
             raise StoreError(
@@ -81,8 +81,8 @@ class Store:
         if table not in TABLES:
             raise StoreError(f"unknown table {table!r}; expected one of {TABLES}")
         m = self.manifest(version)
-        _check_table_files(self.root / table, m["tables"][table], m["version"])
-        return pl.read_delta(str(self.root / table), version=m["tables"][table])
+        _check_table_files(self.layout.table(table), m["tables"][table], m["version"])
+        return pl.read_delta(str(self.layout.table(table)), version=m["tables"][table])
 
     def diff(self, a: int, b: int) -> Diff:
         """Which samples entered or left the cleaned dataset from version a to version b."""
@@ -132,7 +132,7 @@ class Store:
         }
         full = {**manifest, "version": version, "parent": parent, "tables": tables, "commit": token}
         if pairs is not None:
-            rel = f"index/pairs-v{version:06d}-{token[:8]}.parquet"
+            rel = self.layout.pairs_file(version, token)
             buf = io.BytesIO()
             pairs.write_parquet(buf)
             atomic_write_bytes(self.root / rel, buf.getvalue())
@@ -142,7 +142,7 @@ class Store:
                 "pairs_digest": digest(buf.getvalue()),
             }
         data = (json.dumps(full, indent=2, sort_keys=True, default=str) + "\n").encode()
-        if not create_exclusive(self._manifest_path(version), data):
+        if not create_exclusive(self.layout.manifest(version), data):
             winner = self.latest()
             raise StoreConflict(
                 self._conflict_message(parent, winner["version"] if winner else None)
@@ -171,7 +171,7 @@ class Store:
         from deltalake import CommitProperties, DeltaTable
         from deltalake.exceptions import CommitFailedError
 
-        path = str(self.root / name)
+        path = str(self.layout.table(name))
         meta = {"leanset_version": str(version), "leanset_commit": token}
         try:
             df.write_delta(
@@ -200,9 +200,6 @@ class Store:
                 f"version. Rerun to build on the version that run commits."
             )
         return delta_version
-
-    def _manifest_path(self, version: int) -> Path:
-        return self.root / "manifests" / f"v{version:06d}.json"
 
     def _conflict_message(self, parent: int | None, current: int | None) -> str:
         return (
@@ -261,6 +258,7 @@ def _find_commit(
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return data
     except (OSError, json.JSONDecodeError) as exc:
         raise StoreError(f"manifest {path} is unreadable ({exc})") from exc

@@ -9,20 +9,21 @@ import polars as pl
 
 from dedup.evaluate import evaluate_flags, evaluate_groups
 from pipelines.config import ConfigError, load_flow
-from pipelines.demo import DemoTruth, make_demo
+from pipelines.demo.data import DemoTruth, make_demo
 from pipelines.store import Store
 
 
 def run_demo(config: str, flow_name: str = "demo", data: str | None = None) -> dict[str, Any]:
     """Generate the demo data if missing, run the flow through Prefect, and score what it found."""
-    from pipelines.cli import run_flow
+    from pipelines.flows import run_flow
 
     settings = load_flow(config, flow_name)
     if settings.source.type != "imagefolder":
         raise ConfigError(f"{config}: flow {flow_name!r}: the demo needs an imagefolder source")
-    root = Path(data) if data else Path(settings.source.path).parent
+    images = Path(settings.source.path or "")  # an imagefolder source always has a path
+    root = Path(data) if data else images.parent
     truth = make_demo(root)
-    if truth.images_dir.resolve() != Path(settings.source.path).resolve():
+    if truth.images_dir.resolve() != images.resolve():
         raise ConfigError(
             f"{config}: flow {flow_name!r}: source.path {settings.source.path} is not the demo's "
             f"images folder {truth.images_dir}"

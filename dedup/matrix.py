@@ -1,0 +1,100 @@
+"""The embedding matrix every stage reads, checked in one place, and the device it runs on.
+
+Stages receive a float32 N x D matrix aligned with the sample table (row i is table row i). The
+public function of each stage validates it with `check_matrix`; private helpers trust it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+NORM_TOL = 1e-3
+_CHECK_ROWS = 65536  # rows per validation block (bounds temporary memory)
+
+
+def check_matrix(
+    x: object,
+    *,
+    name: str = "embeddings",
+    rows: int | None = None,
+    unit: bool = False,
+    nonempty: bool = False,
+    describe: Callable[[int], str] | None = None,
+    error: type[Exception] = ValueError,
+) -> np.ndarray:
+    """`x` as a C-contiguous float32 N x D matrix (D >= 1) of finite values, else `error`.
+
+    `rows`: the row count it must have (the sample table's); `unit`: rows must have L2 norm 1;
+    `nonempty`: at least one row; `describe(row)` names a bad row's sample in the message.
+    Passing a non-array or a non-float array is a programming error (TypeError).
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{name} must be a float array, got dtype {x.dtype}")
+    if x.ndim != 2:
+        raise error(f"{name} must be 2-D (an N x D matrix), got shape {x.shape}")
+    if x.shape[1] < 1:
+        raise error(f"{name} must have at least one column, got shape {x.shape}")
+    if nonempty and x.shape[0] == 0:
+        raise error(f"{name} must have at least one row, got shape {x.shape}")
+    if rows is not None and x.shape[0] != rows:
+        raise error(f"{name} has {x.shape[0]} rows, the sample table {rows}")
+    out = np.ascontiguousarray(x, dtype=np.float32)
+    for start in range(0, out.shape[0], _CHECK_ROWS):
+        _check_block(out[start : start + _CHECK_ROWS], start, name, unit, describe, error)
+    return out
+
+
+def _check_block(
+    block: np.ndarray,
+    start: int,
+    name: str,
+    unit: bool,
+    describe: Callable[[int], str] | None,
+    error: type[Exception],
+) -> None:
+    """Finite values (and unit norms) in one block of rows; the first bad row is named."""
+
+    def where(r: int) -> str:
+        row = start + r
+        return f"row {row}" + (f" ({describe(row)})" if describe else "")
+
+    bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+    if bad.size:
+        raise error(f"{name} {where(int(bad[0]))} has a non-finite value (NaN or inf)")
+    if not unit:
+        return
+    norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64))
+    off = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOL)
+    if off.size:
+        r = int(off[0])
+        raise error(
+            f"{name} {where(r)} has L2 norm {norms[r]:.6g}, expected 1 (within {NORM_TOL}); "
+            f"L2-normalise the rows first ({off.size} such rows in rows "
+            f"{start}..{start + len(block) - 1})"
+        )
+
+
+def cuda_available() -> bool:
+    """True when torch is importable and sees a CUDA device."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def resolve_device(device: str = "auto", *, error: type[Exception] = ValueError) -> str:
+    """`auto` → `cuda` when torch sees a GPU, else `cpu`; `cuda[:N]` without a GPU is `error`."""
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not cuda_available():
+            raise error(f"device {device!r} was asked for but torch sees no CUDA GPU")
+        return device
+    raise error(f"device must be auto, cpu, cuda or cuda:N; got {device!r}")

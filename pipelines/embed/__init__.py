@@ -1,0 +1,29 @@
+"""Embedding: the `Embedder` protocol, its adapters, the content-addressed cache and the stage."""
+
+from pipelines.embed.adapters import (
+    OpenClipImageEmbedder,
+    OpenClipTextEmbedder,
+    PixelEmbedder,
+    PrecomputedEmbedder,
+    SentenceTransformerEmbedder,
+    make_embedder,
+)
+from pipelines.embed.cache import EmbeddingCache
+from pipelines.embed.protocol import Embedder, EmbedError, SampleError, l2_normalise
+from pipelines.embed.stage import EmbedResult, embed_dataset
+
+__all__ = [
+    "EmbedError",
+    "EmbedResult",
+    "Embedder",
+    "EmbeddingCache",
+    "OpenClipImageEmbedder",
+    "OpenClipTextEmbedder",
+    "PixelEmbedder",
+    "PrecomputedEmbedder",
+    "SampleError",
+    "SentenceTransformerEmbedder",
+    "embed_dataset",
+    "l2_normalise",
+    "make_embedder",
+]

@@ -1,0 +1,98 @@
+"""The content-addressed embedding cache: checksummed float16 shards keyed by content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import time
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.embed.protocol import l2_normalise
+from pipelines.fsutil import atomic_write_bytes
+
+log = logging.getLogger("leanset.embed")
+
+
+SHARD_DTYPE = np.float16  # on disk; compute and search use float32
+
+
+class EmbeddingCache:
+    """Embeddings keyed by content hash, in shards under `root/<fingerprint>/`."""
+
+    def __init__(self, root: str | Path, fingerprint: str):
+        self.dir = Path(root) / fingerprint
+        self._index: dict[str, tuple[int, int]] = {}
+        self._shards: list[np.ndarray] = []
+        self.corrupt: list[Path] = []
+        self._load()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _load(self) -> None:
+        if not self.dir.is_dir():
+            return
+        for path in sorted(self.dir.glob("shard-*.npz")):
+            shard = read_shard(path)
+            if shard is None:
+                self.corrupt.append(path)
+                continue
+            hashes, vectors = shard
+            k = len(self._shards)
+            self._shards.append(vectors)
+            self._index.update((h, (k, i)) for i, h in enumerate(hashes))
+
+    def get(self, hashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(found mask, float32 vectors of the found hashes in order)."""
+        found = np.array([h in self._index for h in hashes], dtype=bool)
+        if not found.any():
+            return found, None
+        locs = [self._index[h] for h, f in zip(hashes, found, strict=True) if f]
+        vecs = np.stack([self._shards[k][i] for k, i in locs]).astype(np.float32)
+        return found, l2_normalise(vecs)
+
+    def put(self, hashes: Sequence[str], vectors: np.ndarray) -> Path:
+        """Write one shard (atomically) and index it."""
+        stored = vectors.astype(SHARD_DTYPE)
+        hash_arr = np.asarray(list(hashes), dtype="U32")
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            hashes=hash_arr,
+            vectors=stored,
+            checksum=np.asarray(shard_checksum(hash_arr, stored)),
+        )
+        name = f"shard-{time.time_ns():020d}-{hashlib.blake2b(hash_arr.tobytes(), digest_size=4).hexdigest()}.npz"
+        path = atomic_write_bytes(self.dir / name, buf.getvalue())
+        k = len(self._shards)
+        self._shards.append(stored)
+        self._index.update((h, (k, i)) for i, h in enumerate(hash_arr.tolist()))
+        return path
+
+
+def shard_checksum(hashes: np.ndarray, vectors: np.ndarray) -> str:
+    h = hashlib.blake2b(hashes.tobytes(), digest_size=16)
+    h.update(np.ascontiguousarray(vectors).tobytes())
+    return h.hexdigest()
+
+
+def read_shard(path: Path) -> tuple[list[str], np.ndarray] | None:
+    """A shard's (hashes, vectors), or None (with a warning) when it is corrupt or truncated."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            hashes, vectors, checksum = z["hashes"], z["vectors"], str(z["checksum"])
+        if len(hashes) != len(vectors) or shard_checksum(hashes, vectors) != checksum:
+            raise ValueError("checksum or row count does not match")
+        if hashes.ndim != 1 or vectors.ndim != 2 or not np.isfinite(vectors).all():
+            raise ValueError("not one hash per row of finite vector values")
+    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        log.warning(
+            "embedding cache shard %s is corrupt (%s); its samples will be re-embedded", path, exc
+        )
+        return None
+    return hashes.tolist(), vectors

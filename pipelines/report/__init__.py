@@ -1,0 +1,1 @@
+"""What a person reads about a run: the markdown summary and the static HTML report."""

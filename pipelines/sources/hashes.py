@@ -1,0 +1,71 @@
+"""Content hashes of image files by (path, size, mtime): reruns skip reading unchanged files."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import polars as pl
+
+log = logging.getLogger("leanset.sources")
+
+
+class Hashed(NamedTuple):
+    """A content hash known without reading the content (from the file hash cache)."""
+
+    hash: str
+    size: int
+
+
+class FileHashCache:
+    """Content hashes of image files keyed by (path, size, mtime): reruns skip reading them."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._known: dict[tuple[str, int, int], str] = {}
+        self._added = 0
+        if self.path.is_file():
+            try:
+                t = pl.read_parquet(self.path)
+                keys = zip(
+                    t["path"].to_list(), t["size"].to_list(), t["mtime_ns"].to_list(), strict=True
+                )
+                self._known = dict(zip(keys, t["hash"].to_list(), strict=True))
+            except (OSError, pl.exceptions.PolarsError, KeyError) as exc:
+                log.warning(
+                    "file hash cache %s is unreadable (%s); files are hashed again", path, exc
+                )
+
+    def get(self, path: str, st: os.stat_result) -> Hashed | None:
+        """The cached hash when the file's size and modification time are unchanged."""
+        h = self._known.get((path, st.st_size, st.st_mtime_ns))
+        return Hashed(h, st.st_size) if h else None
+
+    def put(self, path: str, st: os.stat_result, content_hash: str) -> None:
+        self._known[(path, st.st_size, st.st_mtime_ns)] = content_hash
+        self._added += 1
+
+    def save(self) -> None:
+        """Write the cache (atomically) when this load hashed new files."""
+        if not self._added:
+            return
+        import io
+
+        from pipelines.fsutil import atomic_write_bytes
+
+        keys = list(self._known)
+        frame = pl.DataFrame(
+            {
+                "path": [k[0] for k in keys],
+                "size": [k[1] for k in keys],
+                "mtime_ns": [k[2] for k in keys],
+                "hash": list(self._known.values()),
+            },
+            schema={"path": pl.Utf8, "size": pl.Int64, "mtime_ns": pl.Int64, "hash": pl.Utf8},
+        )
+        buf = io.BytesIO()
+        frame.write_parquet(buf)
+        atomic_write_bytes(self.path, buf.getvalue())
+        self._added = 0

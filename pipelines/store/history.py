@@ -1,0 +1,59 @@
+"""What the parent version knew: when each sample was first seen, and its near-pair index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from dedup.stage import PriorIndex
+
+
+@dataclass
+class History:
+    """What the parent version knew: when each sample was first seen, and its near-pair index."""
+
+    store: Any
+    manifest: dict[str, Any] | None
+    previous: pl.DataFrame | None  # parent decisions: sample_id, content_hash, error, first_seen
+
+    @classmethod
+    def of(cls, store: Any, manifest: dict[str, Any] | None) -> History:
+        """Read the parent's decisions (the columns history needs) once."""
+        if manifest is None:
+            return cls(store, None, None)
+        prev = store.read("decisions", manifest["version"])
+        if "first_seen" not in prev.columns:
+            prev = prev.with_columns(
+                pl.lit(manifest["version"], dtype=pl.Int64).alias("first_seen")
+            )
+        return cls(store, manifest, prev.select("sample_id", "content_hash", "error", "first_seen"))
+
+    def mark_first_seen(self, table: pl.DataFrame, version: int) -> pl.DataFrame:
+        """Add `first_seen`: the version a sample id first appeared in (this one for new samples)."""
+        if self.previous is None:
+            return table.with_columns(pl.lit(version, dtype=pl.Int64).alias("first_seen"))
+        seen = self.previous.select("sample_id", "first_seen")
+        out = table.join(seen, on="sample_id", how="left", maintain_order="left")
+        return out.with_columns(pl.col("first_seen").fill_null(version))
+
+    def prior_index(self, key: str | None) -> PriorIndex | None:
+        """The parent's near pairs, when they were made by the same embedder and threshold."""
+        if self.manifest is None or key is None or self.manifest.get("index", {}).get("key") != key:
+            return None
+        pairs = self.store.read_pairs(self.manifest)
+        if pairs is None or self.previous is None:
+            return None
+        covered = self.previous.filter(pl.col("error").is_null())["content_hash"]
+        return PriorIndex(pairs=pairs, covered=frozenset(covered.to_list()), key=key)
+
+    def new_counts(self, decisions: pl.DataFrame) -> dict[str, int]:
+        """How many samples are new since the parent, and how many of those duplicate older ones."""
+        if self.previous is None:
+            return {"new_samples": decisions.height, "new_duplicates_of_older": 0}
+        old_ids = self.previous["sample_id"]
+        new = decisions.filter(~pl.col("sample_id").is_in(old_ids.implode()))
+        ref = pl.coalesce("exact_dup_of", "near_dup_of")
+        dup_of_old = new.filter(~pl.col("kept") & ref.is_in(old_ids.implode()))
+        return {"new_samples": new.height, "new_duplicates_of_older": dup_of_old.height}

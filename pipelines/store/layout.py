@@ -1,0 +1,85 @@
+"""Every path under a store, named in one place (README's "The store" section draws the same tree).
+
+```
+STORE/
+  manifests/v000001.json        the commit point of each version
+  dataset/  decisions/          Delta tables (a manifest names their Delta versions)
+  index/pairs-v000001-<t>.parquet   each version's near-duplicate pairs
+  cache/embeddings/<fp>/shard-*.npz content-addressed embedding shards
+  cache/file-hashes.parquet     content hashes of image files by (path, size, mtime)
+  labeling/queue.parquet  labeling/answers.parquet  labeling/.lock
+  reports/v000001.html          a static report per version
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+TABLES = ("dataset", "decisions")
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """The paths of one store folder."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, root: str | Path) -> StoreLayout:
+        """The layout of the store at `root`."""
+        return cls(Path(root))
+
+    @property
+    def manifests(self) -> Path:
+        return self.root / "manifests"
+
+    def manifest(self, version: int) -> Path:
+        """The manifest of a version: its commit point."""
+        return self.manifests / f"v{version:06d}.json"
+
+    def table(self, name: str) -> Path:
+        """A Delta table folder (`dataset` or `decisions`)."""
+        return self.root / name
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index"
+
+    def pairs_file(self, version: int, token: str) -> str:
+        """A version's near-pair index, relative to the store root (as manifests record it)."""
+        return f"index/pairs-v{version:06d}-{token[:8]}.parquet"
+
+    @property
+    def embeddings(self) -> Path:
+        """The embedding cache: one folder per embedder fingerprint."""
+        return self.root / "cache" / "embeddings"
+
+    @property
+    def file_hashes(self) -> Path:
+        return self.root / "cache" / "file-hashes.parquet"
+
+    @property
+    def labeling(self) -> Path:
+        return self.root / "labeling"
+
+    @property
+    def queue(self) -> Path:
+        return self.labeling / "queue.parquet"
+
+    @property
+    def answers(self) -> Path:
+        return self.labeling / "answers.parquet"
+
+    @property
+    def labeling_lock(self) -> Path:
+        return self.labeling / ".lock"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def report(self, version: int) -> Path:
+        """A version's static HTML report."""
+        return self.reports / f"v{version:06d}.html"
