@@ -97,12 +97,15 @@ def test_new_data_is_embedded_and_searched_incrementally(
 def test_export_round_trips_through_datasets(prefect_harness, tiny_flow, tmp_path):
     import datasets
 
-    from pipelines.store.export import export_version
+    from pipelines.store.export import ExportOptions, export_version
 
     clean_flow(config_path=str(tiny_flow), flow_name="tiny")
-    out = export_version(Store(tmp_path / "store"), None, "hf", tmp_path / "hf")
-    ds = datasets.load_from_disk(str(out))
-    assert len(ds) == 6 and {"sample_id", "label", "split", "image"} <= set(ds.column_names)
+    embedded = ExportOptions(embed_images=True)
+    out = export_version(Store(tmp_path / "store"), None, "hf", tmp_path / "hf", options=embedded)
+    dd = datasets.load_from_disk(str(out))
+    assert sum(len(ds) for ds in dd.values()) == 6
+    ds = dd["train"]
+    assert {"sample_id", "label", "split", "image"} <= set(ds.column_names)
     assert ds[0]["image"].size == (16, 16)  # decodes as an image
     pq = export_version(
         Store(tmp_path / "store"), 1, "parquet", tmp_path / "d.parquet", decisions=True

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 
 from pipelines.sources import LoadedDataset
+from pipelines.sources.dataset import image_bytes
 
 # The decisions contract (README documents it); later stages append their own columns.
 DECISION_COLUMNS = [
@@ -70,15 +71,31 @@ def _content_columns(data: LoadedDataset, rows: pl.DataFrame) -> list[pl.Series]
         vectors = data.vectors(rows["position"].to_list())
         matrix = np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)
         return [pl.Series("embedding", matrix).cast(pl.List(pl.Float32))]
-    cells = _cells(data, rows, data.columns.content())
-    paths = [c.get("path") if isinstance(c, dict) else None for c in cells]
-    if all(p for p in paths):
-        return [pl.Series("image_path", paths, dtype=pl.Utf8)]
-    blobs = [c.get("bytes") if isinstance(c, dict) else None for c in cells]
+    return _image_columns(_cells(data, rows, data.columns.content()), rows["source"].to_list())
+
+
+def _image_columns(cells: list[Any], sources: list[str]) -> list[pl.Series]:
+    """`image_path` (relative to the dataset root for files under it) and `image_bytes` (kept
+    whenever the source held the bytes: a `save_to_disk` or Parquet image has no file to read)."""
+    blobs = [_cell_bytes(c) for c in cells]
+    paths = [
+        src if isinstance(c, dict) and c.get("path") else None
+        for c, src in zip(cells, sources, strict=True)
+    ]
     return [
         pl.Series("image_path", paths, dtype=pl.Utf8),
         pl.Series("image_bytes", blobs, dtype=pl.Binary),
     ]
+
+
+def _cell_bytes(cell: Any) -> bytes | None:
+    """The encoded bytes an image cell holds itself (None when it points at a file)."""
+    if isinstance(cell, dict):
+        data = cell.get("bytes")
+        return bytes(data) if data else None
+    if hasattr(cell, "save"):  # a decoded PIL image
+        return image_bytes(cell)
+    return None
 
 
 def _cells(data: LoadedDataset, rows: pl.DataFrame, column: str) -> list[Any]:
@@ -93,6 +110,19 @@ def _cells(data: LoadedDataset, rows: pl.DataFrame, column: str) -> list[Any]:
         for k, v in zip(where, values, strict=True):
             out[k] = v
     return out
+
+
+def class_names(data: LoadedDataset, decisions: pl.DataFrame) -> dict[str, Any]:
+    """The version's classes: the source's ClassLabel order when it had one, then other labels."""
+    named: list[str] = []
+    label = data.columns.label
+    for ds in data.splits.values():
+        feature = ds.features.get(label) if label else None
+        for name in getattr(feature, "names", None) or []:
+            if name not in named:
+                named.append(str(name))
+    seen = decisions["label"].drop_nulls().unique().sort().to_list()
+    return {"names": named + [c for c in seen if c not in named], "from_source": bool(named)}
 
 
 def base_manifest(flow: dict[str, Any], config_hash: str, fingerprint: str) -> dict[str, Any]:

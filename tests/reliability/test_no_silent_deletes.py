@@ -57,7 +57,8 @@ def test_runs_exports_and_gc_never_touch_the_source(
     decisions = store.read("decisions")
     assert decisions.height == len(list(imagefolder.rglob("*.png")))
     kept_paths = store.read("dataset")["image_path"].to_list()
-    assert all(Path(p).is_file() for p in kept_paths)  # versions point at untouched sources
+    # versions point at untouched sources (paths relative to the dataset root)
+    assert all((imagefolder / p).is_file() for p in kept_paths)
     assert set(decisions.filter(pl.col("kept"))["sample_id"]) == set(
         store.read("dataset")["sample_id"]
     )
