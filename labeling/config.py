@@ -41,7 +41,11 @@ class LabelNoiseSettings:
 
 @dataclass(frozen=True)
 class ActiveLearningSettings:
-    """Which unlabeled samples go to the labeling queue each run."""
+    """Which unlabeled samples go to the labeling queue each run.
+
+    `budget` caps the selected samples waiting for a human (queued or exported, not answered): a
+    run adds only what brings the waiting ones up to it. `labeled_pool_split`: the split a pool
+    sample moves to once a human labeled it (None: it stays in its pool split)."""
 
     budget: int = 100
     strategy: Literal["margin", "entropy", "least_confidence", "random"] = "margin"
@@ -49,4 +53,5 @@ class ActiveLearningSettings:
     pool_factor: float = 5.0
     max_similarity: float | None = None
     queue_label_issues: bool = True
+    labeled_pool_split: str | None = "train"
     seed: int = 0

@@ -36,15 +36,28 @@ log = logging.getLogger("leanset.labeling")
 # ---------------------------------------------------------------- human answers
 
 
+@dataclass(frozen=True)
+class AnswerPolicy:
+    """How imported answers change the table: pool splits, where an answered pool sample moves
+    (None: it stays), and the import time up to which the parent version applied answers."""
+
+    pool_splits: tuple[str, ...] = ("unlabeled",)
+    move_to: str | None = "train"
+    applied_through: Any = None  # a datetime, or None when the parent applied none
+
+
 def apply_answers(
-    table: pl.DataFrame, answers: pl.DataFrame
-) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Imported human labels replace the source label; each change names its annotation."""
+    table: pl.DataFrame, answers: pl.DataFrame, policy: AnswerPolicy | None = None
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Imported human labels replace the source label; each change names its annotation, and a
+    labeled pool sample moves to `policy.move_to` (`split_before_human` keeps where it was)."""
+    policy = policy or AnswerPolicy()
+    empty = [
+        pl.lit(None, dtype=pl.Utf8).alias(c)
+        for c in ("label_before_human", "relabel_source", "split_before_human")
+    ]
     if answers.height == 0:
-        return table.with_columns(
-            pl.lit(None, dtype=pl.Utf8).alias("label_before_human"),
-            pl.lit(None, dtype=pl.Utf8).alias("relabel_source"),
-        ), {"human_labels": 0, "human_labels_unmatched": 0}
+        return table.with_columns(empty), {"human_labels": 0, "human_labels_unmatched": 0}
     a = answers.select(
         "sample_id",
         pl.col("label").alias("_human"),
@@ -52,19 +65,39 @@ def apply_answers(
     )
     out = table.join(a, on="sample_id", how="left", maintain_order="left")
     changed = pl.col("_human").is_not_null() & (pl.col("_human") != pl.col("label")).fill_null(True)
+    moved = pl.col("_human").is_not_null() & pl.col("split").is_in(list(policy.pool_splits))
+    moved = moved & pl.lit(policy.move_to is not None)
     out = out.with_columns(
         pl.when(changed).then(pl.col("label")).otherwise(None).alias("label_before_human"),
         pl.when(changed).then(pl.col("relabel_source")).otherwise(None).alias("relabel_source"),
         pl.coalesce("_human", "label").alias("label"),
+        pl.when(moved).then(pl.col("split")).otherwise(None).alias("split_before_human"),
+        pl.when(moved).then(pl.lit(policy.move_to)).otherwise(pl.col("split")).alias("split"),
     ).drop("_human")
-    unmatched = answers.join(table.select("sample_id"), on="sample_id", how="anti").height
+    matched = answers.join(table.select("sample_id"), on="sample_id", how="semi")
+    unmatched = answers.height - matched.height
     if unmatched:
         log.warning(
             "%d imported answer(s) name samples that are no longer in the dataset", unmatched
         )
-    return out, {
-        "human_labels": int(out["relabel_source"].is_not_null().sum()),
+    return out, _answer_counts(out, matched, unmatched, policy)
+
+
+def _answer_counts(
+    out: pl.DataFrame, matched: pl.DataFrame, unmatched: int, policy: AnswerPolicy
+) -> dict[str, Any]:
+    """This run's answers (imported since the parent's commit) apart from the total in effect."""
+    fresh = matched
+    if policy.applied_through is not None:
+        fresh = matched.filter(pl.col("imported_at") > policy.applied_through)
+    newest = matched["imported_at"].max()
+    return {
+        "human_labels": fresh.height,
+        "human_labels_total": matched.height,
+        "human_relabels_in_effect": int(out["relabel_source"].is_not_null().sum()),
+        "human_labels_moved_split": int(out["split_before_human"].is_not_null().sum()),
         "human_labels_unmatched": unmatched,
+        "answers_imported_through": None if newest is None else str(newest),
     }
 
 
@@ -124,8 +157,17 @@ def label_noise(
         )
     full = np.full((table.height, len(enc.classes)), np.nan)
     full[rows] = probs
+    out = out.with_columns(_probs_column(full))
     info |= {"label_issues": issues.n_issues, "actions": dec.counts(), "policy": settings.policy}
+    info["pred_probs_classes"] = list(enc.classes)
     return NoiseOutcome(out, full, enc.classes, info)
+
+
+def _probs_column(full: np.ndarray) -> pl.Series:
+    """`pred_probs`: each row's out-of-sample class probabilities (null where none were made)."""
+    seen = ~np.isnan(full).any(axis=1)
+    values = [row.tolist() if ok else None for row, ok in zip(full, seen, strict=True)]
+    return pl.Series("pred_probs", values, dtype=pl.List(pl.Float64))
 
 
 def _issues_from_given(
@@ -192,7 +234,7 @@ def _scatter(table: pl.DataFrame, rows: np.ndarray, cols: pl.DataFrame) -> pl.Da
 
 
 def _empty_noise(table: pl.DataFrame) -> pl.DataFrame:
-    schema = {
+    schema: dict[str, pl.DataType | type[pl.DataType]] = {
         "label_quality": pl.Float64,
         "label_issue": pl.Boolean,
         "suggested_label": pl.Utf8,
@@ -202,6 +244,7 @@ def _empty_noise(table: pl.DataFrame) -> pl.DataFrame:
         "new_label": pl.Utf8,
         "needs_review": pl.Boolean,
         "noise_drop": pl.Utf8,
+        "pred_probs": pl.List(pl.Float64),
     }
     return table.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in schema.items()])
 
@@ -269,14 +312,15 @@ def select_for_labeling(
     waiting = table["sample_id"].is_in(pending["sample_id"].implode()).to_numpy()
     unlabeled = (_alive(table) & pl.col("label").is_null()).alias("_c")
     cand = np.flatnonzero(table.select(unlabeled)["_c"].to_numpy() & ~waiting)
-    if cand.size == 0:
-        return none, {"selected": 0, "candidates": 0}
+    budget = max(settings.budget - waiting_picks(pending), 0)  # a cap on what waits, not a rate
+    if cand.size == 0 or budget == 0:
+        return none, {"selected": 0, "candidates": int(cand.size), "budget_left": budget}
     groups = _groups(table)
     busy = tuple(int(c) for c in np.unique(groups[waiting]) if c >= 0)  # their group is queued
     sel = select_batch(
         np.nan_to_num(probs, nan=1.0 / max(probs.shape[1], 1)),
         emb,
-        budget=settings.budget,
+        budget=budget,
         candidate_idx=cand,
         strategy=settings.strategy,
         diversity=settings.diversity,
@@ -289,9 +333,17 @@ def select_for_labeling(
     return table.hstack(sel.columns()), {
         "selected": len(sel.indices),
         "candidates": int(cand.size),
+        "budget_left": budget,
         "strategy": settings.strategy,
         "diversity": settings.diversity,
     }
+
+
+def waiting_picks(pending: pl.DataFrame) -> int:
+    """Selected (uncertain) samples still waiting for a human: they count against the budget."""
+    if "reason" not in pending.columns:
+        return pending.height
+    return int((pending["reason"].cast(pl.Utf8) == "uncertain").sum())
 
 
 def _alive(table: pl.DataFrame) -> pl.Expr:

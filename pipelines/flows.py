@@ -8,6 +8,7 @@ the commit, and never changed after it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,13 @@ from prefect.cache_policies import NO_CACHE
 
 from dedup.config import DedupSettings
 from dedup.stage import DedupResult, PriorIndex, find_duplicates
-from labeling.stage import LabelingOutcome, apply_answers, label_and_select, queue_rows
+from labeling.stage import (
+    AnswerPolicy,
+    LabelingOutcome,
+    apply_answers,
+    label_and_select,
+    queue_rows,
+)
 from pipelines.config import FlowSettings, load_flow
 from pipelines.cost import ComputeMeter, cost_delta, statement
 from pipelines.decide import decide
@@ -30,7 +37,12 @@ from pipelines.store.history import History
 from pipelines.store.layout import StoreLayout
 from pipelines.store.manifest import JSON, Counts, Manifest
 from pipelines.store.queue import PENDING, enqueue, read_answers, read_queue
-from pipelines.store.tables import dataset_table, decisions_table, input_fingerprint
+from pipelines.store.tables import (
+    class_names,
+    dataset_table,
+    decisions_table,
+    input_fingerprint,
+)
 from pipelines.summary import RunSummary, Timer
 
 GPU_LIMIT = "leanset-gpu"  # Prefect global concurrency limit guarding GPU work
@@ -213,7 +225,7 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
     parent = store.latest()
     with timer("load"):
         data = load_task(settings)
-    data, human = _with_answers(data, store)
+    data, human = _with_answers(data, store, settings, parent)
     fingerprint, config_hash = input_fingerprint(data.table), settings.fingerprint()
     if parent and (parent["input_fingerprint"], parent["config_hash"]) == (
         fingerprint,
@@ -259,9 +271,18 @@ class _Embedded:
     index_key: str | None
 
 
-def _with_answers(data: LoadedDataset, store: Store) -> tuple[LoadedDataset, dict[str, int]]:
+def _with_answers(
+    data: LoadedDataset, store: Store, settings: FlowSettings, parent: JSON | None
+) -> tuple[LoadedDataset, JSON]:
     """Imported human labels applied to the loaded table (they change the input fingerprint)."""
-    labeled, human = apply_answers(data.table, read_answers(store.root))
+    through = (parent or {}).get("labeling", {}).get("answers_imported_through")
+    al = settings.active_learning
+    policy = AnswerPolicy(
+        pool_splits=tuple(settings.columns.unlabeled_splits),
+        move_to=al.labeled_pool_split if al is not None else "train",
+        applied_through=datetime.fromisoformat(through) if through else None,
+    )
+    labeled, human = apply_answers(data.table, read_answers(store.root), policy)
     return data.with_table(labeled), human
 
 
@@ -361,6 +382,7 @@ def _draft(
         search=found.dedup.search,
         index={"key": key},
         labeling=found.labeling,
+        classes=class_names(decided, decisions),
     )
     parent_version = parent["version"] if parent else None
     pairs = found.dedup.pairs if key else None

@@ -48,8 +48,12 @@ def _detail_lines(s: RunSummary) -> list[str]:
             f"label issues: {lab['label_issues']:,} (policy {lab.get('policy')}: "
             f"{lab.get('actions') or 'none'}); probe accuracy {lab.get('probe_accuracy', 'n/a')}"
         )
-    if lab.get("human_labels"):
-        lines.append(f"human labels applied: {lab['human_labels']:,}")
+    if lab.get("human_labels_total", lab.get("human_labels")):
+        total = lab.get("human_labels_total", lab.get("human_labels", 0))
+        lines.append(
+            f"human labels applied: {lab.get('human_labels', 0):,} new this run "
+            f"({total:,} in effect)"
+        )
     if "queue" in lab:
         q = lab["queue"]
         waiting = q.get("skipped_pending")

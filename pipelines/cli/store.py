@@ -28,15 +28,7 @@ def add_commands(sub: Any) -> None:
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_show)
 
-    export = sub.add_parser("export", help="export a version as Parquet or a Hugging Face dataset")
-    export.add_argument("store")
-    export.add_argument("--version", type=int, default=None)
-    export.add_argument("--format", choices=["parquet", "hf"], required=True)
-    export.add_argument("--out", required=True)
-    export.add_argument(
-        "--decisions", action="store_true", help="export the decisions, not the dataset"
-    )
-    export.set_defaults(func=cmd_export)
+    _add_export(sub)
 
     diff = sub.add_parser("diff", help="which samples entered or left between two versions")
     diff.add_argument("store")
@@ -96,19 +88,77 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from pipelines.store.export import export_version
-
-    out = export_version(
-        open_store(args.store), args.version, args.format, args.out, args.decisions
+def _add_export(sub: Any) -> None:
+    """Add `leanset export STORE --format parquet|hf|imagefolder --out OUT [...]`."""
+    export = sub.add_parser(
+        "export", help="export a version as Parquet, a Hugging Face dataset or an image folder"
     )
+    export.add_argument("store")
+    export.add_argument("--version", type=int, default=None)
+    export.add_argument("--format", choices=["parquet", "hf", "imagefolder"], required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument(
+        "--decisions", action="store_true", help="export the decisions, not the dataset"
+    )
+    export.add_argument(
+        "--with",
+        dest="extras",
+        default="",
+        metavar="EXTRAS",
+        help="comma-separated: embeddings (the cached vectors), pred_probs (the probe's "
+        "out-of-fold probabilities), decisions (duplicate groups, label issues, ...)",
+    )
+    export.add_argument(
+        "--embed-images",
+        action="store_true",
+        help="hf: put every image's bytes into the export (default: paths)",
+    )
+    export.add_argument(
+        "--image-paths",
+        choices=["relative", "absolute"],
+        default="relative",
+        help="hf without --embed-images: paths relative to the dataset folder, or absolute",
+    )
+    export.add_argument(
+        "--link",
+        choices=["copy", "symlink", "hardlink"],
+        default="copy",
+        help="imagefolder: copy the image files (default) or link them",
+    )
+    export.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipelines.store.export import ExportOptions, export_version, parse_extras
+
+    options = ExportOptions(
+        extras=parse_extras(args.extras),
+        embed_images=args.embed_images,
+        image_paths=args.image_paths,
+        link=args.link,
+    )
+    store = open_store(args.store)
+    out = export_version(store, args.version, args.format, args.out, args.decisions, options)
     console.print(f"wrote {out}", highlight=False)
+    if args.format == "hf" and not args.embed_images and args.image_paths == "relative":
+        root = store.manifest(args.version).get("config", {}).get("source", {}).get("path")
+        if root:
+            console.print(
+                f"image paths are relative to {root} (load from there, or export with "
+                "--embed-images or --image-paths absolute)",
+                highlight=False,
+            )
     return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     d = open_store(args.store).diff(args.a, args.b)
-    parts = {"entered": d.entered, "left": d.left, "relabeled": d.relabeled}
+    parts = {
+        "entered": d.entered,
+        "left": d.left,
+        "corrected": d.corrected,
+        "first_labels": d.labeled,
+    }
     if args.json:
         print(
             json.dumps({"a": d.a, "b": d.b} | {k: v.to_dicts() for k, v in parts.items()}, indent=2)
@@ -116,11 +166,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
         return 0
     console.print(
         f"version {d.a} -> {d.b}: {d.entered.height:,} entered, {d.left.height:,} left, "
-        f"{d.relabeled.height:,} relabeled"
+        f"{d.corrected.height:,} labels corrected, {d.labeled.height:,} first labels "
+        "(unlabeled samples labeled)"
     )
     for name, df in parts.items():
         if df.height:
-            t = Table(title=f"{name} (first {min(args.limit, df.height)})", title_justify="left")
+            t = Table(
+                title=f"{name.replace('_', ' ')} (first {min(args.limit, df.height)})",
+                title_justify="left",
+            )
             for col in df.columns:
                 t.add_column(col)
             for row in df.head(args.limit).iter_rows():

@@ -35,7 +35,13 @@ class Diff:
     b: int
     entered: pl.DataFrame
     left: pl.DataFrame
-    relabeled: pl.DataFrame
+    corrected: pl.DataFrame  # a label that was given in version a changed
+    labeled: pl.DataFrame  # a sample unlabeled in version a (a pool sample) got its first label
+
+    @property
+    def relabeled(self) -> pl.DataFrame:
+        """Every sample whose label changed: corrections and first labels."""
+        return pl.concat([self.corrected, self.labeled], how="diagonal_relaxed")
 
 
 class Store:
@@ -98,15 +104,22 @@ class Store:
         gone = kept_a.join(kept_b, on="sample_id", how="anti")
         left = gone.join(db.select(cols), on="sample_id", how="left")
         if "label" not in da.columns or "label" not in db.columns:
-            return Diff(a=a, b=b, entered=entered, left=left, relabeled=pl.DataFrame())
+            none = pl.DataFrame()
+            return Diff(a=a, b=b, entered=entered, left=left, corrected=none, labeled=none)
+        wanted = ("sample_id", "source", "split", "label", "relabel_source")
         both = da.select("sample_id", pl.col("label").alias("label_before")).join(
-            db.select(
-                [c for c in ("sample_id", "source", "label", "relabel_source") if c in db.columns]
-            ),
-            on="sample_id",
+            db.select([c for c in wanted if c in db.columns]), on="sample_id"
         )
-        relabeled = both.filter(pl.col("label_before").ne_missing(pl.col("label")))
-        return Diff(a=a, b=b, entered=entered, left=left, relabeled=relabeled)
+        changed = both.filter(pl.col("label_before").ne_missing(pl.col("label")))
+        first = pl.col("label_before").is_null()
+        return Diff(
+            a=a,
+            b=b,
+            entered=entered,
+            left=left,
+            corrected=changed.filter(~first),
+            labeled=changed.filter(first).drop("label_before"),
+        )
 
     # ------------------------------------------------------------ writing
 
