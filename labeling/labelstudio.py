@@ -11,31 +11,63 @@ export: a list of tasks with `annotations[].result[].value.choices`.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from labeling.config import LabelingError
 
 Answer = tuple[dict[str, Any], dict[str, Any]]  # (task, the annotation applied)
+MODEL_VERSION = "leanset"  # the predictions leanset puts on tasks (replaced on every push)
+LOCAL_FILES = "/data/local-files/?d="  # where Label Studio serves files of a Local Storage
+REASON_TEXT = {
+    "uncertain": "uncertain (the model is unsure)",
+    "label_issue": "label issue (the given label looks wrong)",
+    "label_conflict": "label conflict (near-copies carry different labels)",
+}
 
 
 def label_studio_config(
     classes: Sequence[str], *, kind: str = "image", from_name: str = "label"
 ) -> str:
-    """The Label Studio labeling config (XML) the exported tasks assume."""
+    """The Label Studio labeling config (XML) the exported tasks assume: a header with the
+    sample's current label and why it is queued (`$context`), the content, single-choice classes."""
     if kind not in ("image", "text"):
         raise LabelingError(f"kind must be image or text, got {kind!r}")
     if not classes:
         raise LabelingError("label_studio_config needs at least one class")
-    obj = "Image" if kind == "image" else "Text"
+    obj = (
+        '<Image name="image" value="$image" maxWidth="320px"/>'
+        if kind == "image"
+        else '<Text name="text" value="$text"/>'
+    )
     choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in classes)
     return (
-        f'<View>\n  <{obj} name="{kind}" value="${kind}"/>\n'
+        f'<View>\n  <Header value="$context"/>\n  {obj}\n'
         f'  <Choices name={quoteattr(from_name)} toName="{kind}" choice="single" '
         f'showInline="true">\n{choices}\n  </Choices>\n</View>\n'
     )
+
+
+def context_line(label: str | None, reason: str) -> str:
+    """What the task view shows above the content: the current label and why it is queued."""
+    current = label if label is not None else "none (unlabeled)"
+    return f"Current label: {current} | queued because: {REASON_TEXT.get(reason, reason)}"
+
+
+def local_files_prefix(dataset_root: Path, document_root: Path) -> str:
+    """The `--image-root` for Label Studio's Local Storage: `/data/local-files/?d=` plus the
+    dataset folder's path relative to LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (which must be
+    above it: Label Studio refuses a storage at the document root itself)."""
+    data, docs = dataset_root.resolve(), document_root.resolve()
+    if docs not in data.parents:
+        raise LabelingError(
+            f"the dataset folder {data} is not inside the Label Studio document root {docs}; set "
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (or --document-root) to a folder above it"
+        )
+    return LOCAL_FILES + quote(data.relative_to(docs).as_posix())
 
 
 def image_ref(image_root: str, sample_id: str, source: str | None) -> str:
@@ -46,7 +78,7 @@ def image_ref(image_root: str, sample_id: str, source: str | None) -> str:
             f"sample {sample_id!r} has source {source!r}; expected a path relative to the "
             "dataset root (no '..', not absolute)"
         )
-    return f"{image_root.rstrip('/')}/{rel}"
+    return f"{image_root.rstrip('/')}/{quote(rel.as_posix())}"
 
 
 def task_for_row(row: dict[str, Any], image_root: str | None, from_name: str, model: str) -> dict:
@@ -67,6 +99,7 @@ def task_for_row(row: dict[str, Any], image_root: str | None, from_name: str, mo
         "source": row["source"],
         "reason": row["reason"],
         "given_label": row["label"],
+        "context": context_line(row["label"], row["reason"]),
     }
     task: dict[str, Any] = {"data": data}
     if row["suggested_label"] is not None:
@@ -89,6 +122,11 @@ def parse_export(data: bytes, path: Path) -> list[dict[str, Any]]:
         tasks = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LabelingError(f"annotation file {str(path)!r} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise LabelingError(
+            f"annotation file {str(path)!r} is nested too deeply to be a Label Studio export; "
+            "nothing was imported"
+        ) from exc
     if not isinstance(tasks, list):
         raise LabelingError(
             f"annotation file {str(path)!r} holds a {type(tasks).__name__}; expected Label "
@@ -101,6 +139,57 @@ def parse_export(data: bytes, path: Path) -> list[dict[str, Any]]:
                 "in the JSON format (not JSON-MIN or CSV)"
             )
     return tasks
+
+
+_SCALAR_ID = (int, str)
+
+
+def malformed(task: dict[str, Any]) -> str | None:
+    """Why a task's annotations are not in Label Studio's export shape (None when they are)."""
+    for k, ann in enumerate(task["annotations"]):
+        where = f"annotation {k}"
+        if not isinstance(ann, dict):
+            return f"{where} is a {type(ann).__name__}, not an object"
+        who = ann.get("completed_by")
+        if who is not None and not isinstance(who, (int, str, dict)):
+            return f"{where}: completed_by is a {type(who).__name__}"
+        if ann.get("id") is not None and not isinstance(ann["id"], _SCALAR_ID):
+            return f"{where}: id is a {type(ann['id']).__name__}, not a number or text"
+        for key in ("created_at", "updated_at"):
+            if ann.get(key) is not None and not isinstance(ann[key], str):
+                return f"{where}: {key} is a {type(ann[key]).__name__}, not a date text"
+        if ann.get("was_cancelled") not in (None, True, False):
+            return f"{where}: was_cancelled is {ann['was_cancelled']!r}, not true or false"
+        problem = _malformed_result(ann.get("result"))
+        if problem:
+            return f"{where}: {problem}"
+    return None
+
+
+def _malformed_result(result: Any) -> str | None:
+    """Why an annotation's `result` is not a list of result objects with a `value` object."""
+    if result is None:
+        return None
+    if not isinstance(result, list):
+        return f"result is a {type(result).__name__}, not a list"
+    for i, item in enumerate(result):
+        if not isinstance(item, dict):
+            return f"result[{i}] is a {type(item).__name__}, not an object"
+        value = item.get("value")
+        if value is not None and not isinstance(value, dict):
+            return f"result[{i}].value is a {type(value).__name__}, not an object"
+        picked = (value or {}).get("choices")
+        if picked is not None and (
+            not isinstance(picked, list) or not all(isinstance(c, str) for c in picked)
+        ):
+            return f"result[{i}].value.choices is not a list of texts"
+    return None
+
+
+def task_name(task: Any, index: int) -> str:
+    """How a message names a task: its position in the file and its Label Studio id."""
+    tid = task.get("id") if isinstance(task, dict) else None
+    return f"task {index}" + (f" (id {tid!r})" if isinstance(tid, _SCALAR_ID) else "")
 
 
 def task_sample_id(task: dict[str, Any]) -> str | None:
@@ -156,19 +245,26 @@ def pick_annotation(task: dict[str, Any], from_name: str) -> tuple[str, dict[str
 def collect_answers(
     tasks: list[dict[str, Any]],
     known: dict[str, dict[str, Any]],
-    seen: set[tuple[str, str]],
+    seen: Mapping[tuple[str, str | None], str | None],
     classes: Sequence[str] | None,
     from_name: str,
-) -> tuple[dict[str, int], dict[str, Answer], list[str]]:
-    """Sort each task into applied/unchanged/skipped; the last task per sample wins."""
+) -> tuple[dict[str, int], dict[str, Answer], list[str], list[str]]:
+    """Sort each task into applied/unchanged/skipped; the last task per sample wins.
+
+    `seen`: the label recorded for each (sample, annotation id) already imported; an annotation
+    edited since (another label) is applied again. Returns the counts, the answers to record, the
+    unknown sample ids, and each malformed task with what is wrong with it."""
     counts: dict[str, int] = {}
     new: dict[str, Answer] = {}
     unknown: list[str] = []
-    for task in tasks:
+    bad: list[str] = []
+    for index, task in enumerate(tasks):
         outcome, annotation = classify_task(task, known, seen, classes, from_name)
         counts[outcome] = counts.get(outcome, 0) + 1
         if outcome == "skipped_unknown_id":
             unknown.append(str(task_sample_id(task)))
+        if outcome == "skipped_malformed":
+            bad.append(f"{task_name(task, index)}: {malformed(task)}")
         if outcome == "applied":
             sid = str(task_sample_id(task))
             if sid in new:  # the same sample in two tasks: the later task wins
@@ -176,13 +272,13 @@ def collect_answers(
                 counts["skipped_duplicate_task"] = counts.get("skipped_duplicate_task", 0) + 1
             assert annotation is not None  # an applied task has its annotation
             new[sid] = (task, annotation)
-    return counts, new, unknown
+    return counts, new, unknown, bad
 
 
 def classify_task(
     task: dict[str, Any],
     known: dict[str, dict[str, Any]],
-    seen: set[tuple[str, str]],
+    seen: Mapping[tuple[str, str | None], str | None],
     classes: Sequence[str] | None,
     from_name: str,
 ) -> tuple[str, dict | None]:
@@ -190,13 +286,17 @@ def classify_task(
     sid = task_sample_id(task)
     if sid is None:
         return "skipped_no_sample_id", None
+    if malformed(task) is not None:
+        return "skipped_malformed", None
     if sid not in known:
         return "skipped_unknown_id", None
     outcome, annotation = pick_annotation(task, from_name)
     if annotation is None:
         return outcome, None
-    if classes is not None and choices_of(annotation, from_name)[0] not in classes:
+    choice = choices_of(annotation, from_name)[0]
+    if classes is not None and choice not in classes:
         return "skipped_unknown_label", None
-    if (sid, id_text(annotation.get("id"))) in seen:
+    key = (sid, id_text(annotation.get("id")))
+    if key in seen and seen[key] == choice:
         return "unchanged", None
     return "applied", annotation

@@ -283,3 +283,68 @@ def test_an_empty_queue_exports_no_tasks(tmp_path: Path) -> None:
     result = export_label_studio(tmp_path / "store", tmp_path / "t.json", image_root="x")
     assert result.n_tasks == 0
     assert json.loads(result.path.read_text()) == []
+
+
+def test_a_second_export_hands_out_only_new_tasks(tmp_path: Path) -> None:
+    """Before: every export re-exported the tasks already handed out (duplicates on re-import)."""
+    store = tmp_path / "store"
+    enqueue(store, _rows(10), now=T0)
+    assert export_label_studio(store, tmp_path / "a.json", image_root="x").n_tasks == 10
+    assert export_label_studio(store, tmp_path / "b.json", image_root="x").n_tasks == 0
+    enqueue(store, _rows(15), now=T0)
+    fresh = export_label_studio(store, tmp_path / "c.json", image_root="x")
+    assert fresh.sample_ids == tuple(f"s{i:03d}" for i in range(10, 15))
+    again = export_label_studio(store, tmp_path / "d.json", image_root="x", statuses=["exported"])
+    assert again.n_tasks == 15 and set(read_queue(store)["status"]) == {"exported"}
+
+
+def test_local_storage_urls_are_below_the_document_root_and_percent_encoded(
+    tmp_path: Path,
+) -> None:
+    """Before: the default was a filesystem path, `?d=` + a leading '/', and no quoting ('#',
+    '+', '&' in a name broke the URL)."""
+    from labeling.labelstudio import image_ref, local_files_prefix
+
+    dataset = tmp_path / "data" / "my photos"
+    dataset.mkdir(parents=True)
+    prefix = local_files_prefix(dataset, tmp_path)
+    assert prefix == "/data/local-files/?d=data/my%20photos"
+    assert image_ref(prefix, "s", "train/a/h#1 p+q&r.png") == (
+        "/data/local-files/?d=data/my%20photos/train/a/h%231%20p%2Bq%26r.png"
+    )
+    with pytest.raises(LabelingError, match="not inside the Label Studio document root"):
+        local_files_prefix(dataset, dataset)
+
+
+def test_tasks_show_the_current_label_and_why_they_are_queued(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    rows = pl.concat([_rows(1), _rows(1, start=1, reason="label_issue")]).with_columns(
+        pl.Series("label", [None, "7"], dtype=pl.String)
+    )
+    enqueue(store, rows, now=T0)
+    tasks = json.loads(
+        export_label_studio(store, tmp_path / "t.json", image_root="x").path.read_text()
+    )
+    assert tasks[0]["data"]["context"].startswith(
+        "Current label: none (unlabeled) | queued because: uncertain"
+    )
+    assert tasks[1]["data"]["context"].startswith("Current label: 7 | queued because: label issue")
+    xml = label_studio_config(CLASSES)
+    assert '<Header value="$context"/>' in xml and 'maxWidth="320px"' in xml
+
+
+def test_an_annotation_edited_after_an_import_is_recorded_again(tmp_path: Path) -> None:
+    """Before: a known annotation id was 'unchanged' even when its label had been edited."""
+    store = tmp_path / "store"
+    enqueue(store, _rows(1), now=T0)
+    tasks = json.loads(
+        export_label_studio(store, tmp_path / "t.json", image_root="x").path.read_text()
+    )
+    answered = _annotate(tasks, {"s000": "2"})
+    import_label_studio(store, _write_json(tmp_path / "a.json", answered))
+    answered[0]["annotations"][0]["result"][0]["value"]["choices"] = ["4"]
+    answered[0]["annotations"][0]["updated_at"] = "2026-01-04T10:00:00.000000Z"
+    result = import_label_studio(store, _write_json(tmp_path / "b.json", answered))
+    assert (result.applied, result.unchanged) == (1, 0)
+    assert read_answers(store)["label"].to_list() == ["4"]
+    assert import_label_studio(store, tmp_path / "b.json").unchanged == 1

@@ -1,8 +1,10 @@
-"""`leanset queue`: export the labeling queue as tasks, import the answers, show the counts."""
+"""`leanset queue`: export the labeling queue as tasks (or push it to Label Studio), import (or
+pull) the answers, show the counts."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,50 +14,112 @@ from pipelines.cli.console import console
 from pipelines.cli.store import open_store
 from pipelines.store import Store
 
+STATUS_CHOICES = {"new": ("queued",), "exported": ("exported",), "all": None}
+DOCUMENT_ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
+
 
 def add_commands(sub: Any) -> None:
-    """Register `leanset queue export|import|show`."""
+    """Register `leanset queue export|import|push|pull|show`."""
     queue = sub.add_parser("queue", help="the labeling queue: export tasks, import answers")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
-    exp = qsub.add_parser("export", help="write the pending queue as Label Studio tasks or a table")
+    exp = qsub.add_parser("export", help="write the queue as Label Studio tasks or a table")
     exp.add_argument("store")
     exp.add_argument("--format", choices=["label-studio", "csv", "parquet"], default="label-studio")
     exp.add_argument("--out", required=True)
     exp.add_argument(
-        "--image-root",
-        default=None,
-        help="prefix for image paths in tasks (a folder, a URL, or Label Studio's "
-        "/data/local-files/?d= prefix; default: the dataset folder of the latest version)",
+        "--status",
+        choices=list(STATUS_CHOICES),
+        default="new",
+        help="new: not exported yet (default; they are marked exported), exported: handed out "
+        "and not answered, all: every queued sample",
     )
+    _image_arguments(exp)
     exp.set_defaults(func=cmd_queue_export)
     imp = qsub.add_parser("import", help="record the answers of a Label Studio JSON export")
     imp.add_argument("store")
     imp.add_argument("annotations")
     imp.set_defaults(func=cmd_queue_import)
+    for name, func, text in (
+        ("push", cmd_queue_push, "create or update a Label Studio project's tasks (API)"),
+        ("pull", cmd_queue_pull, "record the annotations made since the last pull (API)"),
+    ):
+        cmd = qsub.add_parser(name, help=f"{text}; the API key from $LABEL_STUDIO_API_KEY")
+        cmd.add_argument("store")
+        cmd.add_argument(
+            "--url", required=True, help="the Label Studio server, e.g. http://host:8080"
+        )
+        cmd.add_argument("--project", required=True, help="the project's title (or its id)")
+        if name == "push":
+            _image_arguments(cmd)
+        cmd.set_defaults(func=func)
     show = qsub.add_parser("show", help="queue counts by status and reason")
     show.add_argument("store")
     show.set_defaults(func=cmd_queue_show)
 
 
+def _image_arguments(cmd: argparse.ArgumentParser) -> None:
+    """Where task images point: Label Studio's Local Storage, or another URL prefix."""
+    cmd.add_argument(
+        "--document-root",
+        default=None,
+        help=f"Label Studio's {DOCUMENT_ROOT_ENV} (default: that variable, else the folder "
+        "above the dataset folder); task images become /data/local-files/?d=<path below it>",
+    )
+    cmd.add_argument(
+        "--image-root",
+        default=None,
+        help="any other URL prefix for task images (joined with each image's path relative to "
+        "the dataset folder)",
+    )
+
+
+def image_root(store: Store, args: argparse.Namespace) -> tuple[str | None, Path | None, Path]:
+    """The URL prefix of task images (None for text datasets), the dataset folder, and the
+    Label Studio document root the prefix assumes."""
+    from labeling.labelstudio import local_files_prefix
+
+    source = store.manifest()["config"]["source"]
+    dataset = Path(source["path"]).resolve() if source.get("path") else None
+    if args.image_root:
+        return args.image_root, dataset, Path("/")
+    if source["type"] != "imagefolder" or dataset is None:
+        return None, None, Path("/")
+    docs = Path(args.document_root or os.environ.get(DOCUMENT_ROOT_ENV) or dataset.parent)
+    return local_files_prefix(dataset, docs), dataset, docs.resolve()
+
+
 def cmd_queue_export(args: argparse.Namespace) -> int:
     from labeling.labelstudio import label_studio_config
-    from pipelines.store.queue import export_label_studio, export_table
+    from pipelines.store.queue import STATUSES, export_label_studio, export_table
 
     store = open_store(args.store)
+    statuses = STATUS_CHOICES[args.status] or STATUSES
     if args.format != "label-studio":
-        out = export_table(store.root, args.out, format=args.format)
-        console.print(f"wrote {out}", highlight=False)
+        out = export_table(store.root, args.out, format=args.format, statuses=statuses)
+        console.print(f"wrote {out.n_tasks} queue rows to {out.path}", highlight=False)
         return 0
-    source = store.manifest()["config"]["source"]
-    root = args.image_root or (source["path"] if source["type"] == "imagefolder" else None)
-    res = export_label_studio(store.root, args.out, image_root=root)
+    root, dataset, docs = image_root(store, args)
+    res = export_label_studio(store.root, args.out, image_root=root, statuses=statuses)
     xml = Path(args.out).with_suffix(".label_config.xml")
     xml.write_text(label_studio_config(_classes(store), kind="image" if root else "text"))
     console.print(
-        f"wrote {res.n_tasks} Label Studio tasks to {res.path} (labeling config: {xml})",
+        f"wrote {res.n_tasks} Label Studio tasks ({args.status}) to {res.path} (labeling "
+        f"config: {xml}); they are marked exported",
         highlight=False,
     )
+    if dataset is not None and not args.image_root:
+        _storage_hint(docs, dataset)
     return 0
+
+
+def _storage_hint(docs: Path, dataset: Path) -> None:
+    """How Label Studio must be set up for the task images to display."""
+    console.print(
+        f"images: start Label Studio with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and "
+        f"{DOCUMENT_ROOT_ENV}={docs}, and add a Local Storage with the absolute path {dataset} "
+        "to the project (do not sync it)",
+        highlight=False,
+    )
 
 
 def cmd_queue_import(args: argparse.Namespace) -> int:
@@ -63,6 +127,12 @@ def cmd_queue_import(args: argparse.Namespace) -> int:
 
     store = open_store(args.store)
     res = import_label_studio(store.root, args.annotations, classes=_classes(store))
+    _print_import(res)
+    return 0
+
+
+def _print_import(res: Any) -> None:
+    """What an import recorded and skipped, naming malformed tasks and unknown ids."""
     console.print(
         f"{res.applied} answer(s) recorded, {res.unchanged} unchanged, {res.skipped} skipped "
         f"of {res.n_tasks} task(s); the next run's version carries them",
@@ -71,8 +141,42 @@ def cmd_queue_import(args: argparse.Namespace) -> int:
     skipped = {k: v for k, v in vars(res).items() if k.startswith("skipped_") and v}
     if skipped:
         console.print(f"skipped: {skipped}", highlight=False)
+    for problem in res.malformed:
+        console.print(f"malformed: {problem}", highlight=False)
     if res.unknown_ids:
         console.print(f"unknown ids (first): {', '.join(res.unknown_ids[:5])}", highlight=False)
+
+
+def _target(store: Store, args: argparse.Namespace, images: bool) -> Any:
+    from pipelines.labelstudio import Target
+
+    root, dataset, _ = image_root(store, args) if images else (None, None, Path("/"))
+    return Target(args.url, args.project, root, dataset, tuple(_classes(store)))
+
+
+def cmd_queue_push(args: argparse.Namespace) -> int:
+    from pipelines.labelstudio import api_key, push_queue
+
+    store = open_store(args.store)
+    target = _target(store, args, images=True)
+    project_id, counts = push_queue(store.root, target, api_key())
+    console.print(
+        f"project {args.project!r} (id {project_id}) at {args.url}: {counts.created} task(s) "
+        f"created, {counts.updated} updated, {counts.unchanged} unchanged",
+        highlight=False,
+    )
+    return 0
+
+
+def cmd_queue_pull(args: argparse.Namespace) -> int:
+    from pipelines.labelstudio import api_key, pull_queue
+
+    store = open_store(args.store)
+    path, res = pull_queue(
+        store.root, _target(store, args, images=False), api_key(), _classes(store)
+    )
+    console.print(f"pulled {res.n_tasks} task(s) updated since the last pull ({path})")
+    _print_import(res)
     return 0
 
 
@@ -93,5 +197,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 
 def _classes(store: Store) -> list[str]:
     """The label set of the latest version (for the labeling config and to check answers)."""
-    labels: list[str] = store.read("decisions")["label"].drop_nulls().unique().sort().to_list()
-    return labels
+    from pipelines.store.export import version_classes
+
+    manifest = store.manifest()
+    return version_classes(manifest, store.read("decisions", manifest["version"]))

@@ -8,6 +8,7 @@ STORE/
   cache/embeddings/<fp>/shard-*.npz content-addressed embedding shards
   cache/file-hashes.parquet     content hashes of image files by (path, size, mtime)
   labeling/queue.parquet  labeling/answers.parquet  labeling/.lock
+  labeling/label-studio.json  labeling/pulls/pull-<time>.json   Label Studio push/pull state
   reports/v000001.html          a static report per version
 ```
 """
@@ -75,6 +76,15 @@ class StoreLayout:
     @property
     def labeling_lock(self) -> Path:
         return self.labeling / ".lock"
+
+    @property
+    def label_studio_sync(self) -> Path:
+        """Which Label Studio projects the queue was pushed to, and how far each was pulled."""
+        return self.labeling / "label-studio.json"
+
+    def pull_file(self, stamp: str) -> Path:
+        """The tasks one `leanset queue pull` fetched (what its answers were recorded from)."""
+        return self.labeling / "pulls" / f"pull-{stamp}.json"
 
     @property
     def reports(self) -> Path:

@@ -26,6 +26,7 @@ import polars as pl
 
 from labeling.config import LabelingError
 from labeling.labelstudio import (
+    MODEL_VERSION,
     annotator_of,
     choices_of,
     collect_answers,
@@ -117,7 +118,9 @@ class ImportResult:
     skipped_multiple_choices: int = 0
     skipped_unknown_label: int = 0
     skipped_duplicate_task: int = 0
+    skipped_malformed: int = 0
     unknown_ids: tuple[str, ...] = field(default_factory=tuple)
+    malformed: tuple[str, ...] = field(default_factory=tuple)  # the first bad tasks, named
 
     @property
     def skipped(self) -> int:
@@ -302,35 +305,79 @@ def _pending_rows(queue: pl.DataFrame, statuses: Sequence[str]) -> pl.DataFrame:
     return chosen.sort(["queued_at", "queue_rank", "sample_id"], nulls_last=True)
 
 
+def pending_tasks(
+    store: str | Path,
+    statuses: Sequence[str],
+    image_root: str | None,
+    from_name: str = "label",
+    model_version: str = MODEL_VERSION,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The sample ids and Label Studio tasks of the queue rows in `statuses`."""
+    rows = _pending_rows(read_queue(store), statuses)
+    tasks = [
+        task_for_row(r, image_root, from_name, model_version) for r in rows.iter_rows(named=True)
+    ]
+    return rows["sample_id"].to_list(), tasks
+
+
+def mark_exported(store: str | Path, ids: Sequence[str], now: datetime | None = None) -> None:
+    """Queued rows of `ids` become exported (they are in Label Studio or a task file now)."""
+    if not ids:
+        return
+    with _locked(store):
+        path = _store_file(store, "queue")
+        queue = _read(path, QUEUE_SCHEMA)
+        _write(path, _mark(queue, ids, "exported", "exported_at", _now(now), only=("queued",)))
+
+
 def export_label_studio(
     store: str | Path,
     out_path: str | Path,
     *,
     image_root: str | None = None,
-    statuses: Sequence[str] = PENDING,
+    statuses: Sequence[str] = ("queued",),
     from_name: str = "label",
-    model_version: str = "leanset",
+    model_version: str = MODEL_VERSION,
     now: datetime | None = None,
 ) -> ExportResult:
-    """Write the pending queue as Label Studio tasks (JSON) and mark those rows exported.
+    """Write the queue rows in `statuses` (default: not exported yet) as Label Studio tasks (JSON)
+    and mark them exported, so the next export does not hand out the same tasks again.
 
-    `image_root`: prefix joined with each sample's `source` (a local folder, a URL, or Label
-    Studio's `/data/local-files/?d=` prefix); without it the tasks carry the queue's `text`.
+    `image_root`: the URL prefix joined with each sample's `source`, percent-encoded (Label
+    Studio's `/data/local-files/?d=<folder>`, or any URL); without it the tasks carry the text.
     """
     with _locked(store):
-        path = _store_file(store, "queue")
-        queue = _read(path, QUEUE_SCHEMA)
-        rows = _pending_rows(queue, statuses)
-        tasks = [
-            task_for_row(r, image_root, from_name, model_version)
-            for r in rows.iter_rows(named=True)
-        ]
+        ids, tasks = pending_tasks(store, statuses, image_root, from_name, model_version)
         out = atomic_write_bytes(out_path, (json.dumps(tasks, indent=2) + "\n").encode())
-        ids = rows["sample_id"].to_list()
+        path = _store_file(store, "queue")
         if ids:
+            queue = _read(path, QUEUE_SCHEMA)
             _write(path, _mark(queue, ids, "exported", "exported_at", _now(now), only=("queued",)))
     logger.info("exported %d Label Studio tasks to %s", len(tasks), out)
     return ExportResult(path=Path(out), n_tasks=len(tasks), sample_ids=tuple(ids))
+
+
+def read_sync_state(store: str | Path) -> dict[str, Any]:
+    """`{url#project: {"project_id", "pulled_through"}}` of the Label Studio projects used."""
+    path = _store_file(store, "label_studio_sync")
+    if not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LabelingError(
+            f"{path} is unreadable ({exc}); delete it to pull every annotation again"
+        ) from exc
+    return state if isinstance(state, dict) else {}
+
+
+def write_sync_state(store: str | Path, key: str, entry: dict[str, Any]) -> None:
+    """Record one project's push/pull state."""
+    with _locked(store):
+        state = read_sync_state(store)
+        state[key] = {**state.get(key, {}), **entry}
+        data = (json.dumps(state, indent=2, sort_keys=True) + "\n").encode()
+        atomic_write_bytes(_store_file(store, "label_studio_sync"), data)
 
 
 def _mark(
@@ -372,7 +419,7 @@ def export_table(
     out_path: str | Path,
     *,
     format: str = "csv",
-    statuses: Sequence[str] = PENDING,
+    statuses: Sequence[str] = ("queued",),
 ) -> ExportResult:
     """Write the queue rows in `statuses` as a plain CSV or Parquet table (status unchanged)."""
     if format not in TABLE_WRITERS:
@@ -404,17 +451,24 @@ def import_label_studio(
         qpath, apath = _store_file(store, "queue"), _store_file(store, "answers")
         queue, answers = _read(qpath, QUEUE_SCHEMA), _read(apath, ANSWER_SCHEMA)
         known = {r["sample_id"]: r for r in queue.iter_rows(named=True)}
-        seen = set(
-            zip(answers["sample_id"].to_list(), answers["annotation_id"].to_list(), strict=True)
-        )
-        counts, new, unknown = collect_answers(tasks, known, seen, classes, from_name)
+        seen = {
+            (s, a): label
+            for s, a, label in answers.sort("imported_at")
+            .select("sample_id", "annotation_id", "label")
+            .iter_rows()
+        }
+        counts, new, unknown, bad = collect_answers(tasks, known, seen, classes, from_name)
         fresh = _answer_frame(new, known, stamp, path.name, from_name)
         if fresh.height:
             _write(apath, pl.concat([answers, fresh]))
             _write(
                 qpath, _mark(queue, fresh["sample_id"].to_list(), "answered", "answered_at", stamp)
             )
-    result = ImportResult(n_tasks=len(tasks), unknown_ids=tuple(unknown[:10]), **counts)
+    result = ImportResult(
+        n_tasks=len(tasks), unknown_ids=tuple(unknown[:10]), malformed=tuple(bad[:10]), **counts
+    )
+    for problem in bad:
+        logger.warning("annotation file %s: %s; task skipped", path, problem)
     if result.skipped:
         logger.warning(
             "annotation import skipped %d of %d tasks: %s", result.skipped, result.n_tasks, result

@@ -120,3 +120,55 @@ def test_export_refuses_sources_that_climb_out_of_the_image_root(store: Path, tm
     with pytest.raises(LabelingError, match="sample 'evil' has source '../../outside/secret.txt'"):
         queue.export_label_studio(store, tmp_path / "tasks.json", image_root="/data/images")
     assert not (tmp_path / "tasks.json").exists()
+
+
+def _malformed_tasks() -> list[dict]:
+    """Tasks for queued samples whose annotations are not in Label Studio's export shape."""
+    good = task("s1", ann_id=40)["annotations"][0]
+    bad_annotations = [
+        {**good, "result": "abc"},
+        {**good, "result": [{**good["result"][0], "value": ["dog"]}]},
+        {**good, "updated_at": {"$date": 1}},
+        {**good, "created_at": ["2026-01-01"]},
+        {**good, "id": {"nested": [1, 2]}},
+        {**good, "result": [{**good["result"][0], "value": {"choices": "dog"}}]},
+        {**good, "result": [{**good["result"][0], "value": {"choices": [{"x": 1}]}}]},
+        {**good, "result": ["dog"]},
+        {**good, "was_cancelled": "no"},
+        {**good, "completed_by": [1]},
+        "an annotation",
+    ]
+    return [
+        {"id": 100 + k, "data": {"sample_id": "s2"}, "annotations": [ann]}
+        for k, ann in enumerate(bad_annotations)
+    ]
+
+
+def test_malformed_tasks_are_skipped_counted_and_named(store: Path, tmp_path: Path):
+    """Before: `"result": "abc"`, a list as `value`, an object as a date... ended in tracebacks."""
+    bad = _malformed_tasks()
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([*bad, task("s1", ann_id=41)]))
+    before = tree_digest(store)
+    result = queue.import_label_studio(store, path, classes=CLASSES)
+    TALLY["hostile inputs tried: Label Studio import (malformed tasks)"] += len(bad)
+    assert result.skipped_malformed == len(bad) and result.applied == 1
+    assert result.malformed[0].startswith("task 0 (id 100): annotation 0: result is a str")
+    assert "updated_at is a dict, not a date text" in result.malformed[2]
+    assert queue.read_answers(store).select("sample_id", "label").rows() == [("s1", "dog")]
+    only_bad = tmp_path / "bad.json"
+    only_bad.write_text(json.dumps(bad))
+    after_good = tree_digest(store)
+    assert queue.import_label_studio(store, only_bad, classes=CLASSES).applied == 0
+    assert tree_digest(store) == after_good  # nothing written for bad tasks
+    assert {k for k in before if not k.startswith("labeling/")} <= set(after_good)
+
+
+def test_a_deeply_nested_export_is_refused_and_the_store_unchanged(store: Path, tmp_path: Path):
+    TALLY["hostile inputs tried: Label Studio import (deep nesting)"] += 1
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    before = tree_digest(store)
+    with pytest.raises(LabelingError, match="nested too deeply"):
+        queue.import_label_studio(store, path, classes=CLASSES)
+    assert tree_digest(store) == before
