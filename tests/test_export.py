@@ -184,6 +184,12 @@ def test_with_embeddings_pred_probs_and_decisions(prefect_harness, tmp_path):
     assert np.load(folder / "embedding.npy").shape == (table.height, cached.shape[1])
     assert np.allclose(np.load(folder / "pred_probs.npy"), probs)
 
+    import shutil
+
+    shutil.rmtree(store.layout.embeddings)  # the cache is safe to delete: the export says so
+    with pytest.raises(StoreError, match="no longer holds the vectors"):
+        export_version(store, None, "parquet", tmp_path / "y.parquet", options=opts)
+
 
 def test_with_pred_probs_without_label_noise_says_what_to_do(folder_store, tmp_path):
     with pytest.raises(StoreError, match="configure label_noise"):

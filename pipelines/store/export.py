@@ -170,7 +170,12 @@ def embedding_column(store: Store, manifest: dict[str, Any], frame: pl.DataFrame
         raise StoreError(f"version {manifest['version']} was made without an embedder")
     hashes = frame["content_hash"].to_list()
     found, vectors = EmbeddingCache(store.layout.embeddings, fingerprint).get(hashes)
-    readable = frame["error"].is_null().to_numpy() if "error" in frame.columns else found
+    # every kept sample was read; among the decisions, unreadable ones have no vector
+    readable = (
+        frame["error"].is_null().to_numpy()
+        if "error" in frame.columns
+        else np.ones(len(hashes), dtype=bool)
+    )
     missing = np.flatnonzero(readable & ~found)
     if missing.size:
         raise StoreError(
@@ -262,13 +267,14 @@ def _hf_split(view: VersionView, part: pl.DataFrame, opts: ExportOptions) -> dat
     import datasets
 
     has_image = "image_path" in part.columns
-    rest = part.drop([c for c in ("image_path", "image_bytes", "label") if c in part.columns])
-    ds = datasets.Dataset.from_polars(rest)
-    if "label" in part.columns:
+    typed = "label" in part.columns and bool(view.classes)  # no labels at all: left as is
+    dropped = ("image_path", "image_bytes") + (("label",) if typed else ())
+    ds = datasets.Dataset.from_polars(part.drop([c for c in dropped if c in part.columns]))
+    if typed:
         index = {c: i for i, c in enumerate(view.classes)}
         codes = [-1 if v is None else index[v] for v in part["label"].to_list()]
         ds = ds.add_column("label", codes).cast_column(
-            "label", datasets.ClassLabel(names=view.classes or ["none"])
+            "label", datasets.ClassLabel(names=view.classes)
         )
     if has_image:
         images = [image_cell(view, r, opts) for r in part.iter_rows(named=True)]
