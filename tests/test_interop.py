@@ -58,9 +58,6 @@ def test_readme_datalab_snippet_runs_on_the_hf_export(store: Store, tmp_path: Pa
 
 
 def test_readme_fiftyone_snippet_sees_every_group(store: Store, tmp_path: Path):
-    python = os.environ.get("LEANSET_FIFTYONE_PYTHON")
-    if not python:
-        pytest.skip("set LEANSET_FIFTYONE_PYTHON to a Python with fiftyone installed")
     parquet = export_version(
         store,
         None,
@@ -69,6 +66,13 @@ def test_readme_fiftyone_snippet_sees_every_group(store: Store, tmp_path: Path):
         decisions=True,
         options=ExportOptions(extras=("embeddings",)),
     )
+    decisions = pl.read_parquet(parquet)
+    unreadable = decisions["error"].is_not_null()
+    assert unreadable.any() and decisions.filter(unreadable)["embedding"].null_count() > 0
+    assert decisions.filter(~unreadable)["embedding"].null_count() == 0
+    python = os.environ.get("LEANSET_FIFTYONE_PYTHON")
+    if not python:
+        pytest.skip("set LEANSET_FIFTYONE_PYTHON to a Python with fiftyone installed")
     code = (
         snippet("import fiftyone")
         .replace('"data/demo/images"', repr(str(tmp_path / "images")))
@@ -81,7 +85,6 @@ def test_readme_fiftyone_snippet_sees_every_group(store: Store, tmp_path: Path):
         [python, "-c", code], env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    decisions = pl.read_parquet(parquet)
     groups = decisions["dup_group"].drop_nulls().n_unique()
     dropped = int((~decisions["kept"]).sum())
     assert f"{groups} duplicate groups; {dropped} samples dropped" in done.stdout

@@ -183,10 +183,10 @@ def embedding_column(store: Store, manifest: dict[str, Any], frame: pl.DataFrame
             f"sample(s) (first: {frame['sample_id'][int(missing[0])]!r}); rerun the flow to "
             "recompute them, then export again"
         )
-    rows: list[np.ndarray | None] = [None] * frame.height
+    rows: list[list[float] | None] = [None] * frame.height  # None: an unreadable sample
     for k, i in enumerate(np.flatnonzero(found)):
         assert vectors is not None  # found has a true entry
-        rows[int(i)] = vectors[k]
+        rows[int(i)] = vectors[k].tolist()
     return pl.Series("embedding", rows, dtype=pl.List(pl.Float32))
 
 
