@@ -151,6 +151,8 @@ def _target(store: Store, args: argparse.Namespace, images: bool) -> Any:
     from pipelines.labelstudio import Target
 
     root, dataset, _ = image_root(store, args) if images else (None, None, Path("/"))
+    if images and args.image_root:  # images served elsewhere: no Local Storage to add
+        dataset = None
     return Target(args.url, args.project, root, dataset, tuple(_classes(store)))
 
 
