@@ -7,7 +7,8 @@ port; its database, media, secret key and HOME are in one temporary folder; its 
 legacy API token are created at start from environment variables; files under `document_root`
 are served at `/data/local-files/?d=<path below it>` once a Local Storage covers them.
 
-A first start on a fresh folder runs Django's migrations (70-140 s on two busy cores).
+A first start on a fresh folder runs Django's migrations: 70-140 s on two busy cores, and up to
+8 minutes on two cores shared with a dozen other jobs.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def running(executable: Path, folder: Path, timeout: float = 400.0) -> Iterator[Server]:
+def running(executable: Path, folder: Path, timeout: float = 900.0) -> Iterator[Server]:
     """A started server, stopped on exit whatever happens inside."""
     server = Server(executable, folder, free_port())
     for sub in ("home", "data", "files"):

@@ -19,7 +19,8 @@ from pipelines.store.queue import read_answers, read_queue
 from tests import labelstudio_server as ls
 from tests.helpers import write_flows, write_png
 
-pytestmark = pytest.mark.slow
+# the server's first start (Django migrations) is most of the time: 1-2 min, far more when busy
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 PROJECT = "leanset live test"
 
 
