@@ -10,8 +10,8 @@ import numpy as np
 import polars as pl
 
 from dedup.config import DedupError, DedupSettings
-from dedup.exact import exact_edges, exact_representatives
-from dedup.groups import GroupColumns, components, resolve_groups
+from dedup.exact import exact_representatives
+from dedup.groups import Edges, GroupColumns, resolve_groups
 from dedup.matrix import check_matrix, cuda_available
 from dedup.near import NearPairs, SearchOptions, find_near_pairs, find_near_pairs_between
 
@@ -54,12 +54,11 @@ def find_duplicates(
     if emb is not None:
         emb = _check_embeddings(table, emb)
     rep_of = exact_representatives(table) if settings.exact else _no_exact(table)
-    a, b = exact_edges(rep_of)
     near = _NearSearch(search, search_between, settings)
     near_a, near_b, sims, info = near.edges(table, rep_of, emb, prior)
-    labels = components(table.height, np.concatenate([a, near_a]), np.concatenate([b, near_b]))
-    cols = resolve_groups(table, labels, emb, settings)
-    out = table.with_columns(_to_columns(table, cols, emb))
+    near_a, near_b, sims = _exact_similarities(emb, near_a, near_b, settings.threshold)
+    cols = resolve_groups(table, rep_of, Edges(near_a, near_b, sims), settings)
+    out = table.with_columns(_to_columns(table, cols))
     hashes = table["content_hash"].to_numpy()
     pairs = pl.DataFrame(
         {"hash_a": hashes[near_a], "hash_b": hashes[near_b], "sim": sims}, schema=PAIR_SCHEMA
@@ -77,6 +76,19 @@ def _check_embeddings(table: pl.DataFrame, emb: np.ndarray) -> np.ndarray:
     return check_matrix(emb, rows=table.height, describe=describe, error=DedupError)
 
 
+def _exact_similarities(
+    emb: np.ndarray | None, a: np.ndarray, b: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each found pair's similarity computed once more from its two rows, and the pairs at or
+    above the threshold by that value: decisions then depend on the rows alone, not on how a
+    search blocked its products (a full and an incremental run round alike)."""
+    if emb is None or len(a) == 0:
+        return a, b, np.ones(len(a), dtype=np.float32)
+    sims = np.einsum("ij,ij->i", emb[a], emb[b]).astype(np.float32).clip(-1, 1)
+    keep = sims >= np.float32(threshold)
+    return a[keep], b[keep], sims[keep]
+
+
 def _no_exact(table: pl.DataFrame) -> np.ndarray:
     ok = table["error"].is_null().to_numpy()
     return np.where(ok, np.arange(table.height), -1)
@@ -90,7 +102,7 @@ def default_exact_max_rows() -> int:
     return 2_000_000 if cuda_available() else 200_000
 
 
-Edges = tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]  # rows a, rows b, sims, info
+FoundEdges = tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]  # rows a, b, sims, info
 Search = Callable[[np.ndarray, float, SearchOptions], NearPairs]
 SearchBetween = Callable[[np.ndarray, np.ndarray, float, SearchOptions], NearPairs]
 
@@ -117,7 +129,7 @@ class _NearSearch:
         rep_of: np.ndarray,
         emb: np.ndarray | None,
         prior: PriorIndex | None,
-    ) -> Edges:
+    ) -> FoundEdges:
         """(rows a, rows b, similarities, search info)."""
         if not self.settings.near or emb is None or emb.shape[1] == 0:
             return _EMPTY, _EMPTY, np.zeros(0, np.float32), {"method": "none"}
@@ -134,7 +146,7 @@ class _NearSearch:
 
     def _incremental(
         self, table: pl.DataFrame, reps: np.ndarray, emb: np.ndarray, prior: PriorIndex
-    ) -> Edges:
+    ) -> FoundEdges:
         hashes = table["content_hash"].to_numpy()
         old_mask = np.fromiter((h in prior.covered for h in hashes[reps]), bool, len(reps))
         first = np.zeros(len(reps), dtype=bool)  # without exact dedup a content repeats in reps:
@@ -172,16 +184,12 @@ def _prior_edges(
     return a, b, live["sim"].to_numpy().astype(np.float32)
 
 
-def _to_columns(table: pl.DataFrame, cols: GroupColumns, emb: np.ndarray | None) -> list[pl.Series]:
+def _to_columns(table: pl.DataFrame, cols: GroupColumns) -> list[pl.Series]:
     ids = table["sample_id"].to_numpy().astype(object)
     hashes = table["content_hash"].to_numpy()
     has_ref = cols.ref >= 0
     ref = np.where(has_ref, cols.ref, 0)
     same = has_ref & (hashes == hashes[ref])
-    sim = np.ones(table.height, dtype=np.float32)
-    if emb is not None and emb.shape[1]:
-        sim = np.einsum("ij,ij->i", emb, emb[ref]).clip(-1, 1).astype(np.float32)
-    sim = np.where(same, 1.0, sim).astype(np.float32)
 
     def ids_where(mask: np.ndarray, idx: np.ndarray) -> pl.Series:
         names = ids[np.where(mask, idx, 0)]
@@ -192,7 +200,7 @@ def _to_columns(table: pl.DataFrame, cols: GroupColumns, emb: np.ndarray | None)
     return [
         ids_where(same, ref).alias("exact_dup_of"),
         ids_where(has_ref & ~same, ref).alias("near_dup_of"),
-        pl.Series("dup_similarity", np.where(has_ref, sim, np.nan)).fill_nan(None).cast(pl.Float32),
+        pl.Series("dup_similarity", cols.sim).fill_nan(None).cast(pl.Float32),
         ids_where(cols.group >= 0, cols.group).alias("dup_group"),
         ids_where(cols.leak_of >= 0, cols.leak_of).alias("leak_of"),
         pl.Series("label_conflict", cols.conflict, dtype=pl.Boolean),
