@@ -25,3 +25,6 @@ class DedupSettings:
     dedup_eval: bool = False
     search: Literal["auto", "exact", "partitioned"] = "auto"
     exact_max_rows: int | None = None  # None: 200k on CPU, 2M on a GPU
+    max_drop_fraction: float | None = 0.3  # the guard: refuse to drop more of a split (None: off)
+    max_group_fraction: float | None = 0.1  # ... or to put more of a split into one group
+    guard_min_rows: int = 50  # splits smaller than this are not judged

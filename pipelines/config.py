@@ -251,10 +251,7 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
         raise ConfigError(f"{where}: source: type 'files' needs 'format' and 'data_files'")
     if src.type == "hub" and not src.name:
         raise ConfigError(f"{where}: source.name: required for source type 'hub' (a dataset id)")
-    if not 0.0 < s.dedup.threshold <= 1.0:
-        raise ConfigError(
-            f"{where}: dedup.threshold: expected a number in (0, 1], got {s.dedup.threshold}"
-        )
+    _check_dedup(s.dedup, where)
     if s.dedup.near and s.embedder is None:
         raise ConfigError(f"{where}: embedder: required when dedup.near is true")
     _check_labeling(s, where)
@@ -269,6 +266,20 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
     if emb and emb.model and _looks_like_path(emb.model):
         emb = dataclasses.replace(emb, model=_abs(base, emb.model))
     return dataclasses.replace(s, source=source, store=_abs(base, s.store), embedder=emb)
+
+
+def _check_dedup(d: DedupSettings, where: str) -> None:
+    """Ranges of the dedup section."""
+    if not 0.0 < d.threshold <= 1.0:
+        raise ConfigError(
+            f"{where}: dedup.threshold: expected a number in (0, 1], got {d.threshold}"
+        )
+    for key in ("max_drop_fraction", "max_group_fraction"):
+        value = getattr(d, key)
+        if value is not None and not 0.0 < value <= 1.0:
+            raise ConfigError(
+                f"{where}: dedup.{key}: expected a number in (0, 1] or null, got {value}"
+            )
 
 
 def _check_labeling(s: FlowSettings, where: str) -> None:

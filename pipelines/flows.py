@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from dedup.config import DedupSettings
+from dedup.guard import DedupGuardError, check_drops, split_drops
 from dedup.stage import DedupResult, PriorIndex, find_duplicates
 from labeling.stage import LabelingOutcome, apply_answers, label_and_select, queue_rows
 from pipelines.config import FlowSettings, load_flow
@@ -198,15 +199,19 @@ def report_task(summary: RunSummary, decisions: pl.DataFrame | None) -> str:
 
 
 @flow(name="leanset-clean", flow_run_name="clean-{flow_name}", log_prints=False)
-def clean_flow(config_path: str, flow_name: str) -> JSON:
-    """Clean one dataset from flows.yaml and commit a new version when anything changed."""
+def clean_flow(config_path: str, flow_name: str, force: bool = False) -> JSON:
+    """Clean one dataset from flows.yaml and commit a new version when anything changed.
+
+    `force`: commit even when dedup would drop more of a split than the guard allows."""
     settings = load_flow(config_path, flow_name)
-    summary, decisions = run_pipeline(settings)
+    summary, decisions = run_pipeline(settings, force=force)
     report_task(summary, decisions)
     return summary.to_dict()
 
 
-def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | None]:
+def run_pipeline(
+    settings: FlowSettings, force: bool = False
+) -> tuple[RunSummary, pl.DataFrame | None]:
     """One run: load → unchanged? → history → embed → dedup → labeling → decide → commit →
     queue → report (the decisions are returned for the report artifacts)."""
     store, timer, meter = Store(settings.store), Timer(), ComputeMeter()
@@ -228,10 +233,11 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
     prior = history.prior_index(embedded.index_key) if settings.dedup.near else None
     with timer("dedup"):
         dd = dedup_task(embedded.table, embedded.matrix, settings.dedup, prior)
+    guard = _guard(dd.table, settings.dedup, force)
     with timer("labeling"):
         labeled = _label(dd.table, embedded.matrix, settings, data, store)
     decided = decide(labeled.table)
-    found = _Found(fingerprint, embedded, dd, labeled.info | human)
+    found = _Found(fingerprint, embedded, dd, labeled.info | human, guard)
     draft = _draft(settings, data.with_table(decided), history, parent, found, timer, meter)
     with timer("commit"):
         committed = commit_task(str(store.root), draft)
@@ -306,6 +312,30 @@ def _mark_unreadable(table: pl.DataFrame, errors: dict[str, str]) -> pl.DataFram
     return table.with_columns(pl.coalesce(pl.col("error"), found).alias("error"))
 
 
+def _guard(table: pl.DataFrame, settings: DedupSettings, force: bool) -> JSON:
+    """The guard's verdict on what dedup would drop (raises when it refuses, unless forced)."""
+    try:
+        drops = check_drops(table, settings)
+    except DedupGuardError as exc:
+        if not force:
+            raise
+        get_run_logger().warning("Forced past the dedup guard: %s", exc)
+        drops = split_drops(table)
+    return {
+        "forced": force,
+        "max_drop_fraction": settings.max_drop_fraction,
+        "max_group_fraction": settings.max_group_fraction,
+        "splits": {
+            d.split: {
+                "samples": d.samples,
+                "dropped": d.dropped,
+                "largest_group": d.largest_group_size,
+            }
+            for d in drops
+        },
+    }
+
+
 def _label(
     table: pl.DataFrame,
     matrix: np.ndarray | None,
@@ -330,6 +360,7 @@ class _Found:
     embedded: _Embedded
     dedup: DedupResult
     labeling: JSON
+    guard: JSON
 
 
 def _draft(
@@ -361,6 +392,7 @@ def _draft(
         search=found.dedup.search,
         index={"key": key},
         labeling=found.labeling,
+        guard=found.guard,
     )
     parent_version = parent["version"] if parent else None
     pairs = found.dedup.pairs if key else None
@@ -377,7 +409,7 @@ def _queue_rows(decided: pl.DataFrame, settings: FlowSettings, data: LoadedDatas
     return rows.with_columns(pl.col("sample_id").replace_strict(texts).alias("text"))
 
 
-def run_flow(config: str | Path, flow_name: str) -> JSON:
+def run_flow(config: str | Path, flow_name: str, force: bool = False) -> JSON:
     """Run one flow through Prefect (its local ephemeral API unless PREFECT_API_URL is set)."""
     load_flow(config, flow_name)  # fail fast, before Prefect starts, on a bad config
-    return clean_flow(config_path=str(Path(config).resolve()), flow_name=flow_name)
+    return clean_flow(config_path=str(Path(config).resolve()), flow_name=flow_name, force=force)
