@@ -60,8 +60,11 @@ class ColumnSettings:
 class EmbedderSettings:
     """Which embedder turns samples into vectors, and how it runs."""
 
-    type: Literal["open_clip", "open_clip_text", "sentence_transformers", "pixels", "precomputed"]
+    type: Literal[
+        "open_clip", "open_clip_text", "sentence_transformers", "pixels", "precomputed", "torch"
+    ]
     model: str | None = None
+    factory: str | None = None  # type torch: "package.module:function" -> (model, preprocess)
     pretrained: str | None = None
     device: str = "auto"
     batch_size: int = 64
@@ -252,6 +255,11 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
     if src.type == "hub" and not src.name:
         raise ConfigError(f"{where}: source.name: required for source type 'hub' (a dataset id)")
     _check_dedup(s.dedup, where)
+    if s.embedder and s.embedder.type == "torch" and not s.embedder.factory:
+        raise ConfigError(
+            f"{where}: embedder.factory: required for type 'torch' "
+            f"('package.module:function' returning (model, preprocess))"
+        )
     if s.dedup.near and s.embedder is None:
         raise ConfigError(f"{where}: embedder: required when dedup.near is true")
     _check_labeling(s, where)

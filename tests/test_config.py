@@ -78,3 +78,9 @@ def test_fingerprint_ignores_schedule_but_not_threshold(tmp_path: Path):
     )
     c = load_flow(flows_yaml(tmp_path, GOOD.replace("0.9", "0.8")), "imgs")
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_a_torch_embedder_needs_its_factory(tmp_path: Path):
+    text = GOOD.replace("embedder: {type: pixels, size: 16}", "embedder: {type: torch}")
+    with pytest.raises(ConfigError, match="embedder.factory: required for type 'torch'"):
+        load_flows(flows_yaml(tmp_path, text))

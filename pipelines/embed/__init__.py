@@ -6,6 +6,7 @@ from pipelines.embed.adapters import (
     PixelEmbedder,
     PrecomputedEmbedder,
     SentenceTransformerEmbedder,
+    TorchEmbedder,
     make_embedder,
 )
 from pipelines.embed.cache import EmbeddingCache
@@ -23,6 +24,7 @@ __all__ = [
     "PrecomputedEmbedder",
     "SampleError",
     "SentenceTransformerEmbedder",
+    "TorchEmbedder",
     "embed_dataset",
     "l2_normalise",
     "make_embedder",
