@@ -28,6 +28,7 @@ HASH_Q = 0.05  # the hash null's low quantile: a copy must come within half of i
 Q = 0.999  # the null's quantile the threshold must clear
 SAMPLE = 2000  # rows sampled (exact neighbours against all rows)
 HIST_BINS = 40
+TOO_FEW = 0.999  # the threshold when a dataset has too few samples to read one off
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,9 @@ def null_quantile(nb: Neighbours, n_rows: int, margin: float, what: str) -> Cali
     null = sims[np.isfinite(sims)]
     if null.size == 0:
         return Calibration(
-            1.0, f"{what}: too few samples to calibrate ({n_rows}); only identical pairs count"
+            TOO_FEW,
+            f"{what}: too few samples to calibrate ({n_rows}); only pairs at {TOO_FEW} or above "
+            f"(identical up to rounding) count",
         )
     top = float(np.quantile(null, Q))
     value = round(min(1.0, top + margin * (1.0 - top)), 6)

@@ -10,7 +10,9 @@ duplicate when a *route* of `dedup.confirm` accepts it:
 * `pixels`: thumbnail correlation (mirror-invariant) above this data's own distinct-neighbour
   null (always calibrated);
 * `hashes`: pHash and dHash both within a few bits (two independent image hashes agree); the bit
-  budget is calibrated too, so that distinct look-alikes (digits, icons) do not pass.
+  budget is calibrated too, so that distinct look-alikes (digits, icons) do not pass;
+* `shingles` (text): character 5-gram containment >= 0.9 and Jaccard >= 0.5 (`dedup.lexical`),
+  on candidates the embedding proposes generously (each text's 10 nearest at cosine >= 0.5).
 
 `confirm: auto` runs every route the data has signals for; `embedding` only the first; a list
 names the routes. The decisions table says which routes accepted each pair (`dup_evidence`).
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from scipy import sparse
 
 from dedup import calibrate
 from dedup.calibrate import Calibration
@@ -32,10 +35,12 @@ from dedup.config import ROUTES, DedupError, DedupSettings
 from dedup.exact import exact_representatives
 from dedup.groups import Edges, GroupColumns, resolve_groups
 from dedup.imagesig import ImageSignal, pair_evidence
+from dedup.lexical import MIN_CONTAINMENT, MIN_JACCARD, pair_overlap
 from dedup.matrix import check_matrix, cuda_available
 from dedup.near import (
     NearPairs,
     SearchOptions,
+    find_knn_pairs,
     find_near_pairs,
     find_near_pairs_between,
     sample_neighbours,
@@ -45,6 +50,7 @@ HASH_BITS = 10  # the hashes route: both pHash and dHash within at most this man
 PIXEL_MARGIN = 0.35  # the pixels route: this share of the way from the pixel null to 1
 EMBEDDING_MARGIN = 0.5  # threshold auto: this share of the way from the embedding null to 1
 PIXEL_CANDIDATES = 0.8  # thumbnail pairs at least this correlated are checked by the hashes
+TEXT_K, TEXT_FLOOR = 10, 0.5  # text candidates: each content's 10 nearest at cosine >= 0.5
 RECALIBRATE_GROWTH = 0.1  # calibrations are kept from the parent until the data changes by 10%
 RECALIBRATE_MIN = 1000  # ... and by at least this many contents
 
@@ -54,6 +60,7 @@ class Signals:
     """Second signals aligned with the sample table (rows of unreadable samples are zeros)."""
 
     image: ImageSignal | None = None
+    text: sparse.csr_matrix | None = None  # character-shingle rows (dedup.lexical)
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,7 @@ def _routes(
         return ()
     has = {"embedding": emb is not None and emb.shape[1] > 0}
     has["pixels"] = has["hashes"] = signals is not None and signals.image is not None
+    has["shingles"] = has["embedding"] and signals is not None and signals.text is not None
     wanted = (
         ROUTES
         if settings.confirm == "auto"
@@ -325,8 +333,11 @@ class _Finder:
             both = np.concatenate([image.thumbs, image.mirrored])
             a, b, _ = self._pairs(image.thumbs, floor, {}, corpus=both)
             cand.append((a, b))
+        text = signals.text if signals is not None else None
+        if text is not None and emb is not None and "shingles" in routes:
+            cand.append(self._knn(emb))
         a, b = _unique_pairs(cand, len(self.hashes))
-        found = _confirm(a, b, routes, emb, image, t)
+        found = _confirm(a, b, routes, emb, image, text, t)
         return self._with_prior(found, info)
 
     def _new_mask(self) -> np.ndarray:
@@ -381,6 +392,18 @@ class _Finder:
         keep = a != b
         return a[keep], b[keep], info
 
+    def _knn(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each (new) content's TEXT_K nearest contents at cosine >= TEXT_FLOOR."""
+        reps = self.reps
+        if self.new.all():
+            p = find_knn_pairs(np.ascontiguousarray(emb[reps]), TEXT_K, TEXT_FLOOR, self._opts())
+            return reps[p.i], reps[p.j]
+        x = np.ascontiguousarray(emb[reps])
+        nb = sample_neighbours(x, TEXT_K, 0, rows=np.flatnonzero(self.new))
+        a, b = np.repeat(nb.rows, nb.idx.shape[1]), nb.idx.ravel()
+        keep = (b >= 0) & (nb.sim.ravel() >= np.float32(TEXT_FLOOR))
+        return reps[a[keep]], reps[b[keep]]
+
     def _incremental(self) -> dict[str, Any]:
         return {
             "incremental": True,
@@ -424,6 +447,7 @@ def _confirm(
     routes: tuple[str, ...],
     emb: np.ndarray | None,
     image: ImageSignal | None,
+    text: sparse.csr_matrix | None,
     t: _Thresholds,
 ) -> _Found:
     """The candidates some route accepts, scored by the first route that does."""
@@ -435,6 +459,9 @@ def _confirm(
     score = np.full(len(a), np.nan, dtype=np.float32)
     fired: list[list[str]] = [[] for _ in range(len(a))]
     checks = _route_checks(routes, cos, image, a, b, t)
+    if text is not None and "shingles" in routes:
+        jac, con = pair_overlap(text, a, b)
+        checks["shingles"] = ((con >= MIN_CONTAINMENT) & (jac >= MIN_JACCARD), con)
     for name, (ok, value) in checks.items():
         first = ok & np.isnan(score)
         score[first] = value[first]

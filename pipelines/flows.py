@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from dedup.config import DedupSettings
 from dedup.guard import DedupGuardError, check_drops, split_drops
 from dedup.imagesig import ImageSignal
+from dedup.lexical import shingle_matrix
 from dedup.stage import DedupResult, PriorIndex, Signals, find_duplicates
 from labeling.stage import LabelingOutcome, apply_answers, label_and_select, queue_rows
 from pipelines.config import FlowSettings, load_flow
@@ -36,6 +37,7 @@ from pipelines.store.tables import dataset_table, decisions_table, input_fingerp
 from pipelines.summary import RunSummary, Timer
 
 GPU_LIMIT = "leanset-gpu"  # Prefect global concurrency limit guarding GPU work
+TEXT_SIGNAL = "shingles-5-v1"  # what dedup.lexical computes (part of the pair index's basis)
 
 
 def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
@@ -317,7 +319,8 @@ def _embed(
         return _Embedded(data.table, None, {})
     with timer("embed"):
         res = embed_task(data, settings)
-        thumbs = signal_task(data, settings) if _wants_image_signal(settings, data) else None
+        wanted = _wants_signal(settings, data, ("pixels", "hashes"), "image")
+        thumbs = signal_task(data, settings) if wanted else None
     meter.add_gpu(res.seconds, res.device)
     info = {
         "computed": res.computed,
@@ -330,6 +333,15 @@ def _embed(
         "Embedded %d new samples, %d from cache (%s).", res.computed, res.cached, res.device
     )
     table = _mark_unreadable(data.table, res.errors)
+    if _wants_signal(settings, data, ("shingles",), "text"):
+        readable = table["error"].is_null().to_list()
+        texts = [
+            t if ok else None
+            for t, ok in zip(data.texts(range(table.height)), readable, strict=True)
+        ]
+        info["signal"] = {"fingerprint": TEXT_SIGNAL}
+        signals = Signals(text=shingle_matrix(texts))
+        return _Embedded(table, res.matrix, info, signals, f"{res.fingerprint}|{TEXT_SIGNAL}")
     if thumbs is None:
         return _Embedded(table, res.matrix, info, None, res.fingerprint)
     table = _mark_unreadable(table, thumbs.errors)
@@ -338,13 +350,13 @@ def _embed(
     return _Embedded(table, res.matrix, info, signals, f"{res.fingerprint}|{thumbs.fingerprint}")
 
 
-def _wants_image_signal(settings: FlowSettings, data: LoadedDataset) -> bool:
-    """Images whose near duplicates a pixel or hash route may confirm."""
+def _wants_signal(
+    settings: FlowSettings, data: LoadedDataset, routes: tuple[str, ...], modality: str
+) -> bool:
+    """Whether a route of `dedup.confirm` needs the second signal of this modality."""
     confirm = settings.dedup.confirm
-    routes = (
-        ("pixels", "hashes") if confirm == "auto" else () if confirm == "embedding" else confirm
-    )
-    return data.modality == "image" and settings.dedup.near and bool(set(routes))
+    wanted = set(routes) if confirm == "auto" else set() if confirm == "embedding" else set(confirm)
+    return data.modality == modality and settings.dedup.near and bool(wanted & set(routes))
 
 
 def _mark_unreadable(table: pl.DataFrame, errors: dict[str, str]) -> pl.DataFrame:
