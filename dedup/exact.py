@@ -21,9 +21,3 @@ def exact_representatives(table: pl.DataFrame) -> np.ndarray:
     return np.array(
         [reps[h] if ok else -1 for h, ok in zip(hashes, readable, strict=True)], dtype=np.int64
     )
-
-
-def exact_edges(rep_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Edges (row, representative) joining every exact copy to its first occurrence."""
-    rows = np.flatnonzero((rep_of >= 0) & (rep_of != np.arange(len(rep_of))))
-    return rows, rep_of[rows]

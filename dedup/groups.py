@@ -1,4 +1,17 @@
-"""Duplicate groups: transitive closure, keep policies, cross-split leakage, label conflicts."""
+"""Who is kept among duplicates: keep policies, a greedy pass with no chains, leaks, conflicts.
+
+A *unit* is one distinct content on one side (train or eval): the readable rows that share a
+content hash (or, with exact detection off, one row). Near-duplicate edges join units. Units are
+visited in keep-policy order; a unit is dropped only when it directly matches (an edge at or above
+the threshold) a unit already kept on its side, and then points to that unit. So a~b~c never joins
+a and c: c survives unless it matches a itself.
+
+Leakage is a direct match across sides. The reference side is deduplicated first (eval under
+`drop_train` and `report`, train under `drop_eval`); a unit of the other side that directly matches
+a kept unit of the reference side is a leak (dropped as `test_leak` unless the policy is `report`),
+and the rest of that side is then deduplicated among itself. Both cleaned sides therefore share no
+direct match, and every dropped row points to a kept row it matches itself.
+"""
 
 from __future__ import annotations
 
@@ -7,54 +20,37 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from dedup.config import DedupSettings
 
 
-def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Connected-component label per row for the undirected edges (a[k], b[k])."""
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    out: np.ndarray = labels.astype(np.int64)
-    return out
-
-
 @dataclass(frozen=True)
 class GroupContext:
-    """What keep policies may look at: per-row arrays of the whole table."""
+    """What keep policies may look at: per-row arrays of the whole table, and the edges."""
 
-    position: np.ndarray
+    age: np.ndarray  # rank by (first_seen, position): 0 = oldest
     size_bytes: np.ndarray
-    emb: np.ndarray | None
+    centrality: np.ndarray  # mean similarity of a row's content to its near-duplicate neighbours
 
 
-def _first(m: np.ndarray, ctx: GroupContext) -> int:
-    return int(m[np.argmin(ctx.position[m])])
+def _first(ctx: GroupContext) -> np.ndarray:
+    return ctx.age
 
 
-def _last(m: np.ndarray, ctx: GroupContext) -> int:
-    return int(m[np.argmax(ctx.position[m])])
+def _last(ctx: GroupContext) -> np.ndarray:
+    return -ctx.age
 
 
-def _largest(m: np.ndarray, ctx: GroupContext) -> int:
-    order = np.lexsort((ctx.position[m], -ctx.size_bytes[m]))
-    return int(m[order[0]])
+def _largest(ctx: GroupContext) -> np.ndarray:
+    return _ranks(np.lexsort((ctx.age, -ctx.size_bytes)), is_order=True)
 
 
-def _centroid(m: np.ndarray, ctx: GroupContext) -> int:
-    if ctx.emb is None or ctx.emb.shape[1] == 0:
-        return _first(m, ctx)
-    vecs = ctx.emb[m]
-    centrality = (vecs @ vecs.mean(axis=0)).round(6)
-    order = np.lexsort((ctx.position[m], -centrality))
-    return int(m[order[0]])
+def _centroid(ctx: GroupContext) -> np.ndarray:
+    return _ranks(np.lexsort((ctx.age, -ctx.centrality.round(6))), is_order=True)
 
 
-KeepPolicy = Callable[[np.ndarray, GroupContext], int]
+KeepPolicy = Callable[[GroupContext], np.ndarray]
+# Each policy ranks the rows: the lower, the more a row is preferred as the one kept.
 KEEP_POLICIES: dict[str, KeepPolicy] = {
     "first": _first,
     "last": _last,
@@ -68,85 +64,251 @@ class GroupColumns:
     """Per-row output arrays of the dedup stage (row indices, -1 = none)."""
 
     ref: np.ndarray
+    sim: np.ndarray  # similarity to `ref` (NaN without one; 1 for identical content)
     leak_of: np.ndarray
     group: np.ndarray
-    drop: list
+    drop: list[str | None]
     conflict: np.ndarray
 
     @classmethod
     def empty(cls, n: int) -> GroupColumns:
         neg = np.full(n, -1, dtype=np.int64)
-        return cls(neg.copy(), neg.copy(), neg.copy(), [None] * n, np.zeros(n, dtype=bool))
+        nan = np.full(n, np.nan, dtype=np.float32)
+        return cls(neg.copy(), nan, neg.copy(), neg.copy(), [None] * n, np.zeros(n, dtype=bool))
 
 
 def age_order(table: pl.DataFrame) -> np.ndarray:
     """Rank of each row by age: the version it was first seen in (when known), then position."""
     position = table["position"].to_numpy()
     if "first_seen" not in table.columns:
-        return position
-    order = np.lexsort((position, table["first_seen"].fill_null(np.iinfo(np.int64).max).to_numpy()))
+        return _ranks(position)
+    first_seen = table["first_seen"].fill_null(np.iinfo(np.int64).max).to_numpy()
+    return _ranks(np.lexsort((position, first_seen)), is_order=True)
+
+
+def _ranks(values: np.ndarray, is_order: bool = False) -> np.ndarray:
+    """Rank 0..n-1 of each row by `values` (or by the given sort order)."""
+    order = values if is_order else np.argsort(values, kind="stable")
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
     return rank
 
 
+@dataclass(frozen=True)
+class Edges:
+    """Near-duplicate edges between rows (representatives of contents), with their similarity."""
+
+    a: np.ndarray
+    b: np.ndarray
+    sim: np.ndarray
+
+
+@dataclass
+class _Units:
+    """Units (one content on one side), their rows in preference order, and their edges (CSR)."""
+
+    of_row: np.ndarray  # unit per row, -1 = unreadable
+    rows: list[np.ndarray]  # rows of each unit, most preferred first
+    is_eval: np.ndarray  # per unit
+    rank: np.ndarray  # per unit: the rank of its most preferred row
+    starts: np.ndarray  # CSR over units
+    nbr: np.ndarray
+    nbr_sim: np.ndarray
+
+    def neighbours(self, u: int) -> tuple[np.ndarray, np.ndarray]:
+        s, e = self.starts[u], self.starts[u + 1]
+        return self.nbr[s:e], self.nbr_sim[s:e]
+
+
 def resolve_groups(
-    table: pl.DataFrame,
-    labels_of_component: np.ndarray,
-    emb: np.ndarray | None,
-    settings: DedupSettings,
+    table: pl.DataFrame, rep_of: np.ndarray, edges: Edges, settings: DedupSettings
 ) -> GroupColumns:
-    """Decide, in every group of two or more rows, who is kept and what each other row points to."""
-    n = table.height
-    out = GroupColumns.empty(n)
-    ctx = GroupContext(
-        position=age_order(table),
-        size_bytes=table["size_bytes"].to_numpy(),
-        emb=emb,
-    )
+    """Decide for every row whether it is kept, and which kept row a dropped one matches."""
     is_eval = table["split"].is_in(settings.eval_splits).to_numpy()
+    ctx = GroupContext(
+        age=age_order(table),
+        size_bytes=table["size_bytes"].to_numpy(),
+        centrality=_centrality(table.height, rep_of, edges),
+    )
+    rank = _ranks(KEEP_POLICIES[settings.keep](ctx))
+    units = _build_units(rep_of, is_eval, rank, edges)
+    state = _decide_units(units, settings)
+    return _row_columns(table, units, state, settings)
+
+
+def _centrality(n: int, rep_of: np.ndarray, edges: Edges) -> np.ndarray:
+    """Mean edge similarity of each row's content (0 for contents without edges)."""
+    total = np.zeros(n)
+    count = np.zeros(n)
+    np.add.at(total, edges.a, edges.sim)
+    np.add.at(total, edges.b, edges.sim)
+    np.add.at(count, edges.a, 1)
+    np.add.at(count, edges.b, 1)
+    mean = np.divide(total, count, out=np.zeros(n), where=count > 0)
+    return np.where(rep_of >= 0, mean[np.maximum(rep_of, 0)], 0.0)
+
+
+def _build_units(rep_of: np.ndarray, is_eval: np.ndarray, rank: np.ndarray, edges: Edges) -> _Units:
+    """Group rows into units and turn content edges into unit edges (both directions)."""
+    readable = np.flatnonzero(rep_of >= 0)
+    key = rep_of[readable] * 2 + is_eval[readable]
+    keys, unit_idx = np.unique(key, return_inverse=True)
+    of_row = np.full(len(rep_of), -1, dtype=np.int64)
+    of_row[readable] = unit_idx
+    order = readable[np.lexsort((rank[readable], unit_idx))]
+    bounds = np.flatnonzero(np.diff(of_row[order])) + 1
+    rows = np.split(order, bounds) if len(order) else []
+    unit_rank = np.array([rank[r[0]] for r in rows], dtype=np.int64)
+    ua, ub, us = _unit_edges(keys, edges)
+    nbr_order = np.lexsort((ub, ua))
+    starts = np.zeros(len(keys) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(ua, minlength=len(keys)), out=starts[1:])
+    return _Units(of_row, rows, keys % 2 == 1, unit_rank, starts, ub[nbr_order], us[nbr_order])
+
+
+def _unit_edges(keys: np.ndarray, edges: Edges) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit pairs joined by a content edge or by one content on both sides (an exact leak)."""
+    parts_a, parts_b, parts_s = [], [], []
+    both = keys[(keys % 2 == 1) & np.isin(keys - 1, keys)]  # a content train and eval both hold
+    pairs = [(edges.a * 2 + sa, edges.b * 2 + sb, edges.sim) for sa in (0, 1) for sb in (0, 1)]
+    pairs.append((both - 1, both, np.ones(len(both), np.float32)))
+    for ka, kb, sim in pairs:
+        ua, ub = _lookup(keys, ka), _lookup(keys, kb)
+        ok = (ua >= 0) & (ub >= 0)
+        parts_a += [ua[ok], ub[ok]]
+        parts_b += [ub[ok], ua[ok]]
+        parts_s += [sim[ok], sim[ok]]
+    return (
+        np.concatenate(parts_a).astype(np.int64),
+        np.concatenate(parts_b).astype(np.int64),
+        np.concatenate(parts_s).astype(np.float32),
+    )
+
+
+def _lookup(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Index of each wanted key in the sorted `keys` (-1 where absent)."""
+    idx = np.searchsorted(keys, wanted)
+    idx = np.minimum(idx, max(len(keys) - 1, 0))
+    found = (keys[idx] == wanted) if len(keys) else np.zeros(len(wanted), dtype=bool)
+    return np.where(found, idx, -1)
+
+
+@dataclass
+class _State:
+    """Per-unit decisions: the unit it points to (-1: none), why, and whether its rows stay."""
+
+    ref: np.ndarray
+    sim: np.ndarray  # similarity to `ref`
+    why: list[str | None]
+    kept: np.ndarray
+    leak_of: np.ndarray
+    leak_sim: np.ndarray
+
+    @classmethod
+    def of(cls, n: int) -> _State:
+        neg = np.full(n, -1, dtype=np.int64)
+        nan = np.full(n, np.nan, dtype=np.float32)
+        return cls(neg.copy(), nan, [None] * n, np.ones(n, dtype=bool), neg.copy(), nan.copy())
+
+
+def _decide_units(units: _Units, settings: DedupSettings) -> _State:
+    """The greedy passes: reference side, leaks of the other side, then the other side."""
+    state = _State.of(len(units.rows))
+    ref_is_eval = settings.leakage != "drop_eval"
+    drops_eval = settings.dedup_eval
+    ref_side = np.flatnonzero(units.is_eval == ref_is_eval)
+    other = np.flatnonzero(units.is_eval != ref_is_eval)
+    _greedy(units, state, ref_side, drop=drops_eval if ref_is_eval else True)
+    if settings.leakage != "report":
+        _mark_leaks(units, state, other, drop=True)
+    _greedy(units, state, other[state.ref[other] < 0], drop=True if ref_is_eval else drops_eval)
+    if settings.leakage == "report":
+        _mark_leaks(units, state, other, drop=False)
+    return state
+
+
+def _greedy(units: _Units, state: _State, members: np.ndarray, drop: bool) -> None:
+    """Visit `members` in preference order; a unit matching a kept one of its side points to it."""
+    side = np.zeros(len(units.rows), dtype=bool)
+    side[members] = True
+    anchor = np.zeros(len(units.rows), dtype=bool)  # kept units of this side, as visited
+    linked = members[np.diff(units.starts)[members] > 0]  # units without edges are kept as they are
+    for u in linked[np.argsort(units.rank[linked], kind="stable")].tolist():
+        nbr, sims = units.neighbours(u)
+        ok = side[nbr] & anchor[nbr]
+        if not ok.any():
+            anchor[u] = True
+            continue
+        k = _best(nbr[ok], sims[ok], units.rank)
+        state.ref[u], state.sim[u] = nbr[ok][k], sims[ok][k]
+        state.why[u] = "duplicate"
+        state.kept[u] = not drop
+
+
+def _mark_leaks(units: _Units, state: _State, members: np.ndarray, drop: bool) -> None:
+    """Units of `members` that directly match a kept unit of the other side."""
+    for u in members.tolist():
+        if not state.kept[u]:
+            continue
+        nbr, sims = units.neighbours(u)
+        ok = (units.is_eval[nbr] != units.is_eval[u]) & state.kept[nbr]
+        if not ok.any():
+            continue
+        k = _best(nbr[ok], sims[ok], units.rank)
+        target, sim = int(nbr[ok][k]), float(sims[ok][k])
+        state.leak_of[u] = target
+        if not state.leak_sim[target] >= sim:  # the eval side names its most similar leak
+            state.leak_of[target], state.leak_sim[target] = u, sim
+        if drop:
+            state.ref[u], state.sim[u] = target, sim
+            state.why[u], state.kept[u] = "test_leak", False
+
+
+def _best(candidates: np.ndarray, sims: np.ndarray, rank: np.ndarray) -> int:
+    """Position of the most similar candidate (ties: the most preferred)."""
+    return int(np.lexsort((rank[candidates], -sims))[0])
+
+
+def _row_columns(
+    table: pl.DataFrame, units: _Units, state: _State, settings: DedupSettings
+) -> GroupColumns:
+    """Unit decisions as per-row references, drop reasons, groups and label conflicts."""
+    out = GroupColumns.empty(table.height)
     hashes = table["content_hash"].to_numpy()
-    labels = table["label"].to_list()
-    choose = KEEP_POLICIES[settings.keep]
-    order = np.argsort(labels_of_component, kind="stable")
-    bounds = np.flatnonzero(np.diff(labels_of_component[order])) + 1
-    for members in np.split(order, bounds):
-        if len(members) > 1:
-            _resolve_one(members, is_eval, hashes, labels, choose, ctx, settings, out)
+    for u, rows in enumerate(units.rows):
+        lead = rows[0]
+        target = state.ref[u]
+        if target >= 0:
+            out.ref[rows], out.sim[rows] = units.rows[target][0], state.sim[u]
+        else:  # the unit's other rows are exact copies of its lead
+            out.ref[rows[1:]], out.sim[rows[1:]] = lead, 1.0
+        if state.leak_of[u] >= 0:
+            out.leak_of[rows] = units.rows[state.leak_of[u]][0]
+        drop_side = not units.is_eval[u] or settings.dedup_eval
+        for i in rows if target >= 0 else rows[1:]:
+            if state.why[u] == "test_leak":
+                out.drop[i] = "test_leak"
+            elif drop_side:
+                same = hashes[i] == hashes[out.ref[i]]
+                out.drop[i] = "exact_duplicate" if same else "near_duplicate"
+    _groups(out, table["label"].to_list())
     return out
 
 
-def _resolve_one(
-    m: np.ndarray,
-    is_eval: np.ndarray,
-    hashes: np.ndarray,
-    labels: list[str | None],
-    choose: KeepPolicy,
-    ctx: GroupContext,
-    settings: DedupSettings,
-    out: GroupColumns,
-) -> None:
-    ev, tr = m[is_eval[m]], m[~is_eval[m]]
-    anchor_ev = choose(ev, ctx) if len(ev) else -1
-    anchor_tr = choose(tr, ctx) if len(tr) else -1
-    leak = anchor_ev >= 0 and anchor_tr >= 0
-    primary = (
-        anchor_ev if (leak and settings.leakage == "drop_train") or anchor_tr < 0 else anchor_tr
-    )
-    out.group[m] = primary
-    if len({labels[i] for i in m} - {None}) > 1:
-        out.conflict[m] = True
-    for side, anchor, dedup_side in ((tr, anchor_tr, True), (ev, anchor_ev, settings.dedup_eval)):
-        for i in side[side != anchor]:
-            out.ref[i] = anchor
-            if dedup_side:
-                out.drop[i] = "exact_duplicate" if hashes[i] == hashes[anchor] else "near_duplicate"
-    if not leak:
-        return
-    out.leak_of[tr], out.leak_of[ev] = anchor_ev, anchor_tr
-    loser, winner = {"drop_train": (tr, anchor_ev), "drop_eval": (ev, anchor_tr)}.get(
-        settings.leakage, (m[:0], -1)
-    )
-    for i in loser:
-        out.ref[i] = winner
-        out.drop[i] = "test_leak"
+def _groups(out: GroupColumns, labels: list[str | None]) -> None:
+    """A group is a kept row and the rows pointing to it (a leak's group is its eval match's)."""
+    root = np.arange(len(out.ref))
+    has = out.ref >= 0
+    root[has] = out.ref[has]
+    for _ in range(2):  # a leak may point to an eval row that points on (dedup_eval off)
+        root = np.where(out.ref[root] >= 0, out.ref[root], root)
+    members = np.flatnonzero(has)
+    out.group[members] = root[members]
+    out.group[np.unique(root[members])] = np.unique(root[members])
+    by_group: dict[int, set[str]] = {}
+    for i in np.flatnonzero(out.group >= 0).tolist():
+        label = labels[i]
+        if label is not None:
+            by_group.setdefault(int(out.group[i]), set()).add(label)
+    conflicted = [g for g, names in by_group.items() if len(names) > 1]
+    out.conflict[np.isin(out.group, conflicted) & (out.group >= 0)] = True

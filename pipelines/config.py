@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from dedup.config import DedupSettings
+from dedup.config import ROUTES, DedupSettings
 from labeling.config import ActiveLearningSettings, LabelNoiseSettings
 
 
@@ -60,8 +60,11 @@ class ColumnSettings:
 class EmbedderSettings:
     """Which embedder turns samples into vectors, and how it runs."""
 
-    type: Literal["open_clip", "open_clip_text", "sentence_transformers", "pixels", "precomputed"]
+    type: Literal[
+        "open_clip", "open_clip_text", "sentence_transformers", "pixels", "precomputed", "torch"
+    ]
     model: str | None = None
+    factory: str | None = None  # type torch: "package.module:function" -> (model, preprocess)
     pretrained: str | None = None
     device: str = "auto"
     batch_size: int = 64
@@ -209,7 +212,7 @@ def _coerce(hint: Any, value: Any, where: str, keypath: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where, keypath)
+        return _coerce_any(inner, value, where, keypath)
     if origin is Literal:
         if value not in args:
             raise ConfigError(
@@ -225,6 +228,28 @@ def _coerce(hint: Any, value: Any, where: str, keypath: str) -> Any:
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, where, keypath)
     return _scalar(hint, value, where, keypath)
+
+
+def _coerce_any(hints: list[Any], value: Any, where: str, keypath: str) -> Any:
+    """The first of several accepted types that takes the value (e.g. a number or "auto")."""
+    if len(hints) == 1:
+        return _coerce(hints[0], value, where, keypath)
+    for hint in hints:
+        try:
+            return _coerce(hint, value, where, keypath)
+        except ConfigError:
+            continue
+    expected = " or ".join(_describe(h) for h in hints)
+    raise ConfigError(f"{where}: {keypath}: expected {expected}, got {_show(value)}")
+
+
+def _describe(hint: Any) -> str:
+    """A type as a message names it."""
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return "a list"
+    return getattr(hint, "__name__", str(hint))
 
 
 def _scalar(hint: type, value: Any, where: str, keypath: str) -> Any:
@@ -251,9 +276,11 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
         raise ConfigError(f"{where}: source: type 'files' needs 'format' and 'data_files'")
     if src.type == "hub" and not src.name:
         raise ConfigError(f"{where}: source.name: required for source type 'hub' (a dataset id)")
-    if not 0.0 < s.dedup.threshold <= 1.0:
+    _check_dedup(s.dedup, where)
+    if s.embedder and s.embedder.type == "torch" and not s.embedder.factory:
         raise ConfigError(
-            f"{where}: dedup.threshold: expected a number in (0, 1], got {s.dedup.threshold}"
+            f"{where}: embedder.factory: required for type 'torch' "
+            f"('package.module:function' returning (model, preprocess))"
         )
     if s.dedup.near and s.embedder is None:
         raise ConfigError(f"{where}: embedder: required when dedup.near is true")
@@ -269,6 +296,27 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
     if emb and emb.model and _looks_like_path(emb.model):
         emb = dataclasses.replace(emb, model=_abs(base, emb.model))
     return dataclasses.replace(s, source=source, store=_abs(base, s.store), embedder=emb)
+
+
+def _check_dedup(d: DedupSettings, where: str) -> None:
+    """Ranges of the dedup section."""
+    if d.threshold != "auto" and not 0.0 < d.threshold <= 1.0:
+        raise ConfigError(
+            f"{where}: dedup.threshold: expected a number in (0, 1] or auto, got {d.threshold}"
+        )
+    if isinstance(d.confirm, list):
+        unknown = [r for r in d.confirm if r not in ROUTES]
+        if unknown or not d.confirm:
+            raise ConfigError(
+                f"{where}: dedup.confirm: expected auto, embedding or a list of routes from "
+                f"{list(ROUTES)}, got {_show(d.confirm)}"
+            )
+    for key in ("max_drop_fraction", "max_group_fraction"):
+        value = getattr(d, key)
+        if value is not None and not 0.0 < value <= 1.0:
+            raise ConfigError(
+                f"{where}: dedup.{key}: expected a number in (0, 1] or null, got {value}"
+            )
 
 
 def _check_labeling(s: FlowSettings, where: str) -> None:

@@ -18,7 +18,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from dedup.config import DedupSettings
-from dedup.stage import DedupResult, PriorIndex, find_duplicates
+from dedup.guard import DedupGuardError, check_drops, split_drops
+from dedup.imagesig import ImageSignal
+from dedup.lexical import shingle_matrix
+from dedup.stage import DedupResult, PriorIndex, Signals, find_duplicates
 from labeling.stage import (
     AnswerPolicy,
     LabelingOutcome,
@@ -29,7 +32,7 @@ from labeling.stage import (
 from pipelines.config import FlowSettings, load_flow
 from pipelines.cost import ComputeMeter, cost_delta, statement
 from pipelines.decide import decide
-from pipelines.embed import EmbedResult, embed_dataset, make_embedder
+from pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
 from pipelines.errors import USER_ERRORS
 from pipelines.sources import FileHashCache, LoadedDataset, load_source
 from pipelines.store import Store
@@ -46,6 +49,7 @@ from pipelines.store.tables import (
 from pipelines.summary import RunSummary, Timer
 
 GPU_LIMIT = "leanset-gpu"  # Prefect global concurrency limit guarding GPU work
+TEXT_SIGNAL = "shingles-5-v1"  # what dedup.lexical computes (part of the pair index's basis)
 
 
 def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
@@ -104,15 +108,32 @@ def embed_task(data: LoadedDataset, settings: FlowSettings) -> EmbedResult:
         return run()
 
 
+@task(name="image-signal", cache_policy=NO_CACHE)
+def signal_task(data: LoadedDataset, settings: FlowSettings) -> EmbedResult:
+    """Grey thumbnails of the images: the second signal that confirms near duplicates."""
+    emb = settings.embedder
+    return embed_dataset(
+        data,
+        ThumbnailEmbedder(),
+        StoreLayout.of(settings.store).embeddings,
+        batch_size=256,
+        num_workers=emb.num_workers if emb else 0,
+        shard_rows=emb.shard_rows if emb else 4096,
+    )
+
+
 @task(name="find-duplicates", cache_policy=NO_CACHE)
 def dedup_task(
     table: pl.DataFrame,
     matrix: np.ndarray | None,
     settings: DedupSettings,
+    signals: Signals | None,
     prior: PriorIndex | None,
+    basis: str,
 ) -> DedupResult:
-    """Exact and near duplicates, groups, leaks and label conflicts (incremental with a prior)."""
-    return find_duplicates(table, matrix, settings, prior=prior)
+    """Exact and near duplicates, confirmed by evidence, decided without chains (incremental
+    against the parent's pairs when nothing that decides them changed)."""
+    return find_duplicates(table, matrix, settings, signals=signals, prior=prior, basis=basis)
 
 
 @task(name="label-noise-and-selection", cache_policy=NO_CACHE)
@@ -122,6 +143,7 @@ def labeling_task(
     settings: FlowSettings,
     pred_probs: list[Any] | None,
     pending: pl.DataFrame,
+    threshold: float,
 ) -> LabelingOutcome:
     """cleanlab label issues on out-of-fold probe probabilities, then the labeling selection."""
     return label_and_select(
@@ -131,7 +153,7 @@ def labeling_task(
         settings.active_learning,
         pred_probs=pred_probs,
         pending=pending,
-        threshold=settings.dedup.threshold,
+        threshold=threshold,
     )
 
 
@@ -210,15 +232,19 @@ def report_task(summary: RunSummary, decisions: pl.DataFrame | None) -> str:
 
 
 @flow(name="leanset-clean", flow_run_name="clean-{flow_name}", log_prints=False)
-def clean_flow(config_path: str, flow_name: str) -> JSON:
-    """Clean one dataset from flows.yaml and commit a new version when anything changed."""
+def clean_flow(config_path: str, flow_name: str, force: bool = False) -> JSON:
+    """Clean one dataset from flows.yaml and commit a new version when anything changed.
+
+    `force`: commit even when dedup would drop more of a split than the guard allows."""
     settings = load_flow(config_path, flow_name)
-    summary, decisions = run_pipeline(settings)
+    summary, decisions = run_pipeline(settings, force=force)
     report_task(summary, decisions)
     return summary.to_dict()
 
 
-def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | None]:
+def run_pipeline(
+    settings: FlowSettings, force: bool = False
+) -> tuple[RunSummary, pl.DataFrame | None]:
     """One run: load → unchanged? → history → embed → dedup → labeling → decide → commit →
     queue → report (the decisions are returned for the report artifacts)."""
     store, timer, meter = Store(settings.store), Timer(), ComputeMeter()
@@ -237,13 +263,21 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
     version = (parent["version"] if parent else 0) + 1
     data = data.with_table(history.mark_first_seen(data.table, version))
     embedded = _embed(data, settings, timer, meter)
-    prior = history.prior_index(embedded.index_key) if settings.dedup.near else None
+    prior = history.prior_index() if settings.dedup.near else None
     with timer("dedup"):
-        dd = dedup_task(embedded.table, embedded.matrix, settings.dedup, prior)
+        dd = dedup_task(
+            embedded.table,
+            embedded.matrix,
+            settings.dedup,
+            embedded.signals,
+            prior,
+            embedded.basis,
+        )
+    guard = _guard(dd.table, settings.dedup, force)
     with timer("labeling"):
-        labeled = _label(dd.table, embedded.matrix, settings, data, store)
+        labeled = _label(dd.table, embedded.matrix, settings, data, store, dd.calibration)
     decided = decide(labeled.table)
-    found = _Found(fingerprint, embedded, dd, labeled.info | human)
+    found = _Found(fingerprint, embedded, dd, labeled.info | human, guard)
     draft = _draft(settings, data.with_table(decided), history, parent, found, timer, meter)
     with timer("commit"):
         committed = commit_task(str(store.root), draft)
@@ -263,12 +297,14 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
 
 @dataclass
 class _Embedded:
-    """The table with decode errors marked, its matrix, what embedding did, the pair-index key."""
+    """The table with decode errors marked, its matrix and second signals, what embedding did,
+    and the fingerprints of what made them (the basis of a reusable pair index)."""
 
     table: pl.DataFrame
     matrix: np.ndarray | None
     info: JSON
-    index_key: str | None
+    signals: Signals | None = None
+    basis: str = ""
 
 
 def _with_answers(
@@ -301,9 +337,11 @@ def _embed(
 ) -> _Embedded:
     """Embed (cache first) when an embedder is configured."""
     if settings.embedder is None:
-        return _Embedded(data.table, None, {}, None)
+        return _Embedded(data.table, None, {})
     with timer("embed"):
         res = embed_task(data, settings)
+        wanted = _wants_signal(settings, data, ("pixels", "hashes"), "image")
+        thumbs = signal_task(data, settings) if wanted else None
     meter.add_gpu(res.seconds, res.device)
     info = {
         "computed": res.computed,
@@ -315,8 +353,31 @@ def _embed(
     get_run_logger().info(
         "Embedded %d new samples, %d from cache (%s).", res.computed, res.cached, res.device
     )
-    key = f"{res.fingerprint}|{settings.dedup.threshold}"
-    return _Embedded(_mark_unreadable(data.table, res.errors), res.matrix, info, key)
+    table = _mark_unreadable(data.table, res.errors)
+    if _wants_signal(settings, data, ("shingles",), "text"):
+        readable = table["error"].is_null().to_list()
+        texts = [
+            t if ok else None
+            for t, ok in zip(data.texts(range(table.height)), readable, strict=True)
+        ]
+        info["signal"] = {"fingerprint": TEXT_SIGNAL}
+        signals = Signals(text=shingle_matrix(texts))
+        return _Embedded(table, res.matrix, info, signals, f"{res.fingerprint}|{TEXT_SIGNAL}")
+    if thumbs is None:
+        return _Embedded(table, res.matrix, info, None, res.fingerprint)
+    table = _mark_unreadable(table, thumbs.errors)
+    info["signal"] = {"fingerprint": thumbs.fingerprint, "computed": thumbs.computed}
+    signals = Signals(image=ImageSignal.of(thumbs.matrix))
+    return _Embedded(table, res.matrix, info, signals, f"{res.fingerprint}|{thumbs.fingerprint}")
+
+
+def _wants_signal(
+    settings: FlowSettings, data: LoadedDataset, routes: tuple[str, ...], modality: str
+) -> bool:
+    """Whether a route of `dedup.confirm` needs the second signal of this modality."""
+    confirm = settings.dedup.confirm
+    wanted = set(routes) if confirm == "auto" else set() if confirm == "embedding" else set(confirm)
+    return data.modality == modality and settings.dedup.near and bool(wanted & set(routes))
 
 
 def _mark_unreadable(table: pl.DataFrame, errors: dict[str, str]) -> pl.DataFrame:
@@ -327,20 +388,48 @@ def _mark_unreadable(table: pl.DataFrame, errors: dict[str, str]) -> pl.DataFram
     return table.with_columns(pl.coalesce(pl.col("error"), found).alias("error"))
 
 
+def _guard(table: pl.DataFrame, settings: DedupSettings, force: bool) -> JSON:
+    """The guard's verdict on what dedup would drop (raises when it refuses, unless forced)."""
+    try:
+        drops = check_drops(table, settings)
+    except DedupGuardError as exc:
+        if not force:
+            raise
+        get_run_logger().warning("Forced past the dedup guard: %s", exc)
+        drops = split_drops(table)
+    return {
+        "forced": force,
+        "max_drop_fraction": settings.max_drop_fraction,
+        "max_group_fraction": settings.max_group_fraction,
+        "splits": {
+            d.split: {
+                "samples": d.samples,
+                "dropped": d.dropped,
+                "largest_group": d.largest_group_size,
+            }
+            for d in drops
+        },
+    }
+
+
 def _label(
     table: pl.DataFrame,
     matrix: np.ndarray | None,
     settings: FlowSettings,
     data: LoadedDataset,
     store: Store,
+    calibration: JSON,
 ) -> LabelingOutcome:
-    """The labeling stages, with the user's own probabilities and the waiting queue."""
+    """The labeling stages, with the user's own probabilities and the waiting queue; two picks
+    are never closer than the dedup threshold (as calibrated)."""
     if not (settings.label_noise or settings.active_learning):
         return LabelingOutcome(table, {})
     column = settings.label_noise.pred_probs_column if settings.label_noise else None
     given = data.column(column) if column else None
     pending = read_queue(store.root).filter(pl.col("status").is_in(list(PENDING)))
-    return labeling_task(table, matrix, settings, given, pending)
+    t = settings.dedup.threshold
+    threshold = float(calibration.get("threshold", 0.95)) if t == "auto" else float(t)
+    return labeling_task(table, matrix, settings, given, pending, min(threshold, 0.999))
 
 
 @dataclass
@@ -351,6 +440,7 @@ class _Found:
     embedded: _Embedded
     dedup: DedupResult
     labeling: JSON
+    guard: JSON
 
 
 def _draft(
@@ -368,7 +458,7 @@ def _draft(
         cleaned = dataset_table(decided, decisions)
     counts = Counts.of(decisions, settings.dedup.eval_splits, history.new_counts(decisions))
     cd = cost_delta(settings.cost, counts.input, counts.kept, meter.read())
-    key = found.embedded.index_key
+    key = found.dedup.index_key
     manifest = Manifest(
         flow=settings.name,
         config_hash=settings.fingerprint(),
@@ -381,8 +471,10 @@ def _draft(
         embed=found.embedded.info,
         search=found.dedup.search,
         index={"key": key},
+        calibration=found.dedup.calibration,
         labeling=found.labeling,
         classes=class_names(decided, decisions),
+        guard=found.guard,
     )
     parent_version = parent["version"] if parent else None
     pairs = found.dedup.pairs if key else None
@@ -399,7 +491,7 @@ def _queue_rows(decided: pl.DataFrame, settings: FlowSettings, data: LoadedDatas
     return rows.with_columns(pl.col("sample_id").replace_strict(texts).alias("text"))
 
 
-def run_flow(config: str | Path, flow_name: str) -> JSON:
+def run_flow(config: str | Path, flow_name: str, force: bool = False) -> JSON:
     """Run one flow through Prefect (its local ephemeral API unless PREFECT_API_URL is set)."""
     load_flow(config, flow_name)  # fail fast, before Prefect starts, on a bad config
-    return clean_flow(config_path=str(Path(config).resolve()), flow_name=flow_name)
+    return clean_flow(config_path=str(Path(config).resolve()), flow_name=flow_name, force=force)

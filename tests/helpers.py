@@ -90,3 +90,27 @@ def pixel_flow_body(**overrides: Any) -> dict[str, Any]:
 def pixel_flow(folder: Path, name: str, **overrides: Any) -> Path:
     """A flows.yaml in `folder` with one pixel flow `name` (see `pixel_flow_body`)."""
     return write_flows(folder, **{name: pixel_flow_body(**overrides)})
+
+
+def tiny_cnn(seed: int = 0) -> tuple[Any, Any]:
+    """A small random-weight CNN and its preprocess (a factory for `embedder.type: torch`)."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(4),
+        torch.nn.Flatten(),
+    )
+
+    def preprocess(image: Any) -> Any:
+        arr = np.asarray(image.convert("RGB").resize((16, 16)), dtype=np.float32) / 255.0
+        return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+    return model, preprocess
+
+
+def tiny_cnn_other_weights() -> tuple[Any, Any]:
+    """The same architecture with other weights."""
+    return tiny_cnn(seed=1)

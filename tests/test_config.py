@@ -30,7 +30,10 @@ def test_loads_flow_with_defaults_and_resolves_paths(tmp_path: Path):
     ("patch", "message"),
     [
         ("    dedup: {threshold: 0.9, kep: first}", "flow 'imgs': dedup.kep: unknown key"),
-        ("    dedup: {threshold: high}", "dedup.threshold: expected float, got str 'high'"),
+        (
+            "    dedup: {threshold: high}",
+            "dedup.threshold: expected float or 'auto', got str 'high'",
+        ),
         ("    dedup: {threshold: 1.5}", "dedup.threshold: expected a number in (0, 1]"),
         (
             "    dedup: {keep: biggest}",
@@ -78,3 +81,9 @@ def test_fingerprint_ignores_schedule_but_not_threshold(tmp_path: Path):
     )
     c = load_flow(flows_yaml(tmp_path, GOOD.replace("0.9", "0.8")), "imgs")
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_a_torch_embedder_needs_its_factory(tmp_path: Path):
+    text = GOOD.replace("embedder: {type: pixels, size: 16}", "embedder: {type: torch}")
+    with pytest.raises(ConfigError, match="embedder.factory: required for type 'torch'"):
+        load_flows(flows_yaml(tmp_path, text))

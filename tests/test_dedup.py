@@ -111,15 +111,27 @@ def test_keep_policies(keep: str, kept: str):
     assert set(group["dup_group"]) == {kept}
 
 
-def test_transitive_groups():
+def test_no_chains_a_sample_is_dropped_only_for_its_own_match():
     rows = [(k, "train", None, f"h{k}") for k in "xyz"]
     emb = unit([1, 0], [np.cos(0.3), np.sin(0.3)], [np.cos(0.6), np.sin(0.6)])  # x~y, y~z, x!~z
     out = run(DedupSettings(threshold=0.95), rows, emb)
-    assert col(out, "dup_group") == ["x", "x", "x"]
-    assert col(out, "near_dup_of") == [None, "x", "x"]
-    assert col(out, "dup_similarity")[2] == pytest.approx(
-        np.cos(0.6), abs=1e-4
-    )  # below threshold: transitive
+    assert col(out, "dedup_drop") == [None, "near_duplicate", None]  # z matches only dropped y
+    assert col(out, "near_dup_of") == [None, "x", None]
+    assert col(out, "dup_group") == ["x", "x", None]
+    assert col(out, "dup_similarity")[1] == pytest.approx(np.cos(0.3), abs=1e-4)
+
+
+def test_a_chain_through_the_test_split_makes_no_leak():
+    """t1 (train) ~ e (test) ~ t2 (train), t1 !~ t2: only t1 leaks; t2 stays."""
+    rows = [("t1", "train", None, "h1"), ("e", "test", None, "h2"), ("t2", "train", None, "h3")]
+    emb = unit([1, 0], [np.cos(0.3), np.sin(0.3)], [np.cos(0.6), np.sin(0.6)])
+    out = run(DedupSettings(threshold=0.95), rows, emb)
+    assert col(out, "dedup_drop") == ["test_leak", None, "test_leak"]
+    rows = [("t1", "train", None, "h1"), ("e", "test", None, "h2"), ("t2", "train", None, "h3")]
+    far = unit([1, 0], [np.cos(0.3), np.sin(0.3)], [np.cos(0.9), np.sin(0.9)])  # t2 !~ e
+    out = run(DedupSettings(threshold=0.95), rows, far)
+    assert col(out, "dedup_drop") == ["test_leak", None, None]
+    assert col(out, "leak_of") == ["e", "t1", None]
 
 
 def test_eval_duplicates_are_reported_not_dropped_by_default():

@@ -120,3 +120,63 @@ def test_cache_put_get_roundtrip(tmp_path: Path):
     found, got = EmbeddingCache(tmp_path, "fp").get(["b", "x", "c"])
     assert found.tolist() == [True, False, True]
     np.testing.assert_allclose(got, v[[1, 2]], atol=1e-3)
+
+
+def test_torch_embedder_from_a_factory(tiny_images: Path, tmp_path: Path):
+    from pipelines.embed import TorchEmbedder
+
+    data = load_source(SourceSettings(type="imagefolder", path=str(tiny_images)), ColumnSettings())
+    emb = TorchEmbedder("tests.helpers:tiny_cnn", device="cpu")
+    first = embed_dataset(data, emb, tmp_path / "cache", progress=False)
+    ok = data.table["error"].is_null().to_numpy() & (first.matrix.any(axis=1))
+    assert first.matrix.shape[1] == 8 * 4 * 4 and first.computed == 8
+    np.testing.assert_allclose(np.linalg.norm(first.matrix[ok], axis=1), 1.0, atol=1e-5)
+    assert "cannot decode image" in next(iter(first.errors.values()))
+    again = embed_dataset(
+        data,
+        TorchEmbedder("tests.helpers:tiny_cnn", device="cpu"),
+        tmp_path / "cache",
+        progress=False,
+    )
+    assert again.computed == 0 and again.cached == 8  # same weights: the cache answers
+    other = TorchEmbedder("tests.helpers:tiny_cnn_other_weights", device="cpu")
+    assert other.fingerprint != emb.fingerprint  # new weights, new vectors
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("tests.helpers", "expected 'package.module:function'"),
+        ("tests.nowhere:f", "cannot import 'tests.nowhere:f'"),
+        ("tests.helpers:write_png", "missing"),
+    ],
+)
+def test_torch_embedder_names_a_bad_factory(factory: str, message: str):
+    from pipelines.embed import TorchEmbedder
+
+    with pytest.raises((EmbedError, TypeError), match=message):
+        TorchEmbedder(factory, device="cpu")
+
+
+def test_efficientnet_lite0_sees_a_recompressed_photo_as_a_near_copy():
+    """Real ImageNet features, offline: a photo and its JPEG copy against another photo."""
+    import io
+
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from pipelines.embed import TorchEmbedder
+
+    china, flower = (Image.fromarray(a) for a in load_sample_images().images)
+
+    def jpeg(img: Image.Image, quality: int) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=quality)
+        return buf.getvalue()
+
+    emb = TorchEmbedder("pipelines.embed.models:efficientnet_lite0", device="cpu")
+    vecs = emb.encode(
+        [emb.prepare(jpeg(china, 95)), emb.prepare(jpeg(china, 30)), emb.prepare(jpeg(flower, 95))]
+    )
+    copy, other = float(vecs[0] @ vecs[1]), float(vecs[0] @ vecs[2])
+    assert vecs.shape == (3, 1280) and copy > 0.85 and other < copy - 0.3, (copy, other)

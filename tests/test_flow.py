@@ -157,3 +157,14 @@ def test_text_flow_with_the_packaged_sentence_model(prefect_harness, tmp_path):
         None,
     ]
     assert Store(tmp_path / "store-text").read("dataset")["text"].to_list()[0] == rows[0][0]
+
+
+def test_flow_with_your_own_torch_model(prefect_harness, tiny_images, tmp_path):
+    """`embedder.type: torch` runs through the flow with the cache, like any embedder."""
+    body = pixel_flow_body(
+        embedder={"type": "torch", "factory": "tests.helpers:tiny_cnn", "device": "cpu"},
+        dedup={"threshold": 0.999},
+    )
+    first = clean_flow(config_path=str(write_flows(tmp_path, own=body)), flow_name="own")
+    assert first["embed"]["computed"] == 8 and first["embed"]["fingerprint"].startswith("torch-")
+    assert first["counts"]["by_reason"]["exact_duplicate"] == 1

@@ -16,6 +16,11 @@ def add_commands(sub: Any) -> None:
     run.add_argument("config", help="path to flows.yaml")
     run.add_argument("--flow", required=True, help="name of the flow in the file")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="commit even when dedup would drop more of a split than dedup.max_drop_fraction",
+    )
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser(
@@ -43,7 +48,7 @@ def add_commands(sub: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.flows import run_flow
 
-    summary = run_flow(args.config, args.flow)
+    summary = run_flow(args.config, args.flow, force=args.force)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:

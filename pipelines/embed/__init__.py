@@ -6,6 +6,8 @@ from pipelines.embed.adapters import (
     PixelEmbedder,
     PrecomputedEmbedder,
     SentenceTransformerEmbedder,
+    ThumbnailEmbedder,
+    TorchEmbedder,
     make_embedder,
 )
 from pipelines.embed.cache import EmbeddingCache
@@ -23,6 +25,8 @@ __all__ = [
     "PrecomputedEmbedder",
     "SampleError",
     "SentenceTransformerEmbedder",
+    "ThumbnailEmbedder",
+    "TorchEmbedder",
     "embed_dataset",
     "l2_normalise",
     "make_embedder",

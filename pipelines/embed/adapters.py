@@ -45,6 +45,29 @@ class PixelEmbedder:
         return l2_normalise(np.stack(items))
 
 
+class ThumbnailEmbedder:
+    """The second image signal: 32 x 32 grey thumbnails, area-averaged, mean-centred, unit length
+    (a dot product is the normalised correlation; see dedup.imagesig)."""
+
+    side = 32
+
+    def __init__(self) -> None:
+        self.fingerprint = f"thumb{self.side}-" + _fingerprint("thumb", self.side, "box", 1)
+
+    def prepare(self, content: bytes) -> np.ndarray:
+        from PIL import Image
+
+        grey = open_image(content, "L")
+        big = grey.resize((self.side * 4, self.side * 4), Image.Resampling.BOX)
+        small = big.resize((self.side, self.side), Image.Resampling.BOX)
+        x = np.asarray(small, dtype=np.float32).ravel()
+        centred: np.ndarray = x - x.mean()
+        return centred
+
+    def encode(self, items: list[np.ndarray]) -> np.ndarray:
+        return l2_normalise(np.stack(items))
+
+
 class _TorchModel:
     """Device, precision and batching shared by the torch-based embedders."""
 
@@ -224,6 +247,74 @@ class PrecomputedEmbedder:
         return l2_normalise(np.stack(items))
 
 
+class TorchEmbedder(_TorchModel):
+    """The user's own torch model: `factory` ("package.module:function") returns (model,
+    preprocess); preprocess turns a decoded RGB PIL image (or a text) into the model's input
+    tensor, and the model's output, flattened, is the embedding. Fingerprinted by the factory's
+    name, the preprocessing and a hash of every weight, so new weights re-embed."""
+
+    def __init__(self, factory: str, device: str = "auto", precision: str = "auto"):
+        super().__init__(device, precision)
+        model, self.preprocess = _call_factory(factory)
+        self.model = model.eval().to(self.device)
+        weights = _state_digest(self.model)
+        self.fingerprint = f"torch-{_slug(factory.split(':')[-1])}-" + _fingerprint(
+            factory, _describe(self.preprocess), weights
+        )
+
+    def prepare(self, content: bytes | str) -> Any:
+        if isinstance(content, str):
+            return self.preprocess(content)
+        return self.preprocess(open_image(content, "RGB"))
+
+    def encode(self, items: list[Any]) -> np.ndarray:
+        import torch
+
+        batch = torch.stack(items)
+        if self.device.startswith("cuda"):
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return self._run(lambda x: self.model(x).flatten(1), batch)
+
+
+def _call_factory(factory: str) -> tuple[Any, Callable[[Any], Any]]:
+    """Import `package.module:function` and call it; it must return (model, preprocess)."""
+    import importlib
+
+    module_name, _, name = factory.partition(":")
+    if not module_name or not name:
+        raise EmbedError(
+            f"embedder.factory: {factory!r}; expected 'package.module:function' returning "
+            f"(model, preprocess)"
+        )
+    try:
+        fn = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise EmbedError(f"embedder.factory: cannot import {factory!r} ({exc})") from exc
+    out = fn()
+    if not (isinstance(out, tuple) and len(out) == 2 and callable(out[1])):
+        raise EmbedError(
+            f"embedder.factory: {factory!r} returned {type(out).__name__}; expected a tuple "
+            f"(model, preprocess)"
+        )
+    return out[0], out[1]
+
+
+def _describe(preprocess: Any) -> str:
+    """A stable description of the preprocessing (its repr, without memory addresses)."""
+    import re
+
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(preprocess))
+
+
+def _state_digest(model: Any) -> str:
+    """A hash of every parameter and buffer of a torch module (its weights)."""
+    h = hashlib.blake2b(digest_size=8)
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def make_embedder(settings: EmbedderSettings, embedding_column: str | None = None) -> Embedder:
     """Build the configured embedder."""
     factories: dict[str, Callable[[], Embedder]] = {
@@ -238,6 +329,7 @@ def make_embedder(settings: EmbedderSettings, embedding_column: str | None = Non
             settings.model or "all-MiniLM-L6-v2", settings.device, settings.batch_size
         ),
         "precomputed": lambda: PrecomputedEmbedder(embedding_column or "embedding"),
+        "torch": lambda: TorchEmbedder(settings.factory or "", settings.device, settings.precision),
     }
     return factories[settings.type]()
 

@@ -96,6 +96,8 @@ class Manifest:
     index: JSON = field(default_factory=dict)
     labeling: JSON = field(default_factory=dict)
     classes: JSON = field(default_factory=dict)
+    guard: JSON = field(default_factory=dict)
+    calibration: JSON = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: _now())
     leanset: str = field(default_factory=lambda: _leanset_version())
     host: str = field(default_factory=platform.node)

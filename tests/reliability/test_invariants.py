@@ -189,10 +189,61 @@ def _no_duplicates_left(case: Case, d: pl.DataFrame, s: DedupSettings) -> None:
     if s.dedup_eval:
         ev_kept = kept & is_eval
         assert not (dup & ev_kept[:, None] & ev_kept[None, :]).any()
-    if s.leakage == "drop_train":
-        assert not (dup & train_kept[:, None] & (is_eval & readable)[None, :]).any()
+    if s.leakage == "drop_train":  # the cleaned splits share no direct match
+        assert not (dup & train_kept[:, None] & (kept & is_eval)[None, :]).any()
     if s.leakage == "drop_eval":
-        assert not (dup & (kept & is_eval)[:, None] & (~is_eval & readable)[None, :]).any()
+        assert not (dup & (kept & is_eval)[:, None] & train_kept[None, :]).any()
+
+
+@PROPERTY
+@given(cases(), dedup_settings)
+def test_every_decision_rests_on_a_direct_match(case: Case, s: DedupSettings):
+    """No chains: a dropped row matches the row it names itself; a leak is a direct match."""
+    TALLY["invariant examples generated"] += 1
+    d = run(case, s)
+    sims = case.emb @ case.emb.T
+    hashes = d["content_hash"].to_list()
+    index = {sid: i for i, sid in enumerate(d["sample_id"].to_list())}
+
+    def direct(i: int, j: int) -> bool:
+        same = s.exact and hashes[i] == hashes[j]
+        return same or (s.near and bool(sims[i, j] >= np.float32(s.threshold) - 1e-6))
+
+    for i, r in enumerate(d.iter_rows(named=True)):
+        if r["near_dup_of"] is not None:
+            assert r["dup_similarity"] >= np.float32(s.threshold), r
+            assert direct(i, index[r["near_dup_of"]]), r
+        if r["exact_dup_of"] is not None:
+            assert hashes[index[r["exact_dup_of"]]] == hashes[i]
+        if r["leak_of"] is not None:
+            j = index[r["leak_of"]]
+            assert direct(i, j) and (r["split"] in s.eval_splits) != (
+                d["split"][j] in s.eval_splits
+            )
+
+
+@PROPERTY
+@given(cases(), dedup_settings)
+def test_an_unrelated_far_away_sample_changes_no_other_decision(case: Case, s: DedupSettings):
+    TALLY["invariant examples generated"] += 1
+    before = run(case, s)
+    far = -case.emb.sum(axis=0, keepdims=True)  # opposite to the data's mean direction
+    if not np.linalg.norm(far) > 1e-3:
+        return  # the data has no mean direction to stand away from
+    far = (far / np.linalg.norm(far)).astype(np.float32)
+    if (case.emb @ far.T).max() >= min(s.threshold, 0.999) - 0.05:
+        return  # the drawn data leaves no room for a sample far from all others
+    extra = case.table.head(1).with_columns(
+        pl.lit("zz-far").alias("sample_id"),
+        pl.lit(case.table.height, dtype=pl.Int64).alias("position"),
+        pl.lit("far.png").alias("source"),
+        pl.lit(f"{'f' * 32}").alias("content_hash"),
+        pl.lit(None, dtype=pl.Utf8).alias("error"),
+    )
+    grown = Case(pl.concat([case.table, extra]), np.concatenate([case.emb, far]), case.texts)
+    after = run(grown, s)
+    assert after.head(case.table.height).equals(before)
+    assert after["kept"][-1] and after["dup_group"][-1] is None
 
 
 @PROPERTY
@@ -232,7 +283,7 @@ def test_incremental_search_with_a_prior_index_decides_like_a_full_search(
     old = Case(case.table.head(cut), case.emb[:cut], case.texts[:cut])
     earlier = find_duplicates(old.table, old.emb, s, search=brute_search)
     covered = old.table.filter(pl.col("error").is_null())["content_hash"].to_list()
-    prior = PriorIndex(pairs=earlier.pairs, covered=frozenset(covered), key="k")
+    prior = PriorIndex(earlier.pairs, frozenset(covered), earlier.index_key, earlier.calibration)
     assert run(case, s, prior).equals(run(case, s))
 
 
