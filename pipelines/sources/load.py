@@ -6,6 +6,7 @@ import glob
 import logging
 import os
 import reprlib
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from pipelines.sources.dataset import (
 from pipelines.sources.hashes import FileHashCache, Hashed
 
 log = logging.getLogger("leanset.sources")
+_LOAD_LOCK = threading.Lock()
 
 
 def load_source(
@@ -82,10 +84,16 @@ def _generation_error() -> type[Exception]:
 
 
 def _open_with_datasets(source: SourceSettings, pool_splits: Sequence[str]) -> dict[str, Any]:
+    # `datasets` resolves data files through tqdm's thread_map, which adds and deletes a class-wide
+    # lock: two flows loading at once in one process (threads) break each other's resolution
+    with _LOAD_LOCK:
+        return _open_unlocked(source, pool_splits)
+
+
+def _open_unlocked(source: SourceSettings, pool_splits: Sequence[str]) -> dict[str, Any]:
     import datasets
 
-    # leanset shows its own progress; `datasets`' bars ("Downloading data" for local files) mislead,
-    # and two loads in one process race on their shared tqdm lock
+    # leanset shows its own progress; `datasets`' bars ("Downloading data" for local files) mislead
     datasets.disable_progress_bars()
 
     path = source.path or ""  # the config loader requires it for the types that read it
