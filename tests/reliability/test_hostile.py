@@ -383,10 +383,10 @@ def test_hostile_flows_yaml_is_refused_quickly_naming_the_file_and_key(tmp_path:
     (tmp_path / "d.csv").write_text("text\nx\n")
     path = tmp_path / "flows.yaml"
     path.write_text(text)
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: an alias bomb burns it; a busy machine's wall clock lies
     with pytest.raises(ConfigError) as err:
         load_flows(path)
-    assert time.perf_counter() - t0 < 5
+    assert time.process_time() - t0 < 5
     assert str(path) in str(err.value) and message in str(err.value), str(err.value)
     assert len(str(err.value)) < 2000
     assert not marker.exists()
