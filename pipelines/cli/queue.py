@@ -8,8 +8,8 @@ from typing import Any
 
 from rich.table import Table
 
-from pipelines.cli.console import console
-from pipelines.cli.store import open_store
+from pipelines.cli.console import console, show_path
+from pipelines.cli.store import STORE_HELP, open_store
 from pipelines.store import Store
 
 
@@ -18,9 +18,14 @@ def add_commands(sub: Any) -> None:
     queue = sub.add_parser("queue", help="the labeling queue: export tasks, import answers")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
     exp = qsub.add_parser("export", help="write the pending queue as Label Studio tasks or a table")
-    exp.add_argument("store")
-    exp.add_argument("--format", choices=["label-studio", "csv", "parquet"], default="label-studio")
-    exp.add_argument("--out", required=True)
+    exp.add_argument("store", help=STORE_HELP)
+    exp.add_argument(
+        "--format",
+        choices=["label-studio", "csv", "parquet"],
+        default="label-studio",
+        help="Label Studio tasks (JSON, with a labeling config beside it) or a table",
+    )
+    exp.add_argument("--out", required=True, help="the file to write")
     exp.add_argument(
         "--image-root",
         default=None,
@@ -29,11 +34,11 @@ def add_commands(sub: Any) -> None:
     )
     exp.set_defaults(func=cmd_queue_export)
     imp = qsub.add_parser("import", help="record the answers of a Label Studio JSON export")
-    imp.add_argument("store")
-    imp.add_argument("annotations")
+    imp.add_argument("store", help=STORE_HELP)
+    imp.add_argument("annotations", help="a Label Studio JSON export of the answered tasks")
     imp.set_defaults(func=cmd_queue_import)
     show = qsub.add_parser("show", help="queue counts by status and reason")
-    show.add_argument("store")
+    show.add_argument("store", help=STORE_HELP)
     show.set_defaults(func=cmd_queue_show)
 
 
@@ -68,9 +73,13 @@ def cmd_queue_import(args: argparse.Namespace) -> int:
         f"of {res.n_tasks} task(s); the next run's version carries them",
         highlight=False,
     )
-    skipped = {k: v for k, v in vars(res).items() if k.startswith("skipped_") and v}
+    skipped = [
+        f"{v:,} {k.removeprefix('skipped_').replace('_', ' ')}"
+        for k, v in vars(res).items()
+        if k.startswith("skipped_") and v
+    ]
     if skipped:
-        console.print(f"skipped: {skipped}", highlight=False)
+        console.print(f"skipped: {', '.join(skipped)}", highlight=False)
     if res.unknown_ids:
         console.print(f"unknown ids (first): {', '.join(res.unknown_ids[:5])}", highlight=False)
     return 0
@@ -81,13 +90,13 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 
     store = open_store(args.store)
     q = read_queue(store.root)
-    t = Table(title=f"labeling queue of {args.store}", title_justify="left")
+    t = Table(title=f"labeling queue of {show_path(args.store)}", title_justify="left")
     for col in ("status", "reason", "samples"):
         t.add_column(col)
     for row in q.group_by("status", "reason").len().sort("status", "reason").iter_rows():
         t.add_row(*[str(v) for v in row])
     console.print(t)
-    console.print(f"{read_answers(store.root).height} answered sample(s) recorded")
+    console.print(f"{read_answers(store.root).height:,} answered sample(s) recorded")
     return 0
 
 

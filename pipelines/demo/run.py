@@ -28,7 +28,7 @@ def run_demo(config: str, flow_name: str = "demo", data: str | None = None) -> d
             f"{config}: flow {flow_name!r}: source.path {settings.source.path} is not the demo's "
             f"images folder {truth.images_dir}"
         )
-    summary = run_flow(config, flow_name)
+    summary = run_flow(config, flow_name, trigger="demo")
     decisions = Store(settings.store).read("decisions", summary["version"])
     return {"summary": summary, "scores": score(decisions, truth, settings.dedup.threshold)}
 
