@@ -281,7 +281,11 @@ class _StageProgress:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(
-            total=self.total, desc="labeling", unit="step", disable=not self.enabled or None
+            total=self.total,
+            desc="labeling",
+            unit="step",
+            leave=False,  # the run ends with its summary, not a finished bar
+            disable=not self.enabled or None,
         )
         return self
 

@@ -114,3 +114,21 @@ def serve(
     deps = deployments(config_path, only)
     ensure_gpu_limit(gpu_slots)
     prefect_serve(*deps)
+
+
+def deploy_to_pool(
+    config_path: str | Path,
+    pool: str,
+    only: list[str] | None = None,
+    gpu_slots: int | None = None,
+) -> list[str]:
+    """Register the scheduled flows with a Prefect work pool; a worker on that pool runs them.
+
+    The pool must exist (`prefect work-pool create NAME --type process`); the worker needs
+    leanset installed and the data and stores at the paths flows.yaml names."""
+    from prefect import deploy
+
+    deps = deployments(config_path, only)
+    ensure_gpu_limit(gpu_slots)
+    ids = deploy(*deps, work_pool_name=pool, print_next_steps_message=False)
+    return [f"leanset-clean/{d.name}" for d, _ in zip(deps, ids, strict=True)]

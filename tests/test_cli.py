@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    """`python -m pipelines.cli ARGS` in a child process."""
+    """`python -m pipelines.cli ARGS` in a child process (`env` values of None are unset)."""
     full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    full = {k: v for k, v in full.items() if v is not None}
     return subprocess.run(
         [sys.executable, "-m", "pipelines.cli", *args],
         env=full,
@@ -302,3 +303,31 @@ def test_served_deployments_have_a_module_entrypoint_and_tags(tmp_path: Path, mo
     (dep,) = deployments(config)
     assert dep.entrypoint == "pipelines.flows.clean_flow"
     assert set(dep.tags) == {"leanset", "nightly", "deployment"}
+
+
+@pytest.mark.slow  # Prefect's temporary server starts in the child processes
+def test_console_is_quiet_and_an_unchanged_rerun_starts_no_server(tmp_path: Path, tiny_images):
+    config = write_flows(tmp_path, tiny=pixel_flow_body())
+    env = {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": None}
+    first = cli("run", str(config), "--flow", "tiny", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "INFO" not in first.stderr and "Finished in state" not in first.stderr
+    assert first.stdout.count("Cleaning removes") == 1 and "version 1 committed" in first.stdout
+    again = cli("run", str(config), "--flow", "tiny", "-v", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "unchanged" in again.stdout
+    assert "Starting temporary server" not in again.stdout + again.stderr
+    tried = cli(
+        "run",
+        str(config),
+        "--flow",
+        "tiny",
+        "-v",
+        "--dry-run",
+        "--set",
+        "dedup.threshold=0.9",
+        env=env,
+    )
+    assert tried.returncode == 0, tried.stderr
+    assert "Starting temporary server" in tried.stdout + tried.stderr  # -v would have shown it
+    assert "dry run: version 2 would be committed" in tried.stdout

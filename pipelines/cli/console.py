@@ -42,7 +42,7 @@ def print_summary(s: RunSummary) -> None:
         for line in detail_lines(s):
             say(line, highlight=False)
         if s.statement:
-            say(f"[bold]Cost delta:[/] {s.statement}", highlight=False)
+            say(f"[bold]Cost delta:[/] {s.statement}", highlight=False, soft_wrap=False)
     if s.report and Path(s.report).is_file():
         say(f"report: {show_path(s.report)}", highlight=False)
 

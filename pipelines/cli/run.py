@@ -74,6 +74,13 @@ def add_commands(sub: Any) -> None:
         default=None,
         help="set the leanset-gpu concurrency limit (default: create with 1 slot if missing)",
     )
+    serve.add_argument(
+        "--pool",
+        default=None,
+        metavar="WORK_POOL",
+        help="register the deployments with this Prefect work pool and exit, instead of "
+        "serving them here (a `prefect worker start --pool WORK_POOL` runs them)",
+    )
     serve.set_defaults(func=cmd_serve)
 
 
@@ -89,16 +96,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pipelines.serve import scheduled_flows, serve
+    from pipelines.serve import deploy_to_pool, scheduled_flows, serve
 
+    verb = f"deploying to work pool {args.pool}" if args.pool else "serving"
     for f in scheduled_flows(args.config, args.flow):
         assert f.schedule is not None  # scheduled_flows returns only flows with a schedule
         when = f.schedule.cron or f"every {f.schedule.interval_minutes:g} min"
         console.print(
-            f"serving [bold]{f.name}[/]: {when} ({f.schedule.timezone}) -> {f.store}",
+            f"{verb} [bold]{f.name}[/]: {when} ({f.schedule.timezone}) -> {f.store}",
             highlight=False,
         )
-    serve(args.config, args.flow, args.gpu_slots)
+    if args.pool is None:
+        serve(args.config, args.flow, args.gpu_slots)
+        return 0
+    for name in deploy_to_pool(args.config, args.pool, args.flow, args.gpu_slots):
+        console.print(f"deployment {name} is registered with work pool {args.pool}")
+    console.print(f"start a worker to run them: prefect worker start --pool {args.pool}")
     return 0
 
 

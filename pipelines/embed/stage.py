@@ -161,7 +161,9 @@ def _compute(
     pending_h: list[str] = []
     pending_v: list[np.ndarray] = []
     dims: set[int] = set()
-    bar = tqdm(total=len(hashes), desc="embed", unit="sample", disable=not progress or None)
+    bar = tqdm(
+        total=len(hashes), desc="embed", unit="sample", leave=False, disable=not progress or None
+    )
     for batch in loader:
         good = [(h, item) for h, item, err in batch if err is None]
         errors.update((h, err) for h, _, err in batch if err is not None)
