@@ -304,7 +304,8 @@ def _threshold(det: Detected) -> str:
 
 
 def _comment(line: str, note: str) -> str:
-    return f"{line:<34}# {note}" if note else line
+    """`line` with `# note` aligned after it (YAML needs a space before a comment's `#`)."""
+    return f"{line:<33} # {note}" if note else line
 
 
 def _rel(path: Path, base: Path) -> str:

@@ -130,5 +130,13 @@ def deploy_to_pool(
 
     deps = deployments(config_path, only)
     ensure_gpu_limit(gpu_slots)
-    ids = deploy(*deps, work_pool_name=pool, print_next_steps_message=False)
-    return [f"leanset-clean/{d.name}" for d, _ in zip(deps, ids, strict=True)]
+    try:
+        ids = deploy(*deps, work_pool_name=pool, print_next_steps_message=False)
+    except ValueError as exc:  # e.g. "Could not find work pool ..."
+        raise ConfigError(f"work pool {pool!r}: {exc}") from exc
+    if not isinstance(ids, list) or len(ids) != len(deps):
+        raise ConfigError(
+            f"{config_path}: not every deployment could be registered with work pool {pool!r} "
+            f"(Prefect's table above names the failures)"
+        )
+    return [f"leanset-clean/{d.name}" for d in deps]

@@ -76,6 +76,7 @@ def test_init_detects_text_label_split_and_id_columns(tmp_path: Path):
         "ticket_id",
     )
     assert flow.embedder and flow.embedder.type == "sentence_transformers"
+    assert flow.embedder.model == "sentence-transformers/all-MiniLM-L6-v2"  # not its comment
 
 
 def test_init_appends_and_keeps_the_file_comments_and_flows(tmp_path: Path):

@@ -105,7 +105,7 @@ def test_report_counts_groups_issues_human_labels_and_parent_link(tmp_path: Path
     assert "given <b class=given>" in page and "suggested <b class=suggested>" in page
     assert "label quality &lt;0.001" in page and "5.1e-06" not in page
     assert "(93%)" in page
-    assert "Human labels applied in this version (1)" in page and "label-studio:42" in page
+    assert "Human labels applied in this version (1)" in page and "Label Studio #42" in page
     assert "<span class=nowrap>sim 0.991</span>" in page
     assert "opacity" not in page  # dropped copies are not dimmed
     assert "<svg" in page

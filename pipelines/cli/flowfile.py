@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich.table import Table
-
 from pipelines.cli.console import console, show_path
 
 
@@ -54,22 +52,20 @@ def cmd_flows(args: argparse.Namespace) -> int:
     from pipelines.config import load_flows
 
     flows = load_flows(args.config)
-    t = Table(title=f"flows in {show_path(args.config)}", title_justify="left")
-    for col in ("flow", "source", "embedder", "store", "schedule", "description"):
-        t.add_column(col)
+    console.print(f"{len(flows)} flow(s) in {show_path(args.config)}:", highlight=False)
     for name, f in flows.items():
         src = f.source
         where = src.path or src.name or ", ".join(src.data_files or [])
-        schedule = ""
+        where = where if src.type == "hub" else show_path(where)
+        embedder = f.embedder.type if f.embedder else "no embedder"
+        when = ""
         if f.schedule:
-            schedule = f.schedule.cron or f"every {f.schedule.interval_minutes:g} min"
-        t.add_row(
-            name,
-            f"{src.type} {show_path(where) if src.type != 'hub' else where}",
-            f.embedder.type if f.embedder else "none",
-            show_path(f.store),
-            schedule,
-            f.description,
+            every = f.schedule.cron or f"every {f.schedule.interval_minutes:g} min"
+            when = f"; scheduled {every} ({f.schedule.timezone})"
+        console.print(
+            f"  [bold]{name}[/]: {src.type} {where} -> {show_path(f.store)} ({embedder}{when})",
+            highlight=False,
         )
-    console.print(t)
+        if f.description:
+            console.print(f"      {f.description}", highlight=False, markup=False)
     return 0

@@ -97,7 +97,9 @@ def cmd_versions(args: argparse.Namespace) -> int:
     for col in rows[0] if rows else ["version"]:
         t.add_column(col)
     for r in rows:
-        t.add_row(*[str(v) for v in r.values()])
+        t.add_row(
+            *["" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()]
+        )
     console.print(t)
     return 0
 
@@ -190,8 +192,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
         return 0
     verb = "removed" if plan.applied else "would remove (dry run)"
     console.print(
-        f"store {show_path(plan.store)}: keeping version(s) {plan.keep or 'none'}; "
-        f"{verb}: version(s) {plan.remove or 'none'}",
+        f"store {show_path(plan.store)}: keeping version(s) {_versions(plan.keep)}; "
+        f"{verb}: version(s) {_versions(plan.remove)}",
         highlight=False,
     )
     console.print(
@@ -202,3 +204,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         highlight=False,
     )
     return 0
+
+
+def _versions(versions: Any) -> str:
+    return ", ".join(str(v) for v in versions) if versions else "none"

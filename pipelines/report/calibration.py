@@ -21,7 +21,7 @@ from typing import Any
 from pipelines.store.manifest import JSON
 
 WIDTH, HEIGHT = 720, 240
-LEFT, RIGHT, TOP, BOTTOM = 56, 16, 16, 40  # plot margins in the SVG
+LEFT, RIGHT, TOP, BOTTOM = 56, 16, 24, 40  # plot margins in the SVG (the top one holds a label)
 
 
 def calibration_section(manifest: JSON) -> str:
@@ -71,8 +71,8 @@ def histogram_svg(edges: list[float], counts: list[int], threshold: float) -> st
     def x(v: float) -> float:
         return LEFT + (v - lo) / (hi - lo) * pw
 
-    def y(n: float) -> float:
-        return TOP + ph - (math.log10(1 + n) / math.log10(1 + top)) * ph
+    def y(n: float) -> float:  # log scale, a tenth of headroom above the tallest bar
+        return TOP + ph - (math.log10(1 + n) / (1.1 * math.log10(1 + top))) * ph
 
     parts = [
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{HEIGHT}' "
@@ -91,7 +91,7 @@ def histogram_svg(edges: list[float], counts: list[int], threshold: float) -> st
         tx = x(threshold)
         parts.append(
             f"<line x1='{tx:.1f}' x2='{tx:.1f}' y1='{TOP}' y2='{TOP + ph}' stroke='#d22' "
-            f"stroke-width='2'/><text x='{tx - 4:.1f}' y='{TOP + 12}' text-anchor='end' "
+            f"stroke-width='2'/><text x='{tx:.1f}' y='{TOP - 8}' text-anchor='middle' "
             f"fill='#d22'>threshold {threshold:.3f}</text>"
         )
     return "".join(parts) + "</svg>"

@@ -233,7 +233,7 @@ def _groups_section(decisions: pl.DataFrame, thumbs: _Thumbs) -> str:
         else ""
     )
     return (
-        f"<h2>Duplicate groups ({len(groups):,}, largest first)</h2>"
+        f"<h2 id=groups-title>Duplicate groups ({len(groups):,}, largest first)</h2>"
         f"<p class=sub>Each group keeps one sample (solid green); the others are dropped "
         f"(dashed red) with their reason.{note}</p>"
         "<input class=search id=gq placeholder='search: file, label, split, reason' "
@@ -256,7 +256,11 @@ document.getElementById('gcount').textContent=hits.length+' of '+GROUPS.length+'
 let p='';if(pages>1){p+="<button onclick='gshow("+(page-1)+")'>&lsaquo; prev</button>";
 p+=' page '+(page+1)+' of '+pages+' ';p+="<button onclick='gshow("+(page+1)+")'>next &rsaquo;</button>"}
 document.getElementById('gpager').innerHTML=p}
-gshow(0);
+const q0=decodeURIComponent((location.hash.match(/^#q=(.*)$/)||[])[1]||'');
+document.getElementById('gq').value=q0;gshow(0);
+window.addEventListener('hashchange',()=>{const m=location.hash.match(/^#q=(.*)$/);
+if(m){document.getElementById('gq').value=decodeURIComponent(m[1]);gshow(0);
+document.getElementById('groups-title').scrollIntoView()}});
 """
 
 
@@ -273,8 +277,8 @@ def _leaks_section(
             f"<div class=group>{thumbs.card(r)}{thumbs.card(other) if other else ''}</div>"
         )
     more = (
-        f" The first {top} of {leaks.height:,} are shown; search the groups for "
-        "<code>test_leak</code> to see the rest."
+        f" The first {top} of {leaks.height:,} are shown; <a href='#q=test_leak'>the groups "
+        "holding a leak</a> list them all."
         if leaks.height > top
         else ""
     )
@@ -369,11 +373,13 @@ class _Thumbs:
 
     def human_card(self, row: dict[str, Any]) -> str:
         """A label a person changed: before, after, and the annotation it came from."""
+        before = row.get("label_before_human")
+        where = str(row.get("relabel_source") or "").replace("label-studio:", "Label Studio #")
         lines = (
             f"<span class=src>{_e(row['source'])}</span><br>"
-            f"<b class=given>{_e(row.get('label_before_human'))}</b> → "
+            f"<b class=given>{_e(before if before is not None else '(unlabeled)')}</b> → "
             f"<b class=suggested>{_e(row.get('label'))}</b><br>"
-            f"<span class=muted>{_e(row.get('relabel_source'))}</span>"
+            f"<span class='src muted'>{_e(where)}</span>"
         )
         return self._wrap(row, bool(row.get("kept")), lines, False)
 
