@@ -59,6 +59,45 @@ def test_no_or_malformed_calibration_evidence_is_said_in_words():
     assert "malformed" in calibration_section({"calibration": broken})
 
 
+def test_calibration_as_the_dedup_stage_records_it_pixels_hashes_and_too_few_samples():
+    # the record's shape when the threshold was read off the data: extra keys, a note on what the
+    # drop counts are, a pixels route with its own histogram, a hashes route with a rule only
+    record = dict(
+        CALIBRATION,
+        drops_note="samples with a neighbour at least that similar, estimated from 2,000 sampled",
+        basis="embedding:fp",
+        setting="auto",
+        contents=1897,
+        reused=True,
+        pixels={
+            "threshold": 0.9,
+            "rule": "pixels: 0.5 of the way from 0.8 to 1",
+            "nn_histogram": {"edges": EDGES, "counts": COUNTS},
+            "drops_by_threshold": {"0.9000": 7},
+        },
+        hashes={"threshold": 4.0, "rule": "hashes: 4 bits: half of 8.0 bits"},
+    )
+    page = calibration_section({"calibration": record, "config": {"dedup": {"threshold": "auto"}}})
+    assert page.count("<svg") == 2 and "malformed" not in page
+    assert "Samples with a neighbour at least that similar, estimated from 2,000" in page
+    assert "Kept from the parent version" in page
+    assert "<h3>Thumbnails (pixels route)</h3>" in page and "pixels: 0.5 of the way" in page
+    assert "<h3>Perceptual hashes</h3>" in page and "hashes: 4 bits: half of 8.0 bits" in page
+    assert "<code>dedup.threshold</code> is <b>auto</b>" in page
+    assert re.findall(r"<td class=n>([\d.]+)</td><td class=n>([\d,]+)</td>", page)[-1] == (
+        "0.9",
+        "7",
+    )
+    # too few samples to draw a histogram: the threshold and its rule, in words, not "malformed"
+    few = {"threshold": 0.999, "rule": "embedding: too few samples to calibrate (5)", "contents": 5}
+    page = calibration_section({"calibration": few})
+    assert "<svg" not in page and "malformed" not in page
+    assert "Threshold <b>0.999</b>; no nearest-neighbour histogram" in page
+    assert "too few samples to calibrate (5)" in page
+    assert "malformed" in calibration_section({"calibration": {"rule": "no threshold"}})
+    assert "malformed" in calibration_section({"calibration": dict(few, pixels="high")})
+
+
 def _version(tmp_path: Path):
     """A tiny imagefolder, its loaded dataset and hand-made decisions for it."""
     from tests.helpers import write_png

@@ -1,15 +1,19 @@
 """The report's threshold section: the nearest-neighbour similarity histogram with the threshold
 drawn on it, and how many samples each nearby threshold would drop.
 
-It draws the manifest's `calibration` object, written by the dedup stage when it chooses the
-threshold from the data:
+It draws the manifest's `calibration` object, written by the dedup stage with the threshold it
+used (read off the data, or set in flows.yaml, with the evidence either way):
 
     {"threshold": 0.973, "rule": "how it was chosen",
      "nn_histogram": {"edges": [41 floats], "counts": [40 ints]},
-     "drops_by_threshold": {"0.95": 812, "0.96": 401, ...}}
+     "drops_by_threshold": {"0.95": 812, "0.96": 401, ...}, "drops_note": "what the counts are",
+     "reused": true,                                  # kept from the parent version
+     "pixels": {the same keys, for the thumbnails' route}, "hashes": {"threshold", "rule"}}
 
 `nn_histogram` counts each distinct content's cosine similarity to its nearest neighbour;
-`drops_by_threshold` is how many samples each threshold would drop. A version without it says so.
+`drops_by_threshold` is how many samples each threshold would drop. Only `threshold` is required
+of each signal: a record without a histogram (too few samples to draw one) is said in words, and
+so is a version without any record.
 """
 
 from __future__ import annotations
@@ -22,27 +26,57 @@ from pipelines.store.manifest import JSON
 
 WIDTH, HEIGHT = 720, 240
 LEFT, RIGHT, TOP, BOTTOM = 56, 16, 24, 40  # plot margins in the SVG (the top one holds a label)
+SIGNALS = (("pixels", "Thumbnails (pixels route)"), ("hashes", "Perceptual hashes"))
+DROPS_NOTE = "samples each threshold would drop"
 
 
 def calibration_section(manifest: JSON) -> str:
     """The section's HTML (a note when the manifest holds no calibration evidence)."""
     threshold = ((manifest.get("config") or {}).get("dedup") or {}).get("threshold")
-    used = f" The threshold in use is <b>{threshold}</b>." if threshold is not None else ""
+    used = (
+        f" The flow's <code>dedup.threshold</code> is <b>{_e(threshold)}</b>." if threshold else ""
+    )
     cal = manifest.get("calibration")
     head = "<h2>Is the threshold right?</h2>"
     if not cal:
         return f"{head}<p class=sub>No calibration evidence in this version.{used}</p>"
+    if not isinstance(cal, dict):
+        return (
+            f"{head}<p class=sub>The calibration evidence is malformed (not an object).{used}</p>"
+        )
+    reused = (
+        "<p class=sub>Kept from the parent version: the data changed too little to read the "
+        "threshold off it again.</p>"
+        if cal.get("reused")
+        else ""
+    )
+    parts = [head, reused, signal_block(cal, used)]
+    for key, title in SIGNALS:
+        sub = cal.get(key)
+        if sub:
+            parts.append(f"<h3>{title}</h3>" + signal_block(sub, ""))
+    return "".join(parts)
+
+
+def signal_block(cal: Any, used: str) -> str:
+    """One signal's threshold, its rule, its histogram and drops (what of them it recorded)."""
     try:
-        hist = _histogram(cal)
-        drops = _drops(cal)
         line = float(cal["threshold"])
-    except (KeyError, TypeError, ValueError) as exc:
-        return f"{head}<p class=sub>The calibration evidence is malformed ({_e(exc)}).{used}</p>"
+        hist = _histogram(cal) if cal.get("nn_histogram") else None
+        drops = _drops(cal)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return f"<p class=sub>The calibration evidence is malformed ({_e(exc)}).{used}</p>"
     rule = f"<p>{_e(cal.get('rule', ''))}</p>" if cal.get("rule") else ""
+    if hist is None:
+        return (
+            f"<p class=sub>Threshold <b>{line:g}</b>; no nearest-neighbour histogram was recorded "
+            f"for it.{used}</p>{rule}{drops_table(drops, line, cal.get('drops_note'))}"
+        )
     return (
-        f"{head}<p class=sub>Each distinct content's cosine similarity to its nearest neighbour "
+        f"<p class=sub>Each distinct content's cosine similarity to its nearest neighbour "
         f"(log scale); near duplicates sit right of the red line at the threshold "
-        f"<b>{line:.3f}</b>.{used}</p>{rule}{histogram_svg(*hist, line)}{drops_table(drops, line)}"
+        f"<b>{line:.3f}</b>.{used}</p>{rule}{histogram_svg(*hist, line)}"
+        f"{drops_table(drops, line, cal.get('drops_note'))}"
     )
 
 
@@ -135,8 +169,9 @@ def _decimals(step: float) -> int:
     return max(0, -math.floor(math.log10(step)))
 
 
-def drops_table(drops: list[tuple[float, int]], threshold: float) -> str:
-    """Samples each nearby threshold would drop, the chosen one in bold."""
+def drops_table(drops: list[tuple[float, int]], threshold: float, note: Any = None) -> str:
+    """Samples each nearby threshold would drop, the chosen one in bold; `note` says what the
+    counts are when the record says (an estimate from a sample, say)."""
     if not drops:
         return ""
     nearest = min(drops, key=lambda d: abs(d[0] - threshold))[0]
@@ -147,9 +182,15 @@ def drops_table(drops: list[tuple[float, int]], threshold: float) -> str:
     )
     return (
         "<table class=counts><tr><th class=n>threshold</th><th class=n>samples dropped</th></tr>"
-        f"{rows}</table><p class=sub>A lower threshold drops more; if the extra samples are "
-        "not duplicates (see the closest calls below), keep the higher one.</p>"
+        f"{rows}</table><p class=sub>{_e(_sentence(note or DROPS_NOTE))}. A lower threshold "
+        "drops more; if the extra samples are not duplicates (see the closest calls below), keep "
+        "the higher one.</p>"
     )
+
+
+def _sentence(text: Any) -> str:
+    words = str(text)
+    return words[:1].upper() + words[1:]
 
 
 def _e(value: Any) -> str:
