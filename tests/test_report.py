@@ -83,6 +83,7 @@ def test_calibration_as_the_dedup_stage_records_it_pixels_hashes_and_too_few_sam
     assert "Kept from the parent version" in page
     assert "<h3>Thumbnails (pixels route)</h3>" in page and "pixels: 0.5 of the way" in page
     assert "<h3>Perceptual hashes</h3>" in page and "hashes: 4 bits: half of 8.0 bits" in page
+    assert "At most <b>4</b> bits apart." in page
     assert "<code>dedup.threshold</code> is <b>auto</b>" in page
     assert re.findall(r"<td class=n>([\d.]+)</td><td class=n>([\d,]+)</td>", page)[-1] == (
         "0.9",

@@ -54,12 +54,13 @@ def calibration_section(manifest: JSON) -> str:
     for key, title in SIGNALS:
         sub = cal.get(key)
         if sub:
-            parts.append(f"<h3>{title}</h3>" + signal_block(sub, ""))
+            parts.append(f"<h3>{title}</h3>" + signal_block(sub, "", bits=key == "hashes"))
     return "".join(parts)
 
 
-def signal_block(cal: Any, used: str) -> str:
-    """One signal's threshold, its rule, its histogram and drops (what of them it recorded)."""
+def signal_block(cal: Any, used: str, bits: bool = False) -> str:
+    """One signal's threshold, its rule, its histogram and drops (what of them it recorded);
+    `bits`: the threshold is a Hamming distance budget, which has no similarity histogram."""
     try:
         line = float(cal["threshold"])
         hist = _histogram(cal) if cal.get("nn_histogram") else None
@@ -67,6 +68,8 @@ def signal_block(cal: Any, used: str) -> str:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return f"<p class=sub>The calibration evidence is malformed ({_e(exc)}).{used}</p>"
     rule = f"<p>{_e(cal.get('rule', ''))}</p>" if cal.get("rule") else ""
+    if bits:
+        return f"<p class=sub>At most <b>{line:g}</b> bits apart.</p>{rule}"
     if hist is None:
         return (
             f"<p class=sub>Threshold <b>{line:g}</b>; no nearest-neighbour histogram was recorded "
