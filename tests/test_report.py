@@ -153,7 +153,7 @@ def test_report_counts_groups_issues_human_labels_and_parent_link(tmp_path: Path
 
 def test_console_summary_prints_each_thing_once_and_no_reprs(tmp_path: Path):
     _, decisions, summary = _version(tmp_path)
-    summary.statement = "Cleaning removes 2 of 6 samples."
+    summary.statement = "Cleaning removes 2 of 6 samples. " + "Saves [some] GPU-hours. " * 9
     summary.labeling = {
         "label_issues": 1,
         "actions": {"flagged": 1},
@@ -167,6 +167,8 @@ def test_console_summary_prints_each_thing_once_and_no_reprs(tmp_path: Path):
         print_summary(summary)
     out = cap.get()
     assert out.count("Cleaning removes 2 of 6 samples.") == 1
+    assert " ".join(out.split()).count("Saves [some] GPU-hours.") == 9  # brackets are not markup
+    assert not [line for line in out.splitlines() if line.endswith(" ")]
     assert "{" not in out and "None" not in out and "Result(" not in out
     assert "label issues: 1 (1 flagged: kept and queued for review)" in out
     assert "labeling queue: 3 added (1 label issues, 2 to label)" in out

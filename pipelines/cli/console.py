@@ -8,11 +8,13 @@ statement (once) and the report's path. Nothing here prints a Python repr.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipelines.store.manifest import Counts
@@ -41,8 +43,16 @@ def print_summary(s: RunSummary) -> None:
         say(_facts(s.counts), highlight=False)
         for line in detail_lines(s):
             say(line, highlight=False)
-        if s.statement:
-            say(f"[bold]Cost delta:[/] {s.statement}", highlight=False, soft_wrap=False)
+        if s.statement:  # wrapped here: rich's own wrapping leaves a space at each line's end
+            text = "\n".join(
+                textwrap.wrap(
+                    f"Cost delta: {s.statement}",
+                    max(console.width, 40),
+                    break_on_hyphens=False,
+                    break_long_words=False,
+                )
+            )
+            say("[bold]Cost delta:[/]" + escape(text[len("Cost delta:") :]), highlight=False)
     if s.report and Path(s.report).is_file():
         say(f"report: {show_path(s.report)}", highlight=False)
 
