@@ -179,6 +179,8 @@ def test_report_command_prints_or_opens_the_path(
     assert main(["report", store]) == 0
     path = capsys.readouterr().out.strip()
     assert path.endswith("reports/v000001.html") and Path(path).is_file()
+    assert main(["show", store]) == 0  # `show` names the same page
+    assert f"report: {path}" in " ".join(capsys.readouterr().out.split())
     assert main(["report", store, "--version", "7"]) == 2
     assert "no version 7" in capsys.readouterr().out
     opened = tmp_path / "opened.txt"
