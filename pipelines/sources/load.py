@@ -81,12 +81,22 @@ def _generation_error() -> type[Exception]:
     return error
 
 
+def _keep_tqdm_lock() -> None:
+    """Give `datasets`' tqdm class a lock that stays. Its thread maps create the lock when it is
+    missing and delete it when they end, so two loads at once in one process (two flow runs in
+    threads) delete it under each other: `AttributeError: type object 'tqdm' has no attribute
+    '_lock'`. With a lock in place they only swap it and put it back."""
+    from datasets.utils.tqdm import tqdm as datasets_tqdm
+
+    datasets_tqdm.get_lock()
+
+
 def _open_with_datasets(source: SourceSettings, pool_splits: Sequence[str]) -> dict[str, Any]:
     import datasets
 
-    # leanset shows its own progress; `datasets`' bars ("Downloading data" for local files) mislead,
-    # and two loads in one process race on their shared tqdm lock
+    # leanset shows its own progress; `datasets`' bars ("Downloading data" for local files) mislead
     datasets.disable_progress_bars()
+    _keep_tqdm_lock()
 
     path = source.path or ""  # the config loader requires it for the types that read it
     if source.type == "imagefolder":
