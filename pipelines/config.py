@@ -155,8 +155,10 @@ def _read_bodies(path: Path) -> dict[str, Any]:
     """Each flow's body with `defaults:` merged in, as plain data."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file (expected a flows.yaml)")
+    text = path.read_text(encoding="utf-8")
+    _check_nesting(path, text)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(text)
     except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("flows"), dict) or not raw["flows"]:
@@ -174,6 +176,39 @@ def _read_bodies(path: Path) -> dict[str, Any]:
     if not isinstance(defaults, dict):
         raise ConfigError(f"{path}: 'defaults' must be a mapping")
     return {str(name): _merge(defaults, body or {}) for name, body in raw["flows"].items()}
+
+
+MAX_NESTING = 100  # flow collections ([...], {...}) inside each other; a real flows.yaml uses 3
+
+
+def _check_nesting(path: Path, text: str) -> None:
+    """Refuse `[[[[...` nested past MAX_NESTING before YAML reads it: the parser takes seconds
+    to reach its recursion limit on such a file. Brackets in quotes and comments do not count."""
+    depth, quote, escaped, comment, prev = 0, "", False, False, "\n"
+    for line, row in enumerate(text.splitlines(), 1):
+        comment, prev = False, "\n"
+        for c in row:
+            if quote:
+                if escaped:
+                    escaped = False
+                elif quote == '"' and c == "\\":
+                    escaped = True
+                elif c == quote:
+                    quote = ""
+            elif comment or (c == "#" and prev in " \t\n"):
+                comment = True
+            elif c in "\"'" and prev in " \t\n[{,:-":
+                quote = c
+            elif c in "[{":
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise ConfigError(
+                        f"{path}: not valid YAML (line {line}: brackets nested more than "
+                        f"{MAX_NESTING} deep)"
+                    )
+            elif c in "]}":
+                depth = max(depth - 1, 0)
+            prev = c
 
 
 def did_you_mean(word: str, choices: Any, keypath: str = "") -> str:

@@ -78,3 +78,14 @@ def test_fingerprint_ignores_schedule_but_not_threshold(tmp_path: Path):
     )
     c = load_flow(flows_yaml(tmp_path, GOOD.replace("0.9", "0.8")), "imgs")
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_brackets_in_quotes_and_comments_do_not_count_as_nesting(tmp_path: Path):
+    from pipelines.config import MAX_NESTING, ConfigError, _check_nesting
+
+    deep = "[" * (MAX_NESTING + 1)
+    _check_nesting(
+        tmp_path, f"a: '{deep}'\nb: \"{deep}\\\" {deep}\"  # {deep}\nc: it's {'[]' * 200}\n"
+    )
+    with pytest.raises(ConfigError, match="line 2: brackets nested more than"):
+        _check_nesting(tmp_path, f"a: 1\nb: {deep}{']' * (MAX_NESTING + 1)}\n")
