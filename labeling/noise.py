@@ -110,10 +110,12 @@ def detect_label_issues(
     classes: Sequence[str] | None = None,
     groups: np.ndarray | None = None,
     sample_ids: Sequence[str] | None = None,
+    on_fit: Callable[[], None] | None = None,
 ) -> NoiseResult:
     """Probe + cleanlab; with `refit`, once more with the first pass's issues out of training.
 
-    `probe`, `classes` and `groups` are `fit_probe`'s options, class names and fold groups.
+    `probe`, `classes`, `groups` and `on_fit` are `fit_probe`'s options, class names, fold
+    groups and progress callback.
     """
 
     def fit(mask: np.ndarray | None) -> ProbeResult:
@@ -125,6 +127,7 @@ def detect_label_issues(
             train_mask=mask,
             options=probe,
             sample_ids=sample_ids,
+            on_fit=on_fit,
         )
 
     fitted = fit(None)

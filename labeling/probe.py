@@ -242,12 +242,14 @@ def fit_probe(
     train_mask: np.ndarray | None = None,
     options: ProbeOptions | None = None,
     sample_ids: Sequence[str] | None = None,
+    on_fit: Callable[[], None] | None = None,
 ) -> ProbeResult:
     """Out-of-fold probabilities for labeled rows (-1 = unlabeled), predictions for the rest.
 
     `groups`: one int per row, rows sharing a non-negative id stay in one fold (negative = no
     group). `train_mask`: rows that may be used for training (all others still get predictions),
-    e.g. to refit without suspected label issues.
+    e.g. to refit without suspected label issues. `on_fit` is called after each of the
+    `n_folds` (+1 with unlabeled rows) fits, for a progress display.
     """
     opts = options or ProbeOptions()
     x = _check_embeddings(embeddings, sample_ids)
@@ -269,12 +271,14 @@ def fit_probe(
         spec.device,
     )
     folds = _compute_folds(y[labeled], group_ids[labeled], opts.n_folds, opts.seed)
-    oof, accs = _compute_oof(x, y, labeled, folds, mask, spec, opts.seed)
+    oof, accs = _compute_oof(x, y, labeled, folds, mask, spec, opts.seed, on_fit)
     unlabeled = np.flatnonzero(y == UNLABELED)
     unl_probs = np.zeros((0, len(names)), dtype=np.float64)
     if unlabeled.size:
         train = labeled[mask[labeled]]
         unl_probs = spec.train(x[train], y[train], opts.seed)(x[unlabeled])
+        if on_fit:
+            on_fit()
     return ProbeResult(
         pred_probs=oof,
         unlabeled_probs=unl_probs,
@@ -436,6 +440,7 @@ def _compute_oof(
     mask: np.ndarray,
     spec: _ProbeSpec,
     seed: int,
+    on_fit: Callable[[], None] | None = None,
 ) -> tuple[np.ndarray, list[float]]:
     """Out-of-fold probabilities for the labeled rows, and the held-out accuracy per fold."""
     oof = np.zeros((labeled.size, spec.n_classes), dtype=np.float64)
@@ -444,6 +449,8 @@ def _compute_oof(
         train = labeled[tr][mask[labeled[tr]]]
         oof[te] = spec.train(x[train], y[train], seed + fold)(x[labeled[te]])
         accs.append(float(np.mean(oof[te].argmax(axis=1) == y[labeled[te]])))
+        if on_fit:
+            on_fit()
     return oof, accs
 
 

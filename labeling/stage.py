@@ -7,6 +7,7 @@ columns; `pipelines/flows.py` wraps them in Prefect tasks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,8 +120,11 @@ def label_noise(
     emb: np.ndarray | None,
     settings: LabelNoiseSettings,
     pred_probs: Any = None,
+    on_fit: Callable[[], None] | None = None,
 ) -> NoiseOutcome:
     """cleanlab label issues on out-of-sample probabilities, and the flow's noise policy.
+
+    `on_fit` is called after each probe fit (a progress display).
 
     The probe sees readable samples that dedup kept (a dropped copy would count its group twice);
     duplicate groups stay in one fold. Given `pred_probs` (a column), no probe is trained.
@@ -140,7 +144,7 @@ def label_noise(
     if pred_probs is not None:
         issues, probs, info = _issues_from_given(pred_probs, rows, enc, ids, settings)
     else:
-        issues, probs, info = _issues_from_probe(emb, rows, sub, enc, ids, settings)
+        issues, probs, info = _issues_from_probe(emb, rows, sub, enc, ids, settings, on_fit)
     dec = apply_noise_policy(
         enc.idx, issues, policy=settings.policy, relabel_threshold=settings.relabel_threshold
     )
@@ -195,6 +199,7 @@ def _issues_from_probe(
     enc: EncodedLabels,
     ids: list[str],
     settings: LabelNoiseSettings,
+    on_fit: Callable[[], None] | None = None,
 ) -> tuple[LabelIssues, np.ndarray, dict[str, Any]]:
     """Label issues on the out-of-fold probabilities of a probe on the embeddings."""
     if emb is None:
@@ -210,6 +215,7 @@ def _issues_from_probe(
         classes=enc.classes,
         groups=_groups(sub),
         sample_ids=ids,
+        on_fit=on_fit,
     )
     info = {
         "probe": res.probe.backend,
@@ -269,26 +275,71 @@ def label_and_select(
     pred_probs: Any = None,
     pending: pl.DataFrame | None = None,
     threshold: float = 0.95,
+    progress: bool = True,
 ) -> LabelingOutcome:
     """Label noise (when configured), then the selection of unlabeled samples (when configured).
 
     `pending`: queue rows still waiting for a human (their samples are not picked again);
-    `threshold`: the dedup threshold, the default for how similar two picks may be."""
+    `threshold`: the dedup threshold, the default for how similar two picks may be;
+    `progress`: one progress bar for the whole stage (probe fits, then the selection) on a
+    terminal."""
     info: dict[str, Any] = {}
     probs = None
-    if noise is not None:
-        out = label_noise(table, emb, noise, pred_probs)
-        table, probs, info = out.table, out.probs, out.info
-    if selection is not None and emb is not None:
-        waiting = (
-            pending
-            if pending is not None
-            else pl.DataFrame({"sample_id": []}, schema={"sample_id": pl.Utf8})
-        )
-        table, info["selection"] = select_for_labeling(
-            table, emb, probs, selection, waiting, threshold
-        )
+    with _StageProgress(noise, selection, enabled=progress) as bar:
+        if noise is not None:
+            out = label_noise(table, emb, noise, pred_probs, on_fit=bar.step)
+            table, probs, info = out.table, out.probs, out.info
+        if selection is not None and emb is not None:
+            waiting = (
+                pending
+                if pending is not None
+                else pl.DataFrame({"sample_id": []}, schema={"sample_id": pl.Utf8})
+            )
+            table, info["selection"] = select_for_labeling(
+                table, emb, probs, selection, waiting, threshold
+            )
+            bar.step()
     return LabelingOutcome(table, info)
+
+
+class _StageProgress:
+    """One bar for the labeling stage: a step per probe fit and one for the selection."""
+
+    def __init__(
+        self,
+        noise: LabelNoiseSettings | None,
+        selection: ActiveLearningSettings | None,
+        enabled: bool,
+    ):
+        fits = (
+            (noise.n_folds + 1) * (2 if noise.refit else 1)
+            if noise and not noise.pred_probs_column
+            else 0
+        )
+        self.total = fits + (1 if selection else 0)
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def __enter__(self) -> _StageProgress:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=self.total,
+            desc="labeling",
+            unit="step",
+            leave=False,  # the run ends with its summary, not a finished bar
+            disable=not self.enabled or None,
+        )
+        return self
+
+    def step(self) -> None:
+        self.bar.update(1)
+
+    def __exit__(self, *exc: object) -> None:
+        if not exc[0]:  # fewer fits than planned (no unlabeled rows, no refit): end full
+            self.bar.total = self.bar.n
+            self.bar.refresh()
+        self.bar.close()
 
 
 # ---------------------------------------------------------------- selection and the queue

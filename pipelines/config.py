@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
+import glob
 import hashlib
 import json
 import reprlib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -125,10 +129,39 @@ class FlowSettings:
 def load_flows(path: str | Path) -> dict[str, FlowSettings]:
     """Read and validate every flow in a flows.yaml file."""
     path = Path(path)
+    return {
+        name: _load_flow(path, name, body, f"{path}: flow {name!r}")
+        for name, body in _read_bodies(path).items()
+    }
+
+
+def load_flow(path: str | Path, name: str, overrides: Sequence[str] = ()) -> FlowSettings:
+    """Read one named flow from a flows.yaml file (every flow in it is validated).
+
+    `overrides`: `key.path=value` strings (`leanset run --set`); the value is read as YAML and
+    checked exactly like the same key in the file."""
+    path = Path(path)
+    bodies = _read_bodies(path)
+    if name not in bodies:
+        raise ConfigError(
+            f"{path}: no flow named {name!r}{did_you_mean(name, bodies)}; "
+            f"flows here: {', '.join(sorted(bodies))}"
+        )
+    flows = {n: _load_flow(path, n, b, f"{path}: flow {n!r}") for n, b in bodies.items()}
+    if not overrides:
+        return flows[name]
+    body = apply_overrides(bodies[name], overrides)
+    return _load_flow(path, name, body, f"{path}: flow {name!r} with --set {' '.join(overrides)}")
+
+
+def _read_bodies(path: Path) -> dict[str, Any]:
+    """Each flow's body with `defaults:` merged in, as plain data."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file (expected a flows.yaml)")
+    text = path.read_text(encoding="utf-8")
+    _check_nesting(path, text)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(text)
     except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("flows"), dict) or not raw["flows"]:
@@ -137,24 +170,120 @@ def load_flows(path: str | Path) -> dict[str, FlowSettings]:
         )
     unknown = set(raw) - {"flows", "defaults"}
     if unknown:
+        first = sorted(unknown)[0]
         raise ConfigError(
-            f"{path}: unknown top-level key(s) {sorted(unknown)}; expected 'flows', 'defaults'"
+            f"{path}: unknown top-level key(s) {sorted(unknown)}"
+            f"{did_you_mean(first, ['flows', 'defaults'])}; expected 'flows', 'defaults'"
         )
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"{path}: 'defaults' must be a mapping")
-    return {
-        str(name): _load_flow(path, str(name), _merge(defaults, body or {}))
-        for name, body in raw["flows"].items()
-    }
+    return {str(name): _merge(defaults, body or {}) for name, body in raw["flows"].items()}
 
 
-def load_flow(path: str | Path, name: str) -> FlowSettings:
-    """Read one named flow from a flows.yaml file."""
-    flows = load_flows(path)
-    if name not in flows:
-        raise ConfigError(f"{path}: no flow named {name!r}; flows here: {', '.join(sorted(flows))}")
-    return flows[name]
+MAX_NESTING = 100  # flow collections ([...], {...}) inside each other; a real flows.yaml uses 3
+
+
+def _check_nesting(path: Path, text: str) -> None:
+    """Refuse `[[[[...` nested past MAX_NESTING before YAML reads it: the parser takes seconds
+    to reach its recursion limit on such a file. Brackets in quotes and comments do not count."""
+    depth, quote, escaped, comment, prev = 0, "", False, False, "\n"
+    for line, row in enumerate(text.splitlines(), 1):
+        comment, prev = False, "\n"
+        for c in row:
+            if quote:
+                if escaped:
+                    escaped = False
+                elif quote == '"' and c == "\\":
+                    escaped = True
+                elif c == quote:
+                    quote = ""
+            elif comment or (c == "#" and prev in " \t\n"):
+                comment = True
+            elif c in "\"'" and prev in " \t\n[{,:-":
+                quote = c
+            elif c in "[{":
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise ConfigError(
+                        f"{path}: not valid YAML (line {line}: brackets nested more than "
+                        f"{MAX_NESTING} deep)"
+                    )
+            elif c in "]}":
+                depth = max(depth - 1, 0)
+            prev = c
+
+
+def did_you_mean(word: str, choices: Any, keypath: str = "") -> str:
+    """` (did you mean 'x'?)` for the closest of `choices` (under `keypath`), or nothing."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {_join(keypath, close[0])!r}?)" if close else ""
+
+
+def apply_overrides(body: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """`body` with each `key.path=value` set (keys checked against the settings, with hints)."""
+    out = copy.deepcopy(body)
+    for item in overrides:
+        keypath, sep, text = item.partition("=")
+        keys = keypath.strip().split(".")
+        if not sep or not all(keys):
+            raise ConfigError(f"--set {item}: expected key.path=value, e.g. dedup.threshold=0.97")
+        _check_keypath(keys, item)
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({exc})") from exc
+        node = out
+        for key in keys[:-1]:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[keys[-1]] = value
+    return out
+
+
+def _check_keypath(keys: list[str], item: str) -> None:
+    """Each key of a `--set` path names a setting (the last may be any; the others sections)."""
+    cls: Any = FlowSettings
+    for depth, key in enumerate(keys):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        done = ".".join(keys[:depth])
+        if key not in fields or key == "name":
+            known = sorted(set(fields) - {"name"})
+            hint = did_you_mean(key, known, done)
+            raise ConfigError(
+                f"--set {item}: {_join(done, key)}: unknown key{hint}; expected one of {known}"
+            )
+        inner = _dataclass_of(typing.get_type_hints(cls)[key])
+        if depth < len(keys) - 1 and inner is None:
+            raise ConfigError(f"--set {item}: {_join(done, key)} is a value, not a section")
+        cls = inner
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass a type hint holds (`X` or `X | None`), else None."""
+    for h in (hint, *typing.get_args(hint)):
+        if isinstance(h, type) and dataclasses.is_dataclass(h):
+            return h
+    return None
+
+
+def check_source_exists(settings: FlowSettings, config: str | Path) -> None:
+    """The source the flow reads is there (called before a run starts, not at every load: the
+    demo writes its data after reading the config, and `serve` reads flows that run later)."""
+    src, where = settings.source, f"{config}: flow {settings.name!r}"
+    if src.type == "imagefolder" and not Path(src.path or "").is_dir():
+        raise ConfigError(
+            f"{where}: source.path: {src.path} is not a folder (expected images in "
+            f"split/class/file folders)"
+        )
+    if src.type == "disk" and not Path(src.path or "").exists():
+        raise ConfigError(
+            f"{where}: source.path: {src.path} does not exist (expected a save_to_disk folder)"
+        )
+    for pattern in src.data_files or []:
+        if not glob.glob(pattern):
+            raise ConfigError(f"{where}: source.data_files: no file matches {pattern}")
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -167,8 +296,7 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _load_flow(path: Path, name: str, body: Any) -> FlowSettings:
-    where = f"{path}: flow {name!r}"
+def _load_flow(path: Path, name: str, body: Any, where: str) -> FlowSettings:
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: expected a mapping of settings, got {type(body).__name__}")
     body = {"name": name, **body}
@@ -186,8 +314,10 @@ def _build(cls: type, data: Any, where: str, keypath: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
+        hint = did_you_mean(unknown[0], fields, keypath)
         raise ConfigError(
-            f"{where}: {_join(keypath, unknown[0])}: unknown key; expected one of {sorted(fields)}"
+            f"{where}: {_join(keypath, unknown[0])}: unknown key{hint}; "
+            f"expected one of {sorted(fields)}"
         )
     hints = typing.get_type_hints(cls)
     kwargs = {}

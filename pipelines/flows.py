@@ -7,6 +7,8 @@ the commit, and never changed after it.
 
 from __future__ import annotations
 
+import logging
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from dedup.config import DedupSettings
@@ -29,7 +31,7 @@ from labeling.stage import (
     label_and_select,
     queue_rows,
 )
-from pipelines.config import FlowSettings, load_flow
+from pipelines.config import FlowSettings, check_source_exists, load_flow
 from pipelines.cost import ComputeMeter, cost_delta, statement
 from pipelines.decide import decide
 from pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
@@ -50,6 +52,9 @@ from pipelines.summary import RunSummary, Timer
 
 GPU_LIMIT = "leanset-gpu"  # Prefect global concurrency limit guarding GPU work
 TEXT_SIGNAL = "shingles-5-v1"  # what dedup.lexical computes (part of the pair index's basis)
+log = logging.getLogger(
+    "leanset.flow"
+)  # routed to Prefect's run logs (PREFECT_LOGGING_EXTRA_LOGGERS)
 
 
 def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
@@ -75,17 +80,28 @@ def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
     retry_condition_fn=_worth_retrying,
     cache_policy=NO_CACHE,
 )
-def load_task(settings: FlowSettings) -> LoadedDataset:
-    """Read the dataset and hash every sample's content (unchanged files: from the hash cache)."""
+def load_task(
+    settings: FlowSettings, dry_run: bool = False, loaded: LoadedDataset | None = None
+) -> LoadedDataset:
+    """Read the dataset and hash every sample's content (unchanged files: from the hash cache).
+
+    `loaded`: the dataset `run_flow` already read in this process to answer "unchanged"."""
+    return loaded if loaded is not None else load_dataset(settings, dry_run)
+
+
+def load_dataset(settings: FlowSettings, dry_run: bool = False) -> LoadedDataset:
+    """The sample table; a dry run reads the file-hash cache but never writes it."""
     hashes = FileHashCache(StoreLayout.of(settings.store).file_hashes)
     data = load_source(settings.source, settings.columns, hashes)
-    hashes.save()
+    if not dry_run:
+        hashes.save()
     return data
 
 
 @task(name="embed", cache_policy=NO_CACHE)
-def embed_task(data: LoadedDataset, settings: FlowSettings) -> EmbedResult:
-    """Embed what the cache does not hold yet (one GPU slot at a time across flows)."""
+def embed_task(data: LoadedDataset, settings: FlowSettings, dry_run: bool = False) -> EmbedResult:
+    """Embed what the cache does not hold yet (one GPU slot at a time across flows); a dry run
+    reads the cache and keeps what it computes in memory."""
     emb = settings.embedder
     assert emb is not None  # the flow only calls this task with an embedder configured
     embedder = make_embedder(emb, data.columns.embedding)
@@ -98,6 +114,7 @@ def embed_task(data: LoadedDataset, settings: FlowSettings) -> EmbedResult:
             batch_size=emb.batch_size,
             num_workers=emb.num_workers,
             shard_rows=emb.shard_rows,
+            write_cache=not dry_run,
         )
 
     if not str(getattr(embedder, "device", "cpu")).startswith("cuda"):
@@ -109,8 +126,9 @@ def embed_task(data: LoadedDataset, settings: FlowSettings) -> EmbedResult:
 
 
 @task(name="image-signal", cache_policy=NO_CACHE)
-def signal_task(data: LoadedDataset, settings: FlowSettings) -> EmbedResult:
-    """Grey thumbnails of the images: the second signal that confirms near duplicates."""
+def signal_task(data: LoadedDataset, settings: FlowSettings, dry_run: bool = False) -> EmbedResult:
+    """Grey thumbnails of the images: the second signal that confirms near duplicates (a dry run
+    reads their cache and keeps what it computes in memory)."""
     emb = settings.embedder
     return embed_dataset(
         data,
@@ -119,6 +137,7 @@ def signal_task(data: LoadedDataset, settings: FlowSettings) -> EmbedResult:
         batch_size=256,
         num_workers=emb.num_workers if emb else 0,
         shard_rows=emb.shard_rows if emb else 4096,
+        write_cache=not dry_run,
     )
 
 
@@ -191,17 +210,27 @@ def enqueue_task(store_root: str, rows: pl.DataFrame, version: int) -> JSON:
 
     from prefect.runtime import flow_run
 
-    return asdict(enqueue(store_root, rows, run_id=str(flow_run.id), version=version))
+    done = asdict(enqueue(store_root, rows, run_id=str(flow_run.id), version=version))
+    queue = read_queue(store_root)
+    added = queue.filter(pl.col("version") == version).group_by("reason").len().sort("reason")
+    done["by_reason"] = dict(zip(added["reason"], added["len"], strict=True))
+    done["waiting"] = queue.filter(pl.col("status").is_in(list(PENDING))).height
+    return done
 
 
 @task(name="write-html-report", cache_policy=NO_CACHE)
 def html_report_task(
-    path: Path, summary: RunSummary, decisions: pl.DataFrame, data: LoadedDataset
+    path: Path,
+    summary: RunSummary,
+    decisions: pl.DataFrame,
+    data: LoadedDataset,
+    manifest: JSON,
+    parent_report: Path | None,
 ) -> str:
     """A static HTML page of the version, with the samples behind its decisions."""
     from pipelines.report.html import write_html_report
 
-    return str(write_html_report(path, summary, decisions, data))
+    return str(write_html_report(path, summary, decisions, data, manifest, parent_report))
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
@@ -213,8 +242,9 @@ def report_task(summary: RunSummary, decisions: pl.DataFrame | None) -> str:
 
     text = markdown_summary(summary, decisions)
     key = "leanset-" + "".join(c if c.isalnum() else "-" for c in summary.flow.lower())
+    key += "-dry-run" if summary.dry_run else ""
     create_markdown_artifact(markdown=text, key=key, description=f"leanset run of {summary.flow}")
-    if decisions is None:
+    if decisions is None or summary.dry_run:  # unchanged or dry: the one artifact above
         return text
     tables = (
         ("groups", top_groups(decisions, 25), "largest duplicate groups"),
@@ -231,38 +261,69 @@ def report_task(summary: RunSummary, decisions: pl.DataFrame | None) -> str:
 # ---------------------------------------------------------------- the flow
 
 
-@flow(name="leanset-clean", flow_run_name="clean-{flow_name}", log_prints=False)
-def clean_flow(config_path: str, flow_name: str, force: bool = False) -> JSON:
+def _run_name() -> str:
+    """`demo-v3`: the flow and the version this run would commit (renamed when it commits none)."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    name = str(params.get("flow_name", "leanset"))
+    try:
+        settings = load_flow(params["config_path"], name, params.get("overrides") or ())
+        latest = Store(settings.store).latest()
+    except USER_ERRORS + (KeyError,):  # the flow itself reports a bad config
+        return name
+    version = (latest["version"] if latest else 0) + 1
+    return f"{name}-v{version}" + ("-dry-run" if params.get("dry_run") else "")
+
+
+@flow(name="leanset-clean", flow_run_name=_run_name, log_prints=False)
+def clean_flow(
+    config_path: str,
+    flow_name: str,
+    overrides: list[str] | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+) -> JSON:
     """Clean one dataset from flows.yaml and commit a new version when anything changed.
 
-    `force`: commit even when dedup would drop more of a split than the guard allows."""
-    settings = load_flow(config_path, flow_name)
-    summary, decisions = run_pipeline(settings, force=force)
+    `overrides`: `key.path=value` settings over the file's (`leanset run --set`); `dry_run`:
+    decide and report, commit nothing and leave the store unchanged; `force`: commit even when
+    dedup would drop more of a split than the guard allows."""
+    settings = load_flow(config_path, flow_name, overrides or ())
+    check_source_exists(settings, config_path)
+    summary, decisions = run_pipeline(
+        settings, dry_run=dry_run, loaded=_HANDOFF.take(settings), force=force
+    )
+    if summary.unchanged:
+        _rename_run(f"{settings.name}-v{summary.version}-unchanged")
     report_task(summary, decisions)
     return summary.to_dict()
 
 
 def run_pipeline(
-    settings: FlowSettings, force: bool = False
+    settings: FlowSettings,
+    dry_run: bool = False,
+    loaded: _Loaded | None = None,
+    force: bool = False,
 ) -> tuple[RunSummary, pl.DataFrame | None]:
     """One run: load → unchanged? → history → embed → dedup → labeling → decide → commit →
-    queue → report (the decisions are returned for the report artifacts)."""
+    queue → report (the decisions are returned for the report artifacts). A dry run stops
+    before the commit and writes its report outside the store."""
     store, timer, meter = Store(settings.store), Timer(), ComputeMeter()
     parent = store.latest()
     with timer("load"):
-        data = load_task(settings)
+        data = load_task(settings, dry_run, loaded.data if loaded else None)
+    if loaded:
+        timer.add("load", loaded.seconds)
     data, human = _with_answers(data, store, settings, parent)
-    fingerprint, config_hash = input_fingerprint(data.table), settings.fingerprint()
-    if parent and (parent["input_fingerprint"], parent["config_hash"]) == (
-        fingerprint,
-        config_hash,
-    ):
-        return _unchanged(settings, store, parent, timer), None
+    fingerprint = input_fingerprint(data.table)
+    if parent and is_current(parent, fingerprint, settings):
+        return unchanged_summary(settings, store, parent, timer), None
     with timer("history"):
         history = History.of(store, parent)
     version = (parent["version"] if parent else 0) + 1
     data = data.with_table(history.mark_first_seen(data.table, version))
-    embedded = _embed(data, settings, timer, meter)
+    embedded = _embed(data, settings, timer, meter, dry_run)
     prior = history.prior_index() if settings.dedup.near else None
     with timer("dedup"):
         dd = dedup_task(
@@ -279,17 +340,71 @@ def run_pipeline(
     decided = decide(labeled.table)
     found = _Found(fingerprint, embedded, dd, labeled.info | human, guard)
     draft = _draft(settings, data.with_table(decided), history, parent, found, timer, meter)
+    if dry_run:
+        return _dry_run(settings, store, draft, data, version, timer), draft.decisions
     with timer("commit"):
         committed = commit_task(str(store.root), draft)
-    get_run_logger().info("Committed version %s of %s.", committed["version"], settings.store)
+    log.info("Committed version %s of %s.", committed["version"], settings.store)
     summary = RunSummary.of(settings.name, settings.store, committed, timer.seconds, False)
     if settings.label_noise or settings.active_learning:
         rows = _queue_rows(decided, settings, data)
         summary.labeling["queue"] = enqueue_task(str(store.root), rows, committed["version"])
     path = store.layout.report(committed["version"])
-    summary.report = html_report_task(path, summary, draft.decisions, data)
-    get_run_logger().info(summary.statement)
+    parent_report = store.layout.report(parent["version"]) if parent else None
+    summary.report = html_report_task(
+        path, summary, draft.decisions, data, committed, parent_report
+    )
     return summary, draft.decisions
+
+
+def is_current(parent: JSON, fingerprint: str, settings: FlowSettings) -> bool:
+    """The latest version saw this input with these settings: nothing to do."""
+    same = (parent["input_fingerprint"], parent["config_hash"])
+    return same == (fingerprint, settings.fingerprint())
+
+
+def unchanged_summary(
+    settings: FlowSettings, store: Store, current: JSON, timer: Timer
+) -> RunSummary:
+    """What a run that found nothing new did: it loaded the input; the current version stands.
+
+    Only the current version's counts are carried over (what it embedded or found is its own)."""
+    log.info("Input and config unchanged since version %s: no new version.", current["version"])
+    summary = RunSummary.of(settings.name, settings.store, current, dict(timer.seconds), True)
+    summary.embed, summary.search, summary.labeling, summary.cost = {}, {}, {}, {}
+    summary.statement = ""
+    report = store.layout.report(current["version"])
+    summary.report = str(report) if report.is_file() else None
+    return summary
+
+
+def _dry_run(
+    settings: FlowSettings,
+    store: Store,
+    draft: VersionDraft,
+    data: LoadedDataset,
+    version: int,
+    timer: Timer,
+) -> RunSummary:
+    """The summary of the version a dry run would commit, with its report in a temporary folder."""
+    manifest = draft.manifest.to_dict() | {"version": version, "parent": draft.parent}
+    summary = RunSummary.of(settings.name, settings.store, manifest, timer.seconds, False)
+    summary.dry_run = True
+    folder = Path(tempfile.mkdtemp(prefix="leanset-dry-run-"))
+    path = folder / f"{settings.name}-v{version}-dry-run.html"
+    parent_report = store.layout.report(draft.parent) if draft.parent else None
+    summary.report = html_report_task(path, summary, draft.decisions, data, manifest, parent_report)
+    log.info("Dry run: version %s was not committed; report at %s", version, path)
+    return summary
+
+
+def _rename_run(name: str) -> None:
+    """Give the current flow run a name that says what it did."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_name(flow_run_id=flow_run.id, name=name)
 
 
 # ---------------------------------------------------------------- the steps' details
@@ -322,26 +437,16 @@ def _with_answers(
     return data.with_table(labeled), human
 
 
-def _unchanged(settings: FlowSettings, store: Store, parent: JSON, timer: Timer) -> RunSummary:
-    """The summary of a run whose input and config match the latest version's."""
-    get_run_logger().info(
-        "Input and config unchanged since version %s: no new version.", parent["version"]
-    )
-    summary = RunSummary.of(settings.name, settings.store, parent, timer.seconds, True)
-    summary.report = str(store.layout.report(parent["version"]))
-    return summary
-
-
 def _embed(
-    data: LoadedDataset, settings: FlowSettings, timer: Timer, meter: ComputeMeter
+    data: LoadedDataset, settings: FlowSettings, timer: Timer, meter: ComputeMeter, dry_run: bool
 ) -> _Embedded:
     """Embed (cache first) when an embedder is configured."""
     if settings.embedder is None:
         return _Embedded(data.table, None, {})
     with timer("embed"):
-        res = embed_task(data, settings)
+        res = embed_task(data, settings, dry_run)
         wanted = _wants_signal(settings, data, ("pixels", "hashes"), "image")
-        thumbs = signal_task(data, settings) if wanted else None
+        thumbs = signal_task(data, settings, dry_run) if wanted else None
     meter.add_gpu(res.seconds, res.device)
     info = {
         "computed": res.computed,
@@ -350,9 +455,7 @@ def _embed(
         "fingerprint": res.fingerprint,
         "samples_per_s": round(res.computed / max(res.seconds, 1e-9), 1),
     }
-    get_run_logger().info(
-        "Embedded %d new samples, %d from cache (%s).", res.computed, res.cached, res.device
-    )
+    log.info("Embedded %d new samples, %d from cache (%s).", res.computed, res.cached, res.device)
     table = _mark_unreadable(data.table, res.errors)
     if _wants_signal(settings, data, ("shingles",), "text"):
         readable = table["error"].is_null().to_list()
@@ -395,7 +498,7 @@ def _guard(table: pl.DataFrame, settings: DedupSettings, force: bool) -> JSON:
     except DedupGuardError as exc:
         if not force:
             raise
-        get_run_logger().warning("Forced past the dedup guard: %s", exc)
+        log.warning("Forced past the dedup guard: %s", exc)
         drops = split_drops(table)
     return {
         "forced": force,
@@ -491,7 +594,84 @@ def _queue_rows(decided: pl.DataFrame, settings: FlowSettings, data: LoadedDatas
     return rows.with_columns(pl.col("sample_id").replace_strict(texts).alias("text"))
 
 
-def run_flow(config: str | Path, flow_name: str, force: bool = False) -> JSON:
-    """Run one flow through Prefect (its local ephemeral API unless PREFECT_API_URL is set)."""
-    load_flow(config, flow_name)  # fail fast, before Prefect starts, on a bad config
-    return clean_flow(config_path=str(Path(config).resolve()), flow_name=flow_name, force=force)
+@dataclass
+class _Loaded:
+    """A dataset `run_flow` read before the flow started, and the seconds that took."""
+
+    settings: FlowSettings
+    data: LoadedDataset
+    seconds: float
+
+
+class _Handoff:
+    """The one dataset `run_flow` read to check for "unchanged", for the flow run it then starts
+    in this process (a flow run elsewhere, e.g. a served deployment, loads its own)."""
+
+    def __init__(self) -> None:
+        self._slot: _Loaded | None = None
+
+    def put(self, loaded: _Loaded) -> None:
+        self._slot = loaded
+
+    def take(self, settings: FlowSettings) -> _Loaded | None:
+        loaded, self._slot = self._slot, None
+        return loaded if loaded is not None and loaded.settings == settings else None
+
+
+_HANDOFF = _Handoff()
+
+
+def run_flow(
+    config: str | Path,
+    flow_name: str,
+    overrides: list[str] | None = None,
+    dry_run: bool = False,
+    trigger: str = "cli",
+    force: bool = False,
+) -> JSON:
+    """Run one flow through Prefect (its local ephemeral API unless an API URL is set).
+
+    The config and the source are checked first, before Prefect starts; without a Prefect API
+    the input is loaded here too, and an unchanged input answers at once, starting no server
+    (otherwise the temporary server Prefect starts is guarded: `pipelines/orphans.py`).
+    The flow run is tagged `leanset`, the flow's name and `trigger` (`cli`, `demo`)."""
+    settings = load_flow(config, flow_name, overrides or ())
+    check_source_exists(settings, config)
+    if not _has_api():
+        current = _answer_if_unchanged(settings, dry_run)
+        if current is not None:
+            return current.to_dict()
+        from pipelines.orphans import guard
+
+        guard()  # Prefect starts its temporary server next: it must end with this process
+    from prefect import tags
+
+    with tags("leanset", flow_name, trigger, *(["dry-run"] if dry_run else [])):
+        return clean_flow(
+            config_path=str(Path(config).resolve()),
+            flow_name=flow_name,
+            overrides=list(overrides or []),
+            dry_run=dry_run,
+            force=force,
+        )
+
+
+def _has_api() -> bool:
+    """A Prefect API is configured (a server or Prefect Cloud), so no temporary one starts."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
+def _answer_if_unchanged(settings: FlowSettings, dry_run: bool) -> RunSummary | None:
+    """The summary of an unchanged run, read without Prefect; else None (the loaded dataset is
+    handed to the flow run, which does not read it again)."""
+    store, timer = Store(settings.store), Timer()
+    with timer("load"):
+        data = load_dataset(settings, dry_run)
+    current = store.latest()
+    labeled, _ = _with_answers(data, store, settings, current)
+    if current and is_current(current, input_fingerprint(labeled.table), settings):
+        return unchanged_summary(settings, store, current, timer)
+    _HANDOFF.put(_Loaded(settings, data, timer.seconds["load"]))
+    return None

@@ -7,7 +7,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ConfigError, FlowSettings, ScheduleSettings, load_flows
+from pipelines.config import (
+    ConfigError,
+    FlowSettings,
+    ScheduleSettings,
+    did_you_mean,
+    load_flows,
+)
 
 log = logging.getLogger("leanset.serve")
 
@@ -18,7 +24,8 @@ def scheduled_flows(config_path: str | Path, only: list[str] | None = None) -> l
     unknown = sorted(set(only or []) - set(flows))
     if unknown:
         raise ConfigError(
-            f"{config_path}: no flow named {unknown[0]!r}; flows here: {', '.join(sorted(flows))}"
+            f"{config_path}: no flow named {unknown[0]!r}{did_you_mean(unknown[0], flows)}; "
+            f"flows here: {', '.join(sorted(flows))}"
         )
     chosen = [f for name, f in flows.items() if f.schedule and (not only or name in only)]
     if not chosen:
@@ -49,8 +56,17 @@ def _when(settings: FlowSettings) -> ScheduleSettings:
     return settings.schedule
 
 
+ENTRYPOINT = "pipelines.flows.clean_flow"  # a module path: the same from any folder or worker
+
+
 def deployments(config_path: str | Path, only: list[str] | None = None) -> list[Any]:
-    """One Prefect deployment per scheduled flow, with its parameters and schedule."""
+    """One Prefect deployment per scheduled flow, with its parameters and schedule.
+
+    The entrypoint is the flow's module path (not a file path relative to the current folder),
+    so a worker started anywhere that has leanset installed can run it; runs are tagged
+    `leanset`, the flow's name and `deployment`."""
+    from prefect.types.entrypoint import EntrypointType
+
     from pipelines.flows import clean_flow
 
     config = str(Path(config_path).resolve())
@@ -60,8 +76,9 @@ def deployments(config_path: str | Path, only: list[str] | None = None) -> list[
             schedules=[_schedule(f)],
             parameters={"config_path": config, "flow_name": f.name},
             description=f.description or f"leanset cleaning of {f.source.path or f.source.name}",
-            tags=["leanset"],
+            tags=["leanset", f.name, "deployment"],
             concurrency_limit=1,  # a flow never runs twice at once
+            entrypoint_type=EntrypointType.MODULE_PATH,
         )
         for f in scheduled_flows(config_path, only)
     ]
@@ -97,3 +114,29 @@ def serve(
     deps = deployments(config_path, only)
     ensure_gpu_limit(gpu_slots)
     prefect_serve(*deps)
+
+
+def deploy_to_pool(
+    config_path: str | Path,
+    pool: str,
+    only: list[str] | None = None,
+    gpu_slots: int | None = None,
+) -> list[str]:
+    """Register the scheduled flows with a Prefect work pool; a worker on that pool runs them.
+
+    The pool must exist (`prefect work-pool create NAME --type process`); the worker needs
+    leanset installed and the data and stores at the paths flows.yaml names."""
+    from prefect import deploy
+
+    deps = deployments(config_path, only)
+    ensure_gpu_limit(gpu_slots)
+    try:
+        ids = deploy(*deps, work_pool_name=pool, print_next_steps_message=False)
+    except ValueError as exc:  # e.g. "Could not find work pool ..."
+        raise ConfigError(f"work pool {pool!r}: {exc}") from exc
+    if not isinstance(ids, list) or len(ids) != len(deps):
+        raise ConfigError(
+            f"{config_path}: not every deployment could be registered with work pool {pool!r} "
+            f"(Prefect's table above names the failures)"
+        )
+    return [f"leanset-clean/{d.name}" for d in deps]

@@ -25,10 +25,15 @@ class Timer:
         finally:
             self.seconds[name] = round(time.perf_counter() - t0, 3)
 
+    def add(self, name: str, seconds: float) -> None:
+        """Count time spent on a stage elsewhere (e.g. before the flow run started)."""
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 3)
+
 
 @dataclass
 class RunSummary:
-    """What a run did: the version it committed (or found current), counts and the cost delta."""
+    """What a run did: the version it committed (or found current, or would commit in a dry
+    run), counts and the cost delta."""
 
     flow: str
     store: str
@@ -43,6 +48,7 @@ class RunSummary:
     search: JSON = field(default_factory=dict)
     labeling: JSON = field(default_factory=dict)
     report: str | None = None
+    dry_run: bool = False
 
     @classmethod
     def of(

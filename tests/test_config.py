@@ -87,3 +87,14 @@ def test_a_torch_embedder_needs_its_factory(tmp_path: Path):
     text = GOOD.replace("embedder: {type: pixels, size: 16}", "embedder: {type: torch}")
     with pytest.raises(ConfigError, match="embedder.factory: required for type 'torch'"):
         load_flows(flows_yaml(tmp_path, text))
+
+
+def test_brackets_in_quotes_and_comments_do_not_count_as_nesting(tmp_path: Path):
+    from pipelines.config import MAX_NESTING, ConfigError, _check_nesting
+
+    deep = "[" * (MAX_NESTING + 1)
+    _check_nesting(
+        tmp_path, f"a: '{deep}'\nb: \"{deep}\\\" {deep}\"  # {deep}\nc: it's {'[]' * 200}\n"
+    )
+    with pytest.raises(ConfigError, match="line 2: brackets nested more than"):
+        _check_nesting(tmp_path, f"a: 1\nb: {deep}{']' * (MAX_NESTING + 1)}\n")

@@ -166,3 +166,35 @@ def test_unknown_policy_is_an_error() -> None:
     labels, issues = _issues()
     with pytest.raises(LabelingError, match="policy must be one of flag, drop, relabel"):
         apply_noise_policy(labels, issues, policy="delete")
+
+
+def test_the_labeling_stage_bar_steps_once_per_probe_fit_and_once_for_the_selection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import labeling.stage as stage
+    from labeling.config import ActiveLearningSettings, LabelNoiseSettings
+
+    x, noisy, _ = planted_flips(seed=3)
+    x, noisy = x[:300], noisy[:300]
+    labels = [str(v) if i < 240 else None for i, v in enumerate(noisy)]  # 60 unlabeled rows
+    table = pl.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(300)],
+            "position": list(range(300)),
+            "split": ["train"] * 300,
+            "label": labels,
+            "error": [None] * 300,
+            "dedup_drop": [None] * 300,
+            "dup_group": [None] * 300,
+        },
+        schema_overrides={"error": pl.Utf8, "dedup_drop": pl.Utf8, "dup_group": pl.Utf8},
+    )
+    totals: list[int] = []
+    step = stage._StageProgress.step
+    monkeypatch.setattr(
+        stage._StageProgress, "step", lambda bar: (totals.append(bar.total), step(bar))
+    )
+    noise = LabelNoiseSettings()
+    stage.label_and_select(table, x, noise, ActiveLearningSettings(), progress=True)
+    # the out-of-fold fits, one more for the unlabeled rows, then the selection: the bar's total
+    assert len(totals) == noise.n_folds + 2 and set(totals) == {noise.n_folds + 2}

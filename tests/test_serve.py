@@ -174,3 +174,43 @@ def test_serve_without_scheduled_flows_is_a_clear_error(tmp_path):
     )
     with pytest.raises(ConfigError, match="no flow to serve"):
         scheduled_flows(config)
+
+
+@pytest.mark.slow  # a real server, `leanset serve --pool` and a Prefect worker in child processes
+def test_work_pool_deployment_runs_on_a_worker_in_another_folder(
+    prefect_server, tmp_path, tiny_images
+):
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**prefect_server, "PYTHONPATH": repo}
+    config = write_flows(tmp_path, **FLOWS)
+    pool = ["-m", "prefect", "work-pool", "create", "leanset-pool", "--type", "process"]
+    made = subprocess.run([sys.executable, *pool], env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr[-2000:]
+    registered = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "serve", str(config), "--pool", "leanset-pool"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert registered.returncode == 0, registered.stderr[-3000:]
+    assert "leanset-clean/nightly is registered with work pool leanset-pool" in registered.stdout
+    elsewhere = tmp_path / "elsewhere"  # the worker runs from a folder unrelated to the flows
+    elsewhere.mkdir()
+    log = tmp_path / "worker.log"
+    with open(log, "w") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "leanset-pool"],
+            env=env,
+            cwd=elsewhere,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        run = _trigger(env, elsewhere)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    assert run["state"] == "COMPLETED", log.read_text()[-3000:]
+    assert [m["version"] for m in Store(tmp_path / "store").manifests()] == [1]

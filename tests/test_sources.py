@@ -126,3 +126,26 @@ def test_file_hash_cache_skips_reading_unchanged_files(
     row = changed.filter(pl.col("source") == "train/b/base2.png")
     other = changed.filter(pl.col("source") == "train/b/base3.png")
     assert row["content_hash"].item() == other["content_hash"].item()
+
+
+def test_datasets_thread_maps_find_a_tqdm_lock_in_place(tiny_images: Path, monkeypatch):
+    """Two flow runs in one process load at once. `datasets`' thread maps go through tqdm's
+    `ensure_lock`, which creates the class's lock when missing and deletes it on exit: two of them
+    entering while it is missing both delete it, and the second fails the load (AttributeError:
+    type object 'tqdm' has no attribute '_lock'). Each load puts a lock in place first."""
+    import tqdm.contrib.concurrent as concurrent
+    from datasets.utils.tqdm import tqdm as datasets_tqdm
+
+    for cls in datasets_tqdm.__mro__:  # as in a fresh process, where no bar has made a lock yet
+        if "_lock" in vars(cls):
+            monkeypatch.delattr(cls, "_lock")
+    found: list[bool] = []
+    ensure_lock = concurrent.ensure_lock
+
+    def watched(tqdm_class, *args, **kwargs):
+        found.append(getattr(tqdm_class, "_lock", None) is not None)
+        return ensure_lock(tqdm_class, *args, **kwargs)
+
+    monkeypatch.setattr(concurrent, "ensure_lock", watched)
+    load_source(SourceSettings(type="imagefolder", path=str(tiny_images)), ColumnSettings())
+    assert found and all(found)  # the helper never had to create (and then delete) the lock

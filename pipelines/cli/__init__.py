@@ -1,28 +1,25 @@
-"""The `leanset` command: argument parsing and printing only (the work is in the flow and store)."""
+"""The `leanset` command: argument parsing and printing only (the work is in the flow and store).
+
+Each module of this package registers the commands of one concern (`add_commands`), with one
+line in `parser()` below.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
+import sys
 
-from pipelines.cli import queue, run, store
+from pipelines.cli import flowfile, queue, report, run, store
 from pipelines.cli.console import console
-
-
-def _quiet_prefect_defaults() -> None:
-    """Telemetry off and leanset's own log lines routed through Prefect's logging."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "leanset")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _quiet_prefect_defaults()
+    from pipelines.cli import logs
+
+    logs.configure(verbose=getattr(args, "verbose", False))
     from pipelines.errors import USER_ERRORS
 
     try:
@@ -30,13 +27,33 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
+    except BrokenPipeError:  # `leanset show --json | head`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush must not raise again
+        return 0
 
 
 def parser() -> argparse.ArgumentParser:
     """Every `leanset` command."""
-    p = argparse.ArgumentParser(prog="leanset", description="Make ML datasets cheaper to train on.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(
+        prog="leanset",
+        description="Make ML datasets cheaper to train on: find duplicates, leaks and label "
+        "errors, write a cleaned version, and state the GPU-hours saved.",
+    )
+    p.add_argument("--version", action="version", version=f"leanset {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run.add_commands(sub)
+    flowfile.add_commands(sub)
     queue.add_commands(sub)
     store.add_commands(sub)
+    report.add_commands(sub)
     return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("leanset")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"

@@ -1,53 +1,127 @@
-"""What the `leanset` command prints: the run summary and the demo's scores."""
+"""What the `leanset` command prints: one end-of-run summary, the demo's scores, paths and sizes.
+
+A run prints one summary at its end: what the run did (committed, found unchanged, or tried in a
+dry run), counts by drop reason and split, label issues, the labeling queue, the cost delta
+statement (once) and the report's path. Nothing here prints a Python repr.
+"""
 
 from __future__ import annotations
 
+import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from pipelines.store.manifest import Counts
 from pipelines.summary import RunSummary
 
-console = Console()
+console = Console(soft_wrap=True)  # prose is not cut at 80 columns when piped; tables fit
+
+_POLICY = {
+    "flag": "kept and queued for review",
+    "drop": "dropped",
+    "relabel": "relabeled where the probe is confident, the rest flagged",
+}
 
 
 def print_summary(s: RunSummary) -> None:
-    """Readable run summary: version, counts by reason, the cost delta statement."""
-    title = (
-        f"{s.flow}: unchanged, version {s.version} is current"
-        if s.unchanged
-        else f"{s.flow}: version {s.version} committed (parent {s.parent})"
-    )
-    t = Table(title=title, show_header=True, title_justify="left")
-    t.add_column("samples")
-    t.add_column("count", justify="right")
-    for name, n in s.counts.rows():
-        t.add_row(name, f"{n:,}")
-    console.print(t)
-    for line in _detail_lines(s):
-        console.print(line, highlight=False)
-    console.print(f"[bold]Cost delta:[/] {s.statement}", highlight=False)
-    console.print(f"store: {s.store}", highlight=False)
+    """The end-of-run summary (also `leanset show`)."""
+    say = console.print
+    if s.unchanged:
+        say(_headline(s), highlight=False)
+        load = s.timings.get("load")
+        took = f" in {load:,.1f} s" if load is not None else ""
+        say(f"loaded {s.counts.input:,} samples{took}; nothing embedded, searched or written")
+    else:
+        say(_headline(s), highlight=False)
+        say(counts_table(s.counts))
+        say(_facts(s.counts), highlight=False)
+        for line in detail_lines(s):
+            say(line, highlight=False)
+        if s.statement:  # wrapped here: rich's own wrapping leaves a space at each line's end
+            text = "\n".join(
+                textwrap.wrap(
+                    f"Cost delta: {s.statement}",
+                    max(console.width, 40),
+                    break_on_hyphens=False,
+                    break_long_words=False,
+                )
+            )
+            say("[bold]Cost delta:[/]" + escape(text[len("Cost delta:") :]), highlight=False)
     if s.report and Path(s.report).is_file():
-        console.print(f"report: {s.report}", highlight=False)
+        say(f"report: {show_path(s.report)}", highlight=False)
 
 
-def _detail_lines(s: RunSummary) -> list[str]:
+def _headline(s: RunSummary) -> str:
+    store = show_path(s.store)
+    if s.unchanged:
+        return (
+            f"[bold]{s.flow}[/]: unchanged: input and config match version {s.version} "
+            f"of {store}; no new version"
+        )
+    if s.dry_run:
+        return (
+            f"[bold]{s.flow}[/]: dry run: version {s.version} would be committed to {store} "
+            f"({_parent(s.parent)}); nothing was written"
+        )
+    return f"[bold]{s.flow}[/]: version {s.version} committed to {store} ({_parent(s.parent)})"
+
+
+def _parent(parent: int | None) -> str:
+    return f"parent version {parent}" if parent else "its first version"
+
+
+def counts_table(c: Counts) -> Table:
+    """Samples by decision (rows) and split (columns, train first)."""
+    splits = sorted(c.by_split, key=lambda name: (name != "train", name))
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
+    t.add_column("samples")
+    for name in [*splits, "all"]:
+        t.add_column(name, justify="right")
+
+    def per_split(key: str) -> list[str]:
+        return [_n(c.by_split[s].get(key)) for s in splits]
+
+    t.add_row("input", *per_split("input"), _n(c.input))
+    t.add_row("kept", *per_split("kept"), _n(c.kept))
+    for reason, n in c.reasons():
+        cells = [_n(c.by_split_reason.get(s, {}).get(reason, 0)) for s in splits]
+        if not c.by_split_reason:  # a version written before counts by split and reason
+            cells = ["" for _ in splits]
+        t.add_row(f"dropped: {reason}", *cells, _n(n))
+    return t
+
+
+def _facts(c: Counts) -> str:
+    return (
+        f"{c.dup_groups:,} duplicate groups · {c.leaking_eval_samples:,} eval samples leaking "
+        f"from train · {c.label_conflicts:,} samples in label-conflict groups"
+    )
+
+
+def _n(value: int | None) -> str:
+    return "" if value is None else f"{value:,}"
+
+
+def detail_lines(s: RunSummary) -> list[str]:
     """Embedding, label noise, human labels and queue, each when the run had them."""
     lines = []
     emb, lab = s.embed or {}, s.labeling or {}
     if emb:
+        rate = emb.get("samples_per_s")
+        speed = f", {rate:,.0f} samples/s" if emb.get("computed") and rate else ""
         lines.append(
             f"embedded {emb.get('computed', 0):,} new, {emb.get('cached', 0):,} from cache on "
-            f"{emb.get('device')}; near-duplicate search: {s.search.get('method', 'none')}"
+            f"{emb.get('device', 'cpu')}{speed}; near-duplicate search: "
+            f"{s.search.get('method', 'none')}"
         )
     if "label_issues" in lab:
-        lines.append(
-            f"label issues: {lab['label_issues']:,} (policy {lab.get('policy')}: "
-            f"{lab.get('actions') or 'none'}); probe accuracy {lab.get('probe_accuracy', 'n/a')}"
-        )
+        lines.append(_issues_line(lab))
     if lab.get("human_labels_total", lab.get("human_labels")):
         total = lab.get("human_labels_total", lab.get("human_labels", 0))
         lines.append(
@@ -55,13 +129,36 @@ def _detail_lines(s: RunSummary) -> list[str]:
             f"({total:,} in effect)"
         )
     if "queue" in lab:
-        q = lab["queue"]
-        waiting = q.get("skipped_pending")
-        lines.append(
-            f"labeling queue: {q.get('added', 0):,} added"
-            + (f", {waiting:,} already waiting" if waiting else "")
-        )
+        lines.append(_queue_line(lab["queue"]))
     return lines
+
+
+def _issues_line(lab: dict[str, Any]) -> str:
+    actions = lab.get("actions") or {}
+    done = ", ".join(f"{n:,} {what}" for what, n in actions.items() if n)
+    policy = lab.get("policy", "")
+    line = f"label issues: {lab['label_issues']:,}"
+    if done:
+        line += f" ({done}: {_POLICY.get(policy, policy)})"
+    accuracy = lab.get("probe_accuracy")
+    if isinstance(accuracy, (int, float)):
+        line += f"; probe accuracy {accuracy:.1%} (out of fold)"
+    return line
+
+
+_REASONS = {"label_issue": "label issues", "uncertain": "to label", "label_conflict": "conflicts"}
+
+
+def _queue_line(q: dict[str, Any]) -> str:
+    line = f"labeling queue: {q.get('added', 0):,} added"
+    parts = [f"{n:,} {_REASONS.get(r, r)}" for r, n in (q.get("by_reason") or {}).items() if n]
+    if parts:
+        line += f" ({', '.join(parts)})"
+    if q.get("skipped_pending"):
+        line += f", {q['skipped_pending']:,} already waiting"
+    if "waiting" in q:
+        line += f"; {q['waiting']:,} waiting for a human in all"
+    return line
 
 
 def print_scores(scores: dict[str, dict[str, Any]]) -> None:
@@ -78,3 +175,23 @@ def print_scores(scores: dict[str, dict[str, Any]]) -> None:
             f"{sc['recall']:.3f}",
         )
     console.print(t)
+
+
+def show_path(path: str | Path) -> str:
+    """A path as a person types it: relative to the current folder when inside it."""
+    p = Path(path)
+    try:
+        rel = os.path.relpath(p)
+    except ValueError:  # another drive (Windows)
+        return str(p)
+    return rel if not rel.startswith("..") else str(p)
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size):,} bytes" if unit == "bytes" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{n:,} bytes"

@@ -10,8 +10,8 @@ from typing import Any
 
 from rich.table import Table
 
-from pipelines.cli.console import console
-from pipelines.cli.store import open_store
+from pipelines.cli.console import console, show_path
+from pipelines.cli.store import STORE_HELP, open_store
 from pipelines.store import Store
 
 STATUS_CHOICES = {"new": ("queued",), "exported": ("exported",), "all": None}
@@ -22,10 +22,15 @@ def add_commands(sub: Any) -> None:
     """Register `leanset queue export|import|push|pull|show`."""
     queue = sub.add_parser("queue", help="the labeling queue: export tasks, import answers")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
-    exp = qsub.add_parser("export", help="write the queue as Label Studio tasks or a table")
-    exp.add_argument("store")
-    exp.add_argument("--format", choices=["label-studio", "csv", "parquet"], default="label-studio")
-    exp.add_argument("--out", required=True)
+    exp = qsub.add_parser("export", help="write the pending queue as Label Studio tasks or a table")
+    exp.add_argument("store", help=STORE_HELP)
+    exp.add_argument(
+        "--format",
+        choices=["label-studio", "csv", "parquet"],
+        default="label-studio",
+        help="Label Studio tasks (JSON, with a labeling config beside it) or a table",
+    )
+    exp.add_argument("--out", required=True, help="the file to write")
     exp.add_argument(
         "--status",
         choices=list(STATUS_CHOICES),
@@ -36,15 +41,15 @@ def add_commands(sub: Any) -> None:
     _image_arguments(exp)
     exp.set_defaults(func=cmd_queue_export)
     imp = qsub.add_parser("import", help="record the answers of a Label Studio JSON export")
-    imp.add_argument("store")
-    imp.add_argument("annotations")
+    imp.add_argument("store", help=STORE_HELP)
+    imp.add_argument("annotations", help="a Label Studio JSON export of the answered tasks")
     imp.set_defaults(func=cmd_queue_import)
     for name, func, text in (
         ("push", cmd_queue_push, "create or update a Label Studio project's tasks (API)"),
         ("pull", cmd_queue_pull, "record the annotations made since the last pull (API)"),
     ):
         cmd = qsub.add_parser(name, help=f"{text}; the API key from $LABEL_STUDIO_API_KEY")
-        cmd.add_argument("store")
+        cmd.add_argument("store", help=STORE_HELP)
         cmd.add_argument(
             "--url", required=True, help="the Label Studio server, e.g. http://host:8080"
         )
@@ -53,7 +58,7 @@ def add_commands(sub: Any) -> None:
             _image_arguments(cmd)
         cmd.set_defaults(func=func)
     show = qsub.add_parser("show", help="queue counts by status and reason")
-    show.add_argument("store")
+    show.add_argument("store", help=STORE_HELP)
     show.set_defaults(func=cmd_queue_show)
 
 
@@ -138,9 +143,13 @@ def _print_import(res: Any) -> None:
         f"of {res.n_tasks} task(s); the next run's version carries them",
         highlight=False,
     )
-    skipped = {k: v for k, v in vars(res).items() if k.startswith("skipped_") and v}
+    skipped = [
+        f"{v:,} {k.removeprefix('skipped_').replace('_', ' ')}"
+        for k, v in vars(res).items()
+        if k.startswith("skipped_") and v
+    ]
     if skipped:
-        console.print(f"skipped: {skipped}", highlight=False)
+        console.print(f"skipped: {', '.join(skipped)}", highlight=False)
     for problem in res.malformed:
         console.print(f"malformed: {problem}", highlight=False)
     if res.unknown_ids:
@@ -187,13 +196,13 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 
     store = open_store(args.store)
     q = read_queue(store.root)
-    t = Table(title=f"labeling queue of {args.store}", title_justify="left")
+    t = Table(title=f"labeling queue of {show_path(args.store)}", title_justify="left")
     for col in ("status", "reason", "samples"):
         t.add_column(col)
     for row in q.group_by("status", "reason").len().sort("status", "reason").iter_rows():
         t.add_row(*[str(v) for v in row])
     console.print(t)
-    console.print(f"{read_answers(store.root).height} answered sample(s) recorded")
+    console.print(f"{read_answers(store.root).height:,} answered sample(s) recorded")
     return 0
 
 

@@ -9,41 +9,55 @@ from typing import Any
 
 from rich.table import Table
 
-from pipelines.cli.console import console, print_summary
+from pipelines.cli.console import console, human_bytes, print_summary, show_path
 from pipelines.store import Store, StoreError
+from pipelines.store.layout import StoreLayout
 from pipelines.summary import RunSummary
+
+STORE_HELP = "the store folder (a flow's `store:`)"
 
 
 def add_commands(sub: Any) -> None:
     """Register the store commands."""
     _add_gc(sub)
     versions = sub.add_parser("versions", help="list the versions in a store")
-    versions.add_argument("store")
-    versions.add_argument("--json", action="store_true")
+    versions.add_argument("store", help=STORE_HELP)
+    versions.add_argument("--json", action="store_true", help="print the list as JSON")
     versions.set_defaults(func=cmd_versions)
 
-    show = sub.add_parser("show", help="show one version's manifest and counts")
-    show.add_argument("store")
-    show.add_argument("--version", type=int, default=None)
-    show.add_argument("--json", action="store_true")
+    show = sub.add_parser("show", help="show one version's counts, cost delta and report path")
+    show.add_argument("store", help=STORE_HELP)
+    show.add_argument(
+        "--version", type=int, default=None, help="the version to show (default: the latest)"
+    )
+    show.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     show.set_defaults(func=cmd_show)
 
     _add_export(sub)
 
     diff = sub.add_parser("diff", help="which samples entered or left between two versions")
-    diff.add_argument("store")
-    diff.add_argument("a", type=int)
-    diff.add_argument("b", type=int)
-    diff.add_argument("--json", action="store_true")
+    diff.add_argument("store", help=STORE_HELP)
+    diff.add_argument("a", type=int, help="the older version")
+    diff.add_argument("b", type=int, help="the newer version")
+    diff.add_argument("--json", action="store_true", help="print every row as JSON")
     diff.add_argument("--limit", type=int, default=20, help="rows to list per side")
     diff.set_defaults(func=cmd_diff)
 
 
 def open_store(path: str) -> Store:
-    """The store at `path`, which must be a folder."""
-    if not Path(path).is_dir():
-        raise StoreError(f"{path}: no store here (expected a folder written by `leanset run`)")
-    return Store(path)
+    """The store at `path`: a folder holding committed versions (`manifests/`)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise StoreError(
+            f"{path}: no store here (expected the `store:` folder of a flow, written by "
+            f"`leanset run`)"
+        )
+    if not StoreLayout(root).manifests.is_dir():
+        raise StoreError(
+            f"{path}: not a leanset store, or one with no version yet (it has no manifests/ "
+            f"folder; a store is the `store:` folder of a flow, written by `leanset run`)"
+        )
+    return Store(root)
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
@@ -68,22 +82,29 @@ def cmd_versions(args: argparse.Namespace) -> int:
     for col in rows[0] if rows else ["version"]:
         t.add_column(col)
     for r in rows:
-        t.add_row(*[str(v) for v in r.values()])
+        t.add_row(
+            *["" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()]
+        )
     console.print(t)
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    m = open_store(args.store).manifest(args.version)
+    store = open_store(args.store)
+    m = store.manifest(args.version)
     if args.json:
         print(json.dumps(m, indent=2, default=str))
         return 0
     summary = RunSummary.of(m.get("flow") or "", args.store, m, {}, unchanged=False)
-    summary.labeling = {}
+    report = store.layout.report(m["version"])
+    summary.report = str(report) if report.is_file() else None
     print_summary(summary)
+    if summary.report is None:
+        console.print(f"report: none written for version {m['version']}", highlight=False)
     console.print(
         f"created {m.get('created_at')} · config {m.get('config_hash')} · "
-        f"input {m.get('input_fingerprint')}"
+        f"input {m.get('input_fingerprint')}",
+        highlight=False,
     )
     return 0
 
@@ -93,10 +114,18 @@ def _add_export(sub: Any) -> None:
     export = sub.add_parser(
         "export", help="export a version as Parquet, a Hugging Face dataset or an image folder"
     )
-    export.add_argument("store")
-    export.add_argument("--version", type=int, default=None)
-    export.add_argument("--format", choices=["parquet", "hf", "imagefolder"], required=True)
-    export.add_argument("--out", required=True)
+    export.add_argument("store", help=STORE_HELP)
+    export.add_argument(
+        "--version", type=int, default=None, help="the version to export (default: the latest)"
+    )
+    export.add_argument(
+        "--format",
+        choices=["parquet", "hf", "imagefolder"],
+        required=True,
+        help="a Parquet file, a Hugging Face dataset folder (datasets.load_from_disk) or "
+        "<out>/<split>/<label>/ image folders",
+    )
+    export.add_argument("--out", required=True, help="the file or folder to write")
     export.add_argument(
         "--decisions", action="store_true", help="export the decisions, not the dataset"
     )
@@ -189,7 +218,7 @@ def _add_gc(sub: Any) -> None:
         "gc",
         help="remove old versions (and what only they used); --dry-run lists without removing",
     )
-    gc.add_argument("store")
+    gc.add_argument("store", help=STORE_HELP)
     which = gc.add_mutually_exclusive_group(required=True)
     which.add_argument(
         "--keep-last", type=int, metavar="N", help="keep the newest N versions, remove the rest"
@@ -211,22 +240,26 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from pipelines.store.gc import collect_garbage
 
     plan = collect_garbage(
-        args.store, keep_last=args.keep_last, keep=args.keep, dry_run=args.dry_run
+        open_store(args.store), keep_last=args.keep_last, keep=args.keep, dry_run=args.dry_run
     )
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
         return 0
     verb = "removed" if plan.applied else "would remove (dry run)"
     console.print(
-        f"store {plan.store}: keeping version(s) {plan.keep or 'none'}; "
-        f"{verb}: version(s) {plan.remove or 'none'}",
+        f"store {show_path(plan.store)}: keeping version(s) {_versions(plan.keep)}; "
+        f"{verb}: version(s) {_versions(plan.remove)}",
         highlight=False,
     )
     console.print(
         f"  {len(plan.manifests)} manifest(s), {len(plan.table_files)} Delta data file(s), "
         f"{len(plan.index_files)} pair index file(s), {len(plan.cache_dirs)} cache folder(s), "
         f"{len(plan.corrupt_shards)} corrupt shard(s), {len(plan.temp_files)} leftover "
-        f"temporary file(s), {len(plan.reports)} report(s): {plan.bytes:,} bytes",
+        f"temporary file(s), {len(plan.reports)} report(s): {human_bytes(plan.bytes)}",
         highlight=False,
     )
     return 0
+
+
+def _versions(versions: Any) -> str:
+    return ", ".join(str(v) for v in versions) if versions else "none"

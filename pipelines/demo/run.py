@@ -28,7 +28,7 @@ def run_demo(config: str, flow_name: str = "demo", data: str | None = None) -> d
             f"{config}: flow {flow_name!r}: source.path {settings.source.path} is not the demo's "
             f"images folder {truth.images_dir}"
         )
-    summary = run_flow(config, flow_name)
+    summary = run_flow(config, flow_name, trigger="demo")
     store = Store(settings.store)
     decisions = store.read("decisions", summary["version"])
     t = settings.dedup.threshold

@@ -24,8 +24,9 @@ SHARD_DTYPE = np.float16  # on disk; compute and search use float32
 class EmbeddingCache:
     """Embeddings keyed by content hash, in shards under `root/<fingerprint>/`."""
 
-    def __init__(self, root: str | Path, fingerprint: str):
+    def __init__(self, root: str | Path, fingerprint: str, read_only: bool = False):
         self.dir = Path(root) / fingerprint
+        self.read_only = read_only  # `put` keeps vectors in memory only (a dry run)
         self._index: dict[str, tuple[int, int]] = {}
         self._shards: list[np.ndarray] = []
         self.corrupt: list[Path] = []
@@ -56,8 +57,8 @@ class EmbeddingCache:
         vecs = np.stack([self._shards[k][i] for k, i in locs]).astype(np.float32)
         return found, l2_normalise(vecs)
 
-    def put(self, hashes: Sequence[str], vectors: np.ndarray) -> Path:
-        """Write one shard (atomically) and index it."""
+    def put(self, hashes: Sequence[str], vectors: np.ndarray) -> Path | None:
+        """Write one shard (atomically) and index it (read only: index it, write nothing)."""
         stored = vectors.astype(SHARD_DTYPE)
         hash_arr = np.asarray(list(hashes), dtype="U32")
         buf = io.BytesIO()
@@ -68,7 +69,7 @@ class EmbeddingCache:
             checksum=np.asarray(shard_checksum(hash_arr, stored)),
         )
         name = f"shard-{time.time_ns():020d}-{hashlib.blake2b(hash_arr.tobytes(), digest_size=4).hexdigest()}.npz"
-        path = atomic_write_bytes(self.dir / name, buf.getvalue())
+        path = None if self.read_only else atomic_write_bytes(self.dir / name, buf.getvalue())
         k = len(self._shards)
         self._shards.append(stored)
         self._index.update((h, (k, i)) for i, h in enumerate(hash_arr.tolist()))

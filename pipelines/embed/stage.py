@@ -38,8 +38,11 @@ def embed_dataset(
     num_workers: int = 0,
     shard_rows: int = 4096,
     progress: bool = True,
+    write_cache: bool = True,
 ) -> EmbedResult:
-    """Embed every readable, distinct content once (cache first), then align rows to the table."""
+    """Embed every readable, distinct content once (cache first), then align rows to the table.
+
+    `write_cache=False` (a dry run) reads the cache and writes no shard."""
     t0 = time.perf_counter()
     table = data.table
     if isinstance(embedder, PrecomputedEmbedder):
@@ -49,7 +52,7 @@ def embed_dataset(
     )
     hashes = readable["content_hash"].to_list()
     rows = readable["position"].to_numpy()
-    cache = EmbeddingCache(cache_root, embedder.fingerprint)
+    cache = EmbeddingCache(cache_root, embedder.fingerprint, read_only=not write_cache)
     found, cached_vecs = cache.get(hashes)
     todo = np.flatnonzero(~found)
     vectors: dict[str, np.ndarray] = {}
@@ -158,7 +161,9 @@ def _compute(
     pending_h: list[str] = []
     pending_v: list[np.ndarray] = []
     dims: set[int] = set()
-    bar = tqdm(total=len(hashes), desc="embed", unit="sample", disable=not progress or None)
+    bar = tqdm(
+        total=len(hashes), desc="embed", unit="sample", leave=False, disable=not progress or None
+    )
     for batch in loader:
         good = [(h, item) for h, item, err in batch if err is None]
         errors.update((h, err) for h, _, err in batch if err is not None)

@@ -8,16 +8,26 @@ from pipelines.summary import RunSummary
 
 
 def markdown_summary(summary: RunSummary, decisions: pl.DataFrame | None, top: int = 10) -> str:
-    """The run summary as markdown (counts by reason, cost delta statement, top groups)."""
+    """The run summary as markdown (counts by reason, cost delta statement, top groups, the
+    report's path); an unchanged run gets three lines."""
     c = summary.counts
     head = f"# leanset: {summary.flow}\n\n"
+    report = f"Report: `{summary.report}`\n" if summary.report else "No HTML report.\n"
     if summary.unchanged:
-        head += f"Input and config unchanged: version **{summary.version}** is current.\n\n"
+        return (
+            head + f"Input and config unchanged: version **{summary.version}** of "
+            f"`{summary.store}` is current; nothing was written.\n\n" + report
+        )
+    if summary.dry_run:
+        head += (
+            f"Dry run: version **{summary.version}** (parent {summary.parent}) was not "
+            f"committed; `{summary.store}` is unchanged.\n\n"
+        )
     else:
         head += (
             f"New version **{summary.version}** (parent {summary.parent}) in `{summary.store}`.\n\n"
         )
-    lines = [head, "## Cost delta\n", summary.statement + "\n", "## Counts\n"]
+    lines = [head, report, "## Cost delta\n", summary.statement + "\n", "## Counts\n"]
     lines.append("| | samples |\n|---|---:|")
     lines += [f"| {name} | {n:,} |" for name, n in c.rows()] + [""]
     if decisions is not None:

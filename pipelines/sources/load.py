@@ -6,7 +6,6 @@ import glob
 import logging
 import os
 import reprlib
-import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from pipelines.sources.dataset import (
 from pipelines.sources.hashes import FileHashCache, Hashed
 
 log = logging.getLogger("leanset.sources")
-_LOAD_LOCK = threading.Lock()
 
 
 def load_source(
@@ -83,18 +81,22 @@ def _generation_error() -> type[Exception]:
     return error
 
 
+def _keep_tqdm_lock() -> None:
+    """Give `datasets`' tqdm class a lock that stays. Its thread maps create the lock when it is
+    missing and delete it when they end, so two loads at once in one process (two flow runs in
+    threads) delete it under each other: `AttributeError: type object 'tqdm' has no attribute
+    '_lock'`. With a lock in place they only swap it and put it back."""
+    from datasets.utils.tqdm import tqdm as datasets_tqdm
+
+    datasets_tqdm.get_lock()
+
+
 def _open_with_datasets(source: SourceSettings, pool_splits: Sequence[str]) -> dict[str, Any]:
-    # `datasets` resolves data files through tqdm's thread_map, which adds and deletes a class-wide
-    # lock: two flows loading at once in one process (threads) break each other's resolution
-    with _LOAD_LOCK:
-        return _open_unlocked(source, pool_splits)
-
-
-def _open_unlocked(source: SourceSettings, pool_splits: Sequence[str]) -> dict[str, Any]:
     import datasets
 
     # leanset shows its own progress; `datasets`' bars ("Downloading data" for local files) mislead
     datasets.disable_progress_bars()
+    _keep_tqdm_lock()
 
     path = source.path or ""  # the config loader requires it for the types that read it
     if source.type == "imagefolder":

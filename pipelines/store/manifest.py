@@ -33,6 +33,7 @@ class Counts:
     label_conflicts: int
     new_samples: int = 0
     new_duplicates_of_older: int = 0
+    by_split_reason: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, decisions: pl.DataFrame, eval_splits: list[str], new: dict[str, int]) -> Counts:
@@ -48,13 +49,18 @@ class Counts:
             dup_groups=int(decisions["dup_group"].drop_nulls().n_unique()),
             leaking_eval_samples=decisions.filter(leaking).height,
             label_conflicts=int(decisions["label_conflict"].sum()),
+            by_split_reason=_by_split_reason(decisions),
             **new,
         )
+
+    def reasons(self) -> list[tuple[str, int]]:
+        """(drop reason, count), most frequent first (a stored manifest sorts its keys)."""
+        return sorted(self.by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
 
     def rows(self) -> list[tuple[str, int]]:
         """The counts a person reads, in order (console, markdown and HTML show these rows)."""
         rows = [("input", self.input), ("kept", self.kept)]
-        rows += [(f"dropped: {reason}", n) for reason, n in self.by_reason.items()]
+        rows += [(f"dropped: {reason}", n) for reason, n in self.reasons()]
         return rows + [
             ("duplicate groups", self.dup_groups),
             ("eval samples leaking from train", self.leaking_eval_samples),
@@ -64,7 +70,7 @@ class Counts:
     @classmethod
     def from_dict(cls, data: JSON) -> Counts:
         """Counts as a manifest stored them (keys a version did not record count as zero)."""
-        defaults: JSON = {"by_reason": {}, "by_split": {}}
+        defaults: JSON = {"by_reason": {}, "by_split": {}, "by_split_reason": {}}
         values: JSON = {n: data.get(n, defaults.get(n, 0)) for n in cls.__dataclass_fields__}
         return cls(**values)
 
@@ -77,6 +83,15 @@ def _by_split(decisions: pl.DataFrame) -> dict[str, dict[str, int]]:
         r["split"]: {"input": r["input"], "kept": int(r["kept"])}
         for r in rows.sort("split").iter_rows(named=True)
     }
+
+
+def _by_split_reason(decisions: pl.DataFrame) -> dict[str, dict[str, int]]:
+    """{split: {drop_reason: count}} over dropped rows (a split that dropped none is absent)."""
+    rows = decisions.filter(~pl.col("kept")).group_by("split", "drop_reason").len()
+    out: dict[str, dict[str, int]] = {}
+    for r in rows.sort("split", "drop_reason").iter_rows(named=True):
+        out.setdefault(r["split"], {})[r["drop_reason"]] = int(r["len"])
+    return out
 
 
 @dataclass(frozen=True)

@@ -219,7 +219,7 @@ def test_command_parses_and_prints_the_plan(store: Store, capsys):
     assert tree_digest(store.root) == before
     args = parser.parse_args(["gc", str(store.root), "--keep", "2"])
     assert args.func(args) == 0
-    assert "removed: version(s) [1, 3]" in capsys.readouterr().out
+    assert "removed: version(s) 1, 3\n" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         parser.parse_args(["gc", str(store.root), "--keep-last", "1", "--keep", "2"])
     with pytest.raises(SystemExit):

@@ -1,0 +1,39 @@
+"""`leanset report`: where a version's HTML report is, or open it in a browser."""
+
+from __future__ import annotations
+
+import argparse
+import webbrowser
+from typing import Any
+
+from pipelines.cli.console import console
+from pipelines.cli.store import STORE_HELP, open_store
+from pipelines.store import StoreError
+
+
+def add_commands(sub: Any) -> None:
+    """Register `leanset report STORE [--version N] [--open]`."""
+    report = sub.add_parser("report", help="print the path of a version's HTML report, or open it")
+    report.add_argument("store", help=STORE_HELP)
+    report.add_argument(
+        "--version", type=int, default=None, help="the version (default: the latest)"
+    )
+    report.add_argument(
+        "--open", action="store_true", help="open the report in the default web browser"
+    )
+    report.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    store = open_store(args.store)
+    version = store.manifest(args.version)["version"]
+    path = store.layout.report(version).resolve()
+    if not path.is_file():
+        raise StoreError(
+            f"store {args.store}: version {version} has no report ({path} is missing; it is "
+            f"written after the version is committed, and a run stopped there left none)"
+        )
+    print(path)
+    if args.open and not webbrowser.open(path.as_uri()):
+        console.print("no web browser found; open the path above", highlight=False)
+    return 0
