@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipelines.summary import RunSummary
@@ -44,10 +45,7 @@ def _detail_lines(s: RunSummary) -> list[str]:
             f"{emb.get('device')}; near-duplicate search: {s.search.get('method', 'none')}"
         )
     if "label_issues" in lab:
-        lines.append(
-            f"label issues: {lab['label_issues']:,} (policy {lab.get('policy')}: "
-            f"{lab.get('actions') or 'none'}); probe accuracy {lab.get('probe_accuracy', 'n/a')}"
-        )
+        lines += _label_lines(lab)
     if lab.get("human_labels"):
         lines.append(f"human labels applied: {lab['human_labels']:,}")
     if "queue" in lab:
@@ -57,6 +55,19 @@ def _detail_lines(s: RunSummary) -> list[str]:
             f"labeling queue: {q.get('added', 0):,} added"
             + (f", {waiting:,} already waiting" if waiting else "")
         )
+    return lines
+
+
+def _label_lines(lab: dict[str, Any]) -> list[str]:
+    """Label issues, the probe that judged them, and a warning when the rule held back or capped."""
+    probed = f" of {lab['probed']:,} labeled" if "probed" in lab else ""
+    lines = [
+        f"label issues: {lab['label_issues']:,}{probed} (policy {lab.get('policy')}: "
+        f"{lab.get('actions') or 'none'}); probe {lab.get('probe', 'n/a')}, out-of-fold "
+        f"accuracy {lab.get('probe_accuracy', 'n/a')}"
+    ]
+    if lab.get("flag_rule") == "evidence" or lab.get("flag_capped"):
+        lines.append(f"[yellow]label issues: {escape(str(lab.get('flag_reason')))}[/]")
     return lines
 
 
