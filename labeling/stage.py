@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -16,15 +16,17 @@ import polars as pl
 
 from labeling.config import ActiveLearningSettings, LabelingError, LabelNoiseSettings
 from labeling.noise import (
+    FlagRule,
+    Flags,
     LabelIssues,
     apply_noise_policy,
-    detect_label_issues,
-    find_label_issues,
+    judge_given_probs,
+    judge_labels,
     noise_columns,
 )
 from labeling.probe import (
     EncodedLabels,
-    ProbeOptions,
+    SelectOptions,
     encode_labels,
     stack_pred_probs,
     validate_pred_probs,
@@ -122,14 +124,17 @@ def label_noise(
     pred_probs: Any = None,
     on_fit: Callable[[], None] | None = None,
 ) -> NoiseOutcome:
-    """cleanlab label issues on out-of-sample probabilities, and the flow's noise policy.
+    """Label issues on out-of-sample probabilities, and the flow's noise policy.
+
+    Every readable labeled row is judged on its own label, whatever dedup decided: the probe
+    trains on one row per distinct content (`content_hash`) and keeps duplicate groups in one
+    fold, so a dropped copy neither counts its content twice nor escapes the check. The policy
+    acts on the rows dedup kept; a dropped row's issue is recorded in `label_issue` only. Given
+    `pred_probs` (a column), no probe is trained; the same flag rule runs on them.
 
     `on_fit` is called after each probe fit (a progress display).
-
-    The probe sees readable samples that dedup kept (a dropped copy would count its group twice);
-    duplicate groups stay in one fold. Given `pred_probs` (a column), no probe is trained.
     """
-    rows = np.flatnonzero((table["error"].is_null() & table["dedup_drop"].is_null()).to_numpy())
+    rows = np.flatnonzero(table["error"].is_null().to_numpy())
     sub = table[rows]
     ids = sub["sample_id"].to_list()
     # given probabilities have a column per class of the whole dataset; the probe learns the
@@ -142,11 +147,17 @@ def label_noise(
         log.info("label noise: no labeled samples; skipped")
         return NoiseOutcome(_empty_noise(table), None, (), {"label_noise": "skipped: no labels"})
     if pred_probs is not None:
-        issues, probs, info = _issues_from_given(pred_probs, rows, enc, ids, settings)
+        issues, probs, flags, info = _issues_from_given(pred_probs, rows, enc, ids, settings)
     else:
-        issues, probs, info = _issues_from_probe(emb, rows, sub, enc, ids, settings, on_fit)
+        issues, probs, flags, info = _issues_from_probe(emb, rows, sub, enc, ids, settings, on_fit)
+    if flags.rule == "evidence" or flags.capped:
+        log.warning("label noise: %s", flags.reason)
+    kept = sub["dedup_drop"].is_null().to_numpy()
     dec = apply_noise_policy(
-        enc.idx, issues, policy=settings.policy, relabel_threshold=settings.relabel_threshold
+        enc.idx,
+        replace(issues, label_issue=issues.label_issue & kept),
+        policy=settings.policy,
+        relabel_threshold=settings.relabel_threshold,
     )
     cols = noise_columns(issues, dec, enc.classes).with_columns(
         pl.Series("noise_drop", dec.drop_reason, dtype=pl.Utf8)
@@ -161,8 +172,9 @@ def label_noise(
         )
     full = np.full((table.height, len(enc.classes)), np.nan)
     full[rows] = probs
+    info |= flags.info() | _counts(enc.idx, issues.label_issue, kept)
+    info |= {"actions": dec.counts(), "policy": settings.policy}
     out = out.with_columns(_probs_column(full))
-    info |= {"label_issues": issues.n_issues, "actions": dec.counts(), "policy": settings.policy}
     info["pred_probs_classes"] = list(enc.classes)
     return NoiseOutcome(out, full, enc.classes, info)
 
@@ -174,13 +186,24 @@ def _probs_column(full: np.ndarray) -> pl.Series:
     return pl.Series("pred_probs", values, dtype=pl.List(pl.Float64))
 
 
+def _counts(y: np.ndarray, issue: np.ndarray, kept: np.ndarray) -> dict[str, int]:
+    """Rows judged and flagged, and how many of each dedup dropped."""
+    labeled = y >= 0
+    return {
+        "probed": int(labeled.sum()),
+        "probed_dedup_dropped": int((labeled & ~kept).sum()),
+        "label_issues": int(issue.sum()),
+        "label_issues_dedup_dropped": int((issue & ~kept).sum()),
+    }
+
+
 def _issues_from_given(
     pred_probs: Any,
     rows: np.ndarray,
     enc: EncodedLabels,
     ids: list[str],
     settings: LabelNoiseSettings,
-) -> tuple[LabelIssues, np.ndarray, dict[str, Any]]:
+) -> tuple[LabelIssues, np.ndarray, Flags, dict[str, Any]]:
     """Label issues on the user's own out-of-sample probabilities (a column per class)."""
     probs = validate_pred_probs(
         stack_pred_probs([pred_probs[i] for i in rows], sample_ids=ids),
@@ -188,8 +211,8 @@ def _issues_from_given(
         len(enc.classes),
         sample_ids=ids,
     )
-    issues = find_label_issues(enc.idx, probs, filter_by=settings.filter_by, sample_ids=ids)
-    return issues, probs, {"probe": "given pred_probs"}
+    issues, flags, info = judge_given_probs(enc.idx, probs, FlagRule.of(settings))
+    return issues, probs, flags, info
 
 
 def _issues_from_probe(
@@ -200,29 +223,30 @@ def _issues_from_probe(
     ids: list[str],
     settings: LabelNoiseSettings,
     on_fit: Callable[[], None] | None = None,
-) -> tuple[LabelIssues, np.ndarray, dict[str, Any]]:
-    """Label issues on the out-of-fold probabilities of a probe on the embeddings."""
+) -> tuple[LabelIssues, np.ndarray, Flags, dict[str, Any]]:
+    """Label issues on the calibrated out-of-fold probabilities of the selected probe."""
     if emb is None:
         raise LabelingError("label_noise: needs an embedder (for the probe) or pred_probs_column")
-    res = detect_label_issues(
+    res = judge_labels(
         emb[rows],
         enc.idx,
-        refit=settings.refit,
-        filter_by=settings.filter_by,
-        probe=ProbeOptions(
-            n_folds=settings.n_folds, seed=settings.seed, device=settings.device, c=settings.c
-        ),
-        classes=enc.classes,
+        keys=sub["content_hash"].to_numpy(),
         groups=_groups(sub),
+        classes=enc.classes,
+        options=SelectOptions(
+            n_folds=settings.n_folds,
+            seed=settings.seed,
+            device=settings.device,
+            c=settings.c_values,
+            k=tuple(settings.k),
+        ),
+        rule=FlagRule.of(settings),
+        refit=settings.refit,
         sample_ids=ids,
         on_fit=on_fit,
     )
-    info = {
-        "probe": res.probe.backend,
-        "probe_device": res.probe.device,
-        "probe_accuracy": round(float(res.probe.accuracy), 4),
-    }
-    return res.issues, res.probe.probs, info
+    info = res.selection.info() | {"first_pass_issues": res.first_pass_issues}
+    return res.issues, res.selection.calibrated, res.flags, info
 
 
 def _groups(sub: pl.DataFrame) -> np.ndarray:
@@ -311,8 +335,9 @@ class _StageProgress:
         selection: ActiveLearningSettings | None,
         enabled: bool,
     ):
+        # each candidate probe's out-of-fold fits, then the winner's on all rows (twice with refit)
         fits = (
-            (noise.n_folds + 1) * (2 if noise.refit else 1)
+            (len(noise.c_values) + len(noise.k) + 1) * (2 if noise.refit else 1)
             if noise and not noise.pred_probs_column
             else 0
         )

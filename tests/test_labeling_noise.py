@@ -186,6 +186,7 @@ def test_the_labeling_stage_bar_steps_once_per_probe_fit_and_once_for_the_select
             "error": [None] * 300,
             "dedup_drop": [None] * 300,
             "dup_group": [None] * 300,
+            "content_hash": [f"h{i}" for i in range(300)],
         },
         schema_overrides={"error": pl.Utf8, "dedup_drop": pl.Utf8, "dup_group": pl.Utf8},
     )
@@ -196,5 +197,6 @@ def test_the_labeling_stage_bar_steps_once_per_probe_fit_and_once_for_the_select
     )
     noise = LabelNoiseSettings()
     stage.label_and_select(table, x, noise, ActiveLearningSettings(), progress=True)
-    # the out-of-fold fits, one more for the unlabeled rows, then the selection: the bar's total
-    assert len(totals) == noise.n_folds + 2 and set(totals) == {noise.n_folds + 2}
+    # each candidate's out-of-fold fits, the winner's fit on all rows, then the selection
+    steps = len(noise.c_values) + len(noise.k) + 2
+    assert len(totals) == steps and set(totals) == {steps}

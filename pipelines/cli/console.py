@@ -121,7 +121,7 @@ def detail_lines(s: RunSummary) -> list[str]:
             f"{s.search.get('method', 'none')}"
         )
     if "label_issues" in lab:
-        lines.append(_issues_line(lab))
+        lines += _label_lines(lab)
     if lab.get("human_labels_total", lab.get("human_labels")):
         total = lab.get("human_labels_total", lab.get("human_labels", 0))
         lines.append(
@@ -137,12 +137,14 @@ def _issues_line(lab: dict[str, Any]) -> str:
     actions = lab.get("actions") or {}
     done = ", ".join(f"{n:,} {what}" for what, n in actions.items() if n)
     policy = lab.get("policy", "")
-    line = f"label issues: {lab['label_issues']:,}"
+    probed = f" of {lab['probed']:,} labeled" if "probed" in lab else ""
+    line = f"label issues: {lab['label_issues']:,}{probed}"
     if done:
         line += f" ({done}: {_POLICY.get(policy, policy)})"
     accuracy = lab.get("probe_accuracy")
     if isinstance(accuracy, (int, float)):
-        line += f"; probe accuracy {accuracy:.1%} (out of fold)"
+        probe = f" {lab['probe']}" if lab.get("probe") else ""
+        line += f"; probe{probe} accuracy {accuracy:.1%} (out of fold)"
     return line
 
 
@@ -159,6 +161,14 @@ def _queue_line(q: dict[str, Any]) -> str:
     if "waiting" in q:
         line += f"; {q['waiting']:,} waiting for a human in all"
     return line
+
+
+def _label_lines(lab: dict[str, Any]) -> list[str]:
+    """Label issues, the probe that judged them, and a warning when the rule held back or capped."""
+    lines = [_issues_line(lab)]
+    if lab.get("flag_rule") == "evidence" or lab.get("flag_capped"):
+        lines.append(f"[yellow]label issues: {escape(str(lab.get('flag_reason')))}[/]")
+    return lines
 
 
 def print_scores(scores: dict[str, dict[str, Any]]) -> None:
