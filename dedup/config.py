@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 EVAL_SPLITS = ["test", "validation", "valid", "val", "eval", "dev"]
+ROUTES = ("embedding", "pixels", "hashes", "shingles")  # what may accept a pair (dedup.stage)
 
 
 class DedupError(ValueError):
@@ -18,7 +19,8 @@ class DedupSettings:
 
     exact: bool = True
     near: bool = True
-    threshold: float = 0.95
+    threshold: float | Literal["auto"] = "auto"  # cosine; auto: calibrated on this data
+    confirm: Literal["auto", "embedding"] | list[str] = "auto"  # the routes that accept a pair
     keep: Literal["first", "last", "largest", "centroid"] = "first"
     eval_splits: list[str] = field(default_factory=lambda: list(EVAL_SPLITS))
     leakage: Literal["drop_train", "drop_eval", "report"] = "drop_train"

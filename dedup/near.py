@@ -689,3 +689,98 @@ def find_near_pairs_between(
             f"query has {query.shape[1]} columns, expected {corpus.shape[1]} (as corpus)"
         )
     return _run(query, corpus, False, t, options or SearchOptions())
+
+
+# --------------------------------------------------------------------------------------------
+# nearest neighbours of a sample (threshold calibration)
+
+_KNN_CORPUS_ROWS = 131072  # corpus rows per block: the index of one block bounds memory
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The `k` most similar other rows of some query rows: indices and similarities, best first."""
+
+    rows: np.ndarray  # (m,) the query rows
+    idx: np.ndarray  # (m, k) int64 corpus rows (-1 pads when the corpus has fewer rows)
+    sim: np.ndarray  # (m, k) float32
+
+
+def sample_neighbours(
+    x: np.ndarray,
+    k: int,
+    n_sample: int,
+    *,
+    seed: int = 0,
+    mirror: np.ndarray | None = None,
+    device: str = "auto",
+    rows: np.ndarray | None = None,
+) -> Neighbours:
+    """The k nearest other rows of up to `n_sample` random rows of `x` (unit rows), exactly.
+
+    With `mirror` (the rows transformed, e.g. images flipped), a row's similarity to another is
+    the better of the two, so a mirrored copy counts as near. The row itself is never its own
+    neighbour. Cost: n_sample x N products, so calibrating on a sample stays cheap at any N.
+    `rows`: these query rows instead of a sample.
+    """
+    n = x.shape[0]
+    if rows is None:
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(n, size=min(n, n_sample), replace=False))
+    corpora = [x] if mirror is None else [x, mirror]
+    kernel = _make_kernel(device)
+    want = min(k + 2, n)  # room for the row itself and its own mirror
+    best_i, best_s = [], []
+    for corpus in corpora:
+        for s, e in _blocks(n, _KNN_CORPUS_ROWS):
+            sims, idx = kernel.top_k(
+                kernel.load(np.ascontiguousarray(x[rows])),
+                kernel.load(np.ascontiguousarray(corpus[s:e])),
+                min(want, e - s),
+            )
+            best_i.append(idx + s)
+            best_s.append(sims)
+    return _merge_neighbours(rows, np.concatenate(best_i, 1), np.concatenate(best_s, 1), k)
+
+
+def _merge_neighbours(rows: np.ndarray, idx: np.ndarray, sim: np.ndarray, k: int) -> Neighbours:
+    """Per query row: each partner once (its best similarity), self removed, the k best."""
+    out_i = np.full((len(rows), k), -1, dtype=np.int64)
+    out_s = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    for r in range(len(rows)):
+        order = np.argsort(-sim[r], kind="stable")
+        seen: set[int] = {int(rows[r])}
+        got = 0
+        for o in order.tolist():
+            partner = int(idx[r, o])
+            if partner in seen:
+                continue
+            seen.add(partner)
+            out_i[r, got], out_s[r, got] = partner, sim[r, o]
+            got += 1
+            if got == k:
+                break
+    return Neighbours(rows, out_i, out_s)
+
+
+def find_knn_pairs(
+    x: np.ndarray, k: int, floor: float, options: SearchOptions | None = None
+) -> NearPairs:
+    """Each row's k most similar other rows at or above `floor`, as unordered pairs (i < j).
+
+    Candidates for a second signal to confirm: the floor is low on purpose. Exact (blocked top-k
+    over the whole matrix) up to `exact_max_rows` rows; beyond that, the range search at `floor`
+    (which proposes every pair above the floor, a superset of the k nearest)."""
+    opts = options or SearchOptions()
+    x = check_matrix(x, name="embeddings", unit=True)
+    n = x.shape[0]
+    if n > opts.exact_max_rows:
+        return find_near_pairs(x, floor, opts)
+    if n < 2:
+        return NearPairs(*_empty_pairs(), method="knn", params={"k": k, "floor": floor})
+    nb = sample_neighbours(x, min(k, n - 1), n, device=opts.device)
+    rows = np.repeat(nb.rows, nb.idx.shape[1])
+    a, b, s = rows, nb.idx.ravel(), nb.sim.ravel()
+    keep = (b >= 0) & (s >= np.float32(floor))
+    i, j, sim = _finish((np.minimum(a, b)[keep], np.maximum(a, b)[keep], s[keep]), n)
+    return NearPairs(i, j, sim, method="knn", params={"k": k, "floor": floor, "pairs": len(i)})

@@ -1,40 +1,94 @@
-"""The dedup stage: exact hashing + near-duplicate search → per-row duplicate columns."""
+"""The dedup stage: exact copies by hash; candidate pairs from each signal; the evidence that
+confirms them; the greedy decision (no chains) → per-row duplicate columns.
+
+Signals: the embedding (always, when near dedup is on) and, for images, grey thumbnails
+(`dedup.imagesig`). Each proposes candidate pairs by a similarity search; a candidate is a
+duplicate when a *route* of `dedup.confirm` accepts it:
+
+* `embedding`: cosine at or above the threshold (`dedup.threshold`, calibrated on this data when
+  `auto`);
+* `pixels`: thumbnail correlation (mirror-invariant) above this data's own distinct-neighbour
+  null (always calibrated);
+* `hashes`: pHash and dHash both within a few bits (two independent image hashes agree); the bit
+  budget is calibrated too, so that distinct look-alikes (digits, icons) do not pass;
+* `shingles` (text): character 5-gram containment >= 0.9 and Jaccard >= 0.5 (`dedup.lexical`),
+  on candidates the embedding proposes generously (each text's 10 nearest at cosine >= 0.5).
+
+`confirm: auto` runs every route the data has signals for; `embedding` only the first; a list
+names the routes. The decisions table says which routes accepted each pair (`dup_evidence`).
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import polars as pl
+from scipy import sparse
 
-from dedup.config import DedupError, DedupSettings
+from dedup import calibrate
+from dedup.calibrate import Calibration
+from dedup.config import ROUTES, DedupError, DedupSettings
 from dedup.exact import exact_representatives
 from dedup.groups import Edges, GroupColumns, resolve_groups
+from dedup.imagesig import ImageSignal, pair_evidence
+from dedup.lexical import MIN_CONTAINMENT, MIN_JACCARD, pair_overlap
 from dedup.matrix import check_matrix, cuda_available
-from dedup.near import NearPairs, SearchOptions, find_near_pairs, find_near_pairs_between
+from dedup.near import (
+    NearPairs,
+    SearchOptions,
+    find_knn_pairs,
+    find_near_pairs,
+    find_near_pairs_between,
+    sample_neighbours,
+)
+
+HASH_BITS = 10  # the hashes route: both pHash and dHash within at most this many of 64 bits
+PIXEL_MARGIN = 0.35  # the pixels route: this share of the way from the pixel null to 1
+EMBEDDING_MARGIN = 0.5  # threshold auto: this share of the way from the embedding null to 1
+PIXEL_CANDIDATES = 0.8  # thumbnail pairs at least this correlated are checked by the hashes
+TEXT_K, TEXT_FLOOR = 10, 0.5  # text candidates: each content's 10 nearest at cosine >= 0.5
+RECALIBRATE_GROWTH = 0.1  # calibrations are kept from the parent until the data changes by 10%
+RECALIBRATE_MIN = 1000  # ... and by at least this many contents
+
+
+@dataclass(frozen=True)
+class Signals:
+    """Second signals aligned with the sample table (rows of unreadable samples are zeros)."""
+
+    image: ImageSignal | None = None
+    text: sparse.csr_matrix | None = None  # character-shingle rows (dedup.lexical)
 
 
 @dataclass(frozen=True)
 class PriorIndex:
-    """Near pairs an earlier version found, keyed by content hash, and the contents it searched."""
+    """What an earlier version found: its confirmed pairs (by content hash), the contents it
+    searched, the key they were found under, and its calibration."""
 
-    pairs: pl.DataFrame  # hash_a, hash_b, sim
+    pairs: pl.DataFrame  # hash_a, hash_b, sim, evidence
     covered: frozenset[str]
-    key: str  # embedder fingerprint + threshold + search: pairs are reusable only for the same key
+    key: str
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class DedupResult:
-    """The sample table with duplicate columns, the near pairs found, and how the search ran."""
+    """The table with duplicate columns, the confirmed pairs, how the search ran, and why the
+    thresholds are what they are."""
 
     table: pl.DataFrame
     pairs: pl.DataFrame
     search: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    index_key: str = ""
 
 
-PAIR_SCHEMA = {"hash_a": pl.Utf8, "hash_b": pl.Utf8, "sim": pl.Float32}
+PAIR_SCHEMA = {"hash_a": pl.Utf8, "hash_b": pl.Utf8, "sim": pl.Float32, "evidence": pl.Utf8}
+Search = Callable[[np.ndarray, float, SearchOptions], NearPairs]
+SearchBetween = Callable[[np.ndarray, np.ndarray, float, SearchOptions], NearPairs]
 
 
 def find_duplicates(
@@ -42,28 +96,45 @@ def find_duplicates(
     emb: np.ndarray | None,
     settings: DedupSettings,
     *,
-    search: Callable | None = None,
-    search_between: Callable | None = None,
+    signals: Signals | None = None,
     prior: PriorIndex | None = None,
+    basis: str = "",
+    search: Search | None = None,
+    search_between: SearchBetween | None = None,
 ) -> DedupResult:
-    """Add exact_dup_of, near_dup_of, dup_similarity, dup_group, leak_of, label_conflict, dedup_drop.
+    """Add exact_dup_of, near_dup_of, dup_similarity, dup_evidence, dup_group, leak_of,
+    label_conflict and dedup_drop.
 
-    With `prior` (the pairs of an earlier version made with the same embedder and threshold), only
-    contents the prior did not cover are searched: against the covered corpus and among themselves.
+    `basis` names what the vectors were made with (embedder and signal fingerprints): a prior's
+    pairs are reused (only new contents are searched) when the basis and thresholds are equal.
     """
     if emb is not None:
         emb = _check_embeddings(table, emb)
     rep_of = exact_representatives(table) if settings.exact else _no_exact(table)
-    near = _NearSearch(search, search_between, settings)
-    near_a, near_b, sims, info = near.edges(table, rep_of, emb, prior)
-    near_a, near_b, sims = _exact_similarities(emb, near_a, near_b, settings.threshold)
-    cols = resolve_groups(table, rep_of, Edges(near_a, near_b, sims), settings)
-    out = table.with_columns(_to_columns(table, cols))
+    reps = np.flatnonzero(rep_of == np.arange(len(rep_of)))
+    routes = _routes(settings, emb, signals)
+    cal = _Calibrator(settings, basis, prior, len(reps)).run(routes, emb, signals, reps)
+    key = _index_key(basis, settings, routes, cal)
+    usable = prior if prior is not None and prior.key == key and key else None
+    found = _Finder(search, search_between, settings, table, reps, usable).run(
+        routes, emb, signals, cal
+    )
+    cols = resolve_groups(table, rep_of, Edges(found.a, found.b, found.score), settings)
+    out = table.with_columns(_to_columns(table, cols, _row_evidence(rep_of, cols, found)))
     hashes = table["content_hash"].to_numpy()
     pairs = pl.DataFrame(
-        {"hash_a": hashes[near_a], "hash_b": hashes[near_b], "sim": sims}, schema=PAIR_SCHEMA
+        {
+            "hash_a": hashes[found.a],
+            "hash_b": hashes[found.b],
+            "sim": found.score,
+            "evidence": found.evidence,
+        },
+        schema=PAIR_SCHEMA,
     )
-    return DedupResult(out, pairs, search=info)
+    record = _calibration_record(cal, len(reps))
+    if record:
+        record |= {"basis": basis, "setting": str(settings.threshold)}
+    return DedupResult(out, pairs, found.info, record, key)
 
 
 def _check_embeddings(table: pl.DataFrame, emb: np.ndarray) -> np.ndarray:
@@ -76,25 +147,28 @@ def _check_embeddings(table: pl.DataFrame, emb: np.ndarray) -> np.ndarray:
     return check_matrix(emb, rows=table.height, describe=describe, error=DedupError)
 
 
-def _exact_similarities(
-    emb: np.ndarray | None, a: np.ndarray, b: np.ndarray, threshold: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each found pair's similarity computed once more from its two rows, and the pairs at or
-    above the threshold by that value: decisions then depend on the rows alone, not on how a
-    search blocked its products (a full and an incremental run round alike)."""
-    if emb is None or len(a) == 0:
-        return a, b, np.ones(len(a), dtype=np.float32)
-    sims = np.einsum("ij,ij->i", emb[a], emb[b]).astype(np.float32).clip(-1, 1)
-    keep = sims >= np.float32(threshold)
-    return a[keep], b[keep], sims[keep]
-
-
 def _no_exact(table: pl.DataFrame) -> np.ndarray:
     ok = table["error"].is_null().to_numpy()
     return np.where(ok, np.arange(table.height), -1)
 
 
-_EMPTY = np.zeros(0, dtype=np.int64)
+def _routes(
+    settings: DedupSettings, emb: np.ndarray | None, signals: Signals | None
+) -> tuple[str, ...]:
+    """The routes that run: the configured ones the data has signals for."""
+    if not settings.near:
+        return ()
+    has = {"embedding": emb is not None and emb.shape[1] > 0}
+    has["pixels"] = has["hashes"] = signals is not None and signals.image is not None
+    has["shingles"] = has["embedding"] and signals is not None and signals.text is not None
+    wanted = (
+        ROUTES
+        if settings.confirm == "auto"
+        else ("embedding",)
+        if settings.confirm == "embedding"
+        else tuple(settings.confirm)
+    )
+    return tuple(r for r in wanted if has[r])
 
 
 def default_exact_max_rows() -> int:
@@ -102,20 +176,178 @@ def default_exact_max_rows() -> int:
     return 2_000_000 if cuda_available() else 200_000
 
 
-FoundEdges = tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]  # rows a, b, sims, info
-Search = Callable[[np.ndarray, float, SearchOptions], NearPairs]
-SearchBetween = Callable[[np.ndarray, np.ndarray, float, SearchOptions], NearPairs]
+# ---------------------------------------------------------------- calibration
 
 
-class _NearSearch:
-    """Near-duplicate edges between table rows: a full search, or an incremental one."""
+@dataclass
+class _Thresholds:
+    """The threshold of each signal's route, and the calibrations behind them."""
+
+    embedding: float | None = None
+    pixels: float | None = None
+    hash_bits: int = 0
+    calibrations: dict[str, Calibration] = field(default_factory=dict)
+    reused_from: dict[str, Any] | None = None
+
+
+class _Calibrator:
+    """Thresholds for the routes: set in flows.yaml, kept from the parent, or read off the data."""
+
+    def __init__(self, settings: DedupSettings, basis: str, prior: PriorIndex | None, n: int):
+        self.settings, self.basis, self.n = settings, basis, n
+        self.parent = prior.calibration if prior is not None else {}
+
+    def run(
+        self,
+        routes: tuple[str, ...],
+        emb: np.ndarray | None,
+        signals: Signals | None,
+        reps: np.ndarray,
+    ) -> _Thresholds:
+        out = _Thresholds()
+        if self._reusable():
+            out.embedding = self.parent.get("threshold")
+            out.pixels = self.parent.get("pixels", {}).get("threshold")
+            out.hash_bits = int(self.parent.get("hashes", {}).get("threshold", 0))
+            out.reused_from = self.parent
+            return out
+        if "embedding" in routes and emb is not None:
+            nb = sample_neighbours(emb[reps], calibrate.K, calibrate.SAMPLE)
+            t = self.settings.threshold
+            cal = (
+                calibrate.null_quantile(nb, len(reps), EMBEDDING_MARGIN, "embedding")
+                if t == "auto"
+                else calibrate.fixed(float(t), nb, len(reps), "embedding")
+            )
+            out.embedding, out.calibrations["embedding"] = cal.threshold, cal
+        if {"pixels", "hashes"} & set(routes) and signals is not None and signals.image is not None:
+            self._image(routes, signals.image.take(reps), out)
+        return out
+
+    def _image(self, routes: tuple[str, ...], sig: ImageSignal, out: _Thresholds) -> None:
+        """The pixel threshold and the hash bit budget, from the thumbnails' own neighbours."""
+        nb = sample_neighbours(sig.thumbs, calibrate.K, calibrate.SAMPLE, mirror=sig.mirrored)
+        if "pixels" in routes:
+            cal = calibrate.null_quantile(nb, self.n, PIXEL_MARGIN, "pixels")
+            out.pixels, out.calibrations["pixels"] = cal.threshold, cal
+        if "hashes" in routes:
+            null = nb.idx[:, calibrate.K_NULL - 1 : calibrate.K]
+            rows = np.repeat(nb.rows, null.shape[1])[null.ravel() >= 0]
+            ev = pair_evidence(sig, rows, null.ravel()[null.ravel() >= 0])
+            worst = np.maximum(ev.phash, ev.dhash)[ev.comparable]
+            cal = calibrate.hash_bits(worst, HASH_BITS)
+            out.hash_bits, out.calibrations["hashes"] = int(cal.threshold), cal
+
+    def _reusable(self) -> bool:
+        """The parent's calibration, on the same basis and settings, of data that changed little
+        (thresholds stay put between runs, and the parent's pairs stay reusable)."""
+        p = self.parent
+        if (
+            not p
+            or p.get("basis") != self.basis
+            or p.get("setting") != str(self.settings.threshold)
+        ):
+            return False
+        before = int(p.get("contents", 0))
+        return before > 0 and abs(self.n - before) <= max(
+            RECALIBRATE_GROWTH * before, RECALIBRATE_MIN
+        )
+
+
+def _index_key(basis: str, settings: DedupSettings, routes: tuple[str, ...], t: _Thresholds) -> str:
+    """What makes a version's pairs reusable: the vectors, the settings and the thresholds."""
+    if not routes:
+        return ""
+    return json.dumps(
+        {
+            "basis": basis,
+            "routes": routes,
+            "exact": settings.exact,
+            "embedding": t.embedding,
+            "pixels": t.pixels,
+            "hash_bits": t.hash_bits,
+        },
+        sort_keys=True,
+    )
+
+
+def _calibration_record(t: _Thresholds, n: int) -> dict[str, Any]:
+    """The manifest's `calibration`: the embedding's threshold and evidence, the pixels' too."""
+    if t.reused_from is not None:
+        return t.reused_from | {"reused": True}
+    emb = t.calibrations.get("embedding")
+    rec: dict[str, Any] = emb.to_dict() if emb is not None else {}
+    for name in ("pixels", "hashes"):
+        if name in t.calibrations:
+            rec[name] = t.calibrations[name].to_dict()
+    return rec | {"contents": n} if rec else {}
+
+
+# ---------------------------------------------------------------- candidates and evidence
+
+
+@dataclass
+class _Found:
+    """Confirmed pairs (table rows), their score, the routes that accepted them, search info."""
+
+    a: np.ndarray
+    b: np.ndarray
+    score: np.ndarray
+    evidence: list[str]
+    info: dict[str, Any]
+
+
+class _Finder:
+    """Candidate pairs from each signal (all contents, or new ones against the rest), confirmed."""
 
     def __init__(
-        self, search: Search | None, between: SearchBetween | None, settings: DedupSettings
+        self,
+        search: Search | None,
+        between: SearchBetween | None,
+        settings: DedupSettings,
+        table: pl.DataFrame,
+        reps: np.ndarray,
+        prior: PriorIndex | None,
     ):
         self.search: Search = search or find_near_pairs
         self.between: SearchBetween = between or find_near_pairs_between
-        self.settings = settings
+        self.settings, self.prior, self.reps = settings, prior, reps
+        self.hashes = table["content_hash"].to_numpy()
+        self.new = self._new_mask() if prior is not None else np.ones(len(reps), dtype=bool)
+
+    def run(
+        self,
+        routes: tuple[str, ...],
+        emb: np.ndarray | None,
+        signals: Signals | None,
+        t: _Thresholds,
+    ) -> _Found:
+        info: dict[str, Any] = {"method": "none", "routes": list(routes)}
+        cand: list[tuple[np.ndarray, np.ndarray]] = []
+        if "embedding" in routes and emb is not None and t.embedding is not None:
+            a, b, info = self._pairs(emb, t.embedding, info)
+            cand.append((a, b))
+        image = signals.image if signals is not None else None
+        if image is not None and ({"pixels", "hashes"} & set(routes)):
+            floor = min(PIXEL_CANDIDATES, t.pixels or PIXEL_CANDIDATES)
+            both = np.concatenate([image.thumbs, image.mirrored])
+            a, b, _ = self._pairs(image.thumbs, floor, {}, corpus=both)
+            cand.append((a, b))
+        text = signals.text if signals is not None else None
+        if text is not None and emb is not None and "shingles" in routes:
+            cand.append(self._knn(emb))
+        a, b = _unique_pairs(cand, len(self.hashes))
+        found = _confirm(a, b, routes, emb, image, text, t)
+        return self._with_prior(found, info)
+
+    def _new_mask(self) -> np.ndarray:
+        """Contents the prior did not search (without exact dedup a content's first row is old)."""
+        assert self.prior is not None
+        h = self.hashes[self.reps]
+        old = np.fromiter((x in self.prior.covered for x in h), bool, len(h))
+        first = np.zeros(len(h), dtype=bool)
+        first[np.unique(h, return_index=True)[1]] = True
+        return ~(old & first)
 
     def _opts(self) -> SearchOptions:
         s = self.settings
@@ -123,68 +355,179 @@ class _NearSearch:
             method=s.search, exact_max_rows=s.exact_max_rows or default_exact_max_rows()
         )
 
-    def edges(
-        self,
-        table: pl.DataFrame,
-        rep_of: np.ndarray,
-        emb: np.ndarray | None,
-        prior: PriorIndex | None,
-    ) -> FoundEdges:
-        """(rows a, rows b, similarities, search info)."""
-        if not self.settings.near or emb is None or emb.shape[1] == 0:
-            return _EMPTY, _EMPTY, np.zeros(0, np.float32), {"method": "none"}
-        reps = np.flatnonzero(rep_of == np.arange(len(rep_of)))
-        if prior is None:
-            p = self.search(np.ascontiguousarray(emb[reps]), self.settings.threshold, self._opts())
+    def _pairs(
+        self, x: np.ndarray, t: float, info: dict[str, Any], corpus: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Rows (a, b) of pairs at >= t: among all contents, or the new ones against all."""
+        reps = self.reps
+        if corpus is None and not self.new.all():
+            new, old = reps[self.new], reps[~self.new]
+            own = self.search(np.ascontiguousarray(x[new]), t, self._opts())
+            cross = self.between(
+                np.ascontiguousarray(x[new]), np.ascontiguousarray(x[old]), t, self._opts()
+            )
+            a = np.concatenate([new[own.i], new[cross.i]])
+            b = np.concatenate([new[own.j], old[cross.j]])
+            return a, b, info | {"method": cross.method, **cross.params, **self._incremental()}
+        if corpus is None:
+            p = self.search(np.ascontiguousarray(x[reps]), t, self._opts())
             return (
                 reps[p.i],
                 reps[p.j],
-                p.sim,
-                {"method": p.method, **p.params, "incremental": False},
+                info | {"method": p.method, **p.params, "incremental": False},
             )
-        return self._incremental(table, reps, emb, prior)
+        return self._pairs_against(x, corpus, t, info)
 
-    def _incremental(
-        self, table: pl.DataFrame, reps: np.ndarray, emb: np.ndarray, prior: PriorIndex
-    ) -> FoundEdges:
-        hashes = table["content_hash"].to_numpy()
-        old_mask = np.fromiter((h in prior.covered for h in hashes[reps]), bool, len(reps))
-        first = np.zeros(len(reps), dtype=bool)  # without exact dedup a content repeats in reps:
-        first[np.unique(hashes[reps], return_index=True)[1]] = True  # only its first is "old"
-        old_mask &= first
-        old, new = reps[old_mask], reps[~old_mask]
-        t = self.settings.threshold
-        own = self.search(np.ascontiguousarray(emb[new]), t, self._opts())
-        cross = self.between(
-            np.ascontiguousarray(emb[new]), np.ascontiguousarray(emb[old]), t, self._opts()
+    def _pairs_against(
+        self, x: np.ndarray, corpus: np.ndarray, t: float, info: dict[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Pairs of (new) contents against `corpus`: the rows, stacked with transformed rows."""
+        n = len(x)
+        query = self.reps[self.new]
+        pool = np.concatenate([self.reps, self.reps + n])
+        p = self.between(
+            np.ascontiguousarray(x[query]), np.ascontiguousarray(corpus[pool]), t, self._opts()
         )
-        ka, kb, ks = _prior_edges(prior.pairs, hashes, old)
-        a = np.concatenate([new[own.i], new[cross.i], ka])
-        b = np.concatenate([new[own.j], old[cross.j], kb])
-        sims = np.concatenate([own.sim, cross.sim, ks]).astype(np.float32)
-        info = {
-            "method": cross.method,
-            **cross.params,
+        a, b = query[p.i], pool[p.j] % n
+        keep = a != b
+        return a[keep], b[keep], info
+
+    def _knn(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each (new) content's TEXT_K nearest contents at cosine >= TEXT_FLOOR."""
+        reps = self.reps
+        if self.new.all():
+            p = find_knn_pairs(np.ascontiguousarray(emb[reps]), TEXT_K, TEXT_FLOOR, self._opts())
+            return reps[p.i], reps[p.j]
+        x = np.ascontiguousarray(emb[reps])
+        nb = sample_neighbours(x, TEXT_K, 0, rows=np.flatnonzero(self.new))
+        a, b = np.repeat(nb.rows, nb.idx.shape[1]), nb.idx.ravel()
+        keep = (b >= 0) & (nb.sim.ravel() >= np.float32(TEXT_FLOOR))
+        return reps[a[keep]], reps[b[keep]]
+
+    def _incremental(self) -> dict[str, Any]:
+        return {
             "incremental": True,
-            "new_contents": len(new),
-            "reused_contents": len(old),
-            "reused_pairs": len(ka),
+            "new_contents": int(self.new.sum()),
+            "reused_contents": int((~self.new).sum()),
         }
-        return a, b, sims, info
+
+    def _with_prior(self, found: _Found, info: dict[str, Any]) -> _Found:
+        """Add the prior's confirmed pairs between contents it covered and that are still here."""
+        found.info = info
+        if self.prior is None:
+            return found
+        old = self.reps[~self.new]
+        a, b, s, ev = _prior_edges(self.prior.pairs, self.hashes, old)
+        found.info |= {"reused_pairs": len(a)}
+        return _Found(
+            np.concatenate([found.a, a]),
+            np.concatenate([found.b, b]),
+            np.concatenate([found.score, s]).astype(np.float32),
+            found.evidence + ev,
+            found.info,
+        )
+
+
+def _unique_pairs(
+    parts: list[tuple[np.ndarray, np.ndarray]], n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each unordered pair once (a < b), sorted."""
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    a = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    b = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    key = np.unique(lo * np.int64(n) + hi)
+    return key // n, key % n
+
+
+def _confirm(
+    a: np.ndarray,
+    b: np.ndarray,
+    routes: tuple[str, ...],
+    emb: np.ndarray | None,
+    image: ImageSignal | None,
+    text: sparse.csr_matrix | None,
+    t: _Thresholds,
+) -> _Found:
+    """The candidates some route accepts, scored by the first route that does."""
+    cos = (
+        np.einsum("ij,ij->i", emb[a], emb[b]).astype(np.float32).clip(-1, 1)
+        if emb is not None
+        else np.ones(len(a), np.float32)
+    )
+    score = np.full(len(a), np.nan, dtype=np.float32)
+    fired: list[list[str]] = [[] for _ in range(len(a))]
+    checks = _route_checks(routes, cos, image, a, b, t)
+    if text is not None and "shingles" in routes:
+        jac, con = pair_overlap(text, a, b)
+        checks["shingles"] = ((con >= MIN_CONTAINMENT) & (jac >= MIN_JACCARD), con)
+    for name, (ok, value) in checks.items():
+        first = ok & np.isnan(score)
+        score[first] = value[first]
+        for k in np.flatnonzero(ok).tolist():
+            fired[k].append(name)
+    keep = ~np.isnan(score)
+    idx = np.flatnonzero(keep)
+    return _Found(a[keep], b[keep], score[keep], ["+".join(fired[k]) for k in idx], {})
+
+
+def _route_checks(
+    routes: tuple[str, ...],
+    cos: np.ndarray,
+    image: ImageSignal | None,
+    a: np.ndarray,
+    b: np.ndarray,
+    t: _Thresholds,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per route: which candidates it accepts, and its score on the similarity scale."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if "embedding" in routes and t.embedding is not None:
+        out["embedding"] = (cos >= np.float32(t.embedding), cos)
+    if image is None or not ({"pixels", "hashes"} & set(routes)):
+        return out
+    ev = pair_evidence(image, a, b)
+    if "pixels" in routes and t.pixels is not None:
+        out["pixels"] = (ev.comparable & (ev.ncc >= np.float32(t.pixels)), ev.ncc)
+    if "hashes" in routes and t.hash_bits >= 2:
+        worst = np.maximum(ev.phash, ev.dhash)
+        ok = ev.comparable & (worst <= t.hash_bits)
+        out["hashes"] = (ok, (1.0 - worst / 64.0).astype(np.float32))
+    return out
 
 
 def _prior_edges(
     pairs: pl.DataFrame, hashes: np.ndarray, old: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The prior's pairs whose two contents are still present, as row indices."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """The prior's pairs whose two contents are still present, as table rows."""
     row_of = dict(zip(hashes[old].tolist(), old.tolist(), strict=True))
     live = pairs.filter(pl.col("hash_a").is_in(list(row_of)) & pl.col("hash_b").is_in(list(row_of)))
     a = np.array([row_of[h] for h in live["hash_a"].to_list()], dtype=np.int64)
     b = np.array([row_of[h] for h in live["hash_b"].to_list()], dtype=np.int64)
-    return a, b, live["sim"].to_numpy().astype(np.float32)
+    evidence = live["evidence"].to_list() if "evidence" in live.columns else ["embedding"] * len(a)
+    return a, b, live["sim"].to_numpy().astype(np.float32), [e or "" for e in evidence]
 
 
-def _to_columns(table: pl.DataFrame, cols: GroupColumns) -> list[pl.Series]:
+# ---------------------------------------------------------------- per-row columns
+
+
+def _row_evidence(rep_of: np.ndarray, cols: GroupColumns, found: _Found) -> list[str | None]:
+    """Per row: `exact`, or the routes that accepted the pair joining its content to its
+    reference's (pairs join contents: their representative rows)."""
+    by_pair = {
+        (min(x, y), max(x, y)): e
+        for x, y, e in zip(found.a.tolist(), found.b.tolist(), found.evidence, strict=True)
+    }
+    out: list[str | None] = [None] * len(rep_of)
+    for i in np.flatnonzero(cols.ref >= 0).tolist():
+        x, y = int(rep_of[i]), int(rep_of[cols.ref[i]])
+        out[i] = "exact" if x == y else by_pair.get((min(x, y), max(x, y)))
+    return out
+
+
+def _to_columns(
+    table: pl.DataFrame, cols: GroupColumns, evidence: list[str | None]
+) -> list[pl.Series]:
     ids = table["sample_id"].to_numpy().astype(object)
     hashes = table["content_hash"].to_numpy()
     has_ref = cols.ref >= 0
@@ -201,6 +544,7 @@ def _to_columns(table: pl.DataFrame, cols: GroupColumns) -> list[pl.Series]:
         ids_where(same, ref).alias("exact_dup_of"),
         ids_where(has_ref & ~same, ref).alias("near_dup_of"),
         pl.Series("dup_similarity", cols.sim).fill_nan(None).cast(pl.Float32),
+        pl.Series("dup_evidence", evidence, dtype=pl.Utf8),
         ids_where(cols.group >= 0, cols.group).alias("dup_group"),
         ids_where(cols.leak_of >= 0, cols.leak_of).alias("leak_of"),
         pl.Series("label_conflict", cols.conflict, dtype=pl.Boolean),

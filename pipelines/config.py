@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from dedup.config import DedupSettings
+from dedup.config import ROUTES, DedupSettings
 from labeling.config import ActiveLearningSettings, LabelNoiseSettings
 
 
@@ -212,7 +212,7 @@ def _coerce(hint: Any, value: Any, where: str, keypath: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where, keypath)
+        return _coerce_any(inner, value, where, keypath)
     if origin is Literal:
         if value not in args:
             raise ConfigError(
@@ -228,6 +228,28 @@ def _coerce(hint: Any, value: Any, where: str, keypath: str) -> Any:
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, where, keypath)
     return _scalar(hint, value, where, keypath)
+
+
+def _coerce_any(hints: list[Any], value: Any, where: str, keypath: str) -> Any:
+    """The first of several accepted types that takes the value (e.g. a number or "auto")."""
+    if len(hints) == 1:
+        return _coerce(hints[0], value, where, keypath)
+    for hint in hints:
+        try:
+            return _coerce(hint, value, where, keypath)
+        except ConfigError:
+            continue
+    expected = " or ".join(_describe(h) for h in hints)
+    raise ConfigError(f"{where}: {keypath}: expected {expected}, got {_show(value)}")
+
+
+def _describe(hint: Any) -> str:
+    """A type as a message names it."""
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return "a list"
+    return getattr(hint, "__name__", str(hint))
 
 
 def _scalar(hint: type, value: Any, where: str, keypath: str) -> Any:
@@ -278,10 +300,17 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
 
 def _check_dedup(d: DedupSettings, where: str) -> None:
     """Ranges of the dedup section."""
-    if not 0.0 < d.threshold <= 1.0:
+    if d.threshold != "auto" and not 0.0 < d.threshold <= 1.0:
         raise ConfigError(
-            f"{where}: dedup.threshold: expected a number in (0, 1], got {d.threshold}"
+            f"{where}: dedup.threshold: expected a number in (0, 1] or auto, got {d.threshold}"
         )
+    if isinstance(d.confirm, list):
+        unknown = [r for r in d.confirm if r not in ROUTES]
+        if unknown or not d.confirm:
+            raise ConfigError(
+                f"{where}: dedup.confirm: expected auto, embedding or a list of routes from "
+                f"{list(ROUTES)}, got {_show(d.confirm)}"
+            )
     for key in ("max_drop_fraction", "max_group_fraction"):
         value = getattr(d, key)
         if value is not None and not 0.0 < value <= 1.0:

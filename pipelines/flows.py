@@ -18,12 +18,14 @@ from prefect.cache_policies import NO_CACHE
 
 from dedup.config import DedupSettings
 from dedup.guard import DedupGuardError, check_drops, split_drops
-from dedup.stage import DedupResult, PriorIndex, find_duplicates
+from dedup.imagesig import ImageSignal
+from dedup.lexical import shingle_matrix
+from dedup.stage import DedupResult, PriorIndex, Signals, find_duplicates
 from labeling.stage import LabelingOutcome, apply_answers, label_and_select, queue_rows
 from pipelines.config import FlowSettings, load_flow
 from pipelines.cost import ComputeMeter, cost_delta, statement
 from pipelines.decide import decide
-from pipelines.embed import EmbedResult, embed_dataset, make_embedder
+from pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
 from pipelines.errors import USER_ERRORS
 from pipelines.sources import FileHashCache, LoadedDataset, load_source
 from pipelines.store import Store
@@ -35,6 +37,7 @@ from pipelines.store.tables import dataset_table, decisions_table, input_fingerp
 from pipelines.summary import RunSummary, Timer
 
 GPU_LIMIT = "leanset-gpu"  # Prefect global concurrency limit guarding GPU work
+TEXT_SIGNAL = "shingles-5-v1"  # what dedup.lexical computes (part of the pair index's basis)
 
 
 def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
@@ -93,15 +96,32 @@ def embed_task(data: LoadedDataset, settings: FlowSettings) -> EmbedResult:
         return run()
 
 
+@task(name="image-signal", cache_policy=NO_CACHE)
+def signal_task(data: LoadedDataset, settings: FlowSettings) -> EmbedResult:
+    """Grey thumbnails of the images: the second signal that confirms near duplicates."""
+    emb = settings.embedder
+    return embed_dataset(
+        data,
+        ThumbnailEmbedder(),
+        StoreLayout.of(settings.store).embeddings,
+        batch_size=256,
+        num_workers=emb.num_workers if emb else 0,
+        shard_rows=emb.shard_rows if emb else 4096,
+    )
+
+
 @task(name="find-duplicates", cache_policy=NO_CACHE)
 def dedup_task(
     table: pl.DataFrame,
     matrix: np.ndarray | None,
     settings: DedupSettings,
+    signals: Signals | None,
     prior: PriorIndex | None,
+    basis: str,
 ) -> DedupResult:
-    """Exact and near duplicates, groups, leaks and label conflicts (incremental with a prior)."""
-    return find_duplicates(table, matrix, settings, prior=prior)
+    """Exact and near duplicates, confirmed by evidence, decided without chains (incremental
+    against the parent's pairs when nothing that decides them changed)."""
+    return find_duplicates(table, matrix, settings, signals=signals, prior=prior, basis=basis)
 
 
 @task(name="label-noise-and-selection", cache_policy=NO_CACHE)
@@ -111,6 +131,7 @@ def labeling_task(
     settings: FlowSettings,
     pred_probs: list[Any] | None,
     pending: pl.DataFrame,
+    threshold: float,
 ) -> LabelingOutcome:
     """cleanlab label issues on out-of-fold probe probabilities, then the labeling selection."""
     return label_and_select(
@@ -120,7 +141,7 @@ def labeling_task(
         settings.active_learning,
         pred_probs=pred_probs,
         pending=pending,
-        threshold=settings.dedup.threshold,
+        threshold=threshold,
     )
 
 
@@ -230,12 +251,19 @@ def run_pipeline(
     version = (parent["version"] if parent else 0) + 1
     data = data.with_table(history.mark_first_seen(data.table, version))
     embedded = _embed(data, settings, timer, meter)
-    prior = history.prior_index(embedded.index_key) if settings.dedup.near else None
+    prior = history.prior_index() if settings.dedup.near else None
     with timer("dedup"):
-        dd = dedup_task(embedded.table, embedded.matrix, settings.dedup, prior)
+        dd = dedup_task(
+            embedded.table,
+            embedded.matrix,
+            settings.dedup,
+            embedded.signals,
+            prior,
+            embedded.basis,
+        )
     guard = _guard(dd.table, settings.dedup, force)
     with timer("labeling"):
-        labeled = _label(dd.table, embedded.matrix, settings, data, store)
+        labeled = _label(dd.table, embedded.matrix, settings, data, store, dd.calibration)
     decided = decide(labeled.table)
     found = _Found(fingerprint, embedded, dd, labeled.info | human, guard)
     draft = _draft(settings, data.with_table(decided), history, parent, found, timer, meter)
@@ -257,12 +285,14 @@ def run_pipeline(
 
 @dataclass
 class _Embedded:
-    """The table with decode errors marked, its matrix, what embedding did, the pair-index key."""
+    """The table with decode errors marked, its matrix and second signals, what embedding did,
+    and the fingerprints of what made them (the basis of a reusable pair index)."""
 
     table: pl.DataFrame
     matrix: np.ndarray | None
     info: JSON
-    index_key: str | None
+    signals: Signals | None = None
+    basis: str = ""
 
 
 def _with_answers(data: LoadedDataset, store: Store) -> tuple[LoadedDataset, dict[str, int]]:
@@ -286,9 +316,11 @@ def _embed(
 ) -> _Embedded:
     """Embed (cache first) when an embedder is configured."""
     if settings.embedder is None:
-        return _Embedded(data.table, None, {}, None)
+        return _Embedded(data.table, None, {})
     with timer("embed"):
         res = embed_task(data, settings)
+        wanted = _wants_signal(settings, data, ("pixels", "hashes"), "image")
+        thumbs = signal_task(data, settings) if wanted else None
     meter.add_gpu(res.seconds, res.device)
     info = {
         "computed": res.computed,
@@ -300,8 +332,31 @@ def _embed(
     get_run_logger().info(
         "Embedded %d new samples, %d from cache (%s).", res.computed, res.cached, res.device
     )
-    key = f"{res.fingerprint}|{settings.dedup.threshold}"
-    return _Embedded(_mark_unreadable(data.table, res.errors), res.matrix, info, key)
+    table = _mark_unreadable(data.table, res.errors)
+    if _wants_signal(settings, data, ("shingles",), "text"):
+        readable = table["error"].is_null().to_list()
+        texts = [
+            t if ok else None
+            for t, ok in zip(data.texts(range(table.height)), readable, strict=True)
+        ]
+        info["signal"] = {"fingerprint": TEXT_SIGNAL}
+        signals = Signals(text=shingle_matrix(texts))
+        return _Embedded(table, res.matrix, info, signals, f"{res.fingerprint}|{TEXT_SIGNAL}")
+    if thumbs is None:
+        return _Embedded(table, res.matrix, info, None, res.fingerprint)
+    table = _mark_unreadable(table, thumbs.errors)
+    info["signal"] = {"fingerprint": thumbs.fingerprint, "computed": thumbs.computed}
+    signals = Signals(image=ImageSignal.of(thumbs.matrix))
+    return _Embedded(table, res.matrix, info, signals, f"{res.fingerprint}|{thumbs.fingerprint}")
+
+
+def _wants_signal(
+    settings: FlowSettings, data: LoadedDataset, routes: tuple[str, ...], modality: str
+) -> bool:
+    """Whether a route of `dedup.confirm` needs the second signal of this modality."""
+    confirm = settings.dedup.confirm
+    wanted = set(routes) if confirm == "auto" else set() if confirm == "embedding" else set(confirm)
+    return data.modality == modality and settings.dedup.near and bool(wanted & set(routes))
 
 
 def _mark_unreadable(table: pl.DataFrame, errors: dict[str, str]) -> pl.DataFrame:
@@ -342,14 +397,18 @@ def _label(
     settings: FlowSettings,
     data: LoadedDataset,
     store: Store,
+    calibration: JSON,
 ) -> LabelingOutcome:
-    """The labeling stages, with the user's own probabilities and the waiting queue."""
+    """The labeling stages, with the user's own probabilities and the waiting queue; two picks
+    are never closer than the dedup threshold (as calibrated)."""
     if not (settings.label_noise or settings.active_learning):
         return LabelingOutcome(table, {})
     column = settings.label_noise.pred_probs_column if settings.label_noise else None
     given = data.column(column) if column else None
     pending = read_queue(store.root).filter(pl.col("status").is_in(list(PENDING)))
-    return labeling_task(table, matrix, settings, given, pending)
+    t = settings.dedup.threshold
+    threshold = float(calibration.get("threshold", 0.95)) if t == "auto" else float(t)
+    return labeling_task(table, matrix, settings, given, pending, min(threshold, 0.999))
 
 
 @dataclass
@@ -378,7 +437,7 @@ def _draft(
         cleaned = dataset_table(decided, decisions)
     counts = Counts.of(decisions, settings.dedup.eval_splits, history.new_counts(decisions))
     cd = cost_delta(settings.cost, counts.input, counts.kept, meter.read())
-    key = found.embedded.index_key
+    key = found.dedup.index_key
     manifest = Manifest(
         flow=settings.name,
         config_hash=settings.fingerprint(),
@@ -391,6 +450,7 @@ def _draft(
         embed=found.embedded.info,
         search=found.dedup.search,
         index={"key": key},
+        calibration=found.dedup.calibration,
         labeling=found.labeling,
         guard=found.guard,
     )

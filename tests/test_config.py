@@ -30,7 +30,10 @@ def test_loads_flow_with_defaults_and_resolves_paths(tmp_path: Path):
     ("patch", "message"),
     [
         ("    dedup: {threshold: 0.9, kep: first}", "flow 'imgs': dedup.kep: unknown key"),
-        ("    dedup: {threshold: high}", "dedup.threshold: expected float, got str 'high'"),
+        (
+            "    dedup: {threshold: high}",
+            "dedup.threshold: expected float or 'auto', got str 'high'",
+        ),
         ("    dedup: {threshold: 1.5}", "dedup.threshold: expected a number in (0, 1]"),
         (
             "    dedup: {keep: biggest}",

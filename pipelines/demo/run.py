@@ -29,8 +29,11 @@ def run_demo(config: str, flow_name: str = "demo", data: str | None = None) -> d
             f"images folder {truth.images_dir}"
         )
     summary = run_flow(config, flow_name)
-    decisions = Store(settings.store).read("decisions", summary["version"])
-    return {"summary": summary, "scores": score(decisions, truth, settings.dedup.threshold)}
+    store = Store(settings.store)
+    decisions = store.read("decisions", summary["version"])
+    t = settings.dedup.threshold
+    used = store.manifest(summary["version"]).get("calibration", {}).get("threshold", 0.99)
+    return {"summary": summary, "scores": score(decisions, truth, used if t == "auto" else t)}
 
 
 def score(decisions: pl.DataFrame, truth: DemoTruth, threshold: float) -> dict[str, dict[str, Any]]:

@@ -6,6 +6,7 @@ from pipelines.embed.adapters import (
     PixelEmbedder,
     PrecomputedEmbedder,
     SentenceTransformerEmbedder,
+    ThumbnailEmbedder,
     TorchEmbedder,
     make_embedder,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "PrecomputedEmbedder",
     "SampleError",
     "SentenceTransformerEmbedder",
+    "ThumbnailEmbedder",
     "TorchEmbedder",
     "embed_dataset",
     "l2_normalise",

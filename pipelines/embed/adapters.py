@@ -45,6 +45,29 @@ class PixelEmbedder:
         return l2_normalise(np.stack(items))
 
 
+class ThumbnailEmbedder:
+    """The second image signal: 32 x 32 grey thumbnails, area-averaged, mean-centred, unit length
+    (a dot product is the normalised correlation; see dedup.imagesig)."""
+
+    side = 32
+
+    def __init__(self) -> None:
+        self.fingerprint = f"thumb{self.side}-" + _fingerprint("thumb", self.side, "box", 1)
+
+    def prepare(self, content: bytes) -> np.ndarray:
+        from PIL import Image
+
+        grey = open_image(content, "L")
+        big = grey.resize((self.side * 4, self.side * 4), Image.Resampling.BOX)
+        small = big.resize((self.side, self.side), Image.Resampling.BOX)
+        x = np.asarray(small, dtype=np.float32).ravel()
+        centred: np.ndarray = x - x.mean()
+        return centred
+
+    def encode(self, items: list[np.ndarray]) -> np.ndarray:
+        return l2_normalise(np.stack(items))
+
+
 class _TorchModel:
     """Device, precision and batching shared by the torch-based embedders."""
 

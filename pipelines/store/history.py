@@ -38,15 +38,18 @@ class History:
         out = table.join(seen, on="sample_id", how="left", maintain_order="left")
         return out.with_columns(pl.col("first_seen").fill_null(version))
 
-    def prior_index(self, key: str | None) -> PriorIndex | None:
-        """The parent's near pairs, when they were made by the same embedder and threshold."""
-        if self.manifest is None or key is None or self.manifest.get("index", {}).get("key") != key:
+    def prior_index(self) -> PriorIndex | None:
+        """The parent's confirmed pairs, with the key they were found under and its calibration
+        (the dedup stage reuses them only when its own key is the same)."""
+        key = (self.manifest or {}).get("index", {}).get("key")
+        if self.manifest is None or not key:
             return None
         pairs = self.store.read_pairs(self.manifest)
         if pairs is None or self.previous is None:
             return None
         covered = self.previous.filter(pl.col("error").is_null())["content_hash"]
-        return PriorIndex(pairs=pairs, covered=frozenset(covered.to_list()), key=key)
+        calibration = self.manifest.get("calibration") or {}
+        return PriorIndex(pairs, frozenset(covered.to_list()), key, calibration)
 
     def new_counts(self, decisions: pl.DataFrame) -> dict[str, int]:
         """How many samples are new since the parent, and how many of those duplicate older ones."""

@@ -283,7 +283,7 @@ def test_incremental_search_with_a_prior_index_decides_like_a_full_search(
     old = Case(case.table.head(cut), case.emb[:cut], case.texts[:cut])
     earlier = find_duplicates(old.table, old.emb, s, search=brute_search)
     covered = old.table.filter(pl.col("error").is_null())["content_hash"].to_list()
-    prior = PriorIndex(pairs=earlier.pairs, covered=frozenset(covered), key="k")
+    prior = PriorIndex(earlier.pairs, frozenset(covered), earlier.index_key, earlier.calibration)
     assert run(case, s, prior).equals(run(case, s))
 
 

@@ -1,0 +1,131 @@
+"""The second signals and the routes that confirm near duplicates, on tiny known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from dedup import calibrate
+from dedup.config import DedupSettings
+from dedup.imagesig import SIDE, ImageSignal, pair_evidence
+from dedup.lexical import pair_overlap, shingle_matrix
+from dedup.near import sample_neighbours
+from dedup.stage import Signals, find_duplicates
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = x - x.mean(axis=1, keepdims=True)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def thumbs(n: int, seed: int = 0) -> np.ndarray:
+    """Random images with some structure (8 x 8 blocks), flattened SIDE x SIDE thumbnails."""
+    rng = np.random.default_rng(seed)
+    low = rng.normal(size=(n, 8, 8))
+    big = np.kron(low, np.ones((SIDE // 8, SIDE // 8)))
+    return unit(big.reshape(n, -1) + 0.05 * rng.normal(size=(n, SIDE * SIDE)))
+
+
+def test_a_mirrored_and_a_noisy_copy_match_a_distinct_image_does_not():
+    t = thumbs(3)
+    mirrored = t[0].reshape(SIDE, SIDE)[:, ::-1].ravel()
+    noisy = t[0] + 0.004 * np.random.default_rng(1).normal(size=t.shape[1])
+    sig = ImageSignal.of(unit(np.stack([t[0], mirrored, noisy, t[1]])))
+    ev = pair_evidence(sig, np.array([0, 0, 0]), np.array([1, 2, 3]))
+    assert ev.ncc[0] == pytest.approx(1.0, abs=1e-5) and ev.phash[0] == 0 and ev.dhash[0] == 0
+    assert ev.ncc[1] > 0.95 and max(ev.phash[1], ev.dhash[1]) <= 10
+    assert ev.ncc[2] < 0.8 and ev.phash[2] > 10
+
+
+def test_flat_images_are_not_compared():
+    flat = np.full((2, SIDE * SIDE), 1 / SIDE, dtype=np.float32)
+    sig = ImageSignal.of(flat)
+    assert not sig.valid.any()
+    assert not pair_evidence(sig, np.array([0]), np.array([1])).comparable[0]
+
+
+def test_shingle_overlap_sees_truncations_and_headers():
+    base = "The quick brown fox jumps over the lazy dog near the river bank every morning."
+    texts = [
+        base,
+        base[:60],
+        "Page contents | Next topic\n" + base,
+        "A completely different sentence about databases.",
+    ]
+    x = shingle_matrix(texts)
+    jac, con = pair_overlap(x, np.array([0, 0, 0]), np.array([1, 2, 3]))
+    assert con[0] > 0.95 and con[1] > 0.95 and jac[1] > 0.5
+    assert con[2] < 0.3 and jac[2] < 0.1
+
+
+def test_null_quantile_threshold_sits_between_the_null_and_copies():
+    rng = np.random.default_rng(0)
+    x = unit(rng.normal(size=(400, 16)))
+    nb = sample_neighbours(x, calibrate.K, calibrate.SAMPLE)
+    cal = calibrate.null_quantile(nb, 400, 0.5, "embedding")
+    null_top = cal.evidence["null_quantile"]
+    assert null_top < cal.threshold < 1.0
+    assert cal.threshold == pytest.approx(null_top + 0.5 * (1 - null_top), abs=1e-6)
+    hist = cal.evidence["nn_histogram"]
+    assert len(hist["edges"]) == len(hist["counts"]) + 1 == calibrate.HIST_BINS + 1
+    assert sum(hist["counts"]) == 400 and "drops_by_threshold" in cal.evidence
+
+
+def _table(n: int, splits: list[str] | None = None) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "sample_id": [f"s{i:03d}" for i in range(n)],
+            "position": np.arange(n),
+            "source": [f"{i}.png" for i in range(n)],
+            "split": splits or ["train"] * n,
+            "label": ["a"] * n,
+            "content_hash": [f"{i:032x}" for i in range(n)],
+            "size_bytes": np.zeros(n, dtype=np.int64),
+            "error": [None] * n,
+        },
+        schema_overrides={"error": pl.Utf8},
+    )
+
+
+def test_pixels_confirm_a_copy_the_embedding_misses_and_evidence_says_so():
+    """The copy's embedding says nothing (as a pooled feature can for a blurred texture); its
+    thumbnail matches: the pixels route finds it, and nothing else."""
+    n = 120
+    t = thumbs(n)
+    t[1] = unit((t[0] + 0.004 * np.random.default_rng(2).normal(size=t.shape[1]))[None])[0]
+    emb = unit(np.random.default_rng(3).normal(size=(n, 64)))
+    out = find_duplicates(_table(n), emb, DedupSettings(), signals=Signals(image=ImageSignal.of(t)))
+    dropped = out.table.filter(pl.col("dedup_drop").is_not_null())
+    assert dropped["sample_id"].to_list() == ["s001"]
+    assert dropped["near_dup_of"].to_list() == ["s000"]
+    assert "pixels" in dropped["dup_evidence"][0]
+    assert out.calibration["pixels"]["threshold"] < dropped["dup_similarity"][0]
+    assert out.calibration["threshold"] < 0.95  # random vectors: a low embedding null
+
+
+def test_confirm_embedding_ignores_the_second_signal():
+    n = 120
+    t = thumbs(n)
+    t[1] = t[0]
+    emb = unit(np.random.default_rng(4).normal(size=(n, 64)))
+    s = DedupSettings(confirm="embedding")
+    out = find_duplicates(_table(n), emb, s, signals=Signals(image=ImageSignal.of(t)))
+    assert out.table["dedup_drop"].null_count() == n
+
+
+def test_text_copies_are_confirmed_by_shingles_paraphrase_like_neighbours_are_not():
+    base = [
+        f"Function number {i} computes the {w} of an array along an axis and returns it."
+        for i, w in enumerate(["sum", "mean", "median", "variance", "maximum", "minimum"] * 5)
+    ]
+    texts = base + ["Page contents | Next topic\n" + base[0]]
+    n = len(texts)
+    emb = unit(np.random.default_rng(5).normal(size=(n, 64)))
+    emb[-1] = unit((emb[0] + 0.8 * emb[1])[None])[0]  # the header moves its embedding away
+    out = find_duplicates(
+        _table(n), emb, DedupSettings(), signals=Signals(text=shingle_matrix(texts))
+    )
+    d = out.table
+    assert d.filter(pl.col("dedup_drop").is_not_null())["sample_id"].to_list() == [f"s{n - 1:03d}"]
+    assert "shingles" in d["dup_evidence"][n - 1]
