@@ -1,6 +1,6 @@
 """Build a trust-benchmark set: an imagefolder with planted copies, leaks and flipped labels.
 
-    python -m bench.trust.build --set diverse --seed 0 [--out DIR] [--rebuild]
+    python -m bench.trust.build --set diverse --seed 0 [--quick] [--out DIR] [--rebuild]
 
 Layout: `DIR/images/{train,test}/<class>/<hex>.jpg` and `DIR/truth.json`. File names are random
 hex drawn from the seed, so neither a name nor the position order (what `keep: first` follows)
@@ -17,6 +17,10 @@ enough samples for a cross-validated probe (leanset's needs `n_folds` per class)
 `flip_fraction` of the train originals that have no copy
 and no natural near copy get a wrong class (recorded in truth.json as `label_flips`); flips are
 drawn from their own stream, so they change nothing else about the set.
+
+`--quick` builds a small set of the same kind (`QUICK`: a few classes, a few originals each),
+for a check that the whole benchmark runs; its numbers are too few to mean much. The `text` set
+is built by bench/trust/text.py with the same planting.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from PIL import Image
 
 from bench.trust import sources, transforms
 
-SETS = ("diverse", "dense")
-BUILDER_VERSION = 2  # bump when a change to the builder changes what a seed builds
+SETS = ("diverse", "dense", "text")
+BUILDER_VERSION = 3  # bump when a change to the builder changes what a seed builds
+QUICK_CLASSES, QUICK_PER_CLASS = 3, 16  # --quick: this many classes, this many originals each
 MIN_CLASS_ORIGINALS = 10  # smaller classes are pooled into OTHER_CLASS
 OTHER_CLASS = "other"
 ORIGINALS_STREAM = 1000  # the originals' draws use seed + this; planting uses the seed itself
@@ -176,18 +181,18 @@ def plant_copies(originals: list[sources.Original], seed: int, plant: PlantSetti
     return out
 
 
-def flip_labels(planted: Planted, seed: int, plant: PlantSettings) -> list[dict[str, str]]:
-    """Give `flip_fraction` of the train originals with no copy (planted or natural) a wrong class.
+def flip_labels(
+    planted: Planted, seed: int, plant: PlantSettings, natural: set[str], folders: bool = True
+) -> list[dict[str, str]]:
+    """Give `flip_fraction` of the train originals with no copy (planted, or natural: the paths
+    in `natural`) a wrong class.
 
-    The flipped samples move to their wrong class's folder; returns what truth.json records."""
+    With `folders`, the flipped samples move to their wrong class's folder (an imagefolder's
+    label is its folder); returns what truth.json records."""
     rng = np.random.default_rng([seed, FLIP_STREAM])
     with_copies = {p["a"] for p in planted.pairs}
     train_originals = [s for s in planted.samples if s.role == "original" and s.split == "train"]
-    eligible = [
-        s
-        for s in train_originals
-        if s.path not in with_copies and sources.natural_group(s.key) is None
-    ]
+    eligible = [s for s in train_originals if s.path not in with_copies | natural]
     n_flip = min(round(len(train_originals) * plant.flip_fraction), len(eligible))
     classes = sorted({s.label for s in planted.samples})
     flips = []
@@ -196,14 +201,20 @@ def flip_labels(planted: Planted, seed: int, plant: PlantSettings) -> list[dict[
         wrong = str(rng.choice([c for c in classes if c != sample.label]))
         stem = Path(sample.path).name
         sample.true_label, sample.label = sample.label, wrong
-        sample.path = f"{sample.split}/{wrong}/{stem}"
+        if folders:
+            sample.path = f"{sample.split}/{wrong}/{stem}"
         flips.append({"path": sample.path, "key": sample.key, "label": wrong,
                       "true_label": sample.true_label})  # fmt: skip
     return flips
 
 
 def truth_of(
-    name: str, seed: int, plant: PlantSettings, planted: Planted, flips: list[Any]
+    name: str,
+    seed: int,
+    plant: PlantSettings,
+    planted: Planted,
+    flips: list[Any],
+    natural: list[list[str]],
 ) -> dict[str, Any]:
     """truth.json: samples, planted pairs, leaks, groups, natural groups and label flips."""
     samples, pairs = planted.samples, planted.pairs
@@ -230,7 +241,7 @@ def truth_of(
         "pairs": pairs,
         "leaks": [{"train": p["a"], "test": p["b"], "kind": p["kind"]} for p in pairs if p["leak"]],
         "groups": list(groups.values()),
-        "natural_groups": natural_groups(samples),
+        "natural_groups": natural,
         "label_flips": flips,
         "originals": [s.path for s in originals],
     }
@@ -257,15 +268,33 @@ def large_images_allowed() -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = limit
 
 
-def make_originals(name: str, seed: int) -> list[sources.Original]:
-    """The originals of set `name`, small classes pooled (ValueError for an unknown set)."""
+def make_originals(name: str, seed: int, quick: bool = False) -> list[sources.Original]:
+    """The originals of image set `name`, small classes pooled, a few classes only when `quick`
+    (ValueError for an unknown set)."""
     rng = np.random.default_rng(seed + ORIGINALS_STREAM)
     with large_images_allowed():
         if name == "diverse":
-            return pool_small_classes(sources.photo_originals(rng))
-        if name == "dense":
-            return pool_small_classes(sources.textile_originals(rng))
-    raise ValueError(f"unknown set {name!r}: expected one of {', '.join(SETS)}")
+            found = pool_small_classes(sources.photo_originals(rng))
+        elif name == "dense":
+            found = pool_small_classes(sources.textile_originals(rng))
+        else:
+            raise ValueError(f"unknown image set {name!r}: expected diverse or dense")
+    return few_per_class(found, rng) if quick else found
+
+
+def few_per_class(items: list[Any], rng: np.random.Generator) -> list[Any]:
+    """`QUICK_PER_CLASS` items (anything with a `label`) of `QUICK_CLASSES` classes drawn at
+    random among those that have that many, in their original order."""
+    counts = Counter(str(o.label) for o in items)
+    big = sorted(c for c, n in counts.items() if n >= QUICK_PER_CLASS)
+    chosen = set(rng.choice(big, min(QUICK_CLASSES, len(big)), replace=False).tolist())
+    taken: Counter[str] = Counter()
+    out = []
+    for o in items:
+        if o.label in chosen and taken[o.label] < QUICK_PER_CLASS:
+            taken[o.label] += 1
+            out.append(o)
+    return out
 
 
 def pool_small_classes(originals: list[sources.Original]) -> list[sources.Original]:
@@ -292,33 +321,50 @@ def write_set(out: Path, planted: Planted, truth: dict[str, Any]) -> None:
 
 
 def build_set(
-    name: str, seed: int, out: Path, plant: PlantSettings | None = None
+    name: str, seed: int, out: Path, plant: PlantSettings | None = None, quick: bool = False
 ) -> dict[str, Any]:
     """Build set `name` at `seed` into `out` (replacing what is there); returns its truth."""
+    if name == "text":
+        from bench.trust import text
+
+        return text.build_text(seed, out, quick, plant)
     plant = plant or PlantSettings()
-    planted = plant_copies(make_originals(name, seed), seed, plant)
-    flips = flip_labels(planted, seed, plant)
-    truth = truth_of(name, seed, plant, planted, flips)
+    planted = plant_copies(make_originals(name, seed, quick), seed, plant)
+    natural = natural_groups(planted.samples)
+    flips = flip_labels(planted, seed, plant, {p for g in natural for p in g})
+    truth = truth_of(name, seed, plant, planted, flips, natural) | {"quick": quick}
     out.mkdir(parents=True, exist_ok=True)
     (out / "truth.json").unlink(missing_ok=True)
     write_set(out, planted, truth)
     return truth
 
 
-def set_dir(root: Path, name: str, seed: int) -> Path:
+def set_dir(root: Path, name: str, seed: int, quick: bool = False) -> Path:
     """Where set `name` at `seed` lives under the benchmark's results folder."""
-    return root / f"{name}-s{seed}"
+    return root / f"{name}{'-quick' if quick else ''}-s{seed}"
 
 
-def ensure_set(name: str, seed: int, out: Path, rebuild: bool = False) -> dict[str, Any]:
+def data_path(name: str, out: Path) -> Path:
+    """What the flow reads in a built set: the imagefolder, or the text set's parquet file."""
+    return out / ("passages.parquet" if name == "text" else "images")
+
+
+def ensure_set(
+    name: str, seed: int, out: Path, rebuild: bool = False, quick: bool = False
+) -> dict[str, Any]:
     """The truth of the set in `out`, built first when missing, incomplete, stale or `rebuild`."""
     path = out / "truth.json"
     if path.is_file() and not rebuild:
         truth: dict[str, Any] = json.loads(path.read_text())
-        same = (truth.get("set"), truth.get("seed"), truth.get("builder_version"))
-        if same == (name, seed, BUILDER_VERSION) and (out / "images").is_dir():
+        same = (
+            truth.get("set"),
+            truth.get("seed"),
+            truth.get("builder_version"),
+            truth.get("quick"),
+        )
+        if same == (name, seed, BUILDER_VERSION, quick) and data_path(name, out).exists():
             return truth
-    return build_set(name, seed, out)
+    return build_set(name, seed, out, quick=quick)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,11 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.trust.build", description=__doc__)
     ap.add_argument("--set", required=True, choices=SETS)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="a small set (a check that it runs)")
     ap.add_argument("--out", type=Path, default=None, help="default: bench/results/trust/SET-sSEED")
     ap.add_argument("--rebuild", action="store_true", help="build again even when it exists")
     a = ap.parse_args(argv)
-    out = a.out or set_dir(DEFAULT_ROOT, a.set, a.seed)
-    truth = ensure_set(a.set, a.seed, out, a.rebuild)
+    out = a.out or set_dir(DEFAULT_ROOT, a.set, a.seed, a.quick)
+    truth = ensure_set(a.set, a.seed, out, a.rebuild, a.quick)
     print(json.dumps({"set": a.set, "seed": a.seed, "dir": str(out), **truth["counts"]}))
     return 0
 

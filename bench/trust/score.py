@@ -56,6 +56,7 @@ class Truth:
     split: np.ndarray
     pairs: list[PlantedPair]
     flipped: frozenset[int]
+    match_on: str = "source"  # the decisions column that holds a sample's truth path
 
     @property
     def innocent(self) -> np.ndarray:
@@ -78,6 +79,7 @@ class Decisions:
     group: np.ndarray  # the row of its group's anchor, -1 = in no group
     similarity: np.ndarray  # dup_similarity, NaN when none
     label_issue: np.ndarray | None  # bool, None when label noise did not run
+    evidence: list[str | None]  # dup_evidence: what accepted a dropped duplicate (None: none)
 
 
 def _index(members: Iterable[list[str]], row_of: dict[str, int], n: int) -> np.ndarray:
@@ -106,11 +108,13 @@ def load_truth(truth: dict[str, Any]) -> Truth:
         split=np.array([s["split"] for s in samples]),
         pairs=pairs,
         flipped=frozenset(row_of[f["path"]] for f in truth.get("label_flips", [])),
+        match_on=truth.get("match_on", "source"),
     )
 
 
 def rows_of_sources(sources: list[str], truth: Truth) -> np.ndarray:
-    """Truth rows of leanset's `source` values (ValueError when the table and the set differ)."""
+    """Truth rows of leanset's `source` (or, for text, `sample_id`) values (ValueError when the
+    table and the set differ)."""
     norm = [s.replace("\\", "/") for s in sources]
     unknown = [s for s in norm if s not in truth.row_of]
     if unknown or len(set(norm)) != len(truth.paths):
@@ -124,15 +128,17 @@ def rows_of_sources(sources: list[str], truth: Truth) -> np.ndarray:
 
 def decisions_from_table(table: pl.DataFrame, truth: Truth) -> Decisions:
     """A leanset decisions table as per-row Decisions in the truth's row order."""
-    rows = rows_of_sources(table["source"].to_list(), truth)
+    rows = rows_of_sources(table[truth.match_on].to_list(), truth)
     row_of_id = dict(zip(table["sample_id"].to_list(), rows.tolist(), strict=True))
     n = len(truth.paths)
     kept, ref, group = np.ones(n, bool), np.full(n, -1, np.int64), np.full(n, -1, np.int64)
     reason: list[str | None] = [None] * n
     similarity = np.full(n, np.nan)
     issue = np.zeros(n, bool) if "label_issue" in table.columns else None
+    evidence: list[str | None] = [None] * n
     for i, r in zip(rows.tolist(), table.iter_rows(named=True), strict=True):
         kept[i], reason[i] = bool(r["kept"]), r["drop_reason"]
+        evidence[i] = r.get("dup_evidence")
         leak = r["leak_of"] if r["drop_reason"] == "test_leak" else None
         target = leak or r["near_dup_of"] or r["exact_dup_of"]
         ref[i] = row_of_id[target] if target else -1
@@ -141,7 +147,7 @@ def decisions_from_table(table: pl.DataFrame, truth: Truth) -> Decisions:
             similarity[i] = r["dup_similarity"]
         if issue is not None:
             issue[i] = bool(r["label_issue"])
-    return Decisions(kept, reason, ref, group, similarity, issue)
+    return Decisions(kept, reason, ref, group, similarity, issue, evidence)
 
 
 def found_groups(group: np.ndarray) -> list[list[int]]:
@@ -295,6 +301,13 @@ def score_leanset(dec: Decisions, truth: Truth) -> dict[str, Any]:
         "eval_dropped": int((dropped & ~train).sum()),
         "largest_group": max(sizes.values()) if sizes else 1,
         "dropped_by_reason": dict(Counter(r for r in dec.reason if r is not None)),
+        "evidence": dict(
+            Counter(
+                e
+                for e, r in zip(dec.evidence, dec.reason, strict=True)
+                if r in DUP_REASONS and e is not None
+            )
+        ),  # fmt: skip
     }
     if dec.label_issue is not None:
         seen = np.array([r not in DUP_REASONS for r in dec.reason])
