@@ -1,10 +1,11 @@
-"""`python -m bench.trust`: leanset's decisions on packaged real images, scored, beside Datalab.
+"""`python -m bench.trust`: leanset's decisions on packaged real data, scored, beside Datalab.
 
-    python -m bench.trust [--sets diverse,dense] [--seeds 0,1] [--set-key dedup.threshold=0.95 ...]
-                          [--force] [--threads 1] [--rebuild] [--root bench/results/trust] [--out F]
+    python -m bench.trust [--quick] [--sets diverse,dense,text] [--seeds 0,1] [--force]
+                          [--set-key dedup.threshold=0.95 ...] [--threads 1] [--rebuild]
+                          [--root bench/results/trust] [--out F]
 
-For each set and seed: build the set if needed (bench/trust/build.py), run the real leanset
-flow on it (bench/trust/flow.py), score the committed decisions against truth.json
+For each set and seed: build the set if needed (bench/trust/build.py, bench/trust/text.py), run
+the real leanset flow on it through its CLI (bench/trust/flow.py), score the committed decisions against truth.json
 (bench/trust/score.py), run cleanlab Datalab on the same vectors (bench/trust/datalab.py), then
 print the tables and write every number as JSON. See bench/trust/README.md.
 """
@@ -46,8 +47,17 @@ MANIFEST_KEYS = (
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     ap = argparse.ArgumentParser(prog="python -m bench.trust", description=__doc__.split("\n")[0])
-    ap.add_argument("--sets", default=",".join(build.SETS), help="comma list of: diverse, dense")
-    ap.add_argument("--seeds", default=DEFAULT_SEEDS, help="comma list of build seeds")
+    ap.add_argument(
+        "--sets", default=",".join(build.SETS), help="comma list of: " + ", ".join(build.SETS)
+    )
+    ap.add_argument(
+        "--seeds",
+        default=None,
+        help=f"comma list of build seeds (default {DEFAULT_SEEDS}; --quick: 0)",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="small sets, seed 0: a check that it all runs"
+    )
     ap.add_argument("--set-key", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a flow setting (repeatable), e.g. dedup.threshold=0.95")  # fmt: skip
     ap.add_argument("--force", action="store_true", help="score a run the dedup guard refuses")
@@ -62,18 +72,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if bad or not args.set_list:
         ap.error(f"--sets: unknown {bad or 'none given'}; expected from {', '.join(build.SETS)}")
     try:
-        args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
+        seeds = args.seeds or ("0" if args.quick else DEFAULT_SEEDS)
+        args.seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         args.overrides = [flow.parse_override(t) for t in args.set_key]
     except ValueError as exc:
         ap.error(str(exc))
     return args
 
 
-def content_hashes(images: Path, truth: score.Truth) -> list[str]:
-    """leanset's content hash of every sample's file, in truth row order."""
+def content_hashes(data: Path, truth: score.Truth) -> list[str]:
+    """leanset's content hash of every sample (an image file's bytes, a text's UTF-8), in truth
+    row order."""
+    import polars as pl
+
     from pipelines.fsutil import digest
 
-    return [digest((images / p).read_bytes()) for p in truth.paths]
+    if data.is_dir():
+        return [digest((data / p).read_bytes()) for p in truth.paths]
+    table = pl.read_parquet(data)
+    text_of = dict(zip(table["id"].to_list(), table["text"].to_list(), strict=True))
+    return [digest(text_of[p].encode("utf-8")) for p in truth.paths]
 
 
 def leanset_part(run: flow.FlowRun, truth: score.Truth) -> dict[str, Any]:
@@ -111,21 +129,24 @@ def datalab_part(vectors: np.ndarray, truth: score.Truth, labels: list[str]) -> 
     return {"near_duplicate": near_scores, "label_knn": knn_scores, "label_oof": oof_scores}
 
 
-def vectors_for(run: flow.FlowRun, images: Path, truth: score.Truth) -> np.ndarray:
+def vectors_for(run: flow.FlowRun, data: Path, truth: score.Truth) -> np.ndarray:
     """The vectors leanset embedded for every sample, in truth row order (from its cache)."""
-    return flow.cached_vectors(run, content_hashes(images, truth))
+    return flow.cached_vectors(run, content_hashes(data, truth))
 
 
 def bench_set(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Build (if needed), run leanset, run Datalab and score both on one set."""
-    where = build.set_dir(args.root, name, seed)
-    raw = build.ensure_set(name, seed, where, args.rebuild)
+    where = build.set_dir(args.root, name, seed, args.quick)
+    raw = build.ensure_set(name, seed, where, args.rebuild, args.quick)
     truth = score.load_truth(raw)
-    images = where / "images"
+    data = build.data_path(name, where)
     work = where / "runs" / flow.run_tag(args.overrides)
     cache = args.root / flow.CACHE_STORE
     print(f"\n== {name} seed {seed}: {raw['counts']} -> {work}", flush=True)
-    run = flow.run_leanset(f"trust-{name}-s{seed}", images, work, cache, args.overrides, args.force)
+    run = flow.run_leanset(f"trust-{name}-s{seed}", data, work, cache, args.overrides,
+                           args.force, args.threads)  # fmt: skip
+    print(f"   leanset: {run.seconds:.0f} s, guard {'refused' if run.verdict.refused else 'passed'}"
+          + (f", error: {run.error}" if run.error else ""), flush=True)  # fmt: skip
     labels = [s["label"] for s in raw["samples"]]
     return {
         "set": name,
@@ -133,7 +154,7 @@ def bench_set(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "dir": str(where),
         "counts": raw["counts"],
         "leanset": leanset_part(run, truth),
-        "datalab": datalab_part(vectors_for(run, images, truth), truth, labels),
+        "datalab": datalab_part(vectors_for(run, data, truth), truth, labels),
     }
 
 
@@ -146,16 +167,28 @@ def limit_threads(n: int) -> Any:
     return threadpool_limits(n)
 
 
+def write_results(out: Path, results: list[dict[str, Any]]) -> None:
+    """Every number so far, as JSON (written whole, then moved into place)."""
+    tmp = out.with_suffix(".partial")
+    tmp.write_text(json.dumps({"argv": sys.argv[1:], "results": results}, indent=1, default=str))
+    tmp.replace(out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; print the tables; write the JSON."""
+    """Run the benchmark; print the tables; write the JSON (after each set, so a long run that
+    is stopped keeps what it measured)."""
     for key, value in ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     args = parse_args(argv)
-    with limit_threads(args.threads):
-        results = [bench_set(n, s, args) for s in args.seed_list for n in args.set_list]
-    out = args.out or args.root / f"results-{flow.run_tag(args.overrides)}.json"
+    tag = ("quick-" if args.quick else "") + flow.run_tag(args.overrides)
+    out = args.out or args.root / f"results-{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"argv": sys.argv[1:], "results": results}, indent=1, default=str))
+    results: list[dict[str, Any]] = []
+    with limit_threads(args.threads):
+        for seed in args.seed_list:
+            for name in args.set_list:
+                results.append(bench_set(name, seed, args))
+                write_results(out, results)
     print("\n" + report.render(results, args.dropped_limit))
     print(f"\nAll numbers: {out}")
     return 0
