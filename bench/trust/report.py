@@ -1,11 +1,21 @@
-"""The trust benchmark's tables (markdown, printed and pasteable) from its results mapping."""
+"""The trust benchmark's tables (markdown, printed and pasteable) from its results mapping.
+
+One section per dataset (leanset beside Datalab on every measure, with the issue's target; then
+recall per kind of copy; the guard's verdict, the calibrated thresholds, the evidence that
+accepted the drops; the innocent originals dropped), then the cross-set tables.
+`python -m bench.trust.report RESULTS.json` prints them again from a results file."""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from bench.trust.transforms import KINDS
+from bench.trust import text, transforms
+
+KINDS: tuple[str, ...] = tuple(dict.fromkeys(transforms.KINDS + text.KINDS))
 
 Result = dict[str, Any]
 
@@ -60,11 +70,17 @@ def summary_table(results: list[Result]) -> str:
     return _table(header, rows, right_from=2)
 
 
+def _kinds(results: list[Result]) -> list[str]:
+    """The kinds of copy planted in any of these sets, in KINDS order (then any other)."""
+    seen = {k for r in results for k in r["datalab"]["near_duplicate"]["by_kind"]}
+    return [k for k in KINDS if k in seen] + sorted(seen - set(KINDS))
+
+
 def kind_table(results: list[Result]) -> str:
     """Recall per kind of copy, leanset / Datalab, one column per set."""
     header = ["kind"] + [f"{set_name(r)}: n, leanset / Datalab" for r in results]
     rows = []
-    for kind in KINDS:
+    for kind in _kinds(results):
         row = [kind]
         for r in results:
             d = r["datalab"]["near_duplicate"]["by_kind"].get(kind)
@@ -123,16 +139,108 @@ def guard_lines(r: Result) -> list[str]:
         out.append(f"  the run stopped: {r['leanset']['error']}")
     calibration = (r["leanset"].get("manifest") or {}).get("calibration")
     if calibration:
-        out.append(f"  calibration: {calibration}")
+        out.append(f"  calibration: {calibration_line(calibration)}")
+    evidence = (r["leanset"].get("scores") or {}).get("evidence")
+    if evidence:
+        said = ", ".join(f"{n} {e}" for e, n in sorted(evidence.items(), key=lambda kv: -kv[1]))
+        out.append(f"  evidence that accepted the dropped duplicates: {said}")
     return out
+
+
+def calibration_line(c: dict[str, Any]) -> str:
+    """The thresholds the run used and the rule that chose the embedding's, in one line."""
+    parts = [f"dedup.threshold {c.get('setting')} -> {_f(c.get('threshold'), '.4f')}"]
+    for route in ("pixels", "hashes"):
+        sub = c.get(route)
+        if isinstance(sub, dict) and "threshold" in sub:
+            parts.append(f"{route} {_f(sub['threshold'], '.4g')}")
+    rule = f" ({c['rule']})" if c.get("rule") else ""
+    return ", ".join(parts) + rule
+
+
+def _leak_wrong(s: dict[str, Any]) -> int:
+    """Train samples flagged as leaks of a test sample they are not a copy of."""
+    judged = int(s["leaks_flagged"]) - int(s["natural_leaks"])
+    return judged - round(float(s["leak_precision"]) * judged)
+
+
+def _label_cells(s: dict[str, Any] | None, key: str) -> str:
+    return _f(s[key]) if s else "–"
+
+
+def dataset_table(r: Result) -> str:
+    """One dataset: every measure, leanset beside Datalab, with the issue's target."""
+    s = r["leanset"].get("scores") or {}
+    d, oof = r["datalab"]["near_duplicate"], r["datalab"]["label_oof"]
+    lab = s.get("labels")
+    probe = (r["leanset"].get("manifest") or {}).get("labeling", {})
+    dropped = s.get("originals_dropped")
+    rows = [
+        ["duplicate pairs: precision", _f(s.get("pair_precision")), _f(d["pair_precision"]), "≥ 0.95"],
+        ["duplicate pairs: recall", _f(s.get("pair_recall")), _f(d["pair_recall"]), "≥ 0.9"],
+        ["duplicate pairs: F1", _f(s.get("pair_f1")), _f(d["pair_f1"]), "above Datalab"],
+        ["innocent originals dropped (Datalab: flagged)",
+         f"{_pct(s.get('originals_dropped_frac'))} ({len(dropped)})" if dropped is not None else "–",
+         _pct(d["originals_flagged_frac"]), "≤ 2%"],
+        ["leaks found, test copy kept", _f(s.get("leak_recall")), "–", "≥ 0.95"],
+        ["train samples wrongly flagged as leaks", str(_leak_wrong(s)) if s else "–", "–", "0"],
+        ["train split dropped", _pct(s.get("train_dropped_frac")), "–", ""],
+        ["largest duplicate group", str(s.get("largest_group", "–")), "–", ""],
+        ["label issues: precision", _label_cells(lab, "precision"), _f(oof["precision"]), "≥ 0.9 *"],
+        ["label issues: recall", _label_cells(lab, "recall"), _f(oof["recall"]), "≥ 0.9 *"],
+        ["label issues: F1", _label_cells(lab, "f1"), _f(oof["f1"]), "above Datalab"],
+        ["label issues flagged / flips planted",
+         f"{lab['flagged']} / {lab['flips']}" if lab else "–", f"{oof['flagged']} / {oof['flips']}", ""],
+        ["probe out-of-fold accuracy",
+         f"{_f(probe.get('probe_accuracy'))} ({probe.get('probe', '–')})", _f(oof.get("oof_accuracy")), ""],
+        ["seconds", _f(r["leanset"]["seconds"], ".0f"), _f(d["seconds"] + oof["seconds"], ".1f"), ""],
+    ]  # fmt: skip
+    header = ["measure", f"leanset [{r['leanset']['tag']}]", "Datalab", "target"]
+    return _table(header, rows)
+
+
+def dataset_kind_table(r: Result) -> str:
+    """One dataset: recall per kind of copy, leanset and Datalab."""
+    s = (r["leanset"].get("scores") or {}).get("by_kind", {})
+    d = r["datalab"]["near_duplicate"]["by_kind"]
+    rows = [[k, str(d[k]["n"]), _f(s.get(k, {}).get("recall"), ".2f"), _f(d[k]["recall"], ".2f")]
+            for k in _kinds([r])]  # fmt: skip
+    return _table(["kind of copy", "pairs", "leanset recall", "Datalab recall"], rows)
+
+
+def dataset_section(r: Result, dropped_limit: int) -> str:
+    """Everything about one dataset, in reading order."""
+    counts = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in r["counts"].items())
+    parts = [f"## {set_name(r)}", counts, dataset_table(r), LABEL_NOTE, dataset_kind_table(r),
+             "\n".join(guard_lines(r)), dropped_table(r, dropped_limit)]  # fmt: skip
+    return "\n\n".join(parts)
+
+
+LABEL_NOTE = (
+    "Datalab: near_duplicate at its defaults on the same vectors; label on out-of-fold "
+    "probabilities of a logistic regression on them. * where the probe's out-of-fold accuracy "
+    "is at least 0.9."
+)
 
 
 def render(results: list[Result], dropped_limit: int = 20) -> str:
     """Every table of the benchmark, in reading order."""
-    parts = ["## Near duplicates and leaks", summary_table(results), "## Recall per kind of copy",
-             kind_table(results), "## Label issues (train split, planted flips)",
-             label_table(results), "## The dedup guard"]  # fmt: skip
-    parts.append("\n".join(line for r in results for line in guard_lines(r)))
-    parts.append("## Innocent originals dropped (look at them)")
-    parts += [dropped_table(r, dropped_limit) for r in results]
+    parts = [dataset_section(r, dropped_limit) for r in results]
+    parts += ["## All sets: near duplicates and leaks", summary_table(results),
+              "## All sets: recall per kind of copy", kind_table(results),
+              "## All sets: label issues (train split, planted flips)", label_table(results)]  # fmt: skip
     return "\n\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.trust.report RESULTS.json`: the tables of a results file."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m bench.trust.report RESULTS.json", file=sys.stderr)
+        return 2
+    print(render(json.loads(Path(args[0]).read_text())["results"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
