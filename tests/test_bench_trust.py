@@ -1,13 +1,19 @@
-"""The trust benchmark's scoring and flow settings, on tiny truths with known answers."""
+"""The trust benchmark: scoring and flow settings on tiny truths with known answers, the text
+edits, and the whole benchmark once in quick mode on the small text set (the real CLI, MiniLM,
+Datalab)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 
-from bench.trust import flow, score
+from bench.trust import build, flow, run, score, text
 
 
 def _sample(path: str, role: str, key: str) -> dict[str, Any]:
@@ -137,7 +143,8 @@ def test_decisions_of_another_set_are_refused() -> None:
         score.decisions_from_table(table, truth)
 
 
-def test_overrides_are_yaml_values_in_their_section(tmp_path: Any) -> None:
+def test_overrides_are_yaml_values_in_their_section(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
     overrides = [flow.parse_override("dedup.threshold=auto"), flow.parse_override("dedup.keep=last"),
                  flow.parse_override("label_noise.filter_by=both")]  # fmt: skip
     body = flow.flow_body(tmp_path / "images", tmp_path / "store", overrides)
@@ -147,3 +154,51 @@ def test_overrides_are_yaml_values_in_their_section(tmp_path: Any) -> None:
     assert flow.run_tag(overrides[:1]) == "dedup.threshold=auto"
     with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
         flow.parse_override("threshold=0.9")
+
+
+@pytest.mark.parametrize("kind", list(text.EDITS))
+def test_every_text_edit_changes_the_passage_and_keeps_most_of_it(kind: str) -> None:
+    passage = (
+        "Return the absolute path of a file. The path is normalised first.\n\n"
+        "On Windows, the drive letter is kept. Symbolic links are not resolved, "
+        "so the result may name a link. Use the strict form to resolve them."
+    )
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        copy, params = text.edited(kind, passage, rng)
+        assert copy != passage and "edit_seed" in params
+        shared = set(copy.lower().split()) & set(passage.lower().split())
+        assert len(shared) >= 0.4 * len(set(passage.lower().split())), (kind, copy)
+
+
+def test_quick_mode_keeps_a_few_whole_classes_in_order() -> None:
+    items = [SimpleNamespace(label=c, i=i) for i, c in enumerate("abcd" * 30 + "e" * 3)]
+    got = build.few_per_class(items, np.random.default_rng(0))
+    labels = {o.label for o in got}
+    assert len(labels) == build.QUICK_CLASSES and "e" not in labels
+    assert all(sum(o.label == c for o in got) == build.QUICK_PER_CLASS for c in labels)
+    assert [o.i for o in got] == sorted(o.i for o in got)
+
+
+@pytest.mark.slow  # a real Prefect server in a child process: about a minute on a quiet machine
+def test_the_quick_benchmark_runs_the_cli_and_scores_what_it_committed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results.json"
+    assert run.main(["--quick", "--sets", "text", "--root", str(tmp_path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    (r,) = json.loads(out.read_text())["results"]
+    truth = json.loads((tmp_path / "text-quick-s0" / "truth.json").read_text())
+    assert r["counts"] == truth["counts"] and truth["quick"] is True
+    lean = r["leanset"]
+    assert lean["version"] == 1 and lean["error"] is None and lean["guard"]["refused"] is False
+    s = lean["scores"]
+    for key in ("pair_precision", "pair_recall", "leak_recall", "originals_dropped_frac"):
+        assert 0.0 <= s[key] <= 1.0, key
+    assert s["truth_pairs"] > 0 and s["found_pairs"] > 0  # the decisions were mapped to the set
+    assert "dup_evidence" in lean["extra_columns"]
+    assert lean["manifest"]["calibration"]["setting"] == "auto"
+    planted = sum(v["n"] for v in s["by_kind"].values())
+    assert planted == truth["counts"]["copies_in_train"] + truth["counts"]["leaks"]
+    assert r["datalab"]["label_oof"]["flips"] == truth["counts"]["label_flips"]
+    assert "## text (seed 0)" in printed and "duplicate pairs: precision" in printed
