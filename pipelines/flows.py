@@ -19,8 +19,9 @@ from prefect.cache_policies import NO_CACHE
 from dedup.config import DedupSettings
 from dedup.stage import DedupResult, PriorIndex, find_duplicates
 from labeling.stage import LabelingOutcome, apply_answers, label_and_select, queue_rows
+from pipelines.calibrate import read_calibration
 from pipelines.config import FlowSettings, load_flow
-from pipelines.cost import ComputeMeter, cost_delta, statement
+from pipelines.cost import ComputeMeter, config_hash, cost_delta, statement
 from pipelines.decide import decide
 from pipelines.embed import EmbedResult, embed_dataset, make_embedder
 from pipelines.errors import USER_ERRORS
@@ -32,6 +33,7 @@ from pipelines.store.manifest import JSON, Counts, Manifest
 from pipelines.store.queue import PENDING, enqueue, read_answers, read_queue
 from pipelines.store.tables import dataset_table, decisions_table, input_fingerprint
 from pipelines.summary import RunSummary, Timer
+from pipelines.units import Accounting, account, split_roles, units_per_row
 
 GPU_LIMIT = "leanset-gpu"  # Prefect global concurrency limit guarding GPU work
 
@@ -124,6 +126,49 @@ def labeling_task(
 
 
 @dataclass
+class CostMeasures:
+    """What the cost delta is computed from: units per split, and the probe's quality delta."""
+
+    accounting: Accounting
+    quality: JSON
+    gpu_seconds: float
+
+
+@task(name="cost-and-quality", cache_policy=NO_CACHE)
+def cost_task(
+    decided: LoadedDataset,
+    raw_labels: list[str | None],
+    matrix: np.ndarray | None,
+    settings: FlowSettings,
+) -> CostMeasures:
+    """Cost units of the training and eval splits, and the probe trained on the raw and on the
+    cleaned train split, scored on the untouched eval split."""
+    from labeling.probe import ProbeOptions
+    from labeling.quality import table_quality
+
+    t, cost = decided.table, settings.cost
+    roles = split_roles(
+        t["split"].unique().to_list(),
+        cost.train_splits,
+        settings.dedup.eval_splits,
+        settings.columns.unlabeled_splits,
+    )
+    units, how = units_per_row(decided, cost, settings.embedder)
+    accounting = account(t, units, roles, cost.unit, how)
+    if not cost.quality or matrix is None:
+        why = "cost.quality is false" if not cost.quality else "needs an embedder for the probe"
+        return CostMeasures(accounting, {"skipped": why}, 0.0)
+    noise = settings.label_noise
+    opts = (
+        ProbeOptions(seed=noise.seed, device=noise.device, c=noise.c) if noise else ProbeOptions()
+    )
+    quality = table_quality(t, raw_labels, matrix, roles[0], roles[1], opts)
+    fits = [quality[k] for k in ("raw", "clean") if k in quality]
+    gpu = sum(f["wall_seconds"] for f in fits if str(f["device"]).startswith("cuda"))
+    return CostMeasures(accounting, quality, gpu)
+
+
+@dataclass
 class VersionDraft:
     """Everything a commit writes."""
 
@@ -211,14 +256,12 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
     queue → report (the decisions are returned for the report artifacts)."""
     store, timer, meter = Store(settings.store), Timer(), ComputeMeter()
     parent = store.latest()
+    calibration = read_calibration(store.layout)
     with timer("load"):
         data = load_task(settings)
     data, human = _with_answers(data, store)
-    fingerprint, config_hash = input_fingerprint(data.table), settings.fingerprint()
-    if parent and (parent["input_fingerprint"], parent["config_hash"]) == (
-        fingerprint,
-        config_hash,
-    ):
+    fingerprint, hashed = input_fingerprint(data.table), config_hash(settings, calibration)
+    if parent and (parent["input_fingerprint"], parent["config_hash"]) == (fingerprint, hashed):
         return _unchanged(settings, store, parent, timer), None
     with timer("history"):
         history = History.of(store, parent)
@@ -231,7 +274,12 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
     with timer("labeling"):
         labeled = _label(dd.table, embedded.matrix, settings, data, store)
     decided = decide(labeled.table)
-    found = _Found(fingerprint, embedded, dd, labeled.info | human)
+    with timer("cost"):
+        measured = cost_task(
+            data.with_table(decided), dd.table["label"].to_list(), embedded.matrix, settings
+        )
+    meter.add_gpu(measured.gpu_seconds, "cuda" if measured.gpu_seconds else "cpu")
+    found = _Found(fingerprint, hashed, embedded, dd, labeled.info | human, measured, calibration)
     draft = _draft(settings, data.with_table(decided), history, parent, found, timer, meter)
     with timer("commit"):
         committed = commit_task(str(store.root), draft)
@@ -240,6 +288,8 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
     if settings.label_noise or settings.active_learning:
         rows = _queue_rows(decided, settings, data)
         summary.labeling["queue"] = enqueue_task(str(store.root), rows, committed["version"])
+    if settings.cost.promote:
+        summary.statement += "\n" + _promote_after_run(store, committed["version"], settings)
     path = store.layout.report(committed["version"])
     summary.report = html_report_task(path, summary, draft.decisions, data)
     get_run_logger().info(summary.statement)
@@ -327,9 +377,12 @@ class _Found:
     """What the run saw and the stages report for the manifest: input, embedding, search, labeling."""
 
     fingerprint: str
+    config_hash: str
     embedded: _Embedded
     dedup: DedupResult
     labeling: JSON
+    cost: CostMeasures
+    calibration: JSON | None
 
 
 def _draft(
@@ -346,11 +399,12 @@ def _draft(
     with timer("build_version"):
         cleaned = dataset_table(decided, decisions)
     counts = Counts.of(decisions, settings.dedup.eval_splits, history.new_counts(decisions))
-    cd = cost_delta(settings.cost, counts.input, counts.kept, meter.read())
+    m = found.cost
+    cd = cost_delta(settings.cost, m.accounting, meter.read(), found.calibration, m.quality)
     key = found.embedded.index_key
     manifest = Manifest(
         flow=settings.name,
-        config_hash=settings.fingerprint(),
+        config_hash=found.config_hash,
         config=settings.to_dict(),
         input_fingerprint=found.fingerprint,
         counts=counts,
@@ -365,6 +419,24 @@ def _draft(
     parent_version = parent["version"] if parent else None
     pairs = found.dedup.pairs if key else None
     return VersionDraft(cleaned, decisions, manifest, parent_version, pairs)
+
+
+def _promote_after_run(store: Store, version: int, settings: FlowSettings) -> str:
+    """The flow option `cost.promote`: promote the new version when the quality gate passes."""
+    from pipelines.store.promotions import PromotionRefused, promote
+
+    try:
+        record, gate = promote(
+            store,
+            version,
+            settings.cost.max_accuracy_drop,
+            by=f"leanset run (flow {settings.name})",
+            reason="flow option cost.promote",
+        )
+    except PromotionRefused as exc:
+        get_run_logger().warning("Version %s not promoted: %s", version, exc)
+        return f"Promotion (cost.promote): {exc}"
+    return f"Promotion (cost.promote): {gate.statement()}"
 
 
 def _queue_rows(decided: pl.DataFrame, settings: FlowSettings, data: LoadedDataset) -> pl.DataFrame:
