@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from pipelines.cli import queue, run, store
+from pipelines.cli import cost, queue, run, store
 from pipelines.cli.console import console
 
 
@@ -39,4 +39,5 @@ def parser() -> argparse.ArgumentParser:
     run.add_commands(sub)
     queue.add_commands(sub)
     store.add_commands(sub)
+    cost.add_commands(sub)
     return p

@@ -30,7 +30,9 @@ def add_commands(sub: Any) -> None:
 
     export = sub.add_parser("export", help="export a version as Parquet or a Hugging Face dataset")
     export.add_argument("store")
-    export.add_argument("--version", type=int, default=None)
+    export.add_argument(
+        "--version", type=int, default=None, help="default: the promoted version, else the latest"
+    )
     export.add_argument("--format", choices=["parquet", "hf"], required=True)
     export.add_argument("--out", required=True)
     export.add_argument(
@@ -55,7 +57,10 @@ def open_store(path: str) -> Store:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    manifests = open_store(args.store).manifests()
+    from pipelines.store.promotions import promoted_version
+
+    store = open_store(args.store)
+    manifests, promoted = store.manifests(), promoted_version(store)
     rows = [
         {
             "version": m["version"],
@@ -66,6 +71,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
             "kept": m["counts"]["kept"],
             "dropped": m["counts"]["dropped"],
             "config_hash": m.get("config_hash"),
+            "promoted": m["version"] == promoted,
         }
         for m in manifests
     ]
@@ -82,9 +88,14 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    m = open_store(args.store).manifest(args.version)
-    if args.json:
-        print(json.dumps(m, indent=2, default=str))
+    from pipelines.store.promotions import promotions
+
+    store = open_store(args.store)
+    m = store.manifest(args.version)
+    records = promotions(store)
+    mine = [r for r in records if r["version"] == m["version"]]
+    if args.json:  # the manifest, plus (outside it) the promotion records naming this version
+        print(json.dumps(m | {"promotions": mine}, indent=2, default=str))
         return 0
     summary = RunSummary.of(m.get("flow") or "", args.store, m, {}, unchanged=False)
     summary.labeling = {}
@@ -93,16 +104,36 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"created {m.get('created_at')} · config {m.get('config_hash')} · "
         f"input {m.get('input_fingerprint')}"
     )
+    console.print(_promotion_line(m["version"], records), highlight=False)
     return 0
+
+
+def _promotion_line(version: int, records: list[dict[str, Any]]) -> str:
+    """Whether `version` is the promoted one, by whom and why."""
+    current = records[-1]["version"] if records else None
+    mine = [r for r in records if r["version"] == version]
+    if not mine:
+        return f"promoted: no (promoted version: {current or 'none'})"
+    last = mine[-1]
+    state = "yes" if current == version else f"earlier (now version {current})"
+    return f"promoted: {state}, by {last['by']} at {last['at']}: {last['reason']}"
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pipelines.store.export import export_version
+    from pipelines.store.promotions import promoted_version
 
-    out = export_version(
-        open_store(args.store), args.version, args.format, args.out, args.decisions
+    store = open_store(args.store)
+    version = args.version if args.version is not None else promoted_version(store)
+    out = export_version(store, version, args.format, args.out, args.decisions)
+    which = (
+        f"version {args.version}"
+        if args.version is not None
+        else f"promoted version {version}"
+        if version is not None
+        else "the latest version (none is promoted)"
     )
-    console.print(f"wrote {out}", highlight=False)
+    console.print(f"wrote {out} ({which})", highlight=False)
     return 0
 
 
