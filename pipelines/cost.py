@@ -154,12 +154,13 @@ class CostDelta:
     hours_saved_per_epoch: float | None
     eval_hours_per_epoch_before: float | None
     eval_hours_per_epoch_after: float | None
+    total_hours_saved_per_epoch: float | None  # training plus, when priced, the eval pass
     run_gpu_hours: float
     run_cpu_hours: float
     run_wall_seconds: float
     price_per_gpu_hour: float | None
     price_per_cpu_hour: float | None
-    money_saved_per_epoch: float | None
+    money_saved_per_epoch: float | None  # of the total saving
     run_money: float | None
     break_even_epochs: float | None
     break_even_basis: str | None  # "money", "GPU-hours", "CPU-hours", or why it is not stated
@@ -220,9 +221,10 @@ def cost_delta(
         break_even_basis=basis,
         net_from_first_epoch=be is not None and be <= 1.0,
         epochs=cost.epochs,
-        saved_over_planned_epochs=saved_total * cost.epochs
-        if saved_total is not None and cost.epochs
+        saved_over_planned_epochs=saved * cost.epochs
+        if saved is not None and cost.epochs
         else None,
+        total_hours_saved_per_epoch=saved_total,
         num_gpus=cost.num_gpus,
         quality=quality or {"skipped": "not measured"},
     )
@@ -312,8 +314,9 @@ def _training_line(cd: CostDelta) -> str:
         f"Training: {_h(cd.hours_per_epoch_before)} → {_h(cd.hours_per_epoch_after)} {r}-h per "
         f"epoch, saving {_h(cd.hours_saved_per_epoch)} {r}-h"
     )
-    if cd.money_saved_per_epoch is not None:
-        text += f" (${cd.money_saved_per_epoch:,.2f})"
+    per_hour = cd.price_per_gpu_hour if r == "GPU" else cd.price_per_cpu_hour
+    if per_hour is not None and cd.hours_saved_per_epoch is not None:
+        text += f" (${cd.hours_saved_per_epoch * per_hour:,.2f})"
     text += " per epoch"
     if cd.saved_over_planned_epochs is not None:
         text += f"; {_h(cd.saved_over_planned_epochs)} {r}-h over {cd.epochs} epochs"

@@ -211,3 +211,46 @@ def test_token_unit_counts_with_the_embedders_tokenizer(prefect_harness, tmp_pat
     assert cd["reduction"] == pytest.approx(2 * n[0] / sum(n))
     assert cd["reduction"] > 0.5 > 2 / 6  # the samples count alone would say a third
     assert f"{sum(n):,} → {sum(n) - 2 * n[0]:,} tokens (tokenizer {model})" in out["statement"]
+
+
+def test_eval_pass_is_priced_apart_and_counted_in_the_break_even():
+    acc = Accounting(
+        "samples",
+        "1 per sample",
+        (SplitUnits("train", 100, 80, 100, 80),),
+        (SplitUnits("test", 50, 40, 50, 40),),  # leakage: drop_eval removed 10 test samples
+        (),
+    )
+    run = RunCompute(wall_seconds=1, cpu_seconds=0.0, gpu_seconds=0.25 * 3600, device="cuda")
+    cost = CostSettings(gpu_hours_per_epoch=1.0, eval_gpu_hours_per_epoch=0.5, epochs=10)
+    cd = cost_delta(cost, acc, run)
+    assert cd.hours_saved_per_epoch == pytest.approx(0.2)  # training only
+    assert (cd.eval_hours_per_epoch_before, cd.eval_hours_per_epoch_after) == pytest.approx(
+        (0.5, 0.4)
+    )
+    assert cd.total_hours_saved_per_epoch == pytest.approx(0.3)
+    assert cd.break_even_epochs == pytest.approx(0.25 / 0.3)
+    assert cd.saved_over_planned_epochs == pytest.approx(2.0)
+    text = statement(cd)
+    assert "Eval splits (test), not in the training figures: 50 → 40 samples" in text
+    assert "evaluation pass costs 0.5 → 0.4 GPU-h per epoch" in text
+
+
+def test_pixel_unit_reads_each_images_size(tmp_path: Path):
+    from pipelines.config import ColumnSettings, SourceSettings
+    from pipelines.sources import load_source
+    from pipelines.units import units_per_row
+
+    rng = np.random.default_rng(1)
+    for name, shape in (("small", (8, 8)), ("wide", (10, 40)), ("big", (32, 32))):
+        write_png(tmp_path / f"images/train/a/{name}.png", rng.integers(0, 256, shape))
+    (tmp_path / "images/train/a/broken.png").write_bytes(b"not an image")
+    data = load_source(
+        SourceSettings(type="imagefolder", path=str(tmp_path / "images")), ColumnSettings()
+    )
+    units, how = units_per_row(data, CostSettings(unit="pixels"), None)
+    got = dict(zip([Path(s).stem for s in data.table["source"]], units.tolist(), strict=True))
+    assert got == {"small": 64, "wide": 400, "big": 1024, "broken": 0}
+    assert how == "width x height of each image"
+    with pytest.raises(ConfigError, match="cost.unit tokens: needs text data"):
+        units_per_row(data, CostSettings(unit="tokens", tokenizer="x"), None)
