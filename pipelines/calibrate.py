@@ -294,11 +294,12 @@ def _text_workload(
     options: CalibrateOptions,
     device: str,
 ) -> Workload:
-    """A MiniLM-sized encoder at the texts' token lengths (90th percentile, at most 512)."""
+    """A MiniLM-sized encoder at the texts' own token lengths, truncated where the run's count is
+    (`cost.max_tokens`, else 512)."""
     import torch
 
-    ids, vocab, name = _token_ids(texts, settings)
-    cap = int(min(512, max(8, np.percentile([len(i) for i in ids], 90))))
+    cap = settings.cost.max_tokens or 512
+    ids, vocab, name = _token_ids(texts, settings, cap)
     y, k = _class_index(labels)
     batches = _batches(len(texts), options.batch_size)
     xs, ys, units = [], [], []
@@ -311,13 +312,17 @@ def _text_workload(
             pad[r, : len(s)], mask[r, : len(s)] = torch.as_tensor(s), False
         xs.append((pad.to(device), mask.to(device)))
         ys.append(torch.as_tensor(y[b]).to(device))
-        units.append({"samples": len(b), "tokens": int(sum(len(s) for s in seqs))})
+        units.append({"samples": len(b)})
+        if name != "UTF-8 bytes":  # tokens/s only where the run counts the same tokens
+            units[-1]["tokens"] = int(sum(len(s) for s in seqs))
     model = _encoder(vocab, k, cap).to(device)
     what = f"reference 6-layer encoder (width 384, {name}) up to {cap} tokens"
     return Workload(what, _sgd_steps(model, xs, ys), units)
 
 
-def _token_ids(texts: list[str], settings: FlowSettings) -> tuple[list[list[int]], int, str]:
+def _token_ids(
+    texts: list[str], settings: FlowSettings, cap: int
+) -> tuple[list[list[int]], int, str]:
     """Token ids under the flow's tokenizer (the cost's, else the text embedder's), else bytes."""
     name = settings.cost.tokenizer
     emb = settings.embedder
@@ -331,8 +336,15 @@ def _token_ids(texts: list[str], settings: FlowSettings) -> tuple[list[list[int]
             tok = AutoTokenizer.from_pretrained(name)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cost.tokenizer: cannot load tokenizer {name!r} ({exc})") from exc
-        ids = tok(texts, add_special_tokens=True, truncation=True, max_length=512)["input_ids"]
+        ids = tok(texts, add_special_tokens=True, truncation=True, max_length=cap)["input_ids"]
         return [list(i) for i in ids], int(len(tok)), f"tokenizer {name}"
+    if emb is not None and emb.type == "open_clip_text":
+        import open_clip
+
+        arch = emb.model or "ViT-B-32"
+        tokens = open_clip.get_tokenizer(arch)(texts)
+        ids = [[int(t) for t in row if t != 0] or [0] for row in tokens]
+        return ids, int(tokens.max()) + 1, f"open_clip {arch}"
     return [list(t.encode("utf-8")) or [0] for t in texts], 256, "UTF-8 bytes"
 
 

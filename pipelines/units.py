@@ -167,7 +167,8 @@ def token_counter(
     if name is not None:
         return _hf_counter(name), name
     if embedder is not None and embedder.type == "open_clip_text":
-        return _open_clip_counter(embedder.model or "ViT-B-32"), f"open_clip {embedder.model}"
+        arch = embedder.model or "ViT-B-32"
+        return _open_clip_counter(arch), f"open_clip {arch}"
     raise ConfigError(
         "cost.unit tokens: needs cost.tokenizer (a Hugging Face tokenizer name or folder) or a "
         "text embedder"

