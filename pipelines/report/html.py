@@ -26,7 +26,7 @@ STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1200px}
 h1{margin-bottom:0}.sub{color:#666;margin-top:.2rem}
 table.counts td{padding:2px 12px}table.counts td:last-child{text-align:right}
-.statement{background:#f3f7ee;border-left:4px solid #6a4;padding:.6rem 1rem}
+.statement{background:#f3f7ee;border-left:4px solid #6a4;padding:.6rem 1rem;white-space:pre-line}
 .group{display:inline-flex;vertical-align:top;gap:8px;margin:.3rem;padding:.5rem;border:1px solid #ddd}
 .card{width:132px;font-size:11px;text-align:center;word-break:break-all}
 .card img{width:96px;height:96px;object-fit:contain;image-rendering:pixelated;background:#eee}
