@@ -78,15 +78,52 @@ class EmbedderSettings:
     shard_rows: int = 4096
 
 
+CostUnit = Literal["samples", "tokens", "pixels"]
+
+
 @dataclass(frozen=True)
 class CostSettings:
-    """What one training epoch costs, to state the GPU-hours the cleaning saves."""
+    """What one training epoch costs, to state what the cleaning saves and what it costs in quality.
+
+    The epoch cost is counted over the training splits only (`train_splits`, default: every split
+    that is neither an eval split nor an unlabeled pool), in `unit`s: samples, tokens (counted
+    with `tokenizer`, else the text embedder's) or pixels. Its price comes from
+    `gpu_hours_per_epoch` (one epoch over the raw training splits), else a throughput per GPU, else
+    the store's `leanset calibrate` measurement.
+    """
 
     gpu_hours_per_epoch: float | None = None
     samples_per_second_per_gpu: float | None = None
+    tokens_per_second_per_gpu: float | None = None
+    pixels_per_second_per_gpu: float | None = None
     num_gpus: int = 1
     price_per_gpu_hour: float | None = None
+    price_per_cpu_hour: float | None = None
     epochs: int | None = None
+    train_splits: list[str] | None = None
+    unit: CostUnit = "samples"
+    tokenizer: str | None = None
+    max_tokens: int | None = None
+    eval_gpu_hours_per_epoch: float | None = None
+    train_step: str | None = None
+    quality: bool = True
+    max_accuracy_drop: float = 0.01
+    promote: bool = False
+
+    def throughput(self) -> tuple[float, CostUnit] | None:
+        """The training throughput per GPU the user gave and its unit (None when none is given).
+
+        A throughput in tokens or pixels goes with that `unit`; samples/s goes with any unit (the
+        raw epoch's time is its samples over it; the cleaned epoch scales with `unit`)."""
+        given: tuple[tuple[float | None, CostUnit], ...] = (
+            (self.tokens_per_second_per_gpu, "tokens"),
+            (self.pixels_per_second_per_gpu, "pixels"),
+            (self.samples_per_second_per_gpu, "samples"),
+        )
+        for value, unit in given:
+            if value is not None:
+                return value, unit
+        return None
 
 
 @dataclass(frozen=True)
@@ -415,6 +452,7 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
     if s.dedup.near and s.embedder is None:
         raise ConfigError(f"{where}: embedder: required when dedup.near is true")
     _check_labeling(s, where)
+    _check_cost(s, where)
     source = dataclasses.replace(
         src,
         path=_abs(base, src.path) if src.path and src.type != "hub" else src.path,
@@ -425,7 +463,10 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
         emb = dataclasses.replace(emb, pretrained=_abs(base, emb.pretrained))
     if emb and emb.model and _looks_like_path(emb.model):
         emb = dataclasses.replace(emb, model=_abs(base, emb.model))
-    return dataclasses.replace(s, source=source, store=_abs(base, s.store), embedder=emb)
+    cost = s.cost
+    if cost.tokenizer and _looks_like_path(cost.tokenizer):
+        cost = dataclasses.replace(cost, tokenizer=_abs(base, cost.tokenizer))
+    return dataclasses.replace(s, source=source, store=_abs(base, s.store), embedder=emb, cost=cost)
 
 
 def _check_dedup(d: DedupSettings, where: str) -> None:
@@ -470,6 +511,56 @@ def _check_labeling(s: FlowSettings, where: str) -> None:
         raise ConfigError(
             f"{where}: active_learning: needs an embedder (diversity is measured on embeddings)"
         )
+
+
+TEXT_EMBEDDERS = ("sentence_transformers", "open_clip_text")
+
+
+def _check_cost(s: FlowSettings, where: str) -> None:
+    """The cost section: one source of the epoch cost, units that fit the data, sane numbers."""
+    c = s.cost
+    sources = [
+        k
+        for k in ("gpu_hours_per_epoch", "samples_per_second_per_gpu")
+        + ("tokens_per_second_per_gpu", "pixels_per_second_per_gpu")
+        if getattr(c, k) is not None
+    ]
+    if len(sources) > 1:
+        raise ConfigError(
+            f"{where}: cost: give one of {', '.join(sources)} (each alone prices an epoch)"
+        )
+    for unit in ("tokens", "pixels"):
+        if getattr(c, f"{unit}_per_second_per_gpu") is not None and c.unit != unit:
+            raise ConfigError(
+                f"{where}: cost.{unit}_per_second_per_gpu: needs cost.unit: {unit} (got {c.unit})"
+            )
+    positive = ("gpu_hours_per_epoch", "samples_per_second_per_gpu", "tokens_per_second_per_gpu")
+    for key in positive + ("pixels_per_second_per_gpu", "num_gpus", "epochs", "max_tokens"):
+        value = getattr(c, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{where}: cost.{key}: expected a number > 0, got {value}")
+    for key in ("price_per_gpu_hour", "price_per_cpu_hour", "eval_gpu_hours_per_epoch"):
+        value = getattr(c, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"{where}: cost.{key}: expected a number >= 0, got {value}")
+    if not 0.0 <= c.max_accuracy_drop <= 1.0:
+        raise ConfigError(f"{where}: cost.max_accuracy_drop: expected a number in [0, 1]")
+    text_embedder = s.embedder is not None and s.embedder.type in TEXT_EMBEDDERS
+    if c.unit == "tokens" and not c.tokenizer and not text_embedder:
+        raise ConfigError(
+            f"{where}: cost.unit tokens: needs cost.tokenizer (a Hugging Face tokenizer name "
+            f"or folder) or a text embedder ({', '.join(TEXT_EMBEDDERS)})"
+        )
+    if c.train_step and not _is_entry_point(c.train_step):
+        raise ConfigError(
+            f"{where}: cost.train_step: expected 'package.module:function', got {c.train_step!r}"
+        )
+
+
+def _is_entry_point(value: str) -> bool:
+    module, _, func = value.partition(":")
+    parts = module.split(".") + [func]
+    return all(p.isidentifier() for p in parts)
 
 
 def _looks_like_path(value: str) -> bool:

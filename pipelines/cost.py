@@ -1,12 +1,26 @@
-"""GPU-hours per training epoch before and after cleaning, against what the cleaning spent."""
+"""The cost delta of a cleaning run: what one training epoch costs before and after, what the run
+itself spent, when it pays for itself, and what the cleaning did to quality.
+
+Only the training splits enter the epoch (see `pipelines.units`), counted in `cost.unit`. The raw
+epoch is priced from the first of: `cost.gpu_hours_per_epoch`, a throughput per GPU in flows.yaml,
+the store's `leanset calibrate` record; the cleaned epoch costs the raw one times the share of units
+left. Break-even compares everything the run spent (GPU-hours and CPU-hours) with the saving, in
+money when both resources are involved, so it is stated only when every resource has a price.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import resource
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from pipelines.config import CostSettings
+from pipelines.config import CostSettings, FlowSettings
+from pipelines.units import Accounting
+
+JSON = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -56,99 +70,333 @@ def _cpu_seconds() -> float:
     return self_.ru_utime + self_.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+# ---------------------------------------------------------------- pricing an epoch
+
+
+@dataclass(frozen=True)
+class EpochPrice:
+    """Hours of one epoch over the raw training splits, on which resource, and where that came from."""
+
+    resource: str  # "GPU" or "CPU" (a calibration on a CPU prices CPU core-hours)
+    hours: float
+    source: str
+
+
+def uses_calibration(cost: CostSettings) -> bool:
+    """True when flows.yaml prices no epoch itself, so a stored calibration would."""
+    return cost.gpu_hours_per_epoch is None and cost.throughput() is None
+
+
+def config_hash(settings: FlowSettings, calibration: JSON | None) -> str:
+    """The flow's config hash, with the calibration folded in when it prices the epoch (a new
+    calibration is a new cost input: the next run states it in a new version)."""
+    base = settings.fingerprint()
+    if calibration is None or not uses_calibration(settings.cost):
+        return base
+    mixed = f"{base}|{calibration.get('id')}".encode()
+    return hashlib.blake2b(mixed, digest_size=8).hexdigest()
+
+
+def epoch_price(cost: CostSettings, acc: Accounting, calibration: JSON | None) -> EpochPrice | None:
+    """What one epoch over the raw training splits costs (None when nothing prices it)."""
+    samples, units = acc.total("train", "samples_before"), acc.total("train", "units_before")
+    if cost.gpu_hours_per_epoch is not None:
+        return EpochPrice("GPU", cost.gpu_hours_per_epoch, "cost.gpu_hours_per_epoch")
+    given = cost.throughput()
+    if given is not None:
+        value, unit = given
+        amount = samples if unit == "samples" else units
+        return EpochPrice(
+            "GPU", amount / value / 3600, f"cost.{unit}_per_second_per_gpu = {value:,.6g}"
+        )
+    if calibration is None:
+        return None
+    return _calibrated_price(cost, calibration, samples, units)
+
+
+def _calibrated_price(cost: CostSettings, cal: JSON, samples: int, units: int) -> EpochPrice | None:
+    """An epoch priced by the stored `leanset calibrate` record (in the unit, else in samples)."""
+    rates = cal.get("throughput", {})
+    unit = cost.unit if cost.unit in rates else "samples"
+    if unit not in rates:
+        return None
+    amount = samples if unit == "samples" else units
+    gpu = cal.get("resource") == "GPU"
+    stats = rates[unit]["per_s" if gpu else "per_cpu_s"]
+    spread = stats["std"] / stats["mean"] if stats["mean"] else 0.0
+    rate = "/s" if gpu else "/CPU-s"
+    source = (
+        f"leanset calibrate on {cal.get('device_name')} ({cal.get('model')}): "
+        f"{stats['mean']:,.4g} {unit}{rate} ±{100 * spread:.1f}% over {len(stats['runs'])} "
+        f"repeats, {cal.get('measured_at')}"
+    )
+    return EpochPrice("GPU" if gpu else "CPU", amount / stats["mean"] / 3600, source)
+
+
+# ---------------------------------------------------------------- the delta
+
+
 @dataclass(frozen=True)
 class CostDelta:
-    """The cost delta statement's numbers (stored in the manifest)."""
+    """The cost delta statement's numbers (stored in the manifest's `cost`)."""
 
+    accounting: JSON
+    unit: str
     samples_before: int
     samples_after: int
-    gpu_hours_per_epoch_before: float | None
-    gpu_hours_per_epoch_after: float | None
-    gpu_hours_saved_per_epoch: float | None
+    units_before: int
+    units_after: int
+    reduction: float  # share of the training units the cleaning removes
+    resource: str | None
+    price_source: str | None
+    hours_per_epoch_before: float | None
+    hours_per_epoch_after: float | None
+    hours_saved_per_epoch: float | None
+    eval_hours_per_epoch_before: float | None
+    eval_hours_per_epoch_after: float | None
+    total_hours_saved_per_epoch: float | None  # training plus, when priced, the eval pass
     run_gpu_hours: float
     run_cpu_hours: float
     run_wall_seconds: float
-    break_even_epochs: float | None
-    saved_over_planned_epochs: float | None
-    money_saved_per_epoch: float | None
+    price_per_gpu_hour: float | None
+    price_per_cpu_hour: float | None
+    money_saved_per_epoch: float | None  # of the total saving
     run_money: float | None
+    break_even_epochs: float | None
+    break_even_basis: str | None  # "money", "GPU-hours", "CPU-hours", or why it is not stated
+    net_from_first_epoch: bool
+    epochs: int | None
+    saved_over_planned_epochs: float | None
+    num_gpus: int
+    quality: JSON
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JSON:
         return asdict(self)
 
 
-def epoch_gpu_hours(settings: CostSettings, samples: int, samples_before: int) -> float | None:
-    """GPU-hours of one training epoch over `samples` samples, from the flow's cost inputs."""
-    if settings.gpu_hours_per_epoch is not None:
-        return settings.gpu_hours_per_epoch * samples / max(samples_before, 1)
-    if settings.samples_per_second_per_gpu:
-        seconds = samples / (settings.samples_per_second_per_gpu * settings.num_gpus)
-        return seconds * settings.num_gpus / 3600
-    return None
-
-
-def cost_delta(settings: CostSettings, before: int, after: int, run: RunCompute) -> CostDelta:
-    """Compute the cost delta of a cleaning run."""
-    b = epoch_gpu_hours(settings, before, before)
-    a = epoch_gpu_hours(settings, after, before)
-    saved = None if b is None or a is None else b - a
-    break_even = run.gpu_hours / saved if saved and run.gpu_hours > 0 else None
-    price = settings.price_per_gpu_hour
+def cost_delta(
+    cost: CostSettings,
+    acc: Accounting,
+    run: RunCompute,
+    calibration: JSON | None = None,
+    quality: JSON | None = None,
+) -> CostDelta:
+    """The cost delta of a cleaning run over the training splits of `acc`."""
+    ub, ua = acc.total("train", "units_before"), acc.total("train", "units_after")
+    share = ua / ub if ub else 1.0
+    price = epoch_price(cost, acc, calibration)
+    before = price.hours if price else None
+    after = before * share if before is not None else None
+    saved = before - after if before is not None and after is not None else None
+    eval_b, eval_a = _eval_hours(cost, acc)
+    saved_total = saved
+    if saved is not None and price is not None and price.resource == "GPU" and eval_b is not None:
+        saved_total = saved + eval_b - (eval_a or 0.0)  # the eval pass is priced in GPU-hours
+    per_hour = _price(cost, price.resource) if price else None
+    money = saved_total * per_hour if saved_total is not None and per_hour is not None else None
+    run_money, basis, be = _break_even(cost, run, price, saved_total)
     return CostDelta(
-        samples_before=before,
-        samples_after=after,
-        gpu_hours_per_epoch_before=b,
-        gpu_hours_per_epoch_after=a,
-        gpu_hours_saved_per_epoch=saved,
+        accounting=acc.to_dict(),
+        unit=acc.unit,
+        samples_before=acc.total("train", "samples_before"),
+        samples_after=acc.total("train", "samples_after"),
+        units_before=ub,
+        units_after=ua,
+        reduction=1.0 - share,
+        resource=price.resource if price else None,
+        price_source=price.source if price else None,
+        hours_per_epoch_before=before,
+        hours_per_epoch_after=after,
+        hours_saved_per_epoch=saved,
+        eval_hours_per_epoch_before=eval_b,
+        eval_hours_per_epoch_after=eval_a,
         run_gpu_hours=run.gpu_hours,
         run_cpu_hours=run.cpu_hours,
         run_wall_seconds=run.wall_seconds,
-        break_even_epochs=break_even,
-        saved_over_planned_epochs=saved * settings.epochs
-        if saved is not None and settings.epochs
+        price_per_gpu_hour=cost.price_per_gpu_hour,
+        price_per_cpu_hour=cost.price_per_cpu_hour,
+        money_saved_per_epoch=money,
+        run_money=run_money,
+        break_even_epochs=be,
+        break_even_basis=basis,
+        net_from_first_epoch=be is not None and be <= 1.0,
+        epochs=cost.epochs,
+        saved_over_planned_epochs=saved * cost.epochs
+        if saved is not None and cost.epochs
         else None,
-        money_saved_per_epoch=saved * price if saved is not None and price is not None else None,
-        run_money=run.gpu_hours * price if price is not None else None,
+        total_hours_saved_per_epoch=saved_total,
+        num_gpus=cost.num_gpus,
+        quality=quality or {"skipped": "not measured"},
     )
 
 
+def _eval_hours(cost: CostSettings, acc: Accounting) -> tuple[float | None, float | None]:
+    """GPU-hours of the evaluation pass per epoch over the eval splits, before and after."""
+    if cost.eval_gpu_hours_per_epoch is None:
+        return None, None
+    ub, ua = acc.total("eval", "units_before"), acc.total("eval", "units_after")
+    return cost.eval_gpu_hours_per_epoch, cost.eval_gpu_hours_per_epoch * (ua / ub if ub else 1.0)
+
+
+def _price(cost: CostSettings, resource_name: str) -> float | None:
+    return cost.price_per_gpu_hour if resource_name == "GPU" else cost.price_per_cpu_hour
+
+
+def _break_even(
+    cost: CostSettings, run: RunCompute, price: EpochPrice | None, saved: float | None
+) -> tuple[float | None, str | None, float | None]:
+    """(run money, basis, epochs until the saving repays everything the run spent)."""
+    spent = {"GPU": run.gpu_hours, "CPU": run.cpu_hours}
+    prices = {"GPU": cost.price_per_gpu_hour, "CPU": cost.price_per_cpu_hour}
+    involved = [r for r, h in spent.items() if h > 0]
+    run_money = (
+        sum(spent[r] * (prices[r] or 0.0) for r in involved)
+        if all(prices[r] is not None for r in involved)
+        else None
+    )
+    if price is None or not saved or saved <= 0:
+        return run_money, None, None
+    if set(involved) <= {price.resource}:  # the run spent only what the saving is counted in
+        return run_money, f"{price.resource}-hours", spent[price.resource] / saved
+    unpriced = [r for r in involved + [price.resource] if prices[r] is None]
+    if unpriced:
+        keys = " and ".join(f"cost.price_per_{r.lower()}_hour" for r in dict.fromkeys(unpriced))
+        return run_money, f"not stated: set {keys} to compare GPU-hours with CPU-hours", None
+    saved_money = saved * (prices[price.resource] or 0.0)
+    return run_money, "money", (run_money or 0.0) / saved_money if saved_money else None
+
+
+# ---------------------------------------------------------------- the statement
+
+
 def statement(cd: CostDelta) -> str:
-    """The cost delta statement: one paragraph a person can act on."""
-    removed = cd.samples_before - cd.samples_after
-    pct = 100 * removed / max(cd.samples_before, 1)
-    lines = [
-        f"Cleaning removes {removed:,} of {cd.samples_before:,} samples ({pct:.1f}%) from every epoch."
-    ]
-    if cd.gpu_hours_saved_per_epoch is None:
-        lines.append(
-            "GPU-hours per epoch: not stated (set cost.gpu_hours_per_epoch, or "
-            "cost.samples_per_second_per_gpu and cost.num_gpus, in flows.yaml)."
+    """The cost delta statement: a headline, then one line per part (splits, training, eval,
+    quality, what the run spent)."""
+    lines = [_headline(cd), _splits_line(cd), _training_line(cd)]
+    lines += [line for line in (_eval_line(cd), _quality_line(cd.quality)) if line]
+    lines.append(_spent_line(cd))
+    return "\n".join(lines)
+
+
+def _headline(cd: CostDelta) -> str:
+    what = f"{cd.resource}-h" if cd.resource else f"{cd.unit} (not priced)"
+    head = f"{_signed_pct(-cd.reduction)} {what} per epoch"
+    q = cd.quality
+    if "paired" in q:
+        p = q["paired"]
+        head += (
+            f"; probe accuracy on {', '.join(q['eval_splits'])} {p['accuracy_a']:.3f} → "
+            f"{p['accuracy_b']:.3f} (n = {p['n']:,})"
+        )
+    return head + "."
+
+
+def _splits_line(cd: CostDelta) -> str:
+    acc = cd.accounting
+    names = ", ".join(r["split"] for r in acc["train"]) or "none"
+    text = f"Training splits ({names}): {cd.samples_before:,} → {cd.samples_after:,} samples"
+    if cd.unit != "samples":
+        text += f", {cd.units_before:,} → {cd.units_after:,} {cd.unit} ({acc['counted_with']})"
+    text += f": {_signed_pct(-cd.reduction)} {cd.unit} per epoch"
+    if acc["ignored"]:
+        text += f"; not counted: {', '.join(acc['ignored'])}"
+    return text + "."
+
+
+def _training_line(cd: CostDelta) -> str:
+    if cd.hours_per_epoch_before is None:
+        return (
+            "Training cost: not priced (set cost.gpu_hours_per_epoch or a throughput per GPU in "
+            "flows.yaml, or measure one with `leanset calibrate`)."
+        )
+    r = cd.resource
+    text = (
+        f"Training: {_h(cd.hours_per_epoch_before)} → {_h(cd.hours_per_epoch_after)} {r}-h per "
+        f"epoch, saving {_h(cd.hours_saved_per_epoch)} {r}-h"
+    )
+    per_hour = cd.price_per_gpu_hour if r == "GPU" else cd.price_per_cpu_hour
+    if per_hour is not None and cd.hours_saved_per_epoch is not None:
+        text += f" (${cd.hours_saved_per_epoch * per_hour:,.2f})"
+    text += " per epoch"
+    if cd.saved_over_planned_epochs is not None:
+        text += f"; {_h(cd.saved_over_planned_epochs)} {r}-h over {cd.epochs} epochs"
+    if r == "GPU" and cd.num_gpus > 1 and cd.hours_per_epoch_after is not None:
+        wall = 60 * cd.hours_per_epoch_after / cd.num_gpus
+        text += f" (≈ {wall:,.3g} min wall per epoch on {cd.num_gpus} GPUs)"
+    return text + f". Source: {cd.price_source}."
+
+
+def _eval_line(cd: CostDelta) -> str | None:
+    ev = cd.accounting["eval"]
+    if not ev:
+        return None
+    before = sum(r["samples_before"] for r in ev)
+    after = sum(r["samples_after"] for r in ev)
+    names = ", ".join(r["split"] for r in ev)
+    text = f"Eval splits ({names}), not in the training figures: {before:,} → {after:,} samples"
+    if cd.eval_hours_per_epoch_before is not None:
+        text += (
+            f"; their evaluation pass costs {_h(cd.eval_hours_per_epoch_before)} → "
+            f"{_h(cd.eval_hours_per_epoch_after)} GPU-h per epoch (in the break-even)"
         )
     else:
-        money = (
-            f" (${cd.money_saved_per_epoch:,.2f})" if cd.money_saved_per_epoch is not None else ""
+        text += " (set cost.eval_gpu_hours_per_epoch to count their evaluation pass)"
+    return text + "."
+
+
+def _quality_line(q: JSON) -> str | None:
+    if "paired" not in q:
+        return f"Quality: not measured ({q.get('skipped', 'no probe')})."
+    p, raw, clean = q["paired"], q["raw"], q["clean"]
+    verdict = (
+        "not distinguishable from noise"
+        if p["p_value"] >= 0.05
+        else "unlikely to be noise (p < 0.05)"
+    )
+    return (
+        f"Quality: probe accuracy on {', '.join(q['eval_splits'])} {p['accuracy_a']:.3f} "
+        f"(trained on {raw['n_train']:,} raw) → {p['accuracy_b']:.3f} (on {clean['n_train']:,} "
+        f"cleaned), n = {p['n']:,}; difference {p['difference']:+.4f}, 95% CI "
+        f"{p['ci_low']:+.4f} to {p['ci_high']:+.4f}, McNemar p = {p['p_value']:.3g}: {verdict}. "
+        f"The fits took {raw['cpu_seconds']:.2f} and {clean['cpu_seconds']:.2f} CPU-s "
+        f"({raw['device']})."
+    )
+
+
+def _spent_line(cd: CostDelta) -> str:
+    text = (
+        f"This run spent {_h(cd.run_gpu_hours)} GPU-h and {_h(cd.run_cpu_hours)} CPU-h "
+        f"({cd.run_wall_seconds:,.1f} s wall)"
+    )
+    if cd.run_money is not None:
+        text += f", ${cd.run_money:,.4g}"
+    be, basis = cd.break_even_epochs, cd.break_even_basis
+    if be is not None and cd.net_from_first_epoch:
+        return text + (
+            f"; it pays for itself within the first epoch (after {be:.3g} epochs, in {basis}): "
+            "the saving is net from the first epoch."
         )
-        lines.append(
-            f"Training: {_h(cd.gpu_hours_per_epoch_before)} -> {_h(cd.gpu_hours_per_epoch_after)} "
-            f"GPU-h per epoch, saving {_h(cd.gpu_hours_saved_per_epoch)} GPU-h per epoch{money}."
-        )
-        if cd.saved_over_planned_epochs is not None:
-            lines.append(
-                f"Over the planned epochs: {_h(cd.saved_over_planned_epochs)} GPU-h saved."
-            )
-    spent = f"This run spent {_h(cd.run_gpu_hours)} GPU-h and {_h(cd.run_cpu_hours)} CPU-h"
-    spent += f" ({cd.run_wall_seconds:,.1f} s wall)"
-    if cd.break_even_epochs is not None:
-        spent += f"; it pays for itself after {cd.break_even_epochs:.3g} epochs."
-    elif cd.gpu_hours_saved_per_epoch and not cd.run_gpu_hours:
-        spent += "; it used no GPU, so the saving is net from the first epoch."
-    else:
-        spent += "."
-    lines.append(spent)
-    return " ".join(lines)
+    if be is not None:
+        return text + f"; it pays for itself after {be:.3g} epochs (in {basis})."
+    if basis:
+        return text + f"; break-even {basis}."
+    if cd.hours_per_epoch_before is None:
+        return text + "; break-even not stated (the epoch is not priced)."
+    return text + "; no saving to repay it."
+
+
+def _signed_pct(x: float) -> str:
+    text = f"{100 * x:+.1f}%"
+    return "±0.0%" if text in ("+0.0%", "-0.0%") else text.replace("-", "−")
 
 
 def _h(x: float | None) -> str:
     if x is None:
         return "n/a"
     return f"{x:,.4g}" if abs(x) < 1 else f"{x:,.2f}"
+
+
+def canonical(obj: JSON) -> str:
+    """A stable hash of a JSON object (ids for calibration records)."""
+    data = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(data, digest_size=8).hexdigest()

@@ -31,8 +31,9 @@ from labeling.stage import (
     label_and_select,
     queue_rows,
 )
+from pipelines.calibrate import read_calibration
 from pipelines.config import FlowSettings, check_source_exists, load_flow
-from pipelines.cost import ComputeMeter, cost_delta, statement
+from pipelines.cost import ComputeMeter, config_hash, cost_delta, statement
 from pipelines.decide import decide
 from pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
 from pipelines.errors import USER_ERRORS
@@ -49,6 +50,7 @@ from pipelines.store.tables import (
     input_fingerprint,
 )
 from pipelines.summary import RunSummary, Timer
+from pipelines.units import Accounting, account, split_roles, units_per_row
 
 GPU_LIMIT = "leanset-gpu"  # Prefect global concurrency limit guarding GPU work
 TEXT_SIGNAL = "shingles-5-v1"  # what dedup.lexical computes (part of the pair index's basis)
@@ -174,6 +176,51 @@ def labeling_task(
         pending=pending,
         threshold=threshold,
     )
+
+
+@dataclass
+class CostMeasures:
+    """What the cost delta is computed from: units per split, and the probe's quality delta."""
+
+    accounting: Accounting
+    quality: JSON
+    gpu_seconds: float
+
+
+@task(name="cost-and-quality", cache_policy=NO_CACHE)
+def cost_task(
+    decided: LoadedDataset,
+    raw_labels: list[str | None],
+    matrix: np.ndarray | None,
+    settings: FlowSettings,
+) -> CostMeasures:
+    """Cost units of the training and eval splits, and the probe trained on the raw and on the
+    cleaned train split, scored on the untouched eval split."""
+    from labeling.probe import ProbeOptions
+    from labeling.quality import table_quality
+
+    t, cost = decided.table, settings.cost
+    roles = split_roles(
+        t["split"].unique().to_list(),
+        cost.train_splits,
+        settings.dedup.eval_splits,
+        settings.columns.unlabeled_splits,
+    )
+    units, how = units_per_row(decided, cost, settings.embedder)
+    accounting = account(t, units, roles, cost.unit, how)
+    if not cost.quality or matrix is None:
+        why = "cost.quality is false" if not cost.quality else "needs an embedder for the probe"
+        return CostMeasures(accounting, {"skipped": why}, 0.0)
+    noise = settings.label_noise
+    opts = (  # one logistic regression (the strongest C the label-noise candidates try)
+        ProbeOptions(seed=noise.seed, device=noise.device, c=max(noise.c_values))
+        if noise
+        else ProbeOptions()
+    )
+    quality = table_quality(t, raw_labels, matrix, roles[0], roles[1], opts)
+    fits = [quality[k] for k in ("raw", "clean") if k in quality]
+    gpu = sum(f["wall_seconds"] for f in fits if str(f["device"]).startswith("cuda"))
+    return CostMeasures(accounting, quality, gpu)
 
 
 @dataclass
@@ -311,13 +358,14 @@ def run_pipeline(
     before the commit and writes its report outside the store."""
     store, timer, meter = Store(settings.store), Timer(), ComputeMeter()
     parent = store.latest()
+    calibration = read_calibration(store.layout)
     with timer("load"):
         data = load_task(settings, dry_run, loaded.data if loaded else None)
     if loaded:
         timer.add("load", loaded.seconds)
     data, human = _with_answers(data, store, settings, parent)
-    fingerprint = input_fingerprint(data.table)
-    if parent and is_current(parent, fingerprint, settings):
+    fingerprint, hashed = input_fingerprint(data.table), config_hash(settings, calibration)
+    if parent and is_current(parent, fingerprint, hashed):
         return unchanged_summary(settings, store, parent, timer), None
     with timer("history"):
         history = History.of(store, parent)
@@ -338,7 +386,14 @@ def run_pipeline(
     with timer("labeling"):
         labeled = _label(dd.table, embedded.matrix, settings, data, store, dd.calibration)
     decided = decide(labeled.table)
-    found = _Found(fingerprint, embedded, dd, labeled.info | human, guard)
+    with timer("cost"):
+        measured = cost_task(
+            data.with_table(decided), dd.table["label"].to_list(), embedded.matrix, settings
+        )
+    meter.add_gpu(measured.gpu_seconds, "cuda" if measured.gpu_seconds else "cpu")
+    found = _Found(
+        fingerprint, hashed, embedded, dd, labeled.info | human, guard, measured, calibration
+    )
     draft = _draft(settings, data.with_table(decided), history, parent, found, timer, meter)
     if dry_run:
         return _dry_run(settings, store, draft, data, version, timer), draft.decisions
@@ -346,21 +401,36 @@ def run_pipeline(
         committed = commit_task(str(store.root), draft)
     log.info("Committed version %s of %s.", committed["version"], settings.store)
     summary = RunSummary.of(settings.name, settings.store, committed, timer.seconds, False)
-    if settings.label_noise or settings.active_learning:
-        rows = _queue_rows(decided, settings, data)
-        summary.labeling["queue"] = enqueue_task(str(store.root), rows, committed["version"])
-    path = store.layout.report(committed["version"])
-    parent_report = store.layout.report(parent["version"]) if parent else None
-    summary.report = html_report_task(
-        path, summary, draft.decisions, data, committed, parent_report
-    )
+    _after_commit(settings, store, summary, committed, data.with_table(decided), draft, parent)
     return summary, draft.decisions
 
 
-def is_current(parent: JSON, fingerprint: str, settings: FlowSettings) -> bool:
-    """The latest version saw this input with these settings: nothing to do."""
-    same = (parent["input_fingerprint"], parent["config_hash"])
-    return same == (fingerprint, settings.fingerprint())
+def _after_commit(
+    settings: FlowSettings,
+    store: Store,
+    summary: RunSummary,
+    committed: JSON,
+    decided: LoadedDataset,
+    draft: VersionDraft,
+    parent: JSON | None,
+) -> None:
+    """What follows the commit point: the labeling queue, the promotion gate, the report."""
+    version = committed["version"]
+    if settings.label_noise or settings.active_learning:
+        rows = _queue_rows(decided.table, settings, decided)
+        summary.labeling["queue"] = enqueue_task(str(store.root), rows, version)
+    if settings.cost.promote:
+        summary.statement += "\n" + _promote_after_run(store, version, settings)
+    path = store.layout.report(version)
+    parent_report = store.layout.report(parent["version"]) if parent else None
+    summary.report = html_report_task(
+        path, summary, draft.decisions, decided, committed, parent_report
+    )
+
+
+def is_current(parent: JSON, fingerprint: str, hashed: str) -> bool:
+    """The latest version saw this input with these settings (`config_hash`): nothing to do."""
+    return (parent["input_fingerprint"], parent["config_hash"]) == (fingerprint, hashed)
 
 
 def unchanged_summary(
@@ -540,10 +610,13 @@ class _Found:
     """What the run saw and the stages report for the manifest: input, embedding, search, labeling."""
 
     fingerprint: str
+    config_hash: str
     embedded: _Embedded
     dedup: DedupResult
     labeling: JSON
     guard: JSON
+    cost: CostMeasures
+    cost_calibration: JSON | None  # the store's `leanset calibrate` record, when there is one
 
 
 def _draft(
@@ -560,11 +633,12 @@ def _draft(
     with timer("build_version"):
         cleaned = dataset_table(decided, decisions)
     counts = Counts.of(decisions, settings.dedup.eval_splits, history.new_counts(decisions))
-    cd = cost_delta(settings.cost, counts.input, counts.kept, meter.read())
+    m = found.cost
+    cd = cost_delta(settings.cost, m.accounting, meter.read(), found.cost_calibration, m.quality)
     key = found.dedup.index_key
     manifest = Manifest(
         flow=settings.name,
-        config_hash=settings.fingerprint(),
+        config_hash=found.config_hash,
         config=settings.to_dict(),
         input_fingerprint=found.fingerprint,
         counts=counts,
@@ -582,6 +656,24 @@ def _draft(
     parent_version = parent["version"] if parent else None
     pairs = found.dedup.pairs if key else None
     return VersionDraft(cleaned, decisions, manifest, parent_version, pairs)
+
+
+def _promote_after_run(store: Store, version: int, settings: FlowSettings) -> str:
+    """The flow option `cost.promote`: promote the new version when the quality gate passes."""
+    from pipelines.store.promotions import PromotionRefused, promote
+
+    try:
+        record, gate = promote(
+            store,
+            version,
+            settings.cost.max_accuracy_drop,
+            by=f"leanset run (flow {settings.name})",
+            reason="flow option cost.promote",
+        )
+    except PromotionRefused as exc:
+        log.warning("Version %s not promoted: %s", version, exc)
+        return f"Promotion (cost.promote): {exc}"
+    return f"Promotion (cost.promote): {gate.statement()}"
 
 
 def _queue_rows(decided: pl.DataFrame, settings: FlowSettings, data: LoadedDataset) -> pl.DataFrame:
@@ -671,7 +763,8 @@ def _answer_if_unchanged(settings: FlowSettings, dry_run: bool) -> RunSummary | 
         data = load_dataset(settings, dry_run)
     current = store.latest()
     labeled, _ = _with_answers(data, store, settings, current)
-    if current and is_current(current, input_fingerprint(labeled.table), settings):
+    hashed = config_hash(settings, read_calibration(store.layout))
+    if current and is_current(current, input_fingerprint(labeled.table), hashed):
         return unchanged_summary(settings, store, current, timer)
     _HANDOFF.put(_Loaded(settings, data, timer.seconds["load"]))
     return None

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from pipelines.cli import flowfile, queue, report, run, store
+from pipelines.cli import cost, flowfile, queue, report, run, store
 from pipelines.cli.console import console
 
 
@@ -47,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
     queue.add_commands(sub)
     store.add_commands(sub)
     report.add_commands(sub)
+    cost.add_commands(sub)
     return p
 
 

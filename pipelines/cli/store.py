@@ -61,7 +61,10 @@ def open_store(path: str) -> Store:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    manifests = open_store(args.store).manifests()
+    from pipelines.store.promotions import promoted_version
+
+    store = open_store(args.store)
+    manifests, promoted = store.manifests(), promoted_version(store)
     rows = [
         {
             "version": m["version"],
@@ -72,6 +75,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
             "kept": m["counts"]["kept"],
             "dropped": m["counts"]["dropped"],
             "config_hash": m.get("config_hash"),
+            "promoted": m["version"] == promoted,
         }
         for m in manifests
     ]
@@ -90,10 +94,14 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from pipelines.store.promotions import promotions
+
     store = open_store(args.store)
     m = store.manifest(args.version)
-    if args.json:
-        print(json.dumps(m, indent=2, default=str))
+    records = promotions(store)
+    mine = [r for r in records if r["version"] == m["version"]]
+    if args.json:  # the manifest, plus (outside it) the promotion records naming this version
+        print(json.dumps(m | {"promotions": mine}, indent=2, default=str))
         return 0
     summary = RunSummary.of(m.get("flow") or "", args.store, m, {}, unchanged=False)
     report = store.layout.report(m["version"])
@@ -106,7 +114,19 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"input {m.get('input_fingerprint')}",
         highlight=False,
     )
+    console.print(_promotion_line(m["version"], records), highlight=False)
     return 0
+
+
+def _promotion_line(version: int, records: list[dict[str, Any]]) -> str:
+    """Whether `version` is the promoted one, by whom and why."""
+    current = records[-1]["version"] if records else None
+    mine = [r for r in records if r["version"] == version]
+    if not mine:
+        return f"promoted: no (promoted version: {current or 'none'})"
+    last = mine[-1]
+    state = "yes" if current == version else f"earlier (now version {current})"
+    return f"promoted: {state}, by {last['by']} at {last['at']}: {last['reason']}"
 
 
 def _add_export(sub: Any) -> None:
@@ -116,7 +136,10 @@ def _add_export(sub: Any) -> None:
     )
     export.add_argument("store", help=STORE_HELP)
     export.add_argument(
-        "--version", type=int, default=None, help="the version to export (default: the latest)"
+        "--version",
+        type=int,
+        default=None,
+        help="the version to export (default: the promoted version, else the latest)",
     )
     export.add_argument(
         "--format",
@@ -159,6 +182,7 @@ def _add_export(sub: Any) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pipelines.store.export import ExportOptions, export_version, parse_extras
+    from pipelines.store.promotions import promoted_version
 
     options = ExportOptions(
         extras=parse_extras(args.extras),
@@ -167,10 +191,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         link=args.link,
     )
     store = open_store(args.store)
-    out = export_version(store, args.version, args.format, args.out, args.decisions, options)
-    console.print(f"wrote {out}", highlight=False)
+    version = args.version if args.version is not None else promoted_version(store)
+    out = export_version(store, version, args.format, args.out, args.decisions, options)
+    which = (
+        f"version {args.version}"
+        if args.version is not None
+        else f"promoted version {version}"
+        if version is not None
+        else "the latest version (none is promoted)"
+    )
+    console.print(f"wrote {out} ({which})", highlight=False)
     if args.format == "hf" and not args.embed_images and args.image_paths == "relative":
-        root = store.manifest(args.version).get("config", {}).get("source", {}).get("path")
+        root = store.manifest(version).get("config", {}).get("source", {}).get("path")
         if root:
             console.print(
                 f"image paths are relative to {root} (load from there, or export with "

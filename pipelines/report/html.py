@@ -36,7 +36,7 @@ h1{margin-bottom:0}.sub{color:#555;margin-top:.2rem}.banner{background:#fff3cd;p
 table.counts{border-collapse:collapse;margin:.5rem 0}
 table.counts th,table.counts td{padding:2px 12px;border-bottom:1px solid #eee}
 table.counts td.n,table.counts th.n{text-align:right;font-variant-numeric:tabular-nums}
-.statement{background:#f3f7ee;border-left:4px solid #6a4;padding:.6rem 1rem}
+.statement{background:#f3f7ee;border-left:4px solid #6a4;padding:.6rem 1rem;white-space:pre-line}
 .row{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
 .group{display:inline-flex;flex-wrap:wrap;vertical-align:top;gap:8px;margin:.3rem;padding:.5rem;
 border:1px solid #ccc;border-radius:4px;max-width:100%}

@@ -27,7 +27,8 @@ def markdown_summary(summary: RunSummary, decisions: pl.DataFrame | None, top: i
         head += (
             f"New version **{summary.version}** (parent {summary.parent}) in `{summary.store}`.\n\n"
         )
-    lines = [head, report, "## Cost delta\n", summary.statement + "\n", "## Counts\n"]
+    lines = [head, report, "## Cost delta\n", summary.statement.replace("\n", "  \n") + "\n"]
+    lines.append("## Counts\n")
     lines.append("| | samples |\n|---|---:|")
     lines += [f"| {name} | {n:,} |" for name, n in c.rows()] + [""]
     if decisions is not None:

@@ -1,8 +1,9 @@
 """Removing old versions from a store: an explicit command, with a dry run, that keeps what kept
 versions need.
 
-A plan names the versions to keep (the newest N, or the ones given, and always the newest version,
-so version numbers are never reused) and lists what only removed versions used:
+A plan names the versions to keep (the newest N, or the ones given; always the newest version,
+so version numbers are never reused, and the promoted one, which `leanset export` reads) and lists
+what only removed versions used:
 
 * their manifests (deleted first: a version disappears at once, as it appeared);
 * Delta data files that Delta has already tombstoned and that no kept version's Delta version reads
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.store.layout import TABLES
+from pipelines.store.promotions import promoted_version
 from pipelines.store.versions import Store, StoreError
 
 log = logging.getLogger("leanset.gc")
@@ -120,6 +122,7 @@ def plan_gc(
         raise GcError(f"store {store.root} has no versions; there is nothing to collect")
     by_version = {int(m["version"]): m for m in manifests}
     kept = _kept_versions(store, sorted(by_version), keep_last, keep)
+    kept |= {v for v in [promoted_version(store)] if v in by_version}  # what exports read
     removed = [v for v in sorted(by_version) if v not in kept]
     plan = GcPlan(store=str(store.root), keep=sorted(kept), remove=removed)
     plan.manifests = [str(store.layout.manifest(v).resolve()) for v in removed]

