@@ -63,3 +63,12 @@ def _write_temp(path: Path, data: bytes) -> str:
 def digest(data: bytes) -> str:
     """Content hash used across leanset (blake2b, 128 bits, hex)."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def digest_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """`digest` of a file's bytes, read in chunks (bounded memory)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

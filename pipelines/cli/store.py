@@ -38,6 +38,13 @@ def add_commands(sub: Any) -> None:
     )
     export.set_defaults(func=cmd_export)
 
+    verify = sub.add_parser(
+        "verify", help="check every stored file against the checksums its manifest recorded"
+    )
+    verify.add_argument("store")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(func=cmd_verify)
+
     diff = sub.add_parser("diff", help="which samples entered or left between two versions")
     diff.add_argument("store")
     diff.add_argument("a", type=int)
@@ -104,6 +111,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     console.print(f"wrote {out}", highlight=False)
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit status 0 when nothing is damaged, 1 otherwise; each finding names its file."""
+    from pipelines.store.verify import verify_store
+
+    result = verify_store(open_store(args.store).root)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0 if result.ok else 1
+    for f in result.findings:
+        console.print(f"{f.severity}: {f.problem}", highlight=False, soft_wrap=True)
+    verdict = "ok" if result.ok else "DAMAGED"
+    console.print(
+        f"store {result.store}: {verdict}: {len(result.versions)} version(s), "
+        f"{result.files_checked} file(s) checked, {len(result.findings)} finding(s)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0 if result.ok else 1
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

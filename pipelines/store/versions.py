@@ -14,17 +14,12 @@ from urllib.parse import unquote
 import polars as pl
 
 from pipelines.fsutil import atomic_write_bytes, create_exclusive, digest
+from pipelines.store.errors import IntegrityError, StoreConflict, StoreError, StoreFull
+from pipelines.store.integrity import check_version_table, parse_manifest, serialise, table_files
 from pipelines.store.layout import TABLES, StoreLayout
 
 log = logging.getLogger("leanset.store")
-
-
-class StoreError(ValueError):
-    """The store cannot be used as asked; the message names the path or version."""
-
-
-class StoreConflict(StoreError):
-    """Another run committed a version on the same parent first."""
+__all__ = ["Diff", "IntegrityError", "Store", "StoreConflict", "StoreError", "StoreFull"]
 
 
 @dataclass(frozen=True)
@@ -81,7 +76,8 @@ class Store:
         if table not in TABLES:
             raise StoreError(f"unknown table {table!r}; expected one of {TABLES}")
         m = self.manifest(version)
-        _check_table_files(self.layout.table(table), m["tables"][table], m["version"])
+        files = check_table_files(self.layout.table(table), m["tables"][table], m["version"])
+        check_version_table(self.root, table, m, files)
         return pl.read_delta(str(self.layout.table(table)), version=m["tables"][table])
 
     def diff(self, a: int, b: int) -> Diff:
@@ -119,6 +115,16 @@ class Store:
         pairs: pl.DataFrame | None = None,
     ) -> dict[str, Any]:
         """Write both tables (and the near-pair index), then the manifest that makes them a version."""
+        return self._commit(dataset, decisions, manifest, parent, pairs)
+
+    def _commit(
+        self,
+        dataset: pl.DataFrame,
+        decisions: pl.DataFrame,
+        manifest: dict[str, Any],
+        parent: int | None,
+        pairs: pl.DataFrame | None,
+    ) -> dict[str, Any]:
         self.root.mkdir(parents=True, exist_ok=True)
         latest = self.latest()
         current = latest["version"] if latest else None
@@ -126,28 +132,34 @@ class Store:
             raise StoreConflict(self._conflict_message(parent, current))
         version = (parent or 0) + 1
         token = uuid.uuid4().hex
-        tables = {
-            name: self._write_table(name, df, version, token)
-            for name, df in (("dataset", dataset), ("decisions", decisions))
+        tables, files = {}, {}
+        for name, df in (("dataset", dataset), ("decisions", decisions)):
+            tables[name], added = self._write_table(name, df, version, token)
+            files[name] = table_files(self.layout.table(name), tables[name], added)
+        full = {
+            **manifest,
+            "version": version,
+            "parent": parent,
+            "tables": tables,
+            "commit": token,
+            "files": files,
         }
-        full = {**manifest, "version": version, "parent": parent, "tables": tables, "commit": token}
         if pairs is not None:
-            rel = self.layout.pairs_file(version, token)
-            buf = io.BytesIO()
-            pairs.write_parquet(buf)
-            atomic_write_bytes(self.root / rel, buf.getvalue())
-            full["index"] = {
-                **full.get("index", {}),
-                "pairs": rel,
-                "pairs_digest": digest(buf.getvalue()),
-            }
-        data = (json.dumps(full, indent=2, sort_keys=True, default=str) + "\n").encode()
-        if not create_exclusive(self.layout.manifest(version), data):
+            full["index"] = {**full.get("index", {}), **self._write_pairs(pairs, version, token)}
+        if not create_exclusive(self.layout.manifest(version), serialise(full)):
             winner = self.latest()
             raise StoreConflict(
                 self._conflict_message(parent, winner["version"] if winner else None)
             )
-        return full
+        return self.manifest(version)
+
+    def _write_pairs(self, pairs: pl.DataFrame, version: int, token: str) -> dict[str, str]:
+        """The near-pair index file of a version, and what the manifest records of it."""
+        rel = self.layout.pairs_file(version, token)
+        buf = io.BytesIO()
+        pairs.write_parquet(buf)
+        atomic_write_bytes(self.root / rel, buf.getvalue())
+        return {"pairs": rel, "pairs_digest": digest(buf.getvalue())}
 
     def read_pairs(self, manifest: dict[str, Any]) -> pl.DataFrame | None:
         """The near pairs a version found (None when it recorded none or the file is unreadable)."""
@@ -166,8 +178,10 @@ class Store:
             )
             return None
 
-    def _write_table(self, name: str, df: pl.DataFrame, version: int, token: str) -> int:
-        """Overwrite a Delta table; return the Delta version this write created."""
+    def _write_table(
+        self, name: str, df: pl.DataFrame, version: int, token: str
+    ) -> tuple[int, set[str]]:
+        """Overwrite a Delta table; return the Delta version this write created and its files."""
         from deltalake import CommitProperties, DeltaTable
         from deltalake.exceptions import CommitFailedError
 
@@ -199,7 +213,7 @@ class Store:
                 f"this one, which was to become version {version}; nothing was written as a "
                 f"version. Rerun to build on the version that run commits."
             )
-        return delta_version
+        return delta_version, added
 
     def _conflict_message(self, parent: int | None, current: int | None) -> str:
         return (
@@ -209,9 +223,10 @@ class Store:
         )
 
 
-def _check_table_files(path: Path, delta_version: int, version: int) -> None:
+def check_table_files(path: Path, delta_version: int, version: int) -> list[tuple[str, int]]:
     """Every data file a version reads exists with the size its Delta log recorded (a truncated or
-    missing file is named here, instead of failing deep inside the Parquet reader)."""
+    missing file is named here, instead of failing deep inside the Parquet reader); returns the
+    (path, size) of each."""
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError
 
@@ -231,9 +246,10 @@ def _check_table_files(path: Path, delta_version: int, version: int) -> None:
         if actual != size:
             found = "missing" if actual is None else f"{actual} bytes, its Delta log says {size}"
             raise StoreError(
-                f"version {version}: data file {file} is {found}; the version cannot be read "
-                f"(a new run writes a new version)"
+                f"version {version}: data file {file} is {found}; the version cannot be read: "
+                f"restore the file from a backup of {path} (a new run writes a new version)"
             )
+    return list(zip(paths, sizes, strict=True))
 
 
 def _find_commit(
@@ -257,8 +273,9 @@ def _find_commit(
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A manifest, checked against its own checksum (damage names the file and what to do)."""
     try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return data
-    except (OSError, json.JSONDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
         raise StoreError(f"manifest {path} is unreadable ({exc})") from exc
+    return parse_manifest(path, raw)
