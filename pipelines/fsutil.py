@@ -72,3 +72,26 @@ def digest_file(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An error that means the disk (or the user's quota) is full, from Python or from Delta's
+    Rust writer (which reports the OS error only in its message)."""
+    import errno
+
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e)
+        if "os error 28" in text or "No space left on device" in text or "os error 122" in text:
+            return True
+    return False
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in out and len(out) < 20:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out

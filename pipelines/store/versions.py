@@ -13,7 +13,7 @@ from urllib.parse import unquote
 
 import polars as pl
 
-from pipelines.fsutil import atomic_write_bytes, create_exclusive, digest
+from pipelines.fsutil import atomic_write_bytes, create_exclusive, digest, is_disk_full
 from pipelines.store.errors import IntegrityError, StoreConflict, StoreError, StoreFull
 from pipelines.store.integrity import check_version_table, parse_manifest, serialise, table_files
 from pipelines.store.layout import TABLES, StoreLayout
@@ -114,8 +114,38 @@ class Store:
         parent: int | None,
         pairs: pl.DataFrame | None = None,
     ) -> dict[str, Any]:
-        """Write both tables (and the near-pair index), then the manifest that makes them a version."""
-        return self._commit(dataset, decisions, manifest, parent, pairs)
+        """Write both tables (and the near-pair index), then the manifest that makes them a version.
+
+        A full disk stops the commit at once (no retry): nothing was committed."""
+        self._check_free_space([dataset, decisions] + ([pairs] if pairs is not None else []))
+        try:
+            return self._commit(dataset, decisions, manifest, parent, pairs)
+        except StoreError:
+            raise
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise StoreFull(self._full_message()) from None
+            raise
+
+    def _full_message(self, detail: str = "") -> str:
+        return (
+            f"no space left on the store's disk ({self.root}), nothing was committed{detail}; "
+            f"free some space and rerun"
+        )
+
+    def _check_free_space(self, frames: list[pl.DataFrame]) -> None:
+        """Refuse before writing when the disk clearly cannot hold the version (a write that fails
+        half-way leaves Delta's writer threads complaining on stderr)."""
+        import shutil
+
+        folder = next(p for p in (self.root, *self.root.parents) if p.exists())
+        free = shutil.disk_usage(folder).free
+        need = sum(f.estimated_size() for f in frames) // 8  # Parquet compresses; be lenient
+        if free < need:
+            mib = 2**20
+            raise StoreFull(
+                self._full_message(f" (about {need // mib:,} MiB needed, {free // mib:,} MiB free)")
+            )
 
     def _commit(
         self,
