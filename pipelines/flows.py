@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from dedup.config import DedupSettings
 from dedup.stage import DedupResult, PriorIndex, find_duplicates
 from labeling.stage import LabelingOutcome, apply_answers, label_and_select, queue_rows
+from pipelines import finish
 from pipelines.config import FlowSettings, load_flow
 from pipelines.cost import ComputeMeter, cost_delta, statement
 from pipelines.decide import decide
@@ -132,6 +133,7 @@ class VersionDraft:
     manifest: Manifest
     parent: int | None
     pairs: pl.DataFrame | None
+    queue: pl.DataFrame | None  # rows the queue fill adds after the commit (None: no labeling)
 
 
 @task(
@@ -144,7 +146,12 @@ class VersionDraft:
 def commit_task(store_root: str, draft: VersionDraft) -> JSON:
     """Write the new version (tables and pair index first, manifest last)."""
     return Store(store_root).commit(
-        draft.dataset, draft.decisions, draft.manifest.to_dict(), draft.parent, pairs=draft.pairs
+        draft.dataset,
+        draft.decisions,
+        draft.manifest.to_dict(),
+        draft.parent,
+        pairs=draft.pairs,
+        queue_rows=draft.queue,
     )
 
 
@@ -214,6 +221,8 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
     with timer("load"):
         data = load_task(settings)
     data, human = _with_answers(data, store)
+    if parent:
+        _finish_parent(store, parent, data)
     fingerprint, config_hash = input_fingerprint(data.table), settings.fingerprint()
     if parent and (parent["input_fingerprint"], parent["config_hash"]) == (
         fingerprint,
@@ -237,13 +246,40 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
         committed = commit_task(str(store.root), draft)
     get_run_logger().info("Committed version %s of %s.", committed["version"], settings.store)
     summary = RunSummary.of(settings.name, settings.store, committed, timer.seconds, False)
-    if settings.label_noise or settings.active_learning:
-        rows = _queue_rows(decided, settings, data)
-        summary.labeling["queue"] = enqueue_task(str(store.root), rows, committed["version"])
-    path = store.layout.report(committed["version"])
-    summary.report = html_report_task(path, summary, draft.decisions, data)
+    _after_commit(store, committed["version"], draft, data, summary)
     get_run_logger().info(summary.statement)
     return summary, draft.decisions
+
+
+def _after_commit(
+    store: Store, version: int, draft: VersionDraft, data: LoadedDataset, summary: RunSummary
+) -> None:
+    """The queue fill and the report, each recorded as done once it is (a kill or an error here
+    leaves them to the next run or `leanset show`)."""
+    if draft.queue is not None:
+        summary.labeling["queue"] = enqueue_task(str(store.root), draft.queue, version)
+        finish.mark_done(store, version, finish.QUEUE, summary.labeling["queue"])
+    path = store.layout.report(version)
+    summary.report = html_report_task(path, summary, draft.decisions, data)
+    finish.mark_done(store, version, finish.REPORT, summary.report)
+
+
+def _finish_parent(store: Store, parent: JSON, data: LoadedDataset) -> None:
+    """Finish the post-commit steps the run that committed the parent did not record as done."""
+    from prefect.runtime import flow_run
+
+    pending = finish.pending_steps(store, parent)
+    if not pending:
+        return
+    logger = get_run_logger()
+    try:
+        done = finish.finish_version(store, parent, data, run_id=str(flow_run.id))
+    except USER_ERRORS + (OSError,) as exc:
+        logger.warning(
+            "Version %s: its %s could not be finished: %s", parent["version"], pending, exc
+        )
+        return
+    logger.info("Version %s: finished what its run left undone: %s", parent["version"], done)
 
 
 # ---------------------------------------------------------------- the steps' details
@@ -361,10 +397,13 @@ def _draft(
         search=found.dedup.search,
         index={"key": key},
         labeling=found.labeling,
+        post_commit=finish.steps_for(bool(settings.label_noise or settings.active_learning)),
     )
     parent_version = parent["version"] if parent else None
     pairs = found.dedup.pairs if key else None
-    return VersionDraft(cleaned, decisions, manifest, parent_version, pairs)
+    labeling = bool(settings.label_noise or settings.active_learning)
+    queue = _queue_rows(decided.table, settings, decided) if labeling else None
+    return VersionDraft(cleaned, decisions, manifest, parent_version, pairs, queue)
 
 
 def _queue_rows(decided: pl.DataFrame, settings: FlowSettings, data: LoadedDataset) -> pl.DataFrame:

@@ -89,7 +89,17 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    m = open_store(args.store).manifest(args.version)
+    from pipelines.finish import finish_version, pending_steps
+
+    store = open_store(args.store)
+    m = store.manifest(args.version)
+    if pending_steps(store, m):  # a kill or an error stopped the run after its commit
+        done = finish_version(store, m, run_id="leanset show")
+        if not args.json:
+            console.print(
+                f"version {m['version']}: finished what its run left undone: {', '.join(done)}",
+                highlight=False,
+            )
     if args.json:
         print(json.dumps(m, indent=2, default=str))
         return 0

@@ -9,6 +9,8 @@ STORE/
   cache/file-hashes.parquet     content hashes of image files by (path, size, mtime)
   labeling/queue.parquet  labeling/answers.parquet  labeling/.lock
   reports/v000001.html          a static report per version
+  after-commit/v000001-<t>.queue.parquet  rows a version's queue fill adds (written before its manifest)
+  after-commit/v000001.done.json          which post-commit steps of a version are done (written last)
 ```
 """
 
@@ -83,3 +85,16 @@ class StoreLayout:
     def report(self, version: int) -> Path:
         """A version's static HTML report."""
         return self.reports / f"v{version:06d}.html"
+
+    @property
+    def after_commit(self) -> Path:
+        """What the steps after a commit (queue fill, report) need and have done, per version."""
+        return self.root / "after-commit"
+
+    def queue_rows_file(self, version: int, token: str) -> str:
+        """The rows a version adds to the labeling queue, relative to the store root."""
+        return f"after-commit/v{version:06d}-{token[:8]}.queue.parquet"
+
+    def completion(self, version: int) -> Path:
+        """The record of a version's finished post-commit steps (rewritten after each step)."""
+        return self.after_commit / f"v{version:06d}.done.json"

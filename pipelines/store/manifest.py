@@ -95,6 +95,7 @@ class Manifest:
     search: JSON = field(default_factory=dict)
     index: JSON = field(default_factory=dict)
     labeling: JSON = field(default_factory=dict)
+    post_commit: JSON = field(default_factory=dict)  # {"steps": [...]}: what follows the commit
     created_at: str = field(default_factory=lambda: _now())
     leanset: str = field(default_factory=lambda: _leanset_version())
     host: str = field(default_factory=platform.node)

@@ -113,13 +113,16 @@ class Store:
         manifest: dict[str, Any],
         parent: int | None,
         pairs: pl.DataFrame | None = None,
+        queue_rows: pl.DataFrame | None = None,
     ) -> dict[str, Any]:
-        """Write both tables (and the near-pair index), then the manifest that makes them a version.
+        """Write both tables (and the near-pair index and the rows the queue fill will add), then
+        the manifest that makes them a version.
 
         A full disk stops the commit at once (no retry): nothing was committed."""
-        self._check_free_space([dataset, decisions] + ([pairs] if pairs is not None else []))
+        extras = {"pairs": pairs, "queue_rows": queue_rows}
+        self._check_free_space([dataset, decisions] + [f for f in extras.values() if f is not None])
         try:
-            return self._commit(dataset, decisions, manifest, parent, pairs)
+            return self._commit(dataset, decisions, manifest, parent, extras)
         except StoreError:
             raise
         except Exception as exc:
@@ -153,7 +156,7 @@ class Store:
         decisions: pl.DataFrame,
         manifest: dict[str, Any],
         parent: int | None,
-        pairs: pl.DataFrame | None,
+        extras: dict[str, pl.DataFrame | None],
     ) -> dict[str, Any]:
         self.root.mkdir(parents=True, exist_ok=True)
         latest = self.latest()
@@ -174,8 +177,14 @@ class Store:
             "commit": token,
             "files": files,
         }
-        if pairs is not None:
-            full["index"] = {**full.get("index", {}), **self._write_pairs(pairs, version, token)}
+        if (pairs := extras.get("pairs")) is not None:
+            rel = self.layout.pairs_file(version, token)
+            written = {"pairs": rel, "pairs_digest": self._write_parquet(pairs, rel)}
+            full["index"] = {**full.get("index", {}), **written}
+        if (rows := extras.get("queue_rows")) is not None:
+            rel = self.layout.queue_rows_file(version, token)
+            written = {"queue_rows": rel, "queue_rows_digest": self._write_parquet(rows, rel)}
+            full["post_commit"] = {**full.get("post_commit", {}), **written}
         if not create_exclusive(self.layout.manifest(version), serialise(full)):
             winner = self.latest()
             raise StoreConflict(
@@ -183,13 +192,12 @@ class Store:
             )
         return self.manifest(version)
 
-    def _write_pairs(self, pairs: pl.DataFrame, version: int, token: str) -> dict[str, str]:
-        """The near-pair index file of a version, and what the manifest records of it."""
-        rel = self.layout.pairs_file(version, token)
+    def _write_parquet(self, frame: pl.DataFrame, rel: str) -> str:
+        """Write a frame as Parquet at `rel` under the store; return the file's digest."""
         buf = io.BytesIO()
-        pairs.write_parquet(buf)
+        frame.write_parquet(buf)
         atomic_write_bytes(self.root / rel, buf.getvalue())
-        return {"pairs": rel, "pairs_digest": digest(buf.getvalue())}
+        return digest(buf.getvalue())
 
     def read_pairs(self, manifest: dict[str, Any]) -> pl.DataFrame | None:
         """The near pairs a version found (None when it recorded none or the file is unreadable)."""
