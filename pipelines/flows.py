@@ -29,6 +29,7 @@ from pipelines.sources import FileHashCache, LoadedDataset, load_source
 from pipelines.store import Store
 from pipelines.store.history import History
 from pipelines.store.layout import StoreLayout
+from pipelines.store.location import check_store_location
 from pipelines.store.manifest import JSON, Counts, Manifest
 from pipelines.store.queue import PENDING, enqueue, read_answers, read_queue
 from pipelines.store.tables import dataset_table, decisions_table, input_fingerprint
@@ -216,6 +217,7 @@ def clean_flow(config_path: str, flow_name: str) -> JSON:
 def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | None]:
     """One run: load → unchanged? → history → embed → dedup → labeling → decide → commit →
     queue → report (the decisions are returned for the report artifacts)."""
+    check_store_location(settings.store, settings.source)
     store, timer, meter = Store(settings.store), Timer(), ComputeMeter()
     parent = store.latest()
     with timer("load"):
@@ -418,5 +420,6 @@ def _queue_rows(decided: pl.DataFrame, settings: FlowSettings, data: LoadedDatas
 
 def run_flow(config: str | Path, flow_name: str) -> JSON:
     """Run one flow through Prefect (its local ephemeral API unless PREFECT_API_URL is set)."""
-    load_flow(config, flow_name)  # fail fast, before Prefect starts, on a bad config
+    settings = load_flow(config, flow_name)  # fail fast, before Prefect starts, on a bad config
+    check_store_location(settings.store, settings.source)
     return clean_flow(config_path=str(Path(config).resolve()), flow_name=flow_name)

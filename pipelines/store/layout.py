@@ -95,6 +95,28 @@ class StoreLayout:
         """The rows a version adds to the labeling queue, relative to the store root."""
         return f"after-commit/v{version:06d}-{token[:8]}.queue.parquet"
 
+    def entries(self) -> tuple[str, ...]:
+        """The names a store folder holds at its top (one of them marks a folder as a store)."""
+        tops = [self.manifests, self.index, self.embeddings, self.labeling, self.reports]
+        tops += [self.table(t) for t in TABLES] + [self.after_commit]
+        return tuple(p.relative_to(self.root).parts[0] for p in tops)
+
+    def sample_files(self) -> list[Path]:
+        """One example of each kind of file a store writes (to test a source pattern against)."""
+        part = "part-00000-00000000-0000-0000-0000-000000000000-c000.snappy.parquet"
+        return [
+            *(self.table(t) / part for t in TABLES),
+            self.root / self.pairs_file(1, "0" * 8),
+            self.root / self.queue_rows_file(1, "0" * 8),
+            self.embeddings / "0" / "shard-0.npz",
+            self.file_hashes,
+            self.queue,
+            self.answers,
+            self.manifest(1),
+            self.completion(1),
+            self.report(1),
+        ]
+
     def completion(self, version: int) -> Path:
         """The record of a version's finished post-commit steps (rewritten after each step)."""
         return self.after_commit / f"v{version:06d}.done.json"
