@@ -25,7 +25,7 @@ from pipelines.cost import ComputeMeter, cost_delta, statement
 from pipelines.decide import decide
 from pipelines.embed import EmbedResult, embed_dataset, make_embedder
 from pipelines.errors import USER_ERRORS
-from pipelines.sources import FileHashCache, LoadedDataset, load_source
+from pipelines.sources import FileHashCache, LoadedDataset, SourceError, load_source
 from pipelines.store import Store
 from pipelines.store.history import History
 from pipelines.store.layout import StoreLayout
@@ -318,6 +318,7 @@ def _embed(
 ) -> _Embedded:
     """Embed (cache first) when an embedder is configured."""
     if settings.embedder is None:
+        _refuse_all_unreadable(data.table)
         return _Embedded(data.table, None, {}, None)
     with timer("embed"):
         res = embed_task(data, settings)
@@ -333,7 +334,21 @@ def _embed(
         "Embedded %d new samples, %d from cache (%s).", res.computed, res.cached, res.device
     )
     key = f"{res.fingerprint}|{settings.dedup.threshold}"
-    return _Embedded(_mark_unreadable(data.table, res.errors), res.matrix, info, key)
+    table = _mark_unreadable(data.table, res.errors)
+    _refuse_all_unreadable(table)
+    return _Embedded(table, res.matrix, info, key)
+
+
+def _refuse_all_unreadable(table: pl.DataFrame) -> None:
+    """A dataset none of whose samples can be read is an error, not an empty version."""
+    if table["error"].null_count():
+        return
+    first = table.head(3).select("source", "error").iter_rows()
+    shown = "; ".join(f"{src}: {err}" for src, err in first)
+    raise SourceError(
+        f"every one of the {table.height:,} samples is unreadable, so nothing was committed; "
+        f"first errors: {shown}"
+    )
 
 
 def _mark_unreadable(table: pl.DataFrame, errors: dict[str, str]) -> pl.DataFrame:
