@@ -233,6 +233,7 @@ def run_pipeline(settings: FlowSettings) -> tuple[RunSummary, pl.DataFrame | Non
         return _unchanged(settings, store, parent, timer), None
     with timer("history"):
         history = History.of(store, parent)
+    history.warn_if_ids_changed(data.table)
     version = (parent["version"] if parent else 0) + 1
     data = data.with_table(history.mark_first_seen(data.table, version))
     embedded = _embed(data, settings, timer, meter)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import logging
 import os
 import reprlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,8 @@ def load_source(
     source: SourceSettings, columns: ColumnSettings, file_hashes: FileHashCache | None = None
 ) -> LoadedDataset:
     """Load the configured source and build the sample table (ids, splits, labels, hashes)."""
-    splits = _open_splits(source, columns.unlabeled_splits)
+    opened = _open_splits(source, columns.unlabeled_splits)
+    splits = opened.splits
     if source.splits:
         missing = [s for s in source.splits if s not in splits]
         if missing:
@@ -42,7 +45,7 @@ def load_source(
     if modality == "image":
         splits = {name: _undecoded(ds, columns.content()) for name, ds in splits.items()}
     frames = [
-        _split_frame(name, ds, columns, modality, source, file_hashes)
+        _split_frame(name, ds, columns, modality, source, file_hashes, opened.files.get(name))
         for name, ds in splits.items()
     ]
     table = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
@@ -57,12 +60,20 @@ def load_source(
         .otherwise(pl.col("label"))
         .alias("label"),  # a pool split: its folder or column labels are placeholders
     )
-    table = _assign_ids(table)
+    table = _assign_ids(table, modality)
     return LoadedDataset(table=table, modality=modality, splits=splits, columns=columns)
 
 
-def _open_splits(source: SourceSettings, pool_splits: Sequence[str] = ()) -> dict[str, Any]:
-    """Open the source with `datasets` and return {split: Dataset}."""
+@dataclass
+class _Opened:
+    """The source's splits as `datasets` opened them, and the file each tabular row came from."""
+
+    splits: dict[str, Any]
+    files: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # split: (file, rows)
+
+
+def _open_splits(source: SourceSettings, pool_splits: Sequence[str] = ()) -> _Opened:
+    """Open the source with `datasets`: {split: Dataset}, and where tabular rows came from."""
     try:
         return _open_with_datasets(source, pool_splits)
     except (ValueError, FileNotFoundError, OSError, _generation_error()) as exc:
@@ -81,7 +92,7 @@ def _generation_error() -> type[Exception]:
     return error
 
 
-def _open_with_datasets(source: SourceSettings, pool_splits: Sequence[str]) -> dict[str, Any]:
+def _open_with_datasets(source: SourceSettings, pool_splits: Sequence[str]) -> _Opened:
     import datasets
 
     # leanset shows its own progress; `datasets`' bars ("Downloading data" for local files) mislead,
@@ -96,10 +107,7 @@ def _open_with_datasets(source: SourceSettings, pool_splits: Sequence[str]) -> d
             "imagefolder", data_dir=path, data_files=_folder_splits(path, pool_splits)
         )
     elif source.type == "files":
-        for f in source.data_files or []:
-            if not glob.glob(f):
-                raise SourceError(f"source.data_files: {f} does not exist")
-        loaded = datasets.load_dataset(source.format, data_files=source.data_files)
+        return _open_files(source)
     elif source.type == "disk":
         if not Path(path).exists():
             raise SourceError(f"source.path {path}: no dataset saved there (save_to_disk)")
@@ -107,8 +115,57 @@ def _open_with_datasets(source: SourceSettings, pool_splits: Sequence[str]) -> d
     else:  # hub: the real loader; needs network or a warm Hugging Face cache
         loaded = datasets.load_dataset(source.name, source.config, revision=source.revision)
     if isinstance(loaded, datasets.Dataset):
-        return {"train": loaded}
-    return dict(loaded.items())
+        return _Opened({"train": loaded})
+    return _Opened(dict(loaded.items()))
+
+
+def _open_files(source: SourceSettings) -> _Opened:
+    """Local Parquet/CSV/JSON files, one `datasets` split per file joined into `train`, so each
+    row's file is known (its id is derived from the file, not from its position among all rows)."""
+    import datasets
+
+    files = _expand(source.data_files or [])
+    loaded = datasets.load_dataset(
+        source.format, data_files={f"f{i}": [path] for i, (path, _) in enumerate(files)}
+    )
+    parts = [loaded[f"f{i}"] for i in range(len(files))]
+    first = parts[0].features
+    for k, ((path, _), part) in enumerate(zip(files, parts, strict=True)):
+        if part.features != first:
+            try:
+                parts[k] = part.cast(first)
+            except (ValueError, TypeError) as exc:
+                raise SourceError(
+                    f"source.data_files: {path} has columns {dict(part.features)}, unlike "
+                    f"{files[0][0]} ({dict(first)}); every file needs the same columns"
+                ) from exc
+    merged = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    origin = [(label, len(part)) for (_, label), part in zip(files, parts, strict=True)]
+    return _Opened({"train": merged}, {"train": origin})
+
+
+def _expand(patterns: Sequence[str]) -> list[tuple[str, str]]:
+    """(file, its name relative to its pattern's fixed folder) for every file the patterns match,
+    each once, in pattern order then name order."""
+    out: dict[str, tuple[str, str]] = {}
+    for pattern in patterns:
+        hits = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        if not hits:
+            raise SourceError(f"source.data_files: {pattern} does not exist")
+        base = _fixed_folder(pattern)
+        for hit in hits:
+            label = os.path.relpath(hit, base) if base else Path(hit).name
+            out.setdefault(str(Path(hit).resolve()), (hit, label))
+    return list(out.values())
+
+
+def _fixed_folder(pattern: str) -> str:
+    """The folder part of a pattern before its first wildcard (a plain file: its folder)."""
+    parts = Path(pattern).parts
+    fixed = list(itertools.takewhile(lambda p: not glob.has_magic(p), parts))
+    if len(fixed) == len(parts):
+        fixed = fixed[:-1]
+    return str(Path(*fixed)) if fixed else ""
 
 
 def _folder_splits(root: str, pool_splits: Sequence[str]) -> dict[str, str] | None:
@@ -166,12 +223,15 @@ def _split_frame(
     modality: Modality,
     source: SourceSettings,
     file_hashes: FileHashCache | None = None,
+    origin: list[tuple[str, int]] | None = None,
 ) -> pl.DataFrame:
-    """One split's rows: source, label, content hash, size and read errors."""
+    """One split's rows: source, label, content hash, size and read errors (`origin`: the file
+    each run of rows came from, for tabular sources)."""
     n = len(ds)
     labels = _labels(ds, columns.label, name)
+    where = _row_places(origin, source, name, n)
     hashes, sizes, errors, sources = [], [], [], []
-    for row, content, src in _iter_content(ds, columns, modality, source, name, file_hashes):
+    for row, content, src in _iter_content(ds, columns, modality, source, name, file_hashes, where):
         if isinstance(content, Hashed):
             err = None
             hashes.append(content.hash)
@@ -196,9 +256,23 @@ def _split_frame(
             "size_bytes": np.asarray(sizes, dtype=np.int64),
             "error": errors,
             "_row": np.arange(n, dtype=np.int64),
+            "_loc": _row_files(origin) if origin else [name] * n,
         },
         schema_overrides={"_given_id": pl.Utf8, "label": pl.Utf8, "error": pl.Utf8},
     )
+
+
+def _row_places(
+    origin: list[tuple[str, int]] | None, source: SourceSettings, split: str, n: int
+) -> list[str]:
+    """Each row's `source`: `file:row` (row within its file) when files are known."""
+    if origin:
+        return [f"{label}:{r}" for label, rows in origin for r in range(rows)]
+    return [_row_source(source, split, r) for r in range(n)]
+
+
+def _row_files(origin: list[tuple[str, int]]) -> list[str]:
+    return [label for label, rows in origin for _ in range(rows)]
 
 
 def _labels(ds: Any, column: str | None, split: str = "train") -> list[str | None]:
@@ -302,19 +376,21 @@ def _iter_content(
     modality: Modality,
     source: SourceSettings,
     split: str,
-    file_hashes: FileHashCache | None = None,
+    file_hashes: FileHashCache | None,
+    where: list[str],
 ) -> Iterator[tuple[int, tuple[bytes, str | None] | Hashed, str]]:
-    """Yield (row, (bytes to hash, error) or a known hash, source) for every row of one split."""
+    """Yield (row, (bytes to hash, error) or a known hash, source) for every row of one split
+    (`where`: each row's source, for rows that are not files themselves)."""
     if modality == "image":
         for row, value in enumerate(ds[columns.content()]):
             item = _cached_image(value, file_hashes)
             yield row, item, _image_source(value, source, split, row)
     elif modality == "text":
         for row, value in enumerate(_raw_text(ds, columns.content())):
-            yield row, _text_bytes(value), _row_source(source, split, row)
+            yield row, _text_bytes(value), where[row]
     else:
         for row, value in enumerate(numpy_column(ds, columns.content())):
-            yield row, _vector_bytes(value), _row_source(source, split, row)
+            yield row, _vector_bytes(value), where[row]
 
 
 def _cached_image(value: Any, cache: FileHashCache | None) -> tuple[bytes, str | None] | Hashed:
@@ -385,6 +461,13 @@ def _row_source(source: SourceSettings, split: str, row: int) -> str:
     return f"{where}:{split}:{row}"
 
 
+def _row_ids(table: pl.DataFrame) -> pl.Series:
+    """Ids of rows: content hash, file (or split), and the occurrence of that content there."""
+    nth = pl.int_range(pl.len()).over(["content_hash", "_loc"]).cast(pl.Utf8)
+    keys = table.select(pl.concat_str(["content_hash", "_loc", nth], separator="\x1f"))
+    return pl.Series([digest(k.encode())[:16] for k in keys.to_series().to_list()], dtype=pl.Utf8)
+
+
 def _split_column(splits: dict[str, Any], column: str) -> pl.Series:
     """The configured split column's values, as text, in table order."""
     values = [v for ds in splits.values() for v in ds[column]]
@@ -394,11 +477,13 @@ def _split_column(splits: dict[str, Any], column: str) -> pl.Series:
     return pl.Series("split", [str(v) for v in values], dtype=pl.Utf8)
 
 
-def _assign_ids(table: pl.DataFrame) -> pl.DataFrame:
-    """Configured ids (checked unique), else a hash of content and source location.
+def _assign_ids(table: pl.DataFrame, modality: Modality) -> pl.DataFrame:
+    """Configured ids (checked unique), else derived from the content and where it lives.
 
-    Derived ids stay the same when data is appended or reordered, and differ for identical
-    content at two locations (two files, two rows)."""
+    An image file's id hashes its content and path. A row's id hashes its content, the file
+    (or split) it came from, and how many rows with the same content came before it there: ids
+    stay the same when rows are reordered or files and rows are appended, and identical rows are
+    still told apart."""
     if table["_given_id"].null_count() == 0:
         dup = table.filter(pl.col("_given_id").is_duplicated())["_given_id"]
         if dup.len():
@@ -407,9 +492,11 @@ def _assign_ids(table: pl.DataFrame) -> pl.DataFrame:
                 f"times; ids must be unique ({dup.n_unique()} duplicated ids in all)"
             )
         ids = table["_given_id"]
-    else:
+    elif modality == "image":
         pairs = zip(table["content_hash"].to_list(), table["source"].to_list(), strict=True)
         ids = pl.Series([digest(f"{h}\x1f{src}".encode())[:16] for h, src in pairs], dtype=pl.Utf8)
+    else:
+        ids = _row_ids(table)
     return (
         table.with_columns(ids.alias("sample_id"))
         .drop("_given_id")
