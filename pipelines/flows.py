@@ -7,6 +7,7 @@ the commit, and never changed after it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -373,7 +374,29 @@ def _label(
     column = settings.label_noise.pred_probs_column if settings.label_noise else None
     given = data.column(column) if column else None
     pending = read_queue(store.root).filter(pl.col("status").is_in(list(PENDING)))
-    return labeling_task(table, matrix, settings, given, pending)
+    outcome = labeling_task(table, matrix, settings, given, pending)
+    _warn_if_label_stages_skipped(outcome.info, table)
+    return outcome
+
+
+def _warn_if_label_stages_skipped(info: JSON, table: pl.DataFrame) -> None:
+    """Configured label stages that found nothing to learn from say so (a run that queues nothing
+    and flags nothing must not look like a clean bill of health)."""
+    skipped = []
+    if str(info.get("label_noise", "")).startswith("skipped"):
+        skipped.append("label noise")
+    if "note" in (info.get("selection") or {}):
+        skipped.append("the labeling selection")
+    if not skipped:
+        return
+    labeled = table.filter(pl.col("error").is_null() & pl.col("label").is_not_null()).height
+    logging.getLogger("leanset.labeling").warning(
+        "%s could not run: %d readable sample(s) have a label (labels come from columns.label, "
+        "or from the class folders of labeled splits: split/class/file); nothing was flagged or "
+        "queued",
+        " and ".join(skipped),
+        labeled,
+    )
 
 
 @dataclass

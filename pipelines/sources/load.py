@@ -24,6 +24,7 @@ from pipelines.sources.dataset import (
     image_bytes,
     numpy_column,
 )
+from pipelines.sources.folder import open_folder
 from pipelines.sources.hashes import FileHashCache, Hashed
 
 log = logging.getLogger("leanset.sources")
@@ -45,7 +46,7 @@ def load_source(
     if modality == "image":
         splits = {name: _undecoded(ds, columns.content()) for name, ds in splits.items()}
     frames = [
-        _split_frame(name, ds, columns, modality, source, file_hashes, opened.files.get(name))
+        _split_frame(name, ds, columns, modality, source, file_hashes, opened, name)
         for name, ds in splits.items()
     ]
     table = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
@@ -70,6 +71,7 @@ class _Opened:
 
     splits: dict[str, Any]
     files: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # split: (file, rows)
+    refused: dict[str, str] = field(default_factory=dict)  # image path -> why it is not read
 
 
 def _open_splits(source: SourceSettings, pool_splits: Sequence[str] = ()) -> _Opened:
@@ -103,9 +105,10 @@ def _open_with_datasets(source: SourceSettings, pool_splits: Sequence[str]) -> _
     if source.type == "imagefolder":
         if not Path(path).is_dir():
             raise SourceError(f"source.path {path}: not a folder of images")
-        loaded = datasets.load_dataset(
-            "imagefolder", data_dir=path, data_files=_folder_splits(path, pool_splits)
-        )
+        splits, found = open_folder(path, pool_splits)
+        if not splits:
+            raise SourceError(f"source.path {path}: no image files in this folder")
+        return _Opened(splits, refused=found.refused)
     elif source.type == "files":
         return _open_files(source)
     elif source.type == "disk":
@@ -168,14 +171,6 @@ def _fixed_folder(pattern: str) -> str:
     return str(Path(*fixed)) if fixed else ""
 
 
-def _folder_splits(root: str, pool_splits: Sequence[str]) -> dict[str, str] | None:
-    """Top-level folders as splits when one is a pool split (`datasets` only knows train/test/...)."""
-    tops = sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not set(tops) & set(pool_splits):
-        return None  # let `datasets` infer splits (or class folders) as usual
-    return {name: f"{name}/**" for name in tops}
-
-
 def _infer_columns(columns: ColumnSettings, splits: dict[str, Any]) -> ColumnSettings:
     """Fill in the content column when unset, and check that every named column exists."""
     first = next(iter(splits.values()))
@@ -222,16 +217,19 @@ def _split_frame(
     columns: ColumnSettings,
     modality: Modality,
     source: SourceSettings,
-    file_hashes: FileHashCache | None = None,
-    origin: list[tuple[str, int]] | None = None,
+    file_hashes: FileHashCache | None,
+    opened: _Opened,
+    part: str,
 ) -> pl.DataFrame:
-    """One split's rows: source, label, content hash, size and read errors (`origin`: the file
-    each run of rows came from, for tabular sources)."""
+    """One split's rows: source, label, content hash, size and read errors (`opened` says which
+    file each tabular row came from, and which image files are refused)."""
     n = len(ds)
     labels = _labels(ds, columns.label, name)
+    origin = opened.files.get(part)
     where = _row_places(origin, source, name, n)
     hashes, sizes, errors, sources = [], [], [], []
-    for row, content, src in _iter_content(ds, columns, modality, source, name, file_hashes, where):
+    rows = _iter_content(ds, columns, modality, source, name, file_hashes, where, opened.refused)
+    for row, content, src in rows:
         if isinstance(content, Hashed):
             err = None
             hashes.append(content.hash)
@@ -378,12 +376,15 @@ def _iter_content(
     split: str,
     file_hashes: FileHashCache | None,
     where: list[str],
+    refused: dict[str, str],
 ) -> Iterator[tuple[int, tuple[bytes, str | None] | Hashed, str]]:
     """Yield (row, (bytes to hash, error) or a known hash, source) for every row of one split
-    (`where`: each row's source, for rows that are not files themselves)."""
+    (`where`: each row's source, for rows that are not files themselves; `refused`: image files
+    never read, with the reason)."""
     if modality == "image":
         for row, value in enumerate(ds[columns.content()]):
-            item = _cached_image(value, file_hashes)
+            path = value.get("path") if isinstance(value, dict) else None
+            item = (b"", refused[path]) if path in refused else _cached_image(value, file_hashes)
             yield row, item, _image_source(value, source, split, row)
     elif modality == "text":
         for row, value in enumerate(_raw_text(ds, columns.content())):
@@ -449,10 +450,12 @@ def _vector_bytes(value: Any) -> tuple[bytes, str | None]:
 def _image_source(value: Any, source: SourceSettings, split: str, row: int) -> str:
     path = value.get("path") if isinstance(value, dict) else None
     if path and source.path:
-        try:
-            return str(Path(path).resolve().relative_to(Path(source.path).resolve()))
-        except ValueError:
-            return str(path)
+        for inner, outer in ((Path(path), Path(source.path)), (Path(path).resolve(), None)):
+            try:  # the path as listed (a link keeps its own name), else as resolved
+                return str(inner.relative_to(outer or Path(source.path).resolve()))
+            except ValueError:
+                continue
+        return str(path)
     return path or _row_source(source, split, row)
 
 
