@@ -123,7 +123,7 @@ class _NearSearch:
             return _EMPTY, _EMPTY, np.zeros(0, np.float32), {"method": "none"}
         reps = np.flatnonzero(rep_of == np.arange(len(rep_of)))
         if prior is None:
-            p = self.search(np.ascontiguousarray(emb[reps]), self.settings.threshold, self._opts())
+            p = self.search(_take(emb, reps), self.settings.threshold, self._opts())
             return (
                 reps[p.i],
                 reps[p.j],
@@ -142,10 +142,8 @@ class _NearSearch:
         old_mask &= first
         old, new = reps[old_mask], reps[~old_mask]
         t = self.settings.threshold
-        own = self.search(np.ascontiguousarray(emb[new]), t, self._opts())
-        cross = self.between(
-            np.ascontiguousarray(emb[new]), np.ascontiguousarray(emb[old]), t, self._opts()
-        )
+        own = self.search(_take(emb, new), t, self._opts())
+        cross = self.between(_take(emb, new), _take(emb, old), t, self._opts())
         ka, kb, ks = _prior_edges(prior.pairs, hashes, old)
         a = np.concatenate([new[own.i], new[cross.i], ka])
         b = np.concatenate([new[own.j], old[cross.j], kb])
@@ -159,6 +157,22 @@ class _NearSearch:
             "reused_pairs": len(ka),
         }
         return a, b, sims, info
+
+
+def _take(emb: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`emb[rows]` as a C-contiguous matrix; a view (no copy) when `rows` is one ascending run."""
+    if rows.size and rows[-1] - rows[0] + 1 == rows.size and (np.diff(rows) == 1).all():
+        return emb[int(rows[0]) : int(rows[-1]) + 1]
+    return np.ascontiguousarray(emb[rows])
+
+
+def _row_similarity(emb: np.ndarray, ref: np.ndarray, block: int = 65536) -> np.ndarray:
+    """Cosine of each row with row `ref[i]`, block by block (no N x D temporary)."""
+    out = np.empty(emb.shape[0], dtype=np.float32)
+    for lo in range(0, emb.shape[0], block):
+        hi = min(lo + block, emb.shape[0])
+        out[lo:hi] = np.einsum("ij,ij->i", emb[lo:hi], emb[ref[lo:hi]])
+    return out
 
 
 def _prior_edges(
@@ -180,7 +194,7 @@ def _to_columns(table: pl.DataFrame, cols: GroupColumns, emb: np.ndarray | None)
     same = has_ref & (hashes == hashes[ref])
     sim = np.ones(table.height, dtype=np.float32)
     if emb is not None and emb.shape[1]:
-        sim = np.einsum("ij,ij->i", emb, emb[ref]).clip(-1, 1).astype(np.float32)
+        sim = _row_similarity(emb, ref).clip(-1, 1).astype(np.float32)
     sim = np.where(same, 1.0, sim).astype(np.float32)
 
     def ids_where(mask: np.ndarray, idx: np.ndarray) -> pl.Series:

@@ -34,6 +34,7 @@ from pipelines.store.location import check_store_location
 from pipelines.store.manifest import JSON, Counts, Manifest
 from pipelines.store.queue import PENDING, enqueue, read_answers, read_queue
 from pipelines.store.tables import dataset_table, decisions_table, input_fingerprint
+from pipelines.store.vectors import KeptVectors
 from pipelines.summary import RunSummary, Timer
 
 GPU_LIMIT = "leanset-gpu"  # Prefect global concurrency limit guarding GPU work
@@ -136,6 +137,7 @@ class VersionDraft:
     parent: int | None
     pairs: pl.DataFrame | None
     queue: pl.DataFrame | None  # rows the queue fill adds after the commit (None: no labeling)
+    vectors: KeptVectors | None = None  # precomputed vectors of the kept rows (shared shards)
 
 
 @task(
@@ -154,6 +156,7 @@ def commit_task(store_root: str, draft: VersionDraft) -> JSON:
         draft.parent,
         pairs=draft.pairs,
         queue_rows=draft.queue,
+        vectors=draft.vectors,
     )
 
 
@@ -444,7 +447,11 @@ def _draft(
     pairs = found.dedup.pairs if key else None
     labeling = bool(settings.label_noise or settings.active_learning)
     queue = _queue_rows(decided.table, settings, decided) if labeling else None
-    return VersionDraft(cleaned, decisions, manifest, parent_version, pairs, queue)
+    vectors = None
+    if decided.modality == "embedding":
+        kept = decisions.filter(pl.col("kept")).unique("content_hash", maintain_order=True)
+        vectors = KeptVectors(decided, kept.select("content_hash", "position"))
+    return VersionDraft(cleaned, decisions, manifest, parent_version, pairs, queue, vectors)
 
 
 def _queue_rows(decided: pl.DataFrame, settings: FlowSettings, data: LoadedDataset) -> pl.DataFrame:

@@ -207,7 +207,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     )
     console.print(
         f"  {len(plan.manifests)} manifest(s), {len(plan.table_files)} Delta data file(s), "
-        f"{len(plan.index_files)} pair index file(s), {len(plan.cache_dirs)} cache folder(s), "
+        f"{len(plan.index_files)} pair index file(s), {len(plan.vector_files)} vector shard(s), "
+        f"{len(plan.cache_dirs)} cache folder(s), "
         f"{len(plan.corrupt_shards)} corrupt shard(s), {len(plan.temp_files)} leftover "
         f"temporary file(s), {len(plan.reports)} report(s): {plan.bytes:,} bytes",
         highlight=False,

@@ -22,12 +22,13 @@ from pipelines.sources.dataset import (
     Modality,
     SourceError,
     image_bytes,
-    numpy_column,
 )
 from pipelines.sources.folder import open_folder
 from pipelines.sources.hashes import FileHashCache, Hashed
+from pipelines.sources.vectors import vector_blocks
 
 log = logging.getLogger("leanset.sources")
+PARQUET_BATCH_ROWS = 8192  # rows per batch when `datasets` converts Parquet (bounds its memory)
 
 
 def load_source(
@@ -100,6 +101,10 @@ def _open_with_datasets(source: SourceSettings, pool_splits: Sequence[str]) -> _
     # leanset shows its own progress; `datasets`' bars ("Downloading data" for local files) mislead,
     # and two loads in one process race on their shared tqdm lock
     datasets.disable_progress_bars()
+    # Arrow's default allocator keeps what a conversion freed; the system's returns it at once
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
 
     path = source.path or ""  # the config loader requires it for the types that read it
     if source.type == "imagefolder":
@@ -128,8 +133,9 @@ def _open_files(source: SourceSettings) -> _Opened:
     import datasets
 
     files = _expand(source.data_files or [])
+    options = _parquet_options() if source.format == "parquet" else {}
     loaded = datasets.load_dataset(
-        source.format, data_files={f"f{i}": [path] for i, (path, _) in enumerate(files)}
+        source.format, data_files={f"f{i}": [path] for i, (path, _) in enumerate(files)}, **options
     )
     parts = [loaded[f"f{i}"] for i in range(len(files))]
     first = parts[0].features
@@ -145,6 +151,15 @@ def _open_files(source: SourceSettings) -> _Opened:
     merged = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     origin = [(label, len(part)) for (_, label), part in zip(files, parts, strict=True)]
     return _Opened({"train": merged}, {"train": origin})
+
+
+def _parquet_options() -> dict[str, Any]:
+    """Read Parquet in small batches through a buffered stream (by default `datasets` reads a
+    whole row group at once)."""
+    import pyarrow.dataset as pds
+
+    scan = pds.ParquetFragmentScanOptions(pre_buffer=False, use_buffered_stream=True)
+    return {"batch_size": PARQUET_BATCH_ROWS, "fragment_scan_options": scan}
 
 
 def _expand(patterns: Sequence[str]) -> list[tuple[str, str]]:
@@ -390,8 +405,9 @@ def _iter_content(
         for row, value in enumerate(_raw_text(ds, columns.content())):
             yield row, _text_bytes(value), where[row]
     else:
-        for row, value in enumerate(numpy_column(ds, columns.content())):
-            yield row, _vector_bytes(value), where[row]
+        for start, block in vector_blocks(ds, columns.content()):
+            for k, value in enumerate(block):
+                yield start + k, _vector_bytes(value), where[start + k]
 
 
 def _cached_image(value: Any, cache: FileHashCache | None) -> tuple[bytes, str | None] | Hashed:

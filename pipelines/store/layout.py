@@ -9,6 +9,7 @@ STORE/
   cache/file-hashes.parquet     content hashes of image files by (path, size, mtime)
   labeling/queue.parquet  labeling/answers.parquet  labeling/.lock
   reports/v000001.html          a static report per version
+  vectors/v000001-<t>-000.npz    raw vectors of precomputed embeddings, shared between versions
   after-commit/v000001-<t>.queue.parquet  rows a version's queue fill adds (written before its manifest)
   after-commit/v000001.done.json          which post-commit steps of a version are done (written last)
 ```
@@ -87,6 +88,15 @@ class StoreLayout:
         return self.reports / f"v{version:06d}.html"
 
     @property
+    def vectors(self) -> Path:
+        """Content-addressed raw vectors of cleaned datasets of precomputed embeddings."""
+        return self.root / "vectors"
+
+    def vector_shard(self, version: int, token: str, k: int) -> str:
+        """The k-th vector shard a version wrote, relative to the store root."""
+        return f"vectors/v{version:06d}-{token[:8]}-{k:03d}.npz"
+
+    @property
     def after_commit(self) -> Path:
         """What the steps after a commit (queue fill, report) need and have done, per version."""
         return self.root / "after-commit"
@@ -98,7 +108,7 @@ class StoreLayout:
     def entries(self) -> tuple[str, ...]:
         """The names a store folder holds at its top (one of them marks a folder as a store)."""
         tops = [self.manifests, self.index, self.embeddings, self.labeling, self.reports]
-        tops += [self.table(t) for t in TABLES] + [self.after_commit]
+        tops += [self.table(t) for t in TABLES] + [self.after_commit, self.vectors]
         return tuple(p.relative_to(self.root).parts[0] for p in tops)
 
     def sample_files(self) -> list[Path]:
@@ -108,6 +118,7 @@ class StoreLayout:
             *(self.table(t) / part for t in TABLES),
             self.root / self.pairs_file(1, "0" * 8),
             self.root / self.queue_rows_file(1, "0" * 8),
+            self.root / self.vector_shard(1, "0" * 8, 0),
             self.embeddings / "0" / "shard-0.npz",
             self.file_hashes,
             self.queue,

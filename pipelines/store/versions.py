@@ -17,6 +17,7 @@ from pipelines.fsutil import atomic_write_bytes, create_exclusive, digest, is_di
 from pipelines.store.errors import IntegrityError, StoreConflict, StoreError, StoreFull
 from pipelines.store.integrity import check_version_table, parse_manifest, serialise, table_files
 from pipelines.store.layout import TABLES, StoreLayout
+from pipelines.store.vectors import KeptVectors, read_vectors, write_vectors
 
 log = logging.getLogger("leanset.store")
 __all__ = ["Diff", "IntegrityError", "Store", "StoreConflict", "StoreError", "StoreFull"]
@@ -78,7 +79,11 @@ class Store:
         m = self.manifest(version)
         files = check_table_files(self.layout.table(table), m["tables"][table], m["version"])
         check_version_table(self.root, table, m, files)
-        return pl.read_delta(str(self.layout.table(table)), version=m["tables"][table])
+        df = pl.read_delta(str(self.layout.table(table)), version=m["tables"][table])
+        if table == "dataset" and m.get("vectors"):  # the vectors live in shared shards
+            matrix = read_vectors(self.layout, m, df["content_hash"].to_list())
+            df = df.with_columns(pl.Series("embedding", matrix).cast(pl.List(pl.Float32)))
+        return df
 
     def diff(self, a: int, b: int) -> Diff:
         """Which samples entered or left the cleaned dataset from version a to version b."""
@@ -114,6 +119,7 @@ class Store:
         parent: int | None,
         pairs: pl.DataFrame | None = None,
         queue_rows: pl.DataFrame | None = None,
+        vectors: KeptVectors | None = None,
     ) -> dict[str, Any]:
         """Write both tables (and the near-pair index and the rows the queue fill will add), then
         the manifest that makes them a version.
@@ -122,7 +128,7 @@ class Store:
         extras = {"pairs": pairs, "queue_rows": queue_rows}
         self._check_free_space([dataset, decisions] + [f for f in extras.values() if f is not None])
         try:
-            return self._commit(dataset, decisions, manifest, parent, extras)
+            return self._commit(dataset, decisions, manifest, parent, extras, vectors)
         except StoreError:
             raise
         except Exception as exc:
@@ -157,6 +163,7 @@ class Store:
         manifest: dict[str, Any],
         parent: int | None,
         extras: dict[str, pl.DataFrame | None],
+        vectors: KeptVectors | None = None,
     ) -> dict[str, Any]:
         self.root.mkdir(parents=True, exist_ok=True)
         latest = self.latest()
@@ -181,6 +188,11 @@ class Store:
             rel = self.layout.pairs_file(version, token)
             written = {"pairs": rel, "pairs_digest": self._write_parquet(pairs, rel)}
             full["index"] = {**full.get("index", {}), **written}
+        if vectors is not None:
+            prior = latest if latest and latest["version"] == parent else None
+            full["vectors"], full["files"]["vectors"] = write_vectors(
+                self.layout, version, token, vectors, prior
+            )
         if (rows := extras.get("queue_rows")) is not None:
             rel = self.layout.queue_rows_file(version, token)
             written = {"queue_rows": rel, "queue_rows_digest": self._write_parquet(rows, rel)}
