@@ -362,15 +362,13 @@ class _Finder:
         reps = self.reps
         if corpus is None and not self.new.all():
             new, old = reps[self.new], reps[~self.new]
-            own = self.search(np.ascontiguousarray(x[new]), t, self._opts())
-            cross = self.between(
-                np.ascontiguousarray(x[new]), np.ascontiguousarray(x[old]), t, self._opts()
-            )
+            own = self.search(_take(x, new), t, self._opts())
+            cross = self.between(_take(x, new), _take(x, old), t, self._opts())
             a = np.concatenate([new[own.i], new[cross.i]])
             b = np.concatenate([new[own.j], old[cross.j]])
             return a, b, info | {"method": cross.method, **cross.params, **self._incremental()}
         if corpus is None:
-            p = self.search(np.ascontiguousarray(x[reps]), t, self._opts())
+            p = self.search(_take(x, reps), t, self._opts())
             return (
                 reps[p.i],
                 reps[p.j],
@@ -385,9 +383,7 @@ class _Finder:
         n = len(x)
         query = self.reps[self.new]
         pool = np.concatenate([self.reps, self.reps + n])
-        p = self.between(
-            np.ascontiguousarray(x[query]), np.ascontiguousarray(corpus[pool]), t, self._opts()
-        )
+        p = self.between(_take(x, query), np.ascontiguousarray(corpus[pool]), t, self._opts())
         a, b = query[p.i], pool[p.j] % n
         keep = a != b
         return a[keep], b[keep], info
@@ -396,9 +392,9 @@ class _Finder:
         """Each (new) content's TEXT_K nearest contents at cosine >= TEXT_FLOOR."""
         reps = self.reps
         if self.new.all():
-            p = find_knn_pairs(np.ascontiguousarray(emb[reps]), TEXT_K, TEXT_FLOOR, self._opts())
+            p = find_knn_pairs(_take(emb, reps), TEXT_K, TEXT_FLOOR, self._opts())
             return reps[p.i], reps[p.j]
-        x = np.ascontiguousarray(emb[reps])
+        x = _take(emb, reps)
         nb = sample_neighbours(x, TEXT_K, 0, rows=np.flatnonzero(self.new))
         a, b = np.repeat(nb.rows, nb.idx.shape[1]), nb.idx.ravel()
         keep = (b >= 0) & (nb.sim.ravel() >= np.float32(TEXT_FLOOR))
@@ -494,6 +490,13 @@ def _route_checks(
         ok = ev.comparable & (worst <= t.hash_bits)
         out["hashes"] = (ok, (1.0 - worst / 64.0).astype(np.float32))
     return out
+
+
+def _take(emb: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`emb[rows]` as a C-contiguous matrix; a view (no copy) when `rows` is one ascending run."""
+    if rows.size and rows[-1] - rows[0] + 1 == rows.size and (np.diff(rows) == 1).all():
+        return emb[int(rows[0]) : int(rows[-1]) + 1]
+    return np.ascontiguousarray(emb[rows])
 
 
 def _prior_edges(

@@ -124,9 +124,9 @@ def _workload(
 ) -> Workload:
     """The user's training step, else the reference model for the data's modality."""
     labels = data.table["label"].gather(rows).to_list()
-    contents: list[Any] = (
-        list(data.vectors(rows)) if data.modality == "embedding" else data.read(rows)
-    )
+    contents: list[Any] = data.read(rows)  # a few hundred samples: read one by one
+    if data.modality == "embedding":
+        contents = [None if v is None else np.asarray(v, dtype=np.float32) for v in contents]
     usable = [i for i, c in enumerate(contents) if _usable(c, data.modality)]
     if not usable:
         raise ConfigError("calibrate: none of the sampled training samples can be decoded")

@@ -323,6 +323,12 @@ def check_source_exists(settings: FlowSettings, config: str | Path) -> None:
             raise ConfigError(f"{where}: source.data_files: no file matches {pattern}")
 
 
+def flow_from_dict(data: dict[str, Any], where: str = "manifest config") -> FlowSettings:
+    """A flow's settings from their `to_dict()` form (a manifest's `config`), checked as flows.yaml
+    is; paths are taken as they were stored (already absolute)."""
+    return _build(FlowSettings, data, where, "")  # type: ignore[no-any-return]
+
+
 def _merge(base: dict, over: dict) -> dict:
     """Deep-merge two mappings, `over` winning."""
     if not isinstance(over, dict):

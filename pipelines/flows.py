@@ -31,16 +31,18 @@ from labeling.stage import (
     label_and_select,
     queue_rows,
 )
+from pipelines import finish
 from pipelines.calibrate import read_calibration
 from pipelines.config import FlowSettings, check_source_exists, load_flow
 from pipelines.cost import ComputeMeter, config_hash, cost_delta, statement
 from pipelines.decide import decide
 from pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
 from pipelines.errors import USER_ERRORS
-from pipelines.sources import FileHashCache, LoadedDataset, load_source
+from pipelines.sources import FileHashCache, LoadedDataset, SourceError, load_source
 from pipelines.store import Store
 from pipelines.store.history import History
 from pipelines.store.layout import StoreLayout
+from pipelines.store.location import check_store_location
 from pipelines.store.manifest import JSON, Counts, Manifest
 from pipelines.store.queue import PENDING, enqueue, read_answers, read_queue
 from pipelines.store.tables import (
@@ -49,6 +51,7 @@ from pipelines.store.tables import (
     decisions_table,
     input_fingerprint,
 )
+from pipelines.store.vectors import KeptVectors
 from pipelines.summary import RunSummary, Timer
 from pipelines.units import Accounting, account, split_roles, units_per_row
 
@@ -232,6 +235,8 @@ class VersionDraft:
     manifest: Manifest
     parent: int | None
     pairs: pl.DataFrame | None
+    queue: pl.DataFrame | None  # rows the queue fill adds after the commit (None: no labeling)
+    vectors: KeptVectors | None = None  # precomputed vectors of the kept rows (shared shards)
 
 
 @task(
@@ -244,7 +249,13 @@ class VersionDraft:
 def commit_task(store_root: str, draft: VersionDraft) -> JSON:
     """Write the new version (tables and pair index first, manifest last)."""
     return Store(store_root).commit(
-        draft.dataset, draft.decisions, draft.manifest.to_dict(), draft.parent, pairs=draft.pairs
+        draft.dataset,
+        draft.decisions,
+        draft.manifest.to_dict(),
+        draft.parent,
+        pairs=draft.pairs,
+        queue_rows=draft.queue,
+        vectors=draft.vectors,
     )
 
 
@@ -356,6 +367,7 @@ def run_pipeline(
     """One run: load → unchanged? → history → embed → dedup → labeling → decide → commit →
     queue → report (the decisions are returned for the report artifacts). A dry run stops
     before the commit and writes its report outside the store."""
+    check_store_location(settings.store, settings.source)
     store, timer, meter = Store(settings.store), Timer(), ComputeMeter()
     parent = store.latest()
     calibration = read_calibration(store.layout)
@@ -364,11 +376,14 @@ def run_pipeline(
     if loaded:
         timer.add("load", loaded.seconds)
     data, human = _with_answers(data, store, settings, parent)
+    if parent and not dry_run:
+        _finish_parent(store, parent, data)
     fingerprint, hashed = input_fingerprint(data.table), config_hash(settings, calibration)
     if parent and is_current(parent, fingerprint, hashed):
         return unchanged_summary(settings, store, parent, timer), None
     with timer("history"):
         history = History.of(store, parent)
+    history.warn_if_ids_changed(data.table)
     version = (parent["version"] if parent else 0) + 1
     data = data.with_table(history.mark_first_seen(data.table, version))
     embedded = _embed(data, settings, timer, meter, dry_run)
@@ -414,11 +429,13 @@ def _after_commit(
     draft: VersionDraft,
     parent: JSON | None,
 ) -> None:
-    """What follows the commit point: the labeling queue, the promotion gate, the report."""
+    """What follows the commit point: the queue fill, the promotion gate and the report. The
+    queue fill and the report are each recorded as done once they are (a kill or an error here
+    leaves them to the next run or `leanset show`)."""
     version = committed["version"]
-    if settings.label_noise or settings.active_learning:
-        rows = _queue_rows(decided.table, settings, decided)
-        summary.labeling["queue"] = enqueue_task(str(store.root), rows, version)
+    if draft.queue is not None:
+        summary.labeling["queue"] = enqueue_task(str(store.root), draft.queue, version)
+        finish.mark_done(store, version, finish.QUEUE, summary.labeling["queue"])
     if settings.cost.promote:
         summary.statement += "\n" + _promote_after_run(store, version, settings)
     path = store.layout.report(version)
@@ -426,6 +443,7 @@ def _after_commit(
     summary.report = html_report_task(
         path, summary, draft.decisions, decided, committed, parent_report
     )
+    finish.mark_done(store, version, finish.REPORT, summary.report)
 
 
 def is_current(parent: JSON, fingerprint: str, hashed: str) -> bool:
@@ -477,6 +495,24 @@ def _rename_run(name: str) -> None:
         client.set_flow_run_name(flow_run_id=flow_run.id, name=name)
 
 
+def _finish_parent(store: Store, parent: JSON, data: LoadedDataset) -> None:
+    """Finish the post-commit steps the run that committed the parent did not record as done."""
+    from prefect.runtime import flow_run
+
+    pending = finish.pending_steps(store, parent)
+    if not pending:
+        return
+    logger = log
+    try:
+        done = finish.finish_version(store, parent, data, run_id=str(flow_run.id))
+    except USER_ERRORS + (OSError,) as exc:
+        logger.warning(
+            "Version %s: its %s could not be finished: %s", parent["version"], pending, exc
+        )
+        return
+    logger.info("Version %s: finished what its run left undone: %s", parent["version"], done)
+
+
 # ---------------------------------------------------------------- the steps' details
 
 
@@ -512,6 +548,7 @@ def _embed(
 ) -> _Embedded:
     """Embed (cache first) when an embedder is configured."""
     if settings.embedder is None:
+        _refuse_all_unreadable(data.table)
         return _Embedded(data.table, None, {})
     with timer("embed"):
         res = embed_task(data, settings, dry_run)
@@ -527,6 +564,7 @@ def _embed(
     }
     log.info("Embedded %d new samples, %d from cache (%s).", res.computed, res.cached, res.device)
     table = _mark_unreadable(data.table, res.errors)
+    _refuse_all_unreadable(table)
     if _wants_signal(settings, data, ("shingles",), "text"):
         readable = table["error"].is_null().to_list()
         texts = [
@@ -551,6 +589,18 @@ def _wants_signal(
     confirm = settings.dedup.confirm
     wanted = set(routes) if confirm == "auto" else set() if confirm == "embedding" else set(confirm)
     return data.modality == modality and settings.dedup.near and bool(wanted & set(routes))
+
+
+def _refuse_all_unreadable(table: pl.DataFrame) -> None:
+    """A dataset none of whose samples can be read is an error, not an empty version."""
+    if table["error"].null_count():
+        return
+    first = table.head(3).select("source", "error").iter_rows()
+    shown = "; ".join(f"{src}: {err}" for src, err in first)
+    raise SourceError(
+        f"every one of the {table.height:,} samples is unreadable, so nothing was committed; "
+        f"first errors: {shown}"
+    )
 
 
 def _mark_unreadable(table: pl.DataFrame, errors: dict[str, str]) -> pl.DataFrame:
@@ -602,7 +652,29 @@ def _label(
     pending = read_queue(store.root).filter(pl.col("status").is_in(list(PENDING)))
     t = settings.dedup.threshold
     threshold = float(calibration.get("threshold", 0.95)) if t == "auto" else float(t)
-    return labeling_task(table, matrix, settings, given, pending, min(threshold, 0.999))
+    outcome = labeling_task(table, matrix, settings, given, pending, min(threshold, 0.999))
+    _warn_if_label_stages_skipped(outcome.info, table)
+    return outcome
+
+
+def _warn_if_label_stages_skipped(info: JSON, table: pl.DataFrame) -> None:
+    """Configured label stages that found nothing to learn from say so (a run that queues nothing
+    and flags nothing must not look like a clean bill of health)."""
+    skipped = []
+    if str(info.get("label_noise", "")).startswith("skipped"):
+        skipped.append("label noise")
+    if "note" in (info.get("selection") or {}):
+        skipped.append("the labeling selection")
+    if not skipped:
+        return
+    labeled = table.filter(pl.col("error").is_null() & pl.col("label").is_not_null()).height
+    logging.getLogger("leanset.labeling").warning(
+        "%s could not run: %d readable sample(s) have a label (labels come from columns.label, "
+        "or from the class folders of labeled splits: split/class/file); nothing was flagged or "
+        "queued",
+        " and ".join(skipped),
+        labeled,
+    )
 
 
 @dataclass
@@ -652,10 +724,17 @@ def _draft(
         labeling=found.labeling,
         classes=class_names(decided, decisions),
         guard=found.guard,
+        post_commit=finish.steps_for(bool(settings.label_noise or settings.active_learning)),
     )
     parent_version = parent["version"] if parent else None
     pairs = found.dedup.pairs if key else None
-    return VersionDraft(cleaned, decisions, manifest, parent_version, pairs)
+    labeling = bool(settings.label_noise or settings.active_learning)
+    queue = _queue_rows(decided.table, settings, decided) if labeling else None
+    vectors = None
+    if decided.modality == "embedding":
+        kept = decisions.filter(pl.col("kept")).unique("content_hash", maintain_order=True)
+        vectors = KeptVectors(decided, kept.select("content_hash", "position"))
+    return VersionDraft(cleaned, decisions, manifest, parent_version, pairs, queue, vectors)
 
 
 def _promote_after_run(store: Store, version: int, settings: FlowSettings) -> str:
@@ -729,6 +808,7 @@ def run_flow(
     The flow run is tagged `leanset`, the flow's name and `trigger` (`cli`, `demo`)."""
     settings = load_flow(config, flow_name, overrides or ())
     check_source_exists(settings, config)
+    check_store_location(settings.store, settings.source)
     if not _has_api():
         current = _answer_if_unchanged(settings, dry_run)
         if current is not None:

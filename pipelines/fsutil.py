@@ -6,8 +6,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -16,6 +17,25 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _write_temp(path, data)
     try:
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_with(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Like `atomic_write_bytes`, for content that `write` streams into a file object (nothing
+    is held whole in memory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -63,3 +83,35 @@ def _write_temp(path: Path, data: bytes) -> str:
 def digest(data: bytes) -> str:
     """Content hash used across leanset (blake2b, 128 bits, hex)."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def digest_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """`digest` of a file's bytes, read in chunks (bounded memory)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An error that means the disk (or the user's quota) is full, from Python or from Delta's
+    Rust writer (which reports the OS error only in its message)."""
+    import errno
+
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e)
+        if "os error 28" in text or "No space left on device" in text or "os error 122" in text:
+            return True
+    return False
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in out and len(out) < 20:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out

@@ -108,7 +108,7 @@ def test_precomputed_vectors_of_wrong_width_are_named(tmp_path: Path):
     src = SourceSettings(type="files", format="parquet", data_files=[str(tmp_path / "d.parquet")])
     data = load_source(src, ColumnSettings(embedding="emb", label=None))
     with pytest.raises(
-        EmbedError, match=r"sample .* \(.*:train:2\): embedding has 3 values, expected 2"
+        EmbedError, match=r"sample .* \(d.parquet:2\): embedding has 3 values, expected 2"
     ):
         embed_dataset(data, PrecomputedEmbedder("emb"), tmp_path / "c", progress=False)
 

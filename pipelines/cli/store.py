@@ -35,6 +35,13 @@ def add_commands(sub: Any) -> None:
 
     _add_export(sub)
 
+    verify = sub.add_parser(
+        "verify", help="check every stored file against the checksums its manifest recorded"
+    )
+    verify.add_argument("store")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(func=cmd_verify)
+
     diff = sub.add_parser("diff", help="which samples entered or left between two versions")
     diff.add_argument("store", help=STORE_HELP)
     diff.add_argument("a", type=int, help="the older version")
@@ -94,10 +101,18 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from pipelines.finish import finish_version, pending_steps
     from pipelines.store.promotions import promotions
 
     store = open_store(args.store)
     m = store.manifest(args.version)
+    if pending_steps(store, m):  # a kill or an error stopped the run after its commit
+        done = finish_version(store, m, run_id="leanset show")
+        if not args.json:
+            console.print(
+                f"version {m['version']}: finished what its run left undone: {', '.join(done)}",
+                highlight=False,
+            )
     records = promotions(store)
     mine = [r for r in records if r["version"] == m["version"]]
     if args.json:  # the manifest, plus (outside it) the promotion records naming this version
@@ -212,6 +227,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit status 0 when nothing is damaged, 1 otherwise; each finding names its file."""
+    from pipelines.store.verify import verify_store
+
+    result = verify_store(open_store(args.store).root)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0 if result.ok else 1
+    for f in result.findings:
+        console.print(f"{f.severity}: {f.problem}", highlight=False, soft_wrap=True)
+    verdict = "ok" if result.ok else "DAMAGED"
+    console.print(
+        f"store {result.store}: {verdict}: {len(result.versions)} version(s), "
+        f"{result.files_checked} file(s) checked, {len(result.findings)} finding(s)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0 if result.ok else 1
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     d = open_store(args.store).diff(args.a, args.b)
     parts = {
@@ -285,7 +320,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     )
     console.print(
         f"  {len(plan.manifests)} manifest(s), {len(plan.table_files)} Delta data file(s), "
-        f"{len(plan.index_files)} pair index file(s), {len(plan.cache_dirs)} cache folder(s), "
+        f"{len(plan.index_files)} pair index file(s), {len(plan.vector_files)} vector shard(s), "
+        f"{len(plan.cache_dirs)} cache folder(s), "
         f"{len(plan.corrupt_shards)} corrupt shard(s), {len(plan.temp_files)} leftover "
         f"temporary file(s), {len(plan.reports)} report(s): {human_bytes(plan.bytes)}",
         highlight=False,

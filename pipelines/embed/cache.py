@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.embed.protocol import l2_normalise
-from pipelines.fsutil import atomic_write_bytes
+from pipelines.fsutil import atomic_write_bytes, is_disk_full
+from pipelines.store.errors import StoreFull
 
 log = logging.getLogger("leanset.embed")
 
@@ -69,7 +70,18 @@ class EmbeddingCache:
             checksum=np.asarray(shard_checksum(hash_arr, stored)),
         )
         name = f"shard-{time.time_ns():020d}-{hashlib.blake2b(hash_arr.tobytes(), digest_size=4).hexdigest()}.npz"
-        path = None if self.read_only else atomic_write_bytes(self.dir / name, buf.getvalue())
+        if self.read_only:
+            path = None
+        else:
+            try:
+                path = atomic_write_bytes(self.dir / name, buf.getvalue())
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                raise StoreFull(
+                    f"no space left on the store's disk ({self.dir}), nothing was committed; "
+                    f"free some space and rerun (the {len(self)} vectors cached so far are kept)"
+                ) from None
         k = len(self._shards)
         self._shards.append(stored)
         self._index.update((h, (k, i)) for i, h in enumerate(hash_arr.tolist()))

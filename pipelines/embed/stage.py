@@ -85,13 +85,26 @@ def embed_dataset(
 
 
 def _precomputed(data: LoadedDataset, embedder: PrecomputedEmbedder, t0: float) -> EmbedResult:
-    """Vectors from the dataset's own column: checked, normalised, nothing computed or cached."""
-    ok = data.table.filter(pl.col("error").is_null())
-    vectors = data.vectors(ok["position"].to_list())
-    width = check_vector_widths(ok, vectors)
-    matrix = np.zeros((data.table.height, width), dtype=np.float32)
-    if vectors:
-        matrix[ok["position"].to_numpy()] = l2_normalise(np.stack(vectors))  # one pass, no cache
+    """Vectors from the dataset's own column: checked, normalised, nothing computed or cached.
+
+    The matrix is filled block by block from the source (rows that could not be read stay zero),
+    so the vectors are held once, as the normalised matrix."""
+    table = data.table
+    ok = table["error"].is_null().to_numpy()
+    widths = table["size_bytes"].to_numpy() // np.dtype(np.float32).itemsize
+    width = check_vector_widths(table.filter(pl.col("error").is_null()), widths[ok])
+    matrix = np.zeros((table.height, width), dtype=np.float32)
+    for positions, block in data.vector_blocks():
+        keep = ok[positions]
+        if not keep.any():
+            continue
+        if isinstance(block, np.ndarray):
+            rows = block[keep]
+        else:
+            rows = np.stack(
+                [np.asarray(v, np.float32) for v, k in zip(block, keep, strict=True) if k]
+            )
+        matrix[positions[keep]] = l2_normalise(rows)  # row by row: as if normalised all at once
     return EmbedResult(
         matrix=matrix,
         computed=0,
@@ -102,9 +115,10 @@ def _precomputed(data: LoadedDataset, embedder: PrecomputedEmbedder, t0: float) 
     )
 
 
-def check_vector_widths(ok: pl.DataFrame, vectors: list[np.ndarray]) -> int:
-    """All precomputed vectors must have one width; the first that differs is named."""
-    widths = np.array([len(v) for v in vectors], dtype=np.int64)
+def check_vector_widths(ok: pl.DataFrame, widths: np.ndarray) -> int:
+    """All precomputed vectors must have one width; the first that differs is named (`ok`: the
+    readable rows, `widths`: their vectors' widths)."""
+    widths = np.asarray(widths, dtype=np.int64)
     if widths.size == 0:
         return 0
     expected = int(np.bincount(widths).argmax())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from pipelines.config import ColumnSettings
+from pipelines.sources.vectors import vector_blocks
 
 Modality = Literal["image", "text", "embedding"]
 
@@ -59,22 +60,19 @@ class LoadedDataset:
             for v in self.splits[part][name]
         ]
 
-    def vectors(self, rows: Sequence[int]) -> list[np.ndarray]:
-        """Precomputed vectors of table rows `rows`, read in bulk per split."""
-        part = self.table["_part"].to_numpy()[list(rows)]
-        srow = self.table["_row"].to_numpy()[list(rows)]
-        out: list[np.ndarray] = [None] * len(part)  # type: ignore[list-item]
-        for name in set(part.tolist()):
-            col = numpy_column(self.splits[name], self.columns.content())
-            where = np.flatnonzero(part == name)
-            if isinstance(col, np.ndarray):
-                block = col[srow[where]]
-                for k, row in zip(where, block, strict=True):
-                    out[k] = row
-            else:
-                for k in where:
-                    out[k] = np.asarray(col[srow[k]], dtype=np.float32)
-        return out
+    def vector_blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray | list[Any]]]:
+        """(table positions, block) over every precomputed vector, split by split, in bounded
+        blocks (see `pipelines.sources.vectors`): the column is never held whole."""
+        part = self.table["_part"].to_numpy()
+        srow = self.table["_row"].to_numpy()
+        for name, ds in self.splits.items():
+            mask = part == name
+            if not mask.any():
+                continue
+            where = np.full(len(ds), -1, dtype=np.int64)
+            where[srow[mask]] = np.flatnonzero(mask)
+            for start, block in vector_blocks(ds, self.columns.content()):
+                yield where[start : start + len(block)], block
 
     def _content(self, ds: Any, row: int) -> Any:
         if self.modality == "embedding":
@@ -82,29 +80,6 @@ class LoadedDataset:
         if self.modality == "text":
             return ds[row][self.columns.text]
         return image_bytes(ds[row][self.columns.image])
-
-
-def numpy_column(ds: Any, column: str) -> Any:
-    """A vector column as a 2-D float32 array when every row has one width, else a list of rows."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if ds._indices is not None:  # a selected/filtered view: materialise the row order first
-        ds = ds.flatten_indices()
-    arr = ds.data.column(column).combine_chunks()
-    if _is_list(arr.type, pa) and arr.null_count == 0 and len(arr):
-        lengths = pc.list_value_length(arr).to_numpy()
-        if (lengths == lengths[0]).all() and lengths[0] > 0:
-            try:
-                values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-                return values.reshape(len(arr), int(lengths[0]))
-            except (TypeError, ValueError, pa.ArrowInvalid):
-                pass  # not numeric: every row is reported on its own below
-    return [None if v is None else v for v in arr.to_pylist()]
-
-
-def _is_list(t: Any, pa: Any) -> bool:
-    return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
 
 
 def image_bytes(value: Any) -> bytes:

@@ -53,7 +53,7 @@ class FileHashCache:
             return
         import io
 
-        from pipelines.fsutil import atomic_write_bytes
+        from pipelines.fsutil import atomic_write_bytes, is_disk_full
 
         keys = list(self._known)
         frame = pl.DataFrame(
@@ -67,5 +67,10 @@ class FileHashCache:
         )
         buf = io.BytesIO()
         frame.write_parquet(buf)
-        atomic_write_bytes(self.path, buf.getvalue())
+        try:
+            atomic_write_bytes(self.path, buf.getvalue())
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            log.warning("no space left on the store's disk (%s): file hashes not cached", self.path)
         self._added = 0

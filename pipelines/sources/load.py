@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import logging
 import os
 import reprlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +22,21 @@ from pipelines.sources.dataset import (
     Modality,
     SourceError,
     image_bytes,
-    numpy_column,
 )
+from pipelines.sources.folder import open_folder
 from pipelines.sources.hashes import FileHashCache, Hashed
+from pipelines.sources.vectors import vector_blocks
 
 log = logging.getLogger("leanset.sources")
+PARQUET_BATCH_ROWS = 8192  # rows per batch when `datasets` converts Parquet (bounds its memory)
 
 
 def load_source(
     source: SourceSettings, columns: ColumnSettings, file_hashes: FileHashCache | None = None
 ) -> LoadedDataset:
     """Load the configured source and build the sample table (ids, splits, labels, hashes)."""
-    splits = _open_splits(source, columns.unlabeled_splits)
+    opened = _open_splits(source, columns.unlabeled_splits)
+    splits = opened.splits
     if source.splits:
         missing = [s for s in source.splits if s not in splits]
         if missing:
@@ -42,7 +47,7 @@ def load_source(
     if modality == "image":
         splits = {name: _undecoded(ds, columns.content()) for name, ds in splits.items()}
     frames = [
-        _split_frame(name, ds, columns, modality, source, file_hashes)
+        _split_frame(name, ds, columns, modality, source, file_hashes, opened, name)
         for name, ds in splits.items()
     ]
     table = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
@@ -57,12 +62,21 @@ def load_source(
         .otherwise(pl.col("label"))
         .alias("label"),  # a pool split: its folder or column labels are placeholders
     )
-    table = _assign_ids(table)
+    table = _assign_ids(table, modality)
     return LoadedDataset(table=table, modality=modality, splits=splits, columns=columns)
 
 
-def _open_splits(source: SourceSettings, pool_splits: Sequence[str] = ()) -> dict[str, Any]:
-    """Open the source with `datasets` and return {split: Dataset}."""
+@dataclass
+class _Opened:
+    """The source's splits as `datasets` opened them, and the file each tabular row came from."""
+
+    splits: dict[str, Any]
+    files: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # split: (file, rows)
+    refused: dict[str, str] = field(default_factory=dict)  # image path -> why it is not read
+
+
+def _open_splits(source: SourceSettings, pool_splits: Sequence[str] = ()) -> _Opened:
+    """Open the source with `datasets`: {split: Dataset}, and where tabular rows came from."""
     try:
         return _open_with_datasets(source, pool_splits)
     except (ValueError, FileNotFoundError, OSError, _generation_error()) as exc:
@@ -91,25 +105,27 @@ def _keep_tqdm_lock() -> None:
     datasets_tqdm.get_lock()
 
 
-def _open_with_datasets(source: SourceSettings, pool_splits: Sequence[str]) -> dict[str, Any]:
+def _open_with_datasets(source: SourceSettings, pool_splits: Sequence[str]) -> _Opened:
     import datasets
 
     # leanset shows its own progress; `datasets`' bars ("Downloading data" for local files) mislead
     datasets.disable_progress_bars()
     _keep_tqdm_lock()
+    # Arrow's default allocator keeps what a conversion freed; the system's returns it at once
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
 
     path = source.path or ""  # the config loader requires it for the types that read it
     if source.type == "imagefolder":
         if not Path(path).is_dir():
             raise SourceError(f"source.path {path}: not a folder of images")
-        loaded = datasets.load_dataset(
-            "imagefolder", data_dir=path, data_files=_folder_splits(path, pool_splits)
-        )
+        splits, found = open_folder(path, pool_splits)
+        if not splits:
+            raise SourceError(f"source.path {path}: no image files in this folder")
+        return _Opened(splits, refused=found.refused)
     elif source.type == "files":
-        for f in source.data_files or []:
-            if not glob.glob(f):
-                raise SourceError(f"source.data_files: {f} does not exist")
-        loaded = datasets.load_dataset(source.format, data_files=source.data_files)
+        return _open_files(source)
     elif source.type == "disk":
         if not Path(path).exists():
             raise SourceError(f"source.path {path}: no dataset saved there (save_to_disk)")
@@ -117,16 +133,67 @@ def _open_with_datasets(source: SourceSettings, pool_splits: Sequence[str]) -> d
     else:  # hub: the real loader; needs network or a warm Hugging Face cache
         loaded = datasets.load_dataset(source.name, source.config, revision=source.revision)
     if isinstance(loaded, datasets.Dataset):
-        return {"train": loaded}
-    return dict(loaded.items())
+        return _Opened({"train": loaded})
+    return _Opened(dict(loaded.items()))
 
 
-def _folder_splits(root: str, pool_splits: Sequence[str]) -> dict[str, str] | None:
-    """Top-level folders as splits when one is a pool split (`datasets` only knows train/test/...)."""
-    tops = sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not set(tops) & set(pool_splits):
-        return None  # let `datasets` infer splits (or class folders) as usual
-    return {name: f"{name}/**" for name in tops}
+def _open_files(source: SourceSettings) -> _Opened:
+    """Local Parquet/CSV/JSON files, one `datasets` split per file joined into `train`, so each
+    row's file is known (its id is derived from the file, not from its position among all rows)."""
+    import datasets
+
+    files = _expand(source.data_files or [])
+    options = _parquet_options() if source.format == "parquet" else {}
+    loaded = datasets.load_dataset(
+        source.format, data_files={f"f{i}": [path] for i, (path, _) in enumerate(files)}, **options
+    )
+    parts = [loaded[f"f{i}"] for i in range(len(files))]
+    first = parts[0].features
+    for k, ((path, _), part) in enumerate(zip(files, parts, strict=True)):
+        if part.features != first:
+            try:
+                parts[k] = part.cast(first)
+            except (ValueError, TypeError) as exc:
+                raise SourceError(
+                    f"source.data_files: {path} has columns {dict(part.features)}, unlike "
+                    f"{files[0][0]} ({dict(first)}); every file needs the same columns"
+                ) from exc
+    merged = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    origin = [(label, len(part)) for (_, label), part in zip(files, parts, strict=True)]
+    return _Opened({"train": merged}, {"train": origin})
+
+
+def _parquet_options() -> dict[str, Any]:
+    """Read Parquet in small batches through a buffered stream (by default `datasets` reads a
+    whole row group at once)."""
+    import pyarrow.dataset as pds
+
+    scan = pds.ParquetFragmentScanOptions(pre_buffer=False, use_buffered_stream=True)
+    return {"batch_size": PARQUET_BATCH_ROWS, "fragment_scan_options": scan}
+
+
+def _expand(patterns: Sequence[str]) -> list[tuple[str, str]]:
+    """(file, its name relative to its pattern's fixed folder) for every file the patterns match,
+    each once, in pattern order then name order."""
+    out: dict[str, tuple[str, str]] = {}
+    for pattern in patterns:
+        hits = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        if not hits:
+            raise SourceError(f"source.data_files: {pattern} does not exist")
+        base = _fixed_folder(pattern)
+        for hit in hits:
+            label = os.path.relpath(hit, base) if base else Path(hit).name
+            out.setdefault(str(Path(hit).resolve()), (hit, label))
+    return list(out.values())
+
+
+def _fixed_folder(pattern: str) -> str:
+    """The folder part of a pattern before its first wildcard (a plain file: its folder)."""
+    parts = Path(pattern).parts
+    fixed = list(itertools.takewhile(lambda p: not glob.has_magic(p), parts))
+    if len(fixed) == len(parts):
+        fixed = fixed[:-1]
+    return str(Path(*fixed)) if fixed else ""
 
 
 def _infer_columns(columns: ColumnSettings, splits: dict[str, Any]) -> ColumnSettings:
@@ -175,13 +242,19 @@ def _split_frame(
     columns: ColumnSettings,
     modality: Modality,
     source: SourceSettings,
-    file_hashes: FileHashCache | None = None,
+    file_hashes: FileHashCache | None,
+    opened: _Opened,
+    part: str,
 ) -> pl.DataFrame:
-    """One split's rows: source, label, content hash, size and read errors."""
+    """One split's rows: source, label, content hash, size and read errors (`opened` says which
+    file each tabular row came from, and which image files are refused)."""
     n = len(ds)
     labels = _labels(ds, columns.label, name)
+    origin = opened.files.get(part)
+    where = _row_places(origin, source, name, n)
     hashes, sizes, errors, sources = [], [], [], []
-    for row, content, src in _iter_content(ds, columns, modality, source, name, file_hashes):
+    rows = _iter_content(ds, columns, modality, source, name, file_hashes, where, opened.refused)
+    for row, content, src in rows:
         if isinstance(content, Hashed):
             err = None
             hashes.append(content.hash)
@@ -206,9 +279,23 @@ def _split_frame(
             "size_bytes": np.asarray(sizes, dtype=np.int64),
             "error": errors,
             "_row": np.arange(n, dtype=np.int64),
+            "_loc": _row_files(origin) if origin else [name] * n,
         },
         schema_overrides={"_given_id": pl.Utf8, "label": pl.Utf8, "error": pl.Utf8},
     )
+
+
+def _row_places(
+    origin: list[tuple[str, int]] | None, source: SourceSettings, split: str, n: int
+) -> list[str]:
+    """Each row's `source`: `file:row` (row within its file) when files are known."""
+    if origin:
+        return [f"{label}:{r}" for label, rows in origin for r in range(rows)]
+    return [_row_source(source, split, r) for r in range(n)]
+
+
+def _row_files(origin: list[tuple[str, int]]) -> list[str]:
+    return [label for label, rows in origin for _ in range(rows)]
 
 
 def _labels(ds: Any, column: str | None, split: str = "train") -> list[str | None]:
@@ -312,19 +399,25 @@ def _iter_content(
     modality: Modality,
     source: SourceSettings,
     split: str,
-    file_hashes: FileHashCache | None = None,
+    file_hashes: FileHashCache | None,
+    where: list[str],
+    refused: dict[str, str],
 ) -> Iterator[tuple[int, tuple[bytes, str | None] | Hashed, str]]:
-    """Yield (row, (bytes to hash, error) or a known hash, source) for every row of one split."""
+    """Yield (row, (bytes to hash, error) or a known hash, source) for every row of one split
+    (`where`: each row's source, for rows that are not files themselves; `refused`: image files
+    never read, with the reason)."""
     if modality == "image":
         for row, value in enumerate(ds[columns.content()]):
-            item = _cached_image(value, file_hashes)
+            path = value.get("path") if isinstance(value, dict) else None
+            item = (b"", refused[path]) if path in refused else _cached_image(value, file_hashes)
             yield row, item, _image_source(value, source, split, row)
     elif modality == "text":
         for row, value in enumerate(_raw_text(ds, columns.content())):
-            yield row, _text_bytes(value), _row_source(source, split, row)
+            yield row, _text_bytes(value), where[row]
     else:
-        for row, value in enumerate(numpy_column(ds, columns.content())):
-            yield row, _vector_bytes(value), _row_source(source, split, row)
+        for start, block in vector_blocks(ds, columns.content()):
+            for k, value in enumerate(block):
+                yield start + k, _vector_bytes(value), where[start + k]
 
 
 def _cached_image(value: Any, cache: FileHashCache | None) -> tuple[bytes, str | None] | Hashed:
@@ -383,16 +476,25 @@ def _vector_bytes(value: Any) -> tuple[bytes, str | None]:
 def _image_source(value: Any, source: SourceSettings, split: str, row: int) -> str:
     path = value.get("path") if isinstance(value, dict) else None
     if path and source.path:
-        try:
-            return str(Path(path).resolve().relative_to(Path(source.path).resolve()))
-        except ValueError:
-            return str(path)
+        for inner, outer in ((Path(path), Path(source.path)), (Path(path).resolve(), None)):
+            try:  # the path as listed (a link keeps its own name), else as resolved
+                return str(inner.relative_to(outer or Path(source.path).resolve()))
+            except ValueError:
+                continue
+        return str(path)
     return path or _row_source(source, split, row)
 
 
 def _row_source(source: SourceSettings, split: str, row: int) -> str:
     where = source.name or source.path or ",".join(source.data_files or [])
     return f"{where}:{split}:{row}"
+
+
+def _row_ids(table: pl.DataFrame) -> pl.Series:
+    """Ids of rows: content hash, file (or split), and the occurrence of that content there."""
+    nth = pl.int_range(pl.len()).over(["content_hash", "_loc"]).cast(pl.Utf8)
+    keys = table.select(pl.concat_str(["content_hash", "_loc", nth], separator="\x1f"))
+    return pl.Series([digest(k.encode())[:16] for k in keys.to_series().to_list()], dtype=pl.Utf8)
 
 
 def _split_column(splits: dict[str, Any], column: str) -> pl.Series:
@@ -404,11 +506,13 @@ def _split_column(splits: dict[str, Any], column: str) -> pl.Series:
     return pl.Series("split", [str(v) for v in values], dtype=pl.Utf8)
 
 
-def _assign_ids(table: pl.DataFrame) -> pl.DataFrame:
-    """Configured ids (checked unique), else a hash of content and source location.
+def _assign_ids(table: pl.DataFrame, modality: Modality) -> pl.DataFrame:
+    """Configured ids (checked unique), else derived from the content and where it lives.
 
-    Derived ids stay the same when data is appended or reordered, and differ for identical
-    content at two locations (two files, two rows)."""
+    An image file's id hashes its content and path. A row's id hashes its content, the file
+    (or split) it came from, and how many rows with the same content came before it there: ids
+    stay the same when rows are reordered or files and rows are appended, and identical rows are
+    still told apart."""
     if table["_given_id"].null_count() == 0:
         dup = table.filter(pl.col("_given_id").is_duplicated())["_given_id"]
         if dup.len():
@@ -417,9 +521,11 @@ def _assign_ids(table: pl.DataFrame) -> pl.DataFrame:
                 f"times; ids must be unique ({dup.n_unique()} duplicated ids in all)"
             )
         ids = table["_given_id"]
-    else:
+    elif modality == "image":
         pairs = zip(table["content_hash"].to_list(), table["source"].to_list(), strict=True)
         ids = pl.Series([digest(f"{h}\x1f{src}".encode())[:16] for h, src in pairs], dtype=pl.Utf8)
+    else:
+        ids = _row_ids(table)
     return (
         table.with_columns(ids.alias("sample_id"))
         .drop("_given_id")

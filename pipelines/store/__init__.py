@@ -1,5 +1,21 @@
 """The versioned store: one folder per dataset holding every version, its caches and its queue."""
 
-from pipelines.store.versions import TABLES, Diff, Store, StoreConflict, StoreError
+from pipelines.store.versions import (
+    TABLES,
+    Diff,
+    IntegrityError,
+    Store,
+    StoreConflict,
+    StoreError,
+    StoreFull,
+)
 
-__all__ = ["TABLES", "Diff", "Store", "StoreConflict", "StoreError"]
+__all__ = [
+    "TABLES",
+    "Diff",
+    "IntegrityError",
+    "Store",
+    "StoreConflict",
+    "StoreError",
+    "StoreFull",
+]

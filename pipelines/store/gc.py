@@ -10,13 +10,14 @@ what only removed versions used:
   (Delta's own vacuum listing, in a dry run, cross-checked against the files of every kept version);
 * near-pair index files that only removed versions name (and, past the grace period, ones no
   version names: a run died before its manifest);
+* vector shards (precomputed embeddings) that only removed versions list, likewise;
 * embedding cache folders of embedder fingerprints that only removed versions used;
 * shards that fail their checksum (they are never read) and temporary files that interrupted writes
   left behind, once they are older than a grace period (a running writer may still own them);
 * the HTML reports of removed versions.
 
-Nothing outside the store's `manifests/`, `dataset/`, `decisions/`, `index/`, `reports/` and
-`cache/embeddings/` folders is touched: source data, files Delta never wrote, the Delta logs and
+Nothing outside the store's `manifests/`, `dataset/`, `decisions/`, `index/`, `vectors/`,
+`reports/` and `cache/embeddings/` folders is touched: source data, files Delta never wrote, the Delta logs and
 `labeling/` are never removed. An interrupted collection leaves a valid store; rerunning it
 finishes the job.
 """
@@ -41,6 +42,7 @@ DEFAULT_GRACE_SECONDS = 3600.0
 _DELTA_PART = re.compile(r"part-\d{5}-[0-9a-f-]{36}-c\d{3}(\.[A-Za-z0-9]+)*\.parquet")
 _TEMP = re.compile(r"\..+\.tmp")
 _PAIR_INDEX = re.compile(r"pairs-v\d{6,}-[0-9a-f]+\.parquet")
+_VECTOR_SHARD = re.compile(r"v\d{6,}-[0-9a-f]+-\d{3,}\.npz")
 
 
 class GcError(StoreError):
@@ -57,6 +59,7 @@ class GcPlan:
     manifests: list[str] = field(default_factory=list)
     table_files: list[str] = field(default_factory=list)
     index_files: list[str] = field(default_factory=list)
+    vector_files: list[str] = field(default_factory=list)
     cache_dirs: list[str] = field(default_factory=list)
     corrupt_shards: list[str] = field(default_factory=list)
     temp_files: list[str] = field(default_factory=list)
@@ -70,6 +73,7 @@ class GcPlan:
             self.manifests
             + self.table_files
             + self.index_files
+            + self.vector_files
             + self.cache_dirs
             + self.corrupt_shards
             + self.temp_files
@@ -84,6 +88,7 @@ class GcPlan:
             "manifests": self.manifests,
             "table_files": self.table_files,
             "index_files": self.index_files,
+            "vector_files": self.vector_files,
             "cache_dirs": self.cache_dirs,
             "corrupt_shards": self.corrupt_shards,
             "temp_files": self.temp_files,
@@ -132,6 +137,9 @@ def plan_gc(
     plan.index_files = _index_garbage(
         store, kept_manifests, [by_version[v] for v in removed], grace_seconds
     )
+    plan.vector_files = _vector_garbage(
+        store, kept_manifests, [by_version[v] for v in removed], grace_seconds
+    )
     plan.cache_dirs = _cache_garbage(store, kept_manifests, [by_version[v] for v in removed])
     plan.corrupt_shards = _corrupt_shards(store, plan.cache_dirs)
     plan.temp_files = _stale_temp_files(store, grace_seconds)
@@ -143,7 +151,7 @@ def plan_gc(
 def apply_gc(plan: GcPlan) -> GcPlan:
     """Remove what the plan lists: manifests first, so a crash never leaves a broken version."""
     _remove_paths(plan.manifests)
-    _remove_paths(plan.table_files + plan.index_files)
+    _remove_paths(plan.table_files + plan.index_files + plan.vector_files)
     _remove_paths(plan.cache_dirs)
     _remove_paths(plan.corrupt_shards + plan.temp_files + plan.reports)
     plan.applied = True
@@ -264,18 +272,44 @@ def _index_garbage(
     store: Store, kept: list[dict[str, Any]], removed: list[dict[str, Any]], grace_seconds: float
 ) -> list[str]:
     """Pair-index files of removed versions, and unnamed ones older than the grace period."""
-    folder = store.layout.index
+
+    def named(m: dict[str, Any]) -> list[str]:
+        rel = (m.get("index") or {}).get("pairs")
+        return [rel] if isinstance(rel, str) and rel else []
+
+    lists = ([r for m in kept for r in named(m)], [r for m in removed for r in named(m)])
+    return _unnamed_files(store, store.layout.index, _PAIR_INDEX, lists, grace_seconds)
+
+
+def _vector_garbage(
+    store: Store, kept: list[dict[str, Any]], removed: list[dict[str, Any]], grace_seconds: float
+) -> list[str]:
+    """Vector shards that only removed versions read (versions share shards, so a shard stays
+    while any kept version lists it), and unlisted ones older than the grace period."""
+
+    def named(m: dict[str, Any]) -> list[str]:
+        shards = (m.get("vectors") or {}).get("shards") or []
+        return [r for r in shards if isinstance(r, str) and r]
+
+    lists = ([r for m in kept for r in named(m)], [r for m in removed for r in named(m)])
+    return _unnamed_files(store, store.layout.vectors, _VECTOR_SHARD, lists, grace_seconds)
+
+
+def _unnamed_files(
+    store: Store,
+    folder: Path,
+    pattern: re.Pattern[str],
+    named: tuple[list[str], list[str]],
+    grace_seconds: float,
+) -> list[str]:
+    """Files in `folder` matching `pattern` that no kept version names (`named[0]`) and that a
+    removed version names (`named[1]`) or that are older than the grace period."""
     if not folder.is_dir():
         return []
-
-    def named(manifests: list[dict[str, Any]]) -> set[Path]:
-        rels = [(m.get("index") or {}).get("pairs") for m in manifests]
-        return {(store.root / r).resolve() for r in rels if isinstance(r, str) and r}
-
-    keep, gone = named(kept), named(removed)
+    keep, gone = ({(store.root / r).resolve() for r in rels} for rels in named)
     out = []
     for path in sorted(p.resolve() for p in folder.iterdir()):
-        if path in keep or not path.is_file() or not _PAIR_INDEX.fullmatch(path.name):
+        if path in keep or not path.is_file() or not pattern.fullmatch(path.name):
             continue
         if path in gone or _age(path) >= grace_seconds:
             out.append(str(path))

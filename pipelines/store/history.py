@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
 from dedup.stage import PriorIndex
+
+log = logging.getLogger("leanset.store")
+MOST = 0.5  # more than this share of ids new and of the parent's gone: "most ids changed"
 
 
 @dataclass
@@ -37,6 +41,28 @@ class History:
         seen = self.previous.select("sample_id", "first_seen")
         out = table.join(seen, on="sample_id", how="left", maintain_order="left")
         return out.with_columns(pl.col("first_seen").fill_null(version))
+
+    def warn_if_ids_changed(self, table: pl.DataFrame) -> bool:
+        """Warn when most sample ids differ from the parent's (a change of id scheme or of the
+        source's layout, not new data): `first_seen` restarts and imported labels stop applying."""
+        if self.previous is None or self.manifest is None or self.previous.height < 10:
+            return False
+        old = self.previous["sample_id"]
+        new = table.filter(~pl.col("sample_id").is_in(old.implode())).height
+        gone = self.previous.filter(~pl.col("sample_id").is_in(table["sample_id"].implode())).height
+        if new <= MOST * table.height or gone <= MOST * old.len():
+            return False
+        log.warning(
+            "%d of %d sample ids are new and %d of version %s's %d are gone: most ids changed, "
+            "so first_seen restarts and imported labels no longer apply to those samples. If the "
+            "data itself did not change, set columns.id to a column of stable unique ids.",
+            new,
+            table.height,
+            gone,
+            self.manifest["version"],
+            old.len(),
+        )
+        return True
 
     def prior_index(self) -> PriorIndex | None:
         """The parent's confirmed pairs, with the key they were found under and its calibration

@@ -12,6 +12,9 @@ STORE/
   reports/v000001.html          a static report per version
   cost/calibration.json         the last `leanset calibrate` measurement (training throughput)
   promotions/p000001.json       who promoted which version and why (append-only, one file each)
+  vectors/v000001-<t>-000.npz    raw vectors of precomputed embeddings, shared between versions
+  after-commit/v000001-<t>.queue.parquet  rows a version's queue fill adds (written before its manifest)
+  after-commit/v000001.done.json          which post-commit steps of a version are done (written last)
 ```
 """
 
@@ -108,3 +111,51 @@ class StoreLayout:
     def promotion(self, number: int) -> Path:
         """The n-th promotion record (created exclusively; never rewritten)."""
         return self.promotions / f"p{number:06d}.json"
+
+    @property
+    def vectors(self) -> Path:
+        """Content-addressed raw vectors of cleaned datasets of precomputed embeddings."""
+        return self.root / "vectors"
+
+    def vector_shard(self, version: int, token: str, k: int) -> str:
+        """The k-th vector shard a version wrote, relative to the store root."""
+        return f"vectors/v{version:06d}-{token[:8]}-{k:03d}.npz"
+
+    @property
+    def after_commit(self) -> Path:
+        """What the steps after a commit (queue fill, report) need and have done, per version."""
+        return self.root / "after-commit"
+
+    def queue_rows_file(self, version: int, token: str) -> str:
+        """The rows a version adds to the labeling queue, relative to the store root."""
+        return f"after-commit/v{version:06d}-{token[:8]}.queue.parquet"
+
+    def entries(self) -> tuple[str, ...]:
+        """The names a store folder holds at its top (one of them marks a folder as a store)."""
+        tops = [self.manifests, self.index, self.embeddings, self.labeling, self.reports]
+        tops += [self.table(t) for t in TABLES] + [self.after_commit, self.vectors]
+        tops += [self.calibration.parent, self.promotions]
+        return tuple(p.relative_to(self.root).parts[0] for p in tops)
+
+    def sample_files(self) -> list[Path]:
+        """One example of each kind of file a store writes (to test a source pattern against)."""
+        part = "part-00000-00000000-0000-0000-0000-000000000000-c000.snappy.parquet"
+        return [
+            *(self.table(t) / part for t in TABLES),
+            self.root / self.pairs_file(1, "0" * 8),
+            self.root / self.queue_rows_file(1, "0" * 8),
+            self.root / self.vector_shard(1, "0" * 8, 0),
+            self.embeddings / "0" / "shard-0.npz",
+            self.file_hashes,
+            self.queue,
+            self.answers,
+            self.manifest(1),
+            self.completion(1),
+            self.report(1),
+            self.calibration,
+            self.promotion(1),
+        ]
+
+    def completion(self, version: int) -> Path:
+        """The record of a version's finished post-commit steps (rewritten after each step)."""
+        return self.after_commit / f"v{version:06d}.done.json"

@@ -113,6 +113,7 @@ class Manifest:
     classes: JSON = field(default_factory=dict)
     guard: JSON = field(default_factory=dict)
     calibration: JSON = field(default_factory=dict)
+    post_commit: JSON = field(default_factory=dict)  # {"steps": [...]}: what follows the commit
     created_at: str = field(default_factory=lambda: _now())
     leanset: str = field(default_factory=lambda: _leanset_version())
     host: str = field(default_factory=platform.node)

@@ -7,7 +7,6 @@ import platform
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from pipelines.sources import LoadedDataset
@@ -68,9 +67,7 @@ def _content_columns(data: LoadedDataset, rows: pl.DataFrame) -> list[pl.Series]
         values = _cells(data, rows, data.columns.content())
         return [pl.Series("text", values, dtype=pl.Utf8)]
     if data.modality == "embedding":
-        vectors = data.vectors(rows["position"].to_list())
-        matrix = np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)
-        return [pl.Series("embedding", matrix).cast(pl.List(pl.Float32))]
+        return []  # the vectors go to the store's shared vector shards, named by content_hash
     return _image_columns(_cells(data, rows, data.columns.content()), rows["source"].to_list())
 
 

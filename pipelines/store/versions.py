@@ -13,18 +13,14 @@ from urllib.parse import unquote
 
 import polars as pl
 
-from pipelines.fsutil import atomic_write_bytes, create_exclusive, digest
+from pipelines.fsutil import atomic_write_bytes, create_exclusive, digest, is_disk_full
+from pipelines.store.errors import IntegrityError, StoreConflict, StoreError, StoreFull
+from pipelines.store.integrity import check_version_table, parse_manifest, serialise, table_files
 from pipelines.store.layout import TABLES, StoreLayout
+from pipelines.store.vectors import KeptVectors, read_vectors, write_vectors
 
 log = logging.getLogger("leanset.store")
-
-
-class StoreError(ValueError):
-    """The store cannot be used as asked; the message names the path or version."""
-
-
-class StoreConflict(StoreError):
-    """Another run committed a version on the same parent first."""
+__all__ = ["Diff", "IntegrityError", "Store", "StoreConflict", "StoreError", "StoreFull"]
 
 
 @dataclass(frozen=True)
@@ -87,8 +83,13 @@ class Store:
         if table not in TABLES:
             raise StoreError(f"unknown table {table!r}; expected one of {TABLES}")
         m = self.manifest(version)
-        _check_table_files(self.layout.table(table), m["tables"][table], m["version"])
-        return pl.read_delta(str(self.layout.table(table)), version=m["tables"][table])
+        files = check_table_files(self.layout.table(table), m["tables"][table], m["version"])
+        check_version_table(self.root, table, m, files)
+        df = pl.read_delta(str(self.layout.table(table)), version=m["tables"][table])
+        if table == "dataset" and m.get("vectors"):  # the vectors live in shared shards
+            matrix = read_vectors(self.layout, m, df["content_hash"].to_list())
+            df = df.with_columns(pl.Series("embedding", matrix).cast(pl.List(pl.Float32)))
+        return df
 
     def diff(self, a: int, b: int) -> Diff:
         """Which samples entered or left the cleaned dataset from version a to version b."""
@@ -130,8 +131,53 @@ class Store:
         manifest: dict[str, Any],
         parent: int | None,
         pairs: pl.DataFrame | None = None,
+        queue_rows: pl.DataFrame | None = None,
+        vectors: KeptVectors | None = None,
     ) -> dict[str, Any]:
-        """Write both tables (and the near-pair index), then the manifest that makes them a version."""
+        """Write both tables (and the near-pair index and the rows the queue fill will add), then
+        the manifest that makes them a version.
+
+        A full disk stops the commit at once (no retry): nothing was committed."""
+        extras = {"pairs": pairs, "queue_rows": queue_rows}
+        self._check_free_space([dataset, decisions] + [f for f in extras.values() if f is not None])
+        try:
+            return self._commit(dataset, decisions, manifest, parent, extras, vectors)
+        except StoreError:
+            raise
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise StoreFull(self._full_message()) from None
+            raise
+
+    def _full_message(self, detail: str = "") -> str:
+        return (
+            f"no space left on the store's disk ({self.root}), nothing was committed{detail}; "
+            f"free some space and rerun"
+        )
+
+    def _check_free_space(self, frames: list[pl.DataFrame]) -> None:
+        """Refuse before writing when the disk clearly cannot hold the version (a write that fails
+        half-way leaves Delta's writer threads complaining on stderr)."""
+        import shutil
+
+        folder = next(p for p in (self.root, *self.root.parents) if p.exists())
+        free = shutil.disk_usage(folder).free
+        need = sum(f.estimated_size() for f in frames) // 8  # Parquet compresses; be lenient
+        if free < need:
+            mib = 2**20
+            raise StoreFull(
+                self._full_message(f" (about {need // mib:,} MiB needed, {free // mib:,} MiB free)")
+            )
+
+    def _commit(
+        self,
+        dataset: pl.DataFrame,
+        decisions: pl.DataFrame,
+        manifest: dict[str, Any],
+        parent: int | None,
+        extras: dict[str, pl.DataFrame | None],
+        vectors: KeptVectors | None = None,
+    ) -> dict[str, Any]:
         self.root.mkdir(parents=True, exist_ok=True)
         latest = self.latest()
         current = latest["version"] if latest else None
@@ -139,28 +185,44 @@ class Store:
             raise StoreConflict(self._conflict_message(parent, current))
         version = (parent or 0) + 1
         token = uuid.uuid4().hex
-        tables = {
-            name: self._write_table(name, df, version, token)
-            for name, df in (("dataset", dataset), ("decisions", decisions))
+        tables, files = {}, {}
+        for name, df in (("dataset", dataset), ("decisions", decisions)):
+            tables[name], added = self._write_table(name, df, version, token)
+            files[name] = table_files(self.layout.table(name), tables[name], added)
+        full = {
+            **manifest,
+            "version": version,
+            "parent": parent,
+            "tables": tables,
+            "commit": token,
+            "files": files,
         }
-        full = {**manifest, "version": version, "parent": parent, "tables": tables, "commit": token}
-        if pairs is not None:
+        if (pairs := extras.get("pairs")) is not None:
             rel = self.layout.pairs_file(version, token)
-            buf = io.BytesIO()
-            pairs.write_parquet(buf)
-            atomic_write_bytes(self.root / rel, buf.getvalue())
-            full["index"] = {
-                **full.get("index", {}),
-                "pairs": rel,
-                "pairs_digest": digest(buf.getvalue()),
-            }
-        data = (json.dumps(full, indent=2, sort_keys=True, default=str) + "\n").encode()
-        if not create_exclusive(self.layout.manifest(version), data):
+            written = {"pairs": rel, "pairs_digest": self._write_parquet(pairs, rel)}
+            full["index"] = {**full.get("index", {}), **written}
+        if vectors is not None:
+            prior = latest if latest and latest["version"] == parent else None
+            full["vectors"], full["files"]["vectors"] = write_vectors(
+                self.layout, version, token, vectors, prior
+            )
+        if (rows := extras.get("queue_rows")) is not None:
+            rel = self.layout.queue_rows_file(version, token)
+            written = {"queue_rows": rel, "queue_rows_digest": self._write_parquet(rows, rel)}
+            full["post_commit"] = {**full.get("post_commit", {}), **written}
+        if not create_exclusive(self.layout.manifest(version), serialise(full)):
             winner = self.latest()
             raise StoreConflict(
                 self._conflict_message(parent, winner["version"] if winner else None)
             )
-        return full
+        return self.manifest(version)
+
+    def _write_parquet(self, frame: pl.DataFrame, rel: str) -> str:
+        """Write a frame as Parquet at `rel` under the store; return the file's digest."""
+        buf = io.BytesIO()
+        frame.write_parquet(buf)
+        atomic_write_bytes(self.root / rel, buf.getvalue())
+        return digest(buf.getvalue())
 
     def read_pairs(self, manifest: dict[str, Any]) -> pl.DataFrame | None:
         """The near pairs a version found (None when it recorded none or the file is unreadable)."""
@@ -179,8 +241,10 @@ class Store:
             )
             return None
 
-    def _write_table(self, name: str, df: pl.DataFrame, version: int, token: str) -> int:
-        """Overwrite a Delta table; return the Delta version this write created."""
+    def _write_table(
+        self, name: str, df: pl.DataFrame, version: int, token: str
+    ) -> tuple[int, set[str]]:
+        """Overwrite a Delta table; return the Delta version this write created and its files."""
         from deltalake import CommitProperties, DeltaTable
         from deltalake.exceptions import CommitFailedError
 
@@ -212,7 +276,7 @@ class Store:
                 f"this one, which was to become version {version}; nothing was written as a "
                 f"version. Rerun to build on the version that run commits."
             )
-        return delta_version
+        return delta_version, added
 
     def _conflict_message(self, parent: int | None, current: int | None) -> str:
         return (
@@ -222,9 +286,10 @@ class Store:
         )
 
 
-def _check_table_files(path: Path, delta_version: int, version: int) -> None:
+def check_table_files(path: Path, delta_version: int, version: int) -> list[tuple[str, int]]:
     """Every data file a version reads exists with the size its Delta log recorded (a truncated or
-    missing file is named here, instead of failing deep inside the Parquet reader)."""
+    missing file is named here, instead of failing deep inside the Parquet reader); returns the
+    (path, size) of each."""
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError
 
@@ -244,9 +309,10 @@ def _check_table_files(path: Path, delta_version: int, version: int) -> None:
         if actual != size:
             found = "missing" if actual is None else f"{actual} bytes, its Delta log says {size}"
             raise StoreError(
-                f"version {version}: data file {file} is {found}; the version cannot be read "
-                f"(a new run writes a new version)"
+                f"version {version}: data file {file} is {found}; the version cannot be read: "
+                f"restore the file from a backup of {path} (a new run writes a new version)"
             )
+    return list(zip(paths, sizes, strict=True))
 
 
 def _find_commit(
@@ -270,8 +336,9 @@ def _find_commit(
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A manifest, checked against its own checksum (damage names the file and what to do)."""
     try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return data
-    except (OSError, json.JSONDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
         raise StoreError(f"manifest {path} is unreadable ({exc})") from exc
+    return parse_manifest(path, raw)

@@ -6,6 +6,7 @@ parent chooses (writing a marker file there, then sleeping), and is killed with 
     python -m tests.reliability._child loop STORE MARKER
     python -m tests.reliability._child race STORE TAG READY GO
     python -m tests.reliability._child gc STORE KEEP_LAST MARKER
+    python -m tests.reliability._child fill_disk STORE      (on a tiny disk: see test_disk_full)
 """
 
 from __future__ import annotations
@@ -170,6 +171,29 @@ def race(store_path: str, tag: str, ready: str, go: str) -> None:
         print(json.dumps({"tag": tag, "parent": parent, "conflict": str(exc)}))
 
 
+def fill_disk(store_path: str) -> None:
+    """Commit a small version, then one too large for the store's (tiny) disk; print what each
+    commit did."""
+    import numpy as np
+
+    from pipelines.store import Store, StoreError
+
+    store = Store(store_path)
+    out = {"v1": do_commit(store_path, "v1", None)["version"]}
+    rng = np.random.default_rng(0)
+    for name, rows in (("clearly_too_big", 1_000_000), ("fills_while_writing", 150_000)):
+        big = pl.DataFrame({"sample_id": [rng.bytes(24).hex() for _ in range(rows)]})
+        try:
+            store.commit(big, big.with_columns(pl.lit(True).alias("kept")), {"counts": {}}, 1)
+            out[name] = "committed"
+        except StoreError as exc:
+            out[name] = f"{type(exc).__name__}: {exc}"
+        print(f"--- after {name}", file=sys.stderr, flush=True)
+    out["latest"] = Store(store_path).latest()["version"]
+    out["v1_rows"] = Store(store_path).read("decisions", 1).height
+    print(json.dumps(out))
+
+
 # ---------------------------------------------------------------- gc
 
 
@@ -182,4 +206,6 @@ def gc(store_path: str, keep_last: str, marker: str) -> None:
 
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    {"embed": embed, "commit": commit, "loop": loop, "race": race, "gc": gc}[mode](*args)
+    modes = {"embed": embed, "commit": commit, "loop": loop, "race": race, "gc": gc}
+    modes["fill_disk"] = fill_disk
+    modes[mode](*args)

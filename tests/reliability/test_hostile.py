@@ -126,7 +126,7 @@ def test_text_that_is_not_utf8_is_an_unreadable_row_named_by_its_source(tmp_path
     )
     t = load_source(files(tmp_path / "t.parquet", "parquet"), ColumnSettings()).table
     assert t["error"].to_list()[0] is None and "not valid UTF-8" in t["error"][1]
-    assert t["source"][1].endswith("t.parquet:train:1")
+    assert t["source"][1] == "t.parquet:1"
 
     hostile("text (JSON string, not UTF-8)")
     (tmp_path / "t.jsonl").write_bytes(b'{"text": "caf\xe9"}\n{"text": "ok"}\n')

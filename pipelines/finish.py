@@ -1,0 +1,159 @@
+"""The steps after a commit — filling the labeling queue, writing the HTML report — recorded as
+done per version, and finished later when a kill or an error stopped them.
+
+A manifest lists its version's post-commit steps (`post_commit.steps`) and, when the queue fill is
+one, names the rows it adds (a Parquet file written before the manifest, with its digest). After
+each step the run rewrites `after-commit/vN.done.json` (atomically), so a step is either recorded
+as done or is done again: the queue fill is idempotent (a waiting sample is never queued twice) and
+the report is rewritten whole. The next run finishes its parent's missing steps, and
+`leanset show` finishes the shown version's; the manifest itself never changes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import asdict
+from typing import Any
+
+import polars as pl
+
+from pipelines.fsutil import atomic_write_json, digest
+from pipelines.sources import LoadedDataset
+from pipelines.store import IntegrityError, Store, StoreError
+from pipelines.store.manifest import JSON
+from pipelines.summary import RunSummary
+
+log = logging.getLogger("leanset.store")
+
+QUEUE, REPORT = "queue", "report"
+
+
+def steps_for(labeling: bool) -> JSON:
+    """The `post_commit` a manifest records: the steps that follow its commit."""
+    return {"steps": [QUEUE, REPORT] if labeling else [REPORT]}
+
+
+def done_steps(store: Store, version: int) -> JSON:
+    """{step: its result} for the finished post-commit steps of a version."""
+    import json
+
+    path = store.layout.completion(version)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:  # damaged: the steps are redone (they are idempotent)
+        log.warning("%s is unreadable (%s); its post-commit steps are redone", path, exc)
+        return {}
+    steps = data.get("steps") if isinstance(data, dict) else None
+    return steps if isinstance(steps, dict) else {}
+
+
+def pending_steps(store: Store, manifest: JSON) -> list[str]:
+    """The post-commit steps of a version not recorded as done (none for older manifests)."""
+    wanted = (manifest.get("post_commit") or {}).get("steps") or []
+    done = done_steps(store, int(manifest["version"]))
+    return [s for s in wanted if s not in done]
+
+
+def mark_done(store: Store, version: int, step: str, result: Any) -> None:
+    """Record one finished step (the record is rewritten whole, atomically, after each step)."""
+    steps = done_steps(store, version) | {step: result}
+    atomic_write_json(store.layout.completion(version), {"version": version, "steps": steps})
+
+
+def queue_rows(store: Store, manifest: JSON) -> pl.DataFrame:
+    """The rows a version's queue fill adds, checked against the digest its manifest recorded."""
+    post = manifest.get("post_commit") or {}
+    rel = post.get("queue_rows")
+    if not rel:
+        return pl.DataFrame()
+    path = store.root / rel
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise StoreError(
+            f"version {manifest['version']}: its queue rows {path} cannot be read ({exc}); "
+            f"restore the file from a backup, or queue samples by a new run"
+        ) from exc
+    if digest(raw) != post.get("queue_rows_digest"):
+        raise IntegrityError(
+            f"version {manifest['version']}: queue rows {path} do not match the checksum its "
+            f"manifest recorded; restore the file from a backup, or queue samples by a new run"
+        )
+    return pl.read_parquet(io.BytesIO(raw))
+
+
+def finish_queue(store: Store, manifest: JSON, run_id: str | None) -> JSON:
+    """Add a version's queue rows to the queue (idempotent) and record the step."""
+    from pipelines.store.queue import enqueue
+
+    rows = queue_rows(store, manifest)
+    version = int(manifest["version"])
+    counts = (
+        asdict(enqueue(store.root, rows, run_id=run_id, version=version)) if rows.height else {}
+    )
+    result = counts or {"added": 0}
+    mark_done(store, version, QUEUE, result)
+    return result
+
+
+def finish_report(
+    store: Store, manifest: JSON, data: LoadedDataset, decisions: pl.DataFrame | None = None
+) -> str:
+    """Write a version's HTML report from its stored decisions and the source's samples, and
+    record the step; refused when the source no longer holds the version's samples."""
+    from pipelines.report.html import write_html_report
+
+    version = int(manifest["version"])
+    if decisions is None:
+        decisions = store.read("decisions", version)
+    stored = decisions.sort("position")["sample_id"]
+    if not stored.equals(data.table["sample_id"]):
+        raise StoreError(
+            f"version {version}: its report cannot be written again: the source no longer holds "
+            f"the samples it was made from (`leanset export` still gives its decisions)"
+        )
+    summary = RunSummary.of(manifest.get("flow") or "", str(store.root), manifest, {}, False)
+    summary.labeling["queue"] = done_steps(store, version).get(QUEUE)
+    parent = manifest.get("parent")
+    parent_report = store.layout.report(int(parent)) if parent else None
+    path = write_html_report(
+        store.layout.report(version), summary, decisions, data, manifest, parent_report
+    )
+    mark_done(store, version, REPORT, str(path))
+    return str(path)
+
+
+def finish_version(
+    store: Store, manifest: JSON, data: LoadedDataset | None = None, run_id: str | None = None
+) -> JSON:
+    """Finish whatever post-commit steps of a version are not recorded as done.
+
+    `data`: the loaded source (the report reads its samples); loaded from the version's own config
+    when not given and the report is missing."""
+    out: JSON = {}
+    for step in pending_steps(store, manifest):
+        if step == QUEUE:
+            out[QUEUE] = finish_queue(store, manifest, run_id)
+        elif step == REPORT:
+            data = data if data is not None else _load(store, manifest)
+            out[REPORT] = finish_report(store, manifest, data)
+    return out
+
+
+def _load(store: Store, manifest: JSON) -> LoadedDataset:
+    """The source of a version, loaded as its config says (content hashes from the store's cache)."""
+    from pipelines.config import ConfigError, flow_from_dict
+    from pipelines.sources import FileHashCache, load_source
+
+    try:
+        settings = flow_from_dict(manifest.get("config") or {})
+    except ConfigError as exc:
+        raise StoreError(
+            f"version {manifest['version']}: its config cannot be read by this leanset ({exc}); "
+            f"its report cannot be written again"
+        ) from exc
+    hashes = FileHashCache(store.layout.file_hashes)
+    return load_source(settings.source, settings.columns, hashes)

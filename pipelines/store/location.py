@@ -1,0 +1,97 @@
+"""Where a store may live: never the source, inside it, above it, or where the source's patterns
+would read the store's own files; never `/` or a non-empty folder that is not a store."""
+
+from __future__ import annotations
+
+import glob
+import re
+from pathlib import Path
+
+from pipelines.config import SourceSettings
+from pipelines.store.errors import StoreError
+from pipelines.store.layout import StoreLayout
+
+
+def check_store_location(store: str | Path, source: SourceSettings) -> None:
+    """Refuse a store path that would mix the store with the data it cleans, or with other files;
+    the message names both paths and what to do."""
+    path = Path(store).expanduser().resolve()
+    if path == Path(path.anchor):
+        raise StoreError(f"store {store}: the filesystem root cannot be a store; {_FIX}")
+    if source.type in ("imagefolder", "disk") and source.path:
+        _check_source_root(path, Path(source.path).expanduser().resolve(), source.type)
+    for pattern in source.data_files or []:
+        _check_pattern(path, pattern)
+    _check_folder(path, store)
+
+
+_FIX = "give `store:` a new folder (or an existing store) outside the source"
+
+
+def _check_folder(path: Path, given: str | Path) -> None:
+    """An existing folder must be a store (or empty)."""
+    if not path.is_dir():
+        return
+    entries = [p.name for p in path.iterdir() if not p.name.startswith(".")]
+    if entries and not set(entries) & set(StoreLayout.of(path).entries()):
+        shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        raise StoreError(
+            f"store {given}: {path} is a folder holding other files ({shown}), not a leanset "
+            f"store; {_FIX}"
+        )
+
+
+def _check_source_root(path: Path, root: Path, kind: str) -> None:
+    where = f"the {kind} source {root}"
+    if path == root:
+        raise StoreError(f"store {path} is {where} itself; {_FIX}")
+    if path.is_relative_to(root):
+        raise StoreError(
+            f"store {path} is inside {where}: the next run would read the store's files as "
+            f"samples; {_FIX}"
+        )
+    if root.is_relative_to(path):
+        raise StoreError(f"store {path} holds {where}; {_FIX}")
+
+
+def _check_pattern(path: Path, pattern: str) -> None:
+    """No file the source matches lies in the store, and no file the store writes would match."""
+    for hit in glob.glob(pattern, recursive=True):
+        found = Path(hit).resolve()
+        if found == path or found.is_relative_to(path):
+            raise StoreError(f"store {path} holds source file {hit}; {_FIX}")
+    regex = _glob_regex(str(Path(pattern).expanduser()))
+    for written in StoreLayout.of(path).sample_files():
+        if regex.fullmatch(str(written)) or regex.fullmatch(str(written.resolve())):
+            raise StoreError(
+                f"store {path}: source.data_files pattern {pattern} matches files the store "
+                f"writes (such as {written}), so the next run would read them as samples; {_FIX}"
+            )
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A glob as a regex: `**` spans folders, `*` and `?` do not, `[...]` is a class."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and (end := pattern.find("]", i + 1)) > i:
+            body = pattern[i + 1 : end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end + 1
+            continue
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out))

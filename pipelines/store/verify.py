@@ -1,0 +1,130 @@
+"""`leanset verify STORE`: every stored file checked against what its manifest recorded.
+
+Manifests against their own checksums; each version's Delta commits against the manifest's commit
+token and digest; each data file, near-pair index and vector shard against its recorded digest.
+Caches (embedding shards, file hashes) are checked too, but a damaged cache is only a note: it is
+recomputed on the next run. Every finding names the file and what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pipelines.fsutil import digest_file
+from pipelines.store import integrity
+from pipelines.store.errors import StoreError
+from pipelines.store.versions import Store, check_table_files
+
+Severity = Literal["damaged", "note"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: the file, what is wrong, and what to do."""
+
+    severity: Severity
+    path: str
+    problem: str
+
+
+@dataclass
+class Verification:
+    """What `verify_store` checked and found."""
+
+    store: str
+    versions: list[int] = field(default_factory=list)
+    files_checked: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No damaged file (notes about caches do not count)."""
+        return not any(f.severity == "damaged" for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"ok": self.ok}
+
+
+def verify_store(root: str | Path) -> Verification:
+    """Check every manifest, table file, index and cache of the store at `root`."""
+    store = Store(root)
+    if not store.layout.manifests.is_dir():
+        raise StoreError(f"{root}: no store here (no manifests/ folder written by `leanset run`)")
+    integrity.forget()  # hash everything again, whatever this process read before
+    out = Verification(store=str(store.root))
+    for path in sorted(store.layout.manifests.glob("v*.json")):
+        manifest = _manifest(path, out)
+        if manifest is not None:
+            out.versions.append(int(manifest["version"]))
+            _version(store, manifest, out)
+    _caches(store, out)
+    return out
+
+
+def _manifest(path: Path, out: Verification) -> dict[str, Any] | None:
+    out.files_checked += 1
+    try:
+        return integrity.parse_manifest(path, path.read_bytes())
+    except (StoreError, OSError) as exc:
+        out.findings.append(Finding("damaged", str(path), str(exc)))
+        return None
+
+
+def _version(store: Store, m: dict[str, Any], out: Verification) -> None:
+    """One version's tables, pair index and vector shards."""
+    for table in m.get("tables", {}):
+        path = store.layout.table(table)
+        try:
+            files = check_table_files(path, m["tables"][table], m["version"])
+            out.files_checked += len(files) + 1
+            integrity.check_version_table(store.root, table, m, files)
+        except StoreError as exc:
+            out.findings.append(Finding("damaged", str(path), str(exc)))
+    rel, want = (m.get("index") or {}).get("pairs"), (m.get("index") or {}).get("pairs_digest")
+    if rel and want:
+        _recorded_file(store.root / rel, want, out, _index_fix(m["version"]))
+    for rel, want in ((m.get("files") or {}).get("vectors") or {}).items():
+        fix = (
+            f"version {m['version']} cannot be read without it: restore it from a backup of the "
+            f"store's vectors/ folder"
+        )
+        _recorded_file(store.root / rel, want, out, fix)
+
+
+def _index_fix(version: int) -> str:
+    return (
+        f"version {version}'s near pairs are recomputed by the next run (safe to delete; "
+        f"nothing else reads it)"
+    )
+
+
+def _recorded_file(path: Path, want: str, out: Verification, fix: str) -> None:
+    out.files_checked += 1
+    try:
+        ok = digest_file(path) == want
+        why = "does not match the checksum its manifest recorded"
+    except OSError as exc:
+        ok, why = False, f"cannot be read ({exc.strerror or exc})"
+    if not ok:
+        severity: Severity = "note" if "recomputed" in fix else "damaged"
+        out.findings.append(Finding(severity, str(path), f"{path} {why}; {fix}"))
+
+
+def _caches(store: Store, out: Verification) -> None:
+    """Corrupt embedding shards: a note (they are re-embedded and `leanset gc` removes them)."""
+    from pipelines.embed.cache import read_shard
+
+    root = store.layout.embeddings
+    for path in sorted(root.glob("*/shard-*.npz")) if root.is_dir() else []:
+        out.files_checked += 1
+        if read_shard(path) is None:
+            out.findings.append(
+                Finding(
+                    "note",
+                    str(path),
+                    f"embedding cache shard {path} is corrupt; its samples are re-embedded by the "
+                    f"next run, and `leanset gc` removes it",
+                )
+            )
