@@ -7,7 +7,10 @@ the commit, and never changed after it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +23,9 @@ from dedup.config import DedupSettings
 from dedup.guard import DedupGuardError, check_drops, split_drops
 from dedup.imagesig import ImageSignal
 from dedup.lexical import shingle_matrix
-from dedup.stage import DedupResult, PriorIndex, Signals, find_duplicates
+from dedup.stage import DedupResult, PriorIndex, Search, SearchBetween, Signals, find_duplicates
 from labeling.stage import LabelingOutcome, apply_answers, label_and_select, queue_rows
-from pipelines.config import FlowSettings, load_flow
+from pipelines.config import EngineSettings, FlowSettings, load_flow
 from pipelines.cost import ComputeMeter, cost_delta, statement
 from pipelines.decide import decide
 from pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
@@ -76,6 +79,14 @@ def embed_task(data: LoadedDataset, settings: FlowSettings) -> EmbedResult:
     """Embed what the cache does not hold yet (one GPU slot at a time across flows)."""
     emb = settings.embedder
     assert emb is not None  # the flow only calls this task with an embedder configured
+    if settings.engine.type == "ray":  # the cluster's scheduler owns its GPUs
+        from pipelines.engine.embed import embed_dataset_ray
+
+        res, stats = embed_dataset_ray(
+            data, emb, settings.engine, StoreLayout.of(settings.store).embeddings
+        )
+        res.engine = stats.to_dict()
+        return res
     embedder = make_embedder(emb, data.columns.embedding)
 
     def run() -> EmbedResult:
@@ -118,10 +129,35 @@ def dedup_task(
     signals: Signals | None,
     prior: PriorIndex | None,
     basis: str,
+    engine: EngineSettings | None = None,
 ) -> DedupResult:
     """Exact and near duplicates, confirmed by evidence, decided without chains (incremental
-    against the parent's pairs when nothing that decides them changed)."""
-    return find_duplicates(table, matrix, settings, signals=signals, prior=prior, basis=basis)
+    against the parent's pairs when nothing that decides them changed). With `engine: ray` the
+    near-duplicate searches run as tasks on the cluster (same pairs)."""
+    search, between = _searchers(engine)
+    return find_duplicates(
+        table,
+        matrix,
+        settings,
+        signals=signals,
+        prior=prior,
+        basis=basis,
+        search=search,
+        search_between=between,
+    )
+
+
+def _searchers(engine: EngineSettings | None) -> tuple[Search | None, SearchBetween | None]:
+    """The near-duplicate searches of an engine (None: the local ones)."""
+    if engine is None or engine.type == "local":
+        return None, None
+    from pipelines.engine import search
+
+    cpus = engine.task_cpus
+    return (
+        partial(search.find_near_pairs, task_cpus=cpus),
+        partial(search.find_near_pairs_between, task_cpus=cpus),
+    )
 
 
 @task(name="label-noise-and-selection", cache_policy=NO_CACHE)
@@ -234,8 +270,43 @@ def run_pipeline(
     settings: FlowSettings, force: bool = False
 ) -> tuple[RunSummary, pl.DataFrame | None]:
     """One run: load → unchanged? → history → embed → dedup → labeling → decide → commit →
-    queue → report (the decisions are returned for the report artifacts)."""
-    store, timer, meter = Store(settings.store), Timer(), ComputeMeter()
+    queue → report (the decisions are returned for the report artifacts). With `engine: ray`
+    the cluster is connected and checked first, before any work."""
+    with _engine(settings) as engine:
+        return _pipeline(settings, force, Timer(), engine)
+
+
+@contextmanager
+def _engine(settings: FlowSettings) -> Iterator[JSON]:
+    """What the manifest records about the engine; with ray, connected to a checked cluster
+    (resources, and the store and dataset visible from every node) for the whole run."""
+    if settings.engine.type == "local":
+        yield {"type": "local"}
+        return
+    from prefect.runtime import flow_run
+
+    from pipelines.engine import ray_session
+
+    paths = {"store": Path(settings.store)}
+    if settings.source.path and settings.source.type in ("imagefolder", "disk"):
+        paths["source.path"] = Path(settings.source.path)
+    for n, f in enumerate(settings.source.data_files or []):  # a glob: its folder
+        paths[f"source.data_files[{n}]"] = Path(f).parent if set("*?[") & set(f) else Path(f)
+    import datasets.config
+
+    hf_cache = Path(datasets.config.HF_DATASETS_CACHE)  # workers read the Arrow files there
+    if hf_cache.is_dir():
+        paths["the Hugging Face datasets cache (HF_DATASETS_CACHE)"] = hf_cache
+    metadata = {"leanset_flow": settings.name, "prefect_flow_run_id": str(flow_run.id or "")}
+    with ray_session(settings.engine, paths, ["store"], metadata) as info:
+        get_run_logger().info("Ray cluster %s: %s", info.address, info.resources)
+        yield {"type": "ray", **info.to_dict()}
+
+
+def _pipeline(
+    settings: FlowSettings, force: bool, timer: Timer, engine: JSON
+) -> tuple[RunSummary, pl.DataFrame | None]:
+    store, meter = Store(settings.store), ComputeMeter()
     parent = store.latest()
     with timer("load"):
         data = load_task(settings)
@@ -260,12 +331,13 @@ def run_pipeline(
             embedded.signals,
             prior,
             embedded.basis,
+            settings.engine,
         )
     guard = _guard(dd.table, settings.dedup, force)
     with timer("labeling"):
         labeled = _label(dd.table, embedded.matrix, settings, data, store, dd.calibration)
     decided = decide(labeled.table)
-    found = _Found(fingerprint, embedded, dd, labeled.info | human, guard)
+    found = _Found(fingerprint, embedded, dd, labeled.info | human, guard, engine)
     draft = _draft(settings, data.with_table(decided), history, parent, found, timer, meter)
     with timer("commit"):
         committed = commit_task(str(store.root), draft)
@@ -329,6 +401,8 @@ def _embed(
         "fingerprint": res.fingerprint,
         "samples_per_s": round(res.computed / max(res.seconds, 1e-9), 1),
     }
+    if res.engine:
+        info["engine"] = res.engine
     get_run_logger().info(
         "Embedded %d new samples, %d from cache (%s).", res.computed, res.cached, res.device
     )
@@ -420,6 +494,7 @@ class _Found:
     dedup: DedupResult
     labeling: JSON
     guard: JSON
+    engine: JSON
 
 
 def _draft(
@@ -453,6 +528,7 @@ def _draft(
         calibration=found.dedup.calibration,
         labeling=found.labeling,
         guard=found.guard,
+        engine=found.engine,
     )
     parent_version = parent["version"] if parent else None
     pairs = found.dedup.pairs if key else None

@@ -97,6 +97,7 @@ class Manifest:
     labeling: JSON = field(default_factory=dict)
     guard: JSON = field(default_factory=dict)
     calibration: JSON = field(default_factory=dict)
+    engine: JSON = field(default_factory=lambda: {"type": "local"})
     created_at: str = field(default_factory=lambda: _now())
     leanset: str = field(default_factory=lambda: _leanset_version())
     host: str = field(default_factory=platform.node)
