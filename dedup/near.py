@@ -778,6 +778,9 @@ def sample_neighbours(
     if rows is None:
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(n, size=min(n, n_sample), replace=False))
+    if n == 0 or len(rows) == 0:  # nothing readable: no neighbours (calibration says too few)
+        none = np.empty((0, k), dtype=np.int64)
+        return Neighbours(np.asarray(rows, dtype=np.int64), none, none.astype(np.float32))
     corpora = [x] if mirror is None else [x, mirror]
     kernel = _make_kernel(device)
     want = min(k + 2, n)  # room for the row itself and its own mirror
