@@ -129,7 +129,17 @@ class LocalCluster:
 def start_head(
     num_cpus: int = 2, object_store_mb: int = 256, hide: bool = False, timeout: float = 180
 ) -> LocalCluster:
-    """Start a head node; return once it reports started."""
+    """Start a head node; return once it reports started. On a loaded machine `ray start` now
+    and then gives up ("The current node timed out during startup"): tried once more then."""
+    try:
+        return _start_head(num_cpus, object_store_mb, hide, timeout)
+    except RuntimeError as exc:
+        if "timed out during startup" not in str(exc):
+            raise
+        return _start_head(num_cpus, object_store_mb, hide, timeout)
+
+
+def _start_head(num_cpus: int, object_store_mb: int, hide: bool, timeout: float) -> LocalCluster:
     use_token_auth()
     temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
     c = LocalCluster(free_port(), temp_dir)
