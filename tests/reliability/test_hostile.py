@@ -370,7 +370,7 @@ def yaml_cases(marker: Path) -> dict[str, tuple[str, str]]:
         ),
         "nan-threshold": (
             BODY.replace("{near: false}", "{near: false, threshold: .nan}"),
-            "dedup.threshold: expected a number in (0, 1], got nan",
+            "dedup.threshold: expected a number in (0, 1] or auto, got nan",
         ),
     }
 
