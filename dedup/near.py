@@ -110,6 +110,21 @@ def _n_block_pairs(nq: int, nc: int, size: int, upper: bool) -> int:
     return bq * (bq + 1) // 2 if upper else bq * bc
 
 
+def error_bound(dim: int) -> float:
+    """The most a float32 inner product of two unit rows of `dim` values can be off (with slack)."""
+    return 1.05 * dim * 2.0**-24 + 1e-7
+
+
+def dot64(q: np.ndarray, qi: np.ndarray, c: np.ndarray, cj: np.ndarray) -> np.ndarray:
+    """float64 inner products of rows q[qi] and c[cj] (chunked; one fixed summation order)."""
+    out = np.empty(qi.shape[0], dtype=np.float64)
+    for s in range(0, qi.shape[0], _RECHECK_PAIRS):
+        a = q[qi[s : s + _RECHECK_PAIRS]].astype(np.float64)
+        b = c[cj[s : s + _RECHECK_PAIRS]].astype(np.float64)
+        out[s : s + _RECHECK_PAIRS] = np.einsum("ij,ij->i", a, b)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # kernels: one (query block, corpus block) range search, top-k against centroids
 
@@ -147,16 +162,22 @@ class _FaissKernel:
         return index
 
     def block(self, q: np.ndarray, c: np.ndarray, threshold: float, diag: bool) -> Pairs:
-        """Pairs (local rows) with inner product >= threshold; `diag`: q is c, keep qi < cj."""
-        # FAISS keeps IP > radius (strict): step one float below so IP == threshold is kept
-        radius = float(np.nextafter(np.float32(threshold), np.float32(0)))
+        """Pairs (local rows) with inner product >= threshold; `diag`: q is c, keep qi < cj.
+
+        FAISS proposes candidates a rounding-error bound below the threshold; each candidate's
+        similarity is then the float64 product rounded to float32, and that decides. So the
+        pairs and their similarities never depend on FAISS's thread count or on how many rows
+        one call holds (its float32 sums do), and every engine and machine decides alike."""
+        radius = max(threshold - error_bound(q.shape[1]), -1.0)
         with _faiss_threads(1 if q.shape[0] * c.shape[0] < _FAISS_SERIAL_PAIRS else 0):
-            lims, sims, idx = self._index(c).range_search(q, radius)
+            lims, _, idx = self._index(c).range_search(q, radius)
         qi = np.repeat(np.arange(q.shape[0], dtype=np.int64), np.diff(lims.astype(np.int64)))
-        keep = sims >= np.float32(threshold)
+        cj = idx.astype(np.int64)
         if diag:
-            keep &= qi < idx
-        return qi[keep], idx[keep].astype(np.int64), sims[keep]
+            qi, cj = qi[qi < cj], cj[qi < cj]
+        sims = dot64(q, qi, c, cj).astype(np.float32)
+        keep = sims >= np.float32(threshold)
+        return qi[keep], cj[keep], sims[keep]
 
     def top_k(self, q: np.ndarray, c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Similarities and indices of each query's k most similar corpus rows."""
@@ -461,16 +482,46 @@ def _probe_margin(threshold: float) -> float:
     return PROBE_MARGIN * math.sqrt(2.0 - 2.0 * threshold)
 
 
-def _assign(task: _Task, h: Any, n: int, centroids: Any, m: int, bar: tqdm) -> np.ndarray:
+def _assign(task: _Task, h: Any, n: int, centroids: Any, m: int, bar: Any) -> np.ndarray:
     """Each row's nearest centroid, then up to m - 1 more within the probe margin (-1 pads)."""
     out = np.empty((n, m), dtype=np.int64)
-    kernel, margin = task.kernel, _probe_margin(task.threshold)
     for s, e in _blocks(n, _ASSIGN_ROWS):
-        sims, idx = kernel.top_k(kernel.take(h, slice(s, e)), centroids, m)
-        idx[sims < sims[:, :1] - margin] = -1
-        out[s:e] = idx
+        out[s:e] = assign_rows(
+            task.kernel, task.kernel.take(h, slice(s, e)), centroids, m, task.threshold
+        )
         bar.update(e - s)
     return out
+
+
+def assign_rows(kernel: Kernel, q: Any, centroids: Any, m: int, threshold: float) -> np.ndarray:
+    """Rows' probed centroids, best first (-1 pads), the same on any thread count or batch.
+
+    On CPU the kernel's float32 top m + 1 decides where it is clear; a row whose order, top-m
+    membership or probe-margin cut lies within the rounding-error bound of a tie is ranked
+    again against every centroid in float64 (ties by centroid id)."""
+    margin = _probe_margin(threshold)
+    if not isinstance(q, np.ndarray):  # torch kernels: their own fp32 top-k
+        sims, idx = kernel.top_k(q, centroids, m)
+        idx[sims < sims[:, :1] - margin] = -1
+        return np.asarray(idx)
+    k = centroids.shape[0]
+    sims, idx = kernel.top_k(q, centroids, min(m + 1, k))
+    err = error_bound(q.shape[1])
+    gaps = sims[:, :-1] - sims[:, 1:]
+    risky = (gaps[:, : min(m, sims.shape[1] - 1)] <= 2 * err).any(axis=1)
+    cut = sims[:, :1] - margin
+    risky |= (np.abs(sims[:, :m] - cut) <= 3 * err).any(axis=1)
+    idx = idx[:, :m].copy()
+    idx[sims[:, :m] < cut] = -1
+    rows = np.flatnonzero(risky)
+    if rows.size:
+        full = q[rows].astype(np.float64) @ np.asarray(centroids, dtype=np.float64).T
+        ids = np.broadcast_to(np.arange(k), full.shape)
+        order = np.lexsort((ids, -full), axis=-1)[:, :m]
+        top = np.take_along_axis(full, order, axis=1)
+        order[top < top[:, :1] - margin] = -1
+        idx[rows] = order
+    return np.asarray(idx, dtype=np.int64)
 
 
 def _members(labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -136,6 +136,29 @@ class ScheduleSettings:
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    """Where the heavy stages run: `local` (this process, the default) or a Ray cluster.
+
+    `address`: auto (RAY_ADDRESS, else a head on this machine), HOST:PORT of a head's GCS, or
+    ray://HOST:PORT (Ray Client). `workers`: embedding actors (default: as many as fit, one per
+    `gpus_per_worker` GPUs or `cpus_per_worker` CPUs); `batch_size` and `shard_rows` override the
+    embedder's on the cluster (one task writes one cache shard); `task_cpus`: CPUs per search
+    task; `max_task_retries`: how often a slice whose worker died is run again."""
+
+    type: Literal["local", "ray"] = "local"
+    address: str = "auto"
+    workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    batch_size: int | None = None
+    shard_rows: int | None = None
+    task_cpus: float = 1.0
+    max_task_retries: int = 3
+    connect_timeout_s: float = 5.0
+    check_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class FlowSettings:
     """One named flow of flows.yaml, with every path resolved against the file's folder."""
 
@@ -149,6 +172,7 @@ class FlowSettings:
     label_noise: LabelNoiseSettings | None = None
     active_learning: ActiveLearningSettings | None = None
     schedule: ScheduleSettings | None = None
+    engine: EngineSettings = field(default_factory=EngineSettings)
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,9 +180,10 @@ class FlowSettings:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Hash of every setting that changes the decisions (not schedule or description)."""
+        """Hash of every setting that changes the decisions (not schedule, engine or description:
+        both engines decide identically)."""
         data = self.to_dict()
-        for key in ("schedule", "description", "name"):
+        for key in ("schedule", "description", "name", "engine"):
             data.pop(key, None)
         return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=8).hexdigest()
 
@@ -345,6 +370,8 @@ def _load_flow(path: Path, name: str, body: Any, where: str) -> FlowSettings:
     body = {"name": name, **body}
     if "store" in body and isinstance(body["store"], str):
         body["store"] = body["store"].replace("{flow}", name)
+    if isinstance(body.get("engine"), str):  # `engine: ray` is `engine: {type: ray}`
+        body["engine"] = {"type": body["engine"]}
     settings = _build(FlowSettings, body, where, "")
     return _resolve_paths(settings, path.parent, where)
 
@@ -459,6 +486,7 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
         raise ConfigError(f"{where}: embedder: required when dedup.near is true")
     _check_labeling(s, where)
     _check_cost(s, where)
+    _check_engine(s.engine, where)
     source = dataclasses.replace(
         src,
         path=_abs(base, src.path) if src.path and src.type != "hub" else src.path,
@@ -567,6 +595,24 @@ def _is_entry_point(value: str) -> bool:
     module, _, func = value.partition(":")
     parts = module.split(".") + [func]
     return all(p.isidentifier() for p in parts)
+
+
+def _check_engine(e: EngineSettings, where: str) -> None:
+    """The engine's address form and its positive amounts."""
+    address = e.address.removeprefix("ray://")
+    host, sep, port = address.rpartition(":")
+    if e.address != "auto" and not (sep and host and port.isdigit()):
+        raise ConfigError(
+            f"{where}: engine.address: expected auto, HOST:PORT or ray://HOST:PORT, "
+            f"got {_show(e.address)}"
+        )
+    for key in ("workers", "batch_size", "shard_rows", "cpus_per_worker", "task_cpus"):
+        value = getattr(e, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{where}: engine.{key}: expected a positive number, got {value}")
+    for key in ("gpus_per_worker", "max_task_retries"):
+        if getattr(e, key) < 0:
+            raise ConfigError(f"{where}: engine.{key}: expected a number >= 0")
 
 
 def _looks_like_path(value: str) -> bool:

@@ -6,6 +6,7 @@ from dedup.config import DedupError
 from labeling.config import LabelingError
 from pipelines.config import ConfigError
 from pipelines.embed import EmbedError
+from pipelines.engine import EngineError
 from pipelines.sources import SourceError
 from pipelines.store import StoreError
 
@@ -16,4 +17,5 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     EmbedError,
     StoreError,
     LabelingError,
+    EngineError,
 )

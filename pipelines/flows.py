@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from dedup.config import DedupSettings
 from dedup.guard import DedupGuardError, check_drops, split_drops
 from dedup.imagesig import ImageSignal
 from dedup.lexical import shingle_matrix
-from dedup.stage import DedupResult, PriorIndex, Signals, find_duplicates
+from dedup.stage import DedupResult, PriorIndex, Search, SearchBetween, Signals, find_duplicates
 from labeling.stage import (
     AnswerPolicy,
     LabelingOutcome,
@@ -33,7 +36,7 @@ from labeling.stage import (
 )
 from pipelines import finish
 from pipelines.calibrate import read_calibration
-from pipelines.config import FlowSettings, check_source_exists, load_flow
+from pipelines.config import EngineSettings, FlowSettings, check_source_exists, load_flow
 from pipelines.cost import ComputeMeter, config_hash, cost_delta, statement
 from pipelines.decide import decide
 from pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
@@ -109,6 +112,14 @@ def embed_task(data: LoadedDataset, settings: FlowSettings, dry_run: bool = Fals
     reads the cache and keeps what it computes in memory."""
     emb = settings.embedder
     assert emb is not None  # the flow only calls this task with an embedder configured
+    if settings.engine.type == "ray":  # the cluster's scheduler owns its GPUs
+        from pipelines.engine.embed import embed_dataset_ray
+
+        res, stats = embed_dataset_ray(
+            data, emb, settings.engine, StoreLayout.of(settings.store).embeddings
+        )
+        res.engine = stats.to_dict()
+        return res
     embedder = make_embedder(emb, data.columns.embedding)
 
     def run() -> EmbedResult:
@@ -154,10 +165,35 @@ def dedup_task(
     signals: Signals | None,
     prior: PriorIndex | None,
     basis: str,
+    engine: EngineSettings | None = None,
 ) -> DedupResult:
     """Exact and near duplicates, confirmed by evidence, decided without chains (incremental
-    against the parent's pairs when nothing that decides them changed)."""
-    return find_duplicates(table, matrix, settings, signals=signals, prior=prior, basis=basis)
+    against the parent's pairs when nothing that decides them changed). With `engine: ray` the
+    near-duplicate searches run as tasks on the cluster (same pairs)."""
+    search, between = _searchers(engine)
+    return find_duplicates(
+        table,
+        matrix,
+        settings,
+        signals=signals,
+        prior=prior,
+        basis=basis,
+        search=search,
+        search_between=between,
+    )
+
+
+def _searchers(engine: EngineSettings | None) -> tuple[Search | None, SearchBetween | None]:
+    """The near-duplicate searches of an engine (None: the local ones)."""
+    if engine is None or engine.type == "local":
+        return None, None
+    from pipelines.engine import search
+
+    cpus = engine.task_cpus
+    return (
+        partial(search.find_near_pairs, task_cpus=cpus),
+        partial(search.find_near_pairs_between, task_cpus=cpus),
+    )
 
 
 @task(name="label-noise-and-selection", cache_policy=NO_CACHE)
@@ -366,8 +402,43 @@ def run_pipeline(
 ) -> tuple[RunSummary, pl.DataFrame | None]:
     """One run: load → unchanged? → history → embed → dedup → labeling → decide → commit →
     queue → report (the decisions are returned for the report artifacts). A dry run stops
-    before the commit and writes its report outside the store."""
+    before the commit and writes its report outside the store. With `engine: ray` the cluster is
+    connected and checked first, before any work."""
     check_store_location(settings.store, settings.source)
+    with _engine(settings) as engine:
+        return _pipeline(settings, dry_run, loaded, force, engine)
+
+
+@contextmanager
+def _engine(settings: FlowSettings) -> Iterator[JSON]:
+    """What the manifest records about the engine; with ray, connected to a checked cluster
+    (resources, and the store and dataset visible from every node) for the whole run."""
+    if settings.engine.type == "local":
+        yield {"type": "local"}
+        return
+    from prefect.runtime import flow_run
+
+    from pipelines.engine import ray_session
+
+    paths = {"store": Path(settings.store)}
+    if settings.source.path and settings.source.type in ("imagefolder", "disk"):
+        paths["source.path"] = Path(settings.source.path)
+    for n, f in enumerate(settings.source.data_files or []):  # a glob: its folder
+        paths[f"source.data_files[{n}]"] = Path(f).parent if set("*?[") & set(f) else Path(f)
+    import datasets.config
+
+    hf_cache = Path(datasets.config.HF_DATASETS_CACHE)  # workers read the Arrow files there
+    if hf_cache.is_dir():
+        paths["the Hugging Face datasets cache (HF_DATASETS_CACHE)"] = hf_cache
+    metadata = {"leanset_flow": settings.name, "prefect_flow_run_id": str(flow_run.id or "")}
+    with ray_session(settings.engine, paths, ["store"], metadata) as info:
+        log.info("Ray cluster %s: %s", info.address, info.resources)
+        yield {"type": "ray", **info.to_dict()}
+
+
+def _pipeline(
+    settings: FlowSettings, dry_run: bool, loaded: _Loaded | None, force: bool, engine: JSON
+) -> tuple[RunSummary, pl.DataFrame | None]:
     store, timer, meter = Store(settings.store), Timer(), ComputeMeter()
     parent = store.latest()
     calibration = read_calibration(store.layout)
@@ -396,19 +467,15 @@ def run_pipeline(
             embedded.signals,
             prior,
             embedded.basis,
+            settings.engine,
         )
     guard = _guard(dd.table, settings.dedup, force)
     with timer("labeling"):
         labeled = _label(dd.table, embedded.matrix, settings, data, store, dd.calibration)
     decided = decide(labeled.table)
-    with timer("cost"):
-        measured = cost_task(
-            data.with_table(decided), dd.table["label"].to_list(), embedded.matrix, settings
-        )
-    meter.add_gpu(measured.gpu_seconds, "cuda" if measured.gpu_seconds else "cpu")
-    found = _Found(
-        fingerprint, hashed, embedded, dd, labeled.info | human, guard, measured, calibration
-    )
+    measured = _measure_cost(settings, data.with_table(decided), dd.table, embedded, timer, meter)
+    seen = (fingerprint, hashed, embedded, dd, labeled.info | human, guard)
+    found = _Found(*seen, measured, calibration, engine)
     draft = _draft(settings, data.with_table(decided), history, parent, found, timer, meter)
     if dry_run:
         return _dry_run(settings, store, draft, data, version, timer), draft.decisions
@@ -418,6 +485,22 @@ def run_pipeline(
     summary = RunSummary.of(settings.name, settings.store, committed, timer.seconds, False)
     _after_commit(settings, store, summary, committed, data.with_table(decided), draft, parent)
     return summary, draft.decisions
+
+
+def _measure_cost(
+    settings: FlowSettings,
+    decided: LoadedDataset,
+    deduped: pl.DataFrame,
+    embedded: _Embedded,
+    timer: Timer,
+    meter: ComputeMeter,
+) -> CostMeasures:
+    """The cost inputs: units per split and the quality probe on raw and cleaned train rows (the
+    raw labels are those before any noise policy)."""
+    with timer("cost"):
+        measured = cost_task(decided, deduped["label"].to_list(), embedded.matrix, settings)
+    meter.add_gpu(measured.gpu_seconds, "cuda" if measured.gpu_seconds else "cpu")
+    return measured
 
 
 def _after_commit(
@@ -562,6 +645,8 @@ def _embed(
         "fingerprint": res.fingerprint,
         "samples_per_s": round(res.computed / max(res.seconds, 1e-9), 1),
     }
+    if res.engine:
+        info["engine"] = res.engine
     log.info("Embedded %d new samples, %d from cache (%s).", res.computed, res.cached, res.device)
     table = _mark_unreadable(data.table, res.errors)
     _refuse_all_unreadable(table)
@@ -689,6 +774,7 @@ class _Found:
     guard: JSON
     cost: CostMeasures
     cost_calibration: JSON | None  # the store's `leanset calibrate` record, when there is one
+    engine: JSON
 
 
 def _draft(
@@ -725,6 +811,7 @@ def _draft(
         classes=class_names(decided, decisions),
         guard=found.guard,
         post_commit=finish.steps_for(bool(settings.label_noise or settings.active_learning)),
+        engine=found.engine,
     )
     parent_version = parent["version"] if parent else None
     pairs = found.dedup.pairs if key else None

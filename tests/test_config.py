@@ -98,3 +98,37 @@ def test_brackets_in_quotes_and_comments_do_not_count_as_nesting(tmp_path: Path)
     )
     with pytest.raises(ConfigError, match="line 2: brackets nested more than"):
         _check_nesting(tmp_path, f"a: 1\nb: {deep}{']' * (MAX_NESTING + 1)}\n")
+
+
+def test_engine_defaults_to_local_and_takes_ray_settings(tmp_path: Path):
+    assert load_flow(flows_yaml(tmp_path, GOOD), "imgs").engine.type == "local"
+    text = GOOD + "    engine: {type: ray, address: '10.0.0.5:6379', gpus_per_worker: 1}\n"
+    f = load_flow(flows_yaml(tmp_path, text), "imgs")
+    assert (f.engine.type, f.engine.address, f.engine.gpus_per_worker) == (
+        "ray",
+        "10.0.0.5:6379",
+        1.0,
+    )
+    short = load_flow(flows_yaml(tmp_path, GOOD + "    engine: ray\n"), "imgs")
+    assert short.engine.type == "ray" and short.engine.address == "auto"
+    # both engines decide alike, so switching engines is not a new configuration
+    assert (
+        f.fingerprint()
+        == short.fingerprint()
+        == load_flow(flows_yaml(tmp_path, GOOD), "imgs").fingerprint()
+    )
+
+
+@pytest.mark.parametrize(
+    ("engine", "message"),
+    [
+        ("{type: spark}", "engine.type: expected one of ['local', 'ray']"),
+        ("{type: ray, address: head-node}", "engine.address: expected auto, HOST:PORT or ray://"),
+        ("{type: ray, workers: 0}", "engine.workers: expected a positive number, got 0"),
+        ("{type: ray, gpus: 1}", "engine.gpus: unknown key"),
+    ],
+)
+def test_bad_engine_settings_name_the_key(tmp_path: Path, engine: str, message: str):
+    with pytest.raises(ConfigError) as err:
+        load_flows(flows_yaml(tmp_path, GOOD + f"    engine: {engine}\n"))
+    assert message in str(err.value)

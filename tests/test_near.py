@@ -257,3 +257,46 @@ def test_cuda_device_without_gpu_says_so(emb: np.ndarray) -> None:
         pytest.skip("a GPU is visible")
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         find_near_pairs(emb, T, SearchOptions(device="cuda"))
+
+
+def at_threshold(n: int, dim: int, threshold: float, seed: int = 0) -> np.ndarray:
+    """Pairs whose cosine is the threshold within a few float32 ulps (where float32 sums differ),
+    shuffled among clustered rows."""
+    rng = np.random.default_rng(seed)
+    x = _unit(rng.standard_normal((n, dim)))
+    u = rng.standard_normal((n, dim)).astype(np.float32)
+    u -= np.einsum("ij,ij->i", u, x)[:, None] * x
+    u = _unit(u)
+    c = (threshold + rng.choice([-3, -2, -1, 0, 1, 2, 3], size=n) * 6e-8)[:, None]
+    y = _unit(c * x + np.sqrt(1 - c**2) * u)
+    out = np.concatenate([planted(2 * n, dim, seed), x, y])
+    return np.ascontiguousarray(out[rng.permutation(out.shape[0])])
+
+
+def _bitwise(a: NearPairs, b: NearPairs) -> bool:
+    return (
+        np.array_equal(a.i, b.i)
+        and np.array_equal(a.j, b.j)
+        and np.array_equal(a.sim.view(np.uint32), b.sim.view(np.uint32))
+    )
+
+
+@pytest.mark.parametrize("method", ["exact", "partitioned"])
+def test_decisions_do_not_depend_on_threads_or_block_size(method: str) -> None:
+    # FAISS's float32 sums change in the last bits with its thread count and with the rows one
+    # call holds; at the threshold that flips pairs unless float64 decides (what lets a
+    # distributed search, whose tasks hold other rows on other thread counts, decide alike)
+    x = at_threshold(1500, 256, T)
+    before = faiss.omp_get_max_threads()
+    runs = []
+    try:
+        for threads, rows in ((1, 256), (2, 6000), (2, 1000)):
+            faiss.omp_set_num_threads(threads)
+            opts = SearchOptions(method=method, device="cpu", block_rows=rows, n_clusters=8)
+            runs.append(find_near_pairs(x, T, opts))
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert len(runs[0]) > 500
+    assert all(_bitwise(runs[0], r) for r in runs[1:])
+    exact = x.astype(np.float64)[runs[0].i] * x.astype(np.float64)[runs[0].j]
+    assert np.array_equal(runs[0].sim, exact.sum(axis=1).astype(np.float32))

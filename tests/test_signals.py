@@ -129,3 +129,9 @@ def test_text_copies_are_confirmed_by_shingles_paraphrase_like_neighbours_are_no
     d = out.table
     assert d.filter(pl.col("dedup_drop").is_not_null())["sample_id"].to_list() == [f"s{n - 1:03d}"]
     assert "shingles" in d["dup_evidence"][n - 1]
+
+
+def test_neighbours_of_no_rows_are_none() -> None:
+    # a dataset whose every sample is unreadable reaches calibration with no rows
+    nb = sample_neighbours(np.zeros((0, 8), dtype=np.float32), 5, 100)
+    assert nb.rows.size == 0 and nb.idx.shape == (0, 5) and nb.sim.shape == (0, 5)

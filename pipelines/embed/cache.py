@@ -60,32 +60,40 @@ class EmbeddingCache:
 
     def put(self, hashes: Sequence[str], vectors: np.ndarray) -> Path | None:
         """Write one shard (atomically) and index it (read only: index it, write nothing)."""
+        path = None if self.read_only else write_shard(self.dir, hashes, vectors)
         stored = vectors.astype(SHARD_DTYPE)
-        hash_arr = np.asarray(list(hashes), dtype="U32")
-        buf = io.BytesIO()
-        np.savez(
-            buf,
-            hashes=hash_arr,
-            vectors=stored,
-            checksum=np.asarray(shard_checksum(hash_arr, stored)),
-        )
-        name = f"shard-{time.time_ns():020d}-{hashlib.blake2b(hash_arr.tobytes(), digest_size=4).hexdigest()}.npz"
-        if self.read_only:
-            path = None
-        else:
-            try:
-                path = atomic_write_bytes(self.dir / name, buf.getvalue())
-            except OSError as exc:
-                if not is_disk_full(exc):
-                    raise
-                raise StoreFull(
-                    f"no space left on the store's disk ({self.dir}), nothing was committed; "
-                    f"free some space and rerun (the {len(self)} vectors cached so far are kept)"
-                ) from None
         k = len(self._shards)
         self._shards.append(stored)
-        self._index.update((h, (k, i)) for i, h in enumerate(hash_arr.tolist()))
+        self._index.update((h, (k, i)) for i, h in enumerate(hashes))
         return path
+
+
+def shard_name(hashes: Sequence[str]) -> str:
+    """A new shard's file name: write time, then a digest of its hashes (any shard-*.npz is read)."""
+    digest = hashlib.blake2b(np.asarray(list(hashes), dtype="U32").tobytes(), digest_size=4)
+    return f"shard-{time.time_ns():020d}-{digest.hexdigest()}.npz"
+
+
+def write_shard(
+    folder: Path, hashes: Sequence[str], vectors: np.ndarray, name: str | None = None
+) -> Path:
+    """One checksummed float16 shard written atomically under `folder` (without reading the
+    cache). A fixed `name` makes a rewrite replace the shard instead of adding one."""
+    stored = vectors.astype(SHARD_DTYPE)
+    hash_arr = np.asarray(list(hashes), dtype="U32")
+    buf = io.BytesIO()
+    np.savez(
+        buf, hashes=hash_arr, vectors=stored, checksum=np.asarray(shard_checksum(hash_arr, stored))
+    )
+    try:
+        return atomic_write_bytes(Path(folder) / (name or shard_name(hashes)), buf.getvalue())
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise StoreFull(
+            f"no space left on the store's disk ({folder}), nothing was committed; free some "
+            "space and rerun (the vectors cached so far are kept)"
+        ) from None
 
 
 def shard_checksum(hashes: np.ndarray, vectors: np.ndarray) -> str:

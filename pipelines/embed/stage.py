@@ -27,6 +27,7 @@ class EmbedResult:
     device: str
     fingerprint: str
     errors: dict[str, str] = field(default_factory=dict)  # content_hash -> why it failed
+    engine: dict[str, Any] = field(default_factory=dict)  # how a cluster ran it (engine: ray)
 
 
 def embed_dataset(

@@ -74,6 +74,16 @@ class LoadedDataset:
             for start, block in vector_blocks(ds, self.columns.content()):
                 yield where[start : start + len(block)], block
 
+    def content_at(self, part: str, row: int) -> Any:
+        """Content of row `row` of split `part` (needs the splits only, not the table)."""
+        return self._content(self.splits[part], row)
+
+    def reader(self) -> LoadedDataset:
+        """What reads contents elsewhere (a worker): the splits, no table. Splits loaded from
+        files pickle as references to their Arrow files, not as the data."""
+        empty = pl.DataFrame(schema={"_part": pl.Utf8, "_row": pl.Int64})
+        return dataclasses.replace(self, table=empty)
+
     def _content(self, ds: Any, row: int) -> Any:
         if self.modality == "embedding":
             return ds[row][self.columns.embedding]

@@ -114,6 +114,7 @@ class Manifest:
     guard: JSON = field(default_factory=dict)
     calibration: JSON = field(default_factory=dict)
     post_commit: JSON = field(default_factory=dict)  # {"steps": [...]}: what follows the commit
+    engine: JSON = field(default_factory=lambda: {"type": "local"})
     created_at: str = field(default_factory=lambda: _now())
     leanset: str = field(default_factory=lambda: _leanset_version())
     host: str = field(default_factory=platform.node)

@@ -1,0 +1,226 @@
+"""`engine: ray` against `engine: local` on this machine: same run, ratio, driver peak memory.
+
+    python -m bench.ray_engine search [--rows 1000000] [--dim 512] [--method partitioned]
+    python -m bench.ray_engine embed                     # the demo's images, pixel embedder
+
+Each side runs in a fresh process (so each peak RSS is its own). The Ray side starts a local
+cluster of 2 CPUs (`ray start --head --num-cpus 2`: 2 worker processes) whose start is timed
+apart. In `search` the Ray driver never loads the matrix: tasks read their blocks from the .npy
+file (as they would read cache shards on shared storage). Pairs, or the embedding matrix, are
+compared bit for bit. Data goes to --workdir (default /tmp/leanset-bench-ray).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _hwm_reset() -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _hwm_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _cluster(object_store_mb: int) -> Any:
+    from tests.ray_cluster import start_head
+
+    t0 = time.perf_counter()
+    c = start_head(num_cpus=2, object_store_mb=object_store_mb)
+    import ray
+
+    ray.init(address=c.address, log_to_driver=False)
+    print(f"  cluster start + connect: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return c
+
+
+def _load_rows(path: str, s: int, e: int) -> np.ndarray:
+    """Rows s:e of an .npy file, read by a task (memory-mapped)."""
+    return np.ascontiguousarray(np.load(path, mmap_mode="r")[s:e], dtype=np.float32)
+
+
+def _search_side(side: str, a: argparse.Namespace) -> dict[str, Any]:
+    from dedup import near
+    from dedup.near import SearchOptions
+
+    path = str(Path(a.workdir) / f"emb-{a.rows}x{a.dim}.npy")
+    opts = SearchOptions(method=a.method, device="cpu")
+    if side == "local":
+        x = np.load(path)
+        _hwm_reset()
+        t0 = time.perf_counter()
+        found = near.find_near_pairs(x, a.threshold, opts)
+        i, j, s, params = found.i, found.j, found.sim, found.params
+    else:
+        import ray
+
+        from pipelines.engine import search
+
+        c = _cluster(a.object_store_mb)
+        try:
+            _hwm_reset()
+            t0 = time.perf_counter()
+            n, dim = np.load(path, mmap_mode="r").shape
+            bounds = near._blocks(n, search.STORE_ROWS)
+            load = ray.remote(_load_rows)
+            refs = [load.remote(path, s0, e0) for s0, e0 in bounds]
+            bm = search.BlockMatrix(refs, np.array([b[0] for b in bounds] + [n]), dim)
+            run = search.SEARCHERS[a.method]
+            pairs, params = run(bm, None, a.threshold, opts, 1.0)
+            i, j, s = near._finish(pairs, n)
+        finally:
+            ray.shutdown()
+            c.stop()
+    seconds = time.perf_counter() - t0
+    np.savez(Path(a.workdir) / f"pairs-{side}.npz", i=i, j=j, s=s)
+    return {
+        "side": side,
+        "seconds": round(seconds, 1),
+        "driver_peak_mib": round(_hwm_mib()),
+        "pairs": int(i.size),
+        "params": params,
+    }
+
+
+def _embed_side(side: str, a: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.config import ColumnSettings, EmbedderSettings, EngineSettings, SourceSettings
+    from pipelines.embed import embed_dataset, make_embedder
+    from pipelines.sources import load_source
+
+    source = SourceSettings(type="imagefolder", path=str(Path(a.workdir) / "demo" / "images"))
+    data = load_source(source, ColumnSettings())
+    settings = EmbedderSettings(type="pixels", size=16, shard_rows=256)
+    cache = Path(a.workdir) / f"cache-{side}"
+    if side == "local":
+        _hwm_reset()
+        t0 = time.perf_counter()
+        res = embed_dataset(data, make_embedder(settings), cache, progress=False)
+    else:
+        from pipelines.engine.embed import embed_dataset_ray
+
+        c = _cluster(512)
+        try:
+            _hwm_reset()
+            t0 = time.perf_counter()
+            engine = EngineSettings(type="ray", workers=2)
+            res, _ = embed_dataset_ray(data, settings, engine, cache)
+        finally:
+            import ray
+
+            ray.shutdown()
+            c.stop()
+    seconds = time.perf_counter() - t0
+    np.save(Path(a.workdir) / f"matrix-{side}.npy", res.matrix)
+    return {
+        "side": side,
+        "seconds": round(seconds, 1),
+        "driver_peak_mib": round(_hwm_mib()),
+        "computed": res.computed,
+    }
+
+
+def _child(kind: str, side: str, a: argparse.Namespace) -> dict[str, Any]:
+    args = [
+        sys.executable,
+        "-m",
+        "bench.ray_engine",
+        kind,
+        "--side",
+        side,
+        "--workdir",
+        a.workdir,
+        "--rows",
+        str(a.rows),
+        "--dim",
+        str(a.dim),
+        "--method",
+        a.method,
+        "--threshold",
+        str(a.threshold),
+        "--object-store-mb",
+        str(a.object_store_mb),
+    ]
+    out = subprocess.run(args, check=True, stdout=subprocess.PIPE, text=True).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    print(
+        f"  {side}: {result['seconds']} s, driver peak {result['driver_peak_mib']} MiB",
+        file=sys.stderr,
+    )
+    return result
+
+
+def _prepare(kind: str, a: argparse.Namespace) -> None:
+    work = Path(a.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    if kind == "embed":
+        from pipelines.demo.data import make_demo
+
+        make_demo(work / "demo")
+        return
+    path = work / f"emb-{a.rows}x{a.dim}.npy"
+    if not path.exists():
+        from bench.synth import clustered_embeddings
+
+        np.save(path, clustered_embeddings(a.rows, a.dim, threshold=a.threshold).emb)
+
+
+def _same(kind: str, work: Path) -> bool:
+    if kind == "embed":
+        return bool(
+            np.array_equal(np.load(work / "matrix-local.npy"), np.load(work / "matrix-ray.npy"))
+        )
+    a, b = np.load(work / "pairs-local.npz"), np.load(work / "pairs-ray.npz")
+    return all(np.array_equal(a[k].view(np.uint8), b[k].view(np.uint8)) for k in ("i", "j", "s"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("kind", choices=["search", "embed"])
+    p.add_argument("--side", choices=["local", "ray"])  # internal: one side in this process
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--method", choices=["exact", "partitioned"], default="partitioned")
+    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--object-store-mb", type=int, default=7000)
+    p.add_argument("--workdir", default="/tmp/leanset-bench-ray")
+    a = p.parse_args(argv)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if a.side:
+        run = _search_side if a.kind == "search" else _embed_side
+        print(json.dumps(run(a.side, a), default=str))
+        return 0
+    _prepare(a.kind, a)
+    local, remote = _child(a.kind, "local", a), _child(a.kind, "ray", a)
+    row = {
+        "kind": a.kind,
+        "rows": a.rows if a.kind == "search" else local.get("computed"),
+        "local_s": local["seconds"],
+        "ray_s": remote["seconds"],
+        "ray_speedup": round(local["seconds"] / max(remote["seconds"], 1e-9), 2),
+        "local_driver_peak_mib": local["driver_peak_mib"],
+        "ray_driver_peak_mib": remote["driver_peak_mib"],
+        "identical": _same(a.kind, Path(a.workdir)),
+    }
+    if a.kind == "search":
+        row["pairs"] = local["pairs"]
+    print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

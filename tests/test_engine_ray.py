@@ -1,0 +1,253 @@
+"""`engine: ray` against `engine: local` on a real local Ray cluster (2 CPUs on 127.0.0.1).
+
+Slow (a cluster start and several flow runs): run with `python -m pytest -m slow
+tests/test_engine_ray.py`. The cluster's head runs with a folder hidden from it, so one test can
+show what happens when the store is not visible on a node.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tests.helpers import write_png
+from tests.ray_cluster import LocalCluster, can_hide, free_port, start_head, use_token_auth
+from tests.test_near import _bitwise, at_threshold
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+T = 0.9
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    use_token_auth()  # before the first `import ray` of this process
+    c = start_head(num_cpus=2, object_store_mb=256, hide=True)
+    try:
+        yield c
+    finally:
+        import ray
+
+        ray.shutdown()
+        c.stop()
+
+
+@pytest.fixture
+def driver(cluster: LocalCluster) -> Iterator[LocalCluster]:
+    """This process connected to the cluster for one test."""
+    import ray
+
+    ray.init(address=cluster.address, log_to_driver=False, namespace="leanset-tests")
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.parametrize("method", ["exact", "partitioned"])
+@pytest.mark.parametrize("mode", ["self", "between"])
+def test_search_equals_the_local_search_bit_for_bit(driver, method: str, mode: str) -> None:
+    from dedup import near
+    from dedup.near import SearchOptions
+    from pipelines.engine import search
+
+    x = at_threshold(1500, 64, T)  # pairs within ulps of the threshold, among clustered rows
+    opts = SearchOptions(method=method, device="cpu", block_rows=1024, n_clusters=12)
+    if mode == "self":
+        local = near.find_near_pairs(x, T, opts)
+        remote = search.find_near_pairs(x, T, opts)
+    else:
+        local = near.find_near_pairs_between(x[:2000], x[2000:], T, opts)
+        remote = search.find_near_pairs_between(x[:2000], x[2000:], T, opts)
+    assert len(local) > 300
+    assert _bitwise(local, remote)
+    assert remote.params["engine"] == "ray" and remote.params["method"] == method
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """~290 16x16 PNGs in train/test with exact copies, near copies, leaks and a corrupt file."""
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("ray-data") / "images"
+    for k in range(240):
+        base = rng.integers(0, 256, size=(16, 16))
+        write_png(root / f"train/{k % 3}/b{k}.png", base)
+        if k % 20 == 0:
+            write_png(root / f"train/{k % 3}/copy{k}.png", base)
+        if k % 15 == 0:
+            noisy = np.clip(base + rng.normal(0, 3, (16, 16)), 0, 255)
+            write_png(root / f"{'test' if k % 30 == 0 else 'train'}/{k % 3}/near{k}.png", noisy)
+    (root / "train/0/broken.png").write_bytes(b"not an image")
+    return root
+
+
+def _config(tmp: Path, images: Path, store: Path, engine: str) -> Path:
+    cfg = tmp / f"{store.name}.yaml"
+    cfg.write_text(
+        "flows:\n  f:\n"
+        f"    source: {{type: imagefolder, path: {images}}}\n"
+        "    embedder: {type: pixels, size: 16}\n"
+        "    dedup: {threshold: 0.95}\n"
+        f"    store: {store}\n"
+        f"    engine: {engine}\n"
+    )
+    return cfg
+
+
+def _tables(store: Path) -> dict[str, pl.DataFrame]:
+    from pipelines.store import Store
+
+    s = Store(store)
+    return {
+        t: s.read(t).drop("run_id", strict=False).sort("sample_id")
+        for t in ("decisions", "dataset")
+    }
+
+
+@pytest.fixture(scope="module")
+def local_run(prefect_harness, images: Path, tmp_path_factory: pytest.TempPathFactory):
+    from pipelines.flows import clean_flow
+
+    tmp = tmp_path_factory.mktemp("local")
+    summary = clean_flow(
+        config_path=str(_config(tmp, images, tmp / "store", "local")), flow_name="f"
+    )
+    contents = {f.read_bytes() for f in images.rglob("*.png")}  # all go to the embedder once
+    return summary, _tables(tmp / "store"), -(-len(contents) // 32)  # the slices a ray run cuts
+
+
+def _ray_engine(cluster: LocalCluster, extra: str = "") -> str:
+    return f"{{type: ray, address: '{cluster.address}', workers: 2, shard_rows: 32{extra}}}"
+
+
+def test_flow_on_ray_decides_and_cleans_like_the_local_engine(cluster, local_run, images, tmp_path):
+    from pipelines.flows import clean_flow
+    from pipelines.store import Store
+
+    summary = clean_flow(
+        config_path=str(_config(tmp_path, images, tmp_path / "store", _ray_engine(cluster))),
+        flow_name="f",
+    )
+    assert summary["counts"] == local_run[0]["counts"]
+    assert summary["counts"]["by_reason"]["near_duplicate"] > 0
+    got = _tables(tmp_path / "store")
+    for name, table in local_run[1].items():
+        assert got[name].equals(table), name
+    manifest = Store(tmp_path / "store").manifests()[-1]
+    assert manifest["engine"]["type"] == "ray" and manifest["engine"]["resources"]["CPU"] == 2
+    assert manifest["embed"]["engine"]["workers"] == 2 and manifest["search"]["engine"] == "ray"
+    assert manifest["embed"]["engine"]["slices"] == local_run[2] > 1
+    assert "embed" in manifest["timings"] and "dedup" in manifest["timings"]
+
+
+def _kill_one_worker_after_first_shard(
+    cluster: LocalCluster, cache: Path
+) -> tuple[threading.Thread, list[int]]:
+    """A thread that SIGKILLs one embedding worker of this cluster once the first shard is written
+    (the other slices still queued or running)."""
+    killed: list[int] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            if any(cache.rglob("shard-*.npz")):
+                pids = cluster.worker_pids("ray::EmbedWorker")
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread, killed
+
+
+def test_a_worker_killed_mid_embedding_still_ends_in_the_same_decisions(
+    cluster, local_run, images, tmp_path
+):
+    from pipelines.flows import clean_flow
+
+    cfg = _config(tmp_path, images, tmp_path / "store", _ray_engine(cluster))
+    thread, killed = _kill_one_worker_after_first_shard(cluster, tmp_path / "store" / "cache")
+    summary = clean_flow(config_path=str(cfg), flow_name="f")  # Ray restarts it, reruns the slice
+    thread.join(1)
+    assert killed, "no embedding worker was killed"
+    assert summary["counts"] == local_run[0]["counts"]
+    for name, table in _tables(tmp_path / "store").items():
+        assert table.equals(local_run[1][name]), name
+
+
+def test_without_retries_the_run_fails_and_the_rerun_reuses_finished_shards(
+    cluster, local_run, images, tmp_path
+):
+    from pipelines.flows import clean_flow
+    from pipelines.store import Store
+
+    store = tmp_path / "store"
+    cfg = _config(tmp_path, images, store, _ray_engine(cluster, ", max_task_retries: 0"))
+    thread, killed = _kill_one_worker_after_first_shard(cluster, store / "cache")
+    with pytest.raises(Exception, match="(?i)actor|worker|died"):
+        clean_flow(config_path=str(cfg), flow_name="f")
+    thread.join(1)
+    assert killed and Store(store).manifests() == []  # nothing committed
+    shards = len(list((store / "cache").rglob("shard-*.npz")))
+    assert 0 < shards < local_run[2]
+    summary = clean_flow(config_path=str(cfg), flow_name="f")
+    manifest = Store(store).manifests()[-1]
+    assert manifest["embed"]["cached"] > 0 and manifest["embed"]["engine"]["slices"] < local_run[2]
+    assert summary["counts"] == local_run[0]["counts"]
+    for name, table in _tables(store).items():
+        assert table.equals(local_run[1][name]), name
+
+
+def _settings(tmp_path: Path, images: Path, engine: str, store: Path | None = None):
+    from pipelines.config import load_flow
+
+    return load_flow(_config(tmp_path, images, store or tmp_path / "store", engine), "f")
+
+
+def test_an_unreachable_address_is_one_clear_error_before_any_work(images, tmp_path):
+    from pipelines.engine import EngineError
+    from pipelines.flows import run_pipeline
+
+    port = free_port()
+    settings = _settings(tmp_path, images, f"{{type: ray, address: '127.0.0.1:{port}'}}")
+    t0 = time.perf_counter()
+    with pytest.raises(EngineError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        run_pipeline(settings)
+    assert time.perf_counter() - t0 < 15
+    assert not (tmp_path / "store").exists()
+
+
+def test_resources_the_cluster_lacks_are_one_clear_error_before_any_work(cluster, images, tmp_path):
+    from pipelines.engine import EngineError
+    from pipelines.flows import run_pipeline
+
+    settings = _settings(tmp_path, images, _ray_engine(cluster, ", gpus_per_worker: 1"))
+    with pytest.raises(EngineError, match=r"engine.gpus_per_worker: .*1 GPU.* GPU 0"):
+        run_pipeline(settings)
+    assert not list((tmp_path / "store").rglob("*.json"))  # no version, no manifest
+
+
+@pytest.mark.skipif(
+    not can_hide(), reason="hiding a folder from the cluster needs root and unshare"
+)
+def test_a_store_the_nodes_cannot_see_is_one_clear_error_before_any_work(cluster, images, tmp_path):
+    from pipelines.engine import EngineError
+    from pipelines.flows import run_pipeline
+
+    assert cluster.hidden is not None
+    store = Path(cluster.hidden) / "store"  # visible here, an empty tmpfs on the cluster's node
+    settings = _settings(tmp_path, images, _ray_engine(cluster), store)
+    with pytest.raises(EngineError, match=r"store is not visible on node .*: No such file"):
+        run_pipeline(settings)
+    assert not list(store.rglob("*.json")) and not list(store.rglob("shard-*"))
