@@ -36,9 +36,10 @@ class LoadedDataset:
 
     def read(self, rows: Sequence[int]) -> list[Any]:
         """Content of table rows `rows`: image bytes, text, or an embedding vector."""
-        part = self.table["_part"].to_numpy()
-        srow = self.table["_row"].to_numpy()
-        return [self._content(self.splits[part[r]], int(srow[r])) for r in rows]
+        idx = pl.Series(list(rows), dtype=pl.Int64)  # only these rows: a batch costs O(batch)
+        part = self.table["_part"].gather(idx).to_list()
+        srow = self.table["_row"].gather(idx).to_list()
+        return [self._content(self.splits[p], int(r)) for p, r in zip(part, srow, strict=True)]
 
     def texts(self, rows: Sequence[int]) -> list[str]:
         """What a person reads for each row: the text column when there is one, else the source."""
