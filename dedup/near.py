@@ -676,10 +676,11 @@ def _finish(pairs: Pairs, nc: int) -> Pairs:
     return i[keep], j[keep], s[keep]
 
 
-def _run(
+def search_params(
     query: np.ndarray, corpus: np.ndarray, self_search: bool, threshold: float, opts: SearchOptions
-) -> NearPairs:
-    """Shared body of find_near_pairs and find_near_pairs_between (inputs validated)."""
+) -> tuple[str, dict[str, Any]]:
+    """The method a search of `query` against `corpus` uses, and the parameters it records (the
+    same for every engine that runs it)."""
     nq, nc = query.shape[0], corpus.shape[0]
     chosen = _pick_method(opts.method, nq, nc, self_search, opts.exact_max_rows)
     params: dict[str, Any] = {
@@ -694,6 +695,15 @@ def _run(
         "block_rows": opts.block_rows,
         "seed": opts.seed,
     }
+    return chosen, params
+
+
+def _run(
+    query: np.ndarray, corpus: np.ndarray, self_search: bool, threshold: float, opts: SearchOptions
+) -> NearPairs:
+    """Shared body of find_near_pairs and find_near_pairs_between (inputs validated)."""
+    nq, nc = query.shape[0], corpus.shape[0]
+    chosen, params = search_params(query, corpus, self_search, threshold, opts)
     if (self_search and nc < 2) or (not self_search and (nq == 0 or nc == 0)):
         params["backend"] = "none"
         return NearPairs(*_empty_pairs(), method=chosen, params=params)

@@ -401,20 +401,8 @@ def _run(
 ) -> NearPairs:
     """near._run with the searchers on the cluster: same method choice, pairs and params."""
     nq, nc = query.shape[0], corpus.shape[0]
-    chosen = near._pick_method(opts.method, nq, nc, self_search, opts.exact_max_rows)
-    params: dict[str, Any] = {
-        "method": chosen,
-        "requested_method": opts.method,
-        "device": opts.device,
-        "threshold": t,
-        "query_rows": nq,
-        "corpus_rows": nc,
-        "dim": corpus.shape[1],
-        "self_search": self_search,
-        "block_rows": opts.block_rows,
-        "seed": opts.seed,
-        "engine": "ray",
-    }
+    chosen, params = near.search_params(query, corpus, self_search, t, opts)
+    params["engine"] = "ray"
     if (self_search and nc < 2) or (not self_search and (nq == 0 or nc == 0)):
         params["backend"] = "none"
         return NearPairs(*near._empty_pairs(), method=chosen, params=params)
