@@ -502,9 +502,18 @@ def _take(emb: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def _prior_edges(
     pairs: pl.DataFrame, hashes: np.ndarray, old: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """The prior's pairs whose two contents are still present, as table rows."""
+    """The prior's pairs whose two contents are still present, as table rows: one edge per pair
+    of contents (without exact dedup the prior held a pair once per pair of rows, and pairs
+    within one content, whose other rows are searched again as new)."""
     row_of = dict(zip(hashes[old].tolist(), old.tolist(), strict=True))
-    live = pairs.filter(pl.col("hash_a").is_in(list(row_of)) & pl.col("hash_b").is_in(list(row_of)))
+    lo = pl.min_horizontal("hash_a", "hash_b")
+    hi = pl.max_horizontal("hash_a", "hash_b")
+    live = (
+        pairs.filter(pl.col("hash_a").is_in(list(row_of)) & pl.col("hash_b").is_in(list(row_of)))
+        .filter(pl.col("hash_a") != pl.col("hash_b"))
+        .with_columns(lo.alias("hash_a"), hi.alias("hash_b"))
+        .unique(subset=["hash_a", "hash_b"], keep="first", maintain_order=True)
+    )
     a = np.array([row_of[h] for h in live["hash_a"].to_list()], dtype=np.int64)
     b = np.array([row_of[h] for h in live["hash_b"].to_list()], dtype=np.int64)
     evidence = live["evidence"].to_list() if "evidence" in live.columns else ["embedding"] * len(a)

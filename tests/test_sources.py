@@ -128,7 +128,7 @@ def test_file_hash_cache_skips_reading_unchanged_files(
     assert row["content_hash"].item() == other["content_hash"].item()
 
 
-def test_datasets_thread_maps_find_a_tqdm_lock_in_place(tiny_images: Path, monkeypatch):
+def test_datasets_thread_maps_find_a_tqdm_lock_in_place(tmp_path: Path, monkeypatch):
     """Two flow runs in one process load at once. `datasets`' thread maps go through tqdm's
     `ensure_lock`, which creates the class's lock when missing and deletes it on exit: two of them
     entering while it is missing both delete it, and the second fails the load (AttributeError:
@@ -147,5 +147,10 @@ def test_datasets_thread_maps_find_a_tqdm_lock_in_place(tiny_images: Path, monke
         return ensure_lock(tqdm_class, *args, **kwargs)
 
     monkeypatch.setattr(concurrent, "ensure_lock", watched)
-    load_source(SourceSettings(type="imagefolder", path=str(tiny_images)), ColumnSettings())
+    data = tmp_path / "d.csv"  # files go through `datasets`' data-file resolution (image folders
+    data.write_text("text,label\na,x\nb,y\n")  # are walked by leanset itself)
+    load_source(
+        SourceSettings(type="files", format="csv", data_files=[str(data)]),
+        ColumnSettings(text="text"),
+    )
     assert found and all(found)  # the helper never had to create (and then delete) the lock

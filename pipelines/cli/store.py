@@ -38,8 +38,8 @@ def add_commands(sub: Any) -> None:
     verify = sub.add_parser(
         "verify", help="check every stored file against the checksums its manifest recorded"
     )
-    verify.add_argument("store")
-    verify.add_argument("--json", action="store_true")
+    verify.add_argument("store", help=STORE_HELP)
+    verify.add_argument("--json", action="store_true", help="print the findings as JSON")
     verify.set_defaults(func=cmd_verify)
 
     diff = sub.add_parser("diff", help="which samples entered or left between two versions")
