@@ -315,7 +315,7 @@ def test_console_is_quiet_and_an_unchanged_rerun_starts_no_server(tmp_path: Path
     first = cli("run", str(config), "--flow", "tiny", env=env)
     assert first.returncode == 0, first.stderr
     assert "INFO" not in first.stderr and "Finished in state" not in first.stderr
-    assert first.stdout.count("Cleaning removes") == 1 and "version 1 committed" in first.stdout
+    assert first.stdout.count("Cost delta:") == 1 and "version 1 committed" in first.stdout
     again = cli("run", str(config), "--flow", "tiny", "-v", env=env)
     assert again.returncode == 0, again.stderr
     assert "unchanged" in again.stdout
