@@ -127,8 +127,8 @@ def _interleaved(data: dict[str, list[tuple[Any, Any]]]) -> list[tuple[str, Any,
 def run_flow(work: Path, name: str, body: dict[str, Any]) -> tuple[dict[str, Any], pl.DataFrame]:
     """Clean with the real flow (a rerun with the same data and settings finds its version
     current and reuses it); the summary and the version's decisions."""
-    from pipelines.flows import run_flow as run
-    from pipelines.store import Store
+    from leanset.pipelines.flows import run_flow as run
+    from leanset.pipelines.store import Store
 
     store = work / f"store-{name}"
     config = work / "flows.yaml"
@@ -153,8 +153,8 @@ def bench_demo(work: Path, epochs: int, seed: int) -> dict[str, Any]:
     import torch
     from PIL import Image
 
-    from pipelines.config import load_flow
-    from pipelines.demo.data import make_demo
+    from leanset.pipelines.config import load_flow
+    from leanset.pipelines.demo.data import make_demo
 
     truth = make_demo(work / "demo")
     demo = load_flow(Path(__file__).resolve().parents[1] / "flows.yaml", "demo")

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.run import peak_rss_mib, reset_peak_rss
-from pipelines.config import ColumnSettings, SourceSettings
-from pipelines.demo.data import make_demo
-from pipelines.embed import OpenClipImageEmbedder, PixelEmbedder, embed_dataset
-from pipelines.sources import LoadedDataset, load_source
+from leanset.pipelines.config import ColumnSettings, SourceSettings
+from leanset.pipelines.demo.data import make_demo
+from leanset.pipelines.embed import OpenClipImageEmbedder, PixelEmbedder, embed_dataset
+from leanset.pipelines.sources import LoadedDataset, load_source
 
 
 def _row(stage: str, n: int, seconds: float, device: str, rss: float, notes: str = "") -> dict:
@@ -48,7 +48,7 @@ def _subset(data: LoadedDataset, n: int) -> LoadedDataset:
 
 def run(demo: Path, clip_images: int, device: str) -> list[dict]:
     """Time each stage on the demo images."""
-    from dedup.near import SearchOptions, find_near_pairs
+    from leanset.dedup.near import SearchOptions, find_near_pairs
 
     truth = make_demo(demo)
     src = SourceSettings(type="imagefolder", path=str(truth.images_dir))

@@ -113,7 +113,7 @@ def _executed_flops(n: int, dim: int, block: int) -> float:
 
 def _search_row(args: argparse.Namespace, method: str) -> dict[str, Any]:
     """Time find_near_pairs on the synthetic data (after a small warm-up on the device)."""
-    from dedup.near import SearchOptions, find_near_pairs
+    from leanset.dedup.near import SearchOptions, find_near_pairs
 
     syn = _data(args)
     find_near_pairs(
@@ -160,7 +160,7 @@ VIT_B_32_GFLOP = 8.8  # forward FLOPs per 224 px image (4.4 GMAC)
 
 
 def _clip_embedder(device: str) -> Any:
-    from pipelines.embed import OpenClipImageEmbedder
+    from leanset.pipelines.embed import OpenClipImageEmbedder
 
     return OpenClipImageEmbedder("ViT-B-32", None, device=device, precision="auto")
 
@@ -213,10 +213,10 @@ def _embed_files(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    from pipelines.config import ColumnSettings, SourceSettings
-    from pipelines.embed import embed_dataset
-    from pipelines.embed.stage import _Prepared
-    from pipelines.sources import load_source
+    from leanset.pipelines.config import ColumnSettings, SourceSettings
+    from leanset.pipelines.embed import embed_dataset
+    from leanset.pipelines.embed.stage import _Prepared
+    from leanset.pipelines.sources import load_source
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     n = args.embed_files if device == "cuda" else 64

@@ -42,7 +42,7 @@ def _write_part(path: Path, emb: np.ndarray, start: int) -> None:
 
 
 def _run(work: Path, name: str, data: Path, store: Path, threshold: float) -> tuple[float, dict]:
-    from pipelines.flows import clean_flow
+    from leanset.pipelines.flows import clean_flow
 
     config = work / f"{name}.yaml"
     config.write_text(CONFIG.format(name=name, data=data, store=store, threshold=threshold))

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from labeling.probe import ProbeOptions, train_probe
-from labeling.select import select_batch
+from leanset.labeling.probe import ProbeOptions, train_probe
+from leanset.labeling.select import select_batch
 
 STRATEGIES: dict[str, tuple[str, str]] = {
     "margin + kcenter": ("margin", "kcenter"),

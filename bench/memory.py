@@ -60,7 +60,7 @@ def write_vectors(path: Path, n: int, dim: int, seed: int, start: int = 0) -> No
 
 def child(config: str) -> None:
     """Run the flow once and print its summary's timings with this process's peak RSS."""
-    from pipelines.flows import clean_flow
+    from leanset.pipelines.flows import clean_flow
 
     summary = clean_flow(config_path=config, flow_name="mem")
     status = Path("/proc/self/status").read_text()

@@ -55,8 +55,8 @@ def _load_rows(path: str, s: int, e: int) -> np.ndarray:
 
 
 def _search_side(side: str, a: argparse.Namespace) -> dict[str, Any]:
-    from dedup import near
-    from dedup.near import SearchOptions
+    from leanset.dedup import near
+    from leanset.dedup.near import SearchOptions
 
     path = str(Path(a.workdir) / f"emb-{a.rows}x{a.dim}.npy")
     opts = SearchOptions(method=a.method, device="cpu")
@@ -69,7 +69,7 @@ def _search_side(side: str, a: argparse.Namespace) -> dict[str, Any]:
     else:
         import ray
 
-        from pipelines.engine import search
+        from leanset.pipelines.engine import search
 
         c = _cluster(a.object_store_mb)
         try:
@@ -98,9 +98,14 @@ def _search_side(side: str, a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _embed_side(side: str, a: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.config import ColumnSettings, EmbedderSettings, EngineSettings, SourceSettings
-    from pipelines.embed import embed_dataset, make_embedder
-    from pipelines.sources import load_source
+    from leanset.pipelines.config import (
+        ColumnSettings,
+        EmbedderSettings,
+        EngineSettings,
+        SourceSettings,
+    )
+    from leanset.pipelines.embed import embed_dataset, make_embedder
+    from leanset.pipelines.sources import load_source
 
     source = SourceSettings(type="imagefolder", path=str(Path(a.workdir) / "demo" / "images"))
     data = load_source(source, ColumnSettings())
@@ -111,7 +116,7 @@ def _embed_side(side: str, a: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         res = embed_dataset(data, make_embedder(settings), cache, progress=False)
     else:
-        from pipelines.engine.embed import embed_dataset_ray
+        from leanset.pipelines.engine.embed import embed_dataset_ray
 
         c = _cluster(512)
         try:
@@ -168,7 +173,7 @@ def _prepare(kind: str, a: argparse.Namespace) -> None:
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     if kind == "embed":
-        from pipelines.demo.data import make_demo
+        from leanset.pipelines.demo.data import make_demo
 
         make_demo(work / "demo")
         return

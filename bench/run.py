@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.stages import DEFAULT_STAGES, PEER_STAGES, STAGES, BenchContext
-from pipelines.fsutil import atomic_write_json
+from leanset.pipelines.fsutil import atomic_write_json
 
 EXACT_DEFAULT_MAX_N = 100_000
 COLUMNS = (

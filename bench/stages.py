@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from bench.synth import Synthetic, clustered_embeddings
-from dedup.near import NearPairs, SearchOptions, find_near_pairs, find_near_pairs_between
-from pipelines.fsutil import digest
+from leanset.dedup.near import NearPairs, SearchOptions, find_near_pairs, find_near_pairs_between
+from leanset.pipelines.fsutil import digest
 
 
 @dataclass

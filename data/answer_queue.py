@@ -15,9 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.demo.annotator import answer_tasks, task_image_path
-from pipelines.demo.data import DemoTruth
-from pipelines.fsutil import atomic_write_bytes
+from leanset.pipelines.demo.annotator import answer_tasks, task_image_path
+from leanset.pipelines.demo.data import DemoTruth
+from leanset.pipelines.fsutil import atomic_write_bytes
 
 DEFAULT_DEMO = Path(__file__).resolve().parent / "demo"
 

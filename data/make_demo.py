@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.demo.data import make_demo
+from leanset.pipelines.demo.data import make_demo
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "demo"
 

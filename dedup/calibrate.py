@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from dedup.near import Neighbours
+from leanset.dedup.near import Neighbours
 
 K = 10  # neighbours looked at per sampled row
 K_NULL = 5  # the null: each row's K_NULL-th to K-th neighbours (groups of copies are smaller)

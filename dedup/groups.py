@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from dedup.config import DedupSettings
+from leanset.dedup.config import DedupSettings
 
 
 @dataclass(frozen=True)

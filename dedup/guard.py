@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from dedup.config import DedupError, DedupSettings
+from leanset.dedup.config import DedupError, DedupSettings
 
 
 class DedupGuardError(DedupError):

@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from dedup.matrix import check_matrix, cuda_available
+from leanset.dedup.matrix import check_matrix, cuda_available
 
 log = logging.getLogger(__name__)
 

@@ -29,15 +29,15 @@ import numpy as np
 import polars as pl
 from scipy import sparse
 
-from dedup import calibrate
-from dedup.calibrate import Calibration
-from dedup.config import ROUTES, DedupError, DedupSettings
-from dedup.exact import exact_representatives
-from dedup.groups import Edges, GroupColumns, resolve_groups
-from dedup.imagesig import ImageSignal, pair_evidence
-from dedup.lexical import MIN_CONTAINMENT, MIN_JACCARD, pair_overlap
-from dedup.matrix import check_matrix, cuda_available
-from dedup.near import (
+from leanset.dedup import calibrate
+from leanset.dedup.calibrate import Calibration
+from leanset.dedup.config import ROUTES, DedupError, DedupSettings
+from leanset.dedup.exact import exact_representatives
+from leanset.dedup.groups import Edges, GroupColumns, resolve_groups
+from leanset.dedup.imagesig import ImageSignal, pair_evidence
+from leanset.dedup.lexical import MIN_CONTAINMENT, MIN_JACCARD, pair_overlap
+from leanset.dedup.matrix import check_matrix, cuda_available
+from leanset.dedup.near import (
     NearPairs,
     SearchOptions,
     find_knn_pairs,

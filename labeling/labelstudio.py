@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
-from labeling.config import LabelingError
+from leanset.labeling.config import LabelingError
 
 Answer = tuple[dict[str, Any], dict[str, Any]]  # (task, the annotation applied)
 MODEL_VERSION = "leanset"  # the predictions leanset puts on tasks (replaced on every push)

@@ -50,13 +50,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from labeling.config import (  # NoiseFilter: the one list of filter names
+from leanset.labeling.config import (  # NoiseFilter: the one list of filter names
     LabelingError,
     LabelNoiseSettings,
     NoiseFilter,
     check_rule_values,
 )
-from labeling.probe import (
+from leanset.labeling.probe import (
     UNLABELED,
     ProbeOptions,
     ProbeResult,

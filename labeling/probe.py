@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from dedup.matrix import check_matrix, resolve_device
-from labeling.config import LabelingError
+from leanset.dedup.matrix import check_matrix, resolve_device
+from leanset.labeling.config import LabelingError
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from labeling.config import LabelingError
-from labeling.probe import UNLABELED, ProbeOptions, encode_labels, train_probe
+from leanset.labeling.config import LabelingError
+from leanset.labeling.probe import UNLABELED, ProbeOptions, encode_labels, train_probe
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from dedup.matrix import check_matrix
-from labeling.config import LabelingError
-from labeling.probe import validate_pred_probs
+from leanset.dedup.matrix import check_matrix
+from leanset.labeling.config import LabelingError
+from leanset.labeling.probe import validate_pred_probs
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from labeling.config import ActiveLearningSettings, LabelingError, LabelNoiseSettings
-from labeling.noise import (
+from leanset.labeling.config import ActiveLearningSettings, LabelingError, LabelNoiseSettings
+from leanset.labeling.noise import (
     FlagRule,
     Flags,
     LabelIssues,
@@ -24,14 +24,14 @@ from labeling.noise import (
     judge_labels,
     noise_columns,
 )
-from labeling.probe import (
+from leanset.labeling.probe import (
     EncodedLabels,
     SelectOptions,
     encode_labels,
     stack_pred_probs,
     validate_pred_probs,
 )
-from labeling.select import select_batch
+from leanset.labeling.select import select_batch
 
 log = logging.getLogger("leanset.labeling")
 

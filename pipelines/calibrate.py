@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.config import ConfigError, FlowSettings
-from pipelines.cost import JSON, canonical
-from pipelines.fsutil import atomic_write_json
-from pipelines.sources import LoadedDataset, load_source
-from pipelines.store import StoreError
-from pipelines.store.layout import StoreLayout
-from pipelines.units import DEFAULT_ST_MODEL, split_roles
+from leanset.pipelines.config import ConfigError, FlowSettings
+from leanset.pipelines.cost import JSON, canonical
+from leanset.pipelines.fsutil import atomic_write_json
+from leanset.pipelines.sources import LoadedDataset, load_source
+from leanset.pipelines.store import StoreError
+from leanset.pipelines.store.layout import StoreLayout
+from leanset.pipelines.units import DEFAULT_ST_MODEL, split_roles
 
 Step = Callable[[list[Any], list[str | None]], None]
 
@@ -83,7 +83,7 @@ def read_calibration(layout: StoreLayout) -> JSON | None:
 
 def calibrate(settings: FlowSettings, options: CalibrateOptions) -> JSON:
     """Measure the flow's training throughput on this machine and store it for the next run."""
-    from dedup.matrix import resolve_device
+    from leanset.dedup.matrix import resolve_device
 
     device = resolve_device(options.device, error=ConfigError)
     data = load_source(settings.source, settings.columns)
@@ -194,7 +194,7 @@ def _content_units(
         return {"pixels": np.array([_image_size(c)[0] * _image_size(c)[1] for c in contents])}
     if data.modality == "text":
         try:
-            from pipelines.units import token_counter
+            from leanset.pipelines.units import token_counter
 
             count, _ = token_counter(settings.cost, settings.embedder)
         except ConfigError:

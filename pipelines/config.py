@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
-from dedup.config import ROUTES, DedupSettings
-from labeling.config import ActiveLearningSettings, LabelNoiseSettings
+from leanset.dedup.config import ROUTES, DedupSettings
+from leanset.labeling.config import ActiveLearningSettings, LabelNoiseSettings
 
 
 class ConfigError(ValueError):

@@ -17,8 +17,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pipelines.config import CostSettings, FlowSettings
-from pipelines.units import Accounting
+from leanset.pipelines.config import CostSettings, FlowSettings
+from leanset.pipelines.units import Accounting
 
 JSON = dict[str, Any]
 

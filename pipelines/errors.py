@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dedup.config import DedupError
-from labeling.config import LabelingError
-from pipelines.config import ConfigError
-from pipelines.embed import EmbedError
-from pipelines.engine import EngineError
-from pipelines.sources import SourceError
-from pipelines.store import StoreError
+from leanset.dedup.config import DedupError
+from leanset.labeling.config import LabelingError
+from leanset.pipelines.config import ConfigError
+from leanset.pipelines.embed import EmbedError
+from leanset.pipelines.engine import EngineError
+from leanset.pipelines.sources import SourceError
+from leanset.pipelines.store import StoreError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigError,

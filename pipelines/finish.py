@@ -18,11 +18,11 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.fsutil import atomic_write_json, digest
-from pipelines.sources import LoadedDataset
-from pipelines.store import IntegrityError, Store, StoreError
-from pipelines.store.manifest import JSON
-from pipelines.summary import RunSummary
+from leanset.pipelines.fsutil import atomic_write_json, digest
+from leanset.pipelines.sources import LoadedDataset
+from leanset.pipelines.store import IntegrityError, Store, StoreError
+from leanset.pipelines.store.manifest import JSON
+from leanset.pipelines.summary import RunSummary
 
 log = logging.getLogger("leanset.store")
 
@@ -87,7 +87,7 @@ def queue_rows(store: Store, manifest: JSON) -> pl.DataFrame:
 
 def finish_queue(store: Store, manifest: JSON, run_id: str | None) -> JSON:
     """Add a version's queue rows to the queue (idempotent) and record the step."""
-    from pipelines.store.queue import enqueue
+    from leanset.pipelines.store.queue import enqueue
 
     rows = queue_rows(store, manifest)
     version = int(manifest["version"])
@@ -104,7 +104,7 @@ def finish_report(
 ) -> str:
     """Write a version's HTML report from its stored decisions and the source's samples, and
     record the step; refused when the source no longer holds the version's samples."""
-    from pipelines.report.html import write_html_report
+    from leanset.pipelines.report.html import write_html_report
 
     version = int(manifest["version"])
     if decisions is None:
@@ -145,8 +145,8 @@ def finish_version(
 
 def _load(store: Store, manifest: JSON) -> LoadedDataset:
     """The source of a version, loaded as its config says (content hashes from the store's cache)."""
-    from pipelines.config import ConfigError, flow_from_dict
-    from pipelines.sources import FileHashCache, load_source
+    from leanset.pipelines.config import ConfigError, flow_from_dict
+    from leanset.pipelines.sources import FileHashCache, load_source
 
     try:
         settings = flow_from_dict(manifest.get("config") or {})

@@ -22,41 +22,48 @@ import polars as pl
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from dedup.config import DedupSettings
-from dedup.guard import DedupGuardError, check_drops, split_drops
-from dedup.imagesig import ImageSignal
-from dedup.lexical import shingle_matrix
-from dedup.stage import DedupResult, PriorIndex, Search, SearchBetween, Signals, find_duplicates
-from labeling.stage import (
+from leanset.dedup.config import DedupSettings
+from leanset.dedup.guard import DedupGuardError, check_drops, split_drops
+from leanset.dedup.imagesig import ImageSignal
+from leanset.dedup.lexical import shingle_matrix
+from leanset.dedup.stage import (
+    DedupResult,
+    PriorIndex,
+    Search,
+    SearchBetween,
+    Signals,
+    find_duplicates,
+)
+from leanset.labeling.stage import (
     AnswerPolicy,
     LabelingOutcome,
     apply_answers,
     label_and_select,
     queue_rows,
 )
-from pipelines import finish
-from pipelines.calibrate import read_calibration
-from pipelines.config import EngineSettings, FlowSettings, check_source_exists, load_flow
-from pipelines.cost import ComputeMeter, config_hash, cost_delta, statement
-from pipelines.decide import decide
-from pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
-from pipelines.errors import USER_ERRORS
-from pipelines.sources import FileHashCache, LoadedDataset, SourceError, load_source
-from pipelines.store import Store
-from pipelines.store.history import History
-from pipelines.store.layout import StoreLayout
-from pipelines.store.location import check_store_location
-from pipelines.store.manifest import JSON, Counts, Manifest
-from pipelines.store.queue import PENDING, enqueue, read_answers, read_queue
-from pipelines.store.tables import (
+from leanset.pipelines import finish
+from leanset.pipelines.calibrate import read_calibration
+from leanset.pipelines.config import EngineSettings, FlowSettings, check_source_exists, load_flow
+from leanset.pipelines.cost import ComputeMeter, config_hash, cost_delta, statement
+from leanset.pipelines.decide import decide
+from leanset.pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
+from leanset.pipelines.errors import USER_ERRORS
+from leanset.pipelines.sources import FileHashCache, LoadedDataset, SourceError, load_source
+from leanset.pipelines.store import Store
+from leanset.pipelines.store.history import History
+from leanset.pipelines.store.layout import StoreLayout
+from leanset.pipelines.store.location import check_store_location
+from leanset.pipelines.store.manifest import JSON, Counts, Manifest
+from leanset.pipelines.store.queue import PENDING, enqueue, read_answers, read_queue
+from leanset.pipelines.store.tables import (
     class_names,
     dataset_table,
     decisions_table,
     input_fingerprint,
 )
-from pipelines.store.vectors import KeptVectors
-from pipelines.summary import RunSummary, Timer
-from pipelines.units import Accounting, account, split_roles, units_per_row
+from leanset.pipelines.store.vectors import KeptVectors
+from leanset.pipelines.summary import RunSummary, Timer
+from leanset.pipelines.units import Accounting, account, split_roles, units_per_row
 
 GPU_LIMIT = "leanset-gpu"  # Prefect global concurrency limit guarding GPU work
 TEXT_SIGNAL = "shingles-5-v1"  # what dedup.lexical computes (part of the pair index's basis)
@@ -113,7 +120,7 @@ def embed_task(data: LoadedDataset, settings: FlowSettings, dry_run: bool = Fals
     emb = settings.embedder
     assert emb is not None  # the flow only calls this task with an embedder configured
     if settings.engine.type == "ray":  # the cluster's scheduler owns its GPUs
-        from pipelines.engine.embed import embed_dataset_ray
+        from leanset.pipelines.engine.embed import embed_dataset_ray
 
         res, stats = embed_dataset_ray(
             data, emb, settings.engine, StoreLayout.of(settings.store).embeddings
@@ -187,7 +194,7 @@ def _searchers(engine: EngineSettings | None) -> tuple[Search | None, SearchBetw
     """The near-duplicate searches of an engine (None: the local ones)."""
     if engine is None or engine.type == "local":
         return None, None
-    from pipelines.engine import search
+    from leanset.pipelines.engine import search
 
     cpus = engine.task_cpus
     return (
@@ -235,8 +242,8 @@ def cost_task(
 ) -> CostMeasures:
     """Cost units of the training and eval splits, and the probe trained on the raw and on the
     cleaned train split, scored on the untouched eval split."""
-    from labeling.probe import ProbeOptions
-    from labeling.quality import table_quality
+    from leanset.labeling.probe import ProbeOptions
+    from leanset.labeling.quality import table_quality
 
     t, cost = decided.table, settings.cost
     roles = split_roles(
@@ -322,7 +329,7 @@ def html_report_task(
     parent_report: Path | None,
 ) -> str:
     """A static HTML page of the version, with the samples behind its decisions."""
-    from pipelines.report.html import write_html_report
+    from leanset.pipelines.report.html import write_html_report
 
     return str(write_html_report(path, summary, decisions, data, manifest, parent_report))
 
@@ -332,7 +339,7 @@ def report_task(summary: RunSummary, decisions: pl.DataFrame | None) -> str:
     """Leave the run's summary (markdown) and its largest duplicate groups (table) as artifacts."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    from pipelines.report.markdown import markdown_summary, top_groups, top_label_issues
+    from leanset.pipelines.report.markdown import markdown_summary, top_groups, top_label_issues
 
     text = markdown_summary(summary, decisions)
     key = "leanset-" + "".join(c if c.isalnum() else "-" for c in summary.flow.lower())
@@ -418,7 +425,7 @@ def _engine(settings: FlowSettings) -> Iterator[JSON]:
         return
     from prefect.runtime import flow_run
 
-    from pipelines.engine import ray_session
+    from leanset.pipelines.engine import ray_session
 
     paths = {"store": Path(settings.store)}
     if settings.source.path and settings.source.type in ("imagefolder", "disk"):
@@ -826,7 +833,7 @@ def _draft(
 
 def _promote_after_run(store: Store, version: int, settings: FlowSettings) -> str:
     """The flow option `cost.promote`: promote the new version when the quality gate passes."""
-    from pipelines.store.promotions import PromotionRefused, promote
+    from leanset.pipelines.store.promotions import PromotionRefused, promote
 
     try:
         record, gate = promote(
@@ -900,7 +907,7 @@ def run_flow(
         current = _answer_if_unchanged(settings, dry_run)
         if current is not None:
             return current.to_dict()
-        from pipelines.orphans import guard
+        from leanset.pipelines.orphans import guard
 
         guard()  # Prefect starts its temporary server next: it must end with this process
     from prefect import tags

@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from labeling.config import LabelingError
-from labeling.labelstudio import MODEL_VERSION
+from leanset.labeling.config import LabelingError
+from leanset.labeling.labelstudio import MODEL_VERSION
 
 API_KEY_ENV = "LABEL_STUDIO_API_KEY"
 PAGE_SIZE = 1000
@@ -225,8 +225,13 @@ class Target:
 
 def push_queue(store: Path, target: Target, key: str) -> tuple[int, PushCounts]:
     """Create or update the project and one task per waiting sample; mark them exported."""
-    from labeling.labelstudio import label_studio_config
-    from pipelines.store.queue import PENDING, mark_exported, pending_tasks, write_sync_state
+    from leanset.labeling.labelstudio import label_studio_config
+    from leanset.pipelines.store.queue import (
+        PENDING,
+        mark_exported,
+        pending_tasks,
+        write_sync_state,
+    )
 
     ids, tasks = pending_tasks(store, PENDING, target.image_root)
     kind = "image" if target.image_root is not None else "text"
@@ -244,9 +249,9 @@ def push_queue(store: Path, target: Target, key: str) -> tuple[int, PushCounts]:
 
 def pull_queue(store: Path, target: Target, key: str, classes: list[str]) -> tuple[Path, Any]:
     """Fetch the tasks updated since the last pull and record their answers (an import)."""
-    from pipelines.fsutil import atomic_write_bytes
-    from pipelines.store.layout import StoreLayout
-    from pipelines.store.queue import import_label_studio, read_sync_state, write_sync_state
+    from leanset.pipelines.fsutil import atomic_write_bytes
+    from leanset.pipelines.store.layout import StoreLayout
+    from leanset.pipelines.store.queue import import_label_studio, read_sync_state, write_sync_state
 
     with api_errors(target.url):
         client = connect(target.url, key)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ConfigError, load_flows
+from leanset.pipelines.config import ConfigError, load_flows
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "json"}
@@ -345,7 +345,7 @@ flows:
 
 def add_flow(config: str | Path, path: str | Path, name: str | None = None) -> tuple[str, str]:
     """Append a flow for `path` to `config` (created if missing); return (name, its YAML)."""
-    from pipelines.fsutil import atomic_write_bytes
+    from leanset.pipelines.fsutil import atomic_write_bytes
 
     config = Path(config)
     det = inspect(path)

@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import (
+from leanset.pipelines.config import (
     ConfigError,
     FlowSettings,
     ScheduleSettings,
@@ -56,7 +56,9 @@ def _when(settings: FlowSettings) -> ScheduleSettings:
     return settings.schedule
 
 
-ENTRYPOINT = "pipelines.flows.clean_flow"  # a module path: the same from any folder or worker
+ENTRYPOINT = (
+    "leanset.pipelines.flows.clean_flow"  # a module path: the same from any folder or worker
+)
 
 
 def deployments(config_path: str | Path, only: list[str] | None = None) -> list[Any]:
@@ -67,7 +69,7 @@ def deployments(config_path: str | Path, only: list[str] | None = None) -> list[
     `leanset`, the flow's name and `deployment`."""
     from prefect.types.entrypoint import EntrypointType
 
-    from pipelines.flows import clean_flow
+    from leanset.pipelines.flows import clean_flow
 
     config = str(Path(config_path).resolve())
     return [
@@ -92,7 +94,7 @@ def ensure_gpu_limit(slots: int | None = None) -> None:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from pipelines.flows import GPU_LIMIT
+    from leanset.pipelines.flows import GPU_LIMIT
 
     with get_client(sync_client=True) as client:
         if slots is None:

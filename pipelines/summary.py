@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipelines.store.manifest import JSON, Counts
+from leanset.pipelines.store.manifest import JSON, Counts
 
 
 class Timer:

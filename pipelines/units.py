@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipelines.config import ConfigError, CostSettings, EmbedderSettings
-from pipelines.sources import LoadedDataset
+from leanset.pipelines.config import ConfigError, CostSettings, EmbedderSettings
+from leanset.pipelines.sources import LoadedDataset
 
 log = logging.getLogger("leanset.cost")
 

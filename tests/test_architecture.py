@@ -9,19 +9,34 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("dedup", "labeling", "pipelines")
-# What each package may import from the others: the stage packages never reach into orchestration.
-ALLOWED = {"dedup": set(), "labeling": {"dedup"}, "pipelines": {"dedup", "labeling"}}
+# What each package may import from the others: the stage packages never reach into orchestration;
+# the public API (`leanset/*.py`, package "leanset") sits above all three.
+ALLOWED = {
+    "dedup": set(),
+    "labeling": {"dedup"},
+    "pipelines": {"dedup", "labeling"},
+    "leanset": {"dedup", "labeling", "pipelines"},
+}
 MAX_FUNCTION_LINES = 60
 
 
 def _modules() -> dict[str, Path]:
+    """Every module by its one import path, `leanset.<package>.<module>` (the API: `leanset.<m>`)."""
     out = {}
-    for pkg in PACKAGES:
-        for path in sorted((ROOT / pkg).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
-            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-            out[name] = path
+    paths = [p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))]
+    paths += sorted((ROOT / "leanset").glob("*.py"))  # the API's own files (the packages are links)
+    for path in paths:
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        parts = parts if parts[0] == "leanset" else ("leanset", *parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
     return out
+
+
+def _package(module: str) -> str:
+    """`dedup`, `labeling`, `pipelines`, or `leanset` for the API's own modules."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in PACKAGES else "leanset"
 
 
 MODULES = _modules()
@@ -46,9 +61,9 @@ GRAPH = {name: _imports(path) - {name} for name, path in MODULES.items()}
 
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_run_one_way(module: str) -> None:
-    own = module.split(".")[0]
-    foreign = {m for m in GRAPH[module] if m.split(".")[0] != own}
-    bad = sorted(m for m in foreign if m.split(".")[0] not in ALLOWED[own])
+    own = _package(module)
+    foreign = {m for m in GRAPH[module] if _package(m) != own}
+    bad = sorted(m for m in foreign if _package(m) not in ALLOWED[own])
     assert not bad, f"{module} imports {bad}; {own}/ may use only {sorted(ALLOWED[own]) or 'none'}"
 
 
@@ -86,3 +101,20 @@ def test_architecture_md_lists_every_module() -> None:
     files = {str(p.relative_to(ROOT)) for p in MODULES.values()}
     missing = sorted(f for f in files if f"`{f}`" not in text and not f.endswith("__init__.py"))
     assert not missing, f"ARCHITECTURE.md's module table lacks {missing}"
+
+
+def test_one_import_path() -> None:
+    """Code imports `leanset.<package>`, never a bare `pipelines`/`dedup`/`labeling` name."""
+    bare = []
+    for path in sorted(ROOT.glob("*/**/*.py")):
+        if path.parts[len(ROOT.parts)] in {".venv", ".ls-venv", "build", "leanset"}:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            bare += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in PACKAGES]
+    assert not bare, f"imports outside the leanset package: {bare}"

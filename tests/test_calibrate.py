@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
-from pipelines.flows import clean_flow
-from pipelines.store.layout import StoreLayout
+from leanset.pipelines.cli import main
+from leanset.pipelines.flows import clean_flow
+from leanset.pipelines.store.layout import StoreLayout
 from tests.helpers import pixel_flow_body, write_flows
 
 FAST = ["--steps", "2", "--repeats", "2", "--warmup", "1", "--batch-size", "4", "--device", "cpu"]

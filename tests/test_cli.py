@@ -13,21 +13,21 @@ import polars as pl
 import pytest
 import yaml
 
-from pipelines.cli import main, parser
-from pipelines.config import ConfigError, load_flow, load_flows
-from pipelines.flows import clean_flow, run_flow
-from pipelines.store import Store
+from leanset.pipelines.cli import main, parser
+from leanset.pipelines.config import ConfigError, load_flow, load_flows
+from leanset.pipelines.flows import clean_flow, run_flow
+from leanset.pipelines.store import Store
 from tests.helpers import make_imagefolder, pixel_flow, pixel_flow_body, tree_digest, write_flows
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    """`python -m pipelines.cli ARGS` in a child process (`env` values of None are unset)."""
+    """`python -m leanset.pipelines.cli ARGS` in a child process (`env` values of None are unset)."""
     full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     full = {k: v for k, v in full.items() if v is not None}
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "leanset.pipelines.cli", *args],
         env=full,
         cwd=REPO,
         capture_output=True,
@@ -226,7 +226,7 @@ def test_unchanged_run_answers_without_starting_a_flow_run(prefect_harness, tmp_
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
-    from pipelines.flows import _answer_if_unchanged
+    from leanset.pipelines.flows import _answer_if_unchanged
 
     config = write_flows(tmp_path, quiet=pixel_flow_body())
     clean_flow(config_path=str(config), flow_name="quiet")
@@ -277,7 +277,14 @@ def test_show_json_into_a_closed_pipe_is_not_a_traceback(prefect_harness, tiny, 
     os.close(read)  # like `| head` that has already exited
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "pipelines.cli", "show", str(tmp_path / "store"), "--json"],
+            [
+                sys.executable,
+                "-m",
+                "leanset.pipelines.cli",
+                "show",
+                str(tmp_path / "store"),
+                "--json",
+            ],
             env={**os.environ, "PYTHONPATH": str(REPO)},
             stdout=write,
             stderr=subprocess.PIPE,
@@ -291,7 +298,7 @@ def test_show_json_into_a_closed_pipe_is_not_a_traceback(prefect_harness, tiny, 
 
 
 def test_sizes_are_readable():
-    from pipelines.cli.console import human_bytes
+    from leanset.pipelines.cli.console import human_bytes
 
     assert human_bytes(0) == "0 bytes"
     assert human_bytes(1536) == "1.5 KiB"
@@ -299,12 +306,12 @@ def test_sizes_are_readable():
 
 
 def test_served_deployments_have_a_module_entrypoint_and_tags(tmp_path: Path, monkeypatch):
-    from pipelines.serve import deployments
+    from leanset.pipelines.serve import deployments
 
     config = write_flows(tmp_path, nightly=pixel_flow_body(schedule={"cron": "0 2 * * *"}))
     monkeypatch.chdir(tmp_path / "..")  # the entrypoint must not depend on the current folder
     (dep,) = deployments(config)
-    assert dep.entrypoint == "pipelines.flows.clean_flow"
+    assert dep.entrypoint == "leanset.pipelines.flows.clean_flow"
     assert set(dep.tags) == {"leanset", "nightly", "deployment"}
 
 

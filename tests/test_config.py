@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError, load_flow, load_flows
+from leanset.pipelines.config import ConfigError, load_flow, load_flows
 from tests.helpers import flows_yaml
 
 GOOD = """
@@ -90,7 +90,7 @@ def test_a_torch_embedder_needs_its_factory(tmp_path: Path):
 
 
 def test_brackets_in_quotes_and_comments_do_not_count_as_nesting(tmp_path: Path):
-    from pipelines.config import MAX_NESTING, ConfigError, _check_nesting
+    from leanset.pipelines.config import MAX_NESTING, ConfigError, _check_nesting
 
     deep = "[" * (MAX_NESTING + 1)
     _check_nesting(

@@ -9,11 +9,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.config import ConfigError, CostSettings
-from pipelines.cost import RunCompute, cost_delta, statement
-from pipelines.flows import clean_flow
-from pipelines.store import Store
-from pipelines.units import Accounting, SplitUnits, account, split_roles
+from leanset.pipelines.config import ConfigError, CostSettings
+from leanset.pipelines.cost import RunCompute, cost_delta, statement
+from leanset.pipelines.flows import clean_flow
+from leanset.pipelines.store import Store
+from leanset.pipelines.units import Accounting, SplitUnits, account, split_roles
 from tests.helpers import flows_yaml, pixel_flow_body, write_flows, write_png
 
 
@@ -118,7 +118,7 @@ def test_throughput_in_samples_prices_a_token_epoch():
     ],
 )
 def test_bad_cost_settings_are_named(tmp_path: Path, cost: str, message: str):
-    from pipelines.config import load_flow
+    from leanset.pipelines.config import load_flow
 
     body = f"""
 flows:
@@ -237,9 +237,9 @@ def test_eval_pass_is_priced_apart_and_counted_in_the_break_even():
 
 
 def test_pixel_unit_reads_each_images_size(tmp_path: Path):
-    from pipelines.config import ColumnSettings, SourceSettings
-    from pipelines.sources import load_source
-    from pipelines.units import units_per_row
+    from leanset.pipelines.config import ColumnSettings, SourceSettings
+    from leanset.pipelines.sources import load_source
+    from leanset.pipelines.units import units_per_row
 
     rng = np.random.default_rng(1)
     for name, shape in (("small", (8, 8)), ("wide", (10, 40)), ("big", (32, 32))):

@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dedup.config import DedupSettings
-from dedup.stage import find_duplicates
+from leanset.dedup.config import DedupSettings
+from leanset.dedup.stage import find_duplicates
 
 
 def table(rows: list[tuple[str, str, str | None, str]]) -> pl.DataFrame:

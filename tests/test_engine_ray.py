@@ -56,9 +56,9 @@ def driver(cluster: LocalCluster) -> Iterator[LocalCluster]:
 @pytest.mark.parametrize("method", ["exact", "partitioned"])
 @pytest.mark.parametrize("mode", ["self", "between"])
 def test_search_equals_the_local_search_bit_for_bit(driver, method: str, mode: str) -> None:
-    from dedup import near
-    from dedup.near import SearchOptions
-    from pipelines.engine import search
+    from leanset.dedup import near
+    from leanset.dedup.near import SearchOptions
+    from leanset.pipelines.engine import search
 
     x = at_threshold(1500, 64, T)  # pairs within ulps of the threshold, among clustered rows
     opts = SearchOptions(method=method, device="cpu", block_rows=1024, n_clusters=12)
@@ -104,7 +104,7 @@ def _config(tmp: Path, images: Path, store: Path, engine: str) -> Path:
 
 
 def _tables(store: Path) -> dict[str, pl.DataFrame]:
-    from pipelines.store import Store
+    from leanset.pipelines.store import Store
 
     s = Store(store)
     return {
@@ -115,7 +115,7 @@ def _tables(store: Path) -> dict[str, pl.DataFrame]:
 
 @pytest.fixture(scope="module")
 def local_run(prefect_harness, images: Path, tmp_path_factory: pytest.TempPathFactory):
-    from pipelines.flows import clean_flow
+    from leanset.pipelines.flows import clean_flow
 
     tmp = tmp_path_factory.mktemp("local")
     summary = clean_flow(
@@ -130,8 +130,8 @@ def _ray_engine(cluster: LocalCluster, extra: str = "") -> str:
 
 
 def test_flow_on_ray_decides_and_cleans_like_the_local_engine(cluster, local_run, images, tmp_path):
-    from pipelines.flows import clean_flow
-    from pipelines.store import Store
+    from leanset.pipelines.flows import clean_flow
+    from leanset.pipelines.store import Store
 
     summary = clean_flow(
         config_path=str(_config(tmp_path, images, tmp_path / "store", _ray_engine(cluster))),
@@ -174,7 +174,7 @@ def _kill_one_worker_after_first_shard(
 def test_a_worker_killed_mid_embedding_still_ends_in_the_same_decisions(
     cluster, local_run, images, tmp_path
 ):
-    from pipelines.flows import clean_flow
+    from leanset.pipelines.flows import clean_flow
 
     cfg = _config(tmp_path, images, tmp_path / "store", _ray_engine(cluster))
     thread, killed = _kill_one_worker_after_first_shard(cluster, tmp_path / "store" / "cache")
@@ -189,8 +189,8 @@ def test_a_worker_killed_mid_embedding_still_ends_in_the_same_decisions(
 def test_without_retries_the_run_fails_and_the_rerun_reuses_finished_shards(
     cluster, local_run, images, tmp_path
 ):
-    from pipelines.flows import clean_flow
-    from pipelines.store import Store
+    from leanset.pipelines.flows import clean_flow
+    from leanset.pipelines.store import Store
 
     store = tmp_path / "store"
     cfg = _config(tmp_path, images, store, _ray_engine(cluster, ", max_task_retries: 0"))
@@ -210,14 +210,14 @@ def test_without_retries_the_run_fails_and_the_rerun_reuses_finished_shards(
 
 
 def _settings(tmp_path: Path, images: Path, engine: str, store: Path | None = None):
-    from pipelines.config import load_flow
+    from leanset.pipelines.config import load_flow
 
     return load_flow(_config(tmp_path, images, store or tmp_path / "store", engine), "f")
 
 
 def test_an_unreachable_address_is_one_clear_error_before_any_work(images, tmp_path):
-    from pipelines.engine import EngineError
-    from pipelines.flows import run_pipeline
+    from leanset.pipelines.engine import EngineError
+    from leanset.pipelines.flows import run_pipeline
 
     port = free_port()
     settings = _settings(tmp_path, images, f"{{type: ray, address: '127.0.0.1:{port}'}}")
@@ -229,8 +229,8 @@ def test_an_unreachable_address_is_one_clear_error_before_any_work(images, tmp_p
 
 
 def test_resources_the_cluster_lacks_are_one_clear_error_before_any_work(cluster, images, tmp_path):
-    from pipelines.engine import EngineError
-    from pipelines.flows import run_pipeline
+    from leanset.pipelines.engine import EngineError
+    from leanset.pipelines.flows import run_pipeline
 
     settings = _settings(tmp_path, images, _ray_engine(cluster, ", gpus_per_worker: 1"))
     with pytest.raises(EngineError, match=r"engine.gpus_per_worker: .*1 GPU.* GPU 0"):
@@ -242,8 +242,8 @@ def test_resources_the_cluster_lacks_are_one_clear_error_before_any_work(cluster
     not can_hide(), reason="hiding a folder from the cluster needs root and unshare"
 )
 def test_a_store_the_nodes_cannot_see_is_one_clear_error_before_any_work(cluster, images, tmp_path):
-    from pipelines.engine import EngineError
-    from pipelines.flows import run_pipeline
+    from leanset.pipelines.engine import EngineError
+    from leanset.pipelines.flows import run_pipeline
 
     assert cluster.hidden is not None
     store = Path(cluster.hidden) / "store"  # visible here, an empty tmpfs on the cluster's node

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from dedup.evaluate import FlagScore, PairScore, evaluate_flags, evaluate_groups
+from leanset.dedup.evaluate import FlagScore, PairScore, evaluate_flags, evaluate_groups
 
 
 def _pairs(groups: list[list[object]]) -> set[frozenset[object]]:

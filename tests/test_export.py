@@ -11,10 +11,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.cli import main
-from pipelines.flows import clean_flow
-from pipelines.store import Store, StoreError
-from pipelines.store.export import ExportOptions, export_version
+from leanset.pipelines.cli import main
+from leanset.pipelines.flows import clean_flow
+from leanset.pipelines.store import Store, StoreError
+from leanset.pipelines.store.export import ExportOptions, export_version
 from tests.helpers import make_imagefolder, pixel_flow, write_flows
 
 
@@ -162,7 +162,7 @@ LABELED = {
 
 
 def test_with_embeddings_pred_probs_and_decisions(prefect_harness, tmp_path):
-    from pipelines.embed import EmbeddingCache
+    from leanset.pipelines.embed import EmbeddingCache
 
     make_imagefolder(tmp_path / "images", n=36)
     clean_flow(config_path=str(write_flows(tmp_path, f=LABELED)), flow_name="f")

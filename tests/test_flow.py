@@ -5,9 +5,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.flows import clean_flow
-from pipelines.store import Store
-from pipelines.store.tables import DECISION_COLUMNS
+from leanset.pipelines.flows import clean_flow
+from leanset.pipelines.store import Store
+from leanset.pipelines.store.tables import DECISION_COLUMNS
 from tests.helpers import pixel_flow_body, write_flows
 
 TINY = pixel_flow_body(
@@ -96,7 +96,7 @@ def test_new_data_is_embedded_and_searched_incrementally(
 def test_export_round_trips_through_datasets(prefect_harness, tiny_flow, tmp_path):
     import datasets
 
-    from pipelines.store.export import ExportOptions, export_version
+    from leanset.pipelines.store.export import ExportOptions, export_version
 
     clean_flow(config_path=str(tiny_flow), flow_name="tiny")
     embedded = ExportOptions(embed_images=True)
@@ -113,7 +113,7 @@ def test_export_round_trips_through_datasets(prefect_harness, tiny_flow, tmp_pat
 
 
 def test_store_path_that_is_a_file_is_refused(prefect_harness, tmp_path, tiny_images):
-    from pipelines.store import StoreError
+    from leanset.pipelines.store import StoreError
 
     (tmp_path / "store").write_text("not a folder")
     with pytest.raises(StoreError, match="is a file"):

@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dedup.config import DedupSettings
-from dedup.guard import DedupGuardError, check_drops
-from pipelines.store import Store
+from leanset.dedup.config import DedupSettings
+from leanset.dedup.guard import DedupGuardError, check_drops
+from leanset.pipelines.store import Store
 from tests.helpers import pixel_flow, write_png
 
 
@@ -55,7 +55,7 @@ def _mostly_copies(root: Path) -> None:
 
 
 def test_flow_stops_before_commit_and_force_commits(prefect_harness, tmp_path: Path):
-    from pipelines.flows import clean_flow
+    from leanset.pipelines.flows import clean_flow
 
     _mostly_copies(tmp_path / "images")
     config = pixel_flow(tmp_path, "copies")

@@ -14,9 +14,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.flows import clean_flow
-from pipelines.store import Store
-from pipelines.store.export import ExportOptions, export_version
+from leanset.pipelines.flows import clean_flow
+from leanset.pipelines.store import Store
+from leanset.pipelines.store.export import ExportOptions, export_version
 from tests.helpers import make_imagefolder, write_flows
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -7,9 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.flows import clean_flow
-from pipelines.store import Store
-from pipelines.store.queue import export_label_studio, import_label_studio, read_queue
+from leanset.pipelines.flows import clean_flow
+from leanset.pipelines.store import Store
+from leanset.pipelines.store.queue import export_label_studio, import_label_studio, read_queue
 from tests.helpers import write_flows
 
 DIGITS = {
@@ -150,7 +150,7 @@ def test_user_given_pred_probs_replace_the_probe(prefect_harness, tmp_path):
 
 
 def test_pred_probs_that_do_not_sum_to_one_are_refused_by_sample(prefect_harness, tmp_path):
-    from labeling.config import LabelingError
+    from leanset.labeling.config import LabelingError
 
     probs = np.array([[0.9, 0.1]] * 20)
     probs[5] = [0.9, 0.3]

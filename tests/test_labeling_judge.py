@@ -8,19 +8,19 @@ import polars as pl
 import pytest
 from threadpoolctl import threadpool_limits
 
-from dedup.config import DedupSettings
-from dedup.stage import find_duplicates
-from labeling.config import LabelingError, LabelNoiseSettings
-from labeling.noise import FlagRule, flag_label_issues, judge_given_probs, judge_labels
-from labeling.probe import (
+from leanset.dedup.config import DedupSettings
+from leanset.dedup.stage import find_duplicates
+from leanset.labeling.config import LabelingError, LabelNoiseSettings
+from leanset.labeling.noise import FlagRule, flag_label_issues, judge_given_probs, judge_labels
+from leanset.labeling.probe import (
     SelectOptions,
     apply_temperature,
     expected_calibration_error,
     fit_temperature,
     select_probe,
 )
-from labeling.stage import label_noise
-from pipelines.config import load_flow
+from leanset.labeling.stage import label_noise
+from leanset.pipelines.config import load_flow
 from tests.helpers import write_flows
 
 CPU = SelectOptions(device="cpu")

@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import polars as pl
 
-from labeling.config import ActiveLearningSettings
-from labeling.stage import AnswerPolicy, apply_answers, select_for_labeling
-from pipelines.store import Store
-from pipelines.store.queue import ANSWER_SCHEMA
+from leanset.labeling.config import ActiveLearningSettings
+from leanset.labeling.stage import AnswerPolicy, apply_answers, select_for_labeling
+from leanset.pipelines.store import Store
+from leanset.pipelines.store.queue import ANSWER_SCHEMA
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 

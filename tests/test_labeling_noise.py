@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 from threadpoolctl import threadpool_limits
 
-from labeling.config import LabelingError
-from labeling.noise import (
+from leanset.labeling.config import LabelingError
+from leanset.labeling.noise import (
     NOISE_POLICIES,
     LabelIssues,
     apply_noise_policy,
@@ -18,7 +18,7 @@ from labeling.noise import (
     find_label_issues,
     noise_columns,
 )
-from labeling.probe import ProbeOptions, fit_probe
+from leanset.labeling.probe import ProbeOptions, fit_probe
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,8 @@ def test_unknown_policy_is_an_error() -> None:
 def test_the_labeling_stage_bar_steps_once_per_probe_fit_and_once_for_the_selection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import labeling.stage as stage
-    from labeling.config import ActiveLearningSettings, LabelNoiseSettings
+    import leanset.labeling.stage as stage
+    from leanset.labeling.config import ActiveLearningSettings, LabelNoiseSettings
 
     x, noisy, _ = planted_flips(seed=3)
     x, noisy = x[:300], noisy[:300]

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from threadpoolctl import threadpool_limits
 
-from labeling.probe import (
+from leanset.labeling.probe import (
     LabelingError,
     ProbeOptions,
     decode_labels,

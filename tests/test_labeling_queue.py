@@ -9,9 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from labeling.config import LabelingError
-from labeling.labelstudio import label_studio_config
-from pipelines.store.queue import (
+from leanset.labeling.config import LabelingError
+from leanset.labeling.labelstudio import label_studio_config
+from leanset.pipelines.store.queue import (
     STATUSES,
     enqueue,
     export_label_studio,
@@ -303,7 +303,7 @@ def test_local_storage_urls_are_below_the_document_root_and_percent_encoded(
 ) -> None:
     """Before: the default was a filesystem path, `?d=` + a leading '/', and no quoting ('#',
     '+', '&' in a name broke the URL)."""
-    from labeling.labelstudio import image_ref, local_files_prefix
+    from leanset.labeling.labelstudio import image_ref, local_files_prefix
 
     dataset = tmp_path / "data" / "my photos"
     dataset.mkdir(parents=True)

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labeling.config import LabelingError
-from labeling.select import DIVERSITY, SELECTORS, select_batch
+from leanset.labeling.config import LabelingError
+from leanset.labeling.select import DIVERSITY, SELECTORS, select_batch
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

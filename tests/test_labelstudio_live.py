@@ -11,11 +11,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.cli import main
-from pipelines.flows import clean_flow
-from pipelines.labelstudio import connect
-from pipelines.store import Store
-from pipelines.store.queue import read_answers, read_queue
+from leanset.pipelines.cli import main
+from leanset.pipelines.flows import clean_flow
+from leanset.pipelines.labelstudio import connect
+from leanset.pipelines.store import Store
+from leanset.pipelines.store.queue import read_answers, read_queue
 from tests import labelstudio_server as ls
 from tests.helpers import write_flows, write_png
 

@@ -6,8 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
-from dedup import near
-from dedup.near import NearPairs, SearchOptions, find_near_pairs, find_near_pairs_between
+from leanset.dedup import near
+from leanset.dedup.near import NearPairs, SearchOptions, find_near_pairs, find_near_pairs_between
 
 T = 0.9
 

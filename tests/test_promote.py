@@ -10,11 +10,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from labeling.quality import mcnemar_exact, paired_difference, quality_delta
-from pipelines.cli import main
-from pipelines.flows import clean_flow
-from pipelines.store import Store
-from pipelines.store.promotions import promoted_version, promotions
+from leanset.labeling.quality import mcnemar_exact, paired_difference, quality_delta
+from leanset.pipelines.cli import main
+from leanset.pipelines.flows import clean_flow
+from leanset.pipelines.store import Store
+from leanset.pipelines.store.promotions import promoted_version, promotions
 from tests.helpers import write_flows, write_png
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipelines.cli.console import console, print_summary
-from pipelines.config import ColumnSettings, SourceSettings
-from pipelines.report.calibration import calibration_section
-from pipelines.report.html import render
-from pipelines.sources import load_source
-from pipelines.store.manifest import Counts
-from pipelines.summary import RunSummary
+from leanset.pipelines.cli.console import console, print_summary
+from leanset.pipelines.config import ColumnSettings, SourceSettings
+from leanset.pipelines.report.calibration import calibration_section
+from leanset.pipelines.report.html import render
+from leanset.pipelines.sources import load_source
+from leanset.pipelines.store.manifest import Counts
+from leanset.pipelines.summary import RunSummary
 
 EDGES = [round(0.6 + 0.01 * i, 2) for i in range(41)]  # 0.60 .. 1.00
 COUNTS = [0] * 10 + [3, 9, 40, 120, 300, 500, 420, 300, 200, 90] + [40] * 10 + [5] * 9 + [60]

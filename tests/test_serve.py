@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.store import Store
+from leanset.pipelines.store import Store
 from tests.helpers import pixel_flow_body, write_flows, write_png
 
 FLOWS = {
@@ -119,7 +119,7 @@ def test_served_deployment_runs_and_second_run_embeds_only_new(
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         serve = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", "serve", str(config)],
+            [sys.executable, "-m", "leanset.pipelines.cli", "serve", str(config)],
             env=prefect_server,
             cwd=tmp_path,
             stdout=out,
@@ -166,8 +166,8 @@ def _trigger_when_served(env, cwd, serve, log, seconds: float = 120) -> dict:
 
 
 def test_serve_without_scheduled_flows_is_a_clear_error(tmp_path):
-    from pipelines.config import ConfigError
-    from pipelines.serve import scheduled_flows
+    from leanset.pipelines.config import ConfigError
+    from leanset.pipelines.serve import scheduled_flows
 
     config = write_flows(
         tmp_path, a={"source": {"type": "hub", "name": "x"}, "store": "s", "dedup": {"near": False}}
@@ -187,7 +187,15 @@ def test_work_pool_deployment_runs_on_a_worker_in_another_folder(
     made = subprocess.run([sys.executable, *pool], env=env, capture_output=True, text=True)
     assert made.returncode == 0, made.stderr[-2000:]
     registered = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "serve", str(config), "--pool", "leanset-pool"],
+        [
+            sys.executable,
+            "-m",
+            "leanset.pipelines.cli",
+            "serve",
+            str(config),
+            "--pool",
+            "leanset-pool",
+        ],
         env=env,
         cwd=tmp_path,
         capture_output=True,

@@ -6,12 +6,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dedup import calibrate
-from dedup.config import DedupSettings
-from dedup.imagesig import SIDE, ImageSignal, pair_evidence
-from dedup.lexical import pair_overlap, shingle_matrix
-from dedup.near import sample_neighbours
-from dedup.stage import Signals, find_duplicates
+from leanset.dedup import calibrate
+from leanset.dedup.config import DedupSettings
+from leanset.dedup.imagesig import SIDE, ImageSignal, pair_evidence
+from leanset.dedup.lexical import pair_overlap, shingle_matrix
+from leanset.dedup.near import sample_neighbours
+from leanset.dedup.stage import Signals, find_duplicates
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -5,8 +5,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.config import ColumnSettings, SourceSettings
-from pipelines.sources import SourceError, load_source
+from leanset.pipelines.config import ColumnSettings, SourceSettings
+from leanset.pipelines.sources import SourceError, load_source
 
 
 def parquet(tmp_path: Path, rows: dict) -> SourceSettings:
@@ -102,7 +102,7 @@ def test_file_hash_cache_skips_reading_unchanged_files(
 ):
     import os
 
-    from pipelines.sources import FileHashCache
+    from leanset.pipelines.sources import FileHashCache
 
     src = SourceSettings(type="imagefolder", path=str(tiny_images))
     cache_path = tmp_path / "hashes.parquet"

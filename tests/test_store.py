@@ -3,7 +3,7 @@
 import polars as pl
 import pytest
 
-from pipelines.store import Store, StoreConflict, StoreError
+from leanset.pipelines.store import Store, StoreConflict, StoreError
 
 
 def decisions(ids: list[str], kept: list[bool]) -> pl.DataFrame:

@@ -4,7 +4,7 @@ The runner writes a flows.yaml for the set (images: an imagefolder source and th
 ImageNet EfficientNet-Lite0 through `embedder.type: torch`; text: a parquet `files` source and
 the packaged all-MiniLM-L6-v2 through `embedder.type: sentence_transformers`; both with
 `label_noise: {policy: flag}` and the dedup defaults unless `--set-key` overrides them) and runs
-`python -m pipelines.cli run flows.yaml --flow NAME --json` (`leanset run`) in a child process,
+`python -m leanset.pipelines.cli run flows.yaml --flow NAME --json` (`leanset run`) in a child process,
 with this repository on its import path. Each run gets a fresh store, so no earlier version's history or pair
 index shapes its decisions; the embedding cache and the file-hash cache are shared between runs
 and sets through a cache-only store (`CACHE_STORE`), linked into each run's store before it
@@ -33,13 +33,13 @@ import numpy as np
 import polars as pl
 import yaml
 
-from pipelines.embed.cache import EmbeddingCache
-from pipelines.store import Store
-from pipelines.store.layout import StoreLayout
+from leanset.pipelines.embed.cache import EmbeddingCache
+from leanset.pipelines.store import Store
+from leanset.pipelines.store.layout import StoreLayout
 
 EMBEDDER: dict[str, Any] = {
     "type": "torch",
-    "factory": "pipelines.embed.models:efficientnet_lite0",
+    "factory": "leanset.pipelines.embed.models:efficientnet_lite0",
     "device": "auto",
 }
 TEXT_COLUMNS = {"id": "id", "text": "text", "label": "label", "split": "split"}
@@ -209,9 +209,18 @@ def summary_json(stdout: str) -> dict[str, Any]:
 
 
 def run_cli(flows: Path, name: str, force: bool, threads: int) -> dict[str, Any]:
-    """`python -m pipelines.cli run FLOWS --flow NAME --json [--force]`: its summary; UserError
+    """`python -m leanset.pipelines.cli run FLOWS --flow NAME --json [--force]`: its summary; UserError
     with its message on exit status 2; RuntimeError with its output's end otherwise."""
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(flows), "--flow", name, "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "leanset.pipelines.cli",
+        "run",
+        str(flows),
+        "--flow",
+        name,
+        "--json",
+    ]
     proc = subprocess.run(cmd + ["--force"] * force, capture_output=True, text=True,
                           env=cli_env(threads), cwd=REPO, check=False)  # fmt: skip
     if proc.returncode == 2:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bench.trust import build, datalab, flow, report, score
-from pipelines.store.tables import DECISION_COLUMNS
+from leanset.pipelines.store.tables import DECISION_COLUMNS
 
 CONTRACT_COLUMNS = frozenset(DECISION_COLUMNS)
 DEFAULT_SEEDS = "0,1"
@@ -85,7 +85,7 @@ def content_hashes(data: Path, truth: score.Truth) -> list[str]:
     row order."""
     import polars as pl
 
-    from pipelines.fsutil import digest
+    from leanset.pipelines.fsutil import digest
 
     if data.is_dir():
         return [digest((data / p).read_bytes()) for p in truth.paths]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from dedup.evaluate import evaluate_flags, evaluate_groups
+from leanset.dedup.evaluate import evaluate_flags, evaluate_groups
 
 DUP_REASONS = ("exact_duplicate", "near_duplicate", "test_leak")
 

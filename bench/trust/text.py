@@ -154,7 +154,7 @@ def one_per_natural_group(items: list[tuple[str, str, str]]) -> list[tuple[str, 
     (5-gram Jaccard or containment at the NATURAL_* levels, transitively) left out."""
     from scipy.sparse.csgraph import connected_components
 
-    from dedup.lexical import shingle_matrix
+    from leanset.dedup.lexical import shingle_matrix
 
     x = shingle_matrix([t for _, _, t in items]).astype(np.float32)
     inter = (x @ x.T).tocoo()

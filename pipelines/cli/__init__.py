@@ -10,17 +10,17 @@ import argparse
 import os
 import sys
 
-from pipelines.cli import cost, flowfile, queue, report, run, store
-from pipelines.cli.console import console
+from leanset.pipelines.cli import cost, flowfile, queue, report, run, store
+from leanset.pipelines.cli.console import console
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     args = parser().parse_args(argv)
-    from pipelines.cli import logs
+    from leanset.pipelines.cli import logs
 
     logs.configure(verbose=getattr(args, "verbose", False))
-    from pipelines.errors import USER_ERRORS
+    from leanset.pipelines.errors import USER_ERRORS
 
     try:
         return int(args.func(args) or 0)

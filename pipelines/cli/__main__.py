@@ -1,7 +1,7 @@
-"""`python -m pipelines.cli`: the `leanset` command."""
+"""`python -m leanset.pipelines.cli`: the `leanset` command."""
 
 import sys
 
-from pipelines.cli import main
+from leanset.pipelines.cli import main
 
 sys.exit(main())

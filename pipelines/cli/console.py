@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipelines.store.manifest import Counts
-from pipelines.summary import RunSummary
+from leanset.pipelines.store.manifest import Counts
+from leanset.pipelines.summary import RunSummary
 
 console = Console(soft_wrap=True)  # prose is not cut at 80 columns when piped; tables fit
 

@@ -6,9 +6,9 @@ import argparse
 import json
 from typing import Any
 
-from pipelines.cli.console import console
-from pipelines.cli.store import STORE_HELP
-from pipelines.config import CostSettings
+from leanset.pipelines.cli.console import console
+from leanset.pipelines.cli.store import STORE_HELP
+from leanset.pipelines.config import CostSettings
 
 
 def add_commands(sub: Any) -> None:
@@ -50,8 +50,8 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from pipelines.calibrate import CalibrateOptions, calibrate
-    from pipelines.config import load_flow
+    from leanset.pipelines.calibrate import CalibrateOptions, calibrate
+    from leanset.pipelines.config import load_flow
 
     settings = load_flow(args.config, args.flow)
     options = CalibrateOptions(
@@ -73,10 +73,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def calibration_lines(record: dict[str, Any], cost: CostSettings, store: str) -> list[str]:
     """What `leanset calibrate` prints: the throughput with its spread, and what it prices."""
-    from pipelines.cost import epoch_price, uses_calibration
-    from pipelines.store import Store
-    from pipelines.store.layout import StoreLayout
-    from pipelines.units import accounting_from_dict
+    from leanset.pipelines.cost import epoch_price, uses_calibration
+    from leanset.pipelines.store import Store
+    from leanset.pipelines.store.layout import StoreLayout
+    from leanset.pipelines.units import accounting_from_dict
 
     lines = [f"calibrated flow {record['flow']} on {record['device_name']} with {record['model']}"]
     for unit, rates in record["throughput"].items():
@@ -111,8 +111,8 @@ def calibration_lines(record: dict[str, Any], cost: CostSettings, store: str) ->
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from pipelines.cli.store import open_store
-    from pipelines.store.promotions import promote
+    from leanset.pipelines.cli.store import open_store
+    from leanset.pipelines.store.promotions import promote
 
     store = open_store(args.store)
     record, gate = promote(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipelines.cli.console import console, show_path
+from leanset.pipelines.cli.console import console, show_path
 
 
 def add_commands(sub: Any) -> None:
@@ -34,7 +34,7 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from pipelines.scaffold import add_flow
+    from leanset.pipelines.scaffold import add_flow
 
     name, block = add_flow(args.config, args.path, args.name)
     console.print(f"added flow [bold]{name}[/] to {show_path(args.config)}:", highlight=False)
@@ -49,7 +49,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_flows(args: argparse.Namespace) -> int:
-    from pipelines.config import load_flows
+    from leanset.pipelines.config import load_flows
 
     flows = load_flows(args.config)
     console.print(f"{len(flows)} flow(s) in {show_path(args.config)}:", highlight=False)

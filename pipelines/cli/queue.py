@@ -10,9 +10,9 @@ from typing import Any
 
 from rich.table import Table
 
-from pipelines.cli.console import console, show_path
-from pipelines.cli.store import STORE_HELP, open_store
-from pipelines.store import Store
+from leanset.pipelines.cli.console import console, show_path
+from leanset.pipelines.cli.store import STORE_HELP, open_store
+from leanset.pipelines.store import Store
 
 STATUS_CHOICES = {"new": ("queued",), "exported": ("exported",), "all": None}
 DOCUMENT_ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
@@ -81,7 +81,7 @@ def _image_arguments(cmd: argparse.ArgumentParser) -> None:
 def image_root(store: Store, args: argparse.Namespace) -> tuple[str | None, Path | None, Path]:
     """The URL prefix of task images (None for text datasets), the dataset folder, and the
     Label Studio document root the prefix assumes."""
-    from labeling.labelstudio import local_files_prefix
+    from leanset.labeling.labelstudio import local_files_prefix
 
     source = store.manifest()["config"]["source"]
     dataset = Path(source["path"]).resolve() if source.get("path") else None
@@ -94,8 +94,8 @@ def image_root(store: Store, args: argparse.Namespace) -> tuple[str | None, Path
 
 
 def cmd_queue_export(args: argparse.Namespace) -> int:
-    from labeling.labelstudio import label_studio_config
-    from pipelines.store.queue import STATUSES, export_label_studio, export_table
+    from leanset.labeling.labelstudio import label_studio_config
+    from leanset.pipelines.store.queue import STATUSES, export_label_studio, export_table
 
     store = open_store(args.store)
     statuses = STATUS_CHOICES[args.status] or STATUSES
@@ -128,7 +128,7 @@ def _storage_hint(docs: Path, dataset: Path) -> None:
 
 
 def cmd_queue_import(args: argparse.Namespace) -> int:
-    from pipelines.store.queue import import_label_studio
+    from leanset.pipelines.store.queue import import_label_studio
 
     store = open_store(args.store)
     res = import_label_studio(store.root, args.annotations, classes=_classes(store))
@@ -157,7 +157,7 @@ def _print_import(res: Any) -> None:
 
 
 def _target(store: Store, args: argparse.Namespace, images: bool) -> Any:
-    from pipelines.labelstudio import Target
+    from leanset.pipelines.labelstudio import Target
 
     root, dataset, _ = image_root(store, args) if images else (None, None, Path("/"))
     if images and args.image_root:  # images served elsewhere: no Local Storage to add
@@ -166,7 +166,7 @@ def _target(store: Store, args: argparse.Namespace, images: bool) -> Any:
 
 
 def cmd_queue_push(args: argparse.Namespace) -> int:
-    from pipelines.labelstudio import api_key, push_queue
+    from leanset.pipelines.labelstudio import api_key, push_queue
 
     store = open_store(args.store)
     target = _target(store, args, images=True)
@@ -180,7 +180,7 @@ def cmd_queue_push(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_pull(args: argparse.Namespace) -> int:
-    from pipelines.labelstudio import api_key, pull_queue
+    from leanset.pipelines.labelstudio import api_key, pull_queue
 
     store = open_store(args.store)
     path, res = pull_queue(
@@ -192,7 +192,7 @@ def cmd_queue_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
-    from pipelines.store.queue import read_answers, read_queue
+    from leanset.pipelines.store.queue import read_answers, read_queue
 
     store = open_store(args.store)
     q = read_queue(store.root)
@@ -208,7 +208,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 
 def _classes(store: Store) -> list[str]:
     """The label set of the latest version (for the labeling config and to check answers)."""
-    from pipelines.store.export import version_classes
+    from leanset.pipelines.store.export import version_classes
 
     manifest = store.manifest()
     return version_classes(manifest, store.read("decisions", manifest["version"]))

@@ -6,9 +6,9 @@ import argparse
 import webbrowser
 from typing import Any
 
-from pipelines.cli.console import console
-from pipelines.cli.store import STORE_HELP, open_store
-from pipelines.store import StoreError
+from leanset.pipelines.cli.console import console
+from leanset.pipelines.cli.store import STORE_HELP, open_store
+from leanset.pipelines.store import StoreError
 
 
 def add_commands(sub: Any) -> None:

@@ -6,8 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from pipelines.cli.console import console, print_scores, print_summary
-from pipelines.summary import RunSummary
+from leanset.pipelines.cli.console import console, print_scores, print_summary
+from leanset.pipelines.summary import RunSummary
 
 
 def verbosity() -> argparse.ArgumentParser:
@@ -94,7 +94,7 @@ def _add_demo_and_serve(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.flows import run_flow
+    from leanset.pipelines.flows import run_flow
 
     summary = run_flow(
         args.config,
@@ -111,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pipelines.serve import deploy_to_pool, scheduled_flows, serve
+    from leanset.pipelines.serve import deploy_to_pool, scheduled_flows, serve
 
     verb = f"deploying to work pool {args.pool}" if args.pool else "serving"
     for f in scheduled_flows(args.config, args.flow):
@@ -131,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo.run import run_demo
+    from leanset.pipelines.demo.run import run_demo
 
     result = run_demo(args.config, args.flow, args.data)
     print_summary(RunSummary.from_dict(result["summary"]))

@@ -9,10 +9,10 @@ from typing import Any
 
 from rich.table import Table
 
-from pipelines.cli.console import console, human_bytes, print_summary, show_path
-from pipelines.store import Store, StoreError
-from pipelines.store.layout import StoreLayout
-from pipelines.summary import RunSummary
+from leanset.pipelines.cli.console import console, human_bytes, print_summary, show_path
+from leanset.pipelines.store import Store, StoreError
+from leanset.pipelines.store.layout import StoreLayout
+from leanset.pipelines.summary import RunSummary
 
 STORE_HELP = "the store folder (a flow's `store:`)"
 
@@ -68,7 +68,7 @@ def open_store(path: str) -> Store:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from pipelines.store.promotions import promoted_version
+    from leanset.pipelines.store.promotions import promoted_version
 
     store = open_store(args.store)
     manifests, promoted = store.manifests(), promoted_version(store)
@@ -101,8 +101,8 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from pipelines.finish import finish_version, pending_steps
-    from pipelines.store.promotions import promotions
+    from leanset.pipelines.finish import finish_version, pending_steps
+    from leanset.pipelines.store.promotions import promotions
 
     store = open_store(args.store)
     m = store.manifest(args.version)
@@ -196,8 +196,8 @@ def _add_export(sub: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipelines.store.export import ExportOptions, export_version, parse_extras
-    from pipelines.store.promotions import promoted_version
+    from leanset.pipelines.store.export import ExportOptions, export_version, parse_extras
+    from leanset.pipelines.store.promotions import promoted_version
 
     options = ExportOptions(
         extras=parse_extras(args.extras),
@@ -229,7 +229,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Exit status 0 when nothing is damaged, 1 otherwise; each finding names its file."""
-    from pipelines.store.verify import verify_store
+    from leanset.pipelines.store.verify import verify_store
 
     result = verify_store(open_store(args.store).root)
     if args.json:
@@ -304,7 +304,7 @@ def _add_gc(sub: Any) -> None:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     """Run `leanset gc` and print what was (or would be) removed."""
-    from pipelines.store.gc import collect_garbage
+    from leanset.pipelines.store.gc import collect_garbage
 
     plan = collect_garbage(
         open_store(args.store), keep_last=args.keep_last, keep=args.keep, dry_run=args.dry_run

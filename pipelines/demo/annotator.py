@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.demo.data import ANNOTATOR, LABELS, DemoTruth, image_relpath
+from leanset.pipelines.demo.data import ANNOTATOR, LABELS, DemoTruth, image_relpath
 
 
 def task_image_path(truth: DemoTruth, task: Any) -> str:

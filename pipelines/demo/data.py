@@ -45,7 +45,7 @@ from urllib.parse import unquote
 import numpy as np
 from PIL import Image
 
-from pipelines.fsutil import atomic_write_bytes, atomic_write_json
+from leanset.pipelines.fsutil import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -667,7 +667,7 @@ def _pixel_features(pixels: np.ndarray) -> np.ndarray:
 
 def _image_features(img: Image.Image) -> np.ndarray:
     """Exactly what the demo flow's embedder (PixelEmbedder(FEATURE_SIZE)) computes."""
-    from pipelines.embed import PixelEmbedder
+    from leanset.pipelines.embed import PixelEmbedder
 
     embedder = PixelEmbedder(FEATURE_SIZE)
     features: np.ndarray = embedder.encode([embedder.from_image(img)])[0]

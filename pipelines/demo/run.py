@@ -7,15 +7,15 @@ from typing import Any
 
 import polars as pl
 
-from dedup.evaluate import evaluate_flags, evaluate_groups
-from pipelines.config import ConfigError, load_flow
-from pipelines.demo.data import DemoTruth, make_demo
-from pipelines.store import Store
+from leanset.dedup.evaluate import evaluate_flags, evaluate_groups
+from leanset.pipelines.config import ConfigError, load_flow
+from leanset.pipelines.demo.data import DemoTruth, make_demo
+from leanset.pipelines.store import Store
 
 
 def run_demo(config: str, flow_name: str = "demo", data: str | None = None) -> dict[str, Any]:
     """Generate the demo data if missing, run the flow through Prefect, and score what it found."""
-    from pipelines.flows import run_flow
+    from leanset.pipelines.flows import run_flow
 
     settings = load_flow(config, flow_name)
     if settings.source.type != "imagefolder":

@@ -1,6 +1,6 @@
 """Embedding: the `Embedder` protocol, its adapters, the content-addressed cache and the stage."""
 
-from pipelines.embed.adapters import (
+from leanset.pipelines.embed.adapters import (
     OpenClipImageEmbedder,
     OpenClipTextEmbedder,
     PixelEmbedder,
@@ -10,9 +10,9 @@ from pipelines.embed.adapters import (
     TorchEmbedder,
     make_embedder,
 )
-from pipelines.embed.cache import EmbeddingCache
-from pipelines.embed.protocol import Embedder, EmbedError, SampleError, l2_normalise
-from pipelines.embed.stage import EmbedResult, embed_dataset
+from leanset.pipelines.embed.cache import EmbeddingCache
+from leanset.pipelines.embed.protocol import Embedder, EmbedError, SampleError, l2_normalise
+from leanset.pipelines.embed.stage import EmbedResult, embed_dataset
 
 __all__ = [
     "EmbedError",

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from dedup.matrix import resolve_device
-from pipelines.config import EmbedderSettings
-from pipelines.embed.protocol import Embedder, EmbedError, l2_normalise, open_image
+from leanset.dedup.matrix import resolve_device
+from leanset.pipelines.config import EmbedderSettings
+from leanset.pipelines.embed.protocol import Embedder, EmbedError, l2_normalise, open_image
 
 log = logging.getLogger("leanset.embed")
 
@@ -276,6 +276,10 @@ class TorchEmbedder(_TorchModel):
         return self._run(lambda x: self.model(x).flatten(1), batch)
 
 
+# leanset's packages before they moved under `leanset`: their old module paths still resolve
+_PRE_PACKAGE_NAMES = frozenset({"pipelines", "dedup", "labeling"})
+
+
 def _call_factory(factory: str) -> tuple[Any, Callable[[Any], Any]]:
     """Import `package.module:function` and call it; it must return (model, preprocess)."""
     import importlib
@@ -286,6 +290,9 @@ def _call_factory(factory: str) -> tuple[Any, Callable[[Any], Any]]:
             f"embedder.factory: {factory!r}; expected 'package.module:function' returning "
             f"(model, preprocess)"
         )
+    if module_name.split(".")[0] in _PRE_PACKAGE_NAMES:
+        # flows.yaml files written before leanset was one package name `pipelines.embed...`
+        module_name = f"leanset.{module_name}"
     try:
         fn = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as exc:

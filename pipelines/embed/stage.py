@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipelines.embed.adapters import PrecomputedEmbedder
-from pipelines.embed.cache import SHARD_DTYPE, EmbeddingCache
-from pipelines.embed.protocol import Embedder, EmbedError, SampleError, l2_normalise
-from pipelines.sources import LoadedDataset
+from leanset.pipelines.embed.adapters import PrecomputedEmbedder
+from leanset.pipelines.embed.cache import SHARD_DTYPE, EmbeddingCache
+from leanset.pipelines.embed.protocol import Embedder, EmbedError, SampleError, l2_normalise
+from leanset.pipelines.sources import LoadedDataset
 
 
 @dataclass

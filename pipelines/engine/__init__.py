@@ -6,6 +6,6 @@ cluster jobs as Ray tasks. Ray is an optional extra (`pip install 'leanset[ray]'
 imports it until a flow asks for `engine: ray`.
 """
 
-from pipelines.engine.cluster import ClusterInfo, EngineError, ray_session
+from leanset.pipelines.engine.cluster import ClusterInfo, EngineError, ray_session
 
 __all__ = ["ClusterInfo", "EngineError", "ray_session"]

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import EngineSettings
+from leanset.pipelines.config import EngineSettings
 
 
 class EngineError(ValueError):

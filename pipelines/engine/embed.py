@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipelines.config import EmbedderSettings, EngineSettings
-from pipelines.embed import EmbeddingCache, EmbedResult, PrecomputedEmbedder, make_embedder
-from pipelines.embed.cache import shard_name, write_shard
-from pipelines.embed.protocol import SampleError
-from pipelines.embed.stage import NONFINITE, _align, _check_dims, _roundtrip, embed_dataset
-from pipelines.sources import LoadedDataset
+from leanset.pipelines.config import EmbedderSettings, EngineSettings
+from leanset.pipelines.embed import EmbeddingCache, EmbedResult, PrecomputedEmbedder, make_embedder
+from leanset.pipelines.embed.cache import shard_name, write_shard
+from leanset.pipelines.embed.protocol import SampleError
+from leanset.pipelines.embed.stage import NONFINITE, _align, _check_dims, _roundtrip, embed_dataset
+from leanset.pipelines.sources import LoadedDataset
 
 IN_FLIGHT = 2  # slices queued per worker: keeps a GPU fed while bounding memory
 START_TIMEOUT_S = 180.0  # workers must be up by then (their resources were checked before)

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from dedup import near
-from dedup.matrix import check_matrix
-from dedup.near import NearPairs, Pairs, SearchOptions
+from leanset.dedup import near
+from leanset.dedup.matrix import check_matrix
+from leanset.dedup.near import NearPairs, Pairs, SearchOptions
 
 STORE_ROWS = 4 * near._ASSIGN_ROWS  # rows per object-store block
 GROUPS_PER_CPU = 4  # search tasks per cluster CPU: evens out clusters of unequal work

@@ -22,7 +22,7 @@ import html
 import math
 from typing import Any
 
-from pipelines.store.manifest import JSON
+from leanset.pipelines.store.manifest import JSON
 
 WIDTH, HEIGHT = 720, 240
 LEFT, RIGHT, TOP, BOTTOM = 56, 16, 24, 40  # plot margins in the SVG (the top one holds a label)

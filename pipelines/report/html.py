@@ -20,10 +20,10 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.report.calibration import calibration_section
-from pipelines.sources import LoadedDataset
-from pipelines.store.manifest import JSON, Counts
-from pipelines.summary import RunSummary
+from leanset.pipelines.report.calibration import calibration_section
+from leanset.pipelines.sources import LoadedDataset
+from leanset.pipelines.store.manifest import JSON, Counts
+from leanset.pipelines.summary import RunSummary
 
 log = logging.getLogger("leanset.report")
 
@@ -66,7 +66,7 @@ def write_html_report(
     top: int = 12,
 ) -> Path:
     """Write the version's report page and return its path."""
-    from pipelines.fsutil import atomic_write_bytes
+    from leanset.pipelines.fsutil import atomic_write_bytes
 
     link = _relative(parent_report, Path(path).parent) if parent_report else None
     page = render(summary, decisions, data, manifest or {}, link, top)

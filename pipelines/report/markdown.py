@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipelines.summary import RunSummary
+from leanset.pipelines.summary import RunSummary
 
 
 def markdown_summary(summary: RunSummary, decisions: pl.DataFrame | None, top: int = 10) -> str:

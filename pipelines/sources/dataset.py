@@ -11,8 +11,8 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from pipelines.config import ColumnSettings
-from pipelines.sources.vectors import vector_blocks
+from leanset.pipelines.config import ColumnSettings
+from leanset.pipelines.sources.vectors import vector_blocks
 
 Modality = Literal["image", "text", "embedding"]
 
@@ -63,7 +63,7 @@ class LoadedDataset:
 
     def vector_blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray | list[Any]]]:
         """(table positions, block) over every precomputed vector, split by split, in bounded
-        blocks (see `pipelines.sources.vectors`): the column is never held whole."""
+        blocks (see `leanset.pipelines.sources.vectors`): the column is never held whole."""
         part = self.table["_part"].to_numpy()
         srow = self.table["_row"].to_numpy()
         for name, ds in self.splits.items():

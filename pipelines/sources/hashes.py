@@ -53,7 +53,7 @@ class FileHashCache:
             return
         import io
 
-        from pipelines.fsutil import atomic_write_bytes, is_disk_full
+        from leanset.pipelines.fsutil import atomic_write_bytes, is_disk_full
 
         keys = list(self._known)
         frame = pl.DataFrame(

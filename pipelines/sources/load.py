@@ -15,17 +15,17 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipelines.config import ColumnSettings, SourceSettings
-from pipelines.fsutil import digest
-from pipelines.sources.dataset import (
+from leanset.pipelines.config import ColumnSettings, SourceSettings
+from leanset.pipelines.fsutil import digest
+from leanset.pipelines.sources.dataset import (
     LoadedDataset,
     Modality,
     SourceError,
     image_bytes,
 )
-from pipelines.sources.folder import open_folder
-from pipelines.sources.hashes import FileHashCache, Hashed
-from pipelines.sources.vectors import vector_blocks
+from leanset.pipelines.sources.folder import open_folder
+from leanset.pipelines.sources.hashes import FileHashCache, Hashed
+from leanset.pipelines.sources.vectors import vector_blocks
 
 log = logging.getLogger("leanset.sources")
 PARQUET_BATCH_ROWS = 8192  # rows per batch when `datasets` converts Parquet (bounds its memory)

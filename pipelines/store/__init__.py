@@ -1,6 +1,6 @@
 """The versioned store: one folder per dataset holding every version, its caches and its queue."""
 
-from pipelines.store.versions import (
+from leanset.pipelines.store.versions import (
     TABLES,
     Diff,
     IntegrityError,

@@ -24,8 +24,8 @@ import polars as pl
 if TYPE_CHECKING:
     import datasets
 
-from pipelines.fsutil import atomic_write_bytes
-from pipelines.store import Store, StoreError
+from leanset.pipelines.fsutil import atomic_write_bytes
+from leanset.pipelines.store import Store, StoreError
 
 FORMATS = ("parquet", "hf", "imagefolder")
 EXTRAS = ("embeddings", "pred_probs", "decisions")
@@ -163,7 +163,7 @@ def embedding_column(store: Store, manifest: dict[str, Any], frame: pl.DataFrame
     """Each row's vector: the precomputed column, else the embedding cache by content hash."""
     if "embedding" in frame.columns:
         return frame["embedding"]
-    from pipelines.embed import EmbeddingCache
+    from leanset.pipelines.embed import EmbeddingCache
 
     fingerprint = manifest.get("embed", {}).get("fingerprint")
     if not fingerprint:

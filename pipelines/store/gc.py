@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.store.layout import TABLES
-from pipelines.store.promotions import promoted_version
-from pipelines.store.versions import Store, StoreError
+from leanset.pipelines.store.layout import TABLES
+from leanset.pipelines.store.promotions import promoted_version
+from leanset.pipelines.store.versions import Store, StoreError
 
 log = logging.getLogger("leanset.gc")
 
@@ -356,7 +356,7 @@ def _corrupt_shards(store: Store, removed_dirs: list[str]) -> list[str]:
 
 
 def _valid(path: Path) -> bool:
-    from pipelines.embed.cache import read_shard
+    from leanset.pipelines.embed.cache import read_shard
 
     return read_shard(path) is not None
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from dedup.stage import PriorIndex
+from leanset.dedup.stage import PriorIndex
 
 log = logging.getLogger("leanset.store")
 MOST = 0.5  # more than this share of ids new and of the parent's gone: "most ids changed"

@@ -5,7 +5,7 @@ A manifest records (`files`) the blake2b digest of each Delta data file and of t
 file its version reads, and (`checksum`) the digest of its own content. Readers check a version the
 first time they read it in a process (`check_version_table`); a data file is hashed once per
 process for as long as its size and modification time stay the same. `leanset verify STORE`
-(`pipelines.store.verify`) checks everything at once.
+(`leanset.pipelines.store.verify`) checks everything at once.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from pipelines.fsutil import digest, digest_file
-from pipelines.store.errors import IntegrityError
+from leanset.pipelines.fsutil import digest, digest_file
+from leanset.pipelines.store.errors import IntegrityError
 
 MANIFEST_FIELDS_WITH_CHECKSUM = ("files",)  # a manifest holding these must carry a checksum
 _HASHED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> digest, this process

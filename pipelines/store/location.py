@@ -7,9 +7,9 @@ import glob
 import re
 from pathlib import Path
 
-from pipelines.config import SourceSettings
-from pipelines.store.errors import StoreError
-from pipelines.store.layout import StoreLayout
+from leanset.pipelines.config import SourceSettings
+from leanset.pipelines.store.errors import StoreError
+from leanset.pipelines.store.layout import StoreLayout
 
 
 def check_store_location(store: str | Path, source: SourceSettings) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.decide import counts_by_reason
+from leanset.pipelines.decide import counts_by_reason
 
 JSON = dict[str, Any]  # a JSON object as the manifest stores it
 

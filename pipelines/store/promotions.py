@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from labeling.quality import PairedDifference, paired_difference, unpack_bits
-from pipelines.fsutil import create_exclusive
-from pipelines.store.versions import Store, StoreConflict, StoreError
+from leanset.labeling.quality import PairedDifference, paired_difference, unpack_bits
+from leanset.pipelines.fsutil import create_exclusive
+from leanset.pipelines.store.versions import Store, StoreConflict, StoreError
 
 JSON = dict[str, Any]
 

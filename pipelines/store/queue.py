@@ -24,8 +24,8 @@ from typing import Any
 
 import polars as pl
 
-from labeling.config import LabelingError
-from labeling.labelstudio import (
+from leanset.labeling.config import LabelingError
+from leanset.labeling.labelstudio import (
     MODEL_VERSION,
     annotator_of,
     choices_of,
@@ -34,8 +34,8 @@ from labeling.labelstudio import (
     parse_export,
     task_for_row,
 )
-from pipelines.fsutil import atomic_write_bytes
-from pipelines.store.layout import StoreLayout
+from leanset.pipelines.fsutil import atomic_write_bytes
+from leanset.pipelines.store.layout import StoreLayout
 
 try:  # advisory locking is POSIX-only; elsewhere a single writer is assumed
     import fcntl

@@ -9,8 +9,8 @@ from typing import Any
 
 import polars as pl
 
-from pipelines.sources import LoadedDataset
-from pipelines.sources.dataset import image_bytes
+from leanset.pipelines.sources import LoadedDataset
+from leanset.pipelines.sources.dataset import image_bytes
 
 # The decisions contract (README documents it); later stages append their own columns.
 DECISION_COLUMNS = [

@@ -18,10 +18,10 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 
-from pipelines.fsutil import atomic_write_with, digest_file
-from pipelines.store.errors import IntegrityError
-from pipelines.store.integrity import VERIFY_HINT, hashed
-from pipelines.store.layout import StoreLayout
+from leanset.pipelines.fsutil import atomic_write_with, digest_file
+from leanset.pipelines.store.errors import IntegrityError
+from leanset.pipelines.store.integrity import VERIFY_HINT, hashed
+from leanset.pipelines.store.layout import StoreLayout
 
 SHARD_BYTES = 32 * 2**20  # vectors per shard file, and per buffered write
 

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.fsutil import digest_file
-from pipelines.store import integrity
-from pipelines.store.errors import StoreError
-from pipelines.store.versions import Store, check_table_files
+from leanset.pipelines.fsutil import digest_file
+from leanset.pipelines.store import integrity
+from leanset.pipelines.store.errors import StoreError
+from leanset.pipelines.store.versions import Store, check_table_files
 
 Severity = Literal["damaged", "note"]
 
@@ -114,7 +114,7 @@ def _recorded_file(path: Path, want: str, out: Verification, fix: str) -> None:
 
 def _caches(store: Store, out: Verification) -> None:
     """Corrupt embedding shards: a note (they are re-embedded and `leanset gc` removes them)."""
-    from pipelines.embed.cache import read_shard
+    from leanset.pipelines.embed.cache import read_shard
 
     root = store.layout.embeddings
     for path in sorted(root.glob("*/shard-*.npz")) if root.is_dir() else []:

@@ -13,11 +13,16 @@ from urllib.parse import unquote
 
 import polars as pl
 
-from pipelines.fsutil import atomic_write_bytes, create_exclusive, digest, is_disk_full
-from pipelines.store.errors import IntegrityError, StoreConflict, StoreError, StoreFull
-from pipelines.store.integrity import check_version_table, parse_manifest, serialise, table_files
-from pipelines.store.layout import TABLES, StoreLayout
-from pipelines.store.vectors import KeptVectors, read_vectors, write_vectors
+from leanset.pipelines.fsutil import atomic_write_bytes, create_exclusive, digest, is_disk_full
+from leanset.pipelines.store.errors import IntegrityError, StoreConflict, StoreError, StoreFull
+from leanset.pipelines.store.integrity import (
+    check_version_table,
+    parse_manifest,
+    serialise,
+    table_files,
+)
+from leanset.pipelines.store.layout import TABLES, StoreLayout
+from leanset.pipelines.store.vectors import KeptVectors, read_vectors, write_vectors
 
 log = logging.getLogger("leanset.store")
 __all__ = ["Diff", "IntegrityError", "Store", "StoreConflict", "StoreError", "StoreFull"]

@@ -44,9 +44,9 @@ def nth_call(n: int, fn, on_hit):
 
 
 def embed(images: str, cache: str, kill_point: str, marker: str) -> None:
-    from pipelines import embed as E
-    from pipelines.config import ColumnSettings, SourceSettings
-    from pipelines.sources import load_source
+    from leanset.pipelines import embed as E
+    from leanset.pipelines.config import ColumnSettings, SourceSettings
+    from leanset.pipelines.sources import load_source
 
     point, _, k = kill_point.partition(":")
     k = int(k or 1)
@@ -121,14 +121,14 @@ def payload(tag: str, n: int = 3000) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def do_commit(store_path: str, tag: str, parent: int | None) -> dict:
-    from pipelines.store import Store
+    from leanset.pipelines.store import Store
 
     dataset, decisions = payload(tag)
     return Store(store_path).commit(dataset, decisions, {"tag": tag, "counts": {}}, parent)
 
 
 def commit(store_path: str, tag: str, parent: str, kill_point: str, marker: str) -> None:
-    import pipelines.store.versions as S
+    import leanset.pipelines.store.versions as S
 
     if kill_point == "between_tables":  # dataset table written, decisions not yet
         S.Store._write_table = nth_call(2, S.Store._write_table, lambda *a: pause_here(marker))
@@ -144,7 +144,7 @@ def commit(store_path: str, tag: str, parent: str, kill_point: str, marker: str)
 
 def loop(store_path: str, marker: str) -> None:
     """Commit version after version until killed."""
-    from pipelines.store import Store
+    from leanset.pipelines.store import Store
 
     store = Store(store_path)
     while True:
@@ -156,7 +156,7 @@ def loop(store_path: str, marker: str) -> None:
 
 def race(store_path: str, tag: str, ready: str, go: str) -> None:
     """Read the parent, say so, wait for the start signal, then commit on that parent."""
-    from pipelines.store import Store, StoreConflict
+    from leanset.pipelines.store import Store, StoreConflict
 
     latest = Store(store_path).latest()
     parent = latest["version"] if latest else None
@@ -176,7 +176,7 @@ def fill_disk(store_path: str) -> None:
     commit did."""
     import numpy as np
 
-    from pipelines.store import Store, StoreError
+    from leanset.pipelines.store import Store, StoreError
 
     store = Store(store_path)
     out = {"v1": do_commit(store_path, "v1", None)["version"]}
@@ -198,7 +198,7 @@ def fill_disk(store_path: str) -> None:
 
 
 def gc(store_path: str, keep_last: str, marker: str) -> None:
-    import pipelines.store.gc as G
+    import leanset.pipelines.store.gc as G
 
     G._remove_paths = nth_call(2, G._remove_paths, lambda *a: pause_here(marker))
     G.collect_garbage(store_path, keep_last=int(keep_last), grace_seconds=0)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.flows import clean_flow
-from pipelines.sources import SourceError
-from pipelines.store import Store
+from leanset.pipelines.flows import clean_flow
+from leanset.pipelines.sources import SourceError
+from leanset.pipelines.store import Store
 from tests.helpers import pixel_flow
 from tests.reliability.conftest import TALLY
 

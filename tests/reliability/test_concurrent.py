@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.store import Store, StoreConflict
+from leanset.pipelines.store import Store, StoreConflict
 from tests.helpers import pixel_flow
 from tests.reliability._child import payload
 from tests.reliability.conftest import TALLY, finish, spawn
@@ -77,7 +77,7 @@ def test_two_flow_runs_at_once_commit_one_version_and_the_loser_says_why(
     prefect_harness, imagefolder: Path, tmp_path: Path, monkeypatch
 ):
     """Two runs of the same flow on the same store: both get to the commit on the empty store."""
-    from pipelines.flows import clean_flow
+    from leanset.pipelines.flows import clean_flow
 
     config = pixel_flow(tmp_path, "same")
     barrier = threading.Barrier(2, timeout=240)

@@ -12,11 +12,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.config import ColumnSettings, SourceSettings
-from pipelines.embed import PixelEmbedder, embed_dataset
-from pipelines.embed.cache import shard_checksum
-from pipelines.sources import load_source
-from pipelines.store import Store, StoreError
+from leanset.pipelines.config import ColumnSettings, SourceSettings
+from leanset.pipelines.embed import PixelEmbedder, embed_dataset
+from leanset.pipelines.embed.cache import shard_checksum
+from leanset.pipelines.sources import load_source
+from leanset.pipelines.store import Store, StoreError
 from tests.helpers import pixel_flow, write_png
 from tests.reliability._child import do_commit, payload
 from tests.reliability.conftest import TALLY
@@ -224,7 +224,7 @@ def test_corrupt_pair_index_is_named_in_a_warning_and_ignored(tmp_path: Path, co
 def test_incremental_run_over_a_corrupt_pair_index_decides_like_a_full_run(
     prefect_harness, imagefolder: Path, tmp_path: Path, leanset_warnings
 ):
-    from pipelines.flows import clean_flow
+    from leanset.pipelines.flows import clean_flow
 
     config = pixel_flow(tmp_path, "idx")
     clean_flow(config_path=str(config), flow_name="idx")

@@ -12,13 +12,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dedup.config import DedupSettings
-from dedup.stage import find_duplicates
-from pipelines.config import ColumnSettings, SourceSettings
-from pipelines.decide import decide
-from pipelines.embed import PixelEmbedder, embed_dataset
-from pipelines.sources import load_source
-from pipelines.store import Store
+from leanset.dedup.config import DedupSettings
+from leanset.dedup.stage import find_duplicates
+from leanset.pipelines.config import ColumnSettings, SourceSettings
+from leanset.pipelines.decide import decide
+from leanset.pipelines.embed import PixelEmbedder, embed_dataset
+from leanset.pipelines.sources import load_source
+from leanset.pipelines.store import Store
 from tests.helpers import brute_search, pixel_flow, tree_digest
 from tests.reliability._child import do_commit, payload
 from tests.reliability.conftest import TALLY, finish, kill9, spawn, wait_for
@@ -84,7 +84,7 @@ def test_killed_embedding_reuses_complete_shards_and_decides_the_same(
 def test_killed_flow_run_resumes_from_its_cache_with_the_same_decisions(
     prefect_harness, imagefolder: Path, tmp_path: Path
 ):
-    from pipelines.flows import clean_flow
+    from leanset.pipelines.flows import clean_flow
 
     store = tmp_path / "store"
     child = spawn(

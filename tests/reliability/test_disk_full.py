@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.store import StoreError, StoreFull
+from leanset.pipelines.store import StoreError, StoreFull
 from tests.reliability.conftest import REPO, TALLY
 
 
@@ -63,7 +63,7 @@ def test_full_disk_says_so_once_and_commits_nothing(tmp_path: Path):
 
 
 def test_full_disk_is_never_retried():
-    from pipelines.flows import _worth_retrying
+    from leanset.pipelines.flows import _worth_retrying
 
     class Failed:
         def result(self):

@@ -12,11 +12,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.cli import main
-from pipelines.config import ColumnSettings, SourceSettings
-from pipelines.flows import clean_flow
-from pipelines.sources import load_source
-from pipelines.store import Store
+from leanset.pipelines.cli import main
+from leanset.pipelines.config import ColumnSettings, SourceSettings
+from leanset.pipelines.flows import clean_flow
+from leanset.pipelines.sources import load_source
+from leanset.pipelines.store import Store
 from tests.helpers import make_imagefolder, pixel_flow, write_png
 from tests.reliability.conftest import TALLY
 

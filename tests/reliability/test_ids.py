@@ -9,10 +9,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.config import ColumnSettings, SourceSettings
-from pipelines.flows import clean_flow
-from pipelines.sources import load_source
-from pipelines.store import Store
+from leanset.pipelines.config import ColumnSettings, SourceSettings
+from leanset.pipelines.flows import clean_flow
+from leanset.pipelines.sources import load_source
+from leanset.pipelines.store import Store
 from tests.helpers import write_flows
 from tests.reliability.conftest import TALLY
 

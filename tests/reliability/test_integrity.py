@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
-from pipelines.store import IntegrityError, Store, StoreError, integrity
-from pipelines.store.integrity import manifest_checksum
+from leanset.pipelines.cli import main
+from leanset.pipelines.store import IntegrityError, Store, StoreError, integrity
+from leanset.pipelines.store.integrity import manifest_checksum
 from tests.reliability._child import do_commit, payload
 from tests.reliability.conftest import TALLY
 

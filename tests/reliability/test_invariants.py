@@ -3,7 +3,7 @@
 Tables and embeddings are drawn with planted structure (identical contents, clusters of near copies
 at several noise levels, several splits, labels, unreadable samples) and run through the real
 stage functions: `dedup.stage.find_duplicates` (with a brute-force search, so that these tests do
-not depend on FAISS) and `pipelines.decide.decide`, then `pipelines.store.tables.dataset_table`.
+not depend on FAISS) and `pipelines.decide.decide`, then `leanset.pipelines.store.tables.dataset_table`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dedup.config import EVAL_SPLITS, DedupSettings
-from dedup.stage import PriorIndex, find_duplicates
-from pipelines.config import ColumnSettings
-from pipelines.decide import decide
-from pipelines.sources import LoadedDataset
-from pipelines.store.tables import dataset_table, decisions_table
+from leanset.dedup.config import EVAL_SPLITS, DedupSettings
+from leanset.dedup.stage import PriorIndex, find_duplicates
+from leanset.pipelines.config import ColumnSettings
+from leanset.pipelines.decide import decide
+from leanset.pipelines.sources import LoadedDataset
+from leanset.pipelines.store.tables import dataset_table, decisions_table
 from tests.helpers import BrutePairs, brute_search
 from tests.reliability.conftest import TALLY
 
@@ -290,7 +290,7 @@ def test_incremental_search_with_a_prior_index_decides_like_a_full_search(
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases(), dedup_settings)
 def test_committed_version_holds_exactly_the_kept_rows(tmp_path_factory, case: Case, s):
-    from pipelines.store import Store
+    from leanset.pipelines.store import Store
 
     TALLY["invariant examples generated"] += 1
     decided = decide(find_duplicates(case.table, case.emb, s, search=brute_search).table)

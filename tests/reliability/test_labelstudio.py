@@ -13,8 +13,10 @@ from tests.helpers import tree_digest
 from tests.reliability._child import do_commit
 from tests.reliability.conftest import TALLY
 
-queue = pytest.importorskip("pipelines.store.queue", reason="labeling/queue.py is not there yet")
-LabelingError = pytest.importorskip("labeling.probe").LabelingError
+queue = pytest.importorskip(
+    "leanset.pipelines.store.queue", reason="labeling/queue.py is not there yet"
+)
+LabelingError = pytest.importorskip("leanset.labeling.probe").LabelingError
 
 CLASSES = ["cat", "dog"]
 

@@ -13,14 +13,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.config import ColumnSettings, SourceSettings
-from pipelines.embed import PrecomputedEmbedder
-from pipelines.embed.stage import embed_dataset
-from pipelines.flows import clean_flow
-from pipelines.sources import load_source
-from pipelines.store import IntegrityError, Store
-from pipelines.store.gc import collect_garbage
-from pipelines.store.verify import verify_store
+from leanset.pipelines.config import ColumnSettings, SourceSettings
+from leanset.pipelines.embed import PrecomputedEmbedder
+from leanset.pipelines.embed.stage import embed_dataset
+from leanset.pipelines.flows import clean_flow
+from leanset.pipelines.sources import load_source
+from leanset.pipelines.store import IntegrityError, Store
+from leanset.pipelines.store.gc import collect_garbage
+from leanset.pipelines.store.verify import verify_store
 from tests.helpers import write_flows
 from tests.reliability.conftest import TALLY
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipelines.store import Store
-from pipelines.store.gc import collect_garbage
+from leanset.pipelines.store import Store
+from leanset.pipelines.store.gc import collect_garbage
 from tests.helpers import pixel_flow, tree_digest, write_png
 from tests.reliability.conftest import TALLY
 
@@ -17,8 +17,8 @@ from tests.reliability.conftest import TALLY
 def test_runs_exports_and_gc_never_touch_the_source(
     prefect_harness, imagefolder: Path, tmp_path: Path
 ):
-    from pipelines.flows import clean_flow
-    from pipelines.store.export import export_version
+    from leanset.pipelines.flows import clean_flow
+    from leanset.pipelines.store.export import export_version
 
     config = pixel_flow(tmp_path, "keep")
     expected = tree_digest(imagefolder)  # bytes, mode and mtime of every source file

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.orphans import MARK, reap_stale
+from leanset.pipelines.orphans import MARK, reap_stale
 from tests.helpers import pixel_flow
 from tests.reliability.conftest import REPO, TALLY
 
@@ -68,7 +68,7 @@ def start_run(tmp_path: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", MARK)}
     env |= {"PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect")}
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "run", str(config), "--flow", "tiny"],
+        [sys.executable, "-m", "leanset.pipelines.cli", "run", str(config), "--flow", "tiny"],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import finish
-from pipelines.cli import main
-from pipelines.flows import clean_flow
-from pipelines.store import Store
-from pipelines.store.queue import read_queue
+from leanset.pipelines import finish
+from leanset.pipelines.cli import main
+from leanset.pipelines.flows import clean_flow
+from leanset.pipelines.store import Store
+from leanset.pipelines.store.queue import read_queue
 from tests.helpers import pixel_flow, write_png
 from tests.reliability.conftest import TALLY
 
@@ -37,7 +37,7 @@ def _boom(*args, **kwargs):
 def test_a_failed_report_is_written_by_the_next_run(
     prefect_harness, imagefolder: Path, tmp_path: Path, monkeypatch
 ):
-    import pipelines.report.html as html
+    import leanset.pipelines.report.html as html
 
     config = _labeling_flow(tmp_path, imagefolder)
     monkeypatch.setattr(html, "write_html_report", _boom)
@@ -66,7 +66,7 @@ def test_a_failed_report_is_written_by_the_next_run(
 def test_a_failed_queue_fill_is_finished_by_the_next_run(
     prefect_harness, imagefolder: Path, tmp_path: Path, monkeypatch
 ):
-    import pipelines.flows as flows
+    import leanset.pipelines.flows as flows
 
     config = _labeling_flow(tmp_path, imagefolder)
     monkeypatch.setattr(flows, "enqueue", _boom)
@@ -91,7 +91,7 @@ def test_a_failed_queue_fill_is_finished_by_the_next_run(
 def test_leanset_show_finishes_an_incomplete_version(
     prefect_harness, imagefolder: Path, tmp_path: Path, monkeypatch, capsys
 ):
-    import pipelines.report.html as html
+    import leanset.pipelines.report.html as html
 
     config = _labeling_flow(tmp_path, imagefolder)
     real = html.write_html_report

@@ -9,10 +9,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines.cli import main
-from pipelines.config import SourceSettings
-from pipelines.store import StoreError
-from pipelines.store.location import check_store_location
+from leanset.pipelines.cli import main
+from leanset.pipelines.config import SourceSettings
+from leanset.pipelines.store import StoreError
+from leanset.pipelines.store.location import check_store_location
 from tests.helpers import make_imagefolder, pixel_flow, tree_digest, write_flows
 from tests.reliability.conftest import TALLY
 
@@ -89,7 +89,7 @@ def test_an_existing_store_is_accepted(prefect_harness, tmp_path: Path):
             "store": "store",
         },
     )
-    from pipelines.flows import clean_flow
+    from leanset.pipelines.flows import clean_flow
 
     clean_flow(config_path=str(config), flow_name="ok")
     check_store_location(
