@@ -30,3 +30,75 @@ class DedupSettings:
     max_drop_fraction: float | None = 0.3  # the guard: refuse to drop more of a split (None: off)
     max_group_fraction: float | None = 0.1  # ... or to put more of a split into one group
     guard_min_rows: int = 50  # splits smaller than this are not judged
+
+
+CheckPolicy = Literal["flag", "drop", "queue", "off"]  # what a quality check does with its finds
+
+
+def _check_share(where: str, value: float) -> None:
+    if not 0.0 < value <= 1.0:
+        raise DedupError(f"{where}: expected a share in (0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class OutlierSettings:
+    """Samples far from every other (flows.yaml's `outliers:`): the mean cosine distance to the
+    `k` nearest distinct contents, as a robust z-score over this dataset; flagged at `z` or
+    above, at most `max_fraction` of the scored rows (the most extreme)."""
+
+    policy: CheckPolicy = "flag"
+    k: int = 10
+    z: float = 5.0
+    max_fraction: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise DedupError(f"outliers.k: expected an integer >= 1, got {self.k!r}")
+        if not self.z > 0:
+            raise DedupError(f"outliers.z: expected a number > 0, got {self.z!r}")
+        _check_share("outliers.max_fraction", self.max_fraction)
+
+
+@dataclass(frozen=True)
+class ImageQualitySettings:
+    """Unusable images (flows.yaml's `image_quality:`): each measure's limit is the dataset's
+    median minus `z` robust deviations (MAD), and never looser than the fixed floor of the
+    measure, so a dataset of fine images flags nothing; at most `max_fraction` per issue."""
+
+    policy: CheckPolicy = "flag"
+    z: float = 4.0
+    max_fraction: float = 0.1
+    min_side: int = 16  # pixels: a shorter side is tiny whatever the dataset
+    max_aspect: float = 4.0  # a longer side this many times the shorter is extreme
+
+    def __post_init__(self) -> None:
+        if not self.z > 0:
+            raise DedupError(f"image_quality.z: expected a number > 0, got {self.z!r}")
+        _check_share("image_quality.max_fraction", self.max_fraction)
+        if self.min_side < 1 or not self.max_aspect >= 1:
+            raise DedupError(
+                "image_quality: min_side must be >= 1 and max_aspect >= 1, got "
+                f"{self.min_side!r} and {self.max_aspect!r}"
+            )
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """Whether each eval split looks like the training rows (flows.yaml's `drift:`): a k-NN
+    two-sample test on at most `sample` rows of each side, `permutations` label shuffles for its
+    p-value; a p-value below `alpha` is reported as a shift."""
+
+    enabled: bool = True
+    k: int = 10
+    sample: int = 1000
+    permutations: int = 1000
+    alpha: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.sample < 2 or self.permutations < 1:
+            raise DedupError(
+                "drift: k and permutations must be >= 1 and sample >= 2, got "
+                f"{self.k!r}, {self.permutations!r} and {self.sample!r}"
+            )
+        _check_share("drift.alpha", self.alpha)

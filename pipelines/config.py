@@ -18,7 +18,13 @@ from typing import Any, Literal
 
 import yaml
 
-from leanset.dedup.config import ROUTES, DedupSettings
+from leanset.dedup.config import (
+    ROUTES,
+    DedupSettings,
+    DriftSettings,
+    ImageQualitySettings,
+    OutlierSettings,
+)
 from leanset.labeling.config import ActiveLearningSettings, LabelNoiseSettings
 
 
@@ -171,6 +177,9 @@ class FlowSettings:
     cost: CostSettings = field(default_factory=CostSettings)
     label_noise: LabelNoiseSettings | None = None
     active_learning: ActiveLearningSettings | None = None
+    outliers: OutlierSettings = field(default_factory=OutlierSettings)
+    image_quality: ImageQualitySettings = field(default_factory=ImageQualitySettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
     schedule: ScheduleSettings | None = None
     engine: EngineSettings = field(default_factory=EngineSettings)
     description: str = ""

@@ -43,11 +43,13 @@ from leanset.labeling.stage import (
 )
 from leanset.pipelines import finish
 from leanset.pipelines.calibrate import read_calibration
+from leanset.pipelines.checks import run_checks, wants_queue, with_review_rows
 from leanset.pipelines.config import EngineSettings, FlowSettings, check_source_exists, load_flow
 from leanset.pipelines.cost import ComputeMeter, config_hash, cost_delta, statement
 from leanset.pipelines.decide import decide
 from leanset.pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
 from leanset.pipelines.errors import USER_ERRORS
+from leanset.pipelines.report.balance import balance_info
 from leanset.pipelines.sources import FileHashCache, LoadedDataset, SourceError, load_source
 from leanset.pipelines.store import Store
 from leanset.pipelines.store.history import History
@@ -479,10 +481,12 @@ def _pipeline(
     guard = _guard(dd.table, settings.dedup, force)
     with timer("labeling"):
         labeled = _label(dd.table, embedded.matrix, settings, data, store, dd.calibration)
-    decided = decide(labeled.table)
+    with timer("checks"):
+        checked = run_checks(labeled.table, embedded.matrix, settings)
+    decided = decide(checked.table)
     measured = _measure_cost(settings, data.with_table(decided), dd.table, embedded, timer, meter)
     seen = (fingerprint, hashed, embedded, dd, labeled.info | human, guard)
-    found = _Found(*seen, measured, calibration, engine)
+    found = _Found(*seen, measured, calibration, engine, checked.info)
     draft = _draft(settings, data.with_table(decided), history, parent, found, timer, meter)
     if dry_run:
         return _dry_run(settings, store, draft, data, version, timer), draft.decisions
@@ -782,6 +786,7 @@ class _Found:
     cost: CostMeasures
     cost_calibration: JSON | None  # the store's `leanset calibrate` record, when there is one
     engine: JSON
+    checks: JSON
 
 
 def _draft(
@@ -817,18 +822,26 @@ def _draft(
         labeling=found.labeling,
         classes=class_names(decided, decisions),
         guard=found.guard,
-        post_commit=finish.steps_for(bool(settings.label_noise or settings.active_learning)),
+        post_commit=finish.steps_for(_queues(settings)),
         engine=found.engine,
+        checks=_checks_info(found.checks, decisions, settings),
     )
     parent_version = parent["version"] if parent else None
     pairs = found.dedup.pairs if key else None
-    labeling = bool(settings.label_noise or settings.active_learning)
-    queue = _queue_rows(decided.table, settings, decided) if labeling else None
+    queue = _queue_rows(decided.table, settings, decided) if _queues(settings) else None
     vectors = None
     if decided.modality == "embedding":
         kept = decisions.filter(pl.col("kept")).unique("content_hash", maintain_order=True)
         vectors = KeptVectors(decided, kept.select("content_hash", "position"))
     return VersionDraft(cleaned, decisions, manifest, parent_version, pairs, queue, vectors)
+
+
+def _checks_info(checks: JSON, decisions: pl.DataFrame, settings: FlowSettings) -> JSON:
+    """The checks' findings plus the class balance; its warnings go to the run's log."""
+    balance = balance_info(decisions, settings.dedup.eval_splits)
+    for warning in balance.get("balance", {}).get("warnings", []):
+        log.warning("Class balance: %s", warning)
+    return checks | balance
 
 
 def _promote_after_run(store: Store, version: int, settings: FlowSettings) -> str:
@@ -849,9 +862,14 @@ def _promote_after_run(store: Store, version: int, settings: FlowSettings) -> st
     return f"Promotion (cost.promote): {gate.statement()}"
 
 
+def _queues(settings: FlowSettings) -> bool:
+    """The version adds rows to the labeling queue (label stages, or a check with policy queue)."""
+    return bool(settings.label_noise or settings.active_learning) or wants_queue(settings)
+
+
 def _queue_rows(decided: pl.DataFrame, settings: FlowSettings, data: LoadedDataset) -> pl.DataFrame:
     """Queue rows of this version; text tasks carry the text (or, for bare vectors, the source)."""
-    rows = queue_rows(decided, settings.active_learning)
+    rows = with_review_rows(queue_rows(decided, settings.active_learning), decided)
     if rows.height == 0 or data.modality == "image":
         return rows
     where = decided.select("sample_id", "position").join(rows.select("sample_id"), on="sample_id")

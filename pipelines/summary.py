@@ -49,6 +49,7 @@ class RunSummary:
     labeling: JSON = field(default_factory=dict)
     report: str | None = None
     dry_run: bool = False
+    checks: JSON = field(default_factory=dict)  # outliers, unusable images, balance, drift
 
     @classmethod
     def of(
@@ -68,6 +69,7 @@ class RunSummary:
             embed=manifest.get("embed", {}),
             search=manifest.get("search", {}),
             labeling=manifest.get("labeling", {}),
+            checks=manifest.get("checks", {}),
         )
 
     @classmethod

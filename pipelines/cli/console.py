@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from leanset.pipelines.report.checks import check_lines
 from leanset.pipelines.store.manifest import Counts
 from leanset.pipelines.summary import RunSummary
 
@@ -130,7 +131,7 @@ def detail_lines(s: RunSummary) -> list[str]:
         )
     if "queue" in lab:
         lines.append(_queue_line(lab["queue"]))
-    return lines
+    return lines + check_lines(s.checks or {})
 
 
 def _issues_line(lab: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 
 from leanset.pipelines.report.calibration import calibration_section
+from leanset.pipelines.report.checks import checks_sections
 from leanset.pipelines.sources import LoadedDataset
 from leanset.pipelines.store.manifest import JSON, Counts
 from leanset.pipelines.summary import RunSummary
@@ -104,6 +105,7 @@ def render(
         _leaks_section(decisions, by_id, thumbs, top * 2),
         _issues_section(decisions, thumbs, top * 4),
         _human_section(decisions, thumbs, top * 4),
+        checks_sections(decisions, manifest, thumbs.note_card, top * 2),
         _footer(manifest),
     ]
     body = "\n".join(p for p in parts if p)
@@ -381,6 +383,10 @@ class _Thumbs:
             f"<b class=suggested>{_e(row.get('label'))}</b><br>"
             f"<span class='src muted'>{_e(where)}</span>"
         )
+        return self._wrap(row, bool(row.get("kept")), lines, False)
+
+    def note_card(self, row: dict[str, Any], lines: str) -> str:
+        """A sample with the check's own lines (already escaped) under it."""
         return self._wrap(row, bool(row.get("kept")), lines, False)
 
     def _wrap(self, row: dict[str, Any], kept: bool, lines: str, budget: bool) -> str:

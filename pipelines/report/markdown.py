@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from leanset.pipelines.report.checks import check_lines
 from leanset.pipelines.summary import RunSummary
 
 
@@ -31,6 +32,8 @@ def markdown_summary(summary: RunSummary, decisions: pl.DataFrame | None, top: i
     lines.append("## Counts\n")
     lines.append("| | samples |\n|---|---:|")
     lines += [f"| {name} | {n:,} |" for name, n in c.rows()] + [""]
+    if found := check_lines(summary.checks or {}):
+        lines += ["## Checks\n", *[f"- {line}" for line in found], ""]
     if decisions is not None:
         lines.append(_top_groups(decisions, top))
         lines.append(_top_issues(decisions, top))

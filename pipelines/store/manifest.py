@@ -115,6 +115,7 @@ class Manifest:
     calibration: JSON = field(default_factory=dict)
     post_commit: JSON = field(default_factory=dict)  # {"steps": [...]}: what follows the commit
     engine: JSON = field(default_factory=lambda: {"type": "local"})
+    checks: JSON = field(default_factory=dict)  # outliers, unusable images, balance, drift
     created_at: str = field(default_factory=lambda: _now())
     leanset: str = field(default_factory=lambda: _leanset_version())
     host: str = field(default_factory=platform.node)

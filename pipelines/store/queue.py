@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-REASONS = ("uncertain", "label_issue", "label_conflict")
+REASONS = ("uncertain", "label_issue", "label_conflict", "outlier", "unusable_image")
 PENDING = ("queued", "exported")
 STATUSES = ("queued", "exported", "answered")
 _TS = pl.Datetime("us", "UTC")

@@ -1,0 +1,90 @@
+"""The quality checks of a run, between labeling and the decision: outliers in embedding space
+(and, for images, the unusable-image measures taken while embedding). Each check is a pure stage
+in `dedup/`; this module runs the configured ones and gathers what the manifest records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from leanset.dedup.drift import split_shift
+from leanset.dedup.outliers import outlier_columns, score_outliers
+from leanset.pipelines.config import FlowSettings
+from leanset.pipelines.store.manifest import JSON
+
+REVIEW_REASONS = {"outlier_review": "outlier", "image_review": "unusable_image"}
+
+
+@dataclass
+class Checked:
+    """The table with the checks' columns, and what each check found (the manifest's `checks`)."""
+
+    table: pl.DataFrame
+    info: JSON = field(default_factory=dict)
+
+
+def run_checks(table: pl.DataFrame, matrix: np.ndarray | None, settings: FlowSettings) -> Checked:
+    """The configured checks over the table (checks that need embeddings skip without them)."""
+    info: JSON = {}
+    if matrix is None or matrix.shape[1] == 0:  # the checks below need embeddings
+        return Checked(table, info)
+    out = settings.outliers
+    if out.policy != "off":
+        device = settings.embedder.device if settings.embedder else "auto"
+        scores = score_outliers(table, matrix, out, device)
+        table = outlier_columns(table, scores, out, settings.dedup.eval_splits)
+        info["outliers"] = scores.info(out)
+    if settings.drift.enabled and (drift := split_drift(table, matrix, settings)):
+        info["drift"] = {"splits": drift}
+    return Checked(table, info)
+
+
+def split_drift(table: pl.DataFrame, matrix: np.ndarray, settings: FlowSettings) -> JSON:
+    """{eval split: its two-sample test against the training rows} (readable distinct rows)."""
+    evals = settings.dedup.eval_splits
+    skip = [*evals, *settings.columns.unlabeled_splits]
+    rows = table.with_row_index("_i").filter(pl.col("error").is_null())
+    rows = rows.unique("content_hash", keep="first", maintain_order=True)
+    train = rows.filter(~pl.col("split").is_in(skip))["_i"].to_numpy()
+    device = settings.embedder.device if settings.embedder else "auto"
+    out: JSON = {}
+    for name in sorted(set(rows["split"].to_list()) & set(evals)):
+        other = rows.filter(pl.col("split") == name)["_i"].to_numpy()
+        if len(train) >= 2 and len(other) >= 2:
+            test = split_shift(matrix[train], matrix[other], settings.drift, device)
+            out[name] = test.to_dict()
+    return out
+
+
+def wants_queue(settings: FlowSettings) -> bool:
+    """A check sends its finds to the labeling queue (`policy: queue`)."""
+    return "queue" in (settings.outliers.policy, settings.image_quality.policy)
+
+
+def review_reasons(table: pl.DataFrame) -> list[pl.Expr]:
+    """The queue reasons of rows a check sent for review."""
+    return [
+        pl.when(pl.col(col).fill_null(False)).then(pl.lit(reason))
+        for col, reason in REVIEW_REASONS.items()
+        if col in table.columns
+    ]
+
+
+def with_review_rows(rows: pl.DataFrame, decided: pl.DataFrame) -> pl.DataFrame:
+    """The labeling queue's rows plus the rows a check sent for review (one row per sample)."""
+    reasons = review_reasons(decided)
+    if not reasons:
+        return rows
+    extra = (
+        decided.with_columns(pl.coalesce(reasons).alias("reason"))
+        .filter(pl.col("reason").is_not_null())
+        .select("sample_id", "source", "reason", "label")
+    )
+    if extra.height == 0:
+        return rows
+    if rows.height == 0:
+        return extra
+    both = pl.concat([rows, extra], how="diagonal_relaxed")
+    return both.unique("sample_id", keep="first", maintain_order=True)
