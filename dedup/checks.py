@@ -54,13 +54,15 @@ def policy_columns(
     policy: str,
     reason: str,
     eval_splits: Sequence[str],
+    prefix: str | None = None,
 ) -> list[pl.Series]:
     """The check's drop column (`drop`: flagged training rows; eval rows are never dropped, so
     evaluation stays comparable) and its review column (`queue`: flagged rows go to the queue)."""
     training = ~table["split"].is_in(list(eval_splits)).to_numpy()
     drop = flagged & training if policy == "drop" else np.zeros(table.height, dtype=bool)
     review = flagged if policy == "queue" else np.zeros(table.height, dtype=bool)
+    prefix = prefix or reason
     return [
-        pl.Series(f"{reason}_drop", [reason if d else None for d in drop], dtype=pl.Utf8),
-        pl.Series(f"{reason}_review", review),
+        pl.Series(f"{prefix}_drop", [reason if d else None for d in drop], dtype=pl.Utf8),
+        pl.Series(f"{prefix}_review", review),
     ]

@@ -10,10 +10,17 @@ import numpy as np
 import polars as pl
 
 from leanset.dedup.drift import split_shift
+from leanset.dedup.imagequality import image_columns, judge_images
+from leanset.dedup.imagequality import info as image_info
 from leanset.dedup.outliers import outlier_columns, score_outliers
 from leanset.pipelines.config import FlowSettings
+from leanset.pipelines.embed import EmbedResult
+from leanset.pipelines.embed.measures import ImageMeasure, Measure, measure_rows
+from leanset.pipelines.sources import LoadedDataset
+from leanset.pipelines.store.layout import StoreLayout
 from leanset.pipelines.store.manifest import JSON
 
+MEASURE_COLUMN = "_image_measures"  # the embed step's measures, until the check replaces them
 REVIEW_REASONS = {"outlier_review": "outlier", "image_review": "unusable_image"}
 
 
@@ -28,6 +35,14 @@ class Checked:
 def run_checks(table: pl.DataFrame, matrix: np.ndarray | None, settings: FlowSettings) -> Checked:
     """The configured checks over the table (checks that need embeddings skip without them)."""
     info: JSON = {}
+    iq = settings.image_quality
+    if iq.policy != "off" and MEASURE_COLUMN in table.columns:
+        measures = table.select(MEASURE_COLUMN).to_series().to_numpy()
+        flags = judge_images(measures, iq)
+        table = image_columns(
+            table.drop(MEASURE_COLUMN), measures, flags, iq, settings.dedup.eval_splits
+        )
+        info["image_quality"] = image_info(flags, iq)
     if matrix is None or matrix.shape[1] == 0:  # the checks below need embeddings
         return Checked(table, info)
     out = settings.outliers
@@ -88,3 +103,27 @@ def with_review_rows(rows: pl.DataFrame, decided: pl.DataFrame) -> pl.DataFrame:
         return extra
     both = pl.concat([rows, extra], how="diagonal_relaxed")
     return both.unique("sample_id", keep="first", maintain_order=True)
+
+
+def image_measure(data: LoadedDataset, settings: FlowSettings) -> Measure | None:
+    """What the embed step measures while it decodes: image measures, when the check is on."""
+    on = data.modality == "image" and settings.image_quality.policy != "off"
+    return ImageMeasure() if on else None
+
+
+def measures_after(
+    data: LoadedDataset, settings: FlowSettings, res: EmbedResult, dry_run: bool
+) -> np.ndarray | None:
+    """The measures of an embedding that did not take them (`engine: ray`): cached, or read."""
+    measure = image_measure(data, settings)
+    if measure is None:
+        return None
+    root = StoreLayout.of(settings.store).embeddings
+    return measure_rows(data, measure, root, {}, list(res.errors), not dry_run)
+
+
+def with_measures(table: pl.DataFrame, measures: np.ndarray | None) -> pl.DataFrame:
+    """The table with the embed step's measures as one array column (dropped by the check)."""
+    if measures is None:
+        return table
+    return table.with_columns(pl.Series(MEASURE_COLUMN, measures))

@@ -43,7 +43,14 @@ from leanset.labeling.stage import (
 )
 from leanset.pipelines import finish
 from leanset.pipelines.calibrate import read_calibration
-from leanset.pipelines.checks import run_checks, wants_queue, with_review_rows
+from leanset.pipelines.checks import (
+    image_measure,
+    measures_after,
+    run_checks,
+    wants_queue,
+    with_measures,
+    with_review_rows,
+)
 from leanset.pipelines.config import EngineSettings, FlowSettings, check_source_exists, load_flow
 from leanset.pipelines.cost import ComputeMeter, config_hash, cost_delta, statement
 from leanset.pipelines.decide import decide
@@ -128,6 +135,7 @@ def embed_task(data: LoadedDataset, settings: FlowSettings, dry_run: bool = Fals
             data, emb, settings.engine, StoreLayout.of(settings.store).embeddings
         )
         res.engine = stats.to_dict()
+        res.measures = measures_after(data, settings, res, dry_run)
         return res
     embedder = make_embedder(emb, data.columns.embedding)
 
@@ -140,6 +148,7 @@ def embed_task(data: LoadedDataset, settings: FlowSettings, dry_run: bool = Fals
             num_workers=emb.num_workers,
             shard_rows=emb.shard_rows,
             write_cache=not dry_run,
+            measure=image_measure(data, settings),
         )
 
     if not str(getattr(embedder, "device", "cpu")).startswith("cuda"):
@@ -659,7 +668,7 @@ def _embed(
     if res.engine:
         info["engine"] = res.engine
     log.info("Embedded %d new samples, %d from cache (%s).", res.computed, res.cached, res.device)
-    table = _mark_unreadable(data.table, res.errors)
+    table = with_measures(_mark_unreadable(data.table, res.errors), res.measures)
     _refuse_all_unreadable(table)
     if _wants_signal(settings, data, ("shingles",), "text"):
         readable = table["error"].is_null().to_list()

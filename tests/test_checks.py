@@ -135,6 +135,7 @@ def _gradients(root: Path) -> None:
             root / f"test/{'ab'[k % 2]}/t{k:02d}.png",
             np.clip(ramp + rng.normal(0, 25, (16, 16)), 0, 255),
         )
+    write_png(root / "train/b/dark.png", np.clip(ramp + rng.normal(0, 25, (16, 16)), 0, 255) * 0.05)
     write_png(root / "train/a/odd.png", rng.integers(0, 256, (16, 16)))
     write_png(root / "test/b/odd.png", rng.integers(0, 256, (16, 16)))
 
@@ -159,3 +160,8 @@ def test_flow_records_outliers_balance_and_drift_and_the_report_shows_them(
     page = Path(out["report"]).read_text()
     assert "Outliers (2 flagged, policy drop)" in page and "Class balance" in page
     assert "Eval splits against the training split" in page
+    dark = decisions.filter(pl.col("image_issue").is_not_null())
+    assert dark["source"].to_list() == ["train/b/dark.png"] and dark["kept"].to_list() == [True]
+    assert "dark: 90% of its pixels at or below" in dark["image_issue"][0]
+    assert manifest["checks"]["image_quality"]["found"]["dark"] == 1
+    assert "Unusable images (1, policy flag)" in page and "_image_measures" not in decisions.columns

@@ -75,11 +75,16 @@ def shard_name(hashes: Sequence[str]) -> str:
 
 
 def write_shard(
-    folder: Path, hashes: Sequence[str], vectors: np.ndarray, name: str | None = None
+    folder: Path,
+    hashes: Sequence[str],
+    vectors: np.ndarray,
+    name: str | None = None,
+    dtype: type[np.floating] = SHARD_DTYPE,
 ) -> Path:
     """One checksummed float16 shard written atomically under `folder` (without reading the
-    cache). A fixed `name` makes a rewrite replace the shard instead of adding one."""
-    stored = vectors.astype(SHARD_DTYPE)
+    cache). A fixed `name` makes a rewrite replace the shard instead of adding one; `dtype`:
+    float32 for values that are not unit vectors (image measures)."""
+    stored = vectors.astype(dtype)
     hash_arr = np.asarray(list(hashes), dtype="U32")
     buf = io.BytesIO()
     np.savez(

@@ -12,6 +12,7 @@ import polars as pl
 
 from leanset.pipelines.embed.adapters import PrecomputedEmbedder
 from leanset.pipelines.embed.cache import SHARD_DTYPE, EmbeddingCache
+from leanset.pipelines.embed.measures import Measure, measure_rows
 from leanset.pipelines.embed.protocol import Embedder, EmbedError, SampleError, l2_normalise
 from leanset.pipelines.sources import LoadedDataset
 
@@ -27,6 +28,7 @@ class EmbedResult:
     device: str
     fingerprint: str
     errors: dict[str, str] = field(default_factory=dict)  # content_hash -> why it failed
+    measures: np.ndarray | None = None  # per row, the `measure`'s values (NaN: unreadable)
     engine: dict[str, Any] = field(default_factory=dict)  # how a cluster ran it (engine: ray)
 
 
@@ -40,10 +42,12 @@ def embed_dataset(
     shard_rows: int = 4096,
     progress: bool = True,
     write_cache: bool = True,
+    measure: Measure | None = None,
 ) -> EmbedResult:
     """Embed every readable, distinct content once (cache first), then align rows to the table.
 
-    `write_cache=False` (a dry run) reads the cache and writes no shard."""
+    `write_cache=False` (a dry run) reads the cache and writes no shard. `measure` (images):
+    taken from the same bytes while a sample is prepared, cached beside the vectors."""
     t0 = time.perf_counter()
     table = data.table
     if isinstance(embedder, PrecomputedEmbedder):
@@ -61,9 +65,10 @@ def embed_dataset(
         vectors.update(
             zip([h for h, f in zip(hashes, found, strict=True) if f], cached_vecs, strict=True)
         )
+    fresh: dict[str, np.ndarray] = {}
     errors = _compute(
         data,
-        embedder,
+        _Measuring(embedder, measure, fresh),
         cache,
         [hashes[i] for i in todo],
         rows[todo],
@@ -74,6 +79,8 @@ def embed_dataset(
         progress,
     )
     matrix = _align(table["content_hash"].to_list(), vectors)
+    args = (cache_root, fresh, list(errors), write_cache)
+    measured = None if measure is None else measure_rows(data, measure, *args)
     return EmbedResult(
         matrix=matrix,
         computed=len(todo) - len(errors),
@@ -82,6 +89,7 @@ def embed_dataset(
         device=getattr(embedder, "device", "cpu"),
         fingerprint=embedder.fingerprint,
         errors=errors,
+        measures=measured,
     )
 
 
@@ -180,6 +188,7 @@ def _compute(
         total=len(hashes), desc="embed", unit="sample", leave=False, disable=not progress or None
     )
     for batch in loader:
+        batch = measured_batch(embedder, batch)
         good = [(h, item) for h, item, err in batch if err is None]
         errors.update((h, err) for h, _, err in batch if err is not None)
         if good:
@@ -241,3 +250,34 @@ class _Prepared:
             return self.hashes[i], None, str(exc)
         except OSError as exc:
             return self.hashes[i], None, f"unreadable: {exc}"
+
+
+class _Measuring:
+    """An embedder whose `prepare` also takes the measures of the same bytes (in the loader's
+    worker, so they travel with the item) and whose batches hand them to `fresh`."""
+
+    def __init__(self, inner: Embedder, measure: Measure | None, fresh: dict[str, np.ndarray]):
+        self.inner, self.measure, self.fresh = inner, measure, fresh
+        self.fingerprint = inner.fingerprint
+
+    def prepare(self, content: Any) -> Any:
+        item = self.inner.prepare(content)
+        return item if self.measure is None else (item, self.measure(content))
+
+    def encode(self, items: list[Any]) -> np.ndarray:
+        return self.inner.encode(items)
+
+
+def measured_batch(
+    embedder: Embedder, batch: list[tuple[str, Any, str | None]]
+) -> list[tuple[str, Any, str | None]]:
+    """A loader batch with the measures taken off its items (kept in the embedder's `fresh`)."""
+    if not isinstance(embedder, _Measuring) or embedder.measure is None:
+        return batch
+    out = []
+    for h, item, err in batch:
+        if err is None:
+            item, values = item
+            embedder.fresh[h] = values
+        out.append((h, item, err))
+    return out
