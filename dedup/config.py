@@ -66,7 +66,7 @@ class ImageQualitySettings:
     measure, so a dataset of fine images flags nothing; at most `max_fraction` per issue."""
 
     policy: CheckPolicy = "flag"
-    z: float = 4.0
+    z: float = 2.5
     max_fraction: float = 0.1
     min_side: int = 16  # pixels: a shorter side is tiny whatever the dataset
     max_aspect: float = 4.0  # a longer side this many times the shorter is extreme

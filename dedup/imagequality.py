@@ -35,11 +35,12 @@ def measure_grey(grey: np.ndarray, width: int, height: int) -> np.ndarray:
         if min(g.shape) >= 3
         else np.zeros(1, np.float32)
     )
+    detail = np.log((lap.var() + 1e-3) / (g.var() + 1e-3))  # blur, whatever the exposure
     hist = np.bincount(grey.ravel(), minlength=256).astype(np.float64)
     p = hist[hist > 0] / hist.sum()
     entropy = float(-(p * np.log2(p)).sum())
     return np.array(
-        [p90, p10, np.log1p(lap.var()), entropy, np.log2(max(width, 1)), np.log2(max(height, 1))],
+        [p90, p10, detail, entropy, np.log2(max(width, 1)), np.log2(max(height, 1))],
         dtype=np.float32,
     )
 
@@ -80,14 +81,17 @@ ISSUES = (
         "blurry",
         lambda m: m[:, 2],
         True,
-        lambda s: float(np.log1p(100.0)),
-        lambda v, med: f"blurry: sharpness {v:.1f} (median {med:.1f}; log Laplacian variance)",
+        lambda s: -1.0,
+        lambda v, med: (
+            f"blurry: sharpness {v:.1f} (median {med:.1f}; log of Laplacian over "
+            "grey-level variance)"
+        ),
     ),
     Issue(
         "low_information",
         lambda m: m[:, 3],
         True,
-        lambda s: 3.0,
+        lambda s: 1.0,
         lambda v, med: f"nearly uniform: {v:.1f} bits of grey-level entropy (median {med:.1f})",
     ),
     Issue(

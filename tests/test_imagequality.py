@@ -89,14 +89,15 @@ def test_each_planted_issue_is_found_in_words_and_no_fine_photo_is(tmp_path: Pat
     assert "tiny: shorter side 9 px" in found["train/p/tiny.png"]
 
 
-def test_a_dataset_that_is_all_small_or_all_dark_flags_none_of_it():
+def test_a_dataset_that_is_all_small_and_dark_is_judged_against_itself():
     rng = np.random.default_rng(0)
     rows = []
     for _ in range(40):  # 8 x 8 dim images, all alike: small and dark is what this data is
         grey = rng.integers(0, 50, (8, 8)).astype(np.uint8)
         rows.append(measure_grey(grey, 8, 8))
     flags = judge_images(np.stack(rows), ImageQualitySettings())
-    assert not flags.flagged.any()
+    assert all(m[0] < 0.3 for m in rows)  # the fixed bound alone would call every one dark
+    assert flags.found["tiny"] == 0 and flags.found["dark"] <= 2  # only its own darkest tail
 
 
 def test_measures_are_cached_with_the_vectors_so_a_rerun_reads_no_image(tmp_path: Path):

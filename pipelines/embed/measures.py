@@ -33,7 +33,7 @@ class ImageMeasure:
     """`dedup.imagequality`'s measures of one image: its size as stored, and grey levels decoded
     at most MEASURE_SIDE a side (JPEG decodes at that scale directly, by PIL's draft mode)."""
 
-    fingerprint = f"imgq-v1-{MEASURE_SIDE}"
+    fingerprint = f"imgq-v2-{MEASURE_SIDE}"
     width = len(MEASURES)
 
     def __call__(self, content: bytes) -> np.ndarray:
