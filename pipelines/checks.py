@@ -14,6 +14,7 @@ from leanset.dedup.imagequality import image_columns, judge_images
 from leanset.dedup.imagequality import info as image_info
 from leanset.dedup.outliers import outlier_columns, score_outliers
 from leanset.pipelines.config import FlowSettings
+from leanset.pipelines.contamination import check_contamination
 from leanset.pipelines.embed import EmbedResult
 from leanset.pipelines.embed.measures import ImageMeasure, Measure, measure_rows
 from leanset.pipelines.sources import LoadedDataset
@@ -24,6 +25,23 @@ MEASURE_COLUMN = "_image_measures"  # the embed step's measures, until the check
 REVIEW_REASONS = {"outlier_review": "outlier", "image_review": "unusable_image"}
 
 
+@dataclass(frozen=True)
+class Basis:
+    """What the contamination search shares with the run: the embedder fingerprint, the dedup
+    threshold as calibrated, and whether the run is dry (the store's cache is then read only)."""
+
+    fingerprint: str
+    threshold: float
+    dry_run: bool = False
+
+    @classmethod
+    def of(cls, settings: FlowSettings, fingerprint: str, calibration: JSON, dry: bool) -> Basis:
+        """The basis of a run whose dedup stage recorded `calibration`."""
+        t = settings.dedup.threshold
+        threshold = float(calibration.get("threshold", 0.95)) if t == "auto" else float(t)
+        return cls(fingerprint, min(threshold, 0.999), dry)
+
+
 @dataclass
 class Checked:
     """The table with the checks' columns, and what each check found (the manifest's `checks`)."""
@@ -32,8 +50,14 @@ class Checked:
     info: JSON = field(default_factory=dict)
 
 
-def run_checks(table: pl.DataFrame, matrix: np.ndarray | None, settings: FlowSettings) -> Checked:
-    """The configured checks over the table (checks that need embeddings skip without them)."""
+def run_checks(
+    table: pl.DataFrame,
+    matrix: np.ndarray | None,
+    settings: FlowSettings,
+    basis: Basis | None = None,
+) -> Checked:
+    """The configured checks over the table (checks that need embeddings skip without them).
+    `basis`: the embedder and dedup threshold contamination is searched with."""
     info: JSON = {}
     iq = settings.image_quality
     if iq.policy != "off" and MEASURE_COLUMN in table.columns:
@@ -45,6 +69,10 @@ def run_checks(table: pl.DataFrame, matrix: np.ndarray | None, settings: FlowSet
         info["image_quality"] = image_info(flags, iq)
     if matrix is None or matrix.shape[1] == 0:  # the checks below need embeddings
         return Checked(table, info)
+    if settings.leaks.against and basis is not None:
+        table, info["contamination"] = check_contamination(
+            table, matrix, settings, basis.fingerprint, basis.threshold, basis.dry_run
+        )
     out = settings.outliers
     if out.policy != "off":
         device = settings.embedder.device if settings.embedder else "auto"

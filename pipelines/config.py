@@ -165,6 +165,27 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class LeakReference:
+    """An outside set (flows.yaml's `leaks.against:` items): another leanset store (its latest
+    version; its cached embeddings are reused), or a source read like this flow's own."""
+
+    store: str | None = None
+    source: SourceSettings | None = None
+    columns: ColumnSettings = field(default_factory=ColumnSettings)
+    splits: list[str] | None = None  # only these splits of the reference (None: all)
+    name: str | None = None  # how `contaminated_by` names it (default: the store or source path)
+
+
+@dataclass(frozen=True)
+class LeaksSettings:
+    """Near copies of outside sets in the training splits (flows.yaml's `leaks:`)."""
+
+    against: list[LeakReference] = field(default_factory=list)
+    policy: Literal["drop", "flag"] = "drop"
+    threshold: float | None = None  # None: the dedup threshold (as calibrated)
+
+
+@dataclass(frozen=True)
 class FlowSettings:
     """One named flow of flows.yaml, with every path resolved against the file's folder."""
 
@@ -180,6 +201,7 @@ class FlowSettings:
     outliers: OutlierSettings = field(default_factory=OutlierSettings)
     image_quality: ImageQualitySettings = field(default_factory=ImageQualitySettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
+    leaks: LeaksSettings = field(default_factory=LeaksSettings)
     schedule: ScheduleSettings | None = None
     engine: EngineSettings = field(default_factory=EngineSettings)
     description: str = ""
@@ -496,6 +518,7 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
     _check_labeling(s, where)
     _check_cost(s, where)
     _check_engine(s.engine, where)
+    s = dataclasses.replace(s, leaks=_resolve_leaks(s, base, where))
     source = dataclasses.replace(
         src,
         path=_abs(base, src.path) if src.path and src.type != "hub" else src.path,
@@ -643,3 +666,25 @@ _SHOW.maxlevel, _SHOW.maxlist, _SHOW.maxdict, _SHOW.maxstring, _SHOW.maxother = 
 
 def _show(value: Any) -> str:
     return f"{type(value).__name__} {_SHOW.repr(value)}"[:120]
+
+
+def _resolve_leaks(s: FlowSettings, base: Path, where: str) -> LeaksSettings:
+    """`leaks.against`: each item one store or one source, paths made absolute, each named."""
+    refs = []
+    for n, ref in enumerate(s.leaks.against):
+        key = f"{where}: leaks.against[{n}]"
+        if (ref.store is None) == (ref.source is None):
+            raise ConfigError(f"{key}: expected exactly one of store or source")
+        if ref.source is None:
+            store = _abs(base, ref.store or "")
+            refs.append(dataclasses.replace(ref, store=store, name=ref.name or Path(store).name))
+            continue
+        src = ref.source
+        path = _abs(base, src.path) if src.path and src.type != "hub" else src.path
+        files = [_abs(base, f) for f in src.data_files] if src.data_files else None
+        source = dataclasses.replace(src, path=path, data_files=files)
+        name = ref.name or Path(str(path or src.name or (files or ["source"])[0])).name
+        refs.append(dataclasses.replace(ref, source=source, name=name))
+    if not s.embedder and refs:
+        raise ConfigError(f"{where}: leaks.against: needs an embedder (copies are found by it)")
+    return dataclasses.replace(s.leaks, against=refs)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from leanset.pipelines.config import CostSettings, FlowSettings
+from leanset.pipelines.contamination import reference_state
 from leanset.pipelines.units import Accounting
 
 JSON = dict[str, Any]
@@ -91,6 +92,8 @@ def config_hash(settings: FlowSettings, calibration: JSON | None) -> str:
     """The flow's config hash, with the calibration folded in when it prices the epoch (a new
     calibration is a new cost input: the next run states it in a new version)."""
     base = settings.fingerprint()
+    if refs := reference_state(settings):
+        base = hashlib.blake2b(f"{base}|{refs}".encode(), digest_size=8).hexdigest()
     if calibration is None or not uses_calibration(settings.cost):
         return base
     mixed = f"{base}|{calibration.get('id')}".encode()

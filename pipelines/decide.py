@@ -6,7 +6,7 @@ import polars as pl
 
 # Stage columns that may hold a drop reason, in priority order (the first non-null wins).
 # A new stage that can drop samples adds its column here.
-DROP_COLUMNS = ["dedup_drop", "noise_drop", "image_drop", "outlier_drop"]
+DROP_COLUMNS = ["dedup_drop", "contamination_drop", "noise_drop", "image_drop", "outlier_drop"]
 
 
 def decide(table: pl.DataFrame) -> pl.DataFrame:

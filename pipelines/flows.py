@@ -44,6 +44,7 @@ from leanset.labeling.stage import (
 from leanset.pipelines import finish
 from leanset.pipelines.calibrate import read_calibration
 from leanset.pipelines.checks import (
+    Basis,
     image_measure,
     measures_after,
     run_checks,
@@ -491,7 +492,8 @@ def _pipeline(
     with timer("labeling"):
         labeled = _label(dd.table, embedded.matrix, settings, data, store, dd.calibration)
     with timer("checks"):
-        checked = run_checks(labeled.table, embedded.matrix, settings)
+        basis = Basis.of(settings, embedded.info.get("fingerprint", ""), dd.calibration, dry_run)
+        checked = run_checks(labeled.table, embedded.matrix, settings, basis)
     decided = decide(checked.table)
     measured = _measure_cost(settings, data.with_table(decided), dd.table, embedded, timer, meter)
     seen = (fingerprint, hashed, embedded, dd, labeled.info | human, guard)

@@ -1,0 +1,97 @@
+"""Contamination: training samples that are near copies of an outside reference set (a public
+benchmark's test split, another team's eval set), found with the dedup stage's own search and
+threshold. Eval splits are never touched: they are what the reference protects."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from leanset.dedup.config import DedupError
+from leanset.dedup.matrix import check_matrix
+from leanset.dedup.near import SearchOptions, find_near_pairs_between
+
+REASON = "contaminated"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One outside set: its name, and per distinct content its sample id, content hash and
+    unit vector."""
+
+    name: str
+    sample_ids: list[str]
+    hashes: list[str]
+    vectors: np.ndarray
+
+
+@dataclass(frozen=True)
+class Contamination:
+    """Per table row: the reference row it copies (`name:sample_id`) and the similarity."""
+
+    by: list[str | None]
+    similarity: np.ndarray
+    found: dict[str, int]
+
+
+def find_contamination(
+    table: pl.DataFrame,
+    matrix: np.ndarray,
+    references: Sequence[Reference],
+    threshold: float,
+    eval_splits: Sequence[str],
+    options: SearchOptions | None = None,
+) -> Contamination:
+    """Each readable training row's closest reference copy at or above `threshold` (an identical
+    content hash counts as similarity 1, whatever the vectors)."""
+    x = check_matrix(matrix, rows=table.height, error=DedupError)
+    train = (table["error"].is_null() & ~table["split"].is_in(list(eval_splits))).to_numpy()
+    rows = np.flatnonzero(train)
+    best = np.full(table.height, -np.inf)
+    by: list[str | None] = [None] * table.height
+    found: dict[str, int] = {}
+    hashes = table["content_hash"].to_list()
+    for ref in references:
+        hits = _pairs(x[rows], ref, threshold, options)
+        same = {h: k for k, h in enumerate(ref.hashes)}
+        hits += [(i, same[hashes[r]], 1.0) for i, r in enumerate(rows) if hashes[r] in same]
+        before = sum(b is not None for b in by)
+        for i, j, sim in hits:
+            r = rows[i]
+            if sim > best[r]:
+                best[r], by[r] = sim, f"{ref.name}:{ref.sample_ids[j]}"
+        found[ref.name] = sum(b is not None for b in by) - before
+    return Contamination(by, np.where(np.isfinite(best), best, np.nan), found)
+
+
+def _pairs(
+    q: np.ndarray, ref: Reference, threshold: float, options: SearchOptions | None
+) -> list[tuple[int, int, float]]:
+    if len(q) == 0 or len(ref.vectors) == 0:
+        return []
+    if ref.vectors.shape[1] != q.shape[1]:
+        raise DedupError(
+            f"reference {ref.name!r} has {ref.vectors.shape[1]}-dimensional embeddings, this "
+            f"dataset {q.shape[1]}: both must come from the same embedder"
+        )
+    p = find_near_pairs_between(q, ref.vectors, threshold, options)
+    return list(zip(p.i.tolist(), p.j.tolist(), p.sim.astype(float).tolist(), strict=True))
+
+
+def contamination_columns(table: pl.DataFrame, found: Contamination, policy: str) -> pl.DataFrame:
+    """`contaminated_by`, `contamination_similarity` and (policy drop) `contamination_drop`."""
+    drop = [REASON if b is not None and policy == "drop" else None for b in found.by]
+    return table.with_columns(
+        pl.Series("contaminated_by", found.by, dtype=pl.Utf8),
+        pl.Series("contamination_similarity", found.similarity).fill_nan(None),
+        pl.Series("contamination_drop", drop, dtype=pl.Utf8),
+    )
+
+
+def info(found: Contamination, threshold: float, policy: str) -> dict[str, Any]:
+    """What the manifest records: samples found per reference, the threshold, the policy."""
+    return {"found": found.found, "threshold": threshold, "policy": policy}

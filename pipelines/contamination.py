@@ -1,0 +1,110 @@
+"""`leaks.against`: the outside sets whose near copies leave this dataset's training splits.
+
+A store reference costs no embedding: its latest version's samples are looked up in its own
+embedding cache under this flow's embedder fingerprint (so both must use the same embedder). A
+source reference (files, a folder, a `save_to_disk` folder, a hub dataset) is embedded into this
+store's cache, content-addressed, so a scheduled run embeds only what is new in it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from leanset.dedup.contamination import (
+    Reference,
+    contamination_columns,
+    find_contamination,
+)
+from leanset.dedup.contamination import info as contamination_info
+from leanset.dedup.matrix import check_matrix
+from leanset.pipelines.config import FlowSettings, LeakReference
+from leanset.pipelines.embed import EmbeddingCache, embed_dataset, make_embedder
+from leanset.pipelines.sources import load_source
+from leanset.pipelines.store import Store
+from leanset.pipelines.store.errors import StoreError
+from leanset.pipelines.store.layout import StoreLayout
+from leanset.pipelines.store.manifest import JSON
+
+log = logging.getLogger("leanset.flow")
+
+
+def store_reference(ref: LeakReference, fingerprint: str) -> Reference:
+    """A store's latest samples with the vectors its cache holds for this embedder."""
+    path = str(ref.store)
+    store = Store(path)
+    if store.latest() is None:
+        raise StoreError(f"leaks.against: {path} holds no leanset version (expected a store)")
+    rows = _rows(store.read("decisions"), ref)
+    cache = EmbeddingCache(StoreLayout.of(path).embeddings, fingerprint, read_only=True)
+    found, vectors = cache.get(rows["content_hash"].to_list())
+    if not found.all():
+        raise StoreError(
+            f"leaks.against: store {path} has no embeddings by this flow's embedder "
+            f"({fingerprint}) for {int((~found).sum()):,} of its {len(found):,} samples; run its "
+            "flow with the same embedder settings first"
+        )
+    return _reference(ref, rows, vectors if vectors is not None else np.zeros((0, 1), np.float32))
+
+
+def source_reference(ref: LeakReference, settings: FlowSettings, dry_run: bool) -> Reference:
+    """A source's samples, embedded into this store's cache (only contents not cached yet)."""
+    assert ref.source is not None and settings.embedder is not None  # checked by the loader
+    data = load_source(ref.source, ref.columns)
+    embedder = make_embedder(settings.embedder, ref.columns.embedding)
+    cache = StoreLayout.of(settings.store).embeddings
+    res = embed_dataset(data, embedder, cache, write_cache=not dry_run, progress=False)
+    table = data.table.with_columns(pl.Series("_row", np.arange(data.table.height)))
+    table = table.filter(~pl.col("content_hash").is_in(list(res.errors)))
+    rows = _rows(table, ref)
+    return _reference(ref, rows, res.matrix[rows["_row"].to_numpy()])
+
+
+def _rows(table: pl.DataFrame, ref: LeakReference) -> pl.DataFrame:
+    """The reference's readable rows in its chosen splits, one per content."""
+    rows = table.filter(pl.col("error").is_null())
+    if ref.splits is not None:
+        rows = rows.filter(pl.col("split").is_in(ref.splits))
+    return rows.unique("content_hash", keep="first", maintain_order=True)
+
+
+def _reference(ref: LeakReference, rows: pl.DataFrame, vectors: np.ndarray) -> Reference:
+    name = ref.name or str(ref.store)
+    x = check_matrix(vectors, name=f"embeddings of reference {name}") if len(rows) else vectors
+    return Reference(name, rows["sample_id"].to_list(), rows["content_hash"].to_list(), x)
+
+
+def check_contamination(
+    table: pl.DataFrame,
+    matrix: np.ndarray,
+    settings: FlowSettings,
+    fingerprint: str,
+    threshold: float,
+    dry_run: bool = False,
+) -> tuple[pl.DataFrame, JSON]:
+    """The table with the contamination columns, and what the manifest records."""
+    leaks = settings.leaks
+    refs = [
+        source_reference(r, settings, dry_run) if r.source else store_reference(r, fingerprint)
+        for r in leaks.against
+    ]
+    t = leaks.threshold if leaks.threshold is not None else threshold
+    found = find_contamination(table, matrix, refs, t, settings.dedup.eval_splits)
+    for name, n in found.found.items():
+        log.info("Contamination: %d training samples are near copies of %s", n, Path(name).name)
+    info = contamination_info(found, t, leaks.policy)
+    info["references"] = {r.name: len(r.hashes) for r in refs}
+    return contamination_columns(table, found, leaks.policy), info
+
+
+def reference_state(settings: FlowSettings) -> str:
+    """The versions of the reference stores (part of the config hash: a reference store's new
+    version makes the next run check again, though this dataset did not change)."""
+    parts = []
+    for ref in settings.leaks.against:
+        if ref.store is not None:
+            latest = Store(ref.store).latest()
+            parts.append(f"{ref.store}@{latest['version'] if latest else 0}")
+    return "|".join(parts)
