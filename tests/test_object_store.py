@@ -202,3 +202,29 @@ def _unreferenced(store: Store) -> int:
             named |= {f"{table}/{rel}" for rel in m["files"][table]["data"]}
     found = [n for n in store.storage.list("") if n.endswith(".parquet")]
     return len([n for n in found if n not in named])
+
+
+def test_the_cli_verifies_and_diffs_a_bucket_and_refuses_what_needs_a_folder(
+    s3, monkeypatch, capsys, tmp_path
+):
+    from leanset.pipelines.cli import main
+    from tests.helpers import make_imagefolder, pixel_flow
+
+    make_imagefolder(tmp_path / "images")
+    for key, value in s3.options.items():
+        monkeypatch.setenv(key, value)
+    url = f"s3://{s3.bucket()}/s"
+    store = Store(url)
+    _commit(store, ["a", "b"], [True, True], None)
+    _commit(store, ["a", "b", "c"], [True, False, True], 1)
+    assert main(["verify", url]) == 0
+    assert main(["diff", url, "1", "2", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{") :])["entered"] == [{"sample_id": "c", "drop_reason": None}]
+    assert main(["versions", url]) == 2  # promotions are still files by path: one clear line
+    said = capsys.readouterr()
+    assert "needs a store folder" in said.out + said.err and "Traceback" not in said.err
+    flows = pixel_flow(tmp_path, "f", store=url)
+    assert main(["run", str(flows), "--flow", "f"]) == 2
+    said = capsys.readouterr()
+    assert "a flow run needs a store folder" in said.out + said.err

@@ -12,6 +12,7 @@ from rich.table import Table
 from leanset.pipelines.cli.console import console, human_bytes, print_summary, show_path
 from leanset.pipelines.store import Store, StoreError
 from leanset.pipelines.store.layout import StoreLayout
+from leanset.pipelines.store.storage import is_url
 from leanset.pipelines.summary import RunSummary
 
 STORE_HELP = "the store folder (a flow's `store:`)"
@@ -52,7 +53,13 @@ def add_commands(sub: Any) -> None:
 
 
 def open_store(path: str) -> Store:
-    """The store at `path`: a folder holding committed versions (`manifests/`)."""
+    """The store at `path`: a folder holding committed versions (`manifests/`), or an
+    object-storage URL (credentials and endpoint from the environment)."""
+    if is_url(path):
+        store = Store(path)
+        if not store.manifests():
+            raise StoreError(f"{path}: no store here (no manifests/ written by a commit)")
+        return store
     root = Path(path)
     if not root.is_dir():
         raise StoreError(
@@ -231,7 +238,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Exit status 0 when nothing is damaged, 1 otherwise; each finding names its file."""
     from leanset.pipelines.store.verify import verify_store
 
-    result = verify_store(open_store(args.store).root)
+    result = verify_store(args.store if is_url(args.store) else open_store(args.store).root)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0 if result.ok else 1

@@ -57,20 +57,41 @@ class Store:
         self.storage: Storage = storage_for(root, storage_options)
         self.where = str(root).rstrip("/") if self.storage.remote else str(Path(root))
         # a URL has no local path: its layout names objects relative to the prefix
-        self.root = Path(".") if self.storage.remote else Path(root)
-        self.layout = StoreLayout(self.root)
-        if not self.storage.remote and self.root.exists() and not self.root.is_dir():
-            raise StoreError(f"store path {self.root} is a file; expected a folder (or a new path)")
+        self._root = Path(".") if self.storage.remote else Path(root)
+        self._layout = StoreLayout(self._root)
+        if not self.storage.remote and self._root.exists() and not self._root.is_dir():
+            raise StoreError(
+                f"store path {self._root} is a file; expected a folder (or a new path)"
+            )
+
+    @property
+    def root(self) -> Path:
+        """The store folder (a store on object storage has none: see `_local_only`)."""
+        return self._local_only()._root
+
+    @property
+    def layout(self) -> StoreLayout:
+        """The paths of the store folder."""
+        return self._local_only()._layout
+
+    def _local_only(self) -> Store:
+        """Steps that still read and write files by path refuse an object-storage store."""
+        if self.storage.remote:
+            raise StoreError(
+                f"store {self.where}: this step needs a store folder (a local or mounted path); "
+                f"on object storage leanset commits, reads, diffs and verifies versions so far"
+            )
+        return self
 
     def _rel(self, path: Path) -> str:
         """A layout path as a name relative to the store root."""
-        return path.relative_to(self.root).as_posix()
+        return path.relative_to(self._root).as_posix()
 
     # ------------------------------------------------------------ reading
 
     def manifests(self) -> list[dict[str, Any]]:
         """Every committed version's manifest, oldest first."""
-        folder = self._rel(self.layout.manifests)
+        folder = self._rel(self._layout.manifests)
         names = [
             n
             for n in self.storage.list(folder)
@@ -91,7 +112,7 @@ class Store:
             if latest is None:
                 raise StoreError(f"store {self.where} has no versions yet")
             return latest
-        rel = self._rel(self.layout.manifest(version))
+        rel = self._rel(self._layout.manifest(version))
         if self.storage.size(rel) is None:
             have = [m["version"] for m in self.manifests()]
             raise StoreError(
@@ -112,7 +133,7 @@ class Store:
             storage_options=self.storage.delta_options,
         )
         if table == "dataset" and m.get("vectors"):  # the vectors live in shared shards
-            matrix = read_vectors(self.storage, self.layout, m, df["content_hash"].to_list())
+            matrix = read_vectors(self.storage, self._layout, m, df["content_hash"].to_list())
             df = df.with_columns(pl.Series("embedding", matrix).cast(pl.List(pl.Float32)))
         return df
 
@@ -188,7 +209,7 @@ class Store:
         half-way leaves Delta's writer threads complaining on stderr)."""
         import shutil
 
-        folder = next(p for p in (self.root, *self.root.parents) if p.exists())
+        folder = next(p for p in (self._root, *self._root.parents) if p.exists())
         free = shutil.disk_usage(folder).free
         need = sum(f.estimated_size() for f in frames) // 8  # Parquet compresses; be lenient
         if free < need:
@@ -226,19 +247,19 @@ class Store:
             "files": files,
         }
         if (pairs := extras.get("pairs")) is not None:
-            rel = self.layout.pairs_file(version, token)
+            rel = self._layout.pairs_file(version, token)
             written = {"pairs": rel, "pairs_digest": self._write_parquet(pairs, rel)}
             full["index"] = {**full.get("index", {}), **written}
         if vectors is not None:
             prior = latest if latest and latest["version"] == parent else None
             full["vectors"], full["files"]["vectors"] = write_vectors(
-                self.storage, self.layout, version, token, vectors, prior
+                self.storage, self._layout, version, token, vectors, prior
             )
         if (rows := extras.get("queue_rows")) is not None:
-            rel = self.layout.queue_rows_file(version, token)
+            rel = self._layout.queue_rows_file(version, token)
             written = {"queue_rows": rel, "queue_rows_digest": self._write_parquet(rows, rel)}
             full["post_commit"] = {**full.get("post_commit", {}), **written}
-        if not self.storage.create(self._rel(self.layout.manifest(version)), serialise(full)):
+        if not self.storage.create(self._rel(self._layout.manifest(version)), serialise(full)):
             winner = self.latest()
             raise StoreConflict(
                 self._conflict_message(parent, winner["version"] if winner else None)
