@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -113,6 +114,7 @@ def _embed_side(side: str, a: argparse.Namespace) -> dict[str, Any]:
     data = load_source(source, ColumnSettings())
     settings = EmbedderSettings(type="pixels", size=16, shard_rows=256)
     cache = Path(a.workdir) / f"cache-{side}"
+    shutil.rmtree(cache, ignore_errors=True)  # every repeat embeds everything again
     if side == "local":
         _hwm_reset()
         t0 = time.perf_counter()
