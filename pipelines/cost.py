@@ -286,7 +286,9 @@ def _headline(cd: CostDelta) -> str:
         p = q["paired"]
         head += (
             f"; probe accuracy on {', '.join(q['eval_splits'])} {p['accuracy_a']:.3f} → "
-            f"{p['accuracy_b']:.3f} (n = {p['n']:,})"
+            f"{p['accuracy_b']:.3f} (n = {p['n']:,}"
+            + (", without leaked rows" if (q.get("excluded") or {}).get("rows") else "")
+            + ")"
         )
     return head + "."
 
@@ -359,7 +361,20 @@ def _quality_line(q: JSON) -> str | None:
         f"cleaned), n = {p['n']:,}; difference {p['difference']:+.4f}, 95% CI "
         f"{p['ci_low']:+.4f} to {p['ci_high']:+.4f}, McNemar p = {p['p_value']:.3g}: {verdict}. "
         f"The fits took {raw['cpu_seconds']:.2f} and {clean['cpu_seconds']:.2f} CPU-s "
-        f"({raw['device']})."
+        f"({raw['device']})." + _leak_note(q)
+    )
+
+
+def _leak_note(q: JSON) -> str:
+    """The all-rows figure beside the leak-free one, when leaked eval rows were left out."""
+    excluded = q.get("excluded") or {}
+    if not excluded.get("rows"):
+        return ""
+    a = q["all_rows"]["paired"]
+    return (
+        f" Left out: {excluded['rows']:,} eval rows ({excluded['why']}). On all "
+        f"{a['n']:,} rows {a['accuracy_a']:.3f} → {a['accuracy_b']:.3f}, "
+        f"difference {a['difference']:+.4f}: the raw figure is inflated by leaks."
     )
 
 
