@@ -128,6 +128,8 @@ def detail_lines(s: RunSummary) -> list[str]:
             f"human labels applied: {lab.get('human_labels', 0):,} new this run "
             f"({total:,} in effect)"
         )
+    if "unjudged" in lab:
+        lines.append(f"label noise: {lab['unjudged']['line']}")
     if "queue" in lab:
         lines.append(_queue_line(lab["queue"]))
     return lines
