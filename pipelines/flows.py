@@ -47,6 +47,7 @@ from leanset.pipelines.config import EngineSettings, FlowSettings, check_source_
 from leanset.pipelines.cost import ComputeMeter, config_hash, cost_delta, statement
 from leanset.pipelines.decide import decide
 from leanset.pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
+from leanset.pipelines.embed.offline import check_fetchable
 from leanset.pipelines.errors import USER_ERRORS
 from leanset.pipelines.sources import FileHashCache, LoadedDataset, SourceError, load_source
 from leanset.pipelines.store import Store
@@ -903,6 +904,7 @@ def run_flow(
     settings = load_flow(config, flow_name, overrides or ())
     check_source_exists(settings, config)
     check_store_location(settings.store, settings.source)
+    check_fetchable(settings.embedder)  # an unreachable model: one message, before Prefect
     if not _has_api():
         current = _answer_if_unchanged(settings, dry_run)
         if current is not None:
