@@ -251,20 +251,24 @@ def table_quality(
         )
     except LabelingError as exc:
         return {"skipped": str(exc)}
-    eval_idx = keep[eval_rows[keep]]
-    labeled = np.array([raw[i] is not None for i in eval_idx], dtype=bool)
-    scored_idx = eval_idx[labeled]
+    leaked = leaked_eval_rows(table, raw_train & ~kept)
+    return _with_leaks(delta, table, raw, keep[eval_rows[keep]], leaked) | {
+        "train_splits": list(train_splits),
+        "eval_splits": sorted(set(split[eval_rows].tolist())),
+    }
+
+
+def _with_leaks(
+    delta: QualityDelta, table: Any, raw: list[Any], eval_idx: np.ndarray, leaked: np.ndarray
+) -> dict[str, Any]:
+    """The delta as data, the leak-free figures, and which eval samples were scored."""
+    scored_idx = eval_idx[np.array([raw[i] is not None for i in eval_idx], dtype=bool)]
     ids = table["sample_id"].gather(scored_idx).to_list()
     truth = [raw[i] for i in scored_idx]
-    leaked = leaked_eval_rows(table, raw_train & ~kept)[scored_idx]
     return (
         delta.to_dict()
-        | leak_free_figures(delta, leaked)
-        | {
-            "train_splits": list(train_splits),
-            "eval_splits": sorted(set(split[eval_rows].tolist())),
-            "eval_fingerprint": eval_fingerprint(ids, truth),
-        }
+        | leak_free_figures(delta, leaked[scored_idx])
+        | {"eval_fingerprint": eval_fingerprint(ids, truth)}
     )
 
 

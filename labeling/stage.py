@@ -134,11 +134,7 @@ def label_noise(
 
     `on_fit` is called after each probe fit (a progress display).
     """
-    readable = table["error"].is_null().to_numpy()
-    small = {} if pred_probs is not None else too_small_classes(table, readable, settings.n_folds)
-    rows = np.flatnonzero(readable & ~table["label"].is_in(list(small)).to_numpy())
-    if small:
-        log.warning("label noise: %s", unjudged_line(small, settings.n_folds))
+    rows, small = _judged_rows(table, settings, given=pred_probs is not None)
     sub = table[rows]
     ids = sub["sample_id"].to_list()
     # given probabilities have a column per class of the whole dataset; the probe learns the
@@ -152,7 +148,7 @@ def label_noise(
         return NoiseOutcome(_empty_noise(table), None, (), {"label_noise": "skipped: no labels"})
     if small and len(set(enc.idx[enc.idx >= 0].tolist())) < 2:
         why = "skipped: fewer than 2 classes with enough samples for the probe's folds"
-        info = {"label_noise": why} | ({"unjudged": _unjudged(small, settings)} if small else {})
+        info = {"label_noise": why, "unjudged": _unjudged(small, settings)}
         return NoiseOutcome(_empty_noise(table), None, (), info)
     if pred_probs is not None:
         issues, probs, flags, info = _issues_from_given(pred_probs, rows, enc, ids, settings)
@@ -170,14 +166,7 @@ def label_noise(
     cols = noise_columns(issues, dec, enc.classes).with_columns(
         pl.Series("noise_drop", dec.drop_reason, dtype=pl.Utf8)
     )
-    out = _scatter(table, rows, cols)
-    if settings.policy == "relabel":
-        out = out.with_columns(
-            pl.when(pl.col("label_action") == "relabeled")
-            .then(pl.col("new_label"))
-            .otherwise(pl.col("label"))
-            .alias("label")
-        )
+    out = _relabeled(_scatter(table, rows, cols), settings)
     full = np.full((table.height, len(enc.classes)), np.nan)
     full[rows] = probs
     info |= flags.info() | _counts(enc.idx, issues.label_issue, kept)
@@ -187,6 +176,29 @@ def label_noise(
     out = out.with_columns(_probs_column(full))
     info["pred_probs_classes"] = list(enc.classes)
     return NoiseOutcome(out, full, enc.classes, info)
+
+
+def _relabeled(out: pl.DataFrame, settings: LabelNoiseSettings) -> pl.DataFrame:
+    """Under the relabel policy, the suggested label replaces a relabeled row's label."""
+    if settings.policy != "relabel":
+        return out
+    return out.with_columns(
+        pl.when(pl.col("label_action") == "relabeled")
+        .then(pl.col("new_label"))
+        .otherwise(pl.col("label"))
+        .alias("label")
+    )
+
+
+def _judged_rows(
+    table: pl.DataFrame, settings: LabelNoiseSettings, given: bool
+) -> tuple[np.ndarray, dict[str, int]]:
+    """The readable rows the probe judges, and the classes too small for its folds (left out)."""
+    readable = table["error"].is_null().to_numpy()
+    small = {} if given else too_small_classes(table, readable, settings.n_folds)
+    if small:
+        log.warning("label noise: %s", unjudged_line(small, settings.n_folds))
+    return np.flatnonzero(readable & ~table["label"].is_in(list(small)).to_numpy()), small
 
 
 def too_small_classes(table: pl.DataFrame, readable: np.ndarray, n_folds: int) -> dict[str, int]:
