@@ -117,7 +117,7 @@ def load_dataset(settings: FlowSettings, dry_run: bool = False) -> LoadedDataset
 @task(name="embed", cache_policy=NO_CACHE)
 def embed_task(data: LoadedDataset, settings: FlowSettings, dry_run: bool = False) -> EmbedResult:
     """Embed what the cache does not hold yet (one GPU slot at a time across flows); a dry run
-    reads the cache and keeps what it computes in memory."""
+    writes the cache too, so the real run after it embeds nothing again."""
     emb = settings.embedder
     assert emb is not None  # the flow only calls this task with an embedder configured
     if settings.engine.type == "ray":  # the cluster's scheduler owns its GPUs
@@ -138,7 +138,7 @@ def embed_task(data: LoadedDataset, settings: FlowSettings, dry_run: bool = Fals
             batch_size=emb.batch_size,
             num_workers=emb.num_workers,
             shard_rows=emb.shard_rows,
-            write_cache=not dry_run,
+            write_cache=True,  # content-addressed: a dry run's vectors serve the real run
         )
 
     if not str(getattr(embedder, "device", "cpu")).startswith("cuda"):
@@ -151,8 +151,8 @@ def embed_task(data: LoadedDataset, settings: FlowSettings, dry_run: bool = Fals
 
 @task(name="image-signal", cache_policy=NO_CACHE)
 def signal_task(data: LoadedDataset, settings: FlowSettings, dry_run: bool = False) -> EmbedResult:
-    """Grey thumbnails of the images: the second signal that confirms near duplicates (a dry run
-    reads their cache and keeps what it computes in memory)."""
+    """Grey thumbnails of the images: the second signal that confirms near duplicates (cached,
+    a dry run's too)."""
     emb = settings.embedder
     return embed_dataset(
         data,
@@ -161,7 +161,7 @@ def signal_task(data: LoadedDataset, settings: FlowSettings, dry_run: bool = Fal
         batch_size=256,
         num_workers=emb.num_workers if emb else 0,
         shard_rows=emb.shard_rows if emb else 4096,
-        write_cache=not dry_run,
+        write_cache=True,
     )
 
 

@@ -207,18 +207,20 @@ def test_dry_run_decides_reports_and_leaves_the_store_unchanged(
 ):
     store = tmp_path / "store"
     first = clean_flow(config_path=str(tiny), flow_name="tiny", dry_run=True)
-    assert first["dry_run"] and first["version"] == 1
-    assert not store.exists()  # a dry run on a new store creates nothing, not even the folder
+    assert first["dry_run"] and first["version"] == 1 and first["embed"]["computed"] > 0
+    # a dry run on a new store keeps only the embedding cache: no version, manifest or report
+    assert [p.name for p in store.iterdir()] == ["cache"] and not Store(store).manifests()
     assert Path(first["report"]).is_file() and store not in Path(first["report"]).parents
 
-    clean_flow(config_path=str(tiny), flow_name="tiny")
+    real = clean_flow(config_path=str(tiny), flow_name="tiny")
+    assert real["embed"]["computed"] == 0  # the dry run's embeddings served the real run
     before = tree_digest(store)
     dry = clean_flow(
         config_path=str(tiny), flow_name="tiny", overrides=["dedup.threshold=0.5"], dry_run=True
     )
     assert dry["dry_run"] and dry["version"] == 2 and dry["parent"] == 1
     assert dry["counts"]["input"] == 10
-    assert tree_digest(store) == before  # nothing written: no version, cache, queue or report
+    assert tree_digest(store) == before  # nothing written: no version, queue or report
     assert [m["version"] for m in Store(store).manifests()] == [1]
     page = Path(dry["report"]).read_text()
     assert "Dry run" in page and "v000001.html" in page  # the parent's report is linked
