@@ -193,22 +193,45 @@ def _classes(decisions: pl.DataFrame) -> str:
     )
 
 
+ROUTE_SETTINGS = {
+    "embedding": "embedding cosine ≥ <code>dedup.threshold</code>: raise it",
+    "pixels": "thumbnail correlation, calibrated on this data: leave <code>pixels</code> out of "
+    "<code>dedup.confirm</code>",
+    "hashes": "pHash and dHash agree: leave <code>hashes</code> out of <code>dedup.confirm</code>",
+    "shingles": "shared character 5-grams: leave <code>shingles</code> out of "
+    "<code>dedup.confirm</code>",
+}
+
+
+def route_advice(evidence: str | None) -> str:
+    """Which routes accepted a pair and the setting that controls each (HTML)."""
+    routes = [r for r in (evidence or "embedding").split("+") if r]
+    parts = [f"<b>{_e(r)}</b> ({ROUTE_SETTINGS.get(r, 'see dedup.confirm')})" for r in routes]
+    text = "accepted by " + "; ".join(parts)
+    if len(routes) > 1:
+        text += ". Every one of these routes accepted it: all must change to keep both"
+    return text + "."
+
+
 def _closest_calls(
     decisions: pl.DataFrame, by_id: dict[str, dict[str, Any]], thumbs: _Thumbs, top: int
 ) -> str:
-    """Near duplicates with the lowest similarity: where the threshold is tested."""
+    """Near duplicates with the lowest similarity: where the threshold is tested, each with the
+    route that accepted it and the setting that controls that route."""
     near = decisions.filter(pl.col("near_dup_of").is_not_null()).sort("dup_similarity").head(top)
     if near.height == 0:
         return ""
     blocks = [
-        f"<div class=group>{thumbs.card(r)}{thumbs.card(by_id[r['near_dup_of']])}</div>"
+        f"<div class=group>{thumbs.card(r)}{thumbs.card(by_id[r['near_dup_of']])}"
+        f"<p class=sub>{route_advice(r.get('dup_evidence'))}</p></div>"
         for r in near.iter_rows(named=True)
         if r["near_dup_of"] in by_id
     ]
     return (
         "<h2>Closest calls: near duplicates with the lowest similarity</h2>"
-        "<p class=sub>If these are not duplicates, raise <code>dedup.threshold</code>.</p>"
-        + "".join(blocks)
+        "<p class=sub>If a pair is not a duplicate, change the setting of the route that "
+        "accepted it (named under each pair): raising <code>dedup.threshold</code> separates "
+        "only pairs the embedding alone accepted.</p>" + "".join(blocks)
     )
 
 
