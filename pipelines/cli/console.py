@@ -98,9 +98,23 @@ def counts_table(c: Counts) -> Table:
 
 
 def _facts(c: Counts) -> str:
-    return (
+    text = (
         f"{c.dup_groups:,} duplicate groups · {c.leaking_eval_samples:,} eval samples leaking "
         f"from train · {c.label_conflicts:,} samples in label-conflict groups"
+    )
+    return text + (f"\n{leak_fanout_line(c)}" if c.leak_fanout else "")
+
+
+def leak_fanout_line(c: Counts) -> str:
+    """The eval samples that removed several train rows each: a call a person should check."""
+    fan = c.leak_fanout
+    shown = ", ".join(f"{sid} ← {n}" for sid, n in list(fan.items())[:5])
+    more = f" and {len(fan) - 5} more" if len(fan) > 5 else ""
+    return (
+        f"leaks that multiply: {len(fan):,} eval samples removed {sum(fan.values()):,} train "
+        f"rows between them ({shown}{more}); the report shows each beside its train rows with "
+        "the differences marked: if they are not copies, raise dedup.threshold (or leave shingles "
+        "out of dedup.confirm)"
     )
 
 

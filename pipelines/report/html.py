@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 
 from leanset.pipelines.report.calibration import calibration_section
+from leanset.pipelines.report.leaks import fanout_section
 from leanset.pipelines.sources import LoadedDataset
 from leanset.pipelines.store.manifest import JSON, Counts
 from leanset.pipelines.summary import RunSummary
@@ -53,6 +54,9 @@ padding:4px;white-space:pre-wrap;word-break:break-word;border:3px solid #ccc}
 input.search{font-size:14px;padding:4px 8px;width:22rem;margin:.3rem 0}
 .pager button{margin:0 2px}.pager{margin:.4rem 0}.muted{color:#777}
 svg text{font-size:11px;fill:#333}
+del{background:#fdd;color:#900}ins{background:#dfd;color:#060;text-decoration:none}
+table.diff td{vertical-align:top;padding:2px 8px;border-bottom:1px solid #eee;white-space:pre-wrap}
+.fan{margin:.6rem 0;padding:.3rem .6rem;border-left:3px solid #c93}
 """
 
 
@@ -102,6 +106,7 @@ def render(
         _closest_calls(decisions, by_id, thumbs, top),
         _groups_section(decisions, thumbs),
         _leaks_section(decisions, by_id, thumbs, top * 2),
+        fanout_section(decisions, summary.counts.leak_fanout, thumbs.text_of, thumbs.card),
         _issues_section(decisions, thumbs, top * 4),
         _human_section(decisions, thumbs, top * 4),
         _footer(manifest),
@@ -410,6 +415,13 @@ class _Thumbs:
         wide = " wide" if self.data.modality != "image" else ""
         css = "kept" if kept else "dropped"
         return f"<div class='card {css}{wide}'>{self._visual(row, budget)}{lines}</div>"
+
+    def text_of(self, sample_id: str) -> str | None:
+        """A text sample's whole text (None for other modalities or unreadable samples)."""
+        pos = self.position.get(sample_id)
+        if self.data.modality != "text" or pos is None:
+            return None
+        return str(self.data.read([pos])[0])
 
     def _visual(self, row: dict[str, Any], budget: bool) -> str:
         pos = self.position.get(row["sample_id"])
