@@ -246,6 +246,21 @@ def test_report_command_prints_or_opens_the_path(
     out = cli("report", store, "--open", env={"BROWSER": str(browser)})
     assert out.returncode == 0, out.stderr
     assert opened.read_text() == Path(path).as_uri()
+    assert "opened in the default web browser" in out.stdout
+    headless = {"BROWSER": None, "DISPLAY": None, "WAYLAND_DISPLAY": None}
+    out = cli("report", store, "--open", env=headless)
+    assert out.returncode == 0 and "not opened: no display here" in out.stdout, out.stdout
+
+
+def test_versions_and_diff_tables_are_whole_when_piped(prefect_harness, tiny: Path, tmp_path: Path):
+    clean_flow(config_path=str(tiny), flow_name="tiny")
+    clean_flow(config_path=str(tiny), flow_name="tiny", overrides=["dedup.threshold=0.5"])
+    store = str(tmp_path / "store")
+    out = cli("versions", store, env={"COLUMNS": None})
+    assert out.returncode == 0 and "…" not in out.stdout, out.stdout
+    assert "config_hash" in out.stdout and "promoted" in out.stdout
+    out = cli("diff", store, "1", "2", env={"COLUMNS": None})
+    assert out.returncode == 0 and "…" not in out.stdout, out.stdout
 
 
 def test_flow_runs_are_named_after_flow_and_version_and_tagged(

@@ -194,3 +194,20 @@ def test_closest_calls_name_the_route_that_accepted_each_pair_and_its_setting(tm
             assert w in closest, (evidence, w)
         if evidence == "pixels":
             assert "accepted by <b>embedding</b>" not in closest
+
+
+def test_queue_line_adds_up_and_an_unlabeled_card_says_unlabeled(tmp_path: Path):
+    data, decisions, summary = _version(tmp_path)
+    summary.labeling = {
+        "queue": {"added": 7, "by_reason": {"uncertain": 7}, "skipped_pending": 71, "waiting": 128}
+    }
+    with console.capture() as cap:
+        print_summary(summary)
+    out = " ".join(cap.get().split())
+    assert (
+        "128 waiting for a human in all = 7 added now + 71 proposed again (already waiting) + "
+        "50 from earlier runs" in out
+    )
+    unlabeled = decisions.with_columns(pl.lit(None, dtype=pl.Utf8).alias("label"))
+    page = render(summary, unlabeled, data, {}, None)
+    assert "· unlabeled" in page and "label None" not in page and "· label <" not in page

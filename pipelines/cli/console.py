@@ -29,6 +29,16 @@ _POLICY = {
 }
 
 
+def print_table(table: Table) -> None:
+    """A table whole: on a terminal it fits the window; piped, it is as wide as its cells need
+    (a pipe's 80 columns would cut names to `versi…`)."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    need = console.measure(table, options=console.options.update_width(10_000)).maximum
+    console.print(table, width=max(console.width, need))
+
+
 def print_summary(s: RunSummary) -> None:
     """The end-of-run summary (also `leanset show`)."""
     say = console.print
@@ -172,11 +182,18 @@ def _queue_line(q: dict[str, Any]) -> str:
     parts = [f"{n:,} {_REASONS.get(r, r)}" for r, n in (q.get("by_reason") or {}).items() if n]
     if parts:
         line += f" ({', '.join(parts)})"
-    if q.get("skipped_pending"):
-        line += f", {q['skipped_pending']:,} already waiting"
-    if "waiting" in q:
-        line += f"; {q['waiting']:,} waiting for a human in all"
-    return line
+    if "waiting" not in q:
+        if q.get("skipped_pending"):
+            line += f", {q['skipped_pending']:,} proposed again but already waiting"
+        return line
+    added, again, waiting = q.get("added", 0), q.get("skipped_pending", 0), q["waiting"]
+    parts = [f"{added:,} added now"]
+    if again:
+        parts.append(f"{again:,} proposed again (already waiting)")
+    earlier = waiting - added - again
+    if earlier > 0:
+        parts.append(f"{earlier:,} from earlier runs")
+    return line + f"; {waiting:,} waiting for a human in all = {' + '.join(parts)}"
 
 
 def _label_lines(lab: dict[str, Any]) -> list[str]:

@@ -380,7 +380,7 @@ class _Thumbs:
         css = "ok" if kept else "reason"
         lines = (
             f"<span class=src>{_e(row['source'])}</span><br>"
-            f"<span class=nowrap>{_e(row['split'])} · label {_e(row.get('label'))}</span><br>"
+            f"<span class=nowrap>{_e(row['split'])} · {_label_text(row.get('label'))}</span><br>"
             f"<span class={css}>{_e(status)}</span>{extra}"
         )
         return self._wrap(row, kept, lines, budget)
@@ -438,6 +438,11 @@ class _Thumbs:
             self._uris[pos] = _thumbnail(self.data, pos)
         uri = self._uris[pos]
         return f"<img alt='' src='{uri}'>" if uri else "<div class=text>no thumbnail</div>"
+
+
+def _label_text(label: str | None) -> str:
+    """`label cat`, or `unlabeled` for a row without one."""
+    return "unlabeled" if label is None else f"label {_e(label)}"
 
 
 def _quality(q: float | None) -> str:
