@@ -9,7 +9,13 @@ from typing import Any
 
 from rich.table import Table
 
-from leanset.pipelines.cli.console import console, human_bytes, print_summary, show_path
+from leanset.pipelines.cli.console import (
+    console,
+    human_bytes,
+    print_summary,
+    print_table,
+    show_path,
+)
 from leanset.pipelines.store import Store, StoreError
 from leanset.pipelines.store.layout import StoreLayout
 from leanset.pipelines.store.storage import is_url
@@ -103,7 +109,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
         t.add_row(
             *["" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()]
         )
-    console.print(t)
+    print_table(t)
     return 0
 
 
@@ -282,7 +288,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 t.add_column(col)
             for row in df.head(args.limit).iter_rows():
                 t.add_row(*["" if v is None else str(v) for v in row])
-            console.print(t)
+            print_table(t)
     return 0
 
 
