@@ -66,11 +66,11 @@ def write_html_report(
     top: int = 12,
 ) -> Path:
     """Write the version's report page and return its path."""
-    from leanset.pipelines.fsutil import atomic_write_bytes
+    from leanset.pipelines.store.sealed import write_sealed
 
     link = _relative(parent_report, Path(path).parent) if parent_report else None
     page = render(summary, decisions, data, manifest or {}, link, top)
-    return atomic_write_bytes(path, page.encode("utf-8"))
+    return write_sealed(path, page.encode("utf-8"))
 
 
 def _relative(target: str | Path, folder: Path) -> str:
