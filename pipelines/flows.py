@@ -589,18 +589,7 @@ def _finish_parent(store: Store, parent: JSON, data: LoadedDataset) -> None:
     """Finish the post-commit steps the run that committed the parent did not record as done."""
     from prefect.runtime import flow_run
 
-    pending = finish.pending_steps(store, parent)
-    if not pending:
-        return
-    logger = log
-    try:
-        done = finish.finish_version(store, parent, data, run_id=str(flow_run.id))
-    except USER_ERRORS + (OSError,) as exc:
-        logger.warning(
-            "Version %s: its %s could not be finished: %s", parent["version"], pending, exc
-        )
-        return
-    logger.info("Version %s: finished what its run left undone: %s", parent["version"], done)
+    finish.finish_pending(store, parent, data, run_id=str(flow_run.id))
 
 
 # ---------------------------------------------------------------- the steps' details
@@ -939,6 +928,8 @@ def _answer_if_unchanged(settings: FlowSettings, dry_run: bool) -> RunSummary | 
     labeled, _ = _with_answers(data, store, settings, current)
     hashed = config_hash(settings, read_calibration(store.layout))
     if current and is_current(current, input_fingerprint(labeled.table), hashed):
+        if not dry_run:
+            finish.finish_pending(store, current, labeled, run_id="leanset run")
         return unchanged_summary(settings, store, current, timer)
     _HANDOFF.put(_Loaded(settings, data, timer.seconds["load"]))
     return None
