@@ -52,7 +52,7 @@ from leanset.pipelines.sources import FileHashCache, LoadedDataset, SourceError,
 from leanset.pipelines.store import Store
 from leanset.pipelines.store.history import History
 from leanset.pipelines.store.layout import StoreLayout
-from leanset.pipelines.store.location import check_store_location
+from leanset.pipelines.store.location import check_store_location, check_writable
 from leanset.pipelines.store.manifest import JSON, Counts, Manifest
 from leanset.pipelines.store.queue import PENDING, enqueue, read_answers, read_queue
 from leanset.pipelines.store.tables import (
@@ -459,6 +459,8 @@ def _pipeline(
     fingerprint, hashed = input_fingerprint(data.table), config_hash(settings, calibration)
     if parent and is_current(parent, fingerprint, hashed):
         return unchanged_summary(settings, store, parent, timer), None
+    if not dry_run:
+        check_writable(settings.store, "a run commits a version into it")
     with timer("history"):
         history = History.of(store, parent)
     history.warn_if_ids_changed(data.table)
@@ -896,6 +898,8 @@ def run_flow(
         current = _answer_if_unchanged(settings, dry_run)
         if current is not None:
             return current.to_dict()
+        if not dry_run:
+            check_writable(settings.store, "a run commits a version into it")
         from leanset.pipelines.orphans import guard
 
         guard()  # Prefect starts its temporary server next: it must end with this process

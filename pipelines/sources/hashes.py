@@ -70,10 +70,9 @@ class FileHashCache:
         frame.write_parquet(buf)
         try:
             write_sealed(self.path, buf.getvalue())
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            log.warning("no space left on the store's disk (%s): file hashes not cached", self.path)
+        except OSError as exc:  # a cache: a full or read-only disk only costs hashing again
+            why = "no space left on the store's disk" if is_disk_full(exc) else str(exc)
+            log.warning("%s (%s): file hashes not cached", why, self.path)
         self._added = 0
 
 
