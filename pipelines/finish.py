@@ -14,12 +14,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
-from leanset.pipelines.fsutil import digest
+from leanset.pipelines.fsutil import digest, is_disk_full
 from leanset.pipelines.sources import LoadedDataset
 from leanset.pipelines.store import IntegrityError, Store, StoreError
 from leanset.pipelines.store.manifest import JSON
@@ -29,6 +30,7 @@ from leanset.pipelines.summary import RunSummary
 log = logging.getLogger("leanset.store")
 
 QUEUE, REPORT = "queue", "report"
+T = TypeVar("T")
 
 
 def steps_for(labeling: bool) -> JSON:
@@ -165,6 +167,35 @@ def finish_pending(store: Store, manifest: JSON, data: LoadedDataset, run_id: st
         return {}
     log.info("Version %s: finished what its run left undone: %s", manifest["version"], done)
     return done
+
+
+def unless_disk_full(call: Callable[[], T], fallback: T) -> T:
+    """`call()`, or `fallback` when the disk is full (a post-commit step is then left pending)."""
+    try:
+        return call()
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        return fallback
+
+
+def after_commit(store: Store, manifest: JSON, steps: Callable[[], None]) -> None:
+    """Run a new version's post-commit `steps`; a full disk stops them with one warning saying the
+    version is committed and what the next run finishes (any other error propagates)."""
+    try:
+        steps()
+    except (OSError, StoreError) as exc:
+        if not is_disk_full(exc):
+            raise
+    pending = pending_steps(store, manifest)
+    if pending:
+        log.warning(
+            "Version %s is committed, but no space is left on the store's disk for its %s: free "
+            "some space; the next `leanset run` (or `leanset show %s`) finishes them",
+            manifest["version"],
+            " and ".join(pending),
+            store.root,
+        )
 
 
 def _load(store: Store, manifest: JSON) -> LoadedDataset:

@@ -311,7 +311,12 @@ def enqueue_task(store_root: str, rows: pl.DataFrame, version: int) -> JSON:
 
     from prefect.runtime import flow_run
 
-    done = asdict(enqueue(store_root, rows, run_id=str(flow_run.id), version=version))
+    added = finish.unless_disk_full(
+        lambda: enqueue(store_root, rows, run_id=str(flow_run.id), version=version), None
+    )
+    if added is None:
+        return {"added": 0, "not_written": "no space left on the store's disk"}
+    done = asdict(added)
     queue = read_queue(store_root)
     added = queue.filter(pl.col("version") == version).group_by("reason").len().sort("reason")
     done["by_reason"] = dict(zip(added["reason"], added["len"], strict=True))
@@ -331,7 +336,10 @@ def html_report_task(
     """A static HTML page of the version, with the samples behind its decisions."""
     from leanset.pipelines.report.html import write_html_report
 
-    return str(write_html_report(path, summary, decisions, data, manifest, parent_report))
+    def write() -> str:
+        return str(write_html_report(path, summary, decisions, data, manifest, parent_report))
+
+    return finish.unless_disk_full(write, "")  # "": not written, the disk is full
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
@@ -492,7 +500,8 @@ def _pipeline(
         committed = commit_task(str(store.root), draft)
     log.info("Committed version %s of %s.", committed["version"], settings.store)
     summary = RunSummary.of(settings.name, settings.store, committed, timer.seconds, False)
-    _after_commit(settings, store, summary, committed, data.with_table(decided), draft, parent)
+    steps = (settings, store, summary, committed, data.with_table(decided), draft, parent)
+    finish.after_commit(store, committed, lambda: _after_commit(*steps))
     return summary, draft.decisions
 
 
@@ -527,15 +536,16 @@ def _after_commit(
     version = committed["version"]
     if draft.queue is not None:
         summary.labeling["queue"] = enqueue_task(str(store.root), draft.queue, version)
-        finish.mark_done(store, version, finish.QUEUE, summary.labeling["queue"])
+        if "not_written" not in summary.labeling["queue"]:
+            finish.mark_done(store, version, finish.QUEUE, summary.labeling["queue"])
     if settings.cost.promote:
         summary.statement += "\n" + _promote_after_run(store, version, settings)
     path = store.layout.report(version)
     parent_report = store.layout.report(parent["version"]) if parent else None
-    summary.report = html_report_task(
-        path, summary, draft.decisions, decided, committed, parent_report
-    )
-    finish.mark_done(store, version, finish.REPORT, summary.report)
+    written = html_report_task(path, summary, draft.decisions, decided, committed, parent_report)
+    summary.report = written or None  # none when the disk is full
+    if summary.report:
+        finish.mark_done(store, version, finish.REPORT, summary.report)
 
 
 def is_current(parent: JSON, fingerprint: str, hashed: str) -> bool:
