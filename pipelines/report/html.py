@@ -416,8 +416,10 @@ def _thumbnail(data: LoadedDataset, pos: int) -> str | None:
     """A data URI with a small PNG of the sample, or None when it cannot be decoded."""
     from PIL import Image
 
+    from leanset.pipelines.embed.protocol import to_8bit
+
     try:
-        img = Image.open(io.BytesIO(data.read([pos])[0]))
+        img = to_8bit(Image.open(io.BytesIO(data.read([pos])[0])))
         img.thumbnail((THUMB_PX, THUMB_PX))
         buf = io.BytesIO()
         img.convert("RGB").save(buf, format="PNG")
