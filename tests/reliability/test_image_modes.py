@@ -24,7 +24,7 @@ def _rgb(a: np.ndarray) -> Image.Image:
 MAKERS = {
     "1": (lambda: Image.fromarray(G8).point(lambda v: 255 if v > 127 else 0).convert("1"), "PNG"),
     "L": (lambda: Image.fromarray(G8), "PNG"),
-    "I;16": (lambda: Image.fromarray((G8.astype(np.uint16) * 257)), "PNG"),
+    "I;16": (lambda: Image.fromarray(G8.astype(np.uint16) * 257), "PNG"),
     "I": (lambda: Image.fromarray(G8.astype(np.int32) * 1000 + 5000), "TIFF"),
     "F": (lambda: Image.fromarray((G / 255 * 0.5 + 0.1).astype(np.float32)), "TIFF"),
     "P": (lambda: _rgb(G8).convert("P", palette=Image.Palette.ADAPTIVE, colors=256), "PNG"),

@@ -12,8 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.conftest import REPO, TALLY
-from tests.test_engine_ray import _config, _kill_one_worker_after_first_shard, _ray_engine
-from tests.test_engine_ray import cluster, images  # noqa: F401  (fixtures)
+from tests.test_engine_ray import (  # noqa: F401  (fixtures)
+    _config,
+    _kill_one_worker_after_first_shard,
+    _ray_engine,
+    cluster,
+    images,
+)
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
