@@ -205,6 +205,12 @@ def _add_export(sub: Any) -> None:
         default="copy",
         help="imagefolder: copy the image files (default) or link them",
     )
+    export.add_argument(
+        "--allow-changed",
+        action="store_true",
+        help="export image files whose bytes changed after the commit anyway, and list them "
+        "(default: refuse)",
+    )
     export.set_defaults(func=cmd_export)
 
 
@@ -217,10 +223,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         embed_images=args.embed_images,
         image_paths=args.image_paths,
         link=args.link,
+        allow_changed=args.allow_changed,
     )
     store = open_store(args.store)
     version = args.version if args.version is not None else promoted_version(store)
-    out = export_version(store, version, args.format, args.out, args.decisions, options)
+    changed: list[str] = []
+    out = export_version(store, version, args.format, args.out, args.decisions, options, changed)
     which = (
         f"version {args.version}"
         if args.version is not None
@@ -229,6 +237,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         else "the latest version (none is promoted)"
     )
     console.print(f"wrote {out} ({which})", highlight=False)
+    if changed:
+        console.print(
+            f"{len(changed)} image file(s) changed after the version was committed and were "
+            f"exported as they are now (--allow-changed): {', '.join(changed[:10])}",
+            highlight=False,
+        )
     if args.format == "hf" and not args.embed_images and args.image_paths == "relative":
         root = store.manifest(version).get("config", {}).get("source", {}).get("path")
         if root:
