@@ -140,14 +140,14 @@ def image_measure(data: LoadedDataset, settings: FlowSettings) -> Measure | None
 
 
 def measures_after(
-    data: LoadedDataset, settings: FlowSettings, res: EmbedResult, dry_run: bool
+    data: LoadedDataset, settings: FlowSettings, res: EmbedResult
 ) -> np.ndarray | None:
     """The measures of an embedding that did not take them (`engine: ray`): cached, or read."""
     measure = image_measure(data, settings)
     if measure is None:
         return None
     root = StoreLayout.of(settings.store).embeddings
-    return measure_rows(data, measure, root, {}, list(res.errors), not dry_run)
+    return measure_rows(data, measure, root, {}, list(res.errors))
 
 
 def with_measures(table: pl.DataFrame, measures: np.ndarray | None) -> pl.DataFrame:

@@ -55,7 +55,7 @@ def source_reference(ref: LeakReference, settings: FlowSettings, dry_run: bool) 
     data = load_source(ref.source, ref.columns)
     embedder = make_embedder(settings.embedder, ref.columns.embedding)
     cache = StoreLayout.of(settings.store).embeddings
-    res = embed_dataset(data, embedder, cache, write_cache=not dry_run, progress=False)
+    res = embed_dataset(data, embedder, cache, progress=False)  # a dry run's vectors serve too
     table = data.table.with_columns(pl.Series("_row", np.arange(data.table.height)))
     table = table.filter(~pl.col("content_hash").is_in(list(res.errors)))
     rows = _rows(table, ref)
