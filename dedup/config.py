@@ -48,7 +48,7 @@ class OutlierSettings:
 
     policy: CheckPolicy = "flag"
     k: int = 10
-    z: float = 5.0
+    z: float = 3.0
     max_fraction: float = 0.02
 
     def __post_init__(self) -> None:

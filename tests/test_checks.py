@@ -47,7 +47,7 @@ def test_a_planted_far_sample_is_the_one_outlier_and_its_copy_shares_its_score()
         pl.when(pl.int_range(120) == 9).then(pl.lit("unreadable: x")).otherwise(None).alias("error")
     )
     x[9] = 0.0
-    scores = score_outliers(table, x, OutlierSettings(max_fraction=0.1))
+    scores = score_outliers(table, x, OutlierSettings(z=5, max_fraction=0.1))
     assert np.flatnonzero(scores.flagged).tolist() == [7, 8]
     assert scores.score[7] == scores.score[8] > 5
     assert np.isnan(scores.score[9]) and np.nanmax(np.delete(scores.score, [7, 8])) < 5
@@ -60,10 +60,10 @@ def test_the_cap_keeps_the_most_extreme_and_policies_drop_only_training_rows():
     split = ["train"] * 50 + ["test"] * 50
     split[3] = split[4] = "test"
     table = _table(100, split=split)
-    capped = score_outliers(table, x, OutlierSettings(max_fraction=0.02))
+    capped = score_outliers(table, x, OutlierSettings(z=5, max_fraction=0.02))
     assert capped.flagged.sum() == 2
     assert set(np.flatnonzero(capped.flagged)) <= {1, 2, 3, 4}
-    settings = OutlierSettings(policy="drop", max_fraction=0.1)
+    settings = OutlierSettings(policy="drop", z=5, max_fraction=0.1)
     out = outlier_columns(table, score_outliers(table, x, settings), settings, ["test"])
     decided = decide(out)
     dropped = decided.filter(pl.col("drop_reason") == "outlier")["sample_id"].to_list()
@@ -146,7 +146,7 @@ def test_flow_records_outliers_balance_and_drift_and_the_report_shows_them(
     from leanset.pipelines.flows import clean_flow
 
     _gradients(tmp_path / "images")
-    checks = {"policy": "drop", "max_fraction": 0.1}
+    checks = {"policy": "drop", "z": 5, "max_fraction": 0.1}
     config = pixel_flow(tmp_path, "g", outliers=checks, dedup={"threshold": 0.999})
     out = clean_flow(config_path=str(config), flow_name="g")
     decisions = Store(tmp_path / "store").read("decisions")
@@ -165,3 +165,25 @@ def test_flow_records_outliers_balance_and_drift_and_the_report_shows_them(
     assert "dark: 90% of its pixels at or below" in dark["image_issue"][0]
     assert manifest["checks"]["image_quality"]["found"]["dark"] == 1
     assert "Unusable images (1, policy flag)" in page and "_image_measures" not in decisions.columns
+
+
+def test_rows_a_check_sends_for_review_join_the_queue_once():
+    from leanset.pipelines.checks import with_review_rows
+
+    decided = pl.DataFrame(
+        {
+            "sample_id": ["a", "b", "c"],
+            "source": ["a.png", "b.png", "c.png"],
+            "label": ["x", None, "y"],
+            "outlier_review": [True, False, True],
+            "image_review": [False, True, True],
+        }
+    )
+    queued = pl.DataFrame({"sample_id": ["c"], "source": ["c.png"], "reason": ["uncertain"]})
+    rows = with_review_rows(queued, decided)
+    assert dict(zip(rows["sample_id"], rows["reason"], strict=True)) == {
+        "c": "uncertain",
+        "a": "outlier",
+        "b": "unusable_image",
+    }
+    assert with_review_rows(pl.DataFrame(), decided).height == 3
