@@ -43,7 +43,9 @@ class LabelNoiseSettings:
     strong evidence (p(given) <= `evidence_p_given` and another class >= `evidence_p_other`) is
     always flagged; `filter_by` adds its rows only when the probe corroborates its count (at most
     `max_count_ratio` x the strong-evidence count, and ECE after temperature at most `max_ece`).
-    At most `max_flag_fraction` of the labeled rows are ever flagged.
+    At most `max_flag_fraction` of the labeled rows are ever flagged. `classes`: the class of
+    each column of `pred_probs_column` (default: the source's ClassLabel order, else the label
+    names sorted as text); see `labeling.classorder`.
     """
 
     policy: Literal["flag", "drop", "relabel"] = "flag"
@@ -51,6 +53,7 @@ class LabelNoiseSettings:
     filter_by: NoiseFilter = "calibrated_rank"
     refit: bool = False
     pred_probs_column: str | None = None
+    classes: list[str] | None = None  # the class of each pred_probs column, in column order
     n_folds: int = 5
     c: float | list[float] = field(default_factory=lambda: [1.0, 10.0])
     k: list[int] = field(default_factory=lambda: [10, 30])

@@ -211,6 +211,7 @@ def labeling_task(
     pred_probs: list[Any] | None,
     pending: pl.DataFrame,
     threshold: float,
+    class_label: list[str] | None = None,
 ) -> LabelingOutcome:
     """cleanlab label issues on out-of-fold probe probabilities, then the labeling selection."""
     return label_and_select(
@@ -219,6 +220,7 @@ def labeling_task(
         settings.label_noise,
         settings.active_learning,
         pred_probs=pred_probs,
+        class_label=class_label,
         pending=pending,
         threshold=threshold,
     )
@@ -744,7 +746,8 @@ def _label(
     pending = read_queue(store.root).filter(pl.col("status").is_in(list(PENDING)))
     t = settings.dedup.threshold
     threshold = float(calibration.get("threshold", 0.95)) if t == "auto" else float(t)
-    outcome = labeling_task(table, matrix, settings, given, pending, min(threshold, 0.999))
+    names = data.label_names() if given is not None else None
+    outcome = labeling_task(table, matrix, settings, given, pending, min(threshold, 0.999), names)
     _warn_if_label_stages_skipped(outcome.info, table)
     return outcome
 
