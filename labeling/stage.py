@@ -17,7 +17,6 @@ import polars as pl
 from leanset.labeling.classorder import ClassOrder, check_class_order, resolve_class_order
 from leanset.labeling.config import ActiveLearningSettings, LabelingError, LabelNoiseSettings
 from leanset.labeling.noise import (
-    FlagRule,
     Flags,
     LabelIssues,
     apply_noise_policy,
@@ -228,7 +227,7 @@ def _issues_from_given(
         sample_ids=ids,
     )
     fit = check_class_order(enc.idx, probs, ClassOrder(enc.classes, source))
-    issues, flags, info = judge_given_probs(enc.idx, probs, FlagRule.of(settings))
+    issues, flags, info = judge_given_probs(enc.idx, probs, settings)
     return issues, probs, flags, info | {"class_order": {"source": source} | fit.to_dict()}
 
 
@@ -257,7 +256,7 @@ def _issues_from_probe(
             c=settings.c_values,
             k=tuple(settings.k),
         ),
-        rule=FlagRule.of(settings),
+        rule=settings,
         refit=settings.refit,
         sample_ids=ids,
         on_fit=on_fit,
