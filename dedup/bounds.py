@@ -1,4 +1,4 @@
-"""Ranges declared next to the settings fields they bound, and the one check that reads them.
+"""Ranges and roles declared next to the settings fields, and the one check that reads them.
 
 A settings field says what values make sense where it is declared:
 
@@ -9,6 +9,10 @@ A settings field says what values make sense where it is declared:
 field of a settings object: a number against its range, each number of a list, a list's length.
 NaN and infinities are never in a range. A field whose value is None or a word (`auto`) is not a
 number and is not checked here.
+
+A field that says how a run is computed or priced, not what it decides (a batch size, a device, a
+price), is declared with `decides=False` (or `runtime(...)`): the config fingerprint leaves it out,
+so changing it makes no new version (`deciding(obj)`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-BOUND = "bound"  # the field metadata key
+BOUND = "bound"  # the field metadata keys
+DECIDES = "decides"
 
 
 @dataclass(frozen=True)
@@ -79,9 +84,10 @@ def bounded(
     high_open: bool = False,
     min_items: int = 0,
     also: str = "",
+    decides: bool = True,
 ) -> Any:
-    """A dataclass field with a default (or a default factory) and its range."""
-    meta = {BOUND: Bound(low, high, low_open, high_open, min_items, also)}
+    """A dataclass field with a default (or a default factory), its range and its role."""
+    meta = {BOUND: Bound(low, high, low_open, high_open, min_items, also), DECIDES: decides}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -90,6 +96,24 @@ def bounded(
 def fraction(default: Any, *, open_low: bool = False, also: str = "") -> Any:
     """A share: a number in [0, 1] (or (0, 1])."""
     return bounded(default, low=0.0, high=1.0, low_open=open_low, also=also)
+
+
+def runtime(default: Any = dataclasses.MISSING) -> Any:
+    """A field that changes how a run is computed or priced, never what it decides."""
+    return dataclasses.field(default=default, metadata={DECIDES: False})
+
+
+def deciding(obj: Any) -> dict[str, Any]:
+    """A settings object as plain data, without the fields declared `decides=False` (nested
+    settings objects alike): what a config fingerprint hashes."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        if not f.metadata.get(DECIDES, True):
+            continue
+        value = getattr(obj, f.name)
+        is_settings = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        out[f.name] = deciding(value) if is_settings else value
+    return out
 
 
 def bound_of(f: dataclasses.Field[Any]) -> Bound | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from leanset.dedup.bounds import bounded, fraction, problems
+from leanset.dedup.bounds import bounded, fraction, problems, runtime
 
 
 class LabelingError(ValueError):
@@ -55,7 +55,7 @@ class LabelNoiseSettings:
     max_count_ratio: float = bounded(1.25, low=1)
     max_ece: float = fraction(0.1)
     max_flag_fraction: float = fraction(0.2)
-    device: str = "auto"
+    device: str = runtime("auto")
     seed: int = bounded(0, low=0)
 
     def __post_init__(self) -> None:

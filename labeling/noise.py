@@ -26,7 +26,7 @@ Why that default (5% planted flips, uniform to another class, default probe, sin
   `calibrated_rank` precision 0.86-0.98 / recall 0.83-0.91; `prune_by_noise_rate` 0.77-0.88 /
   0.68-0.71.
 
-`detect_label_issues` runs the probe and cleanlab together; with `refit` it runs them a second time
+`judge_labels` runs the probe and the flag rule together; with `refit` it runs them a second time
 with the first pass's issues left out of the training folds (every row still gets out-of-fold
 probabilities), so mislabeled rows no longer pull the probe toward their wrong labels. With
 `calibrated_rank` the refit gained little (digits 0.93 / 0.95; the demo no better) at twice the
@@ -57,13 +57,10 @@ from leanset.labeling.config import (  # NoiseFilter: the one list of filter nam
 )
 from leanset.labeling.probe import (
     UNLABELED,
-    ProbeOptions,
-    ProbeResult,
     ProbeSelection,
     SelectOptions,
     apply_temperature,
     decode_labels,
-    fit_probe,
     score_probs,
     select_probe,
     validate_pred_probs,
@@ -107,63 +104,6 @@ class NoiseDecisions:
         """Rows per action (flagged, dropped, relabeled)."""
         names = [a for a in self.action if a is not None]
         return {name: names.count(name) for name in sorted(set(names))}
-
-
-@dataclass(frozen=True)
-class NoiseResult:
-    """The probe behind the issues, the issues, and how many the first pass flagged."""
-
-    probe: ProbeResult
-    issues: LabelIssues
-    first_pass_issues: int
-
-
-def detect_label_issues(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    *,
-    refit: bool = False,
-    filter_by: str = "calibrated_rank",
-    score_method: str = "self_confidence",
-    probe: ProbeOptions | None = None,
-    classes: Sequence[str] | None = None,
-    groups: np.ndarray | None = None,
-    sample_ids: Sequence[str] | None = None,
-    on_fit: Callable[[], None] | None = None,
-) -> NoiseResult:
-    """Probe + cleanlab; with `refit`, once more with the first pass's issues out of training.
-
-    `probe`, `classes`, `groups` and `on_fit` are `fit_probe`'s options, class names, fold
-    groups and progress callback.
-    """
-
-    def fit(mask: np.ndarray | None) -> ProbeResult:
-        return fit_probe(
-            embeddings,
-            labels,
-            classes=classes,
-            groups=groups,
-            train_mask=mask,
-            options=probe,
-            sample_ids=sample_ids,
-            on_fit=on_fit,
-        )
-
-    fitted = fit(None)
-    issues = find_label_issues(
-        labels, fitted.probs, filter_by=filter_by, score_method=score_method, sample_ids=sample_ids
-    )
-    first = issues.n_issues
-    if refit and first:
-        fitted = fit(~issues.label_issue)
-        issues = find_label_issues(
-            labels,
-            fitted.probs,
-            filter_by=filter_by,
-            score_method=score_method,
-            sample_ids=sample_ids,
-        )
-    return NoiseResult(probe=fitted, issues=issues, first_pass_issues=first)
 
 
 def find_label_issues(

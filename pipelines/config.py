@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from leanset.dedup.bounds import bounded, field_problems, fraction
+from leanset.dedup.bounds import bounded, deciding, field_problems, fraction, runtime
 from leanset.dedup.config import ROUTES, DedupSettings
 from leanset.labeling.config import ActiveLearningSettings, LabelNoiseSettings
 
@@ -71,12 +71,12 @@ class EmbedderSettings:
     model: str | None = None
     factory: str | None = None  # type torch: "package.module:function" -> (model, preprocess)
     pretrained: str | None = None
-    device: str = "auto"
-    batch_size: int = bounded(64, low=1)
+    device: str = runtime("auto")
+    batch_size: int = bounded(64, low=1, decides=False)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    num_workers: int = bounded(0, low=0)
+    num_workers: int = bounded(0, low=0, decides=False)
     size: int = bounded(16, low=1)
-    shard_rows: int = bounded(4096, low=1)
+    shard_rows: int = bounded(4096, low=1, decides=False)
 
 
 CostUnit = Literal["samples", "tokens", "pixels"]
@@ -97,10 +97,10 @@ class CostSettings:
     samples_per_second_per_gpu: float | None = bounded(None, low=0, low_open=True)
     tokens_per_second_per_gpu: float | None = bounded(None, low=0, low_open=True)
     pixels_per_second_per_gpu: float | None = bounded(None, low=0, low_open=True)
-    num_gpus: int = bounded(1, low=1)
-    price_per_gpu_hour: float | None = bounded(None, low=0)
-    price_per_cpu_hour: float | None = bounded(None, low=0)
-    epochs: int | None = bounded(None, low=1)
+    num_gpus: int = bounded(1, low=1, decides=False)
+    price_per_gpu_hour: float | None = bounded(None, low=0, decides=False)
+    price_per_cpu_hour: float | None = bounded(None, low=0, decides=False)
+    epochs: int | None = bounded(None, low=1, decides=False)
     train_splits: list[str] | None = None
     unit: CostUnit = "samples"
     tokenizer: str | None = None
@@ -163,7 +163,7 @@ class EngineSettings:
 class FlowSettings:
     """One named flow of flows.yaml, with every path resolved against the file's folder."""
 
-    name: str
+    name: str = field(metadata={"decides": False})
     source: SourceSettings
     store: str
     embedder: EmbedderSettings | None = None
@@ -172,21 +172,20 @@ class FlowSettings:
     cost: CostSettings = field(default_factory=CostSettings)
     label_noise: LabelNoiseSettings | None = None
     active_learning: ActiveLearningSettings | None = None
-    schedule: ScheduleSettings | None = None
-    engine: EngineSettings = field(default_factory=EngineSettings)
-    description: str = ""
+    # when and where a run happens, not what it decides (both engines decide identically)
+    schedule: ScheduleSettings | None = runtime(None)
+    engine: EngineSettings = field(default_factory=EngineSettings, metadata={"decides": False})
+    description: str = runtime("")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (for manifests and Prefect parameters)."""
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Hash of every setting that changes the decisions (not schedule, engine or description:
-        both engines decide identically)."""
-        data = self.to_dict()
-        for key in ("schedule", "description", "name", "engine"):
-            data.pop(key, None)
-        return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=8).hexdigest()
+        """Hash of every setting that changes the decisions: not those declared `decides=False`
+        (how a run is computed, priced or scheduled, and where it runs)."""
+        data = json.dumps(deciding(self), sort_keys=True).encode()
+        return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 def load_flows(path: str | Path) -> dict[str, FlowSettings]:

@@ -222,3 +222,76 @@ def test_values_that_used_to_die_late_are_refused_by_the_loader(
     with pytest.raises(ConfigError) as err:
         load_flows(flows_yaml(tmp_path, text))
     assert message in str(err.value), str(err.value)
+
+
+RUNTIME_CHANGES = [
+    "embedder.batch_size=7",
+    "embedder.num_workers=2",
+    "embedder.shard_rows=100",
+    "embedder.device=cpu",
+    "cost.price_per_gpu_hour=9.5",
+    "cost.price_per_cpu_hour=0.1",
+    "cost.epochs=90",
+    "cost.num_gpus=8",
+    "engine.workers=3",
+    "engine.batch_size=512",
+    "schedule.cron='0 3 * * *'",
+    "description=nightly",
+]
+DECIDING_CHANGES = [
+    "dedup.threshold=0.8",
+    "dedup.keep=last",
+    "embedder.size=8",
+    "embedder.precision=fp32",
+    "cost.max_accuracy_drop=0.05",
+    "label_noise.c=[3]",
+]
+
+
+@pytest.mark.parametrize("change", RUNTIME_CHANGES)
+def test_how_a_run_is_computed_priced_or_scheduled_is_not_in_the_fingerprint(
+    tmp_path: Path, change: str
+):
+    config = flows_yaml(tmp_path, GOOD)
+    assert (
+        load_flow(config, "imgs").fingerprint() == load_flow(config, "imgs", [change]).fingerprint()
+    )
+
+
+@pytest.mark.parametrize("change", DECIDING_CHANGES)
+def test_what_changes_decisions_is_in_the_fingerprint(tmp_path: Path, change: str):
+    config = flows_yaml(tmp_path, GOOD)
+    assert (
+        load_flow(config, "imgs").fingerprint() != load_flow(config, "imgs", [change]).fingerprint()
+    )
+
+
+def _readme_keys() -> set[str]:
+    """Key paths in the first column of README's flows.yaml table (`a.b`, `c`: `a.c`)."""
+    import re
+
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    start = text.index("### flows.yaml")
+    found: set[str] = set()
+    for line in text[start : text.index("\n### ", start + 5)].splitlines():
+        if not line.startswith("| `"):
+            continue
+        section = ""
+        for token in re.findall(r"`([^`]+)`", line.split("|")[1]):
+            section = token.split(".")[0] if "." in token else section
+            found.add(token if "." in token or not section else f"{section}.{token}")
+    return found
+
+
+def test_every_settings_key_is_in_the_readme_table():
+    import dataclasses
+    import typing
+
+    from leanset.pipelines.config import FlowSettings, _dataclass_of
+
+    keys = []
+    for name, hint in typing.get_type_hints(FlowSettings).items():
+        cls = _dataclass_of(hint)
+        fields = [f"{name}.{f.name}" for f in dataclasses.fields(cls)] if cls else [name]
+        keys += fields if name != "name" else []
+    assert sorted(set(keys) - _readme_keys()) == []
