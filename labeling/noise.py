@@ -429,18 +429,21 @@ def judge_labels(
     keys: Sequence[str] | np.ndarray | None = None,
     groups: np.ndarray | None = None,
     classes: Sequence[str] | None = None,
+    settings: LabelNoiseSettings | None = None,
     options: SelectOptions | None = None,
-    rule: LabelNoiseSettings | None = None,
-    refit: bool = False,
     sample_ids: Sequence[str] | None = None,
     on_fit: Callable[[], None] | None = None,
 ) -> JudgedLabels:
     """The label-noise stage's core: the selected probe on distinct contents, then the flag rule
-    on its calibrated probabilities; with `refit`, both once more with the first pass's issues
-    left out of training (every row is still judged).
+    on its calibrated probabilities; with `settings.refit`, both once more with the first pass's
+    issues left out of training (every row is still judged).
 
-    `keys`, `groups`, `classes`, `options` and `on_fit` are `select_probe`'s.
+    `settings`: the `label_noise:` section (the probe's candidates and the flag rule; default:
+    its defaults); `options`: the probe's options when not those `settings` give (a backend, a
+    device). `keys`, `groups`, `classes` and `on_fit` are `select_probe`'s.
     """
+    rule = settings or LabelNoiseSettings()
+    options = options or SelectOptions.of(rule)
 
     def run(mask: np.ndarray | None) -> tuple[ProbeSelection, Flags]:
         sel = select_probe(
@@ -461,7 +464,7 @@ def judge_labels(
 
     sel, flags = run(None)
     first = int(flags.issue.sum())
-    if refit and first:
+    if rule.refit and first:
         sel, flags = run(~flags.issue)
     return JudgedLabels(sel, flags, issues_from_flags(labels, sel.calibrated, flags), first)
 

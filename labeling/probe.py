@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from leanset.dedup.matrix import check_matrix, resolve_device
-from leanset.labeling.config import LabelingError
+from leanset.labeling.config import LabelingError, LabelNoiseSettings
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +207,13 @@ class ProbeOptions:
             raise LabelingError(f"n_folds must be an integer >= 2, got {self.n_folds!r}")
         if not self.c > 0:
             raise LabelingError(f"c (inverse regularisation) must be > 0, got {self.c!r}")
+
+    @classmethod
+    def of(cls, settings: LabelNoiseSettings | None) -> ProbeOptions:
+        """One logistic regression as `label_noise:` sets it (its strongest C candidate)."""
+        if settings is None:
+            return cls()
+        return cls(seed=settings.seed, device=settings.device, c=max(settings.c_values))
 
     def spec(self, n_classes: int) -> _ProbeSpec:
         """The fit every fold shares (the device resolved, the backend chosen)."""
@@ -461,6 +468,12 @@ class SelectOptions:
         for k in self.k:
             if not isinstance(k, int) or k < 1:
                 raise LabelingError(f"k (kNN neighbours) must be an integer >= 1, got {k!r}")
+
+    @classmethod
+    def of(cls, settings: LabelNoiseSettings) -> SelectOptions:
+        """The candidates, folds, seed and device `label_noise:` sets (the rest at defaults)."""
+        c, k = settings.c_values, tuple(settings.k)
+        return cls(n_folds=settings.n_folds, seed=settings.seed, device=settings.device, c=c, k=k)
 
     def logreg(self, c: float) -> ProbeOptions:
         """The options of one logistic-regression candidate."""

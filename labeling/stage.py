@@ -26,7 +26,6 @@ from leanset.labeling.noise import (
 )
 from leanset.labeling.probe import (
     EncodedLabels,
-    SelectOptions,
     encode_labels,
     stack_pred_probs,
     validate_pred_probs,
@@ -249,15 +248,7 @@ def _issues_from_probe(
         keys=sub["content_hash"].to_numpy(),
         groups=_groups(sub),
         classes=enc.classes,
-        options=SelectOptions(
-            n_folds=settings.n_folds,
-            seed=settings.seed,
-            device=settings.device,
-            c=settings.c_values,
-            k=tuple(settings.k),
-        ),
-        rule=settings,
-        refit=settings.refit,
+        settings=settings,
         sample_ids=ids,
         on_fit=on_fit,
     )

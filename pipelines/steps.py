@@ -205,12 +205,7 @@ def cost(
     if not cost.quality or matrix is None:
         why = "cost.quality is false" if not cost.quality else "needs an embedder for the probe"
         return CostMeasures(accounting, {"skipped": why}, 0.0)
-    noise = settings.label_noise
-    opts = (  # one logistic regression (the strongest C the label-noise candidates try)
-        ProbeOptions(seed=noise.seed, device=noise.device, c=max(noise.c_values))
-        if noise
-        else ProbeOptions()
-    )
+    opts = ProbeOptions.of(settings.label_noise)  # the strongest C the candidates try
     quality = table_quality(t, raw_labels, matrix, roles[0], roles[1], opts)
     fits = [quality[k] for k in ("raw", "clean") if k in quality]
     gpu = sum(f["wall_seconds"] for f in fits if str(f["device"]).startswith("cuda"))
