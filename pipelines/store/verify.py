@@ -64,6 +64,7 @@ def verify_store(root: str | Path, storage_options: dict[str, str] | None = None
             out.versions.append(int(manifest["version"]))
             _version(store, manifest, out)
     _caches(store, out)
+    _sealed_files(store, out)
     return out
 
 
@@ -136,3 +137,31 @@ def _caches(store: Store, out: Verification) -> None:
                     f"next run, and `leanset gc` removes it",
                 )
             )
+
+
+def _sealed_files(store: Store, out: Verification) -> None:
+    """Labeling files, the Label Studio sync state, reports, after-commit records, the file-hash
+    cache: each against its seal (`pipelines/store/sealed.py`)."""
+    lay = store.layout
+    labeling = [lay.queue, lay.answers, lay.label_studio_sync]
+    fix = "restore it and its .sum file from a backup of the store's labeling/ folder"
+    for path in labeling:
+        _sealed(path, "damaged", fix, out)
+    reports = sorted(lay.reports.glob("v*.html")) if lay.reports.is_dir() else []
+    for path in reports:
+        _sealed(path, "note", "the next `leanset run` (or `leanset show`) writes it again", out)
+    done = sorted(lay.after_commit.glob("v*.done.json")) if lay.after_commit.is_dir() else []
+    for path in done:
+        _sealed(path, "note", "the next `leanset run` redoes its post-commit steps", out)
+    _sealed(lay.file_hashes, "note", "the cache is rebuilt by the next run", out)
+
+
+def _sealed(path: Path, severity: Severity, fix: str, out: Verification) -> None:
+    from leanset.pipelines.store.sealed import check_file
+
+    if not path.is_file():
+        return
+    out.files_checked += 1
+    why = check_file(path)
+    if why is not None:
+        out.findings.append(Finding(severity, str(path), f"{path} is damaged: {why}; {fix}"))
