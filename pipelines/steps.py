@@ -27,6 +27,7 @@ from leanset.dedup.stage import (
     find_duplicates,
 )
 from leanset.labeling.stage import LabelingOutcome, label_and_select
+from leanset.pipelines import finish
 from leanset.pipelines.config import EngineSettings, FlowSettings
 from leanset.pipelines.cost import CostDelta
 from leanset.pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
@@ -245,7 +246,12 @@ def fill_queue(store_root: str, rows: pl.DataFrame, version: int, run_id: str) -
     """Add this version's uncertain samples, label issues and label conflicts to the queue."""
     if rows.height == 0:
         return {"added": 0}
-    done = asdict(enqueue(store_root, rows, run_id=run_id, version=version))
+    counts = finish.unless_disk_full(
+        lambda: enqueue(store_root, rows, run_id=run_id, version=version), None
+    )
+    if counts is None:
+        return {"added": 0, "not_written": "no space left on the store's disk"}
+    done = asdict(counts)
     queue = read_queue(store_root)
     added = queue.filter(pl.col("version") == version).group_by("reason").len().sort("reason")
     done["by_reason"] = dict(zip(added["reason"], added["len"], strict=True))
@@ -264,4 +270,7 @@ def html_report(
     """A static HTML page of the version, with the samples behind its decisions."""
     from leanset.pipelines.report.html import write_html_report
 
-    return str(write_html_report(path, summary, decisions, data, manifest, parent_report))
+    def write() -> str:
+        return str(write_html_report(path, summary, decisions, data, manifest, parent_report))
+
+    return finish.unless_disk_full(write, "")  # "": not written, the disk is full

@@ -11,7 +11,8 @@ from typing import Any
 
 from leanset.pipelines.cli.console import console
 from leanset.pipelines.cli.store import STORE_HELP, open_store
-from leanset.pipelines.store import StoreError
+from leanset.pipelines.store import IntegrityError, StoreError
+from leanset.pipelines.store.sealed import check_file
 
 
 def add_commands(sub: Any) -> None:
@@ -35,6 +36,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise StoreError(
             f"store {args.store}: version {version} has no report ({path} is missing; it is "
             f"written after the version is committed, and a run stopped there left none)"
+        )
+    if check_file(path) is not None:
+        raise IntegrityError(
+            f"store {args.store}: the report of version {version} ({path}) is damaged (it does "
+            f"not match its checksum); `leanset show {args.store} --version {version}` writes it "
+            f"again"
         )
     print(path)
     if args.open:

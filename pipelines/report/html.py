@@ -70,11 +70,11 @@ def write_html_report(
     top: int = 12,
 ) -> Path:
     """Write the version's report page and return its path."""
-    from leanset.pipelines.fsutil import atomic_write_bytes
+    from leanset.pipelines.store.sealed import write_sealed
 
     link = _relative(parent_report, Path(path).parent) if parent_report else None
     page = render(summary, decisions, data, manifest or {}, link, top)
-    return atomic_write_bytes(path, page.encode("utf-8"))
+    return write_sealed(path, page.encode("utf-8"))
 
 
 def _relative(target: str | Path, folder: Path) -> str:
@@ -479,8 +479,10 @@ def _thumbnail(data: LoadedDataset, pos: int) -> str | None:
     """A data URI with a small PNG of the sample, or None when it cannot be decoded."""
     from PIL import Image
 
+    from leanset.pipelines.embed.protocol import to_8bit
+
     try:
-        img = Image.open(io.BytesIO(data.read([pos])[0]))
+        img = to_8bit(Image.open(io.BytesIO(data.read([pos])[0])))
         img.thumbnail((THUMB_PX, THUMB_PX))
         buf = io.BytesIO()
         img.convert("RGB").save(buf, format="PNG")
