@@ -347,13 +347,15 @@ def _shapes(root: Path, n: int = 900, seed: int = 0) -> Path:
 
 def bench_demo_epochs(work: Path, epochs: int, seed: int) -> dict[str, Any]:
     """The demo's digits, whole epochs, the statement priced by `leanset calibrate`."""
+    from leanset.pipelines.config import load_flow
     from leanset.pipelines.demo.data import make_demo
 
     truth = make_demo(work / "demo")
+    demo = load_flow(Path(__file__).resolve().parents[1] / "flows.yaml", "demo")
     body = {
         "source": {"type": "imagefolder", "path": str(truth.images_dir)},
-        "embedder": {"type": "pixels", "size": 16},
-        "dedup": {"threshold": 0.97},
+        "embedder": {"type": "pixels", "size": demo.embedder.size if demo.embedder else 16},
+        "dedup": {"threshold": demo.dedup.threshold, "keep": demo.dedup.keep},
     }
     return bench_epochs(work, "bench-demo-epochs", truth.images_dir, body, epochs, seed)
 
@@ -364,7 +366,7 @@ def bench_shapes_epochs(work: Path, epochs: int, seed: int) -> dict[str, Any]:
     body = {
         "source": {"type": "imagefolder", "path": str(images)},
         "embedder": {"type": "pixels", "size": 16},
-        "dedup": {"threshold": 0.99},
+        "dedup": {"near": False},  # the planted copies are exact; noisy shapes look alike
     }
     return bench_epochs(work, "bench-shapes-epochs", images, body, epochs, seed)
 
