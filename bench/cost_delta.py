@@ -295,7 +295,10 @@ def bench_epochs(work: Path, name: str, images: Path, body: dict[str, Any], epoc
     names = sorted(decisions["label"].drop_nulls().unique().to_list())
     y = torch.as_tensor([names.index(v) if v in names else 0 for v in decisions["label"]])
     raw, clean, test = _masks(decisions)
-    EVAL_SET.update(x=x[test], names=names, classes=len(names))
+    from bench import cost_delta as imported  # what cost.train_step imports (not __main__)
+
+    for held in (EVAL_SET, imported.EVAL_SET):
+        held.update(x=x[test], names=names, classes=len(names))
     before = torch.get_num_threads()
     torch.set_num_threads(RACE_THREADS[0])
     try:
