@@ -67,8 +67,8 @@ def embed(
     dry_run: bool = False,
     gpu_slot: GpuSlot = nullcontext,
 ) -> EmbedResult:
-    """Embed what the cache does not hold yet (a local GPU inside `gpu_slot`); a dry run reads
-    the cache and keeps what it computes in memory."""
+    """Embed what the cache does not hold yet (a local GPU inside `gpu_slot`); a dry run writes
+    the cache too, so the real run after it embeds nothing again."""
     emb = settings.embedder
     assert emb is not None  # the run only calls this step with an embedder configured
     if settings.engine.type == "ray":  # the cluster's scheduler owns its GPUs
@@ -89,7 +89,7 @@ def embed(
             batch_size=emb.batch_size,
             num_workers=emb.num_workers,
             shard_rows=emb.shard_rows,
-            write_cache=not dry_run,
+            write_cache=True,  # content-addressed: a dry run's vectors serve the real run
         )
 
     if not str(getattr(embedder, "device", "cpu")).startswith("cuda"):
@@ -99,8 +99,8 @@ def embed(
 
 
 def image_signal(data: LoadedDataset, settings: FlowSettings, dry_run: bool = False) -> EmbedResult:
-    """Grey thumbnails of the images: the second signal that confirms near duplicates (a dry run
-    reads their cache and keeps what it computes in memory)."""
+    """Grey thumbnails of the images: the second signal that confirms near duplicates (cached,
+    a dry run's too)."""
     emb = settings.embedder
     return embed_dataset(
         data,
@@ -109,7 +109,7 @@ def image_signal(data: LoadedDataset, settings: FlowSettings, dry_run: bool = Fa
         batch_size=256,
         num_workers=emb.num_workers if emb else 0,
         shard_rows=emb.shard_rows if emb else 4096,
-        write_cache=not dry_run,
+        write_cache=True,
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
-from leanset.pipelines.cli.console import console, show_path
+from leanset.pipelines.cli.console import console, print_table, show_path
 from leanset.pipelines.cli.store import STORE_HELP, open_store
 from leanset.pipelines.store import Store
 from leanset.pipelines.store.location import check_writable
@@ -204,7 +204,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
         t.add_column(col)
     for row in q.group_by("status", "reason").len().sort("status", "reason").iter_rows():
         t.add_row(*[str(v) for v in row])
-    console.print(t)
+    print_table(t)
     console.print(f"{read_answers(store.root).height:,} answered sample(s) recorded")
     return 0
 

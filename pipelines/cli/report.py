@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import webbrowser
+from pathlib import Path
 from typing import Any
 
 from leanset.pipelines.cli.console import console
@@ -41,6 +44,18 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"again"
         )
     print(path)
-    if args.open and not webbrowser.open(path.as_uri()):
-        console.print("no web browser found; open the path above", highlight=False)
+    if args.open:
+        console.print(open_in_browser(path), highlight=False)
     return 0
+
+
+def open_in_browser(path: Path) -> str:
+    """Open `path` in a browser when this machine can show one; what was done, in words."""
+    graphical = sys.platform in ("darwin", "win32") or any(
+        os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")
+    )
+    if not graphical:
+        return "not opened: no display here (DISPLAY is unset); open the path above elsewhere"
+    if not webbrowser.open(path.as_uri()):
+        return "not opened: no web browser found; open the path above"
+    return "opened in the default web browser"

@@ -12,11 +12,18 @@ from pathlib import Path
 from leanset.pipelines.config import SourceSettings
 from leanset.pipelines.store.errors import StoreError
 from leanset.pipelines.store.layout import StoreLayout
+from leanset.pipelines.store.storage import is_url
 
 
 def check_store_location(store: str | Path, source: SourceSettings) -> None:
     """Refuse a store path that would mix the store with the data it cleans, or with other files;
     the message names both paths and what to do."""
+    if is_url(store):
+        raise StoreError(
+            f"store {store}: a flow run needs a store folder (a local path, or a bucket mounted "
+            f"at the same path on every node) so far; a store on object storage can be committed "
+            f"to, read, diffed and verified (`leanset verify URL`, `leanset diff URL A B`)"
+        )
     path = Path(store).expanduser().resolve()
     if path == Path(path.anchor):
         raise StoreError(f"store {store}: the filesystem root cannot be a store; {_FIX}")
