@@ -183,3 +183,39 @@ def test_verify_names_every_damaged_sealed_file(store: Path):
     assert found["v000001.html"].severity == "note"
     TALLY["faults injected: damaged files found by leanset verify"] += len(targets)
     TALLY["faults survived"] += len(targets)
+
+
+def _swap_with_queue(path: Path) -> None:
+    path.write_bytes(path.with_name("queue.parquet").read_bytes())  # valid Parquet, wrong file
+
+
+def _edit_seal(path: Path) -> None:
+    seal = sum_path(path)
+    record = json.loads(seal.read_text())
+    record["blake2b"] = ["0" * 32]
+    record["previous"] = []
+    seal.write_text(json.dumps(record))
+
+
+DAMAGE: dict[str, Callable[[Path], None]] = {
+    "truncated to half": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "emptied": lambda p: p.write_bytes(b""),
+    "random bytes": lambda p: p.write_bytes(np.random.default_rng(0).bytes(p.stat().st_size)),
+    "last byte dropped": lambda p: p.write_bytes(p.read_bytes()[:-1]),
+    "a byte appended": lambda p: p.write_bytes(p.read_bytes() + b"\0"),
+    "swapped with the queue file": _swap_with_queue,
+    "checksum file not JSON": lambda p: sum_path(p).write_bytes(b"\xff\xfe"),
+    "checksum file names other bytes": _edit_seal,
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_answers_are_named_by_reader_and_verify(store: Path, damage: str):
+    path = Store(store).layout.answers
+    DAMAGE[damage](path)
+    TALLY[f"hostile inputs tried: answers.parquet {damage}"] += 1
+    with pytest.raises(IntegrityError, match=r"answers\.parquet is damaged.*restore"):
+        Q.read_answers(store)
+    found = [f for f in verify_store(store).findings if f.path == str(path)]
+    assert len(found) == 1 and found[0].severity == "damaged"
+    TALLY["hostile inputs refused"] += 1
