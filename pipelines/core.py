@@ -471,7 +471,10 @@ def _label(
     pending = read_queue(run.store.root).filter(pl.col("status").is_in(list(PENDING)))
     t = settings.dedup.threshold
     threshold = float(calibration.get("threshold", 0.95)) if t == "auto" else float(t)
-    outcome = run.hooks.labeling(table, matrix, settings, given, pending, min(threshold, 0.999))
+    names = data.label_names() if given is not None else None  # the pred_probs column order
+    outcome = run.hooks.labeling(
+        table, matrix, settings, given, pending, min(threshold, 0.999), names
+    )
     _warn_if_label_stages_skipped(outcome.info, table)
     return outcome
 
