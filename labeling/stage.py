@@ -198,7 +198,7 @@ def _judged_rows(
     small = {} if given else too_small_classes(table, readable, settings.n_folds)
     if small:
         log.warning("label noise: %s", unjudged_line(small, settings.n_folds))
-    too_small = table["label"].is_in(list(small)).fill_null(False).to_numpy()
+    too_small = table["label"].is_in(list(small)).fill_null(False).to_numpy()  # unlabeled: null
     return np.flatnonzero(readable & ~too_small), small
 
 
