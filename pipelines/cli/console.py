@@ -36,7 +36,12 @@ def print_table(table: Table) -> None:
         console.print(table)
         return
     need = console.measure(table, options=console.options.update_width(10_000)).maximum
-    console.print(table, width=max(console.width, need))
+    before = console.width
+    console.width = max(before, need)  # print(width=...) is capped at the console's own width
+    try:
+        console.print(table)
+    finally:
+        console.width = before
 
 
 def print_summary(s: RunSummary) -> None:
