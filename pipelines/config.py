@@ -364,6 +364,12 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def load_body(body: Any, name: str, base: Path, where: str) -> FlowSettings:
+    """One flow from its body as plain data (what flows.yaml holds under the flow's name), checked
+    exactly like the file's flows, relative paths against `base`; errors start with `where`."""
+    return _load_flow(base / "flows.yaml", name, body, where)
+
+
 def _load_flow(path: Path, name: str, body: Any, where: str) -> FlowSettings:
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: expected a mapping of settings, got {type(body).__name__}")

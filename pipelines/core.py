@@ -57,6 +57,10 @@ def _new_run_id() -> str:
     return f"leanset-{uuid.uuid4()}"
 
 
+def _dry_run_folder() -> Path:
+    return Path(tempfile.mkdtemp(prefix="leanset-dry-run-"))
+
+
 @dataclass(frozen=True)
 class Hooks:
     """The steps a run calls (the flow passes its Prefect tasks; the defaults are plain calls)
@@ -72,6 +76,7 @@ class Hooks:
     fill_queue: Callable[..., JSON] = steps.fill_queue
     html_report: Callable[..., str] = steps.html_report
     run_id: Callable[[], str] = _new_run_id
+    dry_run_folder: Callable[[], Path] = _dry_run_folder  # where a dry run's report goes
 
 
 PLAIN = Hooks()
@@ -293,7 +298,7 @@ def _dry_run(run: _Run, draft: VersionDraft, data: LoadedDataset, version: int) 
     manifest = draft.manifest.to_dict() | {"version": version, "parent": draft.parent}
     summary = RunSummary.of(settings.name, settings.store, manifest, run.timer.seconds, False)
     summary.dry_run = True
-    folder = Path(tempfile.mkdtemp(prefix="leanset-dry-run-"))
+    folder = run.hooks.dry_run_folder()
     path = folder / f"{settings.name}-v{version}-dry-run.html"
     parent_report = run.store.layout.report(draft.parent) if draft.parent else None
     summary.report = run.hooks.html_report(
