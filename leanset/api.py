@@ -3,6 +3,8 @@ Prefect server (a table, a dataset or a path in; a `Result` out)."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -58,12 +60,26 @@ def clean(
             raise ConfigError(f"leanset.clean: {key!r} is set by clean's arguments, not a section")
     roles = {k: v for k, v in zip(ROLES, (id, label, split, text, image), strict=True) if v}
     with tempfile.TemporaryDirectory(prefix="leanset-clean-") as tmp:
-        prepared = prepare(data, Path(tmp) / "data", embeddings, pred_probs, roles, classes)
         where = Path(store).expanduser().resolve() if store else Path(tmp) / "store"
-        settings = _settings(prepared, roles, embeddings, pred_probs, classes, where, sections)
-        hooks = Hooks() if store else Hooks(html_report=_no_report, dry_run_folder=lambda: where)
-        run = run_core(settings, dry_run=store is None, hooks=hooks)
-        return result_of(run, data, prepared, committed=store is not None)
+        folder = _data_folder(where) if store else Path(tmp) / "data"
+        try:
+            prepared = prepare(data, folder, embeddings, pred_probs, roles, classes)
+            settings = _settings(prepared, roles, embeddings, pred_probs, classes, where, sections)
+            hooks = (
+                Hooks() if store else Hooks(html_report=_no_report, dry_run_folder=lambda: where)
+            )
+            run = run_core(settings, dry_run=store is None, hooks=hooks)
+            return result_of(run, data, prepared, committed=store is not None)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _data_folder(store: Path) -> Path:
+    """Where an input in memory is written for a run into `store`: the same folder for every run
+    into that store, so its path in the config (and so the config hash) stays the same and an
+    unchanged input makes no new version."""
+    key = hashlib.blake2b(str(store).encode(), digest_size=8).hexdigest()
+    return Path(tempfile.gettempdir()) / f"leanset-clean-{key}"
 
 
 def _settings(

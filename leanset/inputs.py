@@ -83,7 +83,8 @@ def prepare(
         ("pred_probs", pred_probs, PRED_PROBS_COLUMN),
     ):
         if given is not None and not isinstance(given, str):
-            table = table.append_column(name, _vectors(role, given, table.num_rows))
+            arg = "embeddings" if role == "embedding" else role
+            table = table.append_column(name, _vectors(arg, given, table.num_rows))
             added[role] = name
     order = list(classes) if classes is not None else names
     probs = added.get("pred_probs") or (pred_probs if isinstance(pred_probs, str) else None)
