@@ -100,6 +100,8 @@ def _settings(
     body["columns"] = columns
     for key, section in sections.items():
         body[key] = section
+    if not {"image", "text", "embedding"} & set(columns) and "embedder" not in sections:
+        body.pop("embedder", None)  # ids, labels and probabilities: nothing to embed
     if probs is not None:
         noise = dict(body.get("label_noise") or {})
         body["label_noise"] = noise | {"pred_probs_column": probs}

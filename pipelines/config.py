@@ -488,7 +488,11 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
             f"{where}: embedder.factory: required for type 'torch' "
             f"('package.module:function' returning (model, preprocess))"
         )
-    if s.dedup.near and s.embedder is None:
+    c = s.columns
+    probabilities_only = not (c.image or c.text or c.embedding) and bool(
+        s.label_noise and s.label_noise.pred_probs_column
+    )  # ids, labels and given probabilities: the run skips dedup and says so
+    if s.dedup.near and s.embedder is None and not probabilities_only:
         raise ConfigError(f"{where}: embedder: required when dedup.near is true")
     _check_labeling(s, where)
     _check_cost(s, where)
@@ -547,9 +551,10 @@ def _check_labeling(s: FlowSettings, where: str) -> None:
         raise ConfigError(
             f"{where}: active_learning.budget: expected an integer >= 1, got {al.budget}"
         )
-    if al and s.embedder is None:
+    if al and s.embedder is None and al.diversity != "none":
         raise ConfigError(
-            f"{where}: active_learning: needs an embedder (diversity is measured on embeddings)"
+            f"{where}: active_learning: needs an embedder (diversity is measured on "
+            f"embeddings), or diversity: none to pick by the probabilities alone"
         )
 
 

@@ -9,6 +9,7 @@ an argument (`Loaded`), what a run did is its return value (`RunResult`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import uuid
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from leanset.dedup.config import DedupSettings
 from leanset.dedup.guard import DedupGuardError, check_drops, split_drops
 from leanset.dedup.imagesig import ImageSignal
 from leanset.dedup.lexical import shingle_matrix
@@ -201,7 +203,7 @@ def _pipeline(run: _Run, loaded: Loaded | None, engine: JSON) -> RunResult:
         dd = run.hooks.dedup(
             embedded.table,
             embedded.matrix,
-            settings.dedup,
+            _dedup_settings(settings, data),
             embedded.signals,
             prior,
             embedded.basis,
@@ -219,6 +221,17 @@ def _pipeline(run: _Run, loaded: Loaded | None, engine: JSON) -> RunResult:
         summary = _dry_run(run, draft, decided, version)
         return RunResult(summary, draft.decisions, decided, draft, draft.cost)
     return _commit(run, decided, draft, parent)
+
+
+def _dedup_settings(settings: FlowSettings, data: LoadedDataset) -> DedupSettings:
+    """The dedup settings of the run; none of its searches for a table without content."""
+    if data.modality != "none" and (settings.embedder or not settings.dedup.near):
+        return settings.dedup
+    log.warning(
+        "Dedup skipped: it needs content (an image, text or embedding column, and an embedder); "
+        "this run has ids, labels and probabilities only"
+    )
+    return dataclasses.replace(settings.dedup, exact=False, near=False)
 
 
 def _commit(
