@@ -96,11 +96,12 @@ def _settings(
     if isinstance(embeddings, str):
         columns["embedding"] = embeddings
     probs = columns.pop("pred_probs", pred_probs if isinstance(pred_probs, str) else None)
-    body = _detected(prepared, columns, probs)
+    body, kind = _detected(prepared, columns, probs)
     body["columns"] = columns
     for key, section in sections.items():
         body[key] = section
-    if not {"image", "text", "embedding"} & set(columns) and "embedder" not in sections:
+    content = {"image", "text", "embedding"} & set(columns) or kind == "imagefolder"
+    if probs is not None and not content and "embedder" not in sections:
         body.pop("embedder", None)  # ids, labels and probabilities: nothing to embed
     if probs is not None:
         noise = dict(body.get("label_noise") or {})
@@ -110,7 +111,9 @@ def _settings(
     return load_body(body, FLOW_NAME, prepared.path.parent, "leanset.clean")
 
 
-def _detected(prepared: Prepared, columns: dict[str, str], probs: str | None) -> dict[str, Any]:
+def _detected(
+    prepared: Prepared, columns: dict[str, str], probs: str | None
+) -> tuple[dict[str, Any], str]:
     """What `leanset init` detects for the data, the caller's columns taking precedence."""
     det = inspect(prepared.path)
     given = set(columns.values()) | ({probs} if probs else set())
@@ -126,7 +129,7 @@ def _detected(prepared: Prepared, columns: dict[str, str], probs: str | None) ->
     if prepared.kind != "path":  # the Parquet file clean wrote
         body["source"] = {"type": "files", "format": "parquet", "data_files": [DATA_FILE]}
     columns.update({k: v for k, v in det.columns.items() if k not in columns})
-    return body
+    return body, det.kind
 
 
 def run(flows_yaml: str | Path, flow: str, **overrides: Any) -> Result:
