@@ -1,6 +1,7 @@
 """The wheel claims one name: it holds `leanset/` and its dist-info only, installs into a fresh
 venv (reaching the dependencies through a .pth file, no editable finder), and runs from there."""
 
+import os
 import subprocess
 import sys
 import sysconfig
@@ -16,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    # never this checkout on the path: pip would find leanset "already installed" there
+    env = env or {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, f"{args}: {done.stdout[-2000:]} {done.stderr[-3000:]}"
     return done.stdout
