@@ -198,8 +198,8 @@ def _judged_rows(
     small = {} if given else too_small_classes(table, readable, settings.n_folds)
     if small:
         log.warning("label noise: %s", unjudged_line(small, settings.n_folds))
-    rare = table["label"].is_in(list(small)).fill_null(False)  # unlabeled rows: not rare
-    return np.flatnonzero(readable & ~rare.to_numpy()), small
+    too_small = table["label"].is_in(list(small)).fill_null(False).to_numpy()  # unlabeled: null
+    return np.flatnonzero(readable & ~too_small), small
 
 
 def too_small_classes(table: pl.DataFrame, readable: np.ndarray, n_folds: int) -> dict[str, int]:
