@@ -55,7 +55,8 @@ def load(
 def load_dataset(settings: FlowSettings, dry_run: bool = False) -> LoadedDataset:
     """The sample table; a dry run reads the file-hash cache but never writes it."""
     hashes = FileHashCache(StoreLayout.of(settings.store).file_hashes)
-    data = load_source(settings.source, settings.columns, hashes)
+    probs = settings.label_noise is not None and settings.label_noise.pred_probs_column is not None
+    data = load_source(settings.source, settings.columns, hashes, content_optional=probs)
     if not dry_run:
         hashes.save()
     return data
