@@ -106,6 +106,8 @@ def _settings(
     if probs is not None:
         noise = dict(body.get("label_noise") or {})
         body["label_noise"] = noise | {"pred_probs_column": probs}
+        if prepared.class_names is not None and "classes" not in noise:
+            body["label_noise"]["classes"] = prepared.class_names  # the columns' own order
     body["store"] = str(store)
     body.pop("description", None)
     return load_body(body, FLOW_NAME, prepared.path.parent, "leanset.clean")

@@ -29,7 +29,9 @@ class Prepared:
     path: Path
     columns: dict[str, str] = field(default_factory=dict)  # role -> column the API set
     split_sizes: list[tuple[str, int]] = field(default_factory=list)  # a DatasetDict's splits
-    class_names: list[str] | None = None  # a Hugging Face ClassLabel's order, when the label is one
+    class_names: list[str] | None = (
+        None  # classes of the pred_probs columns: `classes=`, or a ClassLabel's
+    )
 
 
 def kind_of(data: Any) -> InputKind:
@@ -62,8 +64,8 @@ def prepare(
 ) -> Prepared:
     """The input where the loader can read it: a path as given, anything else one Parquet file in
     `folder` (arrays given for `embeddings` or `pred_probs` become columns of it; probabilities
-    in the order of `classes`, else of a ClassLabel, are put in the sorted order of the names,
-    the order the label-noise stage reads)."""
+    stay in their own order: that of `classes`, else of a ClassLabel, recorded in `class_names`
+    for `label_noise.classes`)."""
     kind = kind_of(data)
     if kind == "path":
         if classes is not None:
@@ -86,15 +88,15 @@ def prepare(
             arg = "embeddings" if role == "embedding" else role
             table = table.append_column(name, _vectors(arg, given, table.num_rows))
             added[role] = name
-    order = list(classes) if classes is not None else names
+    order = [str(c) for c in classes] if classes is not None else names
     probs = added.get("pred_probs") or (pred_probs if isinstance(pred_probs, str) else None)
     if order is not None and probs is not None:
-        table = _sorted_classes(table, probs, order)
+        _check_classes(table, probs, order)
     if columns.get("image"):
         table = _image_cells(table, columns["image"])
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(table.replace_schema_metadata(None), folder / DATA_FILE)
-    return Prepared(kind, folder / DATA_FILE, added, sizes, names)
+    return Prepared(kind, folder / DATA_FILE, added, sizes, order)
 
 
 def _arrow(
@@ -146,19 +148,16 @@ def _vectors(role: str, values: np.ndarray, rows: int) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(flat, arr.shape[1]).cast(pa.list_(pa.float32()))
 
 
-def _sorted_classes(table: pa.Table, column: str, classes: list[str]) -> pa.Table:
-    """The probability column's entries moved from the order of `classes` to sorted names."""
+def _check_classes(table: pa.Table, column: str, classes: list[str]) -> None:
+    """One distinct class name per column of the probabilities."""
     if column not in table.column_names:
-        return table  # the loader names the missing column
+        return  # the loader names the missing column
     probs = np.asarray(table.column(column).to_pylist(), dtype=np.float32)
     if probs.ndim != 2 or probs.shape[1] != len(classes) or len(set(classes)) != len(classes):
         raise ConfigError(
             f"classes: {len(classes)} names (distinct: {len(set(classes))}) for pred_probs with "
             f"{probs.shape[1] if probs.ndim == 2 else '?'} columns; give one distinct name per column"
         )
-    order = np.argsort(np.asarray([str(c) for c in classes], dtype=object), kind="stable")
-    at = table.schema.get_field_index(column)
-    return table.set_column(at, column, _vectors("pred_probs", probs[:, order], table.num_rows))
 
 
 def _image_cells(table: pa.Table, column: str) -> pa.Table:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 import leanset
+from leanset.labeling.classorder import ClassOrderError
 from leanset.pipelines.config import ConfigError
 
 
@@ -110,6 +111,24 @@ def test_classes_name_the_order_of_given_probabilities(digits):
     flagged = set(mine.label_issues["sample_id"])
     assert flagged == set(sorted_run.label_issues["sample_id"]) and len(flagged) >= 10
     assert mine.label_issues["suggested_label"].to_list()[0] in names
+
+
+def test_twenty_classes_in_their_natural_order_need_classes_and_are_recorded(digits):
+    """c0..c19: the text order (c10 before c2) is refused before any commit; `classes=` runs."""
+    x, y = digits
+    rng = np.random.default_rng(1)
+    y20 = np.where(rng.random(300) < 0.5, y, y + 10)  # 20 classes named c0..c19
+    names = [f"c{k}" for k in range(20)]
+    probs = np.full((300, 20), 0.01, np.float32)
+    probs[np.arange(300), y20] = 0.81  # columns in the natural order c0, c1, ..., c19
+    df = pd.DataFrame({"label": [names[k] for k in y20]})
+    with pytest.raises(ClassOrderError, match="c10"):
+        leanset.clean(df, label="label", embeddings=x, pred_probs=probs, dedup=EXACT)
+    ok = leanset.clean(
+        df, label="label", embeddings=x, pred_probs=probs, classes=names, dedup=EXACT
+    )
+    assert "classes c0, c1, c2, c3" in ok.summary and "order from label_noise.classes" in ok.summary
+    assert ok.label_issues.height <= 3  # the given labels are the argmax: next to nothing to flag
 
 
 def test_store_commits_and_open_store_reads_it(digits, tmp_path):
