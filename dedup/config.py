@@ -6,7 +6,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 EVAL_SPLITS = ["test", "validation", "valid", "val", "eval", "dev"]
-ROUTES = ("embedding", "pixels", "hashes", "shingles")  # what may accept a pair (dedup.stage)
+ROUTES = (
+    "embedding",
+    "pixels",
+    "hashes",
+    "geometry",
+    "shingles",
+)  # what may accept a pair (dedup.stage)
 
 
 class DedupError(ValueError):

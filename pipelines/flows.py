@@ -47,6 +47,7 @@ from leanset.pipelines.config import EngineSettings, FlowSettings, check_source_
 from leanset.pipelines.cost import ComputeMeter, config_hash, cost_delta, statement
 from leanset.pipelines.decide import decide
 from leanset.pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
+from leanset.pipelines.embed.features import FeatureStore
 from leanset.pipelines.errors import USER_ERRORS
 from leanset.pipelines.sources import FileHashCache, LoadedDataset, SourceError, load_source
 from leanset.pipelines.store import Store
@@ -642,7 +643,7 @@ def _embed(
         return _Embedded(data.table, None, {})
     with timer("embed"):
         res = embed_task(data, settings, dry_run)
-        wanted = _wants_signal(settings, data, ("pixels", "hashes"), "image")
+        wanted = _wants_signal(settings, data, ("pixels", "hashes", "geometry"), "image")
         thumbs = signal_task(data, settings, dry_run) if wanted else None
     meter.add_gpu(res.seconds, res.device)
     info = {
@@ -670,7 +671,9 @@ def _embed(
         return _Embedded(table, res.matrix, info, None, res.fingerprint)
     table = _mark_unreadable(table, thumbs.errors)
     info["signal"] = {"fingerprint": thumbs.fingerprint, "computed": thumbs.computed}
-    signals = Signals(image=ImageSignal.of(thumbs.matrix))
+    geometric = _wants_signal(settings, data, ("geometry",), "image")
+    features = FeatureStore(data, StoreLayout.of(settings.store).embeddings, dry_run)
+    signals = Signals(image=ImageSignal.of(thumbs.matrix), features=features if geometric else None)
     return _Embedded(table, res.matrix, info, signals, f"{res.fingerprint}|{thumbs.fingerprint}")
 
 
