@@ -226,15 +226,16 @@ def test_unchanged_run_answers_without_starting_a_flow_run(prefect_harness, tmp_
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
-    from leanset.pipelines.flows import _answer_if_unchanged
+    from leanset.pipelines.core import answer_if_unchanged
+    from leanset.pipelines.summary import RunSummary
 
     config = write_flows(tmp_path, quiet=pixel_flow_body())
     clean_flow(config_path=str(config), flow_name="quiet")
     mine = FlowRunFilter(name=FlowRunFilterName(like_="quiet"))
     with get_client(sync_client=True) as client:
         assert len(client.read_flow_runs(flow_run_filter=mine)) == 1
-        summary = _answer_if_unchanged(load_flow(config, "quiet"), dry_run=False)
-        assert summary is not None and summary.unchanged and summary.version == 1
+        summary = answer_if_unchanged(load_flow(config, "quiet"), dry_run=False)
+        assert isinstance(summary, RunSummary) and summary.unchanged and summary.version == 1
         assert summary.embed == {} and summary.statement == ""  # nothing carried over as done
         assert len(client.read_flow_runs(flow_run_filter=mine)) == 1
 

@@ -83,3 +83,35 @@ def test_features_round_trip_through_arrays(photo: np.ndarray) -> None:
     f = image_features(photo)
     back = ImageFeatures.from_arrays(f.to_arrays())
     assert verify(f, back).copy and len(back.plain.points) == len(f.plain.points)
+
+
+def test_a_run_confirms_a_crop_and_a_turn_by_geometry_and_reuses_the_features(tmp_path):
+    """Through the run core (pixel embedder; the embedding accepts only identical vectors, so
+    only geometry can confirm): a 70% crop and a quarter-turned copy of real tiles are dropped
+    with a geometry reason, distinct tiles are kept, the verified pairs are in the summary, and
+    a rerun reads the cached features instead of computing them."""
+    from leanset.pipelines.config import load_flow
+    from leanset.pipelines.core import run_core
+    from leanset.pipelines.embed.features import FINGERPRINT
+    from tests.helpers import pixel_flow, write_png
+
+    tiles = photo_tiles(40, min_std=30)  # no flat sky tiles: those are near copies of each other
+    for i, t in enumerate(tiles):
+        write_png(tmp_path / f"images/train/{'ab'[i % 2]}/t{i:02d}.png", t)
+    write_png(tmp_path / "images/train/a/zcrop.png", tiles[0][20:110, 10:100])
+    write_png(tmp_path / "images/train/b/zturn.png", np.rot90(tiles[5]).copy())
+    dedup = {"threshold": 0.9999, "confirm": ["embedding", "geometry"], "guard_min_rows": 1000}
+    config = pixel_flow(tmp_path, "geo", dedup=dedup)
+    result = run_core(load_flow(config, "geo"))
+    assert result.decisions is not None
+    dropped = result.decisions.filter(~result.decisions["kept"])
+    assert sorted(dropped["source"].to_list()) == ["train/a/zcrop.png", "train/b/zturn.png"]
+    assert all("geometry: " in e for e in dropped["dup_evidence"].to_list())
+    verified = result.summary.search["verified"]
+    assert verified["confirmed"] >= 2 and verified["pairs"] >= verified["confirmed"]
+    from leanset.pipelines.embed.features import FeatureStore
+
+    assert result.data is not None
+    cached = FeatureStore(result.data, next((tmp_path / "store").rglob(FINGERPRINT)).parent)
+    cached(np.arange(result.data.table.height))
+    assert cached.computed == result.data.table.height - verified["images"]  # the rest were read

@@ -40,24 +40,30 @@ class FeatureStore:
         self.data, self.read_only = data, read_only
         self.dir = Path(root) / FINGERPRINT
         self.hashes = data.table["content_hash"].to_list()
-        self._known: dict[str, ImageFeatures | None] = {}
-        for path in sorted(self.dir.glob("shard-*.npz")) if self.dir.is_dir() else []:
-            self._known.update(read_features(path))
+        self._known: dict[str, ImageFeatures | None] | None = None  # read on first need
         self.computed = 0
+
+    def _cached(self) -> dict[str, ImageFeatures | None]:
+        if self._known is None:
+            self._known = {}
+            for path in sorted(self.dir.glob("shard-*.npz")) if self.dir.is_dir() else []:
+                self._known.update(read_features(path))
+        return self._known
 
     def __call__(self, rows: np.ndarray) -> list[ImageFeatures | None]:
         """Features of each row (None: the image cannot be decoded)."""
+        known = self._cached()
         wanted = [int(r) for r in rows]
-        todo = sorted({r for r in wanted if self.hashes[r] not in self._known})
+        todo = sorted({r for r in wanted if self.hashes[r] not in known})
         if todo:
             new = {
                 self.hashes[r]: _compute(c) for r, c in zip(todo, self.data.read(todo), strict=True)
             }
-            self._known.update(new)
+            known.update(new)
             self.computed += len(new)
             if not self.read_only:
                 write_features(self.dir, new)
-        return [self._known[self.hashes[r]] for r in wanted]
+        return [known[self.hashes[r]] for r in wanted]
 
 
 def _compute(content: bytes) -> ImageFeatures | None:

@@ -66,10 +66,10 @@ def test_a_failed_report_is_written_by_the_next_run(
 def test_a_failed_queue_fill_is_finished_by_the_next_run(
     prefect_harness, imagefolder: Path, tmp_path: Path, monkeypatch
 ):
-    import leanset.pipelines.flows as flows
+    import leanset.pipelines.steps as steps
 
     config = _labeling_flow(tmp_path, imagefolder)
-    monkeypatch.setattr(flows, "enqueue", _boom)
+    monkeypatch.setattr(steps, "enqueue", _boom)
     with pytest.raises(OSError, match="injected"):
         clean_flow(config_path=str(config), flow_name="after")
     TALLY["faults injected: error in the queue fill after the commit"] += 1

@@ -1,0 +1,276 @@
+"""The run's heavy steps as plain functions: what each Prefect task in `pipelines/flows.py` calls,
+and what `pipelines/core.py` calls directly when no Prefect is wanted.
+
+Each takes tables (and the embedding matrix) and returns a typed result; only `commit`, `enqueue`
+and `html_report` write, and they are given the paths they write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from leanset.dedup.config import DedupSettings
+from leanset.dedup.stage import (
+    DedupResult,
+    PriorIndex,
+    Search,
+    SearchBetween,
+    Signals,
+    find_duplicates,
+)
+from leanset.labeling.stage import LabelingOutcome, label_and_select
+from leanset.pipelines.config import EngineSettings, FlowSettings
+from leanset.pipelines.cost import CostDelta
+from leanset.pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
+from leanset.pipelines.embed.features import FeatureStore
+from leanset.pipelines.sources import FileHashCache, LoadedDataset, load_source
+from leanset.pipelines.store import Store
+from leanset.pipelines.store.layout import StoreLayout
+from leanset.pipelines.store.manifest import JSON, Manifest
+from leanset.pipelines.store.queue import PENDING, enqueue, read_queue
+from leanset.pipelines.store.vectors import KeptVectors
+from leanset.pipelines.summary import RunSummary
+from leanset.pipelines.units import Accounting, account, split_roles, units_per_row
+
+GpuSlot = Callable[[], AbstractContextManager[Any]]  # held while a local GPU embeds
+
+
+def load(
+    settings: FlowSettings, dry_run: bool = False, loaded: LoadedDataset | None = None
+) -> LoadedDataset:
+    """Read the dataset and hash every sample's content (unchanged files: from the hash cache).
+
+    `loaded`: the dataset the caller already read in this process to answer "unchanged"."""
+    return loaded if loaded is not None else load_dataset(settings, dry_run)
+
+
+def load_dataset(settings: FlowSettings, dry_run: bool = False) -> LoadedDataset:
+    """The sample table; a dry run reads the file-hash cache but never writes it."""
+    hashes = FileHashCache(StoreLayout.of(settings.store).file_hashes)
+    data = load_source(settings.source, settings.columns, hashes)
+    if not dry_run:
+        hashes.save()
+    return data
+
+
+def embed(
+    data: LoadedDataset,
+    settings: FlowSettings,
+    dry_run: bool = False,
+    gpu_slot: GpuSlot = nullcontext,
+) -> EmbedResult:
+    """Embed what the cache does not hold yet (a local GPU inside `gpu_slot`); a dry run reads
+    the cache and keeps what it computes in memory."""
+    emb = settings.embedder
+    assert emb is not None  # the run only calls this step with an embedder configured
+    if settings.engine.type == "ray":  # the cluster's scheduler owns its GPUs
+        from leanset.pipelines.engine.embed import embed_dataset_ray
+
+        res, stats = embed_dataset_ray(
+            data, emb, settings.engine, StoreLayout.of(settings.store).embeddings
+        )
+        res.engine = stats.to_dict()
+        return res
+    embedder = make_embedder(emb, data.columns.embedding)
+
+    def run() -> EmbedResult:
+        return embed_dataset(
+            data,
+            embedder,
+            StoreLayout.of(settings.store).embeddings,
+            batch_size=emb.batch_size,
+            num_workers=emb.num_workers,
+            shard_rows=emb.shard_rows,
+            write_cache=not dry_run,
+        )
+
+    if not str(getattr(embedder, "device", "cpu")).startswith("cuda"):
+        return run()
+    with gpu_slot():
+        return run()
+
+
+def image_signal(data: LoadedDataset, settings: FlowSettings, dry_run: bool = False) -> EmbedResult:
+    """Grey thumbnails of the images: the second signal that confirms near duplicates (a dry run
+    reads their cache and keeps what it computes in memory)."""
+    emb = settings.embedder
+    return embed_dataset(
+        data,
+        ThumbnailEmbedder(),
+        StoreLayout.of(settings.store).embeddings,
+        batch_size=256,
+        num_workers=emb.num_workers if emb else 0,
+        shard_rows=emb.shard_rows if emb else 4096,
+        write_cache=not dry_run,
+    )
+
+
+def image_features(
+    data: LoadedDataset, settings: FlowSettings, dry_run: bool = False
+) -> FeatureStore:
+    """Local features of the images, for the geometric check (computed when a pair needs them,
+    cached beside the embeddings; a dry run keeps what it computes in memory)."""
+    return FeatureStore(data, StoreLayout.of(settings.store).embeddings, read_only=dry_run)
+
+
+def dedup(
+    table: pl.DataFrame,
+    matrix: np.ndarray | None,
+    settings: DedupSettings,
+    signals: Signals | None,
+    prior: PriorIndex | None,
+    basis: str,
+    engine: EngineSettings | None = None,
+) -> DedupResult:
+    """Exact and near duplicates, confirmed by evidence, decided without chains (incremental
+    against the parent's pairs when nothing that decides them changed). With `engine: ray` the
+    near-duplicate searches run as tasks on the cluster (same pairs)."""
+    search, between = _searchers(engine)
+    return find_duplicates(
+        table,
+        matrix,
+        settings,
+        signals=signals,
+        prior=prior,
+        basis=basis,
+        search=search,
+        search_between=between,
+    )
+
+
+def _searchers(engine: EngineSettings | None) -> tuple[Search | None, SearchBetween | None]:
+    """The near-duplicate searches of an engine (None: the local ones)."""
+    if engine is None or engine.type == "local":
+        return None, None
+    from leanset.pipelines.engine import search
+
+    cpus = engine.task_cpus
+    return (
+        partial(search.find_near_pairs, task_cpus=cpus),
+        partial(search.find_near_pairs_between, task_cpus=cpus),
+    )
+
+
+def labeling(
+    table: pl.DataFrame,
+    matrix: np.ndarray | None,
+    settings: FlowSettings,
+    pred_probs: list[Any] | None,
+    pending: pl.DataFrame,
+    threshold: float,
+) -> LabelingOutcome:
+    """cleanlab label issues on out-of-fold probe probabilities, then the labeling selection."""
+    return label_and_select(
+        table,
+        matrix,
+        settings.label_noise,
+        settings.active_learning,
+        pred_probs=pred_probs,
+        pending=pending,
+        threshold=threshold,
+    )
+
+
+@dataclass
+class CostMeasures:
+    """What the cost delta is computed from: units per split, and the probe's quality delta."""
+
+    accounting: Accounting
+    quality: JSON
+    gpu_seconds: float
+
+
+def cost(
+    decided: LoadedDataset,
+    raw_labels: list[str | None],
+    matrix: np.ndarray | None,
+    settings: FlowSettings,
+) -> CostMeasures:
+    """Cost units of the training and eval splits, and the probe trained on the raw and on the
+    cleaned train split, scored on the untouched eval split."""
+    from leanset.labeling.probe import ProbeOptions
+    from leanset.labeling.quality import table_quality
+
+    t, cost = decided.table, settings.cost
+    roles = split_roles(
+        t["split"].unique().to_list(),
+        cost.train_splits,
+        settings.dedup.eval_splits,
+        settings.columns.unlabeled_splits,
+    )
+    units, how = units_per_row(decided, cost, settings.embedder)
+    accounting = account(t, units, roles, cost.unit, how)
+    if not cost.quality or matrix is None:
+        why = "cost.quality is false" if not cost.quality else "needs an embedder for the probe"
+        return CostMeasures(accounting, {"skipped": why}, 0.0)
+    noise = settings.label_noise
+    opts = (  # one logistic regression (the strongest C the label-noise candidates try)
+        ProbeOptions(seed=noise.seed, device=noise.device, c=max(noise.c_values))
+        if noise
+        else ProbeOptions()
+    )
+    quality = table_quality(t, raw_labels, matrix, roles[0], roles[1], opts)
+    fits = [quality[k] for k in ("raw", "clean") if k in quality]
+    gpu = sum(f["wall_seconds"] for f in fits if str(f["device"]).startswith("cuda"))
+    return CostMeasures(accounting, quality, gpu)
+
+
+@dataclass
+class VersionDraft:
+    """Everything a commit writes, and the typed cost delta its manifest records."""
+
+    dataset: pl.DataFrame
+    decisions: pl.DataFrame
+    manifest: Manifest
+    parent: int | None
+    pairs: pl.DataFrame | None
+    queue: pl.DataFrame | None  # rows the queue fill adds after the commit (None: no labeling)
+    vectors: KeptVectors | None = None  # precomputed vectors of the kept rows (shared shards)
+    cost: CostDelta | None = None
+
+
+def commit(store_root: str, draft: VersionDraft) -> JSON:
+    """Write the new version (tables and pair index first, manifest last)."""
+    return Store(store_root).commit(
+        draft.dataset,
+        draft.decisions,
+        draft.manifest.to_dict(),
+        draft.parent,
+        pairs=draft.pairs,
+        queue_rows=draft.queue,
+        vectors=draft.vectors,
+    )
+
+
+def fill_queue(store_root: str, rows: pl.DataFrame, version: int, run_id: str) -> JSON:
+    """Add this version's uncertain samples, label issues and label conflicts to the queue."""
+    if rows.height == 0:
+        return {"added": 0}
+    done = asdict(enqueue(store_root, rows, run_id=run_id, version=version))
+    queue = read_queue(store_root)
+    added = queue.filter(pl.col("version") == version).group_by("reason").len().sort("reason")
+    done["by_reason"] = dict(zip(added["reason"], added["len"], strict=True))
+    done["waiting"] = queue.filter(pl.col("status").is_in(list(PENDING))).height
+    return done
+
+
+def html_report(
+    path: Path,
+    summary: RunSummary,
+    decisions: pl.DataFrame,
+    data: LoadedDataset,
+    manifest: JSON,
+    parent_report: Path | None,
+) -> str:
+    """A static HTML page of the version, with the samples behind its decisions."""
+    from leanset.pipelines.report.html import write_html_report
+
+    return str(write_html_report(path, summary, decisions, data, manifest, parent_report))
