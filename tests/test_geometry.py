@@ -109,6 +109,10 @@ def test_a_run_confirms_a_crop_and_a_turn_by_geometry_and_reuses_the_features(tm
     assert all("geometry: " in e for e in dropped["dup_evidence"].to_list())
     verified = result.summary.search["verified"]
     assert verified["confirmed"] >= 2 and verified["pairs"] >= verified["confirmed"]
+    from leanset.pipelines.cli.console import detail_lines
+
+    line = next(x for x in detail_lines(result.summary) if x.startswith("geometric check:"))
+    assert f"{verified['confirmed']} confirmed as copies" in line and "of the run" in line
     from leanset.pipelines.embed.features import FeatureStore
 
     assert result.data is not None
