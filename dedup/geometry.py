@@ -94,6 +94,7 @@ class Match:
     rotation: float = 0.0  # degrees
     scale: float = 1.0  # side of the second image per side of the first (working sizes)
     mirrored: bool = False
+    fit: tuple[float, ...] = ()  # the affine map (2 x 3, row-major) from a's to b's working pixels
 
     def reason(self) -> str:
         """One line: the evidence, for the decisions table."""
@@ -156,7 +157,9 @@ def verify(a: ImageFeatures, b: ImageFeatures) -> Match:
         return plain
     flipped = match(a.plain, b.mirrored)
     if flipped.copy:
-        return Match(**{**flipped.__dict__, "mirrored": True})
+        f = np.array(flipped.fit).reshape(2, 3)
+        f[0] = np.array([0.0, 0.0, b.mirrored.width]) - f[0]  # onto b's unmirrored pixels
+        return Match(**{**flipped.__dict__, "mirrored": True, "fit": tuple(f.ravel().tolist())})
     return plain if plain.inliers >= flipped.inliers else flipped
 
 
@@ -222,7 +225,8 @@ def _judge(
         and sx / sy <= MAX_ANISOTROPY
         and np.linalg.det(linear) > 0
     )
-    return Match(bool(ok), n, matches, inside, spread, rotation, scale)
+    fitted = tuple(float(v) for v in fit.ravel())
+    return Match(bool(ok), n, matches, inside, spread, rotation, scale, False, fitted)
 
 
 def _share_inside(fit: np.ndarray, small: Features, big: Features, grid: int = 24) -> float:

@@ -113,6 +113,13 @@ def test_a_run_confirms_a_crop_and_a_turn_by_geometry_and_reuses_the_features(tm
 
     line = next(x for x in detail_lines(result.summary) if x.startswith("geometric check:"))
     assert f"{verified['confirmed']} confirmed as copies" in line and "of the run" in line
+    page = open(str(result.summary.report)).read()  # both pairs side by side, outlined
+    section = page.split("Copies confirmed by geometry (2)")[1]
+    assert (
+        section.count("<div class='group geometry'><div class='card kept'><img alt='' src='data:")
+        == 2
+    )
+    assert "train/a/zcrop.png</span><br><span class=reason>geometry: " in section
     from leanset.pipelines.embed.features import FeatureStore
 
     assert result.data is not None

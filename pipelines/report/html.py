@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 
 from leanset.pipelines.report.calibration import calibration_section
+from leanset.pipelines.report.geometry import geometry_section
 from leanset.pipelines.sources import LoadedDataset
 from leanset.pipelines.store.manifest import JSON, Counts
 from leanset.pipelines.summary import RunSummary
@@ -100,6 +101,7 @@ def render(
         _classes(decisions),
         calibration_section(manifest),
         _closest_calls(decisions, by_id, thumbs, top),
+        geometry_section(decisions, data),
         _groups_section(decisions, thumbs),
         _leaks_section(decisions, by_id, thumbs, top * 2),
         _issues_section(decisions, thumbs, top * 4),
