@@ -3,6 +3,8 @@ confirmed; distinct tiles, overlapping tiles and flat images are not."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
@@ -113,7 +115,7 @@ def test_a_run_confirms_a_crop_and_a_turn_by_geometry_and_reuses_the_features(tm
 
     line = next(x for x in detail_lines(result.summary) if x.startswith("geometric check:"))
     assert f"{verified['confirmed']} confirmed as copies" in line and "of the run" in line
-    page = open(str(result.summary.report)).read()  # both pairs side by side, outlined
+    page = Path(str(result.summary.report)).read_text()  # both pairs side by side, outlined
     section = page.split("Copies confirmed by geometry (2)")[1]
     assert (
         section.count("<div class='group geometry'><div class='card kept'><img alt='' src='data:")
