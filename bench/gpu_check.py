@@ -2,7 +2,10 @@
 
 Rows: the measured fp16/bf16 matmul ceiling (square, and the near-pair kernel's block shape),
 then a 1M x 512 exact self-search through leanset's GPU path with its achieved TFLOP/s next
-to that ceiling, and the partitioned search on the same data for comparison. Without a GPU it
+to that ceiling, and the partitioned search on the same data for comparison. ``kernels-agree``
+compares the GPU kernels (torch, and faiss-gpu when installed) with the FAISS CPU kernel pair
+for pair and similarity for similarity (bit for bit), exact and partitioned, on 100k clustered
+rows with pairs a few float32 ulps from the threshold. Without a GPU it
 prints why and exits 0. Whole run < 8 min (a deadline skips rows that would not fit).
 
 The ``embed-vit-b-32`` row times open_clip ViT-B-32 (random weights: same FLOPs, no download) from
@@ -156,6 +159,58 @@ def check_knn_partitioned(args: argparse.Namespace, budget: Budget) -> dict[str,
     return _search_row(args, "partitioned")
 
 
+def _agree_row(x: Any, threshold: float, method: str, device: str) -> dict[str, Any]:
+    """`device`'s pairs and similarities against the FAISS CPU kernel's, bit for bit."""
+    import numpy as np
+
+    from leanset.dedup.near import SearchOptions, find_near_pairs
+
+    got = {}
+    for dev in ("cpu", device):
+        t0 = time.perf_counter()
+        res = find_near_pairs(x, threshold, SearchOptions(method=method, device=dev))
+        got[dev] = (res, time.perf_counter() - t0)
+    (a, a_s), (b, b_s) = got["cpu"], got[device]
+    same_pairs = np.array_equal(a.i, b.i) and np.array_equal(a.j, b.j)
+    same_sims = same_pairs and np.array_equal(a.sim.view(np.uint32), b.sim.view(np.uint32))
+    return {
+        "pairs_cpu": len(a),
+        f"pairs_{device}": len(b),
+        "same_pairs": same_pairs,
+        "same_similarities": same_sims,
+        "backend": b.params["backend"],
+        "cpu_s": round(a_s, 2),
+        "device_s": round(b_s, 2),
+    }
+
+
+def check_kernels_agree(args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
+    """Every kernel proposes, float64 decides: the device's pairs and similarities equal the FAISS
+    CPU kernel's, exact and partitioned, on clustered rows with pairs a few ulps from the
+    threshold (faiss-gpu too when it is installed)."""
+    from bench.synth import clustered_embeddings, with_threshold_pairs
+    from leanset.dedup.near import _faiss_gpus
+
+    t0 = time.perf_counter()
+    n = args.agree_n if gpu_name() else min(args.agree_n, 4000)
+    syn = clustered_embeddings(n, args.dim, threshold=args.threshold, seed=1)
+    x = with_threshold_pairs(syn.emb, 0.02, args.threshold, seed=1)
+    devices = [args.device] + (["cuda"] if gpu_name() and _faiss_gpus() > 0 else [])
+    out: dict[str, Any] = {"rows": n}
+    for dev in devices:
+        for method in ("exact", "partitioned"):
+            if budget.left() < 90:
+                out[f"{dev}-{method}"] = {"skipped": f"deadline: {budget.left():.0f} s left"}
+                continue
+            out[f"{dev}-{method}"] = _agree_row(x, args.threshold, method, dev)
+    out["all_equal"] = all(
+        r.get("same_similarities", False) for r in out.values() if isinstance(r, dict)
+    )
+    out["seconds"] = time.perf_counter() - t0
+    out["samples_per_s"] = n / out["seconds"]
+    return out
+
+
 VIT_B_32_GFLOP = 8.8  # forward FLOPs per 224 px image (4.4 GMAC)
 
 
@@ -274,6 +329,7 @@ CHECKS: dict[str, Callable[[argparse.Namespace, Budget], dict[str, Any]] | None]
     "matmul-ceiling": check_matmul_ceiling,
     "knn-exact": check_knn_exact,
     "knn-partitioned": check_knn_partitioned,
+    "kernels-agree": check_kernels_agree,
     "embed-vit-b-32": check_embed_vit_b_32,
 }
 
@@ -319,6 +375,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="cuda-torch",
         help="find_near_pairs device: cuda-torch (default), cuda (faiss-gpu if present)",
     )
+    ap.add_argument("--agree-n", type=int, default=100_000, help="rows of the kernels-agree check")
     ap.add_argument("--embed-batch", type=int, default=512)
     ap.add_argument(
         "--embed-files", type=int, default=8192, help="JPEG files for the end-to-end row"

@@ -3,7 +3,9 @@
     python -m bench.ray_engine search [--rows 1000000] [--dim 512] [--method partitioned]
     python -m bench.ray_engine embed                     # the demo's images, pixel embedder
 
-Each side runs in a fresh process (so each peak RSS is its own). The Ray side starts a local
+Each side runs in a fresh process (so each peak RSS is its own), `--repeats` times (default 3,
+alternating local and Ray so that a change in the machine's load hits both); the result prints
+each side's median, its spread (min-max) and the 1-minute load average before and after. The Ray side starts a local
 cluster of 2 CPUs (`ray start --head --num-cpus 2`: 2 worker processes) whose start is timed
 apart. In `search` the Ray driver never loads the matrix: tasks read their blocks from the .npy
 file (as they would read cache shards on shared storage). Pairs, or the embedding matrix, are
@@ -16,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -111,6 +114,7 @@ def _embed_side(side: str, a: argparse.Namespace) -> dict[str, Any]:
     data = load_source(source, ColumnSettings())
     settings = EmbedderSettings(type="pixels", size=16, shard_rows=256)
     cache = Path(a.workdir) / f"cache-{side}"
+    shutil.rmtree(cache, ignore_errors=True)  # every repeat embeds everything again
     if side == "local":
         _hwm_reset()
         t0 = time.perf_counter()
@@ -203,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--object-store-mb", type=int, default=7000)
     p.add_argument("--workdir", default="/tmp/leanset-bench-ray")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each side (median, spread)")
     a = p.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if a.side:
@@ -210,21 +215,41 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run(a.side, a), default=str))
         return 0
     _prepare(a.kind, a)
-    local, remote = _child(a.kind, "local", a), _child(a.kind, "ray", a)
+    load_before = os.getloadavg()[0]
+    runs: dict[str, list[dict[str, Any]]] = {"local": [], "ray": []}
+    identical = True
+    for _ in range(a.repeats):
+        for side in ("local", "ray"):
+            runs[side].append(_child(a.kind, side, a))
+        identical = identical and _same(a.kind, Path(a.workdir))
+    local, remote = _stats(runs["local"]), _stats(runs["ray"])
     row = {
         "kind": a.kind,
-        "rows": a.rows if a.kind == "search" else local.get("computed"),
-        "local_s": local["seconds"],
-        "ray_s": remote["seconds"],
-        "ray_speedup": round(local["seconds"] / max(remote["seconds"], 1e-9), 2),
-        "local_driver_peak_mib": local["driver_peak_mib"],
-        "ray_driver_peak_mib": remote["driver_peak_mib"],
-        "identical": _same(a.kind, Path(a.workdir)),
+        "rows": a.rows if a.kind == "search" else runs["local"][0].get("computed"),
+        "repeats": a.repeats,
+        "local_s": local,
+        "ray_s": remote,
+        "ray_speedup_of_medians": round(local["median"] / max(remote["median"], 1e-9), 2),
+        "local_driver_peak_mib": _stats(runs["local"], "driver_peak_mib"),
+        "ray_driver_peak_mib": _stats(runs["ray"], "driver_peak_mib"),
+        "identical_every_time": identical,
+        "load_1min_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "cpus": os.cpu_count(),
     }
     if a.kind == "search":
-        row["pairs"] = local["pairs"]
+        row["pairs"] = runs["local"][0]["pairs"]
     print(json.dumps(row))
     return 0
+
+
+def _stats(results: list[dict[str, Any]], key: str = "seconds") -> dict[str, float]:
+    """Median and spread (min, max) of one measurement over the repeats."""
+    values = [float(r[key]) for r in results]
+    return {
+        "median": round(float(np.median(values)), 1),
+        "min": round(min(values), 1),
+        "max": round(max(values), 1),
+    }
 
 
 if __name__ == "__main__":

@@ -117,3 +117,21 @@ def clustered_embeddings(
         "seed": seed,
     }
     return Synthetic(emb, i, j, true_sim.astype(np.float32), params)
+
+
+def with_threshold_pairs(
+    emb: np.ndarray, share: float, threshold: float, seed: int = 0
+) -> np.ndarray:
+    """`emb` with a `share` of its rows replaced by partners of other rows whose cosine is the
+    threshold within a few float32 ulps: where float32, fp16 and bf16 sums disagree."""
+    rng = np.random.default_rng(seed)
+    n = emb.shape[0]
+    m = max(1, int(n * share))
+    src, dst = rng.choice(n, size=(2, m), replace=False)
+    x = emb[src]
+    cos = (threshold + rng.choice([-3, -2, -1, 0, 1, 2, 3], size=m) * 6e-8).astype(np.float32)
+    out = emb.copy()
+    out[dst] = _unit_rows(
+        cos[:, None] * x + np.sqrt(1.0 - cos**2)[:, None] * _orthogonal_unit(rng, x)
+    )
+    return out

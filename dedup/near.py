@@ -14,11 +14,15 @@ searchers share one set of compute kernels:
   found when x's nearest centroid is among y's probed ones, or the other way round; recall
   below 1 comes only from pairs failing both. Found pairs are exact (same cosine as exact).
 
-Kernels: FAISS ``IndexFlatIP.range_search`` on CPU; on a GPU with faiss-gpu, k-NN search on a
-GPU flat index with k grown until every query's neighbours within the threshold are complete;
-on a GPU without faiss-gpu (or on CPU for testing: ``device="cpu-torch"``), blocked ``torch.mm``
-in fp16 (CUDA) or bf16 (CPU) whose candidates within a rounding-error bound of the threshold
-are re-checked in fp32. All kernels return the same pairs up to fp32 rounding at the threshold.
+Every kernel proposes, float64 decides. Kernels: FAISS ``IndexFlatIP.range_search`` on CPU; on a
+GPU with faiss-gpu, k-NN search on a GPU flat index with k grown until every query's neighbours
+within the radius are complete; on a GPU without faiss-gpu (or on CPU: ``device="cpu-torch"``),
+blocked ``torch.mm`` in fp16 (CUDA) or bf16 (CPU). Each proposes the candidate pairs within its
+own rounding-error bound of the threshold; `decide` then computes every candidate's inner
+product once in float64 from the float32 rows, rounds it to float32, and keeps it when it is at
+least the threshold (as float32). The partitioned search's centroid ranking is checked the same
+way (`assign_rows`). So every kernel returns the same pairs with bit-identical similarities, on
+any thread count, block size or machine.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ PROBE_MARGIN = 0.1  # probe centroids within PROBE_MARGIN * sqrt(2 - 2 threshold
 # more than the work (2-4x slower partitioned search on a busy 2-core machine)
 _FAISS_SERIAL_PAIRS = 1 << 22
 _ASSIGN_ROWS = 65536  # rows per centroid-assignment block
-_RECHECK_PAIRS = 1 << 18  # candidate pairs per fp32 re-check chunk
+_RECHECK_PAIRS = 1 << 18  # candidate pairs per float64 re-check chunk
 _GPU_KNN_START = 64  # first k of the faiss-gpu range emulation
 _GPU_KNN_MAX = 2048  # largest k faiss-gpu flat search accepts
 
@@ -125,8 +129,28 @@ def dot64(q: np.ndarray, qi: np.ndarray, c: np.ndarray, cj: np.ndarray) -> np.nd
     return out
 
 
+@dataclass(frozen=True)
+class HostRows:
+    """Where a kernel handle's rows live in host memory: local row r is `matrix[ids[r]]`."""
+
+    matrix: np.ndarray  # float32 rows as the caller gave them
+    ids: np.ndarray | None = None  # None: local row r is matrix[r]
+
+    def at(self, local: np.ndarray) -> np.ndarray:
+        """Row ids into `matrix` of some local rows."""
+        return local if self.ids is None else self.ids[local]
+
+
+def decide(q: HostRows, qi: np.ndarray, c: HostRows, cj: np.ndarray, threshold: float) -> Pairs:
+    """The one decision every kernel's candidates go through: float64 product, rounded to float32,
+    kept when at least the threshold (as float32). Kernels only propose."""
+    sims = dot64(q.matrix, q.at(qi), c.matrix, c.at(cj)).astype(np.float32)
+    keep = sims >= np.float32(threshold)
+    return qi[keep], cj[keep], sims[keep]
+
+
 # --------------------------------------------------------------------------------------------
-# kernels: one (query block, corpus block) range search, top-k against centroids
+# kernels: propose candidates of one (query block, corpus block), top-k against centroids
 
 
 @contextmanager
@@ -142,7 +166,33 @@ def _faiss_threads(n: int) -> Iterator[None]:
             faiss.omp_set_num_threads(before)
 
 
-class _FaissKernel:
+Candidates = tuple[np.ndarray, np.ndarray]
+
+
+class _KernelBase:
+    """What every kernel shares: `block` = the kernel's candidates, then `decide`."""
+
+    def host(self, h: Any) -> HostRows:
+        """The float32 host rows behind a handle."""
+        return HostRows(h)
+
+    def topk_error(self, dim: int) -> float:
+        """The most a `top_k` similarity can be off."""
+        return error_bound(dim)
+
+    def propose(self, q: Any, c: Any, threshold: float, diag: bool) -> Candidates:
+        """Candidate pairs (local rows), a superset of those at or above the threshold."""
+        raise NotImplementedError
+
+    def block(self, q: Any, c: Any, threshold: float, diag: bool) -> Pairs:
+        """Pairs (local rows) with inner product >= threshold; `diag`: q is c, keep qi < cj."""
+        qi, cj = self.propose(q, c, threshold, diag)
+        if diag:
+            qi, cj = qi[qi < cj], cj[qi < cj]
+        return decide(self.host(q), qi, self.host(c), cj, threshold)
+
+
+class _FaissKernel(_KernelBase):
     """FAISS flat inner-product search on CPU."""
 
     name = "faiss-cpu"
@@ -161,23 +211,14 @@ class _FaissKernel:
         index.add(c)
         return index
 
-    def block(self, q: np.ndarray, c: np.ndarray, threshold: float, diag: bool) -> Pairs:
-        """Pairs (local rows) with inner product >= threshold; `diag`: q is c, keep qi < cj.
-
-        FAISS proposes candidates a rounding-error bound below the threshold; each candidate's
-        similarity is then the float64 product rounded to float32, and that decides. So the
-        pairs and their similarities never depend on FAISS's thread count or on how many rows
-        one call holds (its float32 sums do), and every engine and machine decides alike."""
+    def propose(self, q: np.ndarray, c: np.ndarray, threshold: float, diag: bool) -> Candidates:
+        """FAISS's range search a rounding-error bound below the threshold (float32 sums that
+        change with FAISS's thread count and block size: they only propose)."""
         radius = max(threshold - error_bound(q.shape[1]), -1.0)
         with _faiss_threads(1 if q.shape[0] * c.shape[0] < _FAISS_SERIAL_PAIRS else 0):
             lims, _, idx = self._index(c).range_search(q, radius)
         qi = np.repeat(np.arange(q.shape[0], dtype=np.int64), np.diff(lims.astype(np.int64)))
-        cj = idx.astype(np.int64)
-        if diag:
-            qi, cj = qi[qi < cj], cj[qi < cj]
-        sims = dot64(q, qi, c, cj).astype(np.float32)
-        keep = sims >= np.float32(threshold)
-        return qi[keep], cj[keep], sims[keep]
+        return qi, idx.astype(np.int64)
 
     def top_k(self, q: np.ndarray, c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Similarities and indices of each query's k most similar corpus rows."""
@@ -189,28 +230,30 @@ def _knn_range(
     search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
     q: np.ndarray,
     nc: int,
-    threshold: float,
+    radius: float,
     k_start: int,
     k_max: int,
-    fallback: Callable[[np.ndarray], Pairs],
-) -> Pairs:
+    fallback: Callable[[np.ndarray], Candidates],
+) -> Candidates:
     """Range search emulated by k-NN: grow k for queries whose k-th neighbour is still in range."""
-    parts: list[Pairs] = []
+    parts: list[Candidates] = []
     todo = np.arange(q.shape[0], dtype=np.int64)
     k = min(k_start, nc)
     while todo.size:
         sims, idx = search(np.ascontiguousarray(q[todo]), k)
-        full = (sims[:, -1] >= threshold) & (k < nc)
+        full = (sims[:, -1] >= radius) & (k < nc)
         done = ~full
-        r, col = np.nonzero((sims >= threshold) & done[:, None])
-        parts.append((todo[r], idx[r, col].astype(np.int64), sims[r, col]))
+        r, col = np.nonzero((sims >= radius) & done[:, None])
+        parts.append((todo[r], idx[r, col].astype(np.int64)))
         todo = todo[full]
         if todo.size and k >= k_max:
-            qi, cj, s = fallback(np.ascontiguousarray(q[todo]))
-            parts.append((todo[qi], cj, s))
+            qi, cj = fallback(np.ascontiguousarray(q[todo]))
+            parts.append((todo[qi], cj))
             break
         k = min(k * 4, k_max, nc)
-    return _concat(parts)
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 class _FaissGpuKernel(_FaissKernel):
@@ -227,20 +270,18 @@ class _FaissGpuKernel(_FaissKernel):
         index.add(c)
         return index
 
-    def block(self, q: np.ndarray, c: np.ndarray, threshold: float, diag: bool) -> Pairs:
-        """Pairs (local rows) with inner product >= threshold; `diag`: q is c, keep qi < cj."""
-        index = self._index(c)
-        qi, cj, s = _knn_range(
-            index.search,
+    def propose(self, q: np.ndarray, c: np.ndarray, threshold: float, diag: bool) -> Candidates:
+        """Every neighbour within the float32 error bound of the threshold, by growing k."""
+        radius = max(threshold - error_bound(q.shape[1]), -1.0)
+        return _knn_range(
+            self._index(c).search,
             q,
             c.shape[0],
-            threshold,
+            radius,
             _GPU_KNN_START,
             _GPU_KNN_MAX,
-            lambda rest: _CPU.block(rest, c, threshold, False),
+            lambda rest: _CPU.propose(rest, c, threshold, False),
         )
-        keep = qi < cj if diag else np.ones(qi.shape, bool)
-        return qi[keep], cj[keep], s[keep]
 
 
 _CPU = _FaissKernel()
@@ -251,12 +292,14 @@ class _TorchRows:
     """Rows of a matrix on the torch device: low-precision copy, and where their fp32 rows are."""
 
     lp: Any  # (n, D) fp16/bf16 rows
-    base: Any  # the whole fp32 matrix (shared, never copied per block)
-    rows: Any  # (n,) int64 row ids into base
+    base: Any  # the whole fp32 matrix on the device (shared, never copied per block)
+    rows: Any  # (n,) int64 row ids into base, on the device
+    host: np.ndarray  # the whole fp32 matrix in host memory (what `decide` reads)
+    ids: np.ndarray  # (n,) int64 row ids into host
 
 
-class _TorchKernel:
-    """Blocked torch.mm in fp16/bf16, candidates near the threshold re-checked in fp32."""
+class _TorchKernel(_KernelBase):
+    """Blocked torch.mm in fp16/bf16 proposes candidates within its error bound of the threshold."""
 
     def __init__(self, device: str) -> None:
         import torch
@@ -264,61 +307,63 @@ class _TorchKernel:
         self.torch = torch
         self.device = torch.device(device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        # |error| of a low-precision dot of unit vectors: 2u (inputs) + u (output rounding)
+        # |error| of a low-precision dot of unit vectors: 2u (inputs) + u (output rounding),
+        # plus the fp32 accumulation (reduced-precision reductions are switched off: _precise)
         unit_roundoff = float(torch.finfo(self.dtype).eps) / 2
         self.margin = 3 * unit_roundoff + 1e-4
         self.name = f"torch-{self.device.type}-{str(self.dtype).removeprefix('torch.')}"
 
+    @contextmanager
+    def _precise(self) -> Iterator[None]:
+        """CUDA matmuls accumulate in fp32 inside (no TF32, no fp16 split-K reductions)."""
+        m = self.torch.backends.cuda.matmul
+        before = (m.allow_tf32, m.allow_fp16_reduced_precision_reduction)
+        m.allow_tf32, m.allow_fp16_reduced_precision_reduction = False, False
+        try:
+            yield
+        finally:
+            m.allow_tf32, m.allow_fp16_reduced_precision_reduction = before
+
     def load(self, x: np.ndarray) -> _TorchRows:
-        """The matrix on the device (fp32 and low precision)."""
+        """The matrix on the device (fp32 and low precision); the host copy stays for `decide`."""
         base = self.torch.from_numpy(x).to(self.device)
         rows = self.torch.arange(x.shape[0], device=self.device)
-        return _TorchRows(base.to(self.dtype), base, rows)
+        ids = np.arange(x.shape[0], dtype=np.int64)
+        return _TorchRows(base.to(self.dtype), base, rows, x, ids)
 
     def take(self, h: _TorchRows, rows: np.ndarray | slice) -> _TorchRows:
-        """Selected rows (fp32 stays in place; re-checks gather from it)."""
+        """Selected rows (fp32 stays in place; `decide` gathers from the host copy)."""
         if isinstance(rows, slice):
-            return _TorchRows(h.lp[rows], h.base, h.rows[rows])
-        r = self.torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)
-        return _TorchRows(h.lp.index_select(0, r), h.base, h.rows.index_select(0, r))
+            return _TorchRows(h.lp[rows], h.base, h.rows[rows], h.host, h.ids[rows])
+        local = np.asarray(rows, dtype=np.int64)
+        r = self.torch.from_numpy(local).to(self.device)
+        lp, dev_rows = h.lp.index_select(0, r), h.rows.index_select(0, r)
+        return _TorchRows(lp, h.base, dev_rows, h.host, h.ids[local])
 
-    def _recheck(self, q: _TorchRows, c: _TorchRows, qi: Any, cj: Any) -> Any:
-        """fp32 inner products of the candidate pairs, in chunks."""
-        out = []
-        for s in range(0, qi.shape[0], _RECHECK_PAIRS):
-            a = q.base.index_select(0, q.rows[qi[s : s + _RECHECK_PAIRS]])
-            b = c.base.index_select(0, c.rows[cj[s : s + _RECHECK_PAIRS]])
-            out.append((a * b).sum(dim=1))
-        return self.torch.cat(out) if out else q.base.new_empty(0)
+    def host(self, h: _TorchRows) -> HostRows:
+        """The host fp32 rows behind a handle."""
+        return HostRows(h.host, h.ids)
 
-    def block(self, q: _TorchRows, c: _TorchRows, threshold: float, diag: bool) -> Pairs:
-        """Pairs (local rows) with inner product >= threshold; `diag`: q is c, keep qi < cj."""
+    def propose(self, q: _TorchRows, c: _TorchRows, threshold: float, diag: bool) -> Candidates:
+        """Pairs whose low-precision product is within the error bound of the threshold."""
         torch = self.torch
-        sim = q.lp @ c.lp.T
+        with self._precise():
+            sim = q.lp @ c.lp.T
         if diag:
             sim.fill_diagonal_(-math.inf)
-        low = threshold - self.margin
+        low = threshold - self.margin - error_bound(q.lp.shape[1])
         hit = torch.nonzero(sim.amax(dim=1) >= low).squeeze(1)
         if hit.numel() == 0:
-            return _empty_pairs()
+            return np.empty(0, np.int64), np.empty(0, np.int64)
         r, cj = torch.nonzero(sim.index_select(0, hit) >= low, as_tuple=True)
-        qi = hit[r]
-        if diag:
-            upper = qi < cj
-            qi, cj = qi[upper], cj[upper]
-        exact = self._recheck(q, c, qi, cj)
-        keep = exact >= threshold
-        return (
-            qi[keep].cpu().numpy().astype(np.int64),
-            cj[keep].cpu().numpy().astype(np.int64),
-            exact[keep].cpu().numpy().astype(np.float32),
-        )
+        return hit[r].cpu().numpy().astype(np.int64), cj.cpu().numpy().astype(np.int64)
 
     def top_k(self, q: _TorchRows, c: _TorchRows, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Similarities and indices of each query's k most similar corpus rows (fp32)."""
         qf = q.base.index_select(0, q.rows)
         cf = c.base.index_select(0, c.rows)
-        sims, idx = self.torch.topk(qf @ cf.T, k, dim=1)
+        with self._precise():
+            sims, idx = self.torch.topk(qf @ cf.T, k, dim=1)
         return sims.cpu().numpy(), idx.cpu().numpy().astype(np.int64)
 
 
@@ -494,19 +539,16 @@ def _assign(task: _Task, h: Any, n: int, centroids: Any, m: int, bar: Any) -> np
 
 
 def assign_rows(kernel: Kernel, q: Any, centroids: Any, m: int, threshold: float) -> np.ndarray:
-    """Rows' probed centroids, best first (-1 pads), the same on any thread count or batch.
+    """Rows' probed centroids, best first (-1 pads), the same on any kernel, thread count or batch.
 
-    On CPU the kernel's float32 top m + 1 decides where it is clear; a row whose order, top-m
-    membership or probe-margin cut lies within the rounding-error bound of a tie is ranked
-    again against every centroid in float64 (ties by centroid id)."""
+    The kernel's float32 top m + 1 decides where it is clear; a row whose order, top-m
+    membership or probe-margin cut lies within the kernel's error bound of a tie is ranked
+    again against every centroid in float64 (ties by centroid id), as `decide` does for pairs."""
     margin = _probe_margin(threshold)
-    if not isinstance(q, np.ndarray):  # torch kernels: their own fp32 top-k
-        sims, idx = kernel.top_k(q, centroids, m)
-        idx[sims < sims[:, :1] - margin] = -1
-        return np.asarray(idx)
-    k = centroids.shape[0]
+    cent = kernel.host(centroids)
+    k = cent.ids.shape[0] if cent.ids is not None else cent.matrix.shape[0]
     sims, idx = kernel.top_k(q, centroids, min(m + 1, k))
-    err = error_bound(q.shape[1])
+    err = kernel.topk_error(cent.matrix.shape[1])
     gaps = sims[:, :-1] - sims[:, 1:]
     risky = (gaps[:, : min(m, sims.shape[1] - 1)] <= 2 * err).any(axis=1)
     cut = sims[:, :1] - margin
@@ -515,7 +557,9 @@ def assign_rows(kernel: Kernel, q: Any, centroids: Any, m: int, threshold: float
     idx[sims[:, :m] < cut] = -1
     rows = np.flatnonzero(risky)
     if rows.size:
-        full = q[rows].astype(np.float64) @ np.asarray(centroids, dtype=np.float64).T
+        qh = kernel.host(q)
+        c64 = cent.matrix[cent.at(np.arange(k))].astype(np.float64)
+        full = qh.matrix[qh.at(rows)].astype(np.float64) @ c64.T
         ids = np.broadcast_to(np.arange(k), full.shape)
         order = np.lexsort((ids, -full), axis=-1)[:, :m]
         top = np.take_along_axis(full, order, axis=1)
@@ -804,8 +848,16 @@ def sample_neighbours(
                 min(want, e - s),
             )
             best_i.append(idx + s)
-            best_s.append(sims)
+            best_s.append(_sims64(x, rows, corpus, idx + s, sims.shape))
     return _merge_neighbours(rows, np.concatenate(best_i, 1), np.concatenate(best_s, 1), k)
+
+
+def _sims64(
+    x: np.ndarray, rows: np.ndarray, corpus: np.ndarray, idx: np.ndarray, shape: Any
+) -> Any:
+    """A top-k's similarities recomputed in float64 (rounded to float32): kernel-independent."""
+    qi = np.repeat(np.asarray(rows, np.int64), idx.shape[1])
+    return dot64(x, qi, corpus, idx.ravel()).astype(np.float32).reshape(shape)
 
 
 def _merge_neighbours(rows: np.ndarray, idx: np.ndarray, sim: np.ndarray, k: int) -> Neighbours:

@@ -7,6 +7,10 @@ accuracies, their difference with a 95% confidence interval for matched proporti
 Min's interval: half a count added to each of the four agree/disagree cells), and McNemar's exact
 test on the samples only one model gets right. The compute each fit took is measured.
 
+Eval rows that a removed train row leaked into (`leak_of`) are left out of the headline figure:
+the raw probe had seen a copy of them, so on them it scores what it memorised, and counting them
+would charge the cleaning for making the estimate honest. The all-rows figure is kept beside it.
+
 Inputs are class indices (`labeling.probe.encode_labels`; -1 = unlabeled, never trained on or
 scored) and boolean row masks over one embedding matrix.
 """
@@ -247,14 +251,62 @@ def table_quality(
         )
     except LabelingError as exc:
         return {"skipped": str(exc)}
-    ids = table["sample_id"].gather(keep[eval_rows[keep]]).to_list()
-    truth = [raw[i] for i in keep[eval_rows[keep]]]
-    scored = [i for i, t in zip(ids, truth, strict=True) if t is not None]
-    return delta.to_dict() | {
+    leaked = leaked_eval_rows(table, raw_train & ~kept)
+    return _with_leaks(delta, table, raw, keep[eval_rows[keep]], leaked) | {
         "train_splits": list(train_splits),
         "eval_splits": sorted(set(split[eval_rows].tolist())),
-        "eval_fingerprint": eval_fingerprint(scored, [t for t in truth if t is not None]),
     }
+
+
+def _with_leaks(
+    delta: QualityDelta, table: Any, raw: list[Any], eval_idx: np.ndarray, leaked: np.ndarray
+) -> dict[str, Any]:
+    """The delta as data, the leak-free figures, and which eval samples were scored."""
+    scored_idx = eval_idx[np.array([raw[i] is not None for i in eval_idx], dtype=bool)]
+    ids = table["sample_id"].gather(scored_idx).to_list()
+    truth = [raw[i] for i in scored_idx]
+    return (
+        delta.to_dict()
+        | leak_free_figures(delta, leaked[scored_idx])
+        | {"eval_fingerprint": eval_fingerprint(ids, truth)}
+    )
+
+
+def leaked_eval_rows(table: Any, removed_train: np.ndarray) -> np.ndarray:
+    """Per row: is it an eval row that a removed train row leaked into (by `leak_of`, either
+    direction)? The raw probe saw a copy of such a row, the cleaned one did not."""
+    if "leak_of" not in table.columns:
+        return np.zeros(table.height, dtype=bool)
+    ids = np.asarray(table["sample_id"].to_list(), dtype=object)
+    leak_of = np.asarray(table["leak_of"].to_list(), dtype=object)
+    removed_ids = set(ids[removed_train].tolist())
+    targets = {t for t in leak_of[removed_train].tolist() if t is not None}
+    named = np.array([t in removed_ids for t in leak_of.tolist()], dtype=bool)
+    return np.asarray(np.isin(ids, list(targets)) | named, dtype=bool)
+
+
+def leak_free_figures(delta: QualityDelta, leaked: np.ndarray) -> dict[str, Any]:
+    """The comparison on the scored eval rows without a removed train copy (the honest figure),
+    with the all-rows figure beside it: leaks there made the raw probe look better than it is."""
+    free = ~np.asarray(leaked, dtype=bool)
+    if not free.any():  # nothing honest left to score: keep every row and say so
+        free = np.ones_like(free)
+    k = int((~free).sum())
+    out: dict[str, Any] = {
+        "all_rows": {
+            "paired": delta.paired.to_dict(),
+            "note": f"inflated by leaks: {k:,} of these rows had a train copy the cleaning removed",
+        },
+        "excluded": {
+            "rows": k,
+            "why": "a train row the cleaning removed (test_leak) was a copy of them, so the raw "
+            "probe had seen them",
+        },
+        "n_scored": int(free.size),
+        "leak_free": pack_bits(free),
+    }
+    out["paired"] = paired_difference(delta.correct_raw[free], delta.correct_clean[free]).to_dict()
+    return out
 
 
 def eval_fingerprint(sample_ids: Sequence[str], labels: Sequence[str]) -> str:

@@ -134,7 +134,7 @@ def label_noise(
 
     `on_fit` is called after each probe fit (a progress display).
     """
-    rows = np.flatnonzero(table["error"].is_null().to_numpy())
+    rows, small = _judged_rows(table, settings, given=pred_probs is not None)
     sub = table[rows]
     ids = sub["sample_id"].to_list()
     # given probabilities have a column per class of the whole dataset; the probe learns the
@@ -146,6 +146,10 @@ def label_noise(
     if (enc.idx >= 0).sum() == 0:
         log.info("label noise: no labeled samples; skipped")
         return NoiseOutcome(_empty_noise(table), None, (), {"label_noise": "skipped: no labels"})
+    if small and len(set(enc.idx[enc.idx >= 0].tolist())) < 2:
+        why = "skipped: fewer than 2 classes with enough samples for the probe's folds"
+        info = {"label_noise": why, "unjudged": _unjudged(small, settings)}
+        return NoiseOutcome(_empty_noise(table), None, (), info)
     if pred_probs is not None:
         issues, probs, flags, info = _issues_from_given(pred_probs, rows, enc, ids, settings)
     else:
@@ -162,21 +166,61 @@ def label_noise(
     cols = noise_columns(issues, dec, enc.classes).with_columns(
         pl.Series("noise_drop", dec.drop_reason, dtype=pl.Utf8)
     )
-    out = _scatter(table, rows, cols)
-    if settings.policy == "relabel":
-        out = out.with_columns(
-            pl.when(pl.col("label_action") == "relabeled")
-            .then(pl.col("new_label"))
-            .otherwise(pl.col("label"))
-            .alias("label")
-        )
+    out = _relabeled(_scatter(table, rows, cols), settings)
     full = np.full((table.height, len(enc.classes)), np.nan)
     full[rows] = probs
     info |= flags.info() | _counts(enc.idx, issues.label_issue, kept)
     info |= {"actions": dec.counts(), "policy": settings.policy}
+    if small:
+        info["unjudged"] = _unjudged(small, settings)
     out = out.with_columns(_probs_column(full))
     info["pred_probs_classes"] = list(enc.classes)
     return NoiseOutcome(out, full, enc.classes, info)
+
+
+def _relabeled(out: pl.DataFrame, settings: LabelNoiseSettings) -> pl.DataFrame:
+    """Under the relabel policy, the suggested label replaces a relabeled row's label."""
+    if settings.policy != "relabel":
+        return out
+    return out.with_columns(
+        pl.when(pl.col("label_action") == "relabeled")
+        .then(pl.col("new_label"))
+        .otherwise(pl.col("label"))
+        .alias("label")
+    )
+
+
+def _judged_rows(
+    table: pl.DataFrame, settings: LabelNoiseSettings, given: bool
+) -> tuple[np.ndarray, dict[str, int]]:
+    """The readable rows the probe judges, and the classes too small for its folds (left out)."""
+    readable = table["error"].is_null().to_numpy()
+    small = {} if given else too_small_classes(table, readable, settings.n_folds)
+    if small:
+        log.warning("label noise: %s", unjudged_line(small, settings.n_folds))
+    return np.flatnonzero(readable & ~table["label"].is_in(list(small)).to_numpy()), small
+
+
+def too_small_classes(table: pl.DataFrame, readable: np.ndarray, n_folds: int) -> dict[str, int]:
+    """Classes with fewer distinct labeled contents than the probe's folds, and their counts:
+    out-of-fold probabilities cannot be made for them (a fold would hold none to learn from)."""
+    sub = table.filter(pl.Series(readable) & pl.col("label").is_not_null())
+    counts = sub.group_by("label").agg(pl.col("content_hash").n_unique().alias("n"))
+    small = counts.filter(pl.col("n") < n_folds).sort("label")
+    return dict(zip(small["label"].to_list(), small["n"].to_list(), strict=True))
+
+
+def unjudged_line(small: dict[str, int], n_folds: int) -> str:
+    """One line naming the classes left unjudged and why."""
+    named = ", ".join(f"{label!r} ({n})" for label, n in small.items())
+    return (
+        f"classes left unjudged, fewer distinct samples than label_noise.n_folds={n_folds}: "
+        f"{named}; label more of them or lower label_noise.n_folds (minimum 2)"
+    )
+
+
+def _unjudged(small: dict[str, int], settings: LabelNoiseSettings) -> dict[str, Any]:
+    return {"classes": small, "line": unjudged_line(small, settings.n_folds)}
 
 
 def _probs_column(full: np.ndarray) -> pl.Series:

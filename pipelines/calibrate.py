@@ -62,6 +62,7 @@ class Workload:
     model: str
     run: Callable[[int], None]  # run the step on batch i
     units: list[dict[str, int]]  # per batch: samples (and tokens or pixels)
+    end_epoch: Callable[[], None] = lambda: None  # the per-epoch work: evaluation, checkpoint
 
 
 def read_calibration(layout: StoreLayout) -> JSON | None:
@@ -90,7 +91,10 @@ def calibrate(settings: FlowSettings, options: CalibrateOptions) -> JSON:
     rows = _training_rows(data, settings, options.max_samples)
     work = _workload(data, rows, settings, options, device)
     rounds = _time_rounds(work, options, device)
-    record = _record(settings, options, device, work, rounds)
+    record = _record(settings, options, device, work, rounds) | {
+        "epoch": _time_epochs(work, options, device)
+    }
+    record["id"] = canonical({k: v for k, v in record.items() if k != "id"})
     atomic_write_json(StoreLayout.of(settings.store).calibration, record)
     return record
 
@@ -183,7 +187,8 @@ def _user_workload(
         b = batches[i % len(batches)]
         step([contents[j] for j in b], [labels[j] for j in b])
 
-    return Workload(f"cost.train_step {spec}", run, units)
+    end = getattr(step, "end_epoch", None)  # optional: the loop's evaluation and checkpoint
+    return Workload(f"cost.train_step {spec}", run, units, end if callable(end) else lambda: None)
 
 
 def _content_units(
@@ -255,7 +260,9 @@ def _image_workload(
         for b in batches
     ]
     where = "native sizes" if groups else f"{median[0]}x{median[1]} px"
-    return Workload(f"reference ResNet-18 at {where}", _sgd_steps(model, xs, ys), units)
+    return Workload(
+        f"reference ResNet-18 at {where}", _sgd_steps(model, xs, ys), units, _end(model, xs)
+    )
 
 
 def _same_size_batches(
@@ -285,6 +292,26 @@ def _sgd_steps(model: Any, xs: list[Any], ys: list[Any]) -> Callable[[int], None
         opt.step()
 
     return run
+
+
+def _end(model: Any, xs: list[Any]) -> Callable[[], None]:
+    """A reference loop's per-epoch work: an evaluation pass over a quarter of the sampled
+    batches and a checkpoint of the weights (written to memory)."""
+    import io
+
+    import torch
+
+    held_out = xs[: max(1, len(xs) // 4)]
+
+    def end() -> None:
+        model.eval()
+        with torch.no_grad():
+            for x in held_out:
+                model(*x) if isinstance(x, tuple) else model(x)
+        torch.save(model.state_dict(), io.BytesIO())
+        model.train()
+
+    return end
 
 
 def _text_workload(
@@ -317,7 +344,7 @@ def _text_workload(
             units[-1]["tokens"] = int(sum(len(s) for s in seqs))
     model = _encoder(vocab, k, cap).to(device)
     what = f"reference 6-layer encoder (width 384, {name}) up to {cap} tokens"
-    return Workload(what, _sgd_steps(model, xs, ys), units)
+    return Workload(what, _sgd_steps(model, xs, ys), units, _end(model, xs))
 
 
 def _token_ids(
@@ -386,7 +413,8 @@ def _vector_workload(
     ys = [torch.as_tensor(y[b]).to(device) for b in batches]
     model = nn.Sequential(nn.Linear(x.shape[1], 1024), nn.ReLU(), nn.Linear(1024, k)).to(device)
     units = [{"samples": len(b)} for b in batches]
-    return Workload(f"reference MLP on {x.shape[1]}-d vectors", _sgd_steps(model, xs, ys), units)
+    what = f"reference MLP on {x.shape[1]}-d vectors"
+    return Workload(what, _sgd_steps(model, xs, ys), units, _end(model, xs))
 
 
 def _time_rounds(work: Workload, options: CalibrateOptions, device: str) -> list[JSON]:
@@ -408,6 +436,42 @@ def _time_rounds(work: Workload, options: CalibrateOptions, device: str) -> list
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         rounds.append({"units": done, "wall_seconds": wall, "cpu_seconds": cpu})
     return rounds
+
+
+def _time_epochs(work: Workload, options: CalibrateOptions, device: str) -> JSON:
+    """Whole epochs (the steps, then the per-epoch work) of two sizes, `repeats` times each:
+    seconds = fixed + per_sample * samples, fitted by least squares (wall and CPU seconds)."""
+    sync = _synchroniser(device)
+    n = len(work.units)
+    sizes = sorted({max(1, n // 4), n})
+    samples, wall, cpu = [], [], []
+    for _ in range(options.repeats):
+        for k in sizes:
+            t0, c0 = time.perf_counter(), time.process_time()
+            for i in range(k):
+                work.run(i)
+            work.end_epoch()
+            sync()
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+            samples.append(sum(u["samples"] for u in work.units[:k]))
+    return {"samples": samples, "wall_seconds": wall, "cpu_seconds": cpu} | {
+        f"{part}_{clock}_seconds": value
+        for clock, secs in (("wall", wall), ("cpu", cpu))
+        for part, value in zip(("fixed", "per_sample"), fit_epoch(samples, secs), strict=True)
+    }
+
+
+def fit_epoch(samples: Sequence[int], seconds: Sequence[float]) -> tuple[float, float]:
+    """(fixed seconds per epoch, seconds per sample) of `seconds = fixed + per_sample * samples`
+    by least squares; the fixed part is never negative."""
+    x, y = np.asarray(samples, dtype=float), np.asarray(seconds, dtype=float)
+    if np.ptp(x) == 0:
+        return 0.0, float(y.mean() / max(x.mean(), 1.0))
+    slope, intercept = np.polyfit(x, y, 1)
+    if intercept < 0:
+        return 0.0, float((x * y).sum() / (x * x).sum())
+    return float(intercept), float(slope)
 
 
 def _synchroniser(device: str) -> Callable[[], None]:

@@ -620,6 +620,8 @@ def _looks_like_path(value: str) -> bool:
 
 
 def _abs(base: Path, value: str) -> str:
+    if "://" in value:  # an object-storage URL (s3://...) is not a path under `base`
+        return value
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else (base / p).resolve())
 

@@ -32,12 +32,11 @@ from leanset.pipelines.calibrate import read_calibration
 from leanset.pipelines.config import FlowSettings
 from leanset.pipelines.cost import ComputeMeter, CostDelta, config_hash, cost_delta, statement
 from leanset.pipelines.decide import decide
-from leanset.pipelines.errors import USER_ERRORS
 from leanset.pipelines.sources import LoadedDataset, SourceError
 from leanset.pipelines.steps import CostMeasures, VersionDraft
 from leanset.pipelines.store import Store
 from leanset.pipelines.store.history import History
-from leanset.pipelines.store.location import check_store_location
+from leanset.pipelines.store.location import check_store_location, check_writable
 from leanset.pipelines.store.manifest import JSON, Counts, Manifest
 from leanset.pipelines.store.queue import PENDING, read_answers, read_queue
 from leanset.pipelines.store.tables import (
@@ -142,7 +141,11 @@ def answer_if_unchanged(settings: FlowSettings, dry_run: bool) -> RunSummary | L
     labeled, _ = _with_answers(data, store, settings, current)
     hashed = config_hash(settings, read_calibration(store.layout))
     if current and is_current(current, input_fingerprint(labeled.table), hashed):
+        if not dry_run:
+            finish.finish_pending(store, current, labeled, "leanset run")
         return unchanged_summary(settings, store, current, timer)
+    if not dry_run:
+        check_writable(settings.store, "a run commits a version into it")
     return Loaded(settings, data, timer.seconds["load"])
 
 
@@ -185,6 +188,8 @@ def _pipeline(run: _Run, loaded: Loaded | None, engine: JSON) -> RunResult:
     fingerprint, hashed = input_fingerprint(data.table), config_hash(settings, calibration)
     if parent and is_current(parent, fingerprint, hashed):
         return RunResult(unchanged_summary(settings, store, parent, timer))
+    if not run.dry_run:
+        check_writable(settings.store, "a run commits a version into it")
     with timer("history"):
         history = History.of(store, parent)
     history.warn_if_ids_changed(data.table)
@@ -225,7 +230,8 @@ def _commit(
         committed = run.hooks.commit(str(store.root), draft)
     log.info("Committed version %s of %s.", committed["version"], settings.store)
     summary = RunSummary.of(settings.name, settings.store, committed, run.timer.seconds, False)
-    _after_commit(run, summary, committed, decided, draft, parent)
+    after = (run, summary, committed, decided, draft, parent)
+    finish.after_commit(store, committed, lambda: _after_commit(*after))
     return RunResult(summary, draft.decisions, decided, draft, draft.cost)
 
 
@@ -256,15 +262,18 @@ def _after_commit(
     if draft.queue is not None:
         filled = run.hooks.fill_queue(str(store.root), draft.queue, version, run.run_id)
         summary.labeling["queue"] = filled
-        finish.mark_done(store, version, finish.QUEUE, filled)
+        if "not_written" not in filled:  # the disk is full: left to the next run
+            finish.mark_done(store, version, finish.QUEUE, filled)
     if settings.cost.promote:
         summary.statement += "\n" + _promote_after_run(store, version, settings)
     path = store.layout.report(version)
     parent_report = store.layout.report(parent["version"]) if parent else None
-    summary.report = run.hooks.html_report(
+    written = run.hooks.html_report(
         path, summary, draft.decisions, decided, committed, parent_report
     )
-    finish.mark_done(store, version, finish.REPORT, summary.report)
+    summary.report = written or None  # none when the disk is full: left to the next run
+    if summary.report:
+        finish.mark_done(store, version, finish.REPORT, summary.report)
 
 
 def is_current(parent: JSON, fingerprint: str, hashed: str) -> bool:
@@ -305,15 +314,7 @@ def _dry_run(run: _Run, draft: VersionDraft, data: LoadedDataset, version: int) 
 
 def _finish_parent(store: Store, parent: JSON, data: LoadedDataset, run_id: str) -> None:
     """Finish the post-commit steps the run that committed the parent did not record as done."""
-    pending = finish.pending_steps(store, parent)
-    if not pending:
-        return
-    try:
-        done = finish.finish_version(store, parent, data, run_id=run_id)
-    except USER_ERRORS + (OSError,) as exc:
-        log.warning("Version %s: its %s could not be finished: %s", parent["version"], pending, exc)
-        return
-    log.info("Version %s: finished what its run left undone: %s", parent["version"], done)
+    finish.finish_pending(store, parent, data, run_id)
 
 
 # ---------------------------------------------------------------- the steps' details

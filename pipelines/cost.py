@@ -80,6 +80,7 @@ class EpochPrice:
     resource: str  # "GPU" or "CPU" (a calibration on a CPU prices CPU core-hours)
     hours: float
     source: str
+    fixed_hours: float = 0.0  # the part of `hours` that does not shrink with the samples
 
 
 def uses_calibration(cost: CostSettings) -> bool:
@@ -125,12 +126,18 @@ def _calibrated_price(cost: CostSettings, cal: JSON, samples: int, units: int) -
     stats = rates[unit]["per_s" if gpu else "per_cpu_s"]
     spread = stats["std"] / stats["mean"] if stats["mean"] else 0.0
     rate = "/s" if gpu else "/CPU-s"
+    fixed = float(
+        (cal.get("epoch") or {}).get("fixed_wall_seconds" if gpu else "fixed_cpu_seconds", 0.0)
+    )
     source = (
         f"leanset calibrate on {cal.get('device_name')} ({cal.get('model')}): "
         f"{stats['mean']:,.4g} {unit}{rate} ±{100 * spread:.1f}% over {len(stats['runs'])} "
-        f"repeats, {cal.get('measured_at')}"
+        f"repeats"
+        + (f", plus {fixed:,.3g} {'s' if gpu else 'CPU-s'} fixed per epoch" if fixed else "")
+        + f", {cal.get('measured_at')}"
     )
-    return EpochPrice("GPU" if gpu else "CPU", amount / stats["mean"] / 3600, source)
+    hours = (fixed + amount / stats["mean"]) / 3600
+    return EpochPrice("GPU" if gpu else "CPU", hours, source, fixed / 3600)
 
 
 # ---------------------------------------------------------------- the delta
@@ -169,9 +176,17 @@ class CostDelta:
     saved_over_planned_epochs: float | None
     num_gpus: int
     quality: JSON
+    fixed_hours_per_epoch: float = 0.0  # the part of an epoch that does not shrink with samples
+
+    @property
+    def time_reduction(self) -> float:
+        """The share of an epoch's time the cleaning saves (the sample share when all of it
+        scales with the samples)."""
+        b, a = self.hours_per_epoch_before, self.hours_per_epoch_after
+        return 1.0 - a / b if b and a is not None else self.reduction
 
     def to_dict(self) -> JSON:
-        return asdict(self)
+        return asdict(self) | {"time_reduction": self.time_reduction}
 
 
 def cost_delta(
@@ -186,7 +201,8 @@ def cost_delta(
     share = ua / ub if ub else 1.0
     price = epoch_price(cost, acc, calibration)
     before = price.hours if price else None
-    after = before * share if before is not None else None
+    fixed = price.fixed_hours if price else 0.0
+    after = fixed + (before - fixed) * share if before is not None else None
     saved = before - after if before is not None and after is not None else None
     eval_b, eval_a = _eval_hours(cost, acc)
     saved_total = saved
@@ -227,6 +243,7 @@ def cost_delta(
         total_hours_saved_per_epoch=saved_total,
         num_gpus=cost.num_gpus,
         quality=quality or {"skipped": "not measured"},
+        fixed_hours_per_epoch=fixed,
     )
 
 
@@ -280,13 +297,15 @@ def statement(cd: CostDelta) -> str:
 
 def _headline(cd: CostDelta) -> str:
     what = f"{cd.resource}-h" if cd.resource else f"{cd.unit} (not priced)"
-    head = f"{_signed_pct(-cd.reduction)} {what} per epoch"
+    head = f"{_signed_pct(-cd.time_reduction)} {what} per epoch"
     q = cd.quality
     if "paired" in q:
         p = q["paired"]
         head += (
             f"; probe accuracy on {', '.join(q['eval_splits'])} {p['accuracy_a']:.3f} → "
-            f"{p['accuracy_b']:.3f} (n = {p['n']:,})"
+            f"{p['accuracy_b']:.3f} (n = {p['n']:,}"
+            + (", without leaked rows" if (q.get("excluded") or {}).get("rows") else "")
+            + ")"
         )
     return head + "."
 
@@ -318,6 +337,12 @@ def _training_line(cd: CostDelta) -> str:
     if per_hour is not None and cd.hours_saved_per_epoch is not None:
         text += f" (${cd.hours_saved_per_epoch * per_hour:,.2f})"
     text += " per epoch"
+    if cd.fixed_hours_per_epoch:
+        text += (
+            f" ({_signed_pct(-cd.time_reduction)} of the epoch's time beside "
+            f"{_signed_pct(-cd.reduction)} of its {cd.unit}: {_h(cd.fixed_hours_per_epoch)} "
+            f"{r}-h of each epoch is fixed, measured by `leanset calibrate` at two epoch sizes)"
+        )
     if cd.saved_over_planned_epochs is not None:
         text += f"; {_h(cd.saved_over_planned_epochs)} {r}-h over {cd.epochs} epochs"
     if r == "GPU" and cd.num_gpus > 1 and cd.hours_per_epoch_after is not None:
@@ -359,7 +384,20 @@ def _quality_line(q: JSON) -> str | None:
         f"cleaned), n = {p['n']:,}; difference {p['difference']:+.4f}, 95% CI "
         f"{p['ci_low']:+.4f} to {p['ci_high']:+.4f}, McNemar p = {p['p_value']:.3g}: {verdict}. "
         f"The fits took {raw['cpu_seconds']:.2f} and {clean['cpu_seconds']:.2f} CPU-s "
-        f"({raw['device']})."
+        f"({raw['device']})." + _leak_note(q)
+    )
+
+
+def _leak_note(q: JSON) -> str:
+    """The all-rows figure beside the leak-free one, when leaked eval rows were left out."""
+    excluded = q.get("excluded") or {}
+    if not excluded.get("rows"):
+        return ""
+    a = q["all_rows"]["paired"]
+    return (
+        f" Left out: {excluded['rows']:,} eval rows ({excluded['why']}). On all "
+        f"{a['n']:,} rows {a['accuracy_a']:.3f} → {a['accuracy_b']:.3f}, "
+        f"difference {a['difference']:+.4f}: the raw figure is inflated by leaks."
     )
 
 

@@ -12,21 +12,25 @@ the report is rewritten whole. The next run finishes its parent's missing steps,
 from __future__ import annotations
 
 import io
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
-from leanset.pipelines.fsutil import atomic_write_json, digest
+from leanset.pipelines.fsutil import digest, is_disk_full
 from leanset.pipelines.sources import LoadedDataset
 from leanset.pipelines.store import IntegrityError, Store, StoreError
 from leanset.pipelines.store.manifest import JSON
+from leanset.pipelines.store.sealed import check_file, read_sealed, write_sealed
 from leanset.pipelines.summary import RunSummary
 
 log = logging.getLogger("leanset.store")
 
 QUEUE, REPORT = "queue", "report"
+T = TypeVar("T")
 
 
 def steps_for(labeling: bool) -> JSON:
@@ -36,13 +40,10 @@ def steps_for(labeling: bool) -> JSON:
 
 def done_steps(store: Store, version: int) -> JSON:
     """{step: its result} for the finished post-commit steps of a version."""
-    import json
-
     path = store.layout.completion(version)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
+        raw = read_sealed(path, "its post-commit steps are redone (they are idempotent)")
+        data = json.loads(raw) if raw is not None else {}
     except (OSError, ValueError) as exc:  # damaged: the steps are redone (they are idempotent)
         log.warning("%s is unreadable (%s); its post-commit steps are redone", path, exc)
         return {}
@@ -53,14 +54,20 @@ def done_steps(store: Store, version: int) -> JSON:
 def pending_steps(store: Store, manifest: JSON) -> list[str]:
     """The post-commit steps of a version not recorded as done (none for older manifests)."""
     wanted = (manifest.get("post_commit") or {}).get("steps") or []
-    done = done_steps(store, int(manifest["version"]))
+    version = int(manifest["version"])
+    done = done_steps(store, version)
+    if REPORT in done and check_file(store.layout.report(version)) is not None:
+        log.warning("version %s: its report is damaged; it is written again", version)
+        done.pop(REPORT)
     return [s for s in wanted if s not in done]
 
 
 def mark_done(store: Store, version: int, step: str, result: Any) -> None:
     """Record one finished step (the record is rewritten whole, atomically, after each step)."""
     steps = done_steps(store, version) | {step: result}
-    atomic_write_json(store.layout.completion(version), {"version": version, "steps": steps})
+    record = {"version": version, "steps": steps}
+    text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
+    write_sealed(store.layout.completion(version), text.encode())
 
 
 def queue_rows(store: Store, manifest: JSON) -> pl.DataFrame:
@@ -141,6 +148,54 @@ def finish_version(
             data = data if data is not None else _load(store, manifest)
             out[REPORT] = finish_report(store, manifest, data)
     return out
+
+
+def finish_pending(store: Store, manifest: JSON, data: LoadedDataset, run_id: str | None) -> JSON:
+    """What `leanset run` does first, whatever it decides next (unchanged input included): finish
+    the latest version's missing post-commit steps; a step that cannot be done is a warning."""
+    pending = pending_steps(store, manifest)
+    if not pending:
+        return {}
+    from leanset.pipelines.errors import USER_ERRORS
+
+    try:
+        done = finish_version(store, manifest, data, run_id=run_id)
+    except USER_ERRORS + (OSError,) as exc:
+        log.warning(
+            "Version %s: its %s could not be finished: %s", manifest["version"], pending, exc
+        )
+        return {}
+    log.info("Version %s: finished what its run left undone: %s", manifest["version"], done)
+    return done
+
+
+def unless_disk_full(call: Callable[[], T], fallback: T) -> T:
+    """`call()`, or `fallback` when the disk is full (a post-commit step is then left pending)."""
+    try:
+        return call()
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        return fallback
+
+
+def after_commit(store: Store, manifest: JSON, steps: Callable[[], None]) -> None:
+    """Run a new version's post-commit `steps`; a full disk stops them with one warning saying the
+    version is committed and what the next run finishes (any other error propagates)."""
+    try:
+        steps()
+    except (OSError, StoreError) as exc:
+        if not is_disk_full(exc):
+            raise
+    pending = pending_steps(store, manifest)
+    if pending:
+        log.warning(
+            "Version %s is committed, but no space is left on the store's disk for its %s: free "
+            "some space; the next `leanset run` (or `leanset show %s`) finishes them",
+            manifest["version"],
+            " and ".join(pending),
+            store.root,
+        )
 
 
 def _load(store: Store, manifest: JSON) -> LoadedDataset:

@@ -25,6 +25,7 @@ from leanset.pipelines import steps
 from leanset.pipelines.config import EngineSettings, FlowSettings, check_source_exists, load_flow
 from leanset.pipelines.core import Hooks, Loaded, RunResult, answer_if_unchanged, run_core
 from leanset.pipelines.embed import EmbedResult
+from leanset.pipelines.embed.offline import check_fetchable
 from leanset.pipelines.errors import USER_ERRORS
 from leanset.pipelines.sources import LoadedDataset
 from leanset.pipelines.steps import CostMeasures, VersionDraft
@@ -307,6 +308,7 @@ def run_flow(
     settings = load_flow(config, flow_name, overrides or ())
     check_source_exists(settings, config)
     check_store_location(settings.store, settings.source)
+    check_fetchable(settings.embedder)  # an unreachable model: one message, before Prefect
     loaded = None
     if not _has_api():
         answer = answer_if_unchanged(settings, dry_run)

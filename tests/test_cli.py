@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -77,6 +78,59 @@ def test_init_detects_text_label_split_and_id_columns(tmp_path: Path):
     )
     assert flow.embedder and flow.embedder.type == "sentence_transformers"
     assert flow.embedder.model == "sentence-transformers/all-MiniLM-L6-v2"  # not its comment
+
+
+def test_init_writes_auto_thresholds_and_warns_about_classes_too_small_for_the_folds(
+    tmp_path: Path, capsys
+):
+    images = make_imagefolder(tmp_path / "photos")
+    (tmp_path / "photos/train/rare").mkdir()
+    for k in range(3):
+        (tmp_path / "photos/train/rare" / f"r{k}.png").write_bytes(
+            (images / "train/a/img000.png").read_bytes()
+        )
+    config = tmp_path / "flows.yaml"
+    assert main(["init", str(images), "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert load_flow(config, "photos").dedup.threshold == "auto"
+    assert "WARNING" in out and "'rare' (3)" in out and "n_folds=5" in out
+
+
+def _photos(root: Path, n: int = 12) -> Path:
+    """`n` 96 px photo-like images in two classes (larger than raw pixels are meant for)."""
+    from tests.helpers import write_png
+
+    rng = np.random.default_rng(3)
+    for k in range(n):
+        base = np.kron(rng.integers(0, 256, (12, 12)), np.ones((8, 8)))
+        write_png(root / f"train/{'ab'[k % 2]}/p{k:02d}.png", base)
+    return root
+
+
+@pytest.mark.parametrize("kind", ["images", "csv"])
+def test_init_offline_writes_a_flow_that_runs_as_is_without_a_network(
+    prefect_harness, tmp_path: Path, kind: str, capsys, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if kind == "images":
+        path = _photos(tmp_path / "photos")
+    else:
+        path = tmp_path / "notes.csv"
+        rows = [(f"note {i % 9} about topic {i % 4}", "ab"[i % 2]) for i in range(30)]
+        pl.DataFrame(rows, schema=["text", "label"], orient="row").write_csv(path)
+    config = tmp_path / "flows.yaml"
+    assert main(["init", str(path), "--config", str(config), "--offline"]) == 0
+    name = "photos" if kind == "images" else "notes"
+    flow = load_flow(config, name)
+    if kind == "images":
+        assert flow.embedder and flow.embedder.type == "torch"
+        assert flow.embedder.factory == "leanset.pipelines.embed.models:efficientnet_lite0"
+    else:
+        assert flow.embedder is None and not flow.dedup.near
+    capsys.readouterr()
+    assert main(["run", str(config), "--flow", name]) == 0
+    latest = Store(flow.store).latest()
+    assert latest is not None and latest["version"] == 1
 
 
 def test_init_appends_and_keeps_the_file_comments_and_flows(tmp_path: Path):
@@ -153,18 +207,20 @@ def test_dry_run_decides_reports_and_leaves_the_store_unchanged(
 ):
     store = tmp_path / "store"
     first = clean_flow(config_path=str(tiny), flow_name="tiny", dry_run=True)
-    assert first["dry_run"] and first["version"] == 1
-    assert not store.exists()  # a dry run on a new store creates nothing, not even the folder
+    assert first["dry_run"] and first["version"] == 1 and first["embed"]["computed"] > 0
+    # a dry run on a new store keeps only the embedding cache: no version, manifest or report
+    assert [p.name for p in store.iterdir()] == ["cache"] and not Store(store).manifests()
     assert Path(first["report"]).is_file() and store not in Path(first["report"]).parents
 
-    clean_flow(config_path=str(tiny), flow_name="tiny")
+    real = clean_flow(config_path=str(tiny), flow_name="tiny")
+    assert real["embed"]["computed"] == 0  # the dry run's embeddings served the real run
     before = tree_digest(store)
     dry = clean_flow(
         config_path=str(tiny), flow_name="tiny", overrides=["dedup.threshold=0.5"], dry_run=True
     )
     assert dry["dry_run"] and dry["version"] == 2 and dry["parent"] == 1
     assert dry["counts"]["input"] == 10
-    assert tree_digest(store) == before  # nothing written: no version, cache, queue or report
+    assert tree_digest(store) == before  # nothing written: no version, queue or report
     assert [m["version"] for m in Store(store).manifests()] == [1]
     page = Path(dry["report"]).read_text()
     assert "Dry run" in page and "v000001.html" in page  # the parent's report is linked
@@ -190,6 +246,21 @@ def test_report_command_prints_or_opens_the_path(
     out = cli("report", store, "--open", env={"BROWSER": str(browser)})
     assert out.returncode == 0, out.stderr
     assert opened.read_text() == Path(path).as_uri()
+    assert "opened in the default web browser" in out.stdout
+    headless = {"BROWSER": None, "DISPLAY": None, "WAYLAND_DISPLAY": None}
+    out = cli("report", store, "--open", env=headless)
+    assert out.returncode == 0 and "not opened: no display here" in out.stdout, out.stdout
+
+
+def test_versions_and_diff_tables_are_whole_when_piped(prefect_harness, tiny: Path, tmp_path: Path):
+    clean_flow(config_path=str(tiny), flow_name="tiny")
+    clean_flow(config_path=str(tiny), flow_name="tiny", overrides=["dedup.threshold=0.5"])
+    store = str(tmp_path / "store")
+    out = cli("versions", store, env={"COLUMNS": None})
+    assert out.returncode == 0 and "…" not in out.stdout, out.stdout
+    assert "config_hash" in out.stdout and "promoted" in out.stdout
+    out = cli("diff", store, "1", "2", env={"COLUMNS": None})
+    assert out.returncode == 0 and "…" not in out.stdout, out.stdout
 
 
 def test_flow_runs_are_named_after_flow_and_version_and_tagged(

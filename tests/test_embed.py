@@ -180,3 +180,42 @@ def test_efficientnet_lite0_sees_a_recompressed_photo_as_a_near_copy():
     )
     copy, other = float(vecs[0] @ vecs[1]), float(vecs[0] @ vecs[2])
     assert vecs.shape == (3, 1280) and copy > 0.85 and other < copy - 0.3, (copy, other)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9"}],
+    ids=["offline", "unreachable"],
+)
+def test_a_model_that_cannot_be_fetched_fails_at_once_with_one_message(tmp_path: Path, env):
+    """No hub retries, no traceback: one line naming the model and what works offline."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import make_imagefolder, pixel_flow_body, write_flows
+
+    make_imagefolder(tmp_path / "images", n=6)
+    body = pixel_flow_body(embedder={"type": "open_clip", "pretrained": "laion2b_s34b_b79k"})
+    config = write_flows(tmp_path, photos=body)
+    full = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    full |= {"HF_HOME": str(tmp_path / "hf"), **env}
+    full = {k: v for k, v in full.items() if v is not None}
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "leanset.pipelines.cli", "run", str(config), "--flow", "photos"],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    print(f"failed after {time.perf_counter() - t0:.1f} s (imports included)")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out and "Retrying" not in out, out
+    assert len(out.strip().splitlines()) == 1, out
+    for part in ("'ViT-B-32'", "laion2b_s34b_b79k", "type: pixels", "efficientnet_lite0"):
+        assert part in out
+    assert "leanset[models]" in out and "local checkpoint" in out
+    assert not (tmp_path / "store").exists()

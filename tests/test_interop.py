@@ -88,3 +88,15 @@ def test_readme_fiftyone_snippet_sees_every_group(store: Store, tmp_path: Path):
     groups = decisions["dup_group"].drop_nulls().n_unique()
     dropped = int((~decisions["kept"]).sum())
     assert f"{groups} duplicate groups; {dropped} samples dropped" in done.stdout
+
+
+def test_readme_installs_label_studio_exactly_as_ci_does_with_the_pins_that_make_it_start():
+    """README's Label Studio install names the version and `sentry-sdk<3` (3.x stops `label-studio
+    start`), and `.ci/run`, whose slow tests use that server, installs the same pins."""
+    root = Path(__file__).resolve().parents[1]
+    pins = re.compile(r"pip install ('label-studio==[^']+'(?: '[^']+')*)")
+    readme = pins.findall((root / "README.md").read_text())
+    ci = pins.findall((root / ".ci/run").read_text())
+    assert readme and ci, "both must install Label Studio with pip"
+    assert set(readme) == set(ci), (readme, ci)
+    assert all("'sentry-sdk<3'" in found for found in readme)

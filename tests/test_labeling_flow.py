@@ -159,3 +159,29 @@ def test_pred_probs_that_do_not_sum_to_one_are_refused_by_sample(prefect_harness
             config_path=str(_given(tmp_path, probs, ["a"] * 10 + ["b"] * 10)), flow_name="given"
         )
     assert not (tmp_path / "store-given" / "manifests").exists()  # nothing was committed
+
+
+def test_a_class_too_small_for_the_folds_is_left_unjudged_and_the_run_goes_on(
+    prefect_harness, tmp_path
+):
+    """Three samples of 'rare' cannot fill 5 folds: they are left unjudged with one line saying
+    so, the other classes are judged, and the run commits."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    labels = [str(v) for v in y[:300]] + ["rare"] * 3
+    emb = np.vstack([x[:300], x[300:303] + 7.0]).astype(np.float32)
+    pl.DataFrame(
+        {"id": [f"d{i:04d}" for i in range(303)], "emb": list(emb), "label": labels},
+        schema={"id": pl.Utf8, "emb": pl.List(pl.Float32), "label": pl.Utf8},
+    ).write_parquet(tmp_path / "digits.parquet")
+    body = DIGITS | {"active_learning": None}
+    body = {k: v for k, v in body.items() if v is not None}
+    out = clean_flow(config_path=str(write_flows(tmp_path, digits=body)), flow_name="digits")
+    lab = out["labeling"]
+    assert lab["unjudged"]["classes"] == {"rare": 3}
+    assert "'rare' (3)" in lab["unjudged"]["line"] and "n_folds=5" in lab["unjudged"]["line"]
+    dec = Store(tmp_path / "store").read("decisions")
+    rare = dec.filter(pl.col("label") == "rare")
+    assert rare.height == 3 and rare["label_issue"].null_count() == 3
+    assert dec.filter(pl.col("label") != "rare")["label_issue"].null_count() == 0

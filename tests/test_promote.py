@@ -10,7 +10,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from leanset.labeling.quality import mcnemar_exact, paired_difference, quality_delta
+from leanset.labeling.quality import (
+    mcnemar_exact,
+    paired_difference,
+    quality_delta,
+    unpack_bits,
+)
 from leanset.pipelines.cli import main
 from leanset.pipelines.flows import clean_flow
 from leanset.pipelines.store import Store
@@ -123,3 +128,67 @@ def test_flow_option_promotes_only_through_the_gate(prefect_harness, tmp_path: P
     assert "Promotion (cost.promote): Version 1" in out["statement"]
     record = promotions(Store(tmp_path / "store"))[-1]
     assert record["version"] == 1 and record["by"] == "leanset run (flow digits)"
+
+
+def _leaky_table(n: int = 600, leaks: int = 40) -> tuple[pl.DataFrame, np.ndarray, list]:
+    """Three noisy classes; `leaks` test rows with odd labels, each with a train copy that the
+    cleaning removed as a test leak."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 8)) * 1.2
+    y = rng.integers(0, 3, n)
+    x = (centres[y] + rng.normal(size=(n, 8))).astype(np.float32)
+    split = np.where(np.arange(n) < n * 2 // 3, "train", "test")
+    test_rows = np.flatnonzero(split == "test")[:leaks]
+    copies = np.flatnonzero(split == "train")[:leaks]
+    x[copies], y[copies] = x[test_rows], y[test_rows]
+    ids = [f"s{i}" for i in range(n)]
+    leak_of: list[str | None] = [None] * n
+    for t, c in zip(test_rows, copies, strict=True):
+        leak_of[c], leak_of[t] = ids[t], ids[c]
+    kept = np.ones(n, dtype=bool)
+    kept[copies] = False
+    labels = [str(v) for v in y]
+    table = pl.DataFrame(
+        {
+            "sample_id": ids,
+            "split": split.tolist(),
+            "label": labels,
+            "kept": kept,
+            "error": pl.Series([None] * n, dtype=pl.Utf8),
+            "leak_of": pl.Series(leak_of, dtype=pl.Utf8),
+        }
+    )
+    return table, x, labels
+
+
+def test_quality_leaves_out_eval_rows_a_removed_train_row_leaked_into():
+    from leanset.labeling.quality import table_quality
+
+    table, x, labels = _leaky_table()
+    q = table_quality(table, labels, x, ["train"], ["test"])
+    assert q["all_rows"]["paired"]["n"] == 200
+    assert q["paired"]["n"] == 160 and q["excluded"]["rows"] == 40
+    assert "test_leak" in q["excluded"]["why"] and "inflated by leaks" in q["all_rows"]["note"]
+    free = unpack_bits(q["leak_free"], q["n_scored"])
+    assert free.sum() == 160 and not free[:40].any()  # the first 40 test rows were leaked into
+
+
+def test_run_statement_and_gate_report_the_leak_free_figure_beside_the_inflated_one(
+    prefect_harness, tmp_path: Path, capsys
+):
+    import shutil
+
+    root = _digits(tmp_path / "digits", n=240)
+    tests = sorted((root / "test").rglob("*.png"))[:12]
+    for k, path in enumerate(tests):  # plant train copies of 12 test images
+        target = root / "train" / path.parent.name / f"leak{k}.png"
+        shutil.copy(path, target)
+    config = write_flows(tmp_path, digits=_flow({"near": False}))
+    v1 = clean_flow(config_path=str(config), flow_name="digits")
+    q = v1["cost"]["quality"]
+    assert q["excluded"]["rows"] == 12 and q["all_rows"]["paired"]["n"] == 60
+    assert q["paired"]["n"] == 48
+    assert "without leaked rows" in v1["statement"] and "inflated by leaks" in v1["statement"]
+    assert main(["promote", str(tmp_path / "store"), "1", "--max-accuracy-drop", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "n = 48" in out and "Left out: 12 eval rows" in out and "inflated by leaks" in out

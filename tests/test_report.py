@@ -174,3 +174,40 @@ def test_console_summary_prints_each_thing_once_and_no_reprs(tmp_path: Path):
     assert "labeling queue: 3 added (1 label issues, 2 to label)" in out
     assert "report: " in out and "dropped: exact_duplicate" in out
     assert re.search(r"input\s+5\s+1\s+6", out)  # by split: train, test, all
+
+
+def test_closest_calls_name_the_route_that_accepted_each_pair_and_its_setting(tmp_path: Path):
+    data, decisions, summary = _version(tmp_path)
+    n = decisions.height
+    for evidence, words in (
+        ("pixels", ["<b>pixels</b>", "leave <code>pixels</code> out of <code>dedup.confirm"]),
+        ("hashes", ["<b>hashes</b>", "leave <code>hashes</code> out of"]),
+        ("embedding", ["<b>embedding</b>", "<code>dedup.threshold</code>: raise it"]),
+        ("embedding+pixels", ["Every one of these routes accepted it"]),
+    ):
+        dec = decisions.with_columns(
+            pl.Series("dup_evidence", [None, "exact", evidence] + [None] * (n - 3), dtype=pl.Utf8)
+        )
+        page = render(summary, dec, data, {"calibration": CALIBRATION}, "v000001.html")
+        closest = page[page.index("Closest calls") :]
+        for w in words:
+            assert w in closest, (evidence, w)
+        if evidence == "pixels":
+            assert "accepted by <b>embedding</b>" not in closest
+
+
+def test_queue_line_adds_up_and_an_unlabeled_card_says_unlabeled(tmp_path: Path):
+    data, decisions, summary = _version(tmp_path)
+    summary.labeling = {
+        "queue": {"added": 7, "by_reason": {"uncertain": 7}, "skipped_pending": 71, "waiting": 128}
+    }
+    with console.capture() as cap:
+        print_summary(summary)
+    out = " ".join(cap.get().split())
+    assert (
+        "128 waiting for a human in all = 7 added now + 71 proposed again (already waiting) + "
+        "50 from earlier runs" in out
+    )
+    unlabeled = decisions.with_columns(pl.lit(None, dtype=pl.Utf8).alias("label"))
+    page = render(summary, unlabeled, data, {}, None)
+    assert "· unlabeled" in page and "label None" not in page and "· label <" not in page

@@ -29,3 +29,27 @@ def tiny_pixel_step(device: str) -> Callable[[list[Any], list[str | None]], None
         opt.step()
 
     return step
+
+
+class _StepWithEpochEnd:
+    """A training step whose loop also evaluates a fixed set once per epoch."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.step = tiny_pixel_step(device)
+        self.eval_x = torch.randn(20_000, 256)
+        self.eval_w = torch.randn(256, 256)
+
+    def __call__(self, contents: list[Any], labels: list[str | None]) -> None:
+        self.step(contents, labels)
+
+    def end_epoch(self) -> None:
+        """A per-epoch evaluation pass: the same work whatever the epoch's size."""
+        for _ in range(8):
+            (self.eval_x @ self.eval_w).relu_().sum()
+
+
+def pixel_step_with_eval(device: str) -> _StepWithEpochEnd:
+    """`tiny_pixel_step` plus an evaluation pass at the end of each epoch (fixed per epoch)."""
+    return _StepWithEpochEnd(device)

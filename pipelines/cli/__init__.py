@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+from rich.markup import escape
+
 from leanset.pipelines.cli import cost, flowfile, queue, report, run, store
 from leanset.pipelines.cli.console import console
 
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return 2
     except BrokenPipeError:  # `leanset show --json | head`: the reader left; not an error
         devnull = os.open(os.devnull, os.O_WRONLY)

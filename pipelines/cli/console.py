@@ -29,6 +29,16 @@ _POLICY = {
 }
 
 
+def print_table(table: Table) -> None:
+    """A table whole: on a terminal it fits the window; piped, it is as wide as its cells need
+    (a pipe's 80 columns would cut names to `versi…`)."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    need = console.measure(table, options=console.options.update_width(10_000)).maximum
+    console.print(table, width=max(console.width, need))
+
+
 def print_summary(s: RunSummary) -> None:
     """The end-of-run summary (also `leanset show`)."""
     say = console.print
@@ -98,9 +108,23 @@ def counts_table(c: Counts) -> Table:
 
 
 def _facts(c: Counts) -> str:
-    return (
+    text = (
         f"{c.dup_groups:,} duplicate groups · {c.leaking_eval_samples:,} eval samples leaking "
         f"from train · {c.label_conflicts:,} samples in label-conflict groups"
+    )
+    return text + (f"\n{leak_fanout_line(c)}" if c.leak_fanout else "")
+
+
+def leak_fanout_line(c: Counts) -> str:
+    """The eval samples that removed several train rows each: a call a person should check."""
+    fan = c.leak_fanout
+    shown = ", ".join(f"{sid} ← {n}" for sid, n in list(fan.items())[:5])
+    more = f" and {len(fan) - 5} more" if len(fan) > 5 else ""
+    return (
+        f"leaks that multiply: {len(fan):,} eval samples removed {sum(fan.values()):,} train "
+        f"rows between them ({shown}{more}); the report shows each beside its train rows with "
+        "the differences marked: if they are not copies, raise dedup.threshold (or leave shingles "
+        "out of dedup.confirm)"
     )
 
 
@@ -139,6 +163,8 @@ def detail_lines(s: RunSummary) -> list[str]:
             f"human labels applied: {lab.get('human_labels', 0):,} new this run "
             f"({total:,} in effect)"
         )
+    if "unjudged" in lab:
+        lines.append(f"label noise: {lab['unjudged']['line']}")
     if "queue" in lab:
         lines.append(_queue_line(lab["queue"]))
     return lines
@@ -167,11 +193,18 @@ def _queue_line(q: dict[str, Any]) -> str:
     parts = [f"{n:,} {_REASONS.get(r, r)}" for r, n in (q.get("by_reason") or {}).items() if n]
     if parts:
         line += f" ({', '.join(parts)})"
-    if q.get("skipped_pending"):
-        line += f", {q['skipped_pending']:,} already waiting"
-    if "waiting" in q:
-        line += f"; {q['waiting']:,} waiting for a human in all"
-    return line
+    if "waiting" not in q:
+        if q.get("skipped_pending"):
+            line += f", {q['skipped_pending']:,} proposed again but already waiting"
+        return line
+    added, again, waiting = q.get("added", 0), q.get("skipped_pending", 0), q["waiting"]
+    parts = [f"{added:,} added now"]
+    if again:
+        parts.append(f"{again:,} proposed again (already waiting)")
+    earlier = waiting - added - again
+    if earlier > 0:
+        parts.append(f"{earlier:,} from earlier runs")
+    return line + f"; {waiting:,} waiting for a human in all = {' + '.join(parts)}"
 
 
 def _label_lines(lab: dict[str, Any]) -> list[str]:

@@ -87,6 +87,14 @@ def calibration_lines(record: dict[str, Any], cost: CostSettings, store: str) ->
             f"{record['steps']} steps, batch {record['batch_size']}); per CPU-second "
             f"{c['mean']:,.4g}"
         )
+    ep = record.get("epoch")
+    if ep:
+        lines.append(
+            f"  per epoch: {ep['fixed_wall_seconds']:,.3g} s fixed (evaluation, checkpoint, "
+            f"start-up) + {ep['per_sample_wall_seconds'] * 1e3:,.3g} ms per sample (wall; CPU: "
+            f"{ep['fixed_cpu_seconds']:,.3g} s + {ep['per_sample_cpu_seconds'] * 1e3:,.3g} ms), "
+            f"from whole epochs of {min(ep['samples']):,} and {max(ep['samples']):,} samples"
+        )
     lines.append(f"stored in {StoreLayout.of(store).calibration}")
     if not uses_calibration(cost):
         lines.append(
@@ -102,7 +110,8 @@ def calibration_lines(record: dict[str, Any], cost: CostSettings, store: str) ->
         price = epoch_price(cost, a, record)
         if price is not None:
             ub, ua = a.total("train", "units_before"), a.total("train", "units_after")
-            after = price.hours * (ua / ub if ub else 1.0)
+            share = ua / ub if ub else 1.0
+            after = price.fixed_hours + (price.hours - price.fixed_hours) * share
             lines.append(
                 f"at this rate version {latest['version']}'s training splits ({ub:,} → {ua:,} "
                 f"{a.unit}) cost {price.hours:,.4g} → {after:,.4g} {price.resource}-h per epoch"

@@ -24,6 +24,12 @@ def add_commands(sub: Any) -> None:
     init.add_argument(
         "--name", default=None, help="the flow's name (default: from the folder or file name)"
     )
+    init.add_argument(
+        "--offline",
+        action="store_true",
+        help="write an embedder that needs no download (packaged EfficientNet-Lite0 for photos, "
+        "raw pixels for small images, exact duplicates only for text)",
+    )
     init.set_defaults(func=cmd_init)
 
     flows = sub.add_parser("flows", help="list the flows of a flows.yaml (each one is checked)")
@@ -36,7 +42,7 @@ def add_commands(sub: Any) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     from leanset.pipelines.scaffold import add_flow
 
-    name, block = add_flow(args.config, args.path, args.name)
+    name, block = add_flow(args.config, args.path, args.name, args.offline)
     console.print(f"added flow [bold]{name}[/] to {show_path(args.config)}:", highlight=False)
     console.print(block, highlight=False, markup=False, end="")
     console.print(

@@ -10,9 +10,10 @@ from typing import Any
 
 from rich.table import Table
 
-from leanset.pipelines.cli.console import console, show_path
+from leanset.pipelines.cli.console import console, print_table, show_path
 from leanset.pipelines.cli.store import STORE_HELP, open_store
 from leanset.pipelines.store import Store
+from leanset.pipelines.store.location import check_writable
 
 STATUS_CHOICES = {"new": ("queued",), "exported": ("exported",), "all": None}
 DOCUMENT_ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
@@ -103,6 +104,7 @@ def cmd_queue_export(args: argparse.Namespace) -> int:
         out = export_table(store.root, args.out, format=args.format, statuses=statuses)
         console.print(f"wrote {out.n_tasks} queue rows to {out.path}", highlight=False)
         return 0
+    check_writable(store.root, "a Label Studio export marks the queue rows exported")
     root, dataset, docs = image_root(store, args)
     res = export_label_studio(store.root, args.out, image_root=root, statuses=statuses)
     xml = Path(args.out).with_suffix(".label_config.xml")
@@ -131,6 +133,7 @@ def cmd_queue_import(args: argparse.Namespace) -> int:
     from leanset.pipelines.store.queue import import_label_studio
 
     store = open_store(args.store)
+    check_writable(store.root, "an import records the answers in its labeling/ folder")
     res = import_label_studio(store.root, args.annotations, classes=_classes(store))
     _print_import(res)
     return 0
@@ -201,7 +204,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
         t.add_column(col)
     for row in q.group_by("status", "reason").len().sort("status", "reason").iter_rows():
         t.add_row(*[str(v) for v in row])
-    console.print(t)
+    print_table(t)
     console.print(f"{read_answers(store.root).height:,} answered sample(s) recorded")
     return 0
 

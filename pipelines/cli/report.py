@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import webbrowser
+from pathlib import Path
 from typing import Any
 
 from leanset.pipelines.cli.console import console
 from leanset.pipelines.cli.store import STORE_HELP, open_store
-from leanset.pipelines.store import StoreError
+from leanset.pipelines.store import IntegrityError, StoreError
+from leanset.pipelines.store.sealed import check_file
 
 
 def add_commands(sub: Any) -> None:
@@ -33,7 +37,25 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"store {args.store}: version {version} has no report ({path} is missing; it is "
             f"written after the version is committed, and a run stopped there left none)"
         )
+    if check_file(path) is not None:
+        raise IntegrityError(
+            f"store {args.store}: the report of version {version} ({path}) is damaged (it does "
+            f"not match its checksum); `leanset show {args.store} --version {version}` writes it "
+            f"again"
+        )
     print(path)
-    if args.open and not webbrowser.open(path.as_uri()):
-        console.print("no web browser found; open the path above", highlight=False)
+    if args.open:
+        console.print(open_in_browser(path), highlight=False)
     return 0
+
+
+def open_in_browser(path: Path) -> str:
+    """Open `path` in a browser when this machine can show one; what was done, in words."""
+    graphical = sys.platform in ("darwin", "win32") or any(
+        os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")
+    )
+    if not graphical:
+        return "not opened: no display here (DISPLAY is unset); open the path above elsewhere"
+    if not webbrowser.open(path.as_uri()):
+        return "not opened: no web browser found; open the path above"
+    return "opened in the default web browser"

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any, TextIO
 
 from leanset.pipelines.cli.console import console, print_scores, print_summary
 from leanset.pipelines.summary import RunSummary
@@ -96,18 +100,32 @@ def _add_demo_and_serve(sub: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from leanset.pipelines.flows import run_flow
 
-    summary = run_flow(
-        args.config,
-        args.flow,
-        overrides=args.overrides,
-        dry_run=args.dry_run,
-        force=args.force,
-    )
-    if args.json:
-        print(json.dumps(summary, indent=2, default=str))
-    else:
-        print_summary(RunSummary.from_dict(summary))
+    run = {"overrides": args.overrides, "dry_run": args.dry_run, "force": args.force}
+    if not args.json:
+        print_summary(RunSummary.from_dict(run_flow(args.config, args.flow, **run)))
+        return 0
+    with stdout_to_stderr() as stdout:  # Ray prints a dead worker's lines to stdout
+        summary = run_flow(args.config, args.flow, **run)
+        stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
     return 0
+
+
+@contextmanager
+def stdout_to_stderr() -> Iterator[TextIO]:
+    """Point file descriptor 1 at stderr (what Python, Ray's threads, C libraries and child
+    processes print goes there) and yield a stream on the real stdout, for `--json`."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    real = os.fdopen(os.dup(saved), "w", encoding="utf-8", closefd=True)
+    try:
+        yield real
+    finally:
+        sys.stdout.flush()
+        with suppress(BrokenPipeError):  # already raised by the write, for `main` to handle
+            real.close()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -9,9 +9,16 @@ from typing import Any
 
 from rich.table import Table
 
-from leanset.pipelines.cli.console import console, human_bytes, print_summary, show_path
+from leanset.pipelines.cli.console import (
+    console,
+    human_bytes,
+    print_summary,
+    print_table,
+    show_path,
+)
 from leanset.pipelines.store import Store, StoreError
 from leanset.pipelines.store.layout import StoreLayout
+from leanset.pipelines.store.storage import is_url
 from leanset.pipelines.summary import RunSummary
 
 STORE_HELP = "the store folder (a flow's `store:`)"
@@ -52,7 +59,13 @@ def add_commands(sub: Any) -> None:
 
 
 def open_store(path: str) -> Store:
-    """The store at `path`: a folder holding committed versions (`manifests/`)."""
+    """The store at `path`: a folder holding committed versions (`manifests/`), or an
+    object-storage URL (credentials and endpoint from the environment)."""
+    if is_url(path):
+        store = Store(path)
+        if not store.manifests():
+            raise StoreError(f"{path}: no store here (no manifests/ written by a commit)")
+        return store
     root = Path(path)
     if not root.is_dir():
         raise StoreError(
@@ -96,7 +109,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
         t.add_row(
             *["" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()]
         )
-    console.print(t)
+    print_table(t)
     return 0
 
 
@@ -192,6 +205,12 @@ def _add_export(sub: Any) -> None:
         default="copy",
         help="imagefolder: copy the image files (default) or link them",
     )
+    export.add_argument(
+        "--allow-changed",
+        action="store_true",
+        help="export image files whose bytes changed after the commit anyway, and list them "
+        "(default: refuse)",
+    )
     export.set_defaults(func=cmd_export)
 
 
@@ -204,10 +223,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         embed_images=args.embed_images,
         image_paths=args.image_paths,
         link=args.link,
+        allow_changed=args.allow_changed,
     )
     store = open_store(args.store)
     version = args.version if args.version is not None else promoted_version(store)
-    out = export_version(store, version, args.format, args.out, args.decisions, options)
+    changed: list[str] = []
+    out = export_version(store, version, args.format, args.out, args.decisions, options, changed)
     which = (
         f"version {args.version}"
         if args.version is not None
@@ -216,6 +237,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         else "the latest version (none is promoted)"
     )
     console.print(f"wrote {out} ({which})", highlight=False)
+    if changed:
+        console.print(
+            f"{len(changed)} image file(s) changed after the version was committed and were "
+            f"exported as they are now (--allow-changed): {', '.join(changed[:10])}",
+            highlight=False,
+        )
     if args.format == "hf" and not args.embed_images and args.image_paths == "relative":
         root = store.manifest(version).get("config", {}).get("source", {}).get("path")
         if root:
@@ -231,7 +258,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Exit status 0 when nothing is damaged, 1 otherwise; each finding names its file."""
     from leanset.pipelines.store.verify import verify_store
 
-    result = verify_store(open_store(args.store).root)
+    result = verify_store(args.store if is_url(args.store) else open_store(args.store).root)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0 if result.ok else 1
@@ -275,7 +302,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 t.add_column(col)
             for row in df.head(args.limit).iter_rows():
                 t.add_row(*["" if v is None else str(v) for v in row])
-            console.print(t)
+            print_table(t)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import pickle
@@ -13,6 +14,7 @@ import numpy as np
 
 from leanset.dedup.matrix import resolve_device
 from leanset.pipelines.config import EmbedderSettings
+from leanset.pipelines.embed.offline import hub_offline_unless_reachable
 from leanset.pipelines.embed.protocol import Embedder, EmbedError, l2_normalise, open_image
 
 log = logging.getLogger("leanset.embed")
@@ -116,10 +118,17 @@ def _load_open_clip(model: str, pretrained: str | None, device: str) -> tuple[An
     suffixes = (".pt", ".bin", ".safetensors", ".pth")
     if pretrained and Path(pretrained).suffix in suffixes and not Path(pretrained).is_file():
         raise EmbedError(f"embedder.pretrained: checkpoint {pretrained} does not exist")
+    remote = pretrained and not Path(pretrained).exists()
+    fetch = (
+        hub_offline_unless_reachable(f"open_clip {model!r} (pretrained {pretrained!r})")
+        if remote
+        else contextlib.nullcontext()
+    )
     try:
-        model_obj, _, preprocess = open_clip.create_model_and_transforms(
-            model, pretrained=pretrained, device=device
-        )
+        with fetch:
+            model_obj, _, preprocess = open_clip.create_model_and_transforms(
+                model, pretrained=pretrained, device=device
+            )
     except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused an object
         raise EmbedError(
             f"embedder.pretrained: checkpoint {pretrained} holds pickled Python objects, not only "
@@ -207,8 +216,14 @@ class SentenceTransformerEmbedder:
                 "embedder type 'sentence_transformers' needs: pip install 'leanset[text]'"
             ) from exc
         self.device = resolve_device(device, error=EmbedError)
+        fetch = (
+            contextlib.nullcontext()
+            if Path(model).exists()
+            else hub_offline_unless_reachable(f"sentence_transformers model {model!r}")
+        )
         try:
-            self.model = SentenceTransformer(model, device=self.device)
+            with fetch:
+                self.model = SentenceTransformer(model, device=self.device)
         except pickle.UnpicklingError as exc:  # a weights-only load refused a pickled object
             raise EmbedError(
                 f"embedder.model: the weights in {model} hold pickled Python objects, not only "

@@ -60,13 +60,38 @@ def open_image(content: bytes, mode: str) -> Any:
             img = Image.open(io.BytesIO(content))
         _check_pixels(img.size)
         img.load()
-        return img.convert(mode)
+        return to_8bit(img).convert(mode)
     except UnidentifiedImageError as exc:  # its message holds a memory address: not reproducible
         raise SampleError("unreadable: cannot decode image (not a known image format)") from exc
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         if isinstance(exc, SampleError):
             raise
         raise SampleError(f"unreadable: cannot decode image ({exc})") from exc
+
+
+WIDE_MODES = ("I", "F")  # and every "I;16..." variant: more than 8 bits a pixel
+FULL_SCALE = {"F": 1.0}  # a constant image's value at white (16-bit otherwise)
+
+
+def to_8bit(img: Any) -> Any:
+    """An 8-bit image of a 16-bit, 32-bit integer or float one, its real range (min..max of the
+    finite pixels) scaled to 0..255; other modes are returned as they are (Pillow converts them
+    faithfully, but clips wider ones: a float image in 0..1 would decode black)."""
+    from PIL import Image
+
+    if img.mode not in WIDE_MODES and not img.mode.startswith("I;16"):
+        return img
+    a = np.asarray(img, dtype=np.float64)
+    finite = np.isfinite(a)
+    if not finite.any():
+        return Image.fromarray(np.zeros(a.shape, dtype=np.uint8), mode="L")
+    lo, hi = float(a[finite].min()), float(a[finite].max())
+    a = np.where(finite, a, lo)
+    if hi > lo:
+        scaled = (a - lo) * (255.0 / (hi - lo))
+    else:  # one value: placed on the type's own scale (0..1 for float, 0..65535 otherwise)
+        scaled = np.full(a.shape, np.clip(lo / FULL_SCALE.get(img.mode, 65535.0), 0, 1) * 255)
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
 
 
 def _check_pixels(size: tuple[int, int]) -> None:

@@ -22,6 +22,7 @@ import polars as pl
 
 from leanset.pipelines.report.calibration import calibration_section
 from leanset.pipelines.report.geometry import geometry_section
+from leanset.pipelines.report.leaks import fanout_section
 from leanset.pipelines.sources import LoadedDataset
 from leanset.pipelines.store.manifest import JSON, Counts
 from leanset.pipelines.summary import RunSummary
@@ -54,6 +55,9 @@ padding:4px;white-space:pre-wrap;word-break:break-word;border:3px solid #ccc}
 input.search{font-size:14px;padding:4px 8px;width:22rem;margin:.3rem 0}
 .pager button{margin:0 2px}.pager{margin:.4rem 0}.muted{color:#777}
 svg text{font-size:11px;fill:#333}
+del{background:#fdd;color:#900}ins{background:#dfd;color:#060;text-decoration:none}
+table.diff td{vertical-align:top;padding:2px 8px;border-bottom:1px solid #eee;white-space:pre-wrap}
+.fan{margin:.6rem 0;padding:.3rem .6rem;border-left:3px solid #c93}
 """
 
 
@@ -67,11 +71,11 @@ def write_html_report(
     top: int = 12,
 ) -> Path:
     """Write the version's report page and return its path."""
-    from leanset.pipelines.fsutil import atomic_write_bytes
+    from leanset.pipelines.store.sealed import write_sealed
 
     link = _relative(parent_report, Path(path).parent) if parent_report else None
     page = render(summary, decisions, data, manifest or {}, link, top)
-    return atomic_write_bytes(path, page.encode("utf-8"))
+    return write_sealed(path, page.encode("utf-8"))
 
 
 def _relative(target: str | Path, folder: Path) -> str:
@@ -104,6 +108,7 @@ def render(
         geometry_section(decisions, data),
         _groups_section(decisions, thumbs),
         _leaks_section(decisions, by_id, thumbs, top * 2),
+        fanout_section(decisions, summary.counts.leak_fanout, thumbs.text_of, thumbs.card),
         _issues_section(decisions, thumbs, top * 4),
         _human_section(decisions, thumbs, top * 4),
         _footer(manifest),
@@ -195,22 +200,45 @@ def _classes(decisions: pl.DataFrame) -> str:
     )
 
 
+ROUTE_SETTINGS = {
+    "embedding": "embedding cosine ≥ <code>dedup.threshold</code>: raise it",
+    "pixels": "thumbnail correlation, calibrated on this data: leave <code>pixels</code> out of "
+    "<code>dedup.confirm</code>",
+    "hashes": "pHash and dHash agree: leave <code>hashes</code> out of <code>dedup.confirm</code>",
+    "shingles": "shared character 5-grams: leave <code>shingles</code> out of "
+    "<code>dedup.confirm</code>",
+}
+
+
+def route_advice(evidence: str | None) -> str:
+    """Which routes accepted a pair and the setting that controls each (HTML)."""
+    routes = [r for r in (evidence or "embedding").split("+") if r]
+    parts = [f"<b>{_e(r)}</b> ({ROUTE_SETTINGS.get(r, 'see dedup.confirm')})" for r in routes]
+    text = "accepted by " + "; ".join(parts)
+    if len(routes) > 1:
+        text += ". Every one of these routes accepted it: all must change to keep both"
+    return text + "."
+
+
 def _closest_calls(
     decisions: pl.DataFrame, by_id: dict[str, dict[str, Any]], thumbs: _Thumbs, top: int
 ) -> str:
-    """Near duplicates with the lowest similarity: where the threshold is tested."""
+    """Near duplicates with the lowest similarity: where the threshold is tested, each with the
+    route that accepted it and the setting that controls that route."""
     near = decisions.filter(pl.col("near_dup_of").is_not_null()).sort("dup_similarity").head(top)
     if near.height == 0:
         return ""
     blocks = [
-        f"<div class=group>{thumbs.card(r)}{thumbs.card(by_id[r['near_dup_of']])}</div>"
+        f"<div class=group>{thumbs.card(r)}{thumbs.card(by_id[r['near_dup_of']])}"
+        f"<p class=sub>{route_advice(r.get('dup_evidence'))}</p></div>"
         for r in near.iter_rows(named=True)
         if r["near_dup_of"] in by_id
     ]
     return (
         "<h2>Closest calls: near duplicates with the lowest similarity</h2>"
-        "<p class=sub>If these are not duplicates, raise <code>dedup.threshold</code>.</p>"
-        + "".join(blocks)
+        "<p class=sub>If a pair is not a duplicate, change the setting of the route that "
+        "accepted it (named under each pair): raising <code>dedup.threshold</code> separates "
+        "only pairs the embedding alone accepted.</p>" + "".join(blocks)
     )
 
 
@@ -354,7 +382,7 @@ class _Thumbs:
         css = "ok" if kept else "reason"
         lines = (
             f"<span class=src>{_e(row['source'])}</span><br>"
-            f"<span class=nowrap>{_e(row['split'])} · label {_e(row.get('label'))}</span><br>"
+            f"<span class=nowrap>{_e(row['split'])} · {_label_text(row.get('label'))}</span><br>"
             f"<span class={css}>{_e(status)}</span>{extra}"
         )
         return self._wrap(row, kept, lines, budget)
@@ -390,6 +418,13 @@ class _Thumbs:
         css = "kept" if kept else "dropped"
         return f"<div class='card {css}{wide}'>{self._visual(row, budget)}{lines}</div>"
 
+    def text_of(self, sample_id: str) -> str | None:
+        """A text sample's whole text (None for other modalities or unreadable samples)."""
+        pos = self.position.get(sample_id)
+        if self.data.modality != "text" or pos is None:
+            return None
+        return str(self.data.read([pos])[0])
+
     def _visual(self, row: dict[str, Any], budget: bool) -> str:
         pos = self.position.get(row["sample_id"])
         if row.get("error") is not None or pos is None:
@@ -407,6 +442,11 @@ class _Thumbs:
         return f"<img alt='' src='{uri}'>" if uri else "<div class=text>no thumbnail</div>"
 
 
+def _label_text(label: str | None) -> str:
+    """`label cat`, or `unlabeled` for a row without one."""
+    return "unlabeled" if label is None else f"label {_e(label)}"
+
+
 def _quality(q: float | None) -> str:
     """cleanlab's label quality, readable: 0.42, 0.031, <0.001."""
     if q is None:
@@ -418,8 +458,10 @@ def _thumbnail(data: LoadedDataset, pos: int) -> str | None:
     """A data URI with a small PNG of the sample, or None when it cannot be decoded."""
     from PIL import Image
 
+    from leanset.pipelines.embed.protocol import to_8bit
+
     try:
-        img = Image.open(io.BytesIO(data.read([pos])[0]))
+        img = to_8bit(Image.open(io.BytesIO(data.read([pos])[0])))
         img.thumbnail((THUMB_PX, THUMB_PX))
         buf = io.BytesIO()
         img.convert("RGB").save(buf, format="PNG")

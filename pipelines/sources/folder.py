@@ -104,13 +104,26 @@ def place_files(root: Path, pool_splits: Sequence[str]) -> FolderFiles:
                 continue
             file = here / name
             files.append(file.relative_to(root).parts)
-            target = Path(os.path.realpath(file))
-            if file.is_symlink() and not target.is_relative_to(real_root):
-                found.refused[str(file)] = (
-                    f"unreadable: a link to {target}, outside the dataset folder {real_root}"
-                )
+            problem = _link_problem(file, real_root) if file.is_symlink() else None
+            if problem:
+                found.refused[str(file)] = problem
     _place(found, sorted(files), pool_splits)
     return found
+
+
+def _link_problem(file: Path, real_root: Path) -> str | None:
+    """Why a linked image file is not read: a link loop, or a target outside the folder."""
+    import errno
+
+    try:
+        os.stat(file)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"unreadable: a symbolic link loop ({file.name} leads back to itself)"
+    target = Path(os.path.realpath(file))
+    if not target.is_relative_to(real_root):
+        return f"unreadable: a link to {target}, outside the dataset folder {real_root}"
+    return None
 
 
 def _place(found: FolderFiles, files: list[tuple[str, ...]], pool_splits: Sequence[str]) -> None:

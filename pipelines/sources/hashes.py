@@ -28,12 +28,12 @@ class FileHashCache:
         self._added = 0
         if self.path.is_file():
             try:
-                t = pl.read_parquet(self.path)
+                t = _read_checked(self.path)
                 keys = zip(
                     t["path"].to_list(), t["size"].to_list(), t["mtime_ns"].to_list(), strict=True
                 )
                 self._known = dict(zip(keys, t["hash"].to_list(), strict=True))
-            except (OSError, pl.exceptions.PolarsError, KeyError) as exc:
+            except (OSError, ValueError, KeyError, pl.exceptions.PolarsError) as exc:
                 log.warning(
                     "file hash cache %s is unreadable (%s); files are hashed again", path, exc
                 )
@@ -53,7 +53,8 @@ class FileHashCache:
             return
         import io
 
-        from leanset.pipelines.fsutil import atomic_write_bytes, is_disk_full
+        from leanset.pipelines.fsutil import is_disk_full
+        from leanset.pipelines.store.sealed import write_sealed
 
         keys = list(self._known)
         frame = pl.DataFrame(
@@ -68,9 +69,18 @@ class FileHashCache:
         buf = io.BytesIO()
         frame.write_parquet(buf)
         try:
-            atomic_write_bytes(self.path, buf.getvalue())
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            log.warning("no space left on the store's disk (%s): file hashes not cached", self.path)
+            write_sealed(self.path, buf.getvalue())
+        except OSError as exc:  # a cache: a full or read-only disk only costs hashing again
+            why = "no space left on the store's disk" if is_disk_full(exc) else str(exc)
+            log.warning("%s (%s): file hashes not cached", why, self.path)
         self._added = 0
+
+
+def _read_checked(path: Path) -> pl.DataFrame:
+    """The cache's table, its bytes checked against their seal before polars parses them."""
+    import io
+
+    from leanset.pipelines.store.sealed import read_sealed
+
+    raw = read_sealed(path, "it is rebuilt (files are hashed again)")
+    return pl.read_parquet(io.BytesIO(raw or b""))

@@ -476,7 +476,8 @@ def _vector_bytes(value: Any) -> tuple[bytes, str | None]:
 def _image_source(value: Any, source: SourceSettings, split: str, row: int) -> str:
     path = value.get("path") if isinstance(value, dict) else None
     if path and source.path:
-        for inner, outer in ((Path(path), Path(source.path)), (Path(path).resolve(), None)):
+        real = Path(os.path.realpath(path))  # never raises, even on a link loop
+        for inner, outer in ((Path(path), Path(source.path)), (real, None)):
             try:  # the path as listed (a link keeps its own name), else as resolved
                 return str(inner.relative_to(outer or Path(source.path).resolve()))
             except ValueError:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,7 +23,7 @@ import polars as pl
 if TYPE_CHECKING:
     import datasets
 
-from leanset.pipelines.fsutil import atomic_write_bytes
+from leanset.pipelines.fsutil import atomic_write_bytes, digest
 from leanset.pipelines.store import Store, StoreError
 
 FORMATS = ("parquet", "hf", "imagefolder")
@@ -59,6 +58,7 @@ class ExportOptions:
     embed_images: bool = False
     image_paths: Literal["relative", "absolute"] = "relative"
     link: Link = "copy"
+    allow_changed: bool = False  # copy/embed source files whose bytes changed since the commit
 
     def __post_init__(self) -> None:
         unknown = [e for e in self.extras if e not in EXTRAS]
@@ -80,12 +80,18 @@ def export_version(
     out: str | Path,
     decisions: bool = False,
     options: ExportOptions | None = None,
+    changed: list[str] | None = None,
 ) -> Path:
-    """Write the cleaned dataset (or the decisions) of a version to `out`."""
+    """Write the cleaned dataset (or the decisions) of a version to `out`.
+
+    Image files copied or embedded must still hold the bytes the version hashed; with
+    `allow_changed` they are exported anyway and their sample ids added to `changed`."""
     if fmt not in FORMATS:
         raise StoreError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     opts = options or ExportOptions()
     view = VersionView.of(store, version, decisions, opts.extras)
+    if changed is not None:
+        view.changed = changed
     out = Path(out)
     try:
         if fmt == "parquet":
@@ -106,6 +112,7 @@ class VersionView:
     classes: list[str]
     root: Path | None  # the dataset root image paths are relative to
     version: int
+    changed: list[str] = field(default_factory=list)  # samples whose file changed (allowed)
 
     @classmethod
     def of(
@@ -211,7 +218,7 @@ def image_cell(view: VersionView, row: dict[str, Any], opts: ExportOptions) -> d
         return {"path": PurePosixPath(rel).name if rel else None, "bytes": stored}
     path = resolve_image(view, row)
     if opts.embed_images:
-        return {"path": path.name, "bytes": path.read_bytes()}
+        return {"path": path.name, "bytes": committed_bytes(view, row, path, opts)}
     shown = str(path) if opts.image_paths == "absolute" else rel
     return {"path": shown, "bytes": None}
 
@@ -296,7 +303,7 @@ def write_imagefolder(view: VersionView, out: Path, opts: ExportOptions) -> Path
     taken: set[str] = set()
     for row in view.frame.iter_rows(named=True):
         rel = _folder_name(row, taken)
-        _place(view, row, out / rel, opts.link)
+        _place(view, row, out / rel, opts)
         names.append(rel)
     meta = view.frame.drop(["image_path", "image_bytes"], strict=False).with_columns(
         pl.Series("file_name", names, dtype=pl.Utf8)
@@ -324,19 +331,40 @@ def _safe(label: str) -> str:
     return cleaned if cleaned not in ("", ".", "..") else f"_{cleaned}_"
 
 
-def _place(view: VersionView, row: dict[str, Any], target: Path, link: Link) -> None:
-    """Write or link one image file."""
+def _place(view: VersionView, row: dict[str, Any], target: Path, opts: ExportOptions) -> None:
+    """Write or link one image file (its bytes checked against the version's content hash)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if row.get("image_bytes") is not None:
         target.write_bytes(row["image_bytes"])
         return
     source = resolve_image(view, row).resolve()
-    if link == "symlink":
+    data = committed_bytes(view, row, source, opts)
+    if opts.link == "symlink":
         target.symlink_to(source)
-    elif link == "hardlink":
+    elif opts.link == "hardlink":
         os.link(source, target)
     else:
-        shutil.copyfile(source, target)
+        target.write_bytes(data)
+
+
+def committed_bytes(
+    view: VersionView, row: dict[str, Any], path: Path, opts: ExportOptions
+) -> bytes:
+    """The bytes of a row's image file, refused when they are not the ones the version hashed
+    (edited after the commit), unless `allow_changed` (then the sample is listed in `changed`)."""
+    data = path.read_bytes()
+    want = row.get("content_hash")
+    if want is None or digest(data) == want:
+        return data
+    if not opts.allow_changed:
+        raise StoreError(
+            f"version {view.version}: the image of sample {row['sample_id']!r} ({path}) changed "
+            f"after the version was committed (its bytes no longer match its content_hash); "
+            f"restore the file, run the flow again for a version that holds it, or export with "
+            f"--allow-changed to export it anyway"
+        )
+    view.changed.append(str(row["sample_id"]))
+    return data
 
 
 def _write_sidecars(out: Path, meta: pl.DataFrame, classes: list[str]) -> None:

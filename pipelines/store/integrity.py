@@ -17,6 +17,7 @@ from urllib.parse import unquote
 
 from leanset.pipelines.fsutil import digest, digest_file
 from leanset.pipelines.store.errors import IntegrityError
+from leanset.pipelines.store.storage import LocalStorage, Storage
 
 MANIFEST_FIELDS_WITH_CHECKSUM = ("files",)  # a manifest holding these must carry a checksum
 _HASHED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> digest, this process
@@ -38,7 +39,7 @@ def manifest_checksum(manifest: dict[str, Any]) -> str:
     return digest(json.dumps(body, indent=2, sort_keys=True).encode())
 
 
-def parse_manifest(path: Path, raw: bytes) -> dict[str, Any]:
+def parse_manifest(path: str | Path, raw: bytes) -> dict[str, Any]:
     """A manifest's JSON, checked against its own checksum; damage is an IntegrityError."""
     try:
         data = json.loads(raw.decode("utf-8"))
@@ -63,9 +64,9 @@ def parse_manifest(path: Path, raw: bytes) -> dict[str, Any]:
     return data
 
 
-def _restore(path: Path) -> str:
+def _restore(path: str | Path) -> str:
     return (
-        f"restore {path.name} from a backup of the store's manifests/ folder (the version cannot "
+        f"restore {str(path).rsplit('/', 1)[-1]} from a backup of the store's manifests/ folder (the version cannot "
         f"be skipped: its number would be reused); {VERIFY_HINT}"
     )
 
@@ -73,48 +74,58 @@ def _restore(path: Path) -> str:
 # ---------------------------------------------------------------- recording
 
 
-def table_files(table: Path, delta_version: int, added: set[str]) -> dict[str, Any]:
+def table_files(
+    storage: Storage, table: str, delta_version: int, added: set[str]
+) -> dict[str, Any]:
     """What a manifest records of one table: the digest of its Delta commit file and of each data
     file the version reads."""
-    log = _log_file(table, delta_version)
     return {
-        "delta_log": digest(log.read_bytes()),
-        "data": {rel: digest_file(table / rel) for rel in sorted(added)},
+        "delta_log": digest(storage.read(_log_file(table, delta_version))),
+        "data": {rel: _digest(storage, f"{table}/{rel}") for rel in sorted(added)},
     }
 
 
-def _log_file(table: Path, delta_version: int) -> Path:
-    return table / "_delta_log" / f"{delta_version:020d}.json"
+def _digest(storage: Storage, rel: str) -> str:
+    """A file's digest: streamed from disk, or one GET of the object."""
+    if isinstance(storage, LocalStorage):
+        return digest_file(storage.path(rel))
+    return digest(storage.read(rel))
+
+
+def _log_file(table: str, delta_version: int) -> str:
+    return f"{table}/_delta_log/{delta_version:020d}.json"
 
 
 # ---------------------------------------------------------------- checking
 
 
 def check_version_table(
-    root: Path, table: str, manifest: dict[str, Any], files: list[tuple[str, int]]
+    storage: Storage, table: str, manifest: dict[str, Any], files: list[tuple[str, int]]
 ) -> None:
     """The version's Delta commit is the one its manifest made, and its data files are the ones
     it recorded, byte for byte (`files`: (relative path, size) from the Delta log).
 
     Done once per (table, Delta version, commit) in a process."""
     delta_version = int(manifest["tables"][table])
-    key = (str(root), table, delta_version, str(manifest.get("commit")))
+    key = (storage.show(""), table, delta_version, str(manifest.get("commit")))
     if key in _CHECKED:
         return
-    path, version = root / table, manifest["version"]
-    _check_commit_token(path, table, delta_version, manifest)
+    version = manifest["version"]
+    _check_commit_token(storage, table, delta_version, manifest)
     recorded = (manifest.get("files") or {}).get(table)
     if recorded is not None:
-        _check_data_files(path, version, files, recorded)
+        _check_data_files(storage, table, version, files, recorded)
     _CHECKED.add(key)
 
 
-def _check_commit_token(path: Path, table: str, delta_version: int, m: dict[str, Any]) -> None:
+def _check_commit_token(
+    storage: Storage, table: str, delta_version: int, m: dict[str, Any]
+) -> None:
     """The Delta commit a manifest names carries the manifest's commit token (and digest)."""
-    log = _log_file(path, delta_version)
+    path, log = storage.show(table), storage.show(_log_file(table, delta_version))
     version, token = m["version"], m.get("commit")
     try:
-        raw = log.read_bytes()
+        raw = storage.read(_log_file(table, delta_version))
     except FileNotFoundError:
         return  # folded into a Delta checkpoint: the data files' checksums still decide
     found = _token_of(raw)
@@ -148,10 +159,15 @@ def _token_of(raw: bytes) -> str | None:
 
 
 def _check_data_files(
-    path: Path, version: int, files: list[tuple[str, int]], recorded: dict[str, Any]
+    storage: Storage,
+    table: str,
+    version: int,
+    files: list[tuple[str, int]],
+    recorded: dict[str, Any],
 ) -> None:
     """Every data file matches the digest the manifest recorded; the list is the recorded one."""
     data = recorded.get("data") or {}
+    path = storage.show(table)
     names = {unquote(rel) for rel, _ in files}
     if names != set(data):
         extra = sorted(names - set(data)) or sorted(set(data) - names)
@@ -161,13 +177,20 @@ def _check_data_files(
             f"restore both from a backup; {VERIFY_HINT}"
         )
     for rel in sorted(names):
-        file = path / rel
-        if hashed(file) != data[rel]:
+        file = storage.show(f"{table}/{rel}")
+        if stored_digest(storage, f"{table}/{rel}") != data[rel]:
             raise IntegrityError(
                 f"version {version}: data file {file} does not match the checksum its manifest "
                 f"recorded (damaged on disk); restore it from a backup of {path} (versions that "
                 f"do not read it are unaffected); {VERIFY_HINT}"
             )
+
+
+def stored_digest(storage: Storage, rel: str) -> str:
+    """A stored file's digest: a local file's once per process (see `hashed`), an object's read."""
+    if isinstance(storage, LocalStorage):
+        return hashed(storage.path(rel))
+    return digest(storage.read(rel))
 
 
 def hashed(file: Path) -> str:

@@ -16,6 +16,8 @@ STORE/
   after-commit/v000001-<t>.queue.parquet  rows a version's queue fill adds (written before its manifest)
   after-commit/v000001.done.json          which post-commit steps of a version are done (written last)
 ```
+The rewritable files (labeling tables and sync state, the file-hash cache, reports, done records)
+each have a checksum sidecar `X.sum` beside them (`pipelines/store/sealed.py`).
 """
 
 from __future__ import annotations

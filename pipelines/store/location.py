@@ -4,17 +4,26 @@ would read the store's own files; never `/` or a non-empty folder that is not a 
 from __future__ import annotations
 
 import glob
+import os
 import re
+import tempfile
 from pathlib import Path
 
 from leanset.pipelines.config import SourceSettings
 from leanset.pipelines.store.errors import StoreError
 from leanset.pipelines.store.layout import StoreLayout
+from leanset.pipelines.store.storage import is_url
 
 
 def check_store_location(store: str | Path, source: SourceSettings) -> None:
     """Refuse a store path that would mix the store with the data it cleans, or with other files;
     the message names both paths and what to do."""
+    if is_url(store):
+        raise StoreError(
+            f"store {store}: a flow run needs a store folder (a local path, or a bucket mounted "
+            f"at the same path on every node) so far; a store on object storage can be committed "
+            f"to, read, diffed and verified (`leanset verify URL`, `leanset diff URL A B`)"
+        )
     path = Path(store).expanduser().resolve()
     if path == Path(path.anchor):
         raise StoreError(f"store {store}: the filesystem root cannot be a store; {_FIX}")
@@ -23,6 +32,24 @@ def check_store_location(store: str | Path, source: SourceSettings) -> None:
     for pattern in source.data_files or []:
         _check_pattern(path, pattern)
     _check_folder(path, store)
+
+
+def check_writable(store: str | Path, why: str) -> None:
+    """Refuse, before any work, a store this process cannot write (read-only disk or mount,
+    immutable folder, no permission): a file is created and removed to find out. `why`: what
+    would write."""
+    root = Path(store).expanduser().absolute()
+    folder = next((p for p in (root, *root.parents) if p.is_dir()), Path(root.anchor))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".leanset-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise StoreError(
+            f"store {store} cannot be written ({folder}: {exc.strerror or exc}); {why}: make it "
+            f"writable (remount read-write, fix its permissions) or copy the store somewhere "
+            f"writable"
+        ) from exc
 
 
 _FIX = "give `store:` a new folder (or an existing store) outside the source"

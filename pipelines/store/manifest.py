@@ -34,6 +34,8 @@ class Counts:
     new_samples: int = 0
     new_duplicates_of_older: int = 0
     by_split_reason: dict[str, dict[str, int]] = field(default_factory=dict)
+    # eval sample id -> train rows dropped as its leak, for the eval samples with more than one
+    leak_fanout: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, decisions: pl.DataFrame, eval_splits: list[str], new: dict[str, int]) -> Counts:
@@ -50,6 +52,7 @@ class Counts:
             leaking_eval_samples=decisions.filter(leaking).height,
             label_conflicts=int(decisions["label_conflict"].sum()),
             by_split_reason=_by_split_reason(decisions),
+            leak_fanout=leak_fanout(decisions),
             **new,
         )
 
@@ -70,9 +73,18 @@ class Counts:
     @classmethod
     def from_dict(cls, data: JSON) -> Counts:
         """Counts as a manifest stored them (keys a version did not record count as zero)."""
-        defaults: JSON = {"by_reason": {}, "by_split": {}, "by_split_reason": {}}
+        defaults: JSON = {"by_reason": {}, "by_split": {}, "by_split_reason": {}, "leak_fanout": {}}
         values: JSON = {n: data.get(n, defaults.get(n, 0)) for n in cls.__dataclass_fields__}
         return cls(**values)
+
+
+def leak_fanout(decisions: pl.DataFrame, top: int = 20) -> dict[str, int]:
+    """The eval samples that more than one train row was dropped for as a leak: {id: rows},
+    most first (at most `top`). One test row removing many train rows is a judgement call."""
+    leaks = decisions.filter(pl.col("drop_reason") == "test_leak")
+    per = leaks.group_by("leak_of").len().filter(pl.col("len") > 1)
+    per = per.sort(["len", "leak_of"], descending=[True, False]).head(top)
+    return dict(zip(per["leak_of"].to_list(), [int(n) for n in per["len"]], strict=True))
 
 
 def _by_split(decisions: pl.DataFrame) -> dict[str, dict[str, int]]:

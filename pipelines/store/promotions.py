@@ -9,7 +9,8 @@ The gate compares the candidate's probe accuracy on the eval split (recorded in 
 run: the probe trained on its cleaned train split) with a baseline: the promoted version's, paired
 sample by sample, when both were scored on the same eval samples; otherwise the candidate's own raw
 train split (what training on the uncleaned data gives). It passes when the accuracy dropped by at
-most the bound.
+most the bound. Eval rows that a removed train row leaked into are left out of the comparison (the
+raw probe had memorised them), and the gate says how many.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import platform
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
+
+import numpy as np
 
 from leanset.labeling.quality import PairedDifference, paired_difference, unpack_bits
 from leanset.pipelines.fsutil import create_exclusive
@@ -92,11 +95,16 @@ def check_gate(store: Store, version: int, max_drop: float) -> Gate:
     current = promoted_version(store)
     base = _recorded_quality(store, current) if current not in (None, version) else None
     if base is not None and base.get("eval_fingerprint") == quality["eval_fingerprint"]:
-        n = int(quality["paired"]["n"])
-        pair = paired_difference(
-            unpack_bits(base["correct"]["clean"], n), unpack_bits(quality["correct"]["clean"], n)
+        free = _leak_free(base) & _leak_free(quality)
+        free = free if free.any() else np.ones_like(free)
+        pair = paired_difference(_clean_correct(base)[free], _clean_correct(quality)[free])
+        left_out = int((~free).sum())
+        note = (
+            f"Left out: {left_out:,} eval rows a removed train row of either version leaked into."
+            if left_out
+            else ""
         )
-        return _gate(version, f"version {current} (promoted)", pair, max_drop, "")
+        return _gate(version, f"version {current} (promoted)", pair, max_drop, note)
     if current is None or current == version:
         note = "No version was promoted before: checked against this version's raw train split."
     else:
@@ -104,11 +112,34 @@ def check_gate(store: Store, version: int, max_drop: float) -> Gate:
             f"Version {current} (promoted) was scored on other eval samples, so this is checked "
             f"against this version's raw train split instead."
         )
+    excluded = quality.get("excluded") or {}
+    if excluded.get("rows"):
+        note += (
+            f" Left out: {excluded['rows']:,} eval rows ({excluded['why']}); on all rows the "
+            f"drop is {-quality['all_rows']['paired']['difference']:+.4f}, inflated by leaks."
+        )
     p = quality["paired"]
     pair = PairedDifference(
         **{k: p[k] for k in PairedDifference.__dataclass_fields__}  # raw (a) vs cleaned (b)
     )
     return _gate(version, f"version {version}'s raw train split", pair, max_drop, note)
+
+
+def _n_scored(quality: JSON) -> int:
+    """How many eval rows the recorded outcomes cover (older records: the paired n)."""
+    return int(quality.get("n_scored", quality["paired"]["n"]))
+
+
+def _leak_free(quality: JSON) -> np.ndarray:
+    """Per scored eval row: no removed train row leaked into it (older records: all rows)."""
+    n = _n_scored(quality)
+    bits = quality.get("leak_free")
+    return unpack_bits(bits, n) if bits else np.ones(n, dtype=bool)
+
+
+def _clean_correct(quality: JSON) -> np.ndarray:
+    """Per scored eval row: did the probe trained on the cleaned train split get it right."""
+    return unpack_bits(quality["correct"]["clean"], _n_scored(quality))
 
 
 def _gate(version: int, baseline: str, pair: PairedDifference, bound: float, note: str) -> Gate:

@@ -35,7 +35,9 @@ from leanset.labeling.labelstudio import (
     task_for_row,
 )
 from leanset.pipelines.fsutil import atomic_write_bytes
+from leanset.pipelines.store.errors import IntegrityError
 from leanset.pipelines.store.layout import StoreLayout
+from leanset.pipelines.store.sealed import read_sealed, sum_path, write_sealed
 
 try:  # advisory locking is POSIX-only; elsewhere a single writer is assumed
     import fcntl
@@ -170,17 +172,28 @@ def _locked(store: str | Path) -> Iterator[None]:
 
 
 def _read(path: Path, schema: pl.Schema) -> pl.DataFrame:
-    """A stored table, or an empty one with its schema."""
-    if not path.exists():
+    """A stored table checked against its seal before polars parses it, or an empty one."""
+    raw = read_sealed(path, _restore_hint(path))
+    if raw is None:
         return pl.DataFrame(schema=schema)
-    return pl.read_parquet(path).select(list(schema)).cast(schema)
+    try:
+        return pl.read_parquet(io.BytesIO(raw)).select(list(schema)).cast(schema)
+    except pl.exceptions.PolarsError as exc:  # unsealed (older) file that does not parse
+        raise IntegrityError(f"{path} is unreadable ({exc}); {_restore_hint(path)}") from exc
+
+
+def _restore_hint(path: Path) -> str:
+    return (
+        f"restore {path.name} and {sum_path(path).name} from a backup of the store's labeling/ "
+        f"folder (`leanset verify STORE` lists every damaged file)"
+    )
 
 
 def _write(path: Path, frame: pl.DataFrame) -> Path:
-    """Write a table as Parquet, atomically."""
+    """Write a table as Parquet, atomically and sealed."""
     buf = io.BytesIO()
     frame.write_parquet(buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    return write_sealed(path, buf.getvalue())
 
 
 def read_queue(store: str | Path) -> pl.DataFrame:
@@ -360,11 +373,13 @@ def export_label_studio(
 def read_sync_state(store: str | Path) -> dict[str, Any]:
     """`{url#project: {"project_id", "pulled_through"}}` of the Label Studio projects used."""
     path = _store_file(store, "label_studio_sync")
-    if not path.exists():
+    fix = f"delete {path.name} and {sum_path(path).name} to pull every annotation again"
+    raw = read_sealed(path, fix)
+    if raw is None:
         return {}
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        state = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LabelingError(
             f"{path} is unreadable ({exc}); delete it to pull every annotation again"
         ) from exc
@@ -377,7 +392,7 @@ def write_sync_state(store: str | Path, key: str, entry: dict[str, Any]) -> None
         state = read_sync_state(store)
         state[key] = {**state.get(key, {}), **entry}
         data = (json.dumps(state, indent=2, sort_keys=True) + "\n").encode()
-        atomic_write_bytes(_store_file(store, "label_studio_sync"), data)
+        write_sealed(_store_file(store, "label_studio_sync"), data)
 
 
 def _mark(

@@ -10,6 +10,7 @@ holds. A version that changes nothing in the vectors writes no vector file at al
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,11 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 
-from leanset.pipelines.fsutil import atomic_write_with, digest_file
+from leanset.pipelines.fsutil import atomic_write_with, digest, digest_file
 from leanset.pipelines.store.errors import IntegrityError
 from leanset.pipelines.store.integrity import VERIFY_HINT, hashed
 from leanset.pipelines.store.layout import StoreLayout
+from leanset.pipelines.store.storage import LocalStorage, Storage
 
 SHARD_BYTES = 32 * 2**20  # vectors per shard file, and per buffered write
 
@@ -43,7 +45,12 @@ class KeptVectors:
 
 
 def write_vectors(
-    layout: StoreLayout, version: int, token: str, kept: KeptVectors, parent: dict[str, Any] | None
+    storage: Storage,
+    layout: StoreLayout,
+    version: int,
+    token: str,
+    kept: KeptVectors,
+    parent: dict[str, Any] | None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Write the vectors no parent shard holds; return the manifest's `vectors` entry and the
     digests of every shard the version reads."""
@@ -52,19 +59,24 @@ def write_vectors(
     old = (parent or {}).get("vectors") or {}
     old_digests = ((parent or {}).get("files") or {}).get("vectors") or {}
     for rel in old.get("shards", []):
-        hashes = set(shard_hashes(layout.root / rel).tolist())
+        hashes = set(_shard_hashes(storage, rel).tolist())
         if hashes & need:
             used.append(rel)
             known |= hashes
             digests[rel] = old_digests[rel]
     todo = kept.rows.filter(~pl.col("content_hash").is_in(list(known)))
-    written, dim = _write_new(layout, version, token, kept.source, todo)
+    written, dim = _write_new(storage, layout, version, token, kept.source, todo)
     digests |= written
     return {"dim": dim or old.get("dim", 0), "shards": used + list(written)}, digests
 
 
 def _write_new(
-    layout: StoreLayout, version: int, token: str, source: VectorSource, todo: pl.DataFrame
+    storage: Storage,
+    layout: StoreLayout,
+    version: int,
+    token: str,
+    source: VectorSource,
+    todo: pl.DataFrame,
 ) -> tuple[dict[str, str], int]:
     """New shards for the rows in `todo`, streamed from the source block by block."""
     if todo.height == 0:
@@ -87,10 +99,10 @@ def _write_new(
         buf_v.append(vecs)
         rows += len(vecs)
         if rows * dim * 4 >= SHARD_BYTES:
-            written |= _flush(layout, version, token, len(written), buf_h, buf_v)
+            written |= _flush(storage, layout, version, token, len(written), buf_h, buf_v)
             buf_h, buf_v, rows = [], [], 0
     if rows:
-        written |= _flush(layout, version, token, len(written), buf_h, buf_v)
+        written |= _flush(storage, layout, version, token, len(written), buf_h, buf_v)
     return written, dim
 
 
@@ -101,6 +113,7 @@ def _rows(block: Any, sel: np.ndarray) -> np.ndarray:
 
 
 def _flush(
+    storage: Storage,
     layout: StoreLayout,
     version: int,
     token: str,
@@ -110,18 +123,32 @@ def _flush(
 ) -> dict[str, str]:
     rel = layout.vector_shard(version, token, k)
     h, v = np.concatenate(hashes).astype("U32"), np.concatenate(vectors)
-    path = atomic_write_with(layout.root / rel, lambda fh: np.savez(fh, hashes=h, vectors=v))
-    return {rel: digest_file(path)}
+    if isinstance(storage, LocalStorage):
+        path = atomic_write_with(storage.path(rel), lambda fh: np.savez(fh, hashes=h, vectors=v))
+        return {rel: digest_file(path)}
+    buf = io.BytesIO()
+    np.savez(buf, hashes=h, vectors=v)
+    storage.write(rel, buf.getvalue())
+    return {rel: digest(buf.getvalue())}
 
 
-def shard_hashes(path: Path) -> np.ndarray:
+def _shard_hashes(storage: Storage, rel: str) -> np.ndarray:
+    """The content hashes a stored shard holds."""
+    if isinstance(storage, LocalStorage):
+        return shard_hashes(storage.path(rel))
+    return shard_hashes(io.BytesIO(storage.read(rel)))
+
+
+def shard_hashes(path: Path | io.BytesIO) -> np.ndarray:
     """The content hashes a shard holds (its vectors are not read)."""
     with np.load(path, allow_pickle=False) as z:
         hashes: np.ndarray = z["hashes"]
     return hashes
 
 
-def read_vectors(layout: StoreLayout, manifest: dict[str, Any], hashes: list[str]) -> np.ndarray:
+def read_vectors(
+    storage: Storage, layout: StoreLayout, manifest: dict[str, Any], hashes: list[str]
+) -> np.ndarray:
     """The raw vectors of the given content hashes (in that order), from the version's shards,
     each checked against the digest its manifest recorded."""
     entry = manifest.get("vectors") or {}
@@ -131,14 +158,14 @@ def read_vectors(layout: StoreLayout, manifest: dict[str, Any], hashes: list[str
     for k, h in enumerate(hashes):
         where.setdefault(h, []).append(k)
     for rel in entry.get("shards", []):
-        path = layout.root / rel
-        if not path.is_file() or hashed(path) != recorded.get(rel):
+        path, data = _checked_shard(storage, rel, recorded.get(rel))
+        if data is None:
             raise IntegrityError(
                 f"version {manifest['version']}: vector shard {path} is missing or does not match "
                 f"the checksum its manifest recorded; restore it from a backup of "
-                f"{layout.vectors}; {VERIFY_HINT}"
+                f"{storage.show(layout.vectors.name)}; {VERIFY_HINT}"
             )
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(data, allow_pickle=False) as z:
             shard_h, shard_v = z["hashes"].tolist(), z["vectors"]
         for i, h in enumerate(shard_h):
             for k in where.pop(h, []):
@@ -149,3 +176,16 @@ def read_vectors(layout: StoreLayout, manifest: dict[str, Any], hashes: list[str
             f"(e.g. content {next(iter(where))}); {VERIFY_HINT}"
         )
     return out
+
+
+def _checked_shard(storage: Storage, rel: str, want: str | None) -> tuple[str, Any]:
+    """(how to name it, what np.load reads) of a shard matching its digest; None when it does not."""
+    if isinstance(storage, LocalStorage):
+        path = storage.path(rel)
+        ok = path.is_file() and hashed(path) == want
+        return str(path), (path if ok else None)
+    try:
+        raw = storage.read(rel)
+    except FileNotFoundError:
+        return storage.show(rel), None
+    return storage.show(rel), (io.BytesIO(raw) if digest(raw) == want else None)

@@ -8,11 +8,11 @@ recomputed on the next run. Every finding names the file and what to do.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from leanset.pipelines.fsutil import digest_file
 from leanset.pipelines.store import integrity
 from leanset.pipelines.store.errors import StoreError
 from leanset.pipelines.store.versions import Store, check_table_files
@@ -47,50 +47,56 @@ class Verification:
         return asdict(self) | {"ok": self.ok}
 
 
-def verify_store(root: str | Path) -> Verification:
-    """Check every manifest, table file, index and cache of the store at `root`."""
-    store = Store(root)
-    if not store.layout.manifests.is_dir():
+def verify_store(root: str | Path, storage_options: dict[str, str] | None = None) -> Verification:
+    """Check every manifest, table file, index and cache of the store at `root` (a folder or an
+    object-storage URL)."""
+    store = Store(root, storage_options)
+    names = [
+        n for n in store.storage.list("manifests") if re.fullmatch(r"manifests/v[^/]*\.json", n)
+    ]
+    if not names and (store.storage.remote or not store.layout.manifests.is_dir()):
         raise StoreError(f"{root}: no store here (no manifests/ folder written by `leanset run`)")
     integrity.forget()  # hash everything again, whatever this process read before
-    out = Verification(store=str(store.root))
-    for path in sorted(store.layout.manifests.glob("v*.json")):
-        manifest = _manifest(path, out)
+    out = Verification(store=store.where)
+    for name in names:
+        manifest = _manifest(store, name, out)
         if manifest is not None:
             out.versions.append(int(manifest["version"]))
             _version(store, manifest, out)
     _caches(store, out)
+    _sealed_files(store, out)
     return out
 
 
-def _manifest(path: Path, out: Verification) -> dict[str, Any] | None:
+def _manifest(store: Store, name: str, out: Verification) -> dict[str, Any] | None:
     out.files_checked += 1
+    shown = store.storage.show(name)
     try:
-        return integrity.parse_manifest(path, path.read_bytes())
+        return integrity.parse_manifest(shown, store.storage.read(name))
     except (StoreError, OSError) as exc:
-        out.findings.append(Finding("damaged", str(path), str(exc)))
+        out.findings.append(Finding("damaged", shown, str(exc)))
         return None
 
 
 def _version(store: Store, m: dict[str, Any], out: Verification) -> None:
     """One version's tables, pair index and vector shards."""
     for table in m.get("tables", {}):
-        path = store.layout.table(table)
+        path = store.storage.show(table)
         try:
-            files = check_table_files(path, m["tables"][table], m["version"])
+            files = check_table_files(store.storage, table, m["tables"][table], m["version"])
             out.files_checked += len(files) + 1
-            integrity.check_version_table(store.root, table, m, files)
+            integrity.check_version_table(store.storage, table, m, files)
         except StoreError as exc:
-            out.findings.append(Finding("damaged", str(path), str(exc)))
+            out.findings.append(Finding("damaged", path, str(exc)))
     rel, want = (m.get("index") or {}).get("pairs"), (m.get("index") or {}).get("pairs_digest")
     if rel and want:
-        _recorded_file(store.root / rel, want, out, _index_fix(m["version"]))
+        _recorded_file(store, rel, want, out, _index_fix(m["version"]))
     for rel, want in ((m.get("files") or {}).get("vectors") or {}).items():
         fix = (
             f"version {m['version']} cannot be read without it: restore it from a backup of the "
             f"store's vectors/ folder"
         )
-        _recorded_file(store.root / rel, want, out, fix)
+        _recorded_file(store, rel, want, out, fix)
 
 
 def _index_fix(version: int) -> str:
@@ -100,10 +106,11 @@ def _index_fix(version: int) -> str:
     )
 
 
-def _recorded_file(path: Path, want: str, out: Verification, fix: str) -> None:
+def _recorded_file(store: Store, rel: str, want: str, out: Verification, fix: str) -> None:
     out.files_checked += 1
+    path = store.storage.show(rel)
     try:
-        ok = digest_file(path) == want
+        ok = integrity.stored_digest(store.storage, rel) == want
         why = "does not match the checksum its manifest recorded"
     except OSError as exc:
         ok, why = False, f"cannot be read ({exc.strerror or exc})"
@@ -116,6 +123,8 @@ def _caches(store: Store, out: Verification) -> None:
     """Corrupt embedding shards: a note (they are re-embedded and `leanset gc` removes them)."""
     from leanset.pipelines.embed.cache import read_shard
 
+    if store.storage.remote:
+        return  # no embedding cache is kept under a store on object storage
     root = store.layout.embeddings
     for path in sorted(root.glob("*/shard-*.npz")) if root.is_dir() else []:
         out.files_checked += 1
@@ -128,3 +137,31 @@ def _caches(store: Store, out: Verification) -> None:
                     f"next run, and `leanset gc` removes it",
                 )
             )
+
+
+def _sealed_files(store: Store, out: Verification) -> None:
+    """Labeling files, the Label Studio sync state, reports, after-commit records, the file-hash
+    cache: each against its seal (`pipelines/store/sealed.py`)."""
+    lay = store.layout
+    labeling = [lay.queue, lay.answers, lay.label_studio_sync]
+    fix = "restore it and its .sum file from a backup of the store's labeling/ folder"
+    for path in labeling:
+        _sealed(path, "damaged", fix, out)
+    reports = sorted(lay.reports.glob("v*.html")) if lay.reports.is_dir() else []
+    for path in reports:
+        _sealed(path, "note", "the next `leanset run` (or `leanset show`) writes it again", out)
+    done = sorted(lay.after_commit.glob("v*.done.json")) if lay.after_commit.is_dir() else []
+    for path in done:
+        _sealed(path, "note", "the next `leanset run` redoes its post-commit steps", out)
+    _sealed(lay.file_hashes, "note", "the cache is rebuilt by the next run", out)
+
+
+def _sealed(path: Path, severity: Severity, fix: str, out: Verification) -> None:
+    from leanset.pipelines.store.sealed import check_file
+
+    if not path.is_file():
+        return
+    out.files_checked += 1
+    why = check_file(path)
+    if why is not None:
+        out.findings.append(Finding(severity, str(path), f"{path} is damaged: {why}; {fix}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
 import logging
@@ -13,7 +14,7 @@ from urllib.parse import unquote
 
 import polars as pl
 
-from leanset.pipelines.fsutil import atomic_write_bytes, create_exclusive, digest, is_disk_full
+from leanset.pipelines.fsutil import digest, is_disk_full
 from leanset.pipelines.store.errors import IntegrityError, StoreConflict, StoreError, StoreFull
 from leanset.pipelines.store.integrity import (
     check_version_table,
@@ -22,6 +23,7 @@ from leanset.pipelines.store.integrity import (
     table_files,
 )
 from leanset.pipelines.store.layout import TABLES, StoreLayout
+from leanset.pipelines.store.storage import Storage, storage_for
 from leanset.pipelines.store.vectors import KeptVectors, read_vectors, write_vectors
 
 log = logging.getLogger("leanset.store")
@@ -46,22 +48,57 @@ class Diff:
 
 
 class Store:
-    """A folder holding every version of one cleaned dataset."""
+    """A folder (or an object-storage prefix) holding every version of one cleaned dataset.
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.layout = StoreLayout(self.root)
-        if self.root.exists() and not self.root.is_dir():
-            raise StoreError(f"store path {self.root} is a file; expected a folder (or a new path)")
+    `root`: a local path or an ``s3://``, ``gs://``, ``az://`` URL; `storage_options`: credentials
+    and endpoint for a URL (else the usual environment variables; see `store.storage`)."""
+
+    def __init__(self, root: str | Path, storage_options: dict[str, str] | None = None):
+        self.storage: Storage = storage_for(root, storage_options)
+        self.where = str(root).rstrip("/") if self.storage.remote else str(Path(root))
+        # a URL has no local path: its layout names objects relative to the prefix
+        self._root = Path(".") if self.storage.remote else Path(root)
+        self._layout = StoreLayout(self._root)
+        if not self.storage.remote and self._root.exists() and not self._root.is_dir():
+            raise StoreError(
+                f"store path {self._root} is a file; expected a folder (or a new path)"
+            )
+
+    @property
+    def root(self) -> Path:
+        """The store folder (a store on object storage has none: see `_local_only`)."""
+        return self._local_only()._root
+
+    @property
+    def layout(self) -> StoreLayout:
+        """The paths of the store folder."""
+        return self._local_only()._layout
+
+    def _local_only(self) -> Store:
+        """Steps that still read and write files by path refuse an object-storage store."""
+        if self.storage.remote:
+            raise StoreError(
+                f"store {self.where}: this step needs a store folder (a local or mounted path); "
+                f"on object storage leanset commits, reads, diffs and verifies versions so far"
+            )
+        return self
+
+    def _rel(self, path: Path) -> str:
+        """A layout path as a name relative to the store root."""
+        return path.relative_to(self._root).as_posix()
 
     # ------------------------------------------------------------ reading
 
     def manifests(self) -> list[dict[str, Any]]:
         """Every committed version's manifest, oldest first."""
-        folder = self.layout.manifests
-        if not folder.is_dir():
-            return []
-        return [_read_json(p) for p in sorted(folder.glob("v*.json"))]
+        folder = self._rel(self._layout.manifests)
+        names = [
+            n
+            for n in self.storage.list(folder)
+            if n.count("/") == folder.count("/") + 1
+            and fnmatch.fnmatch(n.rsplit("/", 1)[1], "v*.json")
+        ]
+        return [_read_json(self.storage, n) for n in names]
 
     def latest(self) -> dict[str, Any] | None:
         """The newest manifest, or None for an empty store."""
@@ -73,26 +110,30 @@ class Store:
         if version is None:
             latest = self.latest()
             if latest is None:
-                raise StoreError(f"store {self.root} has no versions yet")
+                raise StoreError(f"store {self.where} has no versions yet")
             return latest
-        path = self.layout.manifest(version)
-        if not path.is_file():
+        rel = self._rel(self._layout.manifest(version))
+        if self.storage.size(rel) is None:
             have = [m["version"] for m in self.manifests()]
             raise StoreError(
-                f"store {self.root} has no version {version}; versions: {have or 'none'}"
+                f"store {self.where} has no version {version}; versions: {have or 'none'}"
             )
-        return _read_json(path)
+        return _read_json(self.storage, rel)
 
     def read(self, table: str, version: int | None = None) -> pl.DataFrame:
         """A table ('dataset' or 'decisions') as of a leanset version."""
         if table not in TABLES:
             raise StoreError(f"unknown table {table!r}; expected one of {TABLES}")
         m = self.manifest(version)
-        files = check_table_files(self.layout.table(table), m["tables"][table], m["version"])
-        check_version_table(self.root, table, m, files)
-        df = pl.read_delta(str(self.layout.table(table)), version=m["tables"][table])
+        files = check_table_files(self.storage, table, m["tables"][table], m["version"])
+        check_version_table(self.storage, table, m, files)
+        df = pl.read_delta(
+            self.storage.table_uri(table),
+            version=m["tables"][table],
+            storage_options=self.storage.delta_options,
+        )
         if table == "dataset" and m.get("vectors"):  # the vectors live in shared shards
-            matrix = read_vectors(self.layout, m, df["content_hash"].to_list())
+            matrix = read_vectors(self.storage, self._layout, m, df["content_hash"].to_list())
             df = df.with_columns(pl.Series("embedding", matrix).cast(pl.List(pl.Float32)))
         return df
 
@@ -144,7 +185,10 @@ class Store:
 
         A full disk stops the commit at once (no retry): nothing was committed."""
         extras = {"pairs": pairs, "queue_rows": queue_rows}
-        self._check_free_space([dataset, decisions] + [f for f in extras.values() if f is not None])
+        if not self.storage.remote:
+            self._check_free_space(
+                [dataset, decisions] + [f for f in extras.values() if f is not None]
+            )
         try:
             return self._commit(dataset, decisions, manifest, parent, extras, vectors)
         except StoreError:
@@ -156,7 +200,7 @@ class Store:
 
     def _full_message(self, detail: str = "") -> str:
         return (
-            f"no space left on the store's disk ({self.root}), nothing was committed{detail}; "
+            f"no space left on the store's disk ({self.where}), nothing was committed{detail}; "
             f"free some space and rerun"
         )
 
@@ -165,7 +209,7 @@ class Store:
         half-way leaves Delta's writer threads complaining on stderr)."""
         import shutil
 
-        folder = next(p for p in (self.root, *self.root.parents) if p.exists())
+        folder = next(p for p in (self._root, *self._root.parents) if p.exists())
         free = shutil.disk_usage(folder).free
         need = sum(f.estimated_size() for f in frames) // 8  # Parquet compresses; be lenient
         if free < need:
@@ -183,7 +227,7 @@ class Store:
         extras: dict[str, pl.DataFrame | None],
         vectors: KeptVectors | None = None,
     ) -> dict[str, Any]:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.storage.ensure_root()
         latest = self.latest()
         current = latest["version"] if latest else None
         if current != parent:
@@ -193,7 +237,7 @@ class Store:
         tables, files = {}, {}
         for name, df in (("dataset", dataset), ("decisions", decisions)):
             tables[name], added = self._write_table(name, df, version, token)
-            files[name] = table_files(self.layout.table(name), tables[name], added)
+            files[name] = table_files(self.storage, name, tables[name], added)
         full = {
             **manifest,
             "version": version,
@@ -203,19 +247,19 @@ class Store:
             "files": files,
         }
         if (pairs := extras.get("pairs")) is not None:
-            rel = self.layout.pairs_file(version, token)
+            rel = self._layout.pairs_file(version, token)
             written = {"pairs": rel, "pairs_digest": self._write_parquet(pairs, rel)}
             full["index"] = {**full.get("index", {}), **written}
         if vectors is not None:
             prior = latest if latest and latest["version"] == parent else None
             full["vectors"], full["files"]["vectors"] = write_vectors(
-                self.layout, version, token, vectors, prior
+                self.storage, self._layout, version, token, vectors, prior
             )
         if (rows := extras.get("queue_rows")) is not None:
-            rel = self.layout.queue_rows_file(version, token)
+            rel = self._layout.queue_rows_file(version, token)
             written = {"queue_rows": rel, "queue_rows_digest": self._write_parquet(rows, rel)}
             full["post_commit"] = {**full.get("post_commit", {}), **written}
-        if not create_exclusive(self.layout.manifest(version), serialise(full)):
+        if not self.storage.create(self._rel(self._layout.manifest(version)), serialise(full)):
             winner = self.latest()
             raise StoreConflict(
                 self._conflict_message(parent, winner["version"] if winner else None)
@@ -226,7 +270,7 @@ class Store:
         """Write a frame as Parquet at `rel` under the store; return the file's digest."""
         buf = io.BytesIO()
         frame.write_parquet(buf)
-        atomic_write_bytes(self.root / rel, buf.getvalue())
+        self.storage.write(rel, buf.getvalue())
         return digest(buf.getvalue())
 
     def read_pairs(self, manifest: dict[str, Any]) -> pl.DataFrame | None:
@@ -235,7 +279,7 @@ class Store:
         if not rel:
             return None
         try:
-            data = (self.root / rel).read_bytes()
+            data = self.storage.read(rel)
             expected = manifest["index"].get("pairs_digest")
             if expected and digest(data) != expected:  # Parquet itself misses flipped bits
                 raise OSError("its checksum does not match the manifest")
@@ -253,12 +297,13 @@ class Store:
         from deltalake import CommitProperties, DeltaTable
         from deltalake.exceptions import CommitFailedError
 
-        path = str(self.layout.table(name))
+        path, options = self.storage.table_uri(name), self.storage.delta_options
         meta = {"leanset_version": str(version), "leanset_commit": token}
         try:
             df.write_delta(
                 path,
                 mode="overwrite",
+                storage_options=options,
                 delta_write_options={
                     "schema_mode": "overwrite",
                     "commit_properties": CommitProperties(custom_metadata=meta),
@@ -266,18 +311,20 @@ class Store:
             )
         except CommitFailedError as exc:  # another run's write to this table committed first
             raise StoreConflict(
-                f"store {self.root}: another run wrote the {name!r} table at the same time as "
+                f"store {self.where}: another run wrote the {name!r} table at the same time as "
                 f"this one, which was to become version {version}; nothing was written as a "
                 f"version. Rerun to build on the version that run commits. (Delta: {exc})"
             ) from exc
-        found = _find_commit(Path(path), DeltaTable(path).version(), token)
+        latest = DeltaTable(path, storage_options=options).version()
+        found = _find_commit(self.storage, name, latest, token)
         if found is None:
             raise StoreError(f"{path}: the write for version {version} is not in the Delta log")
         delta_version, added = found
-        files = DeltaTable(path, version=delta_version).get_add_actions().column("path")
+        table = DeltaTable(path, version=delta_version, storage_options=options)
+        files = table.get_add_actions().column("path")
         if set(files.to_pylist()) != added:  # a concurrent write made ours an append
             raise StoreConflict(
-                f"store {self.root}: another run wrote the {name!r} table at the same time as "
+                f"store {self.where}: another run wrote the {name!r} table at the same time as "
                 f"this one, which was to become version {version}; nothing was written as a "
                 f"version. Rerun to build on the version that run commits."
             )
@@ -285,21 +332,25 @@ class Store:
 
     def _conflict_message(self, parent: int | None, current: int | None) -> str:
         return (
-            f"store {self.root}: this run started from version {parent or 'none (empty store)'}, "
+            f"store {self.where}: this run started from version {parent or 'none (empty store)'}, "
             f"but version {current} was committed by another run meanwhile; nothing was written "
             f"as a version. Rerun to build on version {current}."
         )
 
 
-def check_table_files(path: Path, delta_version: int, version: int) -> list[tuple[str, int]]:
+def check_table_files(
+    storage: Storage, table: str, delta_version: int, version: int
+) -> list[tuple[str, int]]:
     """Every data file a version reads exists with the size its Delta log recorded (a truncated or
     missing file is named here, instead of failing deep inside the Parquet reader); returns the
     (path, size) of each."""
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError
 
+    path = storage.table_uri(table)
     try:
-        files = DeltaTable(str(path), version=delta_version).get_add_actions()
+        opts = storage.delta_options
+        files = DeltaTable(path, version=delta_version, storage_options=opts).get_add_actions()
     except (DeltaError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StoreError(
@@ -309,8 +360,8 @@ def check_table_files(path: Path, delta_version: int, version: int) -> list[tupl
     paths = files.column("path").to_pylist()
     sizes = files.column("size_bytes").to_pylist()
     for rel, size in zip(paths, sizes, strict=True):
-        file = path / unquote(rel)
-        actual = file.stat().st_size if file.is_file() else None
+        file = storage.show(f"{table}/{unquote(rel)}")
+        actual = storage.size(f"{table}/{unquote(rel)}")
         if actual != size:
             found = "missing" if actual is None else f"{actual} bytes, its Delta log says {size}"
             raise StoreError(
@@ -321,7 +372,7 @@ def check_table_files(path: Path, delta_version: int, version: int) -> list[tupl
 
 
 def _find_commit(
-    table: Path, latest: int, token: str, depth: int = 200
+    storage: Storage, table: str, latest: int, token: str, depth: int = 200
 ) -> tuple[int, set[str]] | None:
     """(Delta version, files it added) of the commit carrying `token`, read from the commit files.
 
@@ -330,20 +381,22 @@ def _find_commit(
     """
     for v in range(latest, max(latest - depth, -1), -1):
         try:
-            text = (table / "_delta_log" / f"{v:020d}.json").read_text(encoding="utf-8")
+            raw = storage.read(f"{table}/_delta_log/{v:020d}.json")
         except FileNotFoundError:
             continue
-        actions = [json.loads(line) for line in text.splitlines() if line.strip()]
+        lines = raw.decode("utf-8").splitlines()
+        actions = [json.loads(line) for line in lines if line.strip()]
         info = next((a["commitInfo"] for a in actions if "commitInfo" in a), None)
         if isinstance(info, dict) and info.get("leanset_commit") == token:
             return v, {unquote(a["add"]["path"]) for a in actions if "add" in a}
     return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(storage: Storage, rel: str) -> dict[str, Any]:
     """A manifest, checked against its own checksum (damage names the file and what to do)."""
+    shown = storage.show(rel)
     try:
-        raw = path.read_bytes()
+        raw = storage.read(rel)
     except OSError as exc:
-        raise StoreError(f"manifest {path} is unreadable ({exc})") from exc
-    return parse_manifest(path, raw)
+        raise StoreError(f"manifest {shown} is unreadable ({exc})") from exc
+    return parse_manifest(shown, raw)

@@ -194,6 +194,35 @@ def fill_disk(store_path: str) -> None:
     print(json.dumps(out))
 
 
+def full_after_commit(config: str, flow: str, ballast: str) -> None:
+    """`leanset run` whose disk fills right after the commit (a ballast file takes the space left
+    just before the report is written); then the ballast is removed and `leanset run` runs again.
+    Each run's exit status is printed to stderr between markers."""
+    import leanset.pipelines.report.html as html
+    from leanset.pipelines.cli import main
+
+    real = html.write_html_report
+
+    def fill_then_write(*args, **kwargs):
+        with open(ballast, "wb") as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError:
+                pass
+        return real(*args, **kwargs)
+
+    html.write_html_report = fill_then_write
+    rc = main(["run", config, "--flow", flow])
+    print(f"--- first run rc={rc}", file=sys.stderr, flush=True)
+    print(f"--- first run rc={rc}", flush=True)
+    html.write_html_report = real
+    os.unlink(ballast)
+    rc = main(["run", config, "--flow", flow, "--json"])
+    print(f"--- second run rc={rc}", file=sys.stderr, flush=True)
+
+
 # ---------------------------------------------------------------- gc
 
 
@@ -208,4 +237,5 @@ if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     modes = {"embed": embed, "commit": commit, "loop": loop, "race": race, "gc": gc}
     modes["fill_disk"] = fill_disk
+    modes["full_after_commit"] = full_after_commit
     modes[mode](*args)

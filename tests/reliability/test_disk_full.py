@@ -71,3 +71,45 @@ def test_full_disk_is_never_retried():
 
     assert issubclass(StoreFull, StoreError)
     assert _worth_retrying(None, None, Failed()) is False
+
+
+def test_full_disk_after_the_commit_says_the_version_is_committed(tmp_path: Path):
+    """The report write hit ENOSPC after the commit: three tracebacks and rc 1, although the
+    version was committed. Now: one warning naming what is pending, rc 0; the next run (disk
+    freed, input unchanged) writes the report."""
+    if not _can_mount_tmpfs(tmp_path):
+        pytest.skip("cannot mount a tmpfs in a private namespace here (unshare -rm)")
+    from tests.helpers import make_imagefolder, pixel_flow
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    make_imagefolder(tmp_path / "images")
+    config = pixel_flow(tmp_path, "full", store=str(disk / "store"))
+    script = (
+        f"mount -t tmpfs -o size=8m tmpfs {disk} && exec {sys.executable} -m "
+        f"tests.reliability._child full_after_commit {config} full {disk / 'ballast'}"
+    )
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    TALLY["faults injected: disk full after the commit (report write)"] += 1
+    assert done.returncode == 0, done.stderr
+    err, _, later = done.stderr.partition("--- first run rc=")
+    out = done.stdout.split("--- first run rc=")[0]
+    assert later.startswith("0"), done.stderr
+    assert "Traceback" not in err and "Error" not in err, err
+    assert err.count("Version 1 is committed, but no space is left") == 1
+    assert "for its report" in err and "the next `leanset run`" in err
+    assert "version 1 committed" in out
+    second = json.loads(done.stdout.split("--- first run rc=0\n")[1])
+    assert second["unchanged"] and second["version"] == 1 and second["report"]
+    assert "--- second run rc=0" in later
+    TALLY["faults survived"] += 1

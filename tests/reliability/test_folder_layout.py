@@ -151,3 +151,28 @@ def test_links_out_of_the_dataset_folder_are_never_read(
     blob = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
     assert secret.read_bytes() not in blob and b"secret.png" not in blob
     TALLY["hostile inputs refused"] += 2
+
+
+@pytest.mark.parametrize("case", ["self", "pair", "folder"])
+def test_symlink_loops_are_error_rows_not_a_traceback(
+    prefect_harness, tmp_path: Path, case: str, leanset_warnings
+):
+    """`self.png -> self.png` raised `RuntimeError: Symlink loop` from the image loader."""
+    root = make_imagefolder(tmp_path / "images", n=12)
+    readable = [p for p in root.rglob("*.png") if p.name != "broken.png"]
+    looped = {"self": ["train/a/self.png"], "pair": ["train/a/l1.png", "train/b/l2.png"]}
+    if case == "self":
+        (root / "train/a/self.png").symlink_to("self.png")
+    elif case == "pair":
+        (root / "train/a/l1.png").symlink_to(root / "train/b/l2.png")
+        (root / "train/b/l2.png").symlink_to(root / "train/a/l1.png")
+    else:  # a folder that links to its own parent: not followed
+        (root / "train/a/up").symlink_to(root / "train")
+    TALLY[f"hostile inputs tried: symbolic link loop ({case})"] += 1
+    clean_flow(config_path=str(pixel_flow(tmp_path, "loops")), flow_name="loops")
+    dec = Store(tmp_path / "store").read("decisions")
+    for source in looped.get(case, []):
+        row = dec.filter(pl.col("source") == source).row(0, named=True)
+        assert row["drop_reason"] == "unreadable" and "symbolic link loop" in row["error"]
+    assert dec.filter(pl.col("error").is_null()).height == len(readable)  # the others all read
+    TALLY["hostile inputs refused"] += 1

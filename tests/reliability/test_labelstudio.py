@@ -94,7 +94,9 @@ def test_ids_and_paths_pointing_outside_the_store_are_skipped_and_counted(
     assert sorted(p.name for p in (store / "labeling").iterdir()) == [
         ".lock",
         "answers.parquet",
+        "answers.parquet.sum",
         "queue.parquet",
+        "queue.parquet.sum",
     ]
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("secret*")) == [
         "outside/secret.txt"

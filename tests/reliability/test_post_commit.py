@@ -108,3 +108,29 @@ def test_leanset_show_finishes_an_incomplete_version(
     assert main(["show", str(store.root)]) == 0
     assert "left undone" not in capsys.readouterr().out
     TALLY["faults survived"] += 1
+
+
+def test_an_unchanged_cli_run_without_a_prefect_api_finishes_the_queue_and_report(
+    prefect_harness, imagefolder: Path, tmp_path: Path, monkeypatch
+):
+    """`leanset run` with no PREFECT_API_URL answers "unchanged" without starting Prefect; it still
+    fills the queue and writes the report a kill after the commit left undone."""
+    import leanset.pipelines.steps as steps
+    from tests.test_cli import cli
+
+    config = _labeling_flow(tmp_path, imagefolder)
+    monkeypatch.setattr(steps, "enqueue", _boom)
+    with pytest.raises(OSError, match="injected"):
+        clean_flow(config_path=str(config), flow_name="after")
+    TALLY["faults injected: error in the queue fill after the commit (unchanged CLI run)"] += 1
+    store = Store(tmp_path / "store")
+    rows = finish.queue_rows(store, store.manifest(1))
+    assert read_queue(store.root).height == 0 and rows.height > 0
+    env = {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": None}
+    again = cli("run", str(config), "--flow", "after", "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    assert '"unchanged": true' in again.stdout
+    assert sorted(read_queue(store.root)["sample_id"]) == sorted(rows["sample_id"])
+    assert store.layout.report(1).is_file()
+    assert finish.pending_steps(store, store.manifest(1)) == []
+    TALLY["faults survived"] += 1
