@@ -27,7 +27,10 @@ log = logging.getLogger("leanset.embed")
 FINGERPRINT = (
     "orb-"
     + hashlib.blake2b(
-        repr((geometry.SIDE, geometry.MAX_FEATURES, geometry.MIN_RANGE, 1)).encode(), digest_size=8
+        repr(
+            (geometry.SIDE, geometry.MAX_FEATURES, geometry.MIN_RANGE, geometry.FAST_THRESHOLDS, 2)
+        ).encode(),
+        digest_size=8,
     ).hexdigest()
 )
 _PARTS = ("p", "m")
