@@ -31,8 +31,6 @@ MAX_FEATURES = 400
 MIN_KEYPOINTS = 25  # an image with fewer keypoints is too uniform to confirm anything
 MIN_RANGE = 12  # grey levels between the 1st and 99th percentile: less is a flat image
 FAST_THRESHOLDS = (10, 4)  # ORB's corner threshold, lowered once for smooth images
-SMALL = 64  # side of the square grey copy the pixels are compared on
-MIN_PIXEL_NCC = 0.6  # pixel correlation under the fit that a copy must reach
 RATIO = 0.8  # Lowe's ratio test on the two nearest descriptors
 MIN_INLIERS = 20  # inliers of the RANSAC fit
 MIN_INLIER_SHARE = 0.25  # ... as a share of the ratio-test matches
@@ -61,11 +59,10 @@ class Features:
 
 @dataclass(frozen=True)
 class ImageFeatures:
-    """An image's features plain and mirrored left to right, and a small grey copy of it."""
+    """An image's features plain and mirrored left to right."""
 
     plain: Features
     mirrored: Features
-    small: np.ndarray  # (SMALL, SMALL) uint8: the working image squeezed to a square
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Arrays for a cache file."""
@@ -74,7 +71,6 @@ class ImageFeatures:
             out[f"{name}_points"] = f.points
             out[f"{name}_desc"] = f.descriptors
             out[f"{name}_size"] = np.array([f.width, f.height], dtype=np.int32)
-        out["small"] = self.small
         return out
 
     @classmethod
@@ -85,7 +81,7 @@ class ImageFeatures:
             w, h = (int(v) for v in arrays[f"{name}_size"])
             return Features(arrays[f"{name}_points"], arrays[f"{name}_desc"], w, h)
 
-        return cls(one("p"), one("m"), arrays["small"])
+        return cls(one("p"), one("m"))
 
 
 @dataclass(frozen=True)
@@ -101,7 +97,6 @@ class Match:
     scale: float = 1.0  # side of the second image per side of the first (working sizes)
     mirrored: bool = False
     fit: tuple[float, ...] = ()  # the affine map (2 x 3, row-major) from a's to b's working pixels
-    ncc: float = 0.0  # pixel correlation under the fit (small copies, smoothed)
 
     def reason(self) -> str:
         """One line: the evidence, for the decisions table."""
@@ -109,7 +104,7 @@ class Match:
         return (
             f"geometry: {self.inliers} inliers across {self.spread:.0%} of the smaller image, "
             f"{self.inside:.0%} of it inside the other, rotation {self.rotation:.0f}°, "
-            f"scale {self.scale:.2f}{flip}, pixels agree {self.ncc:.2f}"
+            f"scale {self.scale:.2f}{flip}"
         )
 
 
@@ -158,48 +153,21 @@ def _stretch(grey: np.ndarray) -> np.ndarray:
 
 def image_features(grey: np.ndarray) -> ImageFeatures:
     """ORB features of a grey image (any size, uint8), plain and mirrored."""
-    import cv2
-
     g = _stretch(working_grey(grey))
-    small = cv2.resize(g, (SMALL, SMALL), interpolation=cv2.INTER_AREA)
-    return ImageFeatures(_orb(g), _orb(np.ascontiguousarray(g[:, ::-1])), small)
+    return ImageFeatures(_orb(g), _orb(np.ascontiguousarray(g[:, ::-1])))
 
 
 def verify(a: ImageFeatures, b: ImageFeatures) -> Match:
     """Whether b is a geometric copy of a (a crop, turn, flip, resize ... of it or the reverse)."""
-    plain = _pixels_agree(a, b, match(a.plain, b.plain))
+    plain = match(a.plain, b.plain)
     if plain.copy or not a.plain.usable or not b.plain.usable:
         return plain
     flipped = match(a.plain, b.mirrored)
     if flipped.copy:
         f = np.array(flipped.fit).reshape(2, 3)
         f[0] = np.array([0.0, 0.0, b.mirrored.width]) - f[0]  # onto b's unmirrored pixels
-        fitted = Match(**{**flipped.__dict__, "mirrored": True, "fit": tuple(f.ravel().tolist())})
-        return _pixels_agree(a, b, fitted)
+        return Match(**{**flipped.__dict__, "mirrored": True, "fit": tuple(f.ravel().tolist())})
     return plain if plain.inliers >= flipped.inliers else flipped
-
-
-def _pixels_agree(a: ImageFeatures, b: ImageFeatures, m: Match) -> Match:
-    """A fit is only a copy when the pixels agree under it too: a's small copy warped into b's
-    frame correlates with b's (smoothed, so noise and re-encoding matter little) where it lands.
-    Tiles of one periodic pattern (roof tiles, windows, a crowd of penguins) fit a shift of each
-    other by their keypoints, but their pixels differ."""
-    import cv2
-
-    if not m.copy:
-        return m
-    fit = np.array(m.fit).reshape(2, 3)
-    to_a = np.diag([a.plain.width / SMALL, a.plain.height / SMALL])
-    from_b = np.diag([SMALL / b.plain.width, SMALL / b.plain.height])
-    small_fit = np.hstack([from_b @ fit[:, :2] @ to_a, (from_b @ fit[:, 2])[:, None]])
-    size = (SMALL, SMALL)
-    warped = cv2.warpAffine(a.small.astype(np.float32), small_fit, size, flags=cv2.INTER_LINEAR)
-    valid = cv2.warpAffine(np.ones_like(warped), small_fit, size, flags=cv2.INTER_NEAREST) > 0.5
-    x, y = (cv2.GaussianBlur(v, (5, 5), 1.0)[valid] for v in (warped, b.small.astype(np.float32)))
-    if valid.mean() < 0.2 or x.std() < 1e-3 or y.std() < 1e-3:
-        return Match(**{**m.__dict__, "copy": False})
-    ncc = float(np.corrcoef(x, y)[0, 1])
-    return Match(**{**m.__dict__, "copy": ncc >= MIN_PIXEL_NCC, "ncc": ncc})
 
 
 def match(a: Features, b: Features) -> Match:

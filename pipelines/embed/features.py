@@ -88,7 +88,6 @@ def write_features(folder: Path, found: dict[str, ImageFeatures | None]) -> Path
         arrays[f"{part}_size"] = np.array([[f.width, f.height] for f in feats], np.int32)
         arrays[f"{part}_points"] = _stack([f.points for f in feats], (0, 2), np.float32)
         arrays[f"{part}_desc"] = _stack([f.descriptors for f in feats], (0, 32), np.uint8)
-    arrays["small"] = _stack3([found[h].small for h in hashes])  # type: ignore[union-attr]
     buf = io.BytesIO()
     np.savez(buf, **(arrays | {"checksum": np.asarray(_checksum(arrays))}))  # type: ignore[arg-type]
     return atomic_write_bytes(folder / shard_name(hashes), buf.getvalue())
@@ -96,11 +95,6 @@ def write_features(folder: Path, found: dict[str, ImageFeatures | None]) -> Path
 
 def _stack(parts: list[np.ndarray], empty: tuple[int, int], dtype: type) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(empty, dtype)
-
-
-def _stack3(parts: list[np.ndarray]) -> np.ndarray:
-    side = geometry.SMALL
-    return np.stack(parts).astype(np.uint8) if parts else np.zeros((0, side, side), np.uint8)
 
 
 def _checksum(arrays: dict[str, np.ndarray]) -> str:
@@ -135,8 +129,4 @@ def _unpack(arrays: dict[str, np.ndarray]) -> list[ImageFeatures | None]:
             Features(arrays[f"{part}_points"][s:e], arrays[f"{part}_desc"][s:e], int(w), int(h))
             for s, e, (w, h) in zip(starts, ends, arrays[f"{part}_size"], strict=True)
         ]
-    small = arrays["small"]
-    return [
-        ImageFeatures(p, m, small[k])
-        for k, (p, m) in enumerate(zip(per["p"], per["m"], strict=True))
-    ]
+    return [ImageFeatures(p, m) for p, m in zip(per["p"], per["m"], strict=True)]
