@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from leanset.dedup.bounds import bounded, fraction
+
 EVAL_SPLITS = ["test", "validation", "valid", "val", "eval", "dev"]
 ROUTES = (
     "embedding",
@@ -25,14 +27,16 @@ class DedupSettings:
 
     exact: bool = True
     near: bool = True
-    threshold: float | Literal["auto"] = "auto"  # cosine; auto: calibrated on this data
+    # cosine; auto: calibrated on this data
+    threshold: float | Literal["auto"] = fraction("auto", open_low=True, also="auto")
     confirm: Literal["auto", "embedding"] | list[str] = "auto"  # the routes that accept a pair
     keep: Literal["first", "last", "largest", "centroid"] = "first"
     eval_splits: list[str] = field(default_factory=lambda: list(EVAL_SPLITS))
     leakage: Literal["drop_train", "drop_eval", "report"] = "drop_train"
     dedup_eval: bool = False
     search: Literal["auto", "exact", "partitioned"] = "auto"
-    exact_max_rows: int | None = None  # None: 200k on CPU, 2M on a GPU
-    max_drop_fraction: float | None = 0.3  # the guard: refuse to drop more of a split (None: off)
-    max_group_fraction: float | None = 0.1  # ... or to put more of a split into one group
-    guard_min_rows: int = 50  # splits smaller than this are not judged
+    exact_max_rows: int | None = bounded(None, low=1)  # None: 200k on CPU, 2M on a GPU
+    # the guard: refuse to drop more of a split, or to put more of it into one group (None: off)
+    max_drop_fraction: float | None = fraction(0.3, open_low=True, also="null")
+    max_group_fraction: float | None = fraction(0.1, open_low=True, also="null")
+    guard_min_rows: int = bounded(50, low=0)  # splits smaller than this are not judged

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
+
+from leanset.dedup.bounds import bounded, fraction, problems, runtime
 
 
 class LabelingError(ValueError):
@@ -24,60 +26,41 @@ NoiseFilter = Literal[
 ]
 
 
-def check_rule_values(*, max_count_ratio: float, **shares: float) -> None:
-    """The flag rule's thresholds: shares in [0, 1], the count ratio at least 1."""
-    for key, value in shares.items():
-        if not 0.0 <= value <= 1.0:
-            raise LabelingError(f"label_noise.{key} must be in [0, 1], got {value!r}")
-    if not max_count_ratio >= 1.0:
-        raise LabelingError(f"label_noise.max_count_ratio must be >= 1, got {max_count_ratio!r}")
-
-
 @dataclass(frozen=True)
 class LabelNoiseSettings:
     """Label issues on a probe's out-of-fold probabilities, and what to do with them.
 
     The probe is the best of a few candidates (`c`: logistic regression at these inverse L2
     strengths; `k`: cosine kNN with these many neighbours; and the mean of the best of each) by
-    out-of-fold log loss after one fitted temperature. The flag rule (see `labeling.noise.FlagRule`):
+    out-of-fold log loss after one fitted temperature. The flag rule (`labeling.noise.flag_label_issues`):
     strong evidence (p(given) <= `evidence_p_given` and another class >= `evidence_p_other`) is
     always flagged; `filter_by` adds its rows only when the probe corroborates its count (at most
     `max_count_ratio` x the strong-evidence count, and ECE after temperature at most `max_ece`).
-    At most `max_flag_fraction` of the labeled rows are ever flagged.
+    At most `max_flag_fraction` of the labeled rows are ever flagged. `classes`: the class of
+    each column of `pred_probs_column` (default: the source's ClassLabel order, else the label
+    names sorted as text); see `labeling.classorder`.
     """
 
     policy: Literal["flag", "drop", "relabel"] = "flag"
-    relabel_threshold: float = 0.9
+    relabel_threshold: float = fraction(0.9, open_low=True)
     filter_by: NoiseFilter = "calibrated_rank"
     refit: bool = False
     pred_probs_column: str | None = None
-    n_folds: int = 5
-    c: float | list[float] = field(default_factory=lambda: [1.0, 10.0])
-    k: list[int] = field(default_factory=lambda: [10, 30])
-    evidence_p_given: float = 0.1
-    evidence_p_other: float = 0.6
-    max_count_ratio: float = 1.25
-    max_ece: float = 0.1
-    max_flag_fraction: float = 0.2
-    device: str = "auto"
-    seed: int = 0
+    classes: list[str] | None = bounded(None, min_items=1)  # of each pred_probs column, in order
+    n_folds: int = bounded(5, low=2)
+    c: float | list[float] = bounded(factory=lambda: [1.0, 10.0], low=0, low_open=True, min_items=1)
+    k: list[int] = bounded(factory=lambda: [10, 30], low=1)
+    evidence_p_given: float = fraction(0.1)
+    evidence_p_other: float = fraction(0.6)
+    max_count_ratio: float = bounded(1.25, low=1)
+    max_ece: float = fraction(0.1)
+    max_flag_fraction: float = fraction(0.2)
+    device: str = runtime("auto")
+    seed: int = bounded(0, low=0)
 
     def __post_init__(self) -> None:
-        check_rule_values(
-            evidence_p_given=self.evidence_p_given,
-            evidence_p_other=self.evidence_p_other,
-            max_ece=self.max_ece,
-            max_flag_fraction=self.max_flag_fraction,
-            max_count_ratio=self.max_count_ratio,
-        )
-        for c in self.c_values:
-            if not c > 0:
-                raise LabelingError(f"label_noise.c: every value must be > 0, got {c!r}")
-        for k in self.k:
-            if k < 1:
-                raise LabelingError(f"label_noise.k: every value must be >= 1, got {k!r}")
-        if not self.c_values and not self.k:
-            raise LabelingError("label_noise: c and k are both empty; the probe needs a candidate")
+        for key, problem in problems(self):
+            raise LabelingError(f"label_noise.{key}: {problem}")
 
     @property
     def c_values(self) -> tuple[float, ...]:
@@ -93,11 +76,11 @@ class ActiveLearningSettings:
     run adds only what brings the waiting ones up to it. `labeled_pool_split`: the split a pool
     sample moves to once a human labeled it (None: it stays in its pool split)."""
 
-    budget: int = 100
+    budget: int = bounded(100, low=1)
     strategy: Literal["margin", "entropy", "least_confidence", "random"] = "margin"
     diversity: Literal["kmeans", "kcenter", "none"] = "kmeans"
-    pool_factor: float = 5.0
-    max_similarity: float | None = None
+    pool_factor: float = bounded(5.0, low=1)
+    max_similarity: float | None = fraction(None, open_low=True, also="null")
     queue_label_issues: bool = True
     labeled_pool_split: str | None = "train"
-    seed: int = 0
+    seed: int = bounded(0, low=0)

@@ -2,8 +2,8 @@
 
 What the label-noise stage runs is `judge_labels` (or `judge_given_probs` for the user's own
 probabilities): the probe `labeling.probe.select_probe` picks, temperature-calibrated, then
-`flag_label_issues` under a `FlagRule`. Strong evidence (p(given) <= 0.1 while another class has
->= 0.6) is always flagged; a cleanlab count filter (below) adds its rows only when the probe
+`flag_label_issues` under the flag rule of `LabelNoiseSettings`. Strong evidence (p(given) <= 0.1
+while another class has >= 0.6) is always flagged; a cleanlab count filter (below) adds its rows only when the probe
 corroborates it (its count <= 1.25 x the strong-evidence count and ECE after temperature <= 0.1),
 and at most 20% of the labeled rows are flagged. With a weak probe the count filter mostly
 counts the probe's own mistakes: on technical-documentation text (MiniLM, 12 overlapping areas,
@@ -26,7 +26,7 @@ Why that default (5% planted flips, uniform to another class, default probe, sin
   `calibrated_rank` precision 0.86-0.98 / recall 0.83-0.91; `prune_by_noise_rate` 0.77-0.88 /
   0.68-0.71.
 
-`detect_label_issues` runs the probe and cleanlab together; with `refit` it runs them a second time
+`judge_labels` runs the probe and the flag rule together; with `refit` it runs them a second time
 with the first pass's issues left out of the training folds (every row still gets out-of-fold
 probabilities), so mislabeled rows no longer pull the probe toward their wrong labels. With
 `calibrated_rank` the refit gained little (digits 0.93 / 0.95; the demo no better) at twice the
@@ -54,17 +54,13 @@ from leanset.labeling.config import (  # NoiseFilter: the one list of filter nam
     LabelingError,
     LabelNoiseSettings,
     NoiseFilter,
-    check_rule_values,
 )
 from leanset.labeling.probe import (
     UNLABELED,
-    ProbeOptions,
-    ProbeResult,
     ProbeSelection,
     SelectOptions,
     apply_temperature,
     decode_labels,
-    fit_probe,
     score_probs,
     select_probe,
     validate_pred_probs,
@@ -108,63 +104,6 @@ class NoiseDecisions:
         """Rows per action (flagged, dropped, relabeled)."""
         names = [a for a in self.action if a is not None]
         return {name: names.count(name) for name in sorted(set(names))}
-
-
-@dataclass(frozen=True)
-class NoiseResult:
-    """The probe behind the issues, the issues, and how many the first pass flagged."""
-
-    probe: ProbeResult
-    issues: LabelIssues
-    first_pass_issues: int
-
-
-def detect_label_issues(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    *,
-    refit: bool = False,
-    filter_by: str = "calibrated_rank",
-    score_method: str = "self_confidence",
-    probe: ProbeOptions | None = None,
-    classes: Sequence[str] | None = None,
-    groups: np.ndarray | None = None,
-    sample_ids: Sequence[str] | None = None,
-    on_fit: Callable[[], None] | None = None,
-) -> NoiseResult:
-    """Probe + cleanlab; with `refit`, once more with the first pass's issues out of training.
-
-    `probe`, `classes`, `groups` and `on_fit` are `fit_probe`'s options, class names, fold
-    groups and progress callback.
-    """
-
-    def fit(mask: np.ndarray | None) -> ProbeResult:
-        return fit_probe(
-            embeddings,
-            labels,
-            classes=classes,
-            groups=groups,
-            train_mask=mask,
-            options=probe,
-            sample_ids=sample_ids,
-            on_fit=on_fit,
-        )
-
-    fitted = fit(None)
-    issues = find_label_issues(
-        labels, fitted.probs, filter_by=filter_by, score_method=score_method, sample_ids=sample_ids
-    )
-    first = issues.n_issues
-    if refit and first:
-        fitted = fit(~issues.label_issue)
-        issues = find_label_issues(
-            labels,
-            fitted.probs,
-            filter_by=filter_by,
-            score_method=score_method,
-            sample_ids=sample_ids,
-        )
-    return NoiseResult(probe=fitted, issues=issues, first_pass_issues=first)
 
 
 def find_label_issues(
@@ -343,48 +282,6 @@ def noise_columns(
 
 
 @dataclass(frozen=True)
-class FlagRule:
-    """Which rows a label-noise run flags, on temperature-calibrated probabilities.
-
-    *Strong evidence*: p(given label) <= `evidence_p_given` while another class has at least
-    `evidence_p_other`; it is always flagged. The count filter (`count_filter`, a key of
-    ISSUE_FILTERS) adds its rows only when the probe corroborates it: it flags at most
-    `max_count_ratio` x the strong-evidence count and the probe's ECE after temperature is at
-    most `max_ece`. Otherwise the probe is weak and only strong evidence is flagged. Either way at most `max_flag_fraction` of the labeled rows are
-    flagged (lowest p(given) first).
-    """
-
-    count_filter: str = "calibrated_rank"
-    evidence_p_given: float = 0.1
-    evidence_p_other: float = 0.6
-    max_count_ratio: float = 1.25
-    max_ece: float = 0.1
-    max_flag_fraction: float = 0.2
-
-    def __post_init__(self) -> None:
-        _check_choice("filter_by", self.count_filter, list(ISSUE_FILTERS))
-        check_rule_values(
-            evidence_p_given=self.evidence_p_given,
-            evidence_p_other=self.evidence_p_other,
-            max_ece=self.max_ece,
-            max_flag_fraction=self.max_flag_fraction,
-            max_count_ratio=self.max_count_ratio,
-        )
-
-    @classmethod
-    def of(cls, settings: LabelNoiseSettings) -> FlagRule:
-        """The rule a flow's `label_noise:` settings describe."""
-        return cls(
-            count_filter=settings.filter_by,
-            evidence_p_given=settings.evidence_p_given,
-            evidence_p_other=settings.evidence_p_other,
-            max_count_ratio=settings.max_count_ratio,
-            max_ece=settings.max_ece,
-            max_flag_fraction=settings.max_flag_fraction,
-        )
-
-
-@dataclass(frozen=True)
 class Flags:
     """The flagged rows, the rule that picked them and why (in words, for the summary)."""
 
@@ -407,7 +304,7 @@ class Flags:
         }
 
 
-def strong_evidence(labels: np.ndarray, probs: np.ndarray, rule: FlagRule) -> np.ndarray:
+def strong_evidence(labels: np.ndarray, probs: np.ndarray, rule: LabelNoiseSettings) -> np.ndarray:
     """Rows whose given label is improbable while another class is probable (labeled rows)."""
     rows = np.arange(len(labels))
     p_given = probs[rows, labels]
@@ -425,9 +322,9 @@ def flag_label_issues(
     *,
     accuracy: float,
     calibration_error: float,
-    rule: FlagRule | None = None,
+    rule: LabelNoiseSettings | None = None,
 ) -> Flags:
-    """Label issues among labeled rows (-1 = unlabeled) under `rule` (see FlagRule).
+    """Label issues among labeled rows (-1 = unlabeled) under `rule` (its flag-rule fields).
 
     Why the count filter needs corroboration: with a good probe its count and the strong
     evidence agree in size (0.92-1.07 x on digits pixels and photo crops at 5% and 15% flips);
@@ -436,24 +333,22 @@ def flag_label_issues(
     `accuracy` (out-of-fold, against the noisy labels) only goes into the reason: it mixes probe
     quality with the noise rate, so it decides nothing.
     """
-    r = rule or FlagRule()
+    r = rule or LabelNoiseSettings()
     y = np.asarray(labels, dtype=np.int64)
     labeled = np.flatnonzero(y != UNLABELED)
     yl, p = y[labeled], calibrated[labeled]
     evidence = strong_evidence(yl, p, r)
     quality = p[np.arange(len(yl)), yl]
-    count = ISSUE_FILTERS[r.count_filter](yl, p, quality)
+    count = ISSUE_FILTERS[r.filter_by](yl, p, quality)
     n_ev, n_ct = int(evidence.sum()), int(count.sum())
     agree = n_ct <= r.max_count_ratio * max(n_ev, 1)
     facts = (
-        f"{r.count_filter} would flag {n_ct}, strong evidence {n_ev}; out-of-fold accuracy "
+        f"{r.filter_by} would flag {n_ct}, strong evidence {n_ev}; out-of-fold accuracy "
         f"{accuracy:.3f}, ECE after temperature {calibration_error:.3f}"
     )
     if agree and calibration_error <= r.max_ece:
         picked, name = count | evidence, "count"
-        reason = (
-            f"the probe corroborates {r.count_filter}, flagged with the strong evidence ({facts})"
-        )
+        reason = f"the probe corroborates {r.filter_by}, flagged with the strong evidence ({facts})"
     else:
         picked, name = evidence, "evidence"
         reason = _weak_reason(r, n_ct, n_ev, agree, calibration_error, facts)
@@ -470,13 +365,13 @@ def flag_label_issues(
 
 
 def _weak_reason(
-    rule: FlagRule, n_count: int, n_evidence: int, agree: bool, ece: float, facts: str
+    rule: LabelNoiseSettings, n_count: int, n_evidence: int, agree: bool, ece: float, facts: str
 ) -> str:
     """Why only strong evidence was flagged, in words."""
     why = []
     if not agree:
         why.append(
-            f"{rule.count_filter}'s {n_count} is more than {rule.max_count_ratio:g} x the "
+            f"{rule.filter_by}'s {n_count} is more than {rule.max_count_ratio:g} x the "
             f"strong evidence's {n_evidence}"
         )
     if ece > rule.max_ece:
@@ -534,18 +429,21 @@ def judge_labels(
     keys: Sequence[str] | np.ndarray | None = None,
     groups: np.ndarray | None = None,
     classes: Sequence[str] | None = None,
+    settings: LabelNoiseSettings | None = None,
     options: SelectOptions | None = None,
-    rule: FlagRule | None = None,
-    refit: bool = False,
     sample_ids: Sequence[str] | None = None,
     on_fit: Callable[[], None] | None = None,
 ) -> JudgedLabels:
     """The label-noise stage's core: the selected probe on distinct contents, then the flag rule
-    on its calibrated probabilities; with `refit`, both once more with the first pass's issues
-    left out of training (every row is still judged).
+    on its calibrated probabilities; with `settings.refit`, both once more with the first pass's
+    issues left out of training (every row is still judged).
 
-    `keys`, `groups`, `classes`, `options` and `on_fit` are `select_probe`'s.
+    `settings`: the `label_noise:` section (the probe's candidates and the flag rule; default:
+    its defaults); `options`: the probe's options when not those `settings` give (a backend, a
+    device). `keys`, `groups`, `classes` and `on_fit` are `select_probe`'s.
     """
+    rule = settings or LabelNoiseSettings()
+    options = options or SelectOptions.of(rule)
 
     def run(mask: np.ndarray | None) -> tuple[ProbeSelection, Flags]:
         sel = select_probe(
@@ -566,13 +464,13 @@ def judge_labels(
 
     sel, flags = run(None)
     first = int(flags.issue.sum())
-    if refit and first:
+    if rule.refit and first:
         sel, flags = run(~flags.issue)
     return JudgedLabels(sel, flags, issues_from_flags(labels, sel.calibrated, flags), first)
 
 
 def judge_given_probs(
-    labels: np.ndarray, probs: np.ndarray, rule: FlagRule | None = None
+    labels: np.ndarray, probs: np.ndarray, rule: LabelNoiseSettings | None = None
 ) -> tuple[LabelIssues, Flags, dict[str, Any]]:
     """The flag rule on the user's own out-of-sample probabilities, after one temperature fitted
     on their labeled rows (as for the probe); and their scores for the manifest."""

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from leanset.dedup.matrix import check_matrix, resolve_device
-from leanset.labeling.config import LabelingError
+from leanset.labeling.config import LabelingError, LabelNoiseSettings
 
 logger = logging.getLogger(__name__)
 
@@ -57,35 +57,6 @@ class EncodedLabels:
 
     idx: np.ndarray
     classes: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """Out-of-fold probabilities for labeled rows and full-fit probabilities for unlabeled rows."""
-
-    pred_probs: np.ndarray
-    unlabeled_probs: np.ndarray
-    labeled_idx: np.ndarray
-    unlabeled_idx: np.ndarray
-    classes: tuple[str, ...]
-    fold_accuracy: tuple[float, ...]
-    backend: str
-    device: str
-    n_folds: int
-
-    @property
-    def probs(self) -> np.ndarray:
-        """Probabilities for every row of the table (out-of-fold where labeled)."""
-        n_rows = len(self.labeled_idx) + len(self.unlabeled_idx)
-        out = np.zeros((n_rows, len(self.classes)), dtype=np.float64)
-        out[self.labeled_idx] = self.pred_probs
-        out[self.unlabeled_idx] = self.unlabeled_probs
-        return out
-
-    @property
-    def accuracy(self) -> float:
-        """Mean held-out accuracy against the given labels over the folds."""
-        return float(np.mean(self.fold_accuracy))
 
 
 @dataclass(frozen=True)
@@ -237,70 +208,18 @@ class ProbeOptions:
         if not self.c > 0:
             raise LabelingError(f"c (inverse regularisation) must be > 0, got {self.c!r}")
 
+    @classmethod
+    def of(cls, settings: LabelNoiseSettings | None) -> ProbeOptions:
+        """One logistic regression as `label_noise:` sets it (its strongest C candidate)."""
+        if settings is None:
+            return cls()
+        return cls(seed=settings.seed, device=settings.device, c=max(settings.c_values))
+
     def spec(self, n_classes: int) -> _ProbeSpec:
         """The fit every fold shares (the device resolved, the backend chosen)."""
         device = resolve_device(self.device, error=LabelingError)
         backend = _resolve_backend(self.backend, device)
         return _ProbeSpec(BACKENDS[backend], n_classes, self.c, self.max_iter, device, backend)
-
-
-def fit_probe(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    *,
-    classes: Sequence[str] | None = None,
-    groups: np.ndarray | None = None,
-    train_mask: np.ndarray | None = None,
-    options: ProbeOptions | None = None,
-    sample_ids: Sequence[str] | None = None,
-    on_fit: Callable[[], None] | None = None,
-) -> ProbeResult:
-    """Out-of-fold probabilities for labeled rows (-1 = unlabeled), predictions for the rest.
-
-    `groups`: one int per row, rows sharing a non-negative id stay in one fold (negative = no
-    group). `train_mask`: rows that may be used for training (all others still get predictions),
-    e.g. to refit without suspected label issues. `on_fit` is called after each of the
-    `n_folds` (+1 with unlabeled rows) fits, for a progress display.
-    """
-    opts = options or ProbeOptions()
-    x = _check_embeddings(embeddings, sample_ids)
-    names = _check_classes(labels, classes)
-    y = _check_labels(labels, len(x), len(names), sample_ids)
-    group_ids = _fold_groups(groups, len(x))
-    mask = _check_mask(train_mask, len(x))
-    labeled = np.flatnonzero(y != UNLABELED)
-    _check_class_counts(y[labeled], names, opts.n_folds)
-    _check_group_count(group_ids[labeled], opts.n_folds)
-    spec = opts.spec(len(names))
-    logger.info(
-        "probe: %d labeled, %d unlabeled, %d classes, %d folds, %s on %s",
-        labeled.size,
-        len(x) - labeled.size,
-        len(names),
-        opts.n_folds,
-        spec.backend,
-        spec.device,
-    )
-    folds = _compute_folds(y[labeled], group_ids[labeled], opts.n_folds, opts.seed)
-    oof, accs = _compute_oof(x, y, labeled, folds, mask, spec, opts.seed, on_fit)
-    unlabeled = np.flatnonzero(y == UNLABELED)
-    unl_probs = np.zeros((0, len(names)), dtype=np.float64)
-    if unlabeled.size:
-        train = labeled[mask[labeled]]
-        unl_probs = spec.train(x[train], y[train], opts.seed)(x[unlabeled])
-        if on_fit:
-            on_fit()
-    return ProbeResult(
-        pred_probs=oof,
-        unlabeled_probs=unl_probs,
-        labeled_idx=labeled,
-        unlabeled_idx=unlabeled,
-        classes=names,
-        fold_accuracy=tuple(accs),
-        backend=spec.backend,
-        device=spec.device,
-        n_folds=opts.n_folds,
-    )
 
 
 def train_probe(
@@ -443,28 +362,6 @@ def _compute_folds(
         return list(splitter.split(dummy, y, groups))
 
 
-def _compute_oof(
-    x: np.ndarray,
-    y: np.ndarray,
-    labeled: np.ndarray,
-    folds: list[tuple[np.ndarray, np.ndarray]],
-    mask: np.ndarray,
-    spec: _ProbeSpec,
-    seed: int,
-    on_fit: Callable[[], None] | None = None,
-) -> tuple[np.ndarray, list[float]]:
-    """Out-of-fold probabilities for the labeled rows, and the held-out accuracy per fold."""
-    oof = np.zeros((labeled.size, spec.n_classes), dtype=np.float64)
-    accs: list[float] = []
-    for fold, (tr, te) in enumerate(folds):
-        train = labeled[tr][mask[labeled[tr]]]
-        oof[te] = spec.train(x[train], y[train], seed + fold)(x[labeled[te]])
-        accs.append(float(np.mean(oof[te].argmax(axis=1) == y[labeled[te]])))
-        if on_fit:
-            on_fit()
-    return oof, accs
-
-
 def _fit_sklearn(x: np.ndarray, y: np.ndarray, spec: _ProbeSpec, seed: int) -> Predictor:
     """Multinomial logistic regression (lbfgs); classes absent from training get probability 0."""
     from sklearn.exceptions import ConvergenceWarning
@@ -571,6 +468,12 @@ class SelectOptions:
         for k in self.k:
             if not isinstance(k, int) or k < 1:
                 raise LabelingError(f"k (kNN neighbours) must be an integer >= 1, got {k!r}")
+
+    @classmethod
+    def of(cls, settings: LabelNoiseSettings) -> SelectOptions:
+        """The candidates, folds, seed and device `label_noise:` sets (the rest at defaults)."""
+        c, k = settings.c_values, tuple(settings.k)
+        return cls(n_folds=settings.n_folds, seed=settings.seed, device=settings.device, c=c, k=k)
 
     def logreg(self, c: float) -> ProbeOptions:
         """The options of one logistic-regression candidate."""

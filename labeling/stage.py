@@ -7,16 +7,16 @@ columns; `pipelines/flows.py` wraps them in Prefect tasks.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from leanset.labeling.classorder import ClassOrder, check_class_order, resolve_class_order
 from leanset.labeling.config import ActiveLearningSettings, LabelingError, LabelNoiseSettings
 from leanset.labeling.noise import (
-    FlagRule,
     Flags,
     LabelIssues,
     apply_noise_policy,
@@ -26,7 +26,6 @@ from leanset.labeling.noise import (
 )
 from leanset.labeling.probe import (
     EncodedLabels,
-    SelectOptions,
     encode_labels,
     stack_pred_probs,
     validate_pred_probs,
@@ -123,6 +122,7 @@ def label_noise(
     settings: LabelNoiseSettings,
     pred_probs: Any = None,
     on_fit: Callable[[], None] | None = None,
+    class_label: Sequence[str] | None = None,
 ) -> NoiseOutcome:
     """Label issues on out-of-sample probabilities, and the flow's noise policy.
 
@@ -132,17 +132,14 @@ def label_noise(
     acts on the rows dedup kept; a dropped row's issue is recorded in `label_issue` only. Given
     `pred_probs` (a column), no probe is trained; the same flag rule runs on them.
 
-    `on_fit` is called after each probe fit (a progress display).
+    `on_fit` is called after each probe fit (a progress display); `class_label`: the source's
+    ClassLabel names, the order of the `pred_probs` columns unless `settings.classes` names it.
     """
     rows, small = _judged_rows(table, settings, given=pred_probs is not None)
     sub = table[rows]
     ids = sub["sample_id"].to_list()
-    # given probabilities have a column per class of the whole dataset; the probe learns the
-    # classes of the rows it sees
-    every = (
-        sorted(table["label"].drop_nulls().unique().to_list()) if pred_probs is not None else None
-    )
-    enc = encode_labels(sub["label"].to_list(), classes=every, sample_ids=ids)
+    order = _column_order(table, settings, pred_probs, class_label)
+    enc = encode_labels(sub["label"].to_list(), classes=order.classes or None, sample_ids=ids)
     if (enc.idx >= 0).sum() == 0:
         log.info("label noise: no labeled samples; skipped")
         return NoiseOutcome(_empty_noise(table), None, (), {"label_noise": "skipped: no labels"})
@@ -151,7 +148,9 @@ def label_noise(
         info = {"label_noise": why, "unjudged": _unjudged(small, settings)}
         return NoiseOutcome(_empty_noise(table), None, (), info)
     if pred_probs is not None:
-        issues, probs, flags, info = _issues_from_given(pred_probs, rows, enc, ids, settings)
+        issues, probs, flags, info = _issues_from_given(
+            pred_probs, rows, enc, ids, settings, order.source
+        )
     else:
         issues, probs, flags, info = _issues_from_probe(emb, rows, sub, enc, ids, settings, on_fit)
     if flags.rule == "evidence" or flags.capped:
@@ -178,6 +177,19 @@ def label_noise(
     return NoiseOutcome(out, full, enc.classes, info)
 
 
+def _column_order(
+    table: pl.DataFrame,
+    settings: LabelNoiseSettings,
+    pred_probs: Any,
+    class_label: Sequence[str] | None,
+) -> ClassOrder:
+    """The classes of the given probabilities' columns (every class of the whole dataset); no
+    classes for the probe, which learns those of the rows it sees."""
+    if pred_probs is None:
+        return ClassOrder((), "probe")
+    return resolve_class_order(table["label"].to_list(), settings.classes, class_label)
+
+
 def _relabeled(out: pl.DataFrame, settings: LabelNoiseSettings) -> pl.DataFrame:
     """Under the relabel policy, the suggested label replaces a relabeled row's label."""
     if settings.policy != "relabel":
@@ -198,7 +210,8 @@ def _judged_rows(
     small = {} if given else too_small_classes(table, readable, settings.n_folds)
     if small:
         log.warning("label noise: %s", unjudged_line(small, settings.n_folds))
-    return np.flatnonzero(readable & ~table["label"].is_in(list(small)).to_numpy()), small
+    too_small = table["label"].is_in(list(small)).fill_null(False).to_numpy()  # unlabeled: null
+    return np.flatnonzero(readable & ~too_small), small
 
 
 def too_small_classes(table: pl.DataFrame, readable: np.ndarray, n_folds: int) -> dict[str, int]:
@@ -247,16 +260,19 @@ def _issues_from_given(
     enc: EncodedLabels,
     ids: list[str],
     settings: LabelNoiseSettings,
+    source: str,
 ) -> tuple[LabelIssues, np.ndarray, Flags, dict[str, Any]]:
-    """Label issues on the user's own out-of-sample probabilities (a column per class)."""
+    """Label issues on the user's own out-of-sample probabilities (a column per class of
+    `enc.classes`, an order from `source`), once that order is seen to fit the labels."""
     probs = validate_pred_probs(
         stack_pred_probs([pred_probs[i] for i in rows], sample_ids=ids),
         len(rows),
         len(enc.classes),
         sample_ids=ids,
     )
-    issues, flags, info = judge_given_probs(enc.idx, probs, FlagRule.of(settings))
-    return issues, probs, flags, info
+    fit = check_class_order(enc.idx, probs, ClassOrder(enc.classes, source))
+    issues, flags, info = judge_given_probs(enc.idx, probs, settings)
+    return issues, probs, flags, info | {"class_order": {"source": source} | fit.to_dict()}
 
 
 def _issues_from_probe(
@@ -277,15 +293,7 @@ def _issues_from_probe(
         keys=sub["content_hash"].to_numpy(),
         groups=_groups(sub),
         classes=enc.classes,
-        options=SelectOptions(
-            n_folds=settings.n_folds,
-            seed=settings.seed,
-            device=settings.device,
-            c=settings.c_values,
-            k=tuple(settings.k),
-        ),
-        rule=FlagRule.of(settings),
-        refit=settings.refit,
+        settings=settings,
         sample_ids=ids,
         on_fit=on_fit,
     )
@@ -341,12 +349,14 @@ def label_and_select(
     selection: ActiveLearningSettings | None,
     *,
     pred_probs: Any = None,
+    class_label: Sequence[str] | None = None,
     pending: pl.DataFrame | None = None,
     threshold: float = 0.95,
     progress: bool = True,
 ) -> LabelingOutcome:
     """Label noise (when configured), then the selection of unlabeled samples (when configured).
 
+    `class_label`: the source's ClassLabel names (see `label_noise`);
     `pending`: queue rows still waiting for a human (their samples are not picked again);
     `threshold`: the dedup threshold, the default for how similar two picks may be;
     `progress`: one progress bar for the whole stage (probe fits, then the selection) on a
@@ -355,9 +365,9 @@ def label_and_select(
     probs = None
     with _StageProgress(noise, selection, enabled=progress) as bar:
         if noise is not None:
-            out = label_noise(table, emb, noise, pred_probs, on_fit=bar.step)
+            out = label_noise(table, emb, noise, pred_probs, bar.step, class_label)
             table, probs, info = out.table, out.probs, out.info
-        if selection is not None and emb is not None:
+        if selection is not None and (emb is not None or selection.diversity == "none"):
             waiting = (
                 pending
                 if pending is not None
@@ -416,13 +426,16 @@ class _StageProgress:
 
 def select_for_labeling(
     table: pl.DataFrame,
-    emb: np.ndarray,
+    emb: np.ndarray | None,
     probs: np.ndarray | None,
     settings: ActiveLearningSettings,
     pending: pl.DataFrame,
     threshold: float,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Uncertain, diverse unlabeled samples for the queue: adds `al_score`, `queue_rank`."""
+    """Uncertain, diverse unlabeled samples for the queue: adds `al_score`, `queue_rank`.
+
+    Without embeddings (`diversity: none` on a table of probabilities) the picks follow the
+    scores alone: there is nothing to measure a near copy by."""
     none = table.with_columns(
         pl.lit(None, dtype=pl.Float64).alias("al_score"),
         pl.lit(None, dtype=pl.Int64).alias("queue_rank"),
@@ -437,9 +450,10 @@ def select_for_labeling(
         return none, {"selected": 0, "candidates": int(cand.size), "budget_left": budget}
     groups = _groups(table)
     busy = tuple(int(c) for c in np.unique(groups[waiting]) if c >= 0)  # their group is queued
+    x = emb if emb is not None else np.ones((table.height, 1), np.float32)
     sel = select_batch(
         np.nan_to_num(probs, nan=1.0 / max(probs.shape[1], 1)),
-        emb,
+        x,
         budget=budget,
         candidate_idx=cand,
         strategy=settings.strategy,
@@ -447,7 +461,7 @@ def select_for_labeling(
         pool_factor=settings.pool_factor,
         groups=groups,
         exclude_groups=busy,
-        max_similarity=settings.max_similarity or threshold,
+        max_similarity=(settings.max_similarity or threshold) if emb is not None else None,
         seed=settings.seed,
     )
     return table.hstack(sel.columns()), {

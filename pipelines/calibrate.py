@@ -232,8 +232,15 @@ def _image_workload(
 ) -> Workload:
     """ResNet-18 (random weights) at the images' median size; at native sizes for pixels."""
     import torch
-    import torchvision
     from PIL import Image
+
+    try:
+        import torchvision
+    except (ImportError, RuntimeError) as exc:  # a CPU-only install leaves torchvision out
+        raise ConfigError(
+            f"calibrate: the reference image model (ResNet-18) needs torchvision ({exc}); name "
+            "your own step in cost.train_step, or install leanset with its default torch"
+        ) from exc
 
     sizes = [_image_size(c) for c in contents]
     w, h = (int(np.median([s[i] for s in sizes])) for i in (0, 1))

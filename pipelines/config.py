@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from leanset.dedup.bounds import bounded, deciding, field_problems, fraction, runtime
 from leanset.dedup.config import ROUTES, DedupSettings
 from leanset.labeling.config import ActiveLearningSettings, LabelNoiseSettings
 
@@ -70,12 +71,12 @@ class EmbedderSettings:
     model: str | None = None
     factory: str | None = None  # type torch: "package.module:function" -> (model, preprocess)
     pretrained: str | None = None
-    device: str = "auto"
-    batch_size: int = 64
+    device: str = runtime("auto")
+    batch_size: int = bounded(64, low=1, decides=False)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    num_workers: int = 0
-    size: int = 16
-    shard_rows: int = 4096
+    num_workers: int = bounded(0, low=0, decides=False)
+    size: int = bounded(16, low=1)
+    shard_rows: int = bounded(4096, low=1, decides=False)
 
 
 CostUnit = Literal["samples", "tokens", "pixels"]
@@ -92,22 +93,22 @@ class CostSettings:
     the store's `leanset calibrate` measurement.
     """
 
-    gpu_hours_per_epoch: float | None = None
-    samples_per_second_per_gpu: float | None = None
-    tokens_per_second_per_gpu: float | None = None
-    pixels_per_second_per_gpu: float | None = None
-    num_gpus: int = 1
-    price_per_gpu_hour: float | None = None
-    price_per_cpu_hour: float | None = None
-    epochs: int | None = None
+    gpu_hours_per_epoch: float | None = bounded(None, low=0, low_open=True)
+    samples_per_second_per_gpu: float | None = bounded(None, low=0, low_open=True)
+    tokens_per_second_per_gpu: float | None = bounded(None, low=0, low_open=True)
+    pixels_per_second_per_gpu: float | None = bounded(None, low=0, low_open=True)
+    num_gpus: int = bounded(1, low=1, decides=False)
+    price_per_gpu_hour: float | None = bounded(None, low=0, decides=False)
+    price_per_cpu_hour: float | None = bounded(None, low=0, decides=False)
+    epochs: int | None = bounded(None, low=1, decides=False)
     train_splits: list[str] | None = None
     unit: CostUnit = "samples"
     tokenizer: str | None = None
-    max_tokens: int | None = None
-    eval_gpu_hours_per_epoch: float | None = None
+    max_tokens: int | None = bounded(None, low=1)
+    eval_gpu_hours_per_epoch: float | None = bounded(None, low=0)
     train_step: str | None = None
     quality: bool = True
-    max_accuracy_drop: float = 0.01
+    max_accuracy_drop: float = fraction(0.01)
     promote: bool = False
 
     def throughput(self) -> tuple[float, CostUnit] | None:
@@ -131,7 +132,7 @@ class ScheduleSettings:
     """When `leanset serve` runs the flow."""
 
     cron: str | None = None
-    interval_minutes: float | None = None
+    interval_minutes: float | None = bounded(None, low=0, low_open=True)
     timezone: str = "UTC"
 
 
@@ -147,22 +148,22 @@ class EngineSettings:
 
     type: Literal["local", "ray"] = "local"
     address: str = "auto"
-    workers: int | None = None
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    batch_size: int | None = None
-    shard_rows: int | None = None
-    task_cpus: float = 1.0
-    max_task_retries: int = 3
-    connect_timeout_s: float = 5.0
-    check_timeout_s: float = 60.0
+    workers: int | None = bounded(None, low=1)
+    cpus_per_worker: float = bounded(1.0, low=0, low_open=True)
+    gpus_per_worker: float = bounded(0.0, low=0)
+    batch_size: int | None = bounded(None, low=1)
+    shard_rows: int | None = bounded(None, low=1)
+    task_cpus: float = bounded(1.0, low=0, low_open=True)
+    max_task_retries: int = bounded(3, low=0)
+    connect_timeout_s: float = bounded(5.0, low=0, low_open=True)
+    check_timeout_s: float = bounded(60.0, low=0, low_open=True)
 
 
 @dataclass(frozen=True)
 class FlowSettings:
     """One named flow of flows.yaml, with every path resolved against the file's folder."""
 
-    name: str
+    name: str = field(metadata={"decides": False})
     source: SourceSettings
     store: str
     embedder: EmbedderSettings | None = None
@@ -171,21 +172,20 @@ class FlowSettings:
     cost: CostSettings = field(default_factory=CostSettings)
     label_noise: LabelNoiseSettings | None = None
     active_learning: ActiveLearningSettings | None = None
-    schedule: ScheduleSettings | None = None
-    engine: EngineSettings = field(default_factory=EngineSettings)
-    description: str = ""
+    # when and where a run happens, not what it decides (both engines decide identically)
+    schedule: ScheduleSettings | None = runtime(None)
+    engine: EngineSettings = field(default_factory=EngineSettings, metadata={"decides": False})
+    description: str = runtime("")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (for manifests and Prefect parameters)."""
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Hash of every setting that changes the decisions (not schedule, engine or description:
-        both engines decide identically)."""
-        data = self.to_dict()
-        for key in ("schedule", "description", "name", "engine"):
-            data.pop(key, None)
-        return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=8).hexdigest()
+        """Hash of every setting that changes the decisions: not those declared `decides=False`
+        (how a run is computed, priced or scheduled, and where it runs)."""
+        data = json.dumps(deciding(self), sort_keys=True).encode()
+        return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 def load_flows(path: str | Path) -> dict[str, FlowSettings]:
@@ -364,6 +364,12 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def load_body(body: Any, name: str, base: Path, where: str) -> FlowSettings:
+    """One flow from its body as plain data (what flows.yaml holds under the flow's name), checked
+    exactly like the file's flows, relative paths against `base`; errors start with `where`."""
+    return _load_flow(base / "flows.yaml", name, body, where)
+
+
 def _load_flow(path: Path, name: str, body: Any, where: str) -> FlowSettings:
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: expected a mapping of settings, got {type(body).__name__}")
@@ -402,6 +408,8 @@ def _build(cls: type, data: Any, where: str, keypath: str) -> Any:
     ]
     if missing:
         raise ConfigError(f"{where}: {_join(keypath, missing[0])}: required key is missing")
+    for key, problem in field_problems(cls, kwargs):
+        raise ConfigError(f"{where}: {_join(keypath, key)}: {problem}")
     return cls(**kwargs)
 
 
@@ -482,7 +490,11 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
             f"{where}: embedder.factory: required for type 'torch' "
             f"('package.module:function' returning (model, preprocess))"
         )
-    if s.dedup.near and s.embedder is None:
+    c = s.columns
+    probabilities_only = not (c.image or c.text or c.embedding) and bool(
+        s.label_noise and s.label_noise.pred_probs_column
+    )  # ids, labels and given probabilities: the run skips dedup and says so
+    if s.dedup.near and s.embedder is None and not probabilities_only:
         raise ConfigError(f"{where}: embedder: required when dedup.near is true")
     _check_labeling(s, where)
     _check_cost(s, where)
@@ -504,11 +516,7 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
 
 
 def _check_dedup(d: DedupSettings, where: str) -> None:
-    """Ranges of the dedup section."""
-    if d.threshold != "auto" and not 0.0 < d.threshold <= 1.0:
-        raise ConfigError(
-            f"{where}: dedup.threshold: expected a number in (0, 1] or auto, got {d.threshold}"
-        )
+    """The dedup section's routes (its ranges are declared on its fields)."""
     if isinstance(d.confirm, list):
         unknown = [r for r in d.confirm if r not in ROUTES]
         if unknown or not d.confirm:
@@ -516,34 +524,19 @@ def _check_dedup(d: DedupSettings, where: str) -> None:
                 f"{where}: dedup.confirm: expected auto, embedding or a list of routes from "
                 f"{list(ROUTES)}, got {_show(d.confirm)}"
             )
-    for key in ("max_drop_fraction", "max_group_fraction"):
-        value = getattr(d, key)
-        if value is not None and not 0.0 < value <= 1.0:
-            raise ConfigError(
-                f"{where}: dedup.{key}: expected a number in (0, 1] or null, got {value}"
-            )
 
 
 def _check_labeling(s: FlowSettings, where: str) -> None:
-    """Ranges and dependencies of the label_noise and active_learning sections."""
+    """Dependencies of the label_noise and active_learning sections."""
     noise, al = s.label_noise, s.active_learning
     if noise and s.embedder is None and not noise.pred_probs_column:
         raise ConfigError(
             f"{where}: label_noise: needs an embedder (for the probe) or pred_probs_column"
         )
-    if noise and not 0.0 < noise.relabel_threshold <= 1.0:
-        raise ConfigError(f"{where}: label_noise.relabel_threshold: expected a number in (0, 1]")
-    if noise and noise.n_folds < 2:
+    if al and s.embedder is None and al.diversity != "none":
         raise ConfigError(
-            f"{where}: label_noise.n_folds: expected an integer >= 2, got {noise.n_folds}"
-        )
-    if al and al.budget < 1:
-        raise ConfigError(
-            f"{where}: active_learning.budget: expected an integer >= 1, got {al.budget}"
-        )
-    if al and s.embedder is None:
-        raise ConfigError(
-            f"{where}: active_learning: needs an embedder (diversity is measured on embeddings)"
+            f"{where}: active_learning: needs an embedder (diversity is measured on "
+            f"embeddings), or diversity: none to pick by the probabilities alone"
         )
 
 
@@ -551,7 +544,7 @@ TEXT_EMBEDDERS = ("sentence_transformers", "open_clip_text")
 
 
 def _check_cost(s: FlowSettings, where: str) -> None:
-    """The cost section: one source of the epoch cost, units that fit the data, sane numbers."""
+    """The cost section: one source of the epoch cost, units that fit the data."""
     c = s.cost
     sources = [
         k
@@ -568,17 +561,6 @@ def _check_cost(s: FlowSettings, where: str) -> None:
             raise ConfigError(
                 f"{where}: cost.{unit}_per_second_per_gpu: needs cost.unit: {unit} (got {c.unit})"
             )
-    positive = ("gpu_hours_per_epoch", "samples_per_second_per_gpu", "tokens_per_second_per_gpu")
-    for key in positive + ("pixels_per_second_per_gpu", "num_gpus", "epochs", "max_tokens"):
-        value = getattr(c, key)
-        if value is not None and not value > 0:
-            raise ConfigError(f"{where}: cost.{key}: expected a number > 0, got {value}")
-    for key in ("price_per_gpu_hour", "price_per_cpu_hour", "eval_gpu_hours_per_epoch"):
-        value = getattr(c, key)
-        if value is not None and value < 0:
-            raise ConfigError(f"{where}: cost.{key}: expected a number >= 0, got {value}")
-    if not 0.0 <= c.max_accuracy_drop <= 1.0:
-        raise ConfigError(f"{where}: cost.max_accuracy_drop: expected a number in [0, 1]")
     text_embedder = s.embedder is not None and s.embedder.type in TEXT_EMBEDDERS
     if c.unit == "tokens" and not c.tokenizer and not text_embedder:
         raise ConfigError(
@@ -598,7 +580,7 @@ def _is_entry_point(value: str) -> bool:
 
 
 def _check_engine(e: EngineSettings, where: str) -> None:
-    """The engine's address form and its positive amounts."""
+    """The engine's address form."""
     address = e.address.removeprefix("ray://")
     host, sep, port = address.rpartition(":")
     if e.address != "auto" and not (sep and host and port.isdigit()):
@@ -606,13 +588,6 @@ def _check_engine(e: EngineSettings, where: str) -> None:
             f"{where}: engine.address: expected auto, HOST:PORT or ray://HOST:PORT, "
             f"got {_show(e.address)}"
         )
-    for key in ("workers", "batch_size", "shard_rows", "cpus_per_worker", "task_cpus"):
-        value = getattr(e, key)
-        if value is not None and value <= 0:
-            raise ConfigError(f"{where}: engine.{key}: expected a positive number, got {value}")
-    for key in ("gpus_per_worker", "max_task_retries"):
-        if getattr(e, key) < 0:
-            raise ConfigError(f"{where}: engine.{key}: expected a number >= 0")
 
 
 def _looks_like_path(value: str) -> bool:

@@ -9,6 +9,7 @@ an argument (`Loaded`), what a run did is its return value (`RunResult`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import uuid
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from leanset.dedup.config import DedupSettings
 from leanset.dedup.guard import DedupGuardError, check_drops, split_drops
 from leanset.dedup.imagesig import ImageSignal
 from leanset.dedup.lexical import shingle_matrix
@@ -56,6 +58,10 @@ def _new_run_id() -> str:
     return f"leanset-{uuid.uuid4()}"
 
 
+def _dry_run_folder() -> Path:
+    return Path(tempfile.mkdtemp(prefix="leanset-dry-run-"))
+
+
 @dataclass(frozen=True)
 class Hooks:
     """The steps a run calls (the flow passes its Prefect tasks; the defaults are plain calls)
@@ -71,6 +77,7 @@ class Hooks:
     fill_queue: Callable[..., JSON] = steps.fill_queue
     html_report: Callable[..., str] = steps.html_report
     run_id: Callable[[], str] = _new_run_id
+    dry_run_folder: Callable[[], Path] = _dry_run_folder  # where a dry run's report goes
 
 
 PLAIN = Hooks()
@@ -201,7 +208,7 @@ def _pipeline(run: _Run, loaded: Loaded | None, engine: JSON) -> RunResult:
         dd = run.hooks.dedup(
             embedded.table,
             embedded.matrix,
-            settings.dedup,
+            _dedup_settings(settings, data),
             embedded.signals,
             prior,
             embedded.basis,
@@ -219,6 +226,17 @@ def _pipeline(run: _Run, loaded: Loaded | None, engine: JSON) -> RunResult:
         summary = _dry_run(run, draft, decided, version)
         return RunResult(summary, draft.decisions, decided, draft, draft.cost)
     return _commit(run, decided, draft, parent)
+
+
+def _dedup_settings(settings: FlowSettings, data: LoadedDataset) -> DedupSettings:
+    """The dedup settings of the run; none of its searches for a table without content."""
+    if data.modality != "none" and (settings.embedder or not settings.dedup.near):
+        return settings.dedup
+    log.warning(
+        "Dedup skipped: it needs content (an image, text or embedding column, and an embedder); "
+        "this run has ids, labels and probabilities only"
+    )
+    return dataclasses.replace(settings.dedup, exact=False, near=False)
 
 
 def _commit(
@@ -302,7 +320,7 @@ def _dry_run(run: _Run, draft: VersionDraft, data: LoadedDataset, version: int) 
     manifest = draft.manifest.to_dict() | {"version": version, "parent": draft.parent}
     summary = RunSummary.of(settings.name, settings.store, manifest, run.timer.seconds, False)
     summary.dry_run = True
-    folder = Path(tempfile.mkdtemp(prefix="leanset-dry-run-"))
+    folder = run.hooks.dry_run_folder()
     path = folder / f"{settings.name}-v{version}-dry-run.html"
     parent_report = run.store.layout.report(draft.parent) if draft.parent else None
     summary.report = run.hooks.html_report(
@@ -458,7 +476,10 @@ def _label(
     pending = read_queue(run.store.root).filter(pl.col("status").is_in(list(PENDING)))
     t = settings.dedup.threshold
     threshold = float(calibration.get("threshold", 0.95)) if t == "auto" else float(t)
-    outcome = run.hooks.labeling(table, matrix, settings, given, pending, min(threshold, 0.999))
+    names = data.label_names() if given is not None else None  # the pred_probs column order
+    outcome = run.hooks.labeling(
+        table, matrix, settings, given, pending, min(threshold, 0.999), names
+    )
     _warn_if_label_stages_skipped(outcome.info, table)
     return outcome
 

@@ -7,6 +7,7 @@ from leanset.labeling.config import LabelingError
 from leanset.pipelines.config import ConfigError
 from leanset.pipelines.embed import EmbedError
 from leanset.pipelines.engine import EngineError
+from leanset.pipelines.limits import LimitError
 from leanset.pipelines.sources import SourceError
 from leanset.pipelines.store import StoreError
 
@@ -18,4 +19,5 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     StoreError,
     LabelingError,
     EngineError,
+    LimitError,
 )

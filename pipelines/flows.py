@@ -108,9 +108,10 @@ def labeling_task(
     pred_probs: list[Any] | None,
     pending: pl.DataFrame,
     threshold: float,
+    class_label: list[str] | None = None,
 ) -> LabelingOutcome:
     """cleanlab label issues on out-of-fold probe probabilities, then the labeling selection."""
-    return steps.labeling(table, matrix, settings, pred_probs, pending, threshold)
+    return steps.labeling(table, matrix, settings, pred_probs, pending, threshold, class_label)
 
 
 @task(name="cost-and-quality", cache_policy=NO_CACHE)

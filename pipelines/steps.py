@@ -56,7 +56,8 @@ def load(
 def load_dataset(settings: FlowSettings, dry_run: bool = False) -> LoadedDataset:
     """The sample table; a dry run reads the file-hash cache but never writes it."""
     hashes = FileHashCache(StoreLayout.of(settings.store).file_hashes)
-    data = load_source(settings.source, settings.columns, hashes)
+    probs = settings.label_noise is not None and settings.label_noise.pred_probs_column is not None
+    data = load_source(settings.source, settings.columns, hashes, content_optional=probs)
     if not dry_run:
         hashes.save()
     return data
@@ -167,14 +168,17 @@ def labeling(
     pred_probs: list[Any] | None,
     pending: pl.DataFrame,
     threshold: float,
+    class_label: list[str] | None = None,
 ) -> LabelingOutcome:
-    """cleanlab label issues on out-of-fold probe probabilities, then the labeling selection."""
+    """cleanlab label issues on out-of-fold probe probabilities, then the labeling selection
+    (`class_label`: the source's ClassLabel names, an order for the `pred_probs` columns)."""
     return label_and_select(
         table,
         matrix,
         settings.label_noise,
         settings.active_learning,
         pred_probs=pred_probs,
+        class_label=class_label,
         pending=pending,
         threshold=threshold,
     )
@@ -212,12 +216,7 @@ def cost(
     if not cost.quality or matrix is None:
         why = "cost.quality is false" if not cost.quality else "needs an embedder for the probe"
         return CostMeasures(accounting, {"skipped": why}, 0.0)
-    noise = settings.label_noise
-    opts = (  # one logistic regression (the strongest C the label-noise candidates try)
-        ProbeOptions(seed=noise.seed, device=noise.device, c=max(noise.c_values))
-        if noise
-        else ProbeOptions()
-    )
+    opts = ProbeOptions.of(settings.label_noise)  # the strongest C the candidates try
     quality = table_quality(t, raw_labels, matrix, roles[0], roles[1], opts)
     fits = [quality[k] for k in ("raw", "clean") if k in quality]
     gpu = sum(f["wall_seconds"] for f in fits if str(f["device"]).startswith("cuda"))

@@ -8,7 +8,7 @@ import pytest
 from leanset.pipelines.flows import clean_flow
 from leanset.pipelines.store import Store
 from leanset.pipelines.store.tables import DECISION_COLUMNS
-from tests.helpers import pixel_flow_body, write_flows
+from tests.helpers import pixel_flow, pixel_flow_body, write_flows
 
 TINY = pixel_flow_body(
     dedup={"threshold": 0.95}, cost={"gpu_hours_per_epoch": 10, "price_per_gpu_hour": 2.5}
@@ -167,6 +167,16 @@ def test_flow_with_your_own_torch_model(prefect_harness, tiny_images, tmp_path):
     first = clean_flow(config_path=str(write_flows(tmp_path, own=body)), flow_name="own")
     assert first["embed"]["computed"] == 8 and first["embed"]["fingerprint"].startswith("torch-")
     assert first["counts"]["by_reason"]["exact_duplicate"] == 1
+
+
+def test_a_new_batch_size_or_price_makes_no_new_version(prefect_harness, tmp_path, tiny_images):
+    config = pixel_flow(tmp_path, "tiny")
+    first = clean_flow(config_path=str(config), flow_name="tiny")
+    how = ["embedder.batch_size=3", "embedder.shard_rows=5", "cost.price_per_gpu_hour=7"]
+    again = clean_flow(config_path=str(config), flow_name="tiny", overrides=how)
+    assert again["unchanged"] and again["version"] == first["version"]
+    other = clean_flow(config_path=str(config), flow_name="tiny", overrides=["dedup.keep=last"])
+    assert not other["unchanged"] and other["version"] == first["version"] + 1
 
 
 def test_a_test_row_that_removes_several_train_rows_is_shown_with_the_differences(

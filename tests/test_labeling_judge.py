@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_limits
 from leanset.dedup.config import DedupSettings
 from leanset.dedup.stage import find_duplicates
 from leanset.labeling.config import LabelingError, LabelNoiseSettings
-from leanset.labeling.noise import FlagRule, flag_label_issues, judge_given_probs, judge_labels
+from leanset.labeling.noise import flag_label_issues, judge_given_probs, judge_labels
 from leanset.labeling.probe import (
     SelectOptions,
     apply_temperature,
@@ -20,7 +20,7 @@ from leanset.labeling.probe import (
     select_probe,
 )
 from leanset.labeling.stage import label_noise
-from leanset.pipelines.config import load_flow
+from leanset.pipelines.config import ConfigError, load_flow
 from tests.helpers import write_flows
 
 CPU = SelectOptions(device="cpu")
@@ -233,7 +233,11 @@ def test_at_most_a_fifth_of_the_labeled_rows_is_flagged_lowest_p_given_first() -
     assert set(np.flatnonzero(flags.issue)) == set(wrong[np.argsort(p_given)[:20]].tolist())
     assert "capped at 20% of the 100 labeled rows (20 more not flagged)" in flags.reason
     looser = flag_label_issues(
-        labels, probs, accuracy=0.6, calibration_error=0.0, rule=FlagRule(max_flag_fraction=0.5)
+        labels,
+        probs,
+        accuracy=0.6,
+        calibration_error=0.0,
+        rule=LabelNoiseSettings(max_flag_fraction=0.5),
     )
     assert looser.issue.sum() == 40 and looser.capped == 0
 
@@ -305,7 +309,9 @@ def test_label_noise_settings_load_from_flows_yaml(tmp_path) -> None:
     s = load_flow(write_flows(tmp_path, f=body), "f").label_noise
     assert s is not None and s.c_values == (20.0,) and s.k == [] and s.max_ece == 0.05
     bad = body | {"label_noise": {"max_flag_fraction": 1.5}}
-    with pytest.raises(LabelingError, match="label_noise.max_flag_fraction must be in"):
+    with pytest.raises(
+        ConfigError, match=r"label_noise.max_flag_fraction: expected a number in \[0, 1\], got 1.5"
+    ):
         load_flow(write_flows(tmp_path, f=bad), "f")
 
 

@@ -10,9 +10,11 @@ from threadpoolctl import threadpool_limits
 from leanset.labeling.probe import (
     LabelingError,
     ProbeOptions,
+    ProbeSelection,
+    SelectOptions,
     decode_labels,
     encode_labels,
-    fit_probe,
+    select_probe,
     stack_pred_probs,
     train_probe,
     validate_pred_probs,
@@ -35,6 +37,20 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y.astype(np.int64)
 
 
+def logreg(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    c: float = 20.0,
+    backend: str = "auto",
+    device: str = "cpu",
+    **kw,
+) -> ProbeSelection:
+    """One logistic-regression candidate through `select_probe` (as the label-noise stage fits)."""
+    opts = SelectOptions(device=device, backend=backend, c=(c,), k=(), mean=False)
+    return select_probe(x, y, options=opts, **kw)
+
+
 def test_encode_and_decode_labels_round_trip() -> None:
     enc = encode_labels(pl.Series(["dog", None, "cat", "dog"]))
     assert enc.classes == ("cat", "dog")
@@ -51,13 +67,13 @@ def test_probe_out_of_fold_accuracy_and_shapes(digits) -> None:
     x, y = digits
     labels = y.copy()
     labels[::5] = -1
-    result = fit_probe(x, labels, options=ProbeOptions(device="cpu"))
+    result = logreg(x, labels)
     assert result.backend == "sklearn" and result.n_folds == 5
-    assert result.pred_probs.shape == ((labels >= 0).sum(), 10)
-    assert result.unlabeled_probs.shape == ((labels < 0).sum(), 10)
+    assert result.labeled_idx.shape == ((labels >= 0).sum(),) and result.probs.shape == (len(x), 10)
     assert np.allclose(result.probs.sum(axis=1), 1.0)
     assert result.accuracy > 0.93
-    unlabeled_acc = np.mean(result.unlabeled_probs.argmax(axis=1) == y[result.unlabeled_idx])
+    unlabeled = result.probs[result.unlabeled_idx]
+    unlabeled_acc = np.mean(unlabeled.argmax(axis=1) == y[result.unlabeled_idx])
     assert unlabeled_acc > 0.93
 
 
@@ -69,8 +85,8 @@ def test_duplicate_groups_never_straddle_folds() -> None:
     x = np.repeat(base / np.linalg.norm(base, axis=1, keepdims=True), 2, axis=0)
     y = np.repeat(rng.integers(0, 2, 200), 2).astype(np.int64)
     groups = np.repeat(np.arange(200), 2)
-    leaky = fit_probe(x, y, options=ProbeOptions(device="cpu", c=1000.0))
-    grouped = fit_probe(x, y, groups=groups, options=ProbeOptions(device="cpu", c=1000.0))
+    leaky = logreg(x, y, c=1000.0)
+    grouped = logreg(x, y, c=1000.0, groups=groups)
     assert leaky.accuracy > 0.8  # ~4 in 5 twins sit in the training folds
     assert grouped.accuracy < 0.65  # chance is 0.5
 
@@ -88,8 +104,8 @@ def torch_one_thread():
 def test_torch_head_matches_logistic_regression_on_cpu(digits, torch_one_thread) -> None:
     x, y = digits
     x, y = x[:600], y[:600]
-    sk = fit_probe(x, y, options=ProbeOptions(device="cpu", backend="sklearn"))
-    th = fit_probe(x, y, options=ProbeOptions(device="cpu", backend="torch"))
+    sk = logreg(x, y, backend="sklearn")
+    th = logreg(x, y, backend="torch")
     assert th.backend == "torch" and th.device == "cpu"
     assert abs(sk.accuracy - th.accuracy) < 0.02
     assert np.abs(sk.probs - th.probs).mean() < 0.01
@@ -100,8 +116,8 @@ def test_torch_head_on_cuda_matches_cpu(digits) -> None:
     x, y = digits
     labels = y.copy()
     labels[::4] = -1
-    gpu = fit_probe(x, labels, options=ProbeOptions(device="auto"))
-    cpu = fit_probe(x, labels, options=ProbeOptions(device="cpu"))
+    gpu = logreg(x, labels, device="auto")
+    cpu = logreg(x, labels)
     assert gpu.device == "cuda" and gpu.backend == "torch"
     assert abs(gpu.accuracy - cpu.accuracy) < 0.02
     assert np.abs(gpu.probs - cpu.probs).mean() < 0.01
@@ -117,20 +133,20 @@ def test_single_class_is_an_error() -> None:
     x = np.eye(12, dtype=np.float32)
     y = np.array([0] * 10 + [-1, -1])
     with pytest.raises(LabelingError, match=r"at least 2 classes; found only class 'cat' \(10"):
-        fit_probe(x, y, classes=["cat", "dog"], options=ProbeOptions(device="cpu"))
+        logreg(x, y, classes=["cat", "dog"])
 
 
 def test_class_with_fewer_samples_than_folds_is_named() -> None:
     x = np.random.default_rng(0).normal(size=(23, 4)).astype(np.float32)
     y = np.array([0] * 10 + [1] * 10 + [2] * 3)
     with pytest.raises(LabelingError, match=r"'bird' has 3 .*n_folds=5"):
-        fit_probe(x, y, classes=["cat", "dog", "bird"], options=ProbeOptions(device="cpu"))
+        logreg(x, y, classes=["cat", "dog", "bird"])
 
 
 def test_label_index_outside_classes_names_the_sample() -> None:
     x = np.eye(4, dtype=np.float32)
     with pytest.raises(LabelingError, match=r"label index 7 of sample 'd' \(row 3\)"):
-        fit_probe(x, np.array([0, 1, 0, 7]), classes=["a", "b"], sample_ids=list("abcd"))
+        logreg(x, np.array([0, 1, 0, 7]), classes=["a", "b"], sample_ids=list("abcd"))
 
 
 @pytest.mark.parametrize(
@@ -144,7 +160,7 @@ def test_label_index_outside_classes_names_the_sample() -> None:
 )
 def test_bad_shapes_and_values(embeddings, labels, message) -> None:
     with pytest.raises(LabelingError, match=message):
-        fit_probe(embeddings, labels, options=ProbeOptions(device="cpu"))
+        logreg(embeddings, labels)
 
 
 def test_cuda_without_a_gpu_is_an_error() -> None:
@@ -152,10 +168,10 @@ def test_cuda_without_a_gpu_is_an_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(LabelingError, match="no CUDA GPU"):
-        fit_probe(
+        select_probe(
             np.eye(10, dtype=np.float32),
             np.arange(10) % 2,
-            options=ProbeOptions(device="cuda", n_folds=2),
+            options=SelectOptions(device="cuda", n_folds=2, c=(1.0,), k=()),
         )
 
 

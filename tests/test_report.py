@@ -211,3 +211,14 @@ def test_queue_line_adds_up_and_an_unlabeled_card_says_unlabeled(tmp_path: Path)
     unlabeled = decisions.with_columns(pl.lit(None, dtype=pl.Utf8).alias("label"))
     page = render(summary, unlabeled, data, {}, None)
     assert "· unlabeled" in page and "label None" not in page and "· label <" not in page
+
+
+def test_label_conflicts_are_shown_with_both_samples(tmp_path: Path):
+    data, decisions, summary = _version(tmp_path)
+    n = decisions.height
+    conflict = [True, False, True] + [False] * (n - 3)  # rows 0 and 2: one group, two labels
+    dec = decisions.with_columns(pl.Series("label_conflict", conflict))
+    page = render(summary, dec, data, {}, None)
+    section = page[page.index("Label conflicts (1 groups, 2 samples)") :]
+    section = section[: section.index("<h2", 5)] if "<h2" in section[5:] else section
+    assert section.count("class='card") == 2

@@ -210,6 +210,14 @@ def _queue_line(q: dict[str, Any]) -> str:
 def _label_lines(lab: dict[str, Any]) -> list[str]:
     """Label issues, the probe that judged them, and a warning when the rule held back or capped."""
     lines = [_issues_line(lab)]
+    order = lab.get("class_order")
+    if isinstance(order, dict):
+        names = [str(c) for c in lab.get("pred_probs_classes") or []]
+        shown = ", ".join(names[:24]) + (f", ... ({len(names)} in all)" if len(names) > 24 else "")
+        lines.append(
+            f"pred_probs columns read as classes {escape(shown)} (order from {order['source']}; "
+            f"argmax agrees with {order['accuracy']:.1%} of labels, chance {order['chance']:.1%})"
+        )
     if lab.get("flag_rule") == "evidence" or lab.get("flag_capped"):
         lines.append(f"[yellow]label issues: {escape(str(lab.get('flag_reason')))}[/]")
     return lines

@@ -50,6 +50,9 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from leanset.pipelines.limits import check_address_space
+
+    check_address_space("calibrate")
     from leanset.pipelines.calibrate import CalibrateOptions, calibrate
     from leanset.pipelines.config import load_flow
 

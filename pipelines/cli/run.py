@@ -11,6 +11,7 @@ from contextlib import contextmanager, suppress
 from typing import Any, TextIO
 
 from leanset.pipelines.cli.console import console, print_scores, print_summary
+from leanset.pipelines.limits import check_address_space
 from leanset.pipelines.summary import RunSummary
 
 
@@ -98,6 +99,7 @@ def _add_demo_and_serve(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    check_address_space("run")
     from leanset.pipelines.flows import run_flow
 
     run = {"overrides": args.overrides, "dry_run": args.dry_run, "force": args.force}
@@ -129,6 +131,7 @@ def stdout_to_stderr() -> Iterator[TextIO]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    check_address_space("serve")
     from leanset.pipelines.serve import deploy_to_pool, scheduled_flows, serve
 
     verb = f"deploying to work pool {args.pool}" if args.pool else "serving"
@@ -149,6 +152,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    check_address_space("demo")
     from leanset.pipelines.demo.run import run_demo
 
     result = run_demo(args.config, args.flow, args.data)

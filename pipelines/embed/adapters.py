@@ -97,9 +97,23 @@ class _TorchModel:
         return out.cpu().numpy()
 
 
+def load_open_clip() -> Any:
+    """The open_clip module, or an EmbedError saying how to install it (a CPU-only install
+    leaves it out, with torchvision)."""
+    try:
+        import open_clip
+    except (ImportError, RuntimeError) as exc:  # RuntimeError: a torchvision that does not fit
+        raise EmbedError(
+            f"embedder type open_clip needs open-clip-torch with a torchvision that matches torch "
+            f"({exc}); pip install 'leanset' with its default torch, or use embedder.type pixels "
+            "or torch with leanset.pipelines.embed.models:efficientnet_lite0"
+        ) from exc
+    return open_clip
+
+
 def _arch_name(model: str) -> str:
     """A model given as an architecture JSON file is registered with open_clip under its stem."""
-    import open_clip
+    open_clip = load_open_clip()
 
     if model.endswith(".json"):
         if not Path(model).is_file():
@@ -111,7 +125,7 @@ def _arch_name(model: str) -> str:
 
 def _load_open_clip(model: str, pretrained: str | None, device: str) -> tuple[Any, Any]:
     """open_clip model (eval mode) and its eval transform; weights from a tag or local file."""
-    import open_clip
+    open_clip = load_open_clip()
     from safetensors import SafetensorError
 
     model = _arch_name(model)
@@ -188,7 +202,7 @@ class OpenClipTextEmbedder(_TorchModel):
     def __init__(
         self, model: str, pretrained: str | None, device: str = "auto", precision: str = "auto"
     ):
-        import open_clip
+        open_clip = load_open_clip()
 
         super().__init__(device, precision)
         self.model, _ = _load_open_clip(model, pretrained, self.device)

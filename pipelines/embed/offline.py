@@ -72,8 +72,9 @@ def remote_model_files(settings: EmbedderSettings) -> tuple[str, str, str]:
         model = settings.model or "all-MiniLM-L6-v2"
         repo = model if "/" in model else f"sentence-transformers/{model}"
         return f"sentence_transformers model {model!r}", repo, "config.json"
-    import open_clip
+    from leanset.pipelines.embed.adapters import load_open_clip
 
+    open_clip = load_open_clip()
     model, tag = settings.model or "ViT-B-32", str(settings.pretrained)
     hub = str(open_clip.get_pretrained_cfg(model, tag).get("hf_hub") or "").strip("/")
     return f"open_clip {model!r} (pretrained {tag!r})", hub, "open_clip_model.safetensors"

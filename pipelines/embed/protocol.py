@@ -79,6 +79,8 @@ def to_8bit(img: Any) -> Any:
     faithfully, but clips wider ones: a float image in 0..1 would decode black)."""
     from PIL import Image
 
+    if img.mode == "LAB":  # Pillow converts LAB to neither L nor (faithfully) RGB by itself
+        return _lab_to_rgb(img)
     if img.mode not in WIDE_MODES and not img.mode.startswith("I;16"):
         return img
     a = np.asarray(img, dtype=np.float64)
@@ -92,6 +94,14 @@ def to_8bit(img: Any) -> Any:
     else:  # one value: placed on the type's own scale (0..1 for float, 0..65535 otherwise)
         scaled = np.full(a.shape, np.clip(lo / FULL_SCALE.get(img.mode, 65535.0), 0, 1) * 255)
     return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+
+
+def _lab_to_rgb(img: Any) -> Any:
+    """An sRGB image of a CIE L*a*b* one (through Pillow's colour management)."""
+    from PIL import ImageCms
+
+    lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
+    return ImageCms.applyTransform(img, ImageCms.buildTransform(lab, srgb, "LAB", "RGB"))
 
 
 def _check_pixels(size: tuple[int, int]) -> None:

@@ -109,6 +109,7 @@ def render(
         _groups_section(decisions, thumbs),
         _leaks_section(decisions, by_id, thumbs, top * 2),
         fanout_section(decisions, summary.counts.leak_fanout, thumbs.text_of, thumbs.card),
+        _conflicts_section(decisions, thumbs, top),
         _issues_section(decisions, thumbs, top * 4),
         _human_section(decisions, thumbs, top * 4),
         _footer(manifest),
@@ -316,6 +317,28 @@ def _leaks_section(
         f"<h2>Train samples leaking into evaluation splits ({leaks.height:,})</h2>"
         f"<p class=sub>Each train copy (dropped) beside the evaluation sample it duplicates.{more}</p>"
         + "".join(blocks)
+    )
+
+
+def _conflicts_section(decisions: pl.DataFrame, thumbs: _Thumbs, top: int) -> str:
+    """Label conflicts: each group of copies that carry different labels, its samples side by side."""
+    if "label_conflict" not in decisions.columns:
+        return ""
+    rows = decisions.filter(
+        pl.col("label_conflict").fill_null(False) & pl.col("dup_group").is_not_null()
+    )
+    if rows.height == 0:
+        return ""
+    groups = rows.sort("dup_group", "position").partition_by("dup_group", maintain_order=True)
+    blocks = [
+        "<div class=group>" + "".join(thumbs.card(r) for r in g.iter_rows(named=True)) + "</div>"
+        for g in groups[:top]
+    ]
+    more = f" The first {top} of {len(groups):,} are shown." if len(groups) > top else ""
+    return (
+        f"<h2>Label conflicts ({len(groups):,} groups, {rows.height:,} samples)</h2>"
+        "<p class=sub>Copies of one sample that carry different labels, side by side: one of "
+        f"the labels is wrong (the labeling queue asks a person which).{more}</p>" + "".join(blocks)
     )
 
 

@@ -14,7 +14,7 @@ import polars as pl
 from leanset.pipelines.config import ColumnSettings
 from leanset.pipelines.sources.vectors import vector_blocks
 
-Modality = Literal["image", "text", "embedding"]
+Modality = Literal["image", "text", "embedding", "none"]  # none: ids, labels, probabilities
 
 
 class SourceError(ValueError):
@@ -61,6 +61,15 @@ class LoadedDataset:
             for v in self.splits[part][name]
         ]
 
+    def label_names(self) -> list[str] | None:
+        """The label column's ClassLabel names, in their order (None: no split has them)."""
+        label = self.columns.label
+        for ds in self.splits.values():
+            names = getattr(ds.features.get(label), "names", None) if label else None
+            if names:
+                return [str(n) for n in names]
+        return None
+
     def vector_blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray | list[Any]]]:
         """(table positions, block) over every precomputed vector, split by split, in bounded
         blocks (see `leanset.pipelines.sources.vectors`): the column is never held whole."""
@@ -86,6 +95,8 @@ class LoadedDataset:
         return dataclasses.replace(self, table=empty)
 
     def _content(self, ds: Any, row: int) -> Any:
+        if self.modality == "none":
+            return None
         if self.modality == "embedding":
             return ds[row][self.columns.embedding]
         if self.modality == "text":

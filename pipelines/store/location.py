@@ -37,7 +37,9 @@ def check_store_location(store: str | Path, source: SourceSettings) -> None:
 def check_writable(store: str | Path, why: str) -> None:
     """Refuse, before any work, a store this process cannot write (read-only disk or mount,
     immutable folder, no permission): a file is created and removed to find out. `why`: what
-    would write."""
+    would write. An object-storage store is not probed (its bucket refuses at the write)."""
+    if is_url(store):
+        return
     root = Path(store).expanduser().absolute()
     folder = next((p for p in (root, *root.parents) if p.is_dir()), Path(root.anchor))
     try:

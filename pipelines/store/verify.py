@@ -141,7 +141,9 @@ def _caches(store: Store, out: Verification) -> None:
 
 def _sealed_files(store: Store, out: Verification) -> None:
     """Labeling files, the Label Studio sync state, reports, after-commit records, the file-hash
-    cache: each against its seal (`pipelines/store/sealed.py`)."""
+    cache: each against its seal (`pipelines/store/sealed.py`); kept in local stores only."""
+    if store.storage.remote:
+        return
     lay = store.layout
     labeling = [lay.queue, lay.answers, lay.label_studio_sync]
     fix = "restore it and its .sum file from a backup of the store's labeling/ folder"

@@ -133,7 +133,9 @@ def commit(store_path: str, tag: str, parent: str, kill_point: str, marker: str)
     if kill_point == "between_tables":  # dataset table written, decisions not yet
         S.Store._write_table = nth_call(2, S.Store._write_table, lambda *a: pause_here(marker))
     elif kill_point == "before_manifest":  # both tables written, no manifest
-        S.create_exclusive = nth_call(1, S.create_exclusive, lambda *a: pause_here(marker))
+        import leanset.pipelines.store.storage as T  # the commit point: LocalStorage.create
+
+        T.create_exclusive = nth_call(1, T.create_exclusive, lambda *a: pause_here(marker))
     elif kill_point == "mid_manifest":  # manifest's temp file written, not yet linked in place
         os.link = nth_call(1, os.link, lambda *a: pause_here(marker))
     out = do_commit(store_path, tag, None if parent == "none" else int(parent))

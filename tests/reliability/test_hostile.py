@@ -372,6 +372,42 @@ def yaml_cases(marker: Path) -> dict[str, tuple[str, str]]:
             BODY.replace("{near: false}", "{near: false, threshold: .nan}"),
             "dedup.threshold: expected a number in (0, 1] or auto, got nan",
         ),
+        "no-probe-candidate": (
+            BODY + "    label_noise: {c: []}\n",
+            "label_noise.c: needs at least one value",
+        ),
+        "negative-exact-rows": (
+            BODY.replace("{near: false}", "{near: false, exact_max_rows: -5}"),
+            "dedup.exact_max_rows: expected a number >= 1, got -5",
+        ),
+        "negative-guard-rows": (
+            BODY.replace("{near: false}", "{near: false, guard_min_rows: -1}"),
+            "dedup.guard_min_rows: expected a number >= 0, got -1",
+        ),
+        "zero-batch": (
+            BODY + "    embedder: {type: pixels, batch_size: 0}\n",
+            "embedder.batch_size: expected a number >= 1, got 0",
+        ),
+        "negative-batch": (
+            BODY + "    embedder: {type: pixels, batch_size: -1}\n",
+            "embedder.batch_size: expected a number >= 1, got -1",
+        ),
+        "zero-shard": (
+            BODY + "    embedder: {type: pixels, shard_rows: 0}\n",
+            "embedder.shard_rows: expected a number >= 1, got 0",
+        ),
+        "infinite-epoch": (
+            BODY + "    cost: {gpu_hours_per_epoch: .inf}\n",
+            "cost.gpu_hours_per_epoch: expected a number > 0, got inf",
+        ),
+        "negative-retries": (
+            BODY + "    engine: {max_task_retries: -1}\n",
+            "engine.max_task_retries: expected a number >= 0, got -1",
+        ),
+        "zero-budget": (
+            BODY + "    active_learning: {budget: 0}\n",
+            "active_learning.budget: expected a number >= 1, got 0",
+        ),
     }
 
 

@@ -21,6 +21,10 @@ def _rgb(a: np.ndarray) -> Image.Image:
     return Image.fromarray(np.stack([a] * 3, axis=-1))
 
 
+def _wide(mode: str, dtype: str) -> Image.Image:
+    return Image.frombytes(mode, G8.shape, (G8.astype(np.uint16) * 257).astype(dtype).tobytes())
+
+
 MAKERS = {
     "1": (lambda: Image.fromarray(G8).point(lambda v: 255 if v > 127 else 0).convert("1"), "PNG"),
     "L": (lambda: Image.fromarray(G8), "PNG"),
@@ -31,7 +35,14 @@ MAKERS = {
     "RGBA": (lambda: _rgb(G8).convert("RGBA"), "PNG"),
     "CMYK": (lambda: _rgb(G8).convert("CMYK"), "TIFF"),
     "LA": (lambda: Image.fromarray(G8).convert("LA"), "PNG"),
+    "I;16B": (lambda: _wide("I;16B", ">u2"), "TIFF"),
+    "RGB": (lambda: _rgb(G8), "PNG"),
+    "YCbCr": (lambda: _rgb(G8).convert("YCbCr"), "TIFF"),
+    "LAB": (lambda: _rgb(G8).convert("LAB"), "TIFF"),  # Pillow converted it to no L at all
 }
+
+
+COLOUR = ("P", "RGBA", "CMYK", "RGB", "YCbCr", "LAB")
 
 
 def _encoded(mode: str) -> bytes:
@@ -53,6 +64,8 @@ def test_every_mode_decodes_to_its_picture_on_the_full_8_bit_range(mode: str):
     assert grey.max() - grey.min() >= 250, f"{mode}: range {grey.min()}..{grey.max()}"
     assert np.corrcoef(grey.ravel(), expected.ravel())[0, 1] > 0.99
     assert np.abs(grey - expected).mean() < 6  # the real picture, not a shifted one
+    if mode in COLOUR:
+        assert np.abs(np.asarray(open_image(raw, "RGB"), float).mean(-1) - expected).mean() < 6
     rgb = np.asarray(open_image(raw, "RGB"))
     assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
 

@@ -183,3 +183,60 @@ def test_verify_names_every_damaged_sealed_file(store: Path):
     assert found["v000001.html"].severity == "note"
     TALLY["faults injected: damaged files found by leanset verify"] += len(targets)
     TALLY["faults survived"] += len(targets)
+
+
+def _swap(path: Path) -> None:
+    """Another sealed file's bytes in its place: a valid Parquet (or JSON) file, but not this one."""
+    other = "answers.parquet" if path.name == "queue.parquet" else "queue.parquet"
+    path.write_bytes(path.with_name(other).read_bytes())
+
+
+def _edit_seal(path: Path) -> None:
+    seal = sum_path(path)
+    record = json.loads(seal.read_text())
+    record["blake2b"] = ["0" * 32]
+    record["previous"] = []
+    seal.write_text(json.dumps(record))
+
+
+DAMAGE: dict[str, Callable[[Path], None]] = {
+    "truncated to half": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "emptied": lambda p: p.write_bytes(b""),
+    "random bytes": lambda p: p.write_bytes(np.random.default_rng(0).bytes(p.stat().st_size)),
+    "last byte dropped": lambda p: p.write_bytes(p.read_bytes()[:-1]),
+    "a byte appended": lambda p: p.write_bytes(p.read_bytes() + b"\0"),
+    "swapped with another labeling file": _swap,
+    "checksum file not JSON": lambda p: sum_path(p).write_bytes(b"\xff\xfe"),
+    "checksum file names other bytes": _edit_seal,
+}
+READERS: dict[str, Callable[[Path], Any]] = {
+    "answers": lambda s: Q.read_answers(s),
+    "queue": lambda s: Q.read_queue(s),
+    "label_studio_sync": lambda s: Q.read_sync_state(s),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+@pytest.mark.parametrize("name", list(READERS))
+def test_a_damaged_labeling_file_is_named_by_its_reader_and_verify(
+    store: Path, name: str, damage: str
+):
+    path = getattr(Store(store).layout, name)
+    DAMAGE[damage](path)
+    TALLY[f"hostile inputs tried: {path.name} {damage}"] += 1
+    with pytest.raises(IntegrityError, match=rf"{path.name} is damaged: .*(restore|delete)"):
+        READERS[name](store)
+    found = [f for f in verify_store(store).findings if f.path == str(path)]
+    assert len(found) == 1 and found[0].severity == "damaged"
+    TALLY["hostile inputs refused"] += 1
+
+
+@pytest.mark.parametrize("damage", [d for d in DAMAGE if "swapped" not in d])
+def test_a_damaged_file_hash_cache_is_never_trusted(tmp_path: Path, damage: str, leanset_warnings):
+    path, files = _hash_cache(tmp_path)
+    DAMAGE[damage](path)
+    TALLY[f"hostile inputs tried: file-hashes.parquet {damage}"] += 1
+    cache = FileHashCache(path)
+    assert all(cache.get(f, st) is None for f, (st, _) in files.items())  # rebuilt, not trusted
+    assert "file-hashes.parquet" in leanset_warnings.text
+    TALLY["hostile inputs refused"] += 1
