@@ -371,7 +371,7 @@ def _embed(run: _Run, data: LoadedDataset) -> _Embedded:
         return _Embedded(data.table, None, {})
     with run.timer("embed"):
         res = run.hooks.embed(data, settings, dry_run)
-        wanted = _wants_signal(settings, data, ("pixels", "hashes"), "image")
+        wanted = _wants_signal(settings, data, ("pixels", "hashes", "geometry"), "image")
         thumbs = run.hooks.image_signal(data, settings, dry_run) if wanted else None
     run.meter.add_gpu(res.seconds, res.device)
     info = {
@@ -399,7 +399,9 @@ def _embed(run: _Run, data: LoadedDataset) -> _Embedded:
         return _Embedded(table, res.matrix, info, None, res.fingerprint)
     table = _mark_unreadable(table, thumbs.errors)
     info["signal"] = {"fingerprint": thumbs.fingerprint, "computed": thumbs.computed}
-    signals = Signals(image=ImageSignal.of(thumbs.matrix))
+    geometric = _wants_signal(settings, data, ("geometry",), "image")
+    features = steps.image_features(data, settings, run.dry_run) if geometric else None
+    signals = Signals(image=ImageSignal.of(thumbs.matrix), features=features)
     return _Embedded(table, res.matrix, info, signals, f"{res.fingerprint}|{thumbs.fingerprint}")
 
 

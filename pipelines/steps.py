@@ -31,6 +31,7 @@ from leanset.pipelines import finish
 from leanset.pipelines.config import EngineSettings, FlowSettings
 from leanset.pipelines.cost import CostDelta
 from leanset.pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
+from leanset.pipelines.embed.features import FeatureStore
 from leanset.pipelines.sources import FileHashCache, LoadedDataset, load_source
 from leanset.pipelines.store import Store
 from leanset.pipelines.store.layout import StoreLayout
@@ -112,6 +113,14 @@ def image_signal(data: LoadedDataset, settings: FlowSettings, dry_run: bool = Fa
         shard_rows=emb.shard_rows if emb else 4096,
         write_cache=True,
     )
+
+
+def image_features(
+    data: LoadedDataset, settings: FlowSettings, dry_run: bool = False
+) -> FeatureStore:
+    """Local features of the images, for the geometric check (computed when a pair needs them,
+    cached beside the embeddings; a dry run keeps what it computes in memory)."""
+    return FeatureStore(data, StoreLayout.of(settings.store).embeddings, read_only=dry_run)
 
 
 def dedup(
