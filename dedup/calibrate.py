@@ -110,3 +110,11 @@ def fixed(threshold: float, nb: Neighbours | None, n_rows: int, what: str) -> Ca
 def as_dict(cal: Calibration) -> dict[str, Any]:
     """Plain data."""
     return asdict(cal)
+
+
+def null_floor(nb: Neighbours, q: float) -> float | None:
+    """The `q` quantile of the null (see the module): a loose floor for candidates that a second
+    check confirms, derived from the same neighbours as the threshold."""
+    sims = nb.sim[:, K_NULL - 1 : K]
+    null = sims[np.isfinite(sims)]
+    return round(float(np.quantile(null, q)), 6) if null.size else None

@@ -8,7 +8,13 @@ from typing import Literal
 from leanset.dedup.bounds import bounded, fraction
 
 EVAL_SPLITS = ["test", "validation", "valid", "val", "eval", "dev"]
-ROUTES = ("embedding", "pixels", "hashes", "shingles")  # what may accept a pair (dedup.stage)
+ROUTES = (
+    "embedding",
+    "pixels",
+    "hashes",
+    "geometry",
+    "shingles",
+)  # what may accept a pair (dedup.stage)
 
 
 class DedupError(ValueError):

@@ -9,8 +9,15 @@ duplicate when a *route* of `dedup.confirm` accepts it:
   `auto`);
 * `pixels`: thumbnail correlation (mirror-invariant) above this data's own distinct-neighbour
   null (always calibrated);
-* `hashes`: pHash and dHash both within a few bits (two independent image hashes agree); the bit
-  budget is calibrated too, so that distinct look-alikes (digits, icons) do not pass;
+* `hashes`: pHash and dHash both within a few bits (two independent image hashes agree; the bit
+  budget is calibrated). A hash alone never accepts a pair: when images are alike, 64-bit hashes
+  of distinct images agree within a few bits, and a flat image's hash says nothing. Agreeing
+  hashes send a pair to the geometric check and are named beside the route that accepts it;
+* `geometry` (images): local features agree under one affine map covering most of the smaller
+  image (`dedup.geometry`): crops, turns, flips, overlays. It checks only the candidates no
+  other route accepted: each image's `GEOMETRY_K` nearest neighbours by embedding above a loose
+  floor (the calibration's null quantile `FLOOR_Q`), thumbnail look-alikes in any of the eight
+  turns and flips, and pairs whose hashes agree;
 * `shingles` (text): character 5-gram containment >= 0.9 and Jaccard >= 0.5 (`dedup.lexical`),
   on candidates the embedding proposes generously (each text's 10 nearest at cosine >= 0.5).
 
@@ -33,8 +40,9 @@ from leanset.dedup import calibrate
 from leanset.dedup.calibrate import Calibration
 from leanset.dedup.config import ROUTES, DedupError, DedupSettings
 from leanset.dedup.exact import exact_representatives
+from leanset.dedup.geometry import FeatureSource, verify_pairs
 from leanset.dedup.groups import Edges, GroupColumns, resolve_groups
-from leanset.dedup.imagesig import ImageSignal, pair_evidence
+from leanset.dedup.imagesig import SIDE, ImageSignal, pair_evidence
 from leanset.dedup.lexical import MIN_CONTAINMENT, MIN_JACCARD, pair_overlap
 from leanset.dedup.matrix import check_matrix, cuda_available
 from leanset.dedup.near import (
@@ -50,6 +58,9 @@ HASH_BITS = 10  # the hashes route: both pHash and dHash within at most this man
 PIXEL_MARGIN = 0.35  # the pixels route: this share of the way from the pixel null to 1
 EMBEDDING_MARGIN = 0.5  # threshold auto: this share of the way from the embedding null to 1
 PIXEL_CANDIDATES = 0.8  # thumbnail pairs at least this correlated are checked by the hashes
+GEOMETRY_K = 3  # geometry candidates: each image's 3 nearest neighbours by embedding ...
+FLOOR_Q = 0.5  # ... at or above this quantile of the calibration's null
+GEOMETRY_MAX_PER_IMAGE = 8  # at most this many pairs per image are checked geometrically
 TEXT_K, TEXT_FLOOR = 10, 0.5  # text candidates: each content's 10 nearest at cosine >= 0.5
 RECALIBRATE_GROWTH = 0.1  # calibrations are kept from the parent until the data changes by 10%
 RECALIBRATE_MIN = 1000  # ... and by at least this many contents
@@ -61,6 +72,7 @@ class Signals:
 
     image: ImageSignal | None = None
     text: sparse.csr_matrix | None = None  # character-shingle rows (dedup.lexical)
+    features: FeatureSource | None = None  # local image features of rows (dedup.geometry)
 
 
 @dataclass(frozen=True)
@@ -161,6 +173,7 @@ def _routes(
     has = {"embedding": emb is not None and emb.shape[1] > 0}
     has["pixels"] = has["hashes"] = signals is not None and signals.image is not None
     has["shingles"] = has["embedding"] and signals is not None and signals.text is not None
+    has["geometry"] = signals is not None and signals.features is not None
     wanted = (
         ROUTES
         if settings.confirm == "auto"
@@ -186,6 +199,7 @@ class _Thresholds:
     embedding: float | None = None
     pixels: float | None = None
     hash_bits: int = 0
+    floor: float | None = None  # geometry candidates: embedding neighbours at or above this
     calibrations: dict[str, Calibration] = field(default_factory=dict)
     reused_from: dict[str, Any] | None = None
 
@@ -209,6 +223,7 @@ class _Calibrator:
             out.embedding = self.parent.get("threshold")
             out.pixels = self.parent.get("pixels", {}).get("threshold")
             out.hash_bits = int(self.parent.get("hashes", {}).get("threshold", 0))
+            out.floor = self.parent.get("candidate_floor")
             out.reused_from = self.parent
             return out
         if "embedding" in routes and emb is not None:
@@ -220,6 +235,7 @@ class _Calibrator:
                 else calibrate.fixed(float(t), nb, len(reps), "embedding")
             )
             out.embedding, out.calibrations["embedding"] = cal.threshold, cal
+            out.floor = calibrate.null_floor(nb, FLOOR_Q) if "geometry" in routes else None
         if {"pixels", "hashes"} & set(routes) and signals is not None and signals.image is not None:
             self._image(routes, signals.image.take(reps), out)
         return out
@@ -266,6 +282,8 @@ def _index_key(basis: str, settings: DedupSettings, routes: tuple[str, ...], t: 
             "embedding": t.embedding,
             "pixels": t.pixels,
             "hash_bits": t.hash_bits,
+            "floor": t.floor,
+            "geometry": [GEOMETRY_K, GEOMETRY_MAX_PER_IMAGE] if "geometry" in routes else None,
         },
         sort_keys=True,
     )
@@ -277,6 +295,8 @@ def _calibration_record(t: _Thresholds, n: int) -> dict[str, Any]:
         return t.reused_from | {"reused": True}
     emb = t.calibrations.get("embedding")
     rec: dict[str, Any] = emb.to_dict() if emb is not None else {}
+    if t.floor is not None:
+        rec["candidate_floor"] = t.floor
     for name in ("pixels", "hashes"):
         if name in t.calibrations:
             rec[name] = t.calibrations[name].to_dict()
@@ -328,16 +348,19 @@ class _Finder:
             a, b, info = self._pairs(emb, t.embedding, info)
             cand.append((a, b))
         image = signals.image if signals is not None else None
-        if image is not None and ({"pixels", "hashes"} & set(routes)):
+        if image is not None and ({"pixels", "hashes", "geometry"} & set(routes)):
             floor = min(PIXEL_CANDIDATES, t.pixels or PIXEL_CANDIDATES)
-            both = np.concatenate([image.thumbs, image.mirrored])
-            a, b, _ = self._pairs(image.thumbs, floor, {}, corpus=both)
+            turns = "geometry" in routes  # a turned copy is a candidate for the geometric check
+            a, b, _ = self._pairs(image.thumbs, floor, {}, corpus=dihedral(image, turns))
             cand.append((a, b))
         text = signals.text if signals is not None else None
         if text is not None and emb is not None and "shingles" in routes:
-            cand.append(self._knn(emb))
+            cand.append(self._knn(emb, TEXT_K, TEXT_FLOOR))
+        if "geometry" in routes and emb is not None and t.floor is not None:
+            cand.append(self._knn(emb, GEOMETRY_K, t.floor))
         a, b = _unique_pairs(cand, len(self.hashes))
-        found = _confirm(a, b, routes, emb, image, text, t)
+        features = signals.features if signals is not None else None
+        found = _confirm(a, b, routes, emb, (image, text, features), t)
         return self._with_prior(found, info)
 
     def _new_mask(self) -> np.ndarray:
@@ -382,22 +405,22 @@ class _Finder:
         """Pairs of (new) contents against `corpus`: the rows, stacked with transformed rows."""
         n = len(x)
         query = self.reps[self.new]
-        pool = np.concatenate([self.reps, self.reps + n])
+        pool = np.concatenate([self.reps + v * n for v in range(len(corpus) // n)])
         p = self.between(_take(x, query), np.ascontiguousarray(corpus[pool]), t, self._opts())
         a, b = query[p.i], pool[p.j] % n
         keep = a != b
         return a[keep], b[keep], info
 
-    def _knn(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each (new) content's TEXT_K nearest contents at cosine >= TEXT_FLOOR."""
+    def _knn(self, emb: np.ndarray, k: int, floor: float) -> tuple[np.ndarray, np.ndarray]:
+        """Each (new) content's k nearest contents at cosine >= floor."""
         reps = self.reps
         if self.new.all():
-            p = find_knn_pairs(_take(emb, reps), TEXT_K, TEXT_FLOOR, self._opts())
+            p = find_knn_pairs(_take(emb, reps), k, floor, self._opts())
             return reps[p.i], reps[p.j]
         x = _take(emb, reps)
-        nb = sample_neighbours(x, TEXT_K, 0, rows=np.flatnonzero(self.new))
+        nb = sample_neighbours(x, k, 0, rows=np.flatnonzero(self.new))
         a, b = np.repeat(nb.rows, nb.idx.shape[1]), nb.idx.ravel()
-        keep = (b >= 0) & (nb.sim.ravel() >= np.float32(TEXT_FLOOR))
+        keep = (b >= 0) & (nb.sim.ravel() >= np.float32(floor))
         return reps[a[keep]], reps[b[keep]]
 
     def _incremental(self) -> dict[str, Any]:
@@ -409,7 +432,7 @@ class _Finder:
 
     def _with_prior(self, found: _Found, info: dict[str, Any]) -> _Found:
         """Add the prior's confirmed pairs between contents it covered and that are still here."""
-        found.info = info
+        found.info = info | found.info
         if self.prior is None:
             return found
         old = self.reps[~self.new]
@@ -437,16 +460,32 @@ def _unique_pairs(
     return key // n, key % n
 
 
+def dihedral(image: ImageSignal, turns: bool) -> np.ndarray:
+    """The thumbnails and their mirrors, and with `turns` the three quarter turns of each."""
+    if not turns:
+        return np.concatenate([image.thumbs, image.mirrored])
+    n = len(image.thumbs)
+    parts = []
+    for flat in (image.thumbs, image.mirrored):
+        sq = flat.reshape(n, SIDE, SIDE)
+        parts += [np.rot90(sq, q, axes=(1, 2)).reshape(n, -1) for q in range(4)]
+    return np.ascontiguousarray(np.concatenate(parts))
+
+
+_Second = tuple[ImageSignal | None, sparse.csr_matrix | None, FeatureSource | None]
+
+
 def _confirm(
     a: np.ndarray,
     b: np.ndarray,
     routes: tuple[str, ...],
     emb: np.ndarray | None,
-    image: ImageSignal | None,
-    text: sparse.csr_matrix | None,
+    second: _Second,
     t: _Thresholds,
 ) -> _Found:
-    """The candidates some route accepts, scored by the first route that does."""
+    """The candidates some route accepts, scored by the first route that does; what no route
+    accepts, the geometric check verifies (agreeing hashes are named beside it, never alone)."""
+    image, text, features = second
     cos = (
         np.einsum("ij,ij->i", emb[a], emb[b]).astype(np.float32).clip(-1, 1)
         if emb is not None
@@ -454,7 +493,7 @@ def _confirm(
     )
     score = np.full(len(a), np.nan, dtype=np.float32)
     fired: list[list[str]] = [[] for _ in range(len(a))]
-    checks = _route_checks(routes, cos, image, a, b, t)
+    checks, hashed = _route_checks(routes, cos, image, a, b, t)
     if text is not None and "shingles" in routes:
         jac, con = pair_overlap(text, a, b)
         checks["shingles"] = ((con >= MIN_CONTAINMENT) & (jac >= MIN_JACCARD), con)
@@ -463,9 +502,32 @@ def _confirm(
         score[first] = value[first]
         for k in np.flatnonzero(ok).tolist():
             fired[k].append(name)
+    for k in np.flatnonzero(hashed).tolist():
+        fired[k].append("hashes")
+    info: dict[str, Any] = {}
+    if "geometry" in routes and features is not None:
+        todo = _bounded(np.flatnonzero(np.isnan(score)), a, b, np.where(hashed, 2.0, cos))
+        v = verify_pairs(a[todo], b[todo], features)
+        score[todo[v.copy]] = cos[todo[v.copy]]
+        for k, reason in zip(todo[v.copy].tolist(), np.array(v.reasons)[v.copy], strict=True):
+            fired[k].append(str(reason))
+        info["verified"] = v.info
     keep = ~np.isnan(score)
     idx = np.flatnonzero(keep)
-    return _Found(a[keep], b[keep], score[keep], ["+".join(fired[k]) for k in idx], {})
+    return _Found(a[keep], b[keep], score[keep], ["+".join(fired[k]) for k in idx], info)
+
+
+def _bounded(todo: np.ndarray, a: np.ndarray, b: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """The pairs to verify, best ranked first, at most GEOMETRY_MAX_PER_IMAGE per image."""
+    order = todo[np.argsort(-rank[todo], kind="stable")]
+    seen: dict[int, int] = {}
+    out = []
+    for k in order.tolist():
+        x, y = int(a[k]), int(b[k])
+        if seen.get(x, 0) < GEOMETRY_MAX_PER_IMAGE and seen.get(y, 0) < GEOMETRY_MAX_PER_IMAGE:
+            seen[x], seen[y] = seen.get(x, 0) + 1, seen.get(y, 0) + 1
+            out.append(k)
+    return np.sort(np.array(out, dtype=np.int64))
 
 
 def _route_checks(
@@ -475,21 +537,21 @@ def _route_checks(
     a: np.ndarray,
     b: np.ndarray,
     t: _Thresholds,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per route: which candidates it accepts, and its score on the similarity scale."""
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """Per route: which candidates it accepts, and its score on the similarity scale; and which
+    pairs' hashes agree (they corroborate, and are verified first, but accept nothing alone)."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    hashed = np.zeros(len(a), dtype=bool)
     if "embedding" in routes and t.embedding is not None:
         out["embedding"] = (cos >= np.float32(t.embedding), cos)
     if image is None or not ({"pixels", "hashes"} & set(routes)):
-        return out
+        return out, hashed
     ev = pair_evidence(image, a, b)
     if "pixels" in routes and t.pixels is not None:
         out["pixels"] = (ev.comparable & (ev.ncc >= np.float32(t.pixels)), ev.ncc)
     if "hashes" in routes and t.hash_bits >= 2:
-        worst = np.maximum(ev.phash, ev.dhash)
-        ok = ev.comparable & (worst <= t.hash_bits)
-        out["hashes"] = (ok, (1.0 - worst / 64.0).astype(np.float32))
-    return out
+        hashed = ev.comparable & (np.maximum(ev.phash, ev.dhash) <= t.hash_bits)
+    return out, hashed
 
 
 def _take(emb: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -367,7 +367,7 @@ def label_and_select(
         if noise is not None:
             out = label_noise(table, emb, noise, pred_probs, bar.step, class_label)
             table, probs, info = out.table, out.probs, out.info
-        if selection is not None and emb is not None:
+        if selection is not None and (emb is not None or selection.diversity == "none"):
             waiting = (
                 pending
                 if pending is not None
@@ -426,13 +426,16 @@ class _StageProgress:
 
 def select_for_labeling(
     table: pl.DataFrame,
-    emb: np.ndarray,
+    emb: np.ndarray | None,
     probs: np.ndarray | None,
     settings: ActiveLearningSettings,
     pending: pl.DataFrame,
     threshold: float,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Uncertain, diverse unlabeled samples for the queue: adds `al_score`, `queue_rank`."""
+    """Uncertain, diverse unlabeled samples for the queue: adds `al_score`, `queue_rank`.
+
+    Without embeddings (`diversity: none` on a table of probabilities) the picks follow the
+    scores alone: there is nothing to measure a near copy by."""
     none = table.with_columns(
         pl.lit(None, dtype=pl.Float64).alias("al_score"),
         pl.lit(None, dtype=pl.Int64).alias("queue_rank"),
@@ -447,9 +450,10 @@ def select_for_labeling(
         return none, {"selected": 0, "candidates": int(cand.size), "budget_left": budget}
     groups = _groups(table)
     busy = tuple(int(c) for c in np.unique(groups[waiting]) if c >= 0)  # their group is queued
+    x = emb if emb is not None else np.ones((table.height, 1), np.float32)
     sel = select_batch(
         np.nan_to_num(probs, nan=1.0 / max(probs.shape[1], 1)),
-        emb,
+        x,
         budget=budget,
         candidate_idx=cand,
         strategy=settings.strategy,
@@ -457,7 +461,7 @@ def select_for_labeling(
         pool_factor=settings.pool_factor,
         groups=groups,
         exclude_groups=busy,
-        max_similarity=settings.max_similarity or threshold,
+        max_similarity=(settings.max_similarity or threshold) if emb is not None else None,
         seed=settings.seed,
     )
     return table.hstack(sel.columns()), {

@@ -395,6 +395,12 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def load_body(body: Any, name: str, base: Path, where: str) -> FlowSettings:
+    """One flow from its body as plain data (what flows.yaml holds under the flow's name), checked
+    exactly like the file's flows, relative paths against `base`; errors start with `where`."""
+    return _load_flow(base / "flows.yaml", name, body, where)
+
+
 def _load_flow(path: Path, name: str, body: Any, where: str) -> FlowSettings:
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: expected a mapping of settings, got {type(body).__name__}")
@@ -515,7 +521,11 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
             f"{where}: embedder.factory: required for type 'torch' "
             f"('package.module:function' returning (model, preprocess))"
         )
-    if s.dedup.near and s.embedder is None:
+    c = s.columns
+    probabilities_only = not (c.image or c.text or c.embedding) and bool(
+        s.label_noise and s.label_noise.pred_probs_column
+    )  # ids, labels and given probabilities: the run skips dedup and says so
+    if s.dedup.near and s.embedder is None and not probabilities_only:
         raise ConfigError(f"{where}: embedder: required when dedup.near is true")
     _check_labeling(s, where)
     _check_cost(s, where)
@@ -555,9 +565,10 @@ def _check_labeling(s: FlowSettings, where: str) -> None:
         raise ConfigError(
             f"{where}: label_noise: needs an embedder (for the probe) or pred_probs_column"
         )
-    if al and s.embedder is None:
+    if al and s.embedder is None and al.diversity != "none":
         raise ConfigError(
-            f"{where}: active_learning: needs an embedder (diversity is measured on embeddings)"
+            f"{where}: active_learning: needs an embedder (diversity is measured on "
+            f"embeddings), or diversity: none to pick by the probabilities alone"
         )
 
 

@@ -9,6 +9,7 @@ an argument (`Loaded`), what a run did is its return value (`RunResult`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import uuid
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from leanset.dedup.config import DedupSettings
 from leanset.dedup.guard import DedupGuardError, check_drops, split_drops
 from leanset.dedup.imagesig import ImageSignal
 from leanset.dedup.lexical import shingle_matrix
@@ -65,6 +67,10 @@ def _new_run_id() -> str:
     return f"leanset-{uuid.uuid4()}"
 
 
+def _dry_run_folder() -> Path:
+    return Path(tempfile.mkdtemp(prefix="leanset-dry-run-"))
+
+
 @dataclass(frozen=True)
 class Hooks:
     """The steps a run calls (the flow passes its Prefect tasks; the defaults are plain calls)
@@ -81,6 +87,7 @@ class Hooks:
     fill_queue: Callable[..., JSON] = steps.fill_queue
     html_report: Callable[..., str] = steps.html_report
     run_id: Callable[[], str] = _new_run_id
+    dry_run_folder: Callable[[], Path] = _dry_run_folder  # where a dry run's report goes
 
 
 PLAIN = Hooks()
@@ -211,7 +218,7 @@ def _pipeline(run: _Run, loaded: Loaded | None, engine: JSON) -> RunResult:
         dd = run.hooks.dedup(
             embedded.table,
             embedded.matrix,
-            settings.dedup,
+            _dedup_settings(settings, data),
             embedded.signals,
             prior,
             embedded.basis,
@@ -234,6 +241,17 @@ def _pipeline(run: _Run, loaded: Loaded | None, engine: JSON) -> RunResult:
         summary = _dry_run(run, draft, decided, version)
         return RunResult(summary, draft.decisions, decided, draft, draft.cost)
     return _commit(run, decided, draft, parent)
+
+
+def _dedup_settings(settings: FlowSettings, data: LoadedDataset) -> DedupSettings:
+    """The dedup settings of the run; none of its searches for a table without content."""
+    if data.modality != "none" and (settings.embedder or not settings.dedup.near):
+        return settings.dedup
+    log.warning(
+        "Dedup skipped: it needs content (an image, text or embedding column, and an embedder); "
+        "this run has ids, labels and probabilities only"
+    )
+    return dataclasses.replace(settings.dedup, exact=False, near=False)
 
 
 def _commit(
@@ -317,7 +335,7 @@ def _dry_run(run: _Run, draft: VersionDraft, data: LoadedDataset, version: int) 
     manifest = draft.manifest.to_dict() | {"version": version, "parent": draft.parent}
     summary = RunSummary.of(settings.name, settings.store, manifest, run.timer.seconds, False)
     summary.dry_run = True
-    folder = Path(tempfile.mkdtemp(prefix="leanset-dry-run-"))
+    folder = run.hooks.dry_run_folder()
     path = folder / f"{settings.name}-v{version}-dry-run.html"
     parent_report = run.store.layout.report(draft.parent) if draft.parent else None
     summary.report = run.hooks.html_report(
@@ -368,7 +386,7 @@ def _embed(run: _Run, data: LoadedDataset) -> _Embedded:
         return _Embedded(data.table, None, {})
     with run.timer("embed"):
         res = run.hooks.embed(data, settings, dry_run)
-        wanted = _wants_signal(settings, data, ("pixels", "hashes"), "image")
+        wanted = _wants_signal(settings, data, ("pixels", "hashes", "geometry"), "image")
         thumbs = run.hooks.image_signal(data, settings, dry_run) if wanted else None
     run.meter.add_gpu(res.seconds, res.device)
     info = {
@@ -396,7 +414,9 @@ def _embed(run: _Run, data: LoadedDataset) -> _Embedded:
         return _Embedded(table, res.matrix, info, None, res.fingerprint)
     table = _mark_unreadable(table, thumbs.errors)
     info["signal"] = {"fingerprint": thumbs.fingerprint, "computed": thumbs.computed}
-    signals = Signals(image=ImageSignal.of(thumbs.matrix))
+    geometric = _wants_signal(settings, data, ("geometry",), "image")
+    features = steps.image_features(data, settings, run.dry_run) if geometric else None
+    signals = Signals(image=ImageSignal.of(thumbs.matrix), features=features)
     return _Embedded(table, res.matrix, info, signals, f"{res.fingerprint}|{thumbs.fingerprint}")
 
 

@@ -32,6 +32,7 @@ from leanset.pipelines.checks import image_measure, measures_after
 from leanset.pipelines.config import EngineSettings, FlowSettings
 from leanset.pipelines.cost import CostDelta
 from leanset.pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_dataset, make_embedder
+from leanset.pipelines.embed.features import FeatureStore
 from leanset.pipelines.sources import FileHashCache, LoadedDataset, load_source
 from leanset.pipelines.store import Store
 from leanset.pipelines.store.layout import StoreLayout
@@ -56,7 +57,8 @@ def load(
 def load_dataset(settings: FlowSettings, dry_run: bool = False) -> LoadedDataset:
     """The sample table; a dry run reads the file-hash cache but never writes it."""
     hashes = FileHashCache(StoreLayout.of(settings.store).file_hashes)
-    data = load_source(settings.source, settings.columns, hashes)
+    probs = settings.label_noise is not None and settings.label_noise.pred_probs_column is not None
+    data = load_source(settings.source, settings.columns, hashes, content_optional=probs)
     if not dry_run:
         hashes.save()
     return data
@@ -114,6 +116,14 @@ def image_signal(data: LoadedDataset, settings: FlowSettings, dry_run: bool = Fa
         shard_rows=emb.shard_rows if emb else 4096,
         write_cache=True,
     )
+
+
+def image_features(
+    data: LoadedDataset, settings: FlowSettings, dry_run: bool = False
+) -> FeatureStore:
+    """Local features of the images, for the geometric check (computed when a pair needs them,
+    cached beside the embeddings; a dry run keeps what it computes in memory)."""
+    return FeatureStore(data, StoreLayout.of(settings.store).embeddings, read_only=dry_run)
 
 
 def dedup(

@@ -114,3 +114,23 @@ def tiny_cnn(seed: int = 0) -> tuple[Any, Any]:
 def tiny_cnn_other_weights() -> tuple[Any, Any]:
     """The same architecture with other weights."""
     return tiny_cnn(seed=1)
+
+
+def photo_tiles(n: int, side: int = 128, min_std: float = 0.0) -> list[np.ndarray]:
+    """`n` distinct grey tiles (side x side, uint8), cut without overlap from scikit-image's
+    sample photos, row by row (skipping tiles whose grey levels vary less than `min_std`)."""
+    from skimage import data
+    from skimage.color import rgb2gray
+
+    out: list[np.ndarray] = []
+    for name in ("camera", "astronaut", "coffee", "rocket", "chelsea", "coins", "moon"):
+        img = getattr(data, name)()
+        grey = (rgb2gray(img) * 255).astype(np.uint8) if img.ndim == 3 else img.astype(np.uint8)
+        for y in range(0, grey.shape[0] - side + 1, side):
+            for x in range(0, grey.shape[1] - side + 1, side):
+                tile = np.ascontiguousarray(grey[y : y + side, x : x + side])
+                if tile.std() >= min_std:
+                    out.append(tile)
+                if len(out) == n:
+                    return out
+    raise ValueError(f"only {len(out)} tiles of {side} px in the sample photos, {n} wanted")

@@ -56,7 +56,8 @@ def _decisions(store: Path) -> pl.DataFrame:
     return Store(store).read("decisions").sort("sample_id")
 
 
-def test_cli_flow_and_core_decide_the_same(prefect_harness, tmp_path, digits_parquet):
+def test_cli_flow_core_and_api_decide_the_same(prefect_harness, tmp_path, digits_parquet):
+    import leanset
     from leanset.pipelines.cli import main
 
     config = write_flows(
@@ -67,16 +68,29 @@ def test_cli_flow_and_core_decide_the_same(prefect_harness, tmp_path, digits_par
     result = run_core(load_flow(config, "core"))
     assert isinstance(result, RunResult) and result.summary.version == 1
     assert result.cost is not None and result.cost.samples_before == 600
+    body = digits_body("s-api")
+    api = leanset.clean(
+        digits_parquet,
+        id="id",
+        label="label",
+        embeddings="emb",
+        store=tmp_path / "s-api",
+        **{k: body[k] for k in ("embedder", "dedup", "label_noise", "active_learning")},
+    )
+    assert api.committed and api.version == 1
     cli, flow, core = (_decisions(tmp_path / s) for s in ("s-cli", "s-flow", "s-core"))
+    assert api.decisions.sort("sample_id").equals(cli) and _decisions(tmp_path / "s-api").equals(
+        cli
+    )
     assert cli.height == 600 and cli["label_issue"].fill_null(False).sum() > 0
     assert cli["drop_reason"].value_counts().height >= 2  # duplicates and label issues decided
     assert cli.equals(flow) and cli.equals(core)
     assert result.decisions is not None and result.decisions.sort("sample_id").equals(core)
-    queues = [Store(tmp_path / s).layout.root for s in ("s-cli", "s-flow", "s-core")]
+    queues = [Store(tmp_path / s).layout.root for s in ("s-cli", "s-flow", "s-core", "s-api")]
     from leanset.pipelines.store.queue import read_queue
 
     picked = [read_queue(q).sort("sample_id")["sample_id"].to_list() for q in queues]
-    assert picked[0] and picked[0] == picked[1] == picked[2]
+    assert picked[0] and picked[0] == picked[1] == picked[2] == picked[3]
 
 
 def test_the_core_runs_without_prefect(tmp_path, digits_parquet):

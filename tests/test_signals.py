@@ -8,10 +8,12 @@ import pytest
 
 from leanset.dedup import calibrate
 from leanset.dedup.config import DedupSettings
+from leanset.dedup.geometry import ImageFeatures, image_features
 from leanset.dedup.imagesig import SIDE, ImageSignal, pair_evidence
 from leanset.dedup.lexical import pair_overlap, shingle_matrix
 from leanset.dedup.near import sample_neighbours
 from leanset.dedup.stage import Signals, find_duplicates
+from tests.helpers import photo_tiles
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -135,3 +137,59 @@ def test_neighbours_of_no_rows_are_none() -> None:
     # a dataset whose every sample is unreadable reaches calibration with no rows
     nb = sample_neighbours(np.zeros((0, 8), dtype=np.float32), 5, 100)
     assert nb.rows.size == 0 and nb.idx.shape == (0, 5) and nb.sim.shape == (0, 5)
+
+
+def _alike_with_equal_hashes(n: int = 60) -> ImageSignal:
+    """Look-alike thumbnails (one shared pattern, small differences) whose pHash and dHash are
+    random except that images 0 and 1 hash the same: two distinct images that hashes join."""
+    rng = np.random.default_rng(0)
+    base = np.kron(rng.normal(size=(8, 8)), np.ones((4, 4)))
+    own = np.kron(rng.normal(size=(n, 4, 4)), np.ones((8, 8)))
+    own[1] = own[0]
+    t = unit((base + 0.5 * own + 0.3 * rng.normal(size=(n, SIDE, SIDE))).reshape(n, -1))
+    sig = ImageSignal.of(t)
+    hashes = rng.integers(0, 2**63, size=(n, 2, 2), dtype=np.int64).astype(np.uint64)
+    hashes[1] = hashes[0]
+    return ImageSignal(sig.thumbs, sig.mirrored, hashes[:, 0], hashes[:, 1], sig.valid)
+
+
+def test_agreeing_hashes_alone_never_drop_a_sample():
+    """Two distinct look-alikes: correlated thumbnails below the pixel threshold, equal hashes,
+    unrelated embeddings. The hashes alone once dropped one of them; now nothing is dropped."""
+    n = 60
+    sig = _alike_with_equal_hashes(n)
+    ev = pair_evidence(sig, np.array([0]), np.array([1]))
+    emb = unit(np.random.default_rng(1).normal(size=(n, 32)))
+    out = find_duplicates(_table(n), emb, DedupSettings(), signals=Signals(image=sig))
+    assert ev.phash[0] == ev.dhash[0] == 0 and ev.ncc[0] > 0.8
+    assert out.calibration["hashes"]["threshold"] >= 2  # the hashes would have accepted it
+    assert ev.ncc[0] < out.calibration["pixels"]["threshold"]
+    assert out.table["dedup_drop"].null_count() == n
+
+
+def test_agreeing_hashes_send_a_pair_to_the_geometric_check_which_decides():
+    """The same pair with local features: the check is run on it, finds no common geometry
+    between two distinct photos, and drops nothing; a crop's features would confirm it."""
+    n = 60
+    sig = _alike_with_equal_hashes(n)
+    emb = unit(np.random.default_rng(1).normal(size=(n, 32)))
+    photos = photo_tiles(n)
+    seen: list[int] = []
+
+    def source(rows: np.ndarray) -> list[ImageFeatures | None]:
+        seen.extend(rows.tolist())
+        return [image_features(photos[r]) for r in rows]
+
+    out = find_duplicates(
+        _table(n), emb, DedupSettings(), signals=Signals(image=sig, features=source)
+    )
+    assert {0, 1} <= set(seen)
+    assert out.table["dedup_drop"].null_count() == n
+    assert out.search["verified"]["pairs"] >= 1 and out.search["verified"]["confirmed"] == 0
+    photos[1] = photos[0][10:100, 20:120]  # now image 1 is a crop of image 0
+    out = find_duplicates(
+        _table(n), emb, DedupSettings(), signals=Signals(image=sig, features=source)
+    )
+    dropped = out.table.filter(pl.col("dedup_drop").is_not_null())
+    assert dropped["sample_id"].to_list() == ["s001"]
+    assert dropped["dup_evidence"][0].startswith("hashes+geometry: ")

@@ -43,7 +43,7 @@ from PIL import Image
 from bench.trust import sources, transforms
 
 SETS = ("diverse", "dense", "text")
-BUILDER_VERSION = 3  # bump when a change to the builder changes what a seed builds
+BUILDER_VERSION = 4  # bump when a change to the builder changes what a seed builds
 QUICK_CLASSES, QUICK_PER_CLASS = 3, 16  # --quick: this many classes, this many originals each
 MIN_CLASS_ORIGINALS = 10  # smaller classes are pooled into OTHER_CLASS
 OTHER_CLASS = "other"
@@ -57,9 +57,9 @@ class PlantSettings:
     """How much is planted, and how the originals are split."""
 
     test_fraction: float = 0.2
-    copy_fraction: float = 0.15
+    copy_fraction: float = 0.2
     two_copies_fraction: float = 0.33
-    leak_fraction: float = 0.06
+    leak_fraction: float = 0.08
     flip_fraction: float = 0.04
     exact_weight: float = 0.3  # weight of `exact` among the kinds (each other kind weighs 1)
     kinds: tuple[str, ...] = transforms.KINDS

@@ -303,7 +303,7 @@ def score_leanset(dec: Decisions, truth: Truth) -> dict[str, Any]:
         "dropped_by_reason": dict(Counter(r for r in dec.reason if r is not None)),
         "evidence": dict(
             Counter(
-                e
+                e.split(":")[0]  # the routes; a geometry reason's numbers differ per pair
                 for e, r in zip(dec.evidence, dec.reason, strict=True)
                 if r in DUP_REASONS and e is not None
             )

@@ -37,7 +37,12 @@ def print_table(table: Table) -> None:
         console.print(table)
         return
     need = console.measure(table, options=console.options.update_width(10_000)).maximum
-    console.print(table, width=max(console.width, need))
+    before = console.width
+    console.width = max(before, need)  # print(width=...) is capped at the console's own width
+    try:
+        console.print(table)
+    finally:
+        console.width = before
 
 
 def print_summary(s: RunSummary) -> None:
@@ -133,6 +138,15 @@ def _n(value: int | None) -> str:
     return "" if value is None else f"{value:,}"
 
 
+def _verified_line(v: dict[str, Any], run_seconds: float) -> str:
+    """The geometric check: pairs verified, confirmed, and its time and share of the run."""
+    share = f", {v['seconds'] / run_seconds:.0%} of the run" if run_seconds > 0 else ""
+    return (
+        f"geometric check: {v['pairs']:,} candidate pairs of {v['images']:,} images verified, "
+        f"{v['confirmed']:,} confirmed as copies, {v['seconds']:.1f} s{share}"
+    )
+
+
 def detail_lines(s: RunSummary) -> list[str]:
     """Embedding, label noise, human labels and queue, each when the run had them."""
     lines = []
@@ -145,6 +159,8 @@ def detail_lines(s: RunSummary) -> list[str]:
             f"{emb.get('device', 'cpu')}{speed}; near-duplicate search: "
             f"{s.search.get('method', 'none')}"
         )
+    if s.search.get("verified"):
+        lines.append(_verified_line(s.search["verified"], sum(s.timings.values())))
     if "label_issues" in lab:
         lines += _label_lines(lab)
     if lab.get("human_labels_total", lab.get("human_labels")):

@@ -14,7 +14,7 @@ import numpy as np
 
 from leanset.dedup.matrix import resolve_device
 from leanset.pipelines.config import EmbedderSettings
-from leanset.pipelines.embed.offline import hub_offline_unless_reachable
+from leanset.pipelines.embed.offline import hub_offline_unless_reachable, load_open_clip
 from leanset.pipelines.embed.protocol import Embedder, EmbedError, l2_normalise, open_image
 
 log = logging.getLogger("leanset.embed")
@@ -95,20 +95,6 @@ class _TorchModel:
                 out = fn(batch)
         out = torch.nn.functional.normalize(out.float(), dim=-1)
         return out.cpu().numpy()
-
-
-def load_open_clip() -> Any:
-    """The open_clip module, or an EmbedError saying how to install it (a CPU-only install
-    leaves it out, with torchvision)."""
-    try:
-        import open_clip
-    except (ImportError, RuntimeError) as exc:  # RuntimeError: a torchvision that does not fit
-        raise EmbedError(
-            f"embedder type open_clip needs open-clip-torch with a torchvision that matches torch "
-            f"({exc}); pip install 'leanset' with its default torch, or use embedder.type pixels "
-            "or torch with leanset.pipelines.embed.models:efficientnet_lite0"
-        ) from exc
-    return open_clip
 
 
 def _arch_name(model: str) -> str:

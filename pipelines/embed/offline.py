@@ -16,6 +16,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from leanset.pipelines.config import EmbedderSettings
@@ -72,8 +73,6 @@ def remote_model_files(settings: EmbedderSettings) -> tuple[str, str, str]:
         model = settings.model or "all-MiniLM-L6-v2"
         repo = model if "/" in model else f"sentence-transformers/{model}"
         return f"sentence_transformers model {model!r}", repo, "config.json"
-    from leanset.pipelines.embed.adapters import load_open_clip
-
     open_clip = load_open_clip()
     model, tag = settings.model or "ViT-B-32", str(settings.pretrained)
     hub = str(open_clip.get_pretrained_cfg(model, tag).get("hf_hub") or "").strip("/")
@@ -111,6 +110,20 @@ def hub_offline_unless_reachable(what: str) -> Iterator[None]:
         raise EmbedError(offline_message(what, f"could not be loaded ({why}): {exc}")) from exc
     finally:
         hub.HF_HUB_OFFLINE = before
+
+
+def load_open_clip() -> Any:
+    """The open_clip module, or an EmbedError saying how to install it (a CPU-only install
+    leaves it out, with torchvision)."""
+    try:
+        import open_clip
+    except (ImportError, RuntimeError) as exc:  # RuntimeError: a torchvision that does not fit
+        raise EmbedError(
+            f"embedder type open_clip needs open-clip-torch with a torchvision that matches torch "
+            f"({exc}); pip install 'leanset' with its default torch, or use embedder.type pixels "
+            "or torch with leanset.pipelines.embed.models:efficientnet_lite0"
+        ) from exc
+    return open_clip
 
 
 def _cached(repo: str, filename: str) -> bool:

@@ -22,6 +22,7 @@ import polars as pl
 
 from leanset.pipelines.report.calibration import calibration_section
 from leanset.pipelines.report.checks import checks_sections
+from leanset.pipelines.report.geometry import geometry_section
 from leanset.pipelines.report.leaks import fanout_section
 from leanset.pipelines.sources import LoadedDataset
 from leanset.pipelines.store.manifest import JSON, Counts
@@ -105,6 +106,7 @@ def render(
         _classes(decisions),
         calibration_section(manifest),
         _closest_calls(decisions, by_id, thumbs, top),
+        geometry_section(decisions, data),
         _groups_section(decisions, thumbs),
         _leaks_section(decisions, by_id, thumbs, top * 2),
         fanout_section(decisions, summary.counts.leak_fanout, thumbs.text_of, thumbs.card),

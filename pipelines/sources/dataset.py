@@ -14,7 +14,7 @@ import polars as pl
 from leanset.pipelines.config import ColumnSettings
 from leanset.pipelines.sources.vectors import vector_blocks
 
-Modality = Literal["image", "text", "embedding"]
+Modality = Literal["image", "text", "embedding", "none"]  # none: ids, labels, probabilities
 
 
 class SourceError(ValueError):
@@ -95,6 +95,8 @@ class LoadedDataset:
         return dataclasses.replace(self, table=empty)
 
     def _content(self, ds: Any, row: int) -> Any:
+        if self.modality == "none":
+            return None
         if self.modality == "embedding":
             return ds[row][self.columns.embedding]
         if self.modality == "text":

@@ -32,9 +32,15 @@ PARQUET_BATCH_ROWS = 8192  # rows per batch when `datasets` converts Parquet (bo
 
 
 def load_source(
-    source: SourceSettings, columns: ColumnSettings, file_hashes: FileHashCache | None = None
+    source: SourceSettings,
+    columns: ColumnSettings,
+    file_hashes: FileHashCache | None = None,
+    content_optional: bool = False,
 ) -> LoadedDataset:
-    """Load the configured source and build the sample table (ids, splits, labels, hashes)."""
+    """Load the configured source and build the sample table (ids, splits, labels, hashes).
+
+    `content_optional`: a table with no image, text or vector column is valid (modality `none`:
+    ids, labels and given probabilities; each row's content hash is its place in the source)."""
     opened = _open_splits(source, columns.unlabeled_splits)
     splits = opened.splits
     if source.splits:
@@ -42,7 +48,7 @@ def load_source(
         if missing:
             raise SourceError(f"split(s) {missing} not in the dataset; it has {sorted(splits)}")
         splits = {s: splits[s] for s in source.splits}
-    columns = _infer_columns(columns, splits)
+    columns = _infer_columns(columns, splits, content_optional)
     modality = _modality(columns)
     if modality == "image":
         splits = {name: _undecoded(ds, columns.content()) for name, ds in splits.items()}
@@ -196,12 +202,16 @@ def _fixed_folder(pattern: str) -> str:
     return str(Path(*fixed)) if fixed else ""
 
 
-def _infer_columns(columns: ColumnSettings, splits: dict[str, Any]) -> ColumnSettings:
+def _infer_columns(
+    columns: ColumnSettings, splits: dict[str, Any], content_optional: bool = False
+) -> ColumnSettings:
     """Fill in the content column when unset, and check that every named column exists."""
     first = next(iter(splits.values()))
     names = list(first.column_names)
     if not (columns.image or columns.text or columns.embedding):
         guess = next((c for c in ("image", "img", "text", "sentence") if c in names), None)
+        if guess is None and content_optional:
+            return _checked_columns(columns, names)
         if guess is None:
             raise SourceError(
                 f"no content column configured and none found; set columns.image or columns.text "
@@ -209,6 +219,11 @@ def _infer_columns(columns: ColumnSettings, splits: dict[str, Any]) -> ColumnSet
             )
         kind = "image" if guess in ("image", "img") else "text"
         columns = ColumnSettings(**{**columns.__dict__, kind: guess})
+    return _checked_columns(columns, names)
+
+
+def _checked_columns(columns: ColumnSettings, names: list[str]) -> ColumnSettings:
+    """Every named column exists (the default label column may be absent: unlabeled data)."""
     for key in ("id", "image", "text", "label", "split", "embedding"):
         name = getattr(columns, key)
         if name and name not in names:
@@ -231,6 +246,8 @@ def _undecoded(ds: Any, column: str) -> Any:
 
 
 def _modality(columns: ColumnSettings) -> Modality:
+    if not (columns.embedding or columns.image or columns.text):
+        return "none"
     if columns.embedding:
         return "embedding"
     return "image" if columns.image else "text"
@@ -414,6 +431,9 @@ def _iter_content(
     elif modality == "text":
         for row, value in enumerate(_raw_text(ds, columns.content())):
             yield row, _text_bytes(value), where[row]
+    elif modality == "none":  # no content: a row is known by its place
+        for row in range(len(ds)):
+            yield row, (f"row:{where[row]}".encode(), None), where[row]
     else:
         for start, block in vector_blocks(ds, columns.content()):
             for k, value in enumerate(block):

@@ -66,7 +66,7 @@ def _content_columns(data: LoadedDataset, rows: pl.DataFrame) -> list[pl.Series]
     if data.modality == "text":
         values = _cells(data, rows, data.columns.content())
         return [pl.Series("text", values, dtype=pl.Utf8)]
-    if data.modality == "embedding":
+    if data.modality in ("embedding", "none"):
         return []  # the vectors go to the store's shared vector shards, named by content_hash
     return _image_columns(_cells(data, rows, data.columns.content()), rows["source"].to_list())
 

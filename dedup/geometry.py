@@ -1,0 +1,298 @@
+"""Geometric confirmation of image copies: local features that agree under one transform.
+
+A crop, a rotated or flipped scan, a resized or re-encoded photo or one with a caption burned in
+keeps most of its local structure where it keeps its pixels. Each image is reduced to ORB
+keypoints and binary descriptors (OpenCV) on a grey copy whose longer side is `SIDE` pixels, once
+plain and once mirrored (ORB is rotation- but not mirror-invariant, so the mirror covers flips;
+rotations by any angle, 90-degree turns included, are covered by ORB itself). A pair is checked
+by nearest-neighbour matching with Lowe's ratio test, then a RANSAC fit of a 2-D affine map.
+
+A pair is a copy when the fit has at least `MIN_INLIERS` inliers, they are a large enough share
+of the matches, and the smaller image lies within the larger one under the fit (`inside`, the
+share of its area that maps into the other image's frame) with its inliers spread over it
+(`spread`, the share of its textured grid cells that hold an inlier). Two overlapping tiles or
+adjacent video frames match on a shared strip only: the smaller one maps half outside the other,
+so they are not confirmed. Flat, dark or near-uniform images have too few keypoints to confirm
+anything: a pair with one is never confirmed here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SIDE = 256  # features are computed on a grey copy whose longer side is this many pixels
+MAX_FEATURES = 400
+MIN_KEYPOINTS = 25  # an image with fewer keypoints is too uniform to confirm anything
+MIN_RANGE = 12  # grey levels between the 1st and 99th percentile: less is a flat image
+FAST_THRESHOLDS = (10, 4)  # ORB's corner threshold, lowered once for smooth images
+RATIO = 0.8  # Lowe's ratio test on the two nearest descriptors
+MIN_INLIERS = 20  # inliers of the RANSAC fit
+MIN_INLIER_SHARE = 0.25  # ... as a share of the ratio-test matches
+MIN_INSIDE = 0.85  # share of the smaller image that maps inside the larger one
+MIN_SPREAD = 0.3  # share of the smaller image's textured grid cells that hold an inlier
+MIN_SCALE = 0.2  # the fit scales either side by 0.2-5 (a crop keeps at least a fifth of a side)
+MAX_ANISOTROPY = 2.0  # the fit's two scales differ by at most this factor (aspect changes)
+RANSAC_PIXELS = 4.0  # reprojection tolerance, at SIDE pixels
+RANSAC_ITERS = 500  # enough for 99% confidence at the least inlier share accepted (0.25: 293)
+
+
+@dataclass(frozen=True)
+class Features:
+    """One image's keypoints (x, y at the working size), descriptors, and working size."""
+
+    points: np.ndarray  # (n, 2) float32
+    descriptors: np.ndarray  # (n, 32) uint8
+    width: int
+    height: int
+
+    @property
+    def usable(self) -> bool:
+        """Enough keypoints to confirm a pair."""
+        return len(self.points) >= MIN_KEYPOINTS
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """An image's features plain and mirrored left to right."""
+
+    plain: Features
+    mirrored: Features
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays for a cache file."""
+        out: dict[str, np.ndarray] = {}
+        for name, f in (("p", self.plain), ("m", self.mirrored)):
+            out[f"{name}_points"] = f.points
+            out[f"{name}_desc"] = f.descriptors
+            out[f"{name}_size"] = np.array([f.width, f.height], dtype=np.int32)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ImageFeatures:
+        """Back from `to_arrays`."""
+
+        def one(name: str) -> Features:
+            w, h = (int(v) for v in arrays[f"{name}_size"])
+            return Features(arrays[f"{name}_points"], arrays[f"{name}_desc"], w, h)
+
+        return cls(one("p"), one("m"))
+
+
+@dataclass(frozen=True)
+class Match:
+    """The outcome of a pair check, with what a person can check it by."""
+
+    copy: bool
+    inliers: int = 0
+    matches: int = 0
+    inside: float = 0.0
+    spread: float = 0.0
+    rotation: float = 0.0  # degrees
+    scale: float = 1.0  # side of the second image per side of the first (working sizes)
+    mirrored: bool = False
+    fit: tuple[float, ...] = ()  # the affine map (2 x 3, row-major) from a's to b's working pixels
+
+    def reason(self) -> str:
+        """One line: the evidence, for the decisions table."""
+        flip = ", mirrored" if self.mirrored else ""
+        return (
+            f"geometry: {self.inliers} inliers across {self.spread:.0%} of the smaller image, "
+            f"{self.inside:.0%} of it inside the other, rotation {self.rotation:.0f}°, "
+            f"scale {self.scale:.2f}{flip}"
+        )
+
+
+def working_grey(grey: np.ndarray) -> np.ndarray:
+    """A uint8 grey image resized so that its longer side is SIDE pixels."""
+    import cv2
+
+    h, w = grey.shape[:2]
+    f = SIDE / max(h, w)
+    size = (max(8, round(w * f)), max(8, round(h * f)))
+    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
+    return np.ascontiguousarray(
+        cv2.resize(np.asarray(grey, dtype=np.uint8), size, interpolation=interp)
+    )
+
+
+def _orb(grey: np.ndarray) -> Features:
+    """ORB keypoints and descriptors; a smooth image (blurred, small) is searched again with a
+    lower corner threshold so that it gets enough keypoints to be matched."""
+    import cv2
+
+    for fast in FAST_THRESHOLDS:
+        orb = cv2.ORB_create(  # type: ignore[attr-defined]  # cv2's stubs lack it
+            nfeatures=MAX_FEATURES, edgeThreshold=15, patchSize=15, fastThreshold=fast
+        )
+        kps, desc = orb.detectAndCompute(grey, None)
+        if kps is not None and len(kps) >= MAX_FEATURES // 2:
+            break
+    h, w = grey.shape
+    if desc is None or not kps:
+        return Features(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), w, h)
+    pts = np.array([k.pt for k in kps], dtype=np.float32)
+    return Features(pts, np.asarray(desc, dtype=np.uint8), w, h)
+
+
+def _stretch(grey: np.ndarray) -> np.ndarray:
+    """Contrast stretched between the 1st and 99th percentile (dim photos get keypoints too; a
+    flat one stays flat: its spread is below `MIN_RANGE` grey levels)."""
+    lo, hi = np.percentile(grey, [1, 99])
+    if hi - lo < MIN_RANGE:
+        return grey
+    out = (grey.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    stretched: np.ndarray = np.clip(out, 0, 255).astype(np.uint8)
+    return stretched
+
+
+def image_features(grey: np.ndarray) -> ImageFeatures:
+    """ORB features of a grey image (any size, uint8), plain and mirrored."""
+    g = _stretch(working_grey(grey))
+    return ImageFeatures(_orb(g), _orb(np.ascontiguousarray(g[:, ::-1])))
+
+
+def verify(a: ImageFeatures, b: ImageFeatures) -> Match:
+    """Whether b is a geometric copy of a (a crop, turn, flip, resize ... of it or the reverse)."""
+    plain = match(a.plain, b.plain)
+    if plain.copy or not a.plain.usable or not b.plain.usable:
+        return plain
+    flipped = match(a.plain, b.mirrored)
+    if flipped.copy:
+        f = np.array(flipped.fit).reshape(2, 3)
+        f[0] = np.array([0.0, 0.0, b.mirrored.width]) - f[0]  # onto b's unmirrored pixels
+        return Match(**{**flipped.__dict__, "mirrored": True, "fit": tuple(f.ravel().tolist())})
+    return plain if plain.inliers >= flipped.inliers else flipped
+
+
+def match(a: Features, b: Features) -> Match:
+    """Ratio-test matches of a's descriptors in b's, an affine RANSAC fit, and its judgement."""
+    import cv2
+
+    if not (a.usable and b.usable):
+        return Match(False)
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a.descriptors, b.descriptors, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    if len(good) < MIN_INLIERS:
+        return Match(False, matches=len(good))
+    src = a.points[[m.queryIdx for m in good]]
+    dst = b.points[[m.trainIdx for m in good]]
+    fit, mask = cv2.estimateAffine2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS, maxIters=RANSAC_ITERS
+    )
+    if fit is None:
+        return Match(False, matches=len(good))
+    fit, keep = _refine(src, dst, mask.ravel().astype(bool))
+    return _judge(a, b, fit, src[keep], dst[keep], len(good))
+
+
+def _refine(src: np.ndarray, dst: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares refits on the inliers, taking back matches the RANSAC fit left just outside
+    (keypoints of coarse pyramid levels are placed to a few pixels)."""
+    ones = np.ones((len(src), 1), np.float64)
+    x = np.hstack([src.astype(np.float64), ones])
+    fit = np.zeros((2, 3))
+    for _ in range(3):
+        if keep.sum() < 3:
+            break
+        fit = np.linalg.lstsq(x[keep], dst[keep].astype(np.float64), rcond=None)[0].T
+        err = np.linalg.norm(x @ fit.T - dst, axis=1)
+        keep = err <= 1.5 * RANSAC_PIXELS
+    return fit, keep
+
+
+def _judge(
+    a: Features, b: Features, fit: np.ndarray, src: np.ndarray, dst: np.ndarray, matches: int
+) -> Match:
+    """Accept a fit whose inliers are many and spread, with the smaller image inside the other."""
+    linear = fit[:, :2]
+    sx, sy = np.linalg.svd(linear, compute_uv=False)
+    scale = float(math.sqrt(abs(np.linalg.det(linear))))
+    rotation = math.degrees(math.atan2(linear[1, 0] - linear[0, 1], linear[0, 0] + linear[1, 1]))
+    a_small = a.width * a.height * scale**2 <= b.width * b.height
+    if a_small:
+        inside = _share_inside(fit, a, b)
+        spread = _spread(src, a)
+    else:
+        inverse = np.asarray(__import__("cv2").invertAffineTransform(fit))
+        inside = _share_inside(inverse, b, a)
+        spread = _spread(dst, b)
+    n = len(src)
+    ok = (
+        n >= MIN_INLIERS
+        and n >= MIN_INLIER_SHARE * matches
+        and inside >= MIN_INSIDE
+        and spread >= MIN_SPREAD
+        and MIN_SCALE <= sy <= sx <= 1 / MIN_SCALE
+        and sx / sy <= MAX_ANISOTROPY
+        and np.linalg.det(linear) > 0
+    )
+    fitted = tuple(float(v) for v in fit.ravel())
+    return Match(bool(ok), n, matches, inside, spread, rotation, scale, False, fitted)
+
+
+def _share_inside(fit: np.ndarray, small: Features, big: Features, grid: int = 24) -> float:
+    """The share of `small`'s area that `fit` maps inside `big`'s frame (sampled on a grid)."""
+    xs = (np.arange(grid) + 0.5) / grid
+    gx, gy = np.meshgrid(xs * small.width, xs * small.height)
+    pts = np.stack([gx.ravel(), gy.ravel(), np.ones(gx.size)], axis=1) @ fit.T
+    inside = (
+        (pts[:, 0] >= 0) & (pts[:, 0] <= big.width) & (pts[:, 1] >= 0) & (pts[:, 1] <= big.height)
+    )
+    return float(inside.mean())
+
+
+def _spread(points: np.ndarray, f: Features, cells: int = 4) -> float:
+    """Of the cells (a `cells` x `cells` grid) holding any of the image's keypoints, the share that
+    hold an inlier: the match spans the image's textured part, not one corner of it."""
+
+    def occupied(p: np.ndarray) -> np.ndarray:
+        cx = np.clip((p[:, 0] / f.width * cells).astype(int), 0, cells - 1)
+        cy = np.clip((p[:, 1] / f.height * cells).astype(int), 0, cells - 1)
+        grid = np.zeros((cells, cells), dtype=bool)
+        grid[cy, cx] = True
+        return grid
+
+    textured = occupied(f.points)
+    return float((occupied(points) & textured).sum() / max(1, textured.sum()))
+
+
+FeatureSource = Callable[[np.ndarray], list[ImageFeatures | None]]
+"""Features of table rows (None where an image cannot be read), computed once and cached."""
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The outcome of checking candidate pairs: which are copies, why, and what it cost."""
+
+    copy: np.ndarray  # (n,) bool
+    reasons: list[str]
+    info: dict[str, Any]
+
+
+def verify_pairs(a: np.ndarray, b: np.ndarray, source: FeatureSource) -> Verified:
+    """Check pairs of table rows (a[k], b[k]) geometrically; features are read once per image."""
+    start = time.perf_counter()
+    rows = np.unique(np.concatenate([a, b])) if len(a) else np.zeros(0, np.int64)
+    feats = dict(zip(rows.tolist(), source(rows), strict=True))
+    read = time.perf_counter()
+    found = [
+        verify(fa, fb) if fa is not None and fb is not None else Match(False)
+        for fa, fb in ((feats[i], feats[j]) for i, j in zip(a.tolist(), b.tolist(), strict=True))
+    ]
+    done = time.perf_counter()
+    copy = np.array([m.copy for m in found], dtype=bool)
+    info = {
+        "pairs": len(a),
+        "confirmed": int(copy.sum()),
+        "images": len(rows),
+        "feature_seconds": round(read - start, 3),
+        "match_seconds": round(done - read, 3),
+        "seconds": round(done - start, 3),
+    }
+    return Verified(copy, [m.reason() if m.copy else "" for m in found], info)

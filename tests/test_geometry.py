@@ -1,0 +1,130 @@
+"""The geometric check on real photo tiles: copies under crops, turns, flips and overlays are
+confirmed; distinct tiles, overlapping tiles and flat images are not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from leanset.dedup.geometry import ImageFeatures, image_features, verify
+from tests.helpers import photo_tiles
+
+
+def _pil(a: np.ndarray) -> Image.Image:
+    return Image.fromarray(a)
+
+
+def _copies(photo: np.ndarray) -> dict[str, np.ndarray]:
+    """Edited copies of a 256 px grey photo."""
+    img = _pil(photo)
+    over = img.copy()
+    draw = ImageDraw.Draw(over)
+    draw.rectangle((170, 10, 246, 50), fill=255)
+    draw.text((10, 230), "(c) SAMPLE CAPTION", fill=0)
+    return {
+        "crop 65%": photo[40:206, 60:226],
+        "rotate 10": np.asarray(img.rotate(10, resample=Image.Resampling.BICUBIC))[30:226, 30:226],
+        "turn 90": np.rot90(photo).copy(),
+        "mirror": photo[:, ::-1].copy(),
+        "overlay": np.asarray(over),
+        "aspect": np.asarray(img.resize((320, 200))),
+        "darker": (photo * 0.6).astype(np.uint8),
+    }
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return photo_tiles(1, side=256)[0]  # the camera man
+
+
+@pytest.mark.parametrize(
+    "kind", ["crop 65%", "rotate 10", "turn 90", "mirror", "overlay", "aspect", "darker"]
+)
+def test_an_edited_copy_is_confirmed_with_its_reason(photo: np.ndarray, kind: str) -> None:
+    m = verify(image_features(photo), image_features(_copies(photo)[kind]))
+    assert m.copy, m
+    assert m.reason().startswith(f"geometry: {m.inliers} inliers")
+    assert m.mirrored == (kind == "mirror")
+    if kind == "turn 90":
+        assert abs(abs(m.rotation) - 90) < 3
+
+
+def test_distinct_tiles_of_the_same_photos_are_not_copies() -> None:
+    feats = [image_features(t) for t in photo_tiles(24)]
+    wrong = [
+        (i, j)
+        for i in range(len(feats))
+        for j in range(i + 1, len(feats))
+        if verify(feats[i], feats[j]).copy
+    ]
+    assert wrong == []
+
+
+def test_two_overlapping_tiles_sharing_a_strip_are_not_copies(photo: np.ndarray) -> None:
+    """Tiles that share two thirds of their width (adjacent frames) match on that part only."""
+    left, right = photo[:, :190], photo[:, 60:250]
+    m = verify(image_features(left), image_features(right))
+    assert not m.copy and m.inliers >= 20  # the strip itself matches well; it is not enough
+    assert m.inside < 0.85
+
+
+def test_flat_and_dark_images_confirm_nothing(photo: np.ndarray) -> None:
+    rng = np.random.default_rng(0)
+    dark = (rng.random((128, 128)) * 6).astype(np.uint8)  # a dark rim: sensor noise only
+    flat = np.full((128, 128), 200, np.uint8)
+    for f in (image_features(dark), image_features(flat)):
+        assert not f.plain.usable
+        assert not verify(f, f).copy
+    assert not verify(image_features(dark), image_features(dark.copy())).copy
+
+
+def test_features_round_trip_through_arrays(photo: np.ndarray) -> None:
+    f = image_features(photo)
+    back = ImageFeatures.from_arrays(f.to_arrays())
+    assert verify(f, back).copy and len(back.plain.points) == len(f.plain.points)
+
+
+def test_a_run_confirms_a_crop_and_a_turn_by_geometry_and_reuses_the_features(tmp_path):
+    """Through the run core (pixel embedder; the embedding accepts only identical vectors, so
+    only geometry can confirm): a 70% crop and a quarter-turned copy of real tiles are dropped
+    with a geometry reason, distinct tiles are kept, the verified pairs are in the summary, and
+    a rerun reads the cached features instead of computing them."""
+    from leanset.pipelines.config import load_flow
+    from leanset.pipelines.core import run_core
+    from leanset.pipelines.embed.features import FINGERPRINT
+    from tests.helpers import pixel_flow, write_png
+
+    tiles = photo_tiles(40, min_std=30)  # no flat sky tiles: those are near copies of each other
+    for i, t in enumerate(tiles):
+        write_png(tmp_path / f"images/train/{'ab'[i % 2]}/t{i:02d}.png", t)
+    write_png(tmp_path / "images/train/a/zcrop.png", tiles[0][20:110, 10:100])
+    write_png(tmp_path / "images/train/b/zturn.png", np.rot90(tiles[5]).copy())
+    dedup = {"threshold": 0.9999, "confirm": ["embedding", "geometry"], "guard_min_rows": 1000}
+    config = pixel_flow(tmp_path, "geo", dedup=dedup)
+    result = run_core(load_flow(config, "geo"))
+    assert result.decisions is not None
+    dropped = result.decisions.filter(~result.decisions["kept"])
+    assert sorted(dropped["source"].to_list()) == ["train/a/zcrop.png", "train/b/zturn.png"]
+    assert all("geometry: " in e for e in dropped["dup_evidence"].to_list())
+    verified = result.summary.search["verified"]
+    assert verified["confirmed"] >= 2 and verified["pairs"] >= verified["confirmed"]
+    from leanset.pipelines.cli.console import detail_lines
+
+    line = next(x for x in detail_lines(result.summary) if x.startswith("geometric check:"))
+    assert f"{verified['confirmed']} confirmed as copies" in line and "of the run" in line
+    page = Path(str(result.summary.report)).read_text()  # both pairs side by side, outlined
+    section = page.split("Copies confirmed by geometry (2)")[1]
+    assert (
+        section.count("<div class='group geometry'><div class='card kept'><img alt='' src='data:")
+        == 2
+    )
+    assert "train/a/zcrop.png</span><br><span class=reason>geometry: " in section
+    from leanset.pipelines.embed.features import FeatureStore
+
+    assert result.data is not None
+    cached = FeatureStore(result.data, next((tmp_path / "store").rglob(FINGERPRINT)).parent)
+    cached(np.arange(result.data.table.height))
+    assert cached.computed == result.data.table.height - verified["images"]  # the rest were read
