@@ -110,10 +110,20 @@ def deciding(obj: Any) -> dict[str, Any]:
     for f in dataclasses.fields(obj):
         if not f.metadata.get(DECIDES, True):
             continue
-        value = getattr(obj, f.name)
-        is_settings = dataclasses.is_dataclass(value) and not isinstance(value, type)
-        out[f.name] = deciding(value) if is_settings else value
+        out[f.name] = _plain(getattr(obj, f.name))
     return out
+
+
+def _plain(value: Any) -> Any:
+    """A field's value as plain data: settings objects (also inside lists and mappings, such as
+    `leaks.against`'s references) by `deciding`."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return deciding(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def bound_of(f: dataclasses.Field[Any]) -> Bound | None:

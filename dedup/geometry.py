@@ -30,6 +30,8 @@ SIDE = 256  # features are computed on a grey copy whose longer side is this man
 MAX_FEATURES = 400
 MIN_KEYPOINTS = 25  # an image with fewer keypoints is too uniform to confirm anything
 MIN_RANGE = 12  # grey levels between the 1st and 99th percentile: less is a flat image
+MIN_SIDE = 64  # pixels of the image's shorter side as stored: a smaller image, enlarged to
+# SIDE, is blocks whose corners look alike in every image (ORB's patch covers the whole of it)
 FAST_THRESHOLDS = (10, 4)  # ORB's corner threshold, lowered once for smooth images
 RATIO = 0.8  # Lowe's ratio test on the two nearest descriptors
 MIN_INLIERS = 20  # inliers of the RANSAC fit
@@ -152,7 +154,13 @@ def _stretch(grey: np.ndarray) -> np.ndarray:
 
 
 def image_features(grey: np.ndarray) -> ImageFeatures:
-    """ORB features of a grey image (any size, uint8), plain and mirrored."""
+    """ORB features of a grey image (any size, uint8), plain and mirrored; none for an image
+    smaller than `MIN_SIDE` (such an image confirms nothing by geometry)."""
+    if min(grey.shape[:2]) < MIN_SIDE:
+        none = Features(
+            np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), *grey.shape[1::-1]
+        )
+        return ImageFeatures(none, none)
     g = _stretch(working_grey(grey))
     return ImageFeatures(_orb(g), _orb(np.ascontiguousarray(g[:, ::-1])))
 

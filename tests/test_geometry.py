@@ -81,6 +81,22 @@ def test_flat_and_dark_images_confirm_nothing(photo: np.ndarray) -> None:
     assert not verify(image_features(dark), image_features(dark.copy())).copy
 
 
+def test_small_images_are_never_confirmed_by_geometry() -> None:
+    """Distinct scanned digits stored at 32 px (the demo's): enlarged, their blocks' corners match
+    between any two digits, so a small image confirms nothing by geometry."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().images[:40]
+    small = [
+        np.asarray(_pil((d * 255 / 16).astype(np.uint8)).resize((32, 32), Image.Resampling.NEAREST))
+        for d in digits
+    ]
+    feats = [image_features(s) for s in small]
+    assert not any(f.plain.usable or f.mirrored.usable for f in feats)
+    wrong = [(i, j) for i in range(40) for j in range(i + 1, 40) if verify(feats[i], feats[j]).copy]
+    assert wrong == []
+
+
 def test_features_round_trip_through_arrays(photo: np.ndarray) -> None:
     f = image_features(photo)
     back = ImageFeatures.from_arrays(f.to_arrays())

@@ -28,7 +28,14 @@ FINGERPRINT = (
     "orb-"
     + hashlib.blake2b(
         repr(
-            (geometry.SIDE, geometry.MAX_FEATURES, geometry.MIN_RANGE, geometry.FAST_THRESHOLDS, 2)
+            (
+                geometry.SIDE,
+                geometry.MAX_FEATURES,
+                geometry.MIN_RANGE,
+                geometry.FAST_THRESHOLDS,
+                geometry.MIN_SIDE,
+                3,
+            )
         ).encode(),
         digest_size=8,
     ).hexdigest()
