@@ -7,6 +7,7 @@ public function of each stage validates it with `check_matrix`; private helpers 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -46,6 +47,51 @@ def check_matrix(
     for start in range(0, out.shape[0], _CHECK_ROWS):
         _check_block(out[start : start + _CHECK_ROWS], start, name, unit, describe, error)
     return out
+
+
+class LazyRows(Protocol):
+    """A matrix kept elsewhere (a cluster's object store): asked for bounded pieces only."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    def take(self, rows: np.ndarray) -> LazyRows: ...
+
+    def fetch(self, rows: np.ndarray) -> np.ndarray: ...
+
+    def dense(self) -> np.ndarray: ...
+
+    def first_bad_row(self, unit: bool) -> int | None: ...
+
+    def neighbours(
+        self, k: int, n_sample: int, *, seed: int = 0, rows: np.ndarray | None = None
+    ) -> Any: ...
+
+
+Rows = np.ndarray | LazyRows  # what the dedup stage searches
+
+
+def check_rows(
+    x: LazyRows,
+    *,
+    name: str = "embeddings",
+    rows: int | None = None,
+    unit: bool = False,
+    describe: Callable[[int], str] | None = None,
+    error: type[Exception] = ValueError,
+) -> LazyRows:
+    """`check_matrix` for a matrix kept elsewhere: the same messages, from its first bad window."""
+    n, dim = x.shape
+    if dim < 1:
+        raise error(f"{name} must have at least one column, got shape {x.shape}")
+    if rows is not None and n != rows:
+        raise error(f"{name} has {n} rows, the sample table {rows}")
+    bad = x.first_bad_row(unit)
+    if bad is not None:
+        start = bad // _CHECK_ROWS * _CHECK_ROWS
+        window = x.fetch(np.arange(start, min(start + _CHECK_ROWS, n)))
+        _check_block(window, start, name, unit, describe, error)
+    return x
 
 
 def _check_block(

@@ -44,7 +44,7 @@ from leanset.dedup.geometry import FeatureSource, verify_pairs
 from leanset.dedup.groups import Edges, GroupColumns, resolve_groups
 from leanset.dedup.imagesig import SIDE, ImageSignal, pair_evidence
 from leanset.dedup.lexical import MIN_CONTAINMENT, MIN_JACCARD, pair_overlap
-from leanset.dedup.matrix import check_matrix, cuda_available
+from leanset.dedup.matrix import Rows, check_matrix, check_rows, cuda_available
 from leanset.dedup.near import (
     NearPairs,
     SearchOptions,
@@ -99,13 +99,13 @@ class DedupResult:
 
 
 PAIR_SCHEMA = {"hash_a": pl.Utf8, "hash_b": pl.Utf8, "sim": pl.Float32, "evidence": pl.Utf8}
-Search = Callable[[np.ndarray, float, SearchOptions], NearPairs]
-SearchBetween = Callable[[np.ndarray, np.ndarray, float, SearchOptions], NearPairs]
+Search = Callable[[Any, float, SearchOptions], NearPairs]  # Rows: an engine's search takes both
+SearchBetween = Callable[[Any, Any, float, SearchOptions], NearPairs]
 
 
 def find_duplicates(
     table: pl.DataFrame,
-    emb: np.ndarray | None,
+    emb: Rows | None,
     settings: DedupSettings,
     *,
     signals: Signals | None = None,
@@ -149,13 +149,15 @@ def find_duplicates(
     return DedupResult(out, pairs, found.info, record, key)
 
 
-def _check_embeddings(table: pl.DataFrame, emb: np.ndarray) -> np.ndarray:
+def _check_embeddings(table: pl.DataFrame, emb: Rows) -> Rows:
     """One finite row per sample (unreadable samples have zero rows); a bad row names its sample."""
 
     def describe(r: int) -> str:
         row = table.row(r, named=True)
         return f"sample {row['sample_id']}" + (f" ({row['source']})" if row.get("source") else "")
 
+    if not isinstance(emb, np.ndarray):
+        return check_rows(emb, rows=table.height, describe=describe, error=DedupError)
     return check_matrix(emb, rows=table.height, describe=describe, error=DedupError)
 
 
@@ -164,9 +166,7 @@ def _no_exact(table: pl.DataFrame) -> np.ndarray:
     return np.where(ok, np.arange(table.height), -1)
 
 
-def _routes(
-    settings: DedupSettings, emb: np.ndarray | None, signals: Signals | None
-) -> tuple[str, ...]:
+def _routes(settings: DedupSettings, emb: Rows | None, signals: Signals | None) -> tuple[str, ...]:
     """The routes that run: the configured ones the data has signals for."""
     if not settings.near:
         return ()
@@ -214,7 +214,7 @@ class _Calibrator:
     def run(
         self,
         routes: tuple[str, ...],
-        emb: np.ndarray | None,
+        emb: Rows | None,
         signals: Signals | None,
         reps: np.ndarray,
     ) -> _Thresholds:
@@ -227,7 +227,7 @@ class _Calibrator:
             out.reused_from = self.parent
             return out
         if "embedding" in routes and emb is not None:
-            nb = sample_neighbours(emb[reps], calibrate.K, calibrate.SAMPLE)
+            nb = _neighbours(_take(emb, reps), calibrate.K, calibrate.SAMPLE)
             t = self.settings.threshold
             cal = (
                 calibrate.null_quantile(nb, len(reps), EMBEDDING_MARGIN, "embedding")
@@ -338,7 +338,7 @@ class _Finder:
     def run(
         self,
         routes: tuple[str, ...],
-        emb: np.ndarray | None,
+        emb: Rows | None,
         signals: Signals | None,
         t: _Thresholds,
     ) -> _Found:
@@ -379,7 +379,7 @@ class _Finder:
         )
 
     def _pairs(
-        self, x: np.ndarray, t: float, info: dict[str, Any], corpus: np.ndarray | None = None
+        self, x: Rows, t: float, info: dict[str, Any], corpus: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """Rows (a, b) of pairs at >= t: among all contents, or the new ones against all."""
         reps = self.reps
@@ -397,6 +397,7 @@ class _Finder:
                 reps[p.j],
                 info | {"method": p.method, **p.params, "incremental": False},
             )
+        assert isinstance(x, np.ndarray)  # thumbnails: always here
         return self._pairs_against(x, corpus, t, info)
 
     def _pairs_against(
@@ -411,14 +412,16 @@ class _Finder:
         keep = a != b
         return a[keep], b[keep], info
 
-    def _knn(self, emb: np.ndarray, k: int, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    def _knn(self, emb: Rows, k: int, floor: float) -> tuple[np.ndarray, np.ndarray]:
         """Each (new) content's k nearest contents at cosine >= floor."""
         reps = self.reps
-        if self.new.all():
-            p = find_knn_pairs(_take(emb, reps), k, floor, self._opts())
+        if self.new.all():  # every content is a query: kept elsewhere, its rows come here
+            x = _take(emb, reps)
+            p = find_knn_pairs(
+                x if isinstance(x, np.ndarray) else x.dense(), k, floor, self._opts()
+            )
             return reps[p.i], reps[p.j]
-        x = _take(emb, reps)
-        nb = sample_neighbours(x, k, 0, rows=np.flatnonzero(self.new))
+        nb = _neighbours(_take(emb, reps), k, 0, rows=np.flatnonzero(self.new))
         a, b = np.repeat(nb.rows, nb.idx.shape[1]), nb.idx.ravel()
         keep = (b >= 0) & (nb.sim.ravel() >= np.float32(floor))
         return reps[a[keep]], reps[b[keep]]
@@ -479,18 +482,14 @@ def _confirm(
     a: np.ndarray,
     b: np.ndarray,
     routes: tuple[str, ...],
-    emb: np.ndarray | None,
+    emb: Rows | None,
     second: _Second,
     t: _Thresholds,
 ) -> _Found:
     """The candidates some route accepts, scored by the first route that does; what no route
     accepts, the geometric check verifies (agreeing hashes are named beside it, never alone)."""
     image, text, features = second
-    cos = (
-        np.einsum("ij,ij->i", emb[a], emb[b]).astype(np.float32).clip(-1, 1)
-        if emb is not None
-        else np.ones(len(a), np.float32)
-    )
+    cos = _pair_cosines(emb, a, b) if emb is not None else np.ones(len(a), np.float32)
     score = np.full(len(a), np.nan, dtype=np.float32)
     fired: list[list[str]] = [[] for _ in range(len(a))]
     checks, hashed = _route_checks(routes, cos, image, a, b, t)
@@ -554,11 +553,32 @@ def _route_checks(
     return out, hashed
 
 
-def _take(emb: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """`emb[rows]` as a C-contiguous matrix; a view (no copy) when `rows` is one ascending run."""
+def _take(emb: Rows, rows: np.ndarray) -> Rows:
+    """`emb[rows]` as a C-contiguous matrix; a view (no copy) when `rows` is one ascending run
+    (a matrix kept elsewhere: taken there)."""
+    if not isinstance(emb, np.ndarray):
+        return emb.take(rows)
     if rows.size and rows[-1] - rows[0] + 1 == rows.size and (np.diff(rows) == 1).all():
         return emb[int(rows[0]) : int(rows[-1]) + 1]
     return np.ascontiguousarray(emb[rows])
+
+
+def _neighbours(x: Rows, k: int, n_sample: int, rows: np.ndarray | None = None) -> Any:
+    """`sample_neighbours` of rows here or kept elsewhere (the same neighbours)."""
+    if isinstance(x, np.ndarray):
+        return sample_neighbours(x, k, n_sample, rows=rows)
+    return x.neighbours(k, n_sample, rows=rows)
+
+
+def _pair_cosines(emb: Rows, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float32 cosines of row pairs (a matrix kept elsewhere: only the pairs' rows come here)."""
+    if isinstance(emb, np.ndarray):
+        ea, eb = emb[a], emb[b]
+    else:
+        both = emb.fetch(np.concatenate([a, b]))
+        ea, eb = both[: len(a)], both[len(a) :]
+    out: np.ndarray = np.einsum("ij,ij->i", ea, eb).astype(np.float32).clip(-1, 1)
+    return out
 
 
 def _prior_edges(

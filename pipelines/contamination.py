@@ -59,6 +59,7 @@ def source_reference(ref: LeakReference, settings: FlowSettings, dry_run: bool) 
     table = data.table.with_columns(pl.Series("_row", np.arange(data.table.height)))
     table = table.filter(~pl.col("content_hash").is_in(list(res.errors)))
     rows = _rows(table, ref)
+    assert isinstance(res.matrix, np.ndarray)  # embedded here, not on a cluster
     return _reference(ref, rows, res.matrix[rows["_row"].to_numpy()])
 
 

@@ -27,6 +27,7 @@ from leanset.dedup.config import DedupSettings
 from leanset.dedup.guard import DedupGuardError, check_drops, split_drops
 from leanset.dedup.imagesig import ImageSignal
 from leanset.dedup.lexical import shingle_matrix
+from leanset.dedup.matrix import Rows
 from leanset.dedup.stage import DedupResult, Signals
 from leanset.labeling.stage import AnswerPolicy, LabelingOutcome, apply_answers, queue_rows
 from leanset.pipelines import finish, steps
@@ -226,12 +227,14 @@ def _pipeline(run: _Run, loaded: Loaded | None, engine: JSON) -> RunResult:
         )
     guard = _guard(dd.table, run)
     with timer("labeling"):
-        labeled = _label(run, dd.table, embedded.matrix, data, dd.calibration)
+        labels = settings.label_noise or settings.active_learning  # else _label needs no matrix
+        matrix = embedded.dense() if labels else None
+        labeled = _label(run, dd.table, matrix, data, dd.calibration)
     with timer("checks"):
         basis = Basis.of(
             settings, embedded.info.get("fingerprint", ""), dd.calibration, run.dry_run
         )
-        checked = run.hooks.checks(labeled.table, embedded.matrix, settings, basis)
+        checked = run.hooks.checks(labeled.table, _for_checks(embedded, settings), settings, basis)
     decided = data.with_table(decide(checked.table))
     measured = _measure_cost(run, decided, dd.table, embedded)
     seen = (fingerprint, hashed, embedded, dd, labeled.info | human, guard)
@@ -275,7 +278,8 @@ def _measure_cost(
     raw labels are those before any noise policy)."""
     with run.timer("cost"):
         labels = deduped["label"].to_list()
-        measured = run.hooks.cost(decided, labels, embedded.matrix, run.settings)
+        matrix = embedded.dense() if run.settings.cost.quality else None
+        measured = run.hooks.cost(decided, labels, matrix, run.settings)
     run.meter.add_gpu(measured.gpu_seconds, "cuda" if measured.gpu_seconds else "cpu")
     return measured
 
@@ -357,10 +361,22 @@ class _Embedded:
     and the fingerprints of what made them (the basis of a reusable pair index)."""
 
     table: pl.DataFrame
-    matrix: np.ndarray | None
+    matrix: Rows | None  # engine ray: kept on the cluster until a stage needs it here
     info: JSON
     signals: Signals | None = None
     basis: str = ""
+
+    def dense(self) -> np.ndarray | None:
+        """The matrix here (brought from the cluster once, when a stage after dedup needs it)."""
+        if self.matrix is not None and not isinstance(self.matrix, np.ndarray):
+            self.matrix = self.matrix.dense()
+        return self.matrix
+
+
+def _for_checks(embedded: _Embedded, settings: FlowSettings) -> np.ndarray | None:
+    """The matrix for the checks that read it (leaks, outliers, drift); None when none runs."""
+    wanted = settings.leaks.against or settings.outliers.policy != "off" or settings.drift.enabled
+    return embedded.dense() if wanted else None
 
 
 def _with_answers(

@@ -251,3 +251,82 @@ def test_a_store_the_nodes_cannot_see_is_one_clear_error_before_any_work(cluster
     with pytest.raises(EngineError, match=r"store is not visible on node .*: No such file"):
         run_pipeline(settings)
     assert not list(store.rglob("*.json")) and not list(store.rglob("shard-*"))
+
+
+def _kept(x: np.ndarray, rows: int = 700):
+    """`x` as a matrix kept on the cluster, in blocks of `rows` (not the search's own blocking)."""
+    from leanset.pipelines.engine.rows import BlockMatrix, RayRows
+
+    return RayRows(BlockMatrix.put(x, rows))
+
+
+@pytest.mark.parametrize("method", ["exact", "partitioned"])
+def test_a_matrix_kept_on_the_cluster_searches_and_calibrates_like_the_local_one(driver, method):
+    from leanset.dedup import near
+    from leanset.dedup.near import SearchOptions
+    from leanset.pipelines.engine import search
+
+    x = at_threshold(1500, 64, T)
+    reps = np.flatnonzero(np.random.default_rng(1).random(x.shape[0]) < 0.8)  # a subset, as dedup
+    kept = _kept(x).take(reps)
+    assert kept.shape == (reps.size, 64) and np.array_equal(kept.dense(), x[reps])
+    opts = SearchOptions(method=method, device="cpu", block_rows=1024, n_clusters=12)
+    local = near.find_near_pairs(np.ascontiguousarray(x[reps]), T, opts)
+    assert len(local) > 300 and _bitwise(local, search.find_near_pairs(kept, T, opts))
+    half = reps.size // 2
+    between = near.find_near_pairs_between(x[reps[:half]], x[reps[half:]], T, opts)
+    remote = search.find_near_pairs_between(
+        _kept(x).take(reps[:half]), _kept(x).take(reps[half:]), T, opts
+    )
+    assert _bitwise(between, remote)
+    want = near.sample_neighbours(np.ascontiguousarray(x[reps]), 10, 500)
+    got = kept.neighbours(10, 500)
+    assert np.array_equal(want.rows, got.rows) and np.array_equal(want.idx, got.idx)
+    assert np.array_equal(want.sim.view(np.uint32), got.sim.view(np.uint32))
+    pick = np.array([5, 3, 5, 1000])
+    assert np.array_equal(kept.fetch(pick), x[reps][pick])
+
+
+def test_a_bad_row_kept_on_the_cluster_is_named_as_locally(driver):
+    from leanset.dedup.matrix import check_matrix, check_rows
+
+    x = at_threshold(500, 64, T)
+    x[1234] *= 2.0
+    with pytest.raises(ValueError) as local:
+        check_matrix(x, unit=True, describe=lambda r: f"sample s{r}")
+    with pytest.raises(ValueError) as remote:
+        check_rows(_kept(x), unit=True, describe=lambda r: f"sample s{r}")
+    assert "row 1234 (sample s1234)" in str(local.value)
+    assert str(remote.value) == str(local.value)
+    x[7, 3] = np.nan
+    assert _kept(x).first_bad_row(unit=False) == 7
+
+
+def test_tasks_align_the_cache_with_the_table_as_the_local_cache_read(driver, tmp_path):
+    from leanset.pipelines.embed import EmbeddingCache
+    from leanset.pipelines.embed.cache import write_shard
+    from leanset.pipelines.embed.stage import _align
+    from leanset.pipelines.engine.rows import from_cache
+
+    rng = np.random.default_rng(3)
+    hashes = [f"{k:032x}" for k in range(900)]
+    vec = rng.standard_normal((900, 24)).astype(np.float32)
+    write_shard(tmp_path, hashes[:500], vec[:500], "shard-a.npz")
+    write_shard(tmp_path, hashes[400:], -vec[400:], "shard-b.npz")  # 400..499 twice: b wins
+    (tmp_path / "shard-c.npz").write_bytes(b"corrupt")  # skipped, as the local cache skips it
+    table_hashes = [hashes[i] for i in rng.integers(0, 900, 2500)]
+    table_hashes[:3] = ["f" * 32, None, hashes[450]]  # not cached, no content, cached
+    table_hashes[10] = hashes[7]
+    readable = np.ones(2500, bool)
+    readable[10] = False  # unreadable, its content readable elsewhere: vector as locally
+    table_hashes[11] = hashes[7]
+    readable[1] = False
+    kept = from_cache(tmp_path, pl.Series(table_hashes), readable, rows=333)
+    cache = EmbeddingCache(tmp_path.parent, tmp_path.name)
+    good = list(dict.fromkeys(h for h, r in zip(table_hashes, readable, strict=True) if r and h))
+    found, vectors = cache.get(good)
+    have = dict(zip([h for h, f in zip(good, found, strict=True) if f], vectors, strict=True))
+    want = _align(table_hashes, have)
+    assert kept is not None and kept.shape == want.shape
+    assert np.array_equal(kept.dense().view(np.uint32), want.view(np.uint32))
+    assert not want[0].any() and not want[1].any() and want[2].any() and want[10].any()

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from leanset.dedup.matrix import Rows
 from leanset.pipelines.embed.adapters import PrecomputedEmbedder
 from leanset.pipelines.embed.cache import SHARD_DTYPE, EmbeddingCache
 from leanset.pipelines.embed.measures import Measure, measure_rows
@@ -19,9 +20,10 @@ from leanset.pipelines.sources import LoadedDataset
 
 @dataclass
 class EmbedResult:
-    """The embedding matrix aligned with the sample table, and what it took."""
+    """The embedding matrix aligned with the sample table (`engine: ray`: kept on the cluster),
+    and what it took."""
 
-    matrix: np.ndarray
+    matrix: Rows
     computed: int
     cached: int
     seconds: float

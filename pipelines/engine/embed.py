@@ -7,8 +7,9 @@ once, reads its own samples through the dataset's splits, embeds a slice in batc
 as one checksummed shard under a name fixed when the slice was cut. Only counts and errors come
 back. A killed worker is restarted by Ray and its slice run again (`max_task_retries`): finished
 shards are on disk, the one it was writing leaves at most a temporary file; with no retries left
-the run fails and a rerun embeds only what never reached the disk. The driver then reads the cache
-as a local run would, so the matrix is the one the local engine computes.
+the run fails and a rerun embeds only what never reached the disk. Tasks then align the cache's
+shards with the sample table as a local run's cache read does (`rows.from_cache`): the matrix is
+the one the local engine computes, kept in the cluster's object store; the driver never holds it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from leanset.pipelines.config import EmbedderSettings, EngineSettings
 from leanset.pipelines.embed import EmbeddingCache, EmbedResult, PrecomputedEmbedder, make_embedder
 from leanset.pipelines.embed.cache import shard_name, write_shard
 from leanset.pipelines.embed.protocol import SampleError
-from leanset.pipelines.embed.stage import NONFINITE, _align, _check_dims, _roundtrip, embed_dataset
+from leanset.pipelines.embed.stage import NONFINITE, _check_dims, _roundtrip, embed_dataset
+from leanset.pipelines.engine.rows import from_cache
 from leanset.pipelines.sources import LoadedDataset
 
 IN_FLIGHT = 2  # slices queued per worker: keeps a GPU fed while bounding memory
@@ -111,6 +113,7 @@ class EmbedStats:
 
     workers: list[dict[str, Any]] = field(default_factory=list)
     slices: int = 0
+    embedded: int = 0
     worker_seconds: float = 0.0
     seconds: float = 0.0
 
@@ -210,6 +213,7 @@ def _run_slices(
         w = pending.pop(ref)
         res = ray.get(ref)
         errors.update(res["errors"])
+        stats.embedded += res["embedded"]
         stats.worker_seconds += res["seconds"]
         if on_result is not None:
             on_result(res, stats)
@@ -265,17 +269,20 @@ def _result(
     stats: EmbedStats,
     t0: float,
 ) -> EmbedResult:
-    """The matrix as a local run reads it from the cache, and what the stage did."""
-    cache = EmbeddingCache(cache_root, fingerprint)
-    found, vecs = cache.get(hashes)
-    have = [h for h, f in zip(hashes, found, strict=True) if f]
-    vectors = dict(zip(have, vecs if vecs is not None else [], strict=True))
-    lost = [h for h in todo["content_hash"].to_list() if h not in vectors and h not in errors]
-    if lost:
-        raise RuntimeError(f"{len(lost)} samples were neither embedded nor failed (e.g. {lost[0]})")
+    """The matrix a local run reads from the cache, kept on the cluster (`RayRows`: aligned by
+    tasks, never here), and what the stage did."""
+    lost = todo.height - len(errors) - stats.embedded
+    if lost > 0:
+        raise RuntimeError(f"{lost} samples were neither embedded nor failed")
+    table = data.table
+    matrix = from_cache(
+        Path(cache_root) / fingerprint,
+        table["content_hash"],
+        table["error"].is_null().to_numpy(),
+    )
     stats.seconds = time.perf_counter() - t0
     return EmbedResult(
-        matrix=_align(data.table["content_hash"].to_list(), vectors),
+        matrix=np.zeros((table.height, 0), np.float32) if matrix is None else matrix,
         computed=todo.height - len(errors),
         cached=len(hashes) - todo.height,
         seconds=stats.seconds,

@@ -21,79 +21,23 @@ The driver holds O(k) counts and the pairs; (1 + mean extra probes) x N x D x 4 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import numpy as np
 
 from leanset.dedup import near
-from leanset.dedup.matrix import check_matrix
+from leanset.dedup.matrix import Rows, check_matrix, check_rows
 from leanset.dedup.near import NearPairs, Pairs, SearchOptions
+from leanset.pipelines.engine.rows import (
+    BlockMatrix,
+    RayRows,
+    _kernel,
+    _remote,
+    _rows,
+    take_rows,
+)
 
-STORE_ROWS = 4 * near._ASSIGN_ROWS  # rows per object-store block
 GROUPS_PER_CPU = 4  # search tasks per cluster CPU: evens out clusters of unequal work
-
-
-@dataclass
-class BlockMatrix:
-    """An N x D float32 matrix as row blocks in Ray's object store."""
-
-    refs: list[Any]
-    starts: np.ndarray  # block b holds rows starts[b]:starts[b + 1]
-    dim: int
-
-    @property
-    def n(self) -> int:
-        return int(self.starts[-1])
-
-    @classmethod
-    def put(cls, x: np.ndarray, rows: int = STORE_ROWS) -> BlockMatrix:
-        """The rows of `x` in blocks of `rows`."""
-        import ray
-
-        bounds = near._blocks(x.shape[0], rows)
-        refs = [ray.put(np.ascontiguousarray(x[s:e], dtype=np.float32)) for s, e in bounds]
-        starts = np.array([s for s, _ in bounds] + [x.shape[0]], dtype=np.int64)
-        return cls(refs, starts, int(x.shape[1]))
-
-    def covering(self, s: int, e: int) -> tuple[list[Any], list[tuple[int, int]]]:
-        """The blocks holding rows s:e, and the slice of each."""
-        b = int(np.searchsorted(self.starts, s, side="right")) - 1
-        refs, cuts = [], []
-        while b < len(self.refs) and self.starts[b] < e:
-            lo, hi = max(s, int(self.starts[b])), min(e, int(self.starts[b + 1]))
-            refs.append(self.refs[b])
-            cuts.append((lo - int(self.starts[b]), hi - int(self.starts[b])))
-            b += 1
-        return refs, cuts
-
-
-@cache
-def _remote(fn: Callable[..., Any], num_returns: int = 1) -> Any:
-    """`fn` as a Ray remote function (made once per process)."""
-    import ray
-
-    return ray.remote(num_returns=num_returns)(fn) if num_returns != 1 else ray.remote(fn)
-
-
-def _kernel(device: str) -> near.Kernel:
-    """near's kernel, FAISS on as many threads as the task was given CPUs (a pooled Ray worker
-    keeps the OMP_NUM_THREADS of the task it was started for)."""
-    import faiss
-    import ray
-
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    faiss.omp_set_num_threads(max(1, int(cpus)))
-    return near._make_kernel(device)
-
-
-def _rows(cuts: list[tuple[int, int]], parts: tuple[np.ndarray, ...]) -> np.ndarray:
-    """The row slices of resolved blocks as one contiguous float32 array."""
-    return np.ascontiguousarray(
-        np.concatenate([p[s:e] for p, (s, e) in zip(parts, cuts, strict=True)])
-    )
 
 
 def _task(
@@ -127,10 +71,6 @@ def exact_tile(
     c = q if diag else kernel.load(_rows(ccuts, parts[n_q:]))
     qi, cj, s = kernel.block(q, c, threshold, diag)
     return qi, cj, s
-
-
-def take_rows(block: np.ndarray, local: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(block[local])
 
 
 def assign_block(
@@ -391,26 +331,36 @@ def _params(
 SEARCHERS = {"exact": search_exact, "partitioned": search_partitioned}
 
 
+def _blocks_of(x: Rows, name: str) -> BlockMatrix:
+    """A checked matrix's row blocks: kept on the cluster already, or put there from here."""
+    if isinstance(x, RayRows):
+        check_rows(x, name=name, unit=True)
+        return x.blocks
+    return BlockMatrix.put(check_matrix(x, name=name, unit=True))
+
+
+def _shaped(bm: BlockMatrix) -> np.ndarray:
+    """A zero-byte stand-in with the matrix's shape (what `near.search_params` reads)."""
+    return np.broadcast_to(np.float32(0), (bm.n, bm.dim))
+
+
 def _run(
-    query: np.ndarray,
-    corpus: np.ndarray,
+    q: BlockMatrix,
+    c: BlockMatrix,
     self_search: bool,
     t: float,
     opts: SearchOptions,
     task_cpus: float,
 ) -> NearPairs:
     """near._run with the searchers on the cluster: same method choice, pairs and params."""
-    nq, nc = query.shape[0], corpus.shape[0]
-    chosen, params = near.search_params(query, corpus, self_search, t, opts)
+    chosen, params = near.search_params(_shaped(q), _shaped(c), self_search, t, opts)
     params["engine"] = "ray"
-    if (self_search and nc < 2) or (not self_search and (nq == 0 or nc == 0)):
+    if (self_search and c.n < 2) or (not self_search and (q.n == 0 or c.n == 0)):
         params["backend"] = "none"
         return NearPairs(*near._empty_pairs(), method=chosen, params=params)
     start = time.perf_counter()
-    q = BlockMatrix.put(query)
-    c = None if self_search else BlockMatrix.put(corpus)
-    pairs, extra = SEARCHERS[chosen](q, c, t, opts, task_cpus)
-    i, j, s = near._finish(pairs, nc)
+    pairs, extra = SEARCHERS[chosen](q, None if self_search else c, t, opts, task_cpus)
+    i, j, s = near._finish(pairs, c.n)
     params.update(extra)
     params["backend"] = "ray-tasks"
     params["seconds"] = round(time.perf_counter() - start, 3)
@@ -419,27 +369,25 @@ def _run(
 
 
 def find_near_pairs(
-    emb: np.ndarray, threshold: float, options: SearchOptions | None = None, task_cpus: float = 1.0
+    emb: Rows, threshold: float, options: SearchOptions | None = None, task_cpus: float = 1.0
 ) -> NearPairs:
-    """`dedup.near.find_near_pairs`, searched by tasks on the connected Ray cluster."""
+    """`dedup.near.find_near_pairs`, searched by tasks on the connected Ray cluster (`emb` may
+    be kept there already: `RayRows`, never brought here)."""
     t = near._check_threshold(threshold)
-    emb = check_matrix(emb, name="embeddings", unit=True)
-    return _run(emb, emb, True, t, options or SearchOptions(), task_cpus)
+    bm = _blocks_of(emb, "embeddings")
+    return _run(bm, bm, True, t, options or SearchOptions(), task_cpus)
 
 
 def find_near_pairs_between(
-    query: np.ndarray,
-    corpus: np.ndarray,
+    query: Rows,
+    corpus: Rows,
     threshold: float,
     options: SearchOptions | None = None,
     task_cpus: float = 1.0,
 ) -> NearPairs:
     """`dedup.near.find_near_pairs_between`, searched by tasks on the connected Ray cluster."""
     t = near._check_threshold(threshold)
-    query = check_matrix(query, name="query", unit=True)
-    corpus = check_matrix(corpus, name="corpus", unit=True)
-    if query.shape[1] != corpus.shape[1]:
-        raise ValueError(
-            f"query has {query.shape[1]} columns, expected {corpus.shape[1]} (as corpus)"
-        )
-    return _run(query, corpus, False, t, options or SearchOptions(), task_cpus)
+    q, c = _blocks_of(query, "query"), _blocks_of(corpus, "corpus")
+    if q.dim != c.dim:
+        raise ValueError(f"query has {q.dim} columns, expected {c.dim} (as corpus)")
+    return _run(q, c, False, t, options or SearchOptions(), task_cpus)
