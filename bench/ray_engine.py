@@ -2,6 +2,7 @@
 
     python -m bench.ray_engine search [--rows 1000000] [--dim 512] [--method partitioned]
     python -m bench.ray_engine embed                     # the demo's images, pixel embedder
+    python -m bench.ray_engine driver --sizes 1m,4m --dim 32 [--via blocks|cache]
 
 Each side runs in a fresh process (so each peak RSS is its own), `--repeats` times (default 3,
 alternating local and Ray so that a change in the machine's load hits both); the result prints
@@ -10,6 +11,15 @@ cluster of 2 CPUs (`ray start --head --num-cpus 2`: 2 worker processes) whose st
 apart. In `search` the Ray driver never loads the matrix: tasks read their blocks from the .npy
 file (as they would read cache shards on shared storage). Pairs, or the embedding matrix, are
 compared bit for bit. Data goes to --workdir (default /tmp/leanset-bench-ray).
+
+`driver` measures how the Ray driver's memory grows with N on the near-duplicate path: workers
+make N synthetic unit rows (clustered, 1% planted near-copies) as object-store blocks
+(`--via blocks`) or write them as embedding-cache shards that tasks then align with N content
+hashes held by the driver (`--via cache`, what a flow's embed stage does); then the dedup stage's
+work runs as `find_duplicates` runs it with `engine: ray`: validation, calibration (2,000 sampled
+rows' neighbours), the partitioned search, the pairs' cosines. Each size runs in a fresh process;
+it prints the driver's peak RSS (VmHWM, whole process), the largest peak of the cluster's worker
+processes, the time of each step and the 1-minute load average.
 """
 
 from __future__ import annotations
@@ -73,13 +83,14 @@ def _search_side(side: str, a: argparse.Namespace) -> dict[str, Any]:
         import ray
 
         from leanset.pipelines.engine import search
+        from leanset.pipelines.engine.rows import STORE_ROWS
 
         c = _cluster(a.object_store_mb)
         try:
             _hwm_reset()
             t0 = time.perf_counter()
             n, dim = np.load(path, mmap_mode="r").shape
-            bounds = near._blocks(n, search.STORE_ROWS)
+            bounds = near._blocks(n, STORE_ROWS)
             load = ray.remote(_load_rows)
             refs = [load.remote(path, s0, e0) for s0, e0 in bounds]
             bm = search.BlockMatrix(refs, np.array([b[0] for b in bounds] + [n]), dim)
@@ -197,9 +208,145 @@ def _same(kind: str, work: Path) -> bool:
     return all(np.array_equal(a[k].view(np.uint8), b[k].view(np.uint8)) for k in ("i", "j", "s"))
 
 
+def _synth_block(b: int, rows: int, dim: int, n_centres: int) -> np.ndarray:
+    """Block b of the synthetic rows (made in a task): clustered, every 100th row a near-copy."""
+    centres = np.random.default_rng(0).standard_normal((n_centres, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    rng = np.random.default_rng([1, b])
+    x = centres[rng.integers(0, n_centres, rows)]
+    x += 0.12 * rng.standard_normal((rows, dim), dtype=np.float32)
+    k = np.arange(1, rows, 100)
+    x[k] = x[k - 1] + 0.02 * rng.standard_normal((k.size, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def _synth_shard(folder: str, b: int, start: int, rows: int, dim: int, n_centres: int) -> int:
+    """Block b written as one embedding-cache shard (row r's content hash: r in hex)."""
+    from leanset.pipelines.embed.cache import write_shard
+
+    hashes = [f"{start + r:032x}" for r in range(rows)]
+    write_shard(Path(folder), hashes, _synth_block(b, rows, dim, n_centres), f"shard-{b:06d}.npz")
+    return rows
+
+
+def _kept(a: argparse.Namespace, n: int) -> tuple[Any, dict[str, float]]:
+    """N synthetic rows kept on the cluster, made by workers (blocks, or cache shards aligned)."""
+    import ray
+
+    from leanset.dedup import near
+    from leanset.pipelines.engine.rows import STORE_ROWS, BlockMatrix, RayRows, from_cache
+
+    t0, bounds = time.perf_counter(), near._blocks(n, STORE_ROWS)
+    if a.via == "blocks":
+        make = ray.remote(_synth_block)
+        refs = [make.remote(b, e - s, a.dim, a.centres) for b, (s, e) in enumerate(bounds)]
+        starts = np.array([s for s, _ in bounds] + [n], dtype=np.int64)
+        ray.wait(refs, num_returns=len(refs), fetch_local=False)
+        return RayRows(BlockMatrix(refs, starts, a.dim)), {"make_s": time.perf_counter() - t0}
+    import polars as pl
+
+    folder = Path(a.workdir) / f"cache-{n}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    write = ray.remote(_synth_shard)
+    ray.get(
+        [
+            write.remote(str(folder), b, s, e - s, a.dim, a.centres)
+            for b, (s, e) in enumerate(bounds)
+        ]
+    )
+    t1 = time.perf_counter()
+    hashes = pl.Series([f"{r:032x}" for r in range(n)])  # the sample table's column
+    kept = from_cache(folder, hashes, np.ones(n, bool))
+    ray.wait(kept.blocks.refs, num_returns=len(kept.blocks.refs), fetch_local=False)
+    return kept, {"make_s": t1 - t0, "align_s": time.perf_counter() - t1}
+
+
+def _driver_side(a: argparse.Namespace) -> dict[str, Any]:
+    """One size: the dedup stage's Ray path over rows kept on the cluster, with peaks."""
+    from leanset.dedup import calibrate
+    from leanset.dedup.matrix import check_rows
+    from leanset.dedup.near import SearchOptions
+    from leanset.pipelines.engine import search
+
+    c = _cluster(a.object_store_mb)
+    try:
+        kept, times = _kept(a, a.rows)
+        t0 = time.perf_counter()
+        check_rows(kept, unit=True)
+        t1 = time.perf_counter()
+        nb = kept.neighbours(calibrate.K, calibrate.SAMPLE)
+        t2 = time.perf_counter()
+        opts = SearchOptions(method="partitioned", device="cpu")
+        found = search.find_near_pairs(kept, a.threshold, opts, 1.0, a.task_rows)
+        t3 = time.perf_counter()
+        both = kept.fetch(np.concatenate([found.i, found.j]))
+        k = found.i.size
+        cos = np.einsum("ij,ij->i", both[:k], both[k:])
+        times |= {"check_s": t1 - t0, "calibrate_s": t2 - t1, "search_s": t3 - t2}
+        times["pairs_cos_s"] = time.perf_counter() - t3
+        workers = [_peak_mib(p) for p in c.worker_pids("ray::")]
+        return {
+            "rows": a.rows,
+            "dim": a.dim,
+            "via": a.via,
+            "driver_peak_mib": round(_hwm_mib()),
+            "worker_peak_mib_max": round(max(workers, default=0)),
+            "workers": len(workers),
+            "pairs": int(k),
+            "min_pair_cos": round(float(cos.min()), 4) if k else None,
+            "calibration_rows": int(nb.rows.size),
+            "groups": found.params.get("groups"),
+            "largest_cluster": found.params.get("largest_cluster"),
+            **{key: round(v, 1) for key, v in times.items()},
+        }
+    finally:
+        import ray
+
+        ray.shutdown()
+        c.stop()
+
+
+def _peak_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _driver_sizes(a: argparse.Namespace) -> int:
+    """Each size in its own process; a table of the results."""
+    from bench.run import parse_size
+
+    rows = []
+    for size in a.sizes.split(","):
+        load = os.getloadavg()[0]
+        args = [sys.executable, "-m", "bench.ray_engine", "driver", "--side", "ray"]
+        args += ["--rows", str(parse_size(size)), "--dim", str(a.dim), "--via", a.via]
+        args += ["--workdir", a.workdir, "--threshold", str(a.threshold)]
+        args += ["--object-store-mb", str(a.object_store_mb), "--task-rows", str(a.task_rows)]
+        out = subprocess.run(args, check=True, stdout=subprocess.PIPE, text=True).stdout
+        row = json.loads(out.strip().splitlines()[-1])
+        row["load_1min_before_after"] = [round(load, 1), round(os.getloadavg()[0], 1)]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if len(rows) > 1:
+        first, last = rows[0]["driver_peak_mib"], rows[-1]["driver_peak_mib"]
+        print(json.dumps({"driver_peak_ratio_last_over_first": round(last / first, 3)}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("kind", choices=["search", "embed"])
+    p.add_argument("kind", choices=["search", "embed", "driver"])
+    p.add_argument("--sizes", default="1m,4m", help="driver: row counts, each in its own process")
+    p.add_argument("--via", choices=["blocks", "cache"], default="blocks")
+    p.add_argument("--centres", type=int, default=4000, help="driver: clusters of the rows")
+    p.add_argument("--task-rows", type=int, default=262_144, help="driver: engine.task_rows")
     p.add_argument("--side", choices=["local", "ray"])  # internal: one side in this process
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=512)
@@ -210,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="runs of each side (median, spread)")
     a = p.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if a.kind == "driver":
+        if a.side:
+            print(json.dumps(_driver_side(a), default=str))
+            return 0
+        Path(a.workdir).mkdir(parents=True, exist_ok=True)
+        return _driver_sizes(a)
     if a.side:
         run = _search_side if a.kind == "search" else _embed_side
         print(json.dumps(run(a.side, a), default=str))

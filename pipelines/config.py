@@ -150,7 +150,8 @@ class EngineSettings:
     ray://HOST:PORT (Ray Client). `workers`: embedding actors (default: as many as fit, one per
     `gpus_per_worker` GPUs or `cpus_per_worker` CPUs); `batch_size` and `shard_rows` override the
     embedder's on the cluster (one task writes one cache shard); `task_cpus`: CPUs per search
-    task; `max_task_retries`: how often a slice whose worker died is run again."""
+    task; `task_rows`: rows one search task holds at most (bounds a worker's memory: about
+    task_rows x D x 4 bytes, more only when one cluster alone has more rows); `max_task_retries`: how often a slice whose worker died is run again."""
 
     type: Literal["local", "ray"] = "local"
     address: str = "auto"
@@ -160,6 +161,7 @@ class EngineSettings:
     batch_size: int | None = bounded(None, low=1)
     shard_rows: int | None = bounded(None, low=1)
     task_cpus: float = bounded(1.0, low=0, low_open=True)
+    task_rows: int = bounded(262_144, low=1)
     max_task_retries: int = bounded(3, low=0)
     connect_timeout_s: float = bounded(5.0, low=0, low_open=True)
     check_timeout_s: float = bounded(60.0, low=0, low_open=True)

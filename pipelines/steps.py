@@ -157,10 +157,10 @@ def _searchers(engine: EngineSettings | None) -> tuple[Search | None, SearchBetw
         return None, None
     from leanset.pipelines.engine import search
 
-    cpus = engine.task_cpus
+    cpus, rows = engine.task_cpus, engine.task_rows
     return (
-        partial(search.find_near_pairs, task_cpus=cpus),
-        partial(search.find_near_pairs_between, task_cpus=cpus),
+        partial(search.find_near_pairs, task_cpus=cpus, task_rows=rows),
+        partial(search.find_near_pairs_between, task_cpus=cpus, task_rows=rows),
     )
 
 

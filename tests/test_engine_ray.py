@@ -287,6 +287,20 @@ def test_a_matrix_kept_on_the_cluster_searches_and_calibrates_like_the_local_one
     assert np.array_equal(kept.fetch(pick), x[reps][pick])
 
 
+def test_a_row_bound_per_task_makes_more_groups_and_the_same_pairs(driver):
+    from leanset.dedup import near
+    from leanset.dedup.near import SearchOptions
+    from leanset.pipelines.engine import search
+
+    x = at_threshold(1500, 64, T)
+    opts = SearchOptions(method="partitioned", device="cpu", n_clusters=12)
+    local = near.find_near_pairs(x, T, opts)
+    wide = search.find_near_pairs(_kept(x), T, opts)
+    narrow = search.find_near_pairs(_kept(x), T, opts, task_rows=500)
+    assert _bitwise(local, wide) and _bitwise(local, narrow)
+    assert narrow.params["groups"] > wide.params["groups"] and narrow.params["task_rows"] == 500
+
+
 def test_a_bad_row_kept_on_the_cluster_is_named_as_locally(driver):
     from leanset.dedup.matrix import check_matrix, check_rows
 

@@ -38,6 +38,7 @@ from leanset.pipelines.engine.rows import (
 )
 
 GROUPS_PER_CPU = 4  # search tasks per cluster CPU: evens out clusters of unequal work
+TASK_ROWS = 262_144  # rows one search task holds at most (engine.task_rows): bounds its memory
 
 
 def _task(
@@ -167,21 +168,38 @@ def search_group(
 # ------------------------------------------------------------------------------- driver
 
 
-def lpt_groups(work: np.ndarray, g: int) -> np.ndarray:
-    """Cluster -> group: longest job first onto the lightest group (deterministic)."""
+def lpt_groups(
+    work: np.ndarray, g: int, rows: np.ndarray | None = None, task_rows: int = TASK_ROWS
+) -> np.ndarray:
+    """Cluster -> group: longest job first onto the lightest group (deterministic) that still
+    has room for its `rows` (under `task_rows`; else the group with the fewest rows)."""
     group_of = np.zeros(work.shape[0], dtype=np.int64)
-    load = np.zeros(g)
+    load, held = np.zeros(g), np.zeros(g)
+    size = np.zeros(work.shape[0]) if rows is None else rows
     for cl in np.argsort(-work, kind="stable"):
-        j = int(np.argmin(load))
+        fits = held + size[cl] <= task_rows
+        j = int(np.argmin(np.where(fits, load, np.inf))) if fits.any() else int(np.argmin(held))
         group_of[cl] = j
         load[j] += work[cl]
+        held[j] += size[cl]
     return group_of
 
 
+def _rows_per_cluster(assigned: list[tuple[list[Any], np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Rows a cluster's jobs bring into its group task (members and probing rows, all sides)."""
+    out: np.ndarray = np.sum([a[1] + a[2] for a in assigned], axis=0).astype(np.float64)
+    return out
+
+
 def search_exact(
-    q: BlockMatrix, c: BlockMatrix | None, t: float, opts: SearchOptions, task_cpus: float
+    q: BlockMatrix,
+    c: BlockMatrix | None,
+    t: float,
+    opts: SearchOptions,
+    task_cpus: float,
+    task_rows: int = TASK_ROWS,
 ) -> tuple[Pairs, dict[str, Any]]:
-    """The exact search, one task per tile (c None: self-search of q)."""
+    """The exact search, one task per tile of `opts.block_rows` (c None: self-search of q)."""
     import ray
 
     self_search = c is None
@@ -254,9 +272,15 @@ def _scatter(bm: BlockMatrix, labels: list[Any], group_ref: Any, g: int) -> list
 
 
 def search_partitioned(
-    q: BlockMatrix, c: BlockMatrix | None, t: float, opts: SearchOptions, task_cpus: float
+    q: BlockMatrix,
+    c: BlockMatrix | None,
+    t: float,
+    opts: SearchOptions,
+    task_cpus: float,
+    task_rows: int = TASK_ROWS,
 ) -> tuple[Pairs, dict[str, Any]]:
-    """The partitioned search as assign, scatter and group tasks (c None: self-search of q)."""
+    """The partitioned search as assign, scatter and group tasks (c None: self-search of q);
+    a group task holds about `task_rows` rows (more only when one cluster alone has more)."""
     import ray
 
     bms = [q] if c is None else [q, c]
@@ -273,8 +297,9 @@ def search_partitioned(
     t2 = time.perf_counter()
     work = _work(assigned)
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    g = int(min(k, max(1, GROUPS_PER_CPU * cpus)))
-    group_of = lpt_groups(work, g)
+    moved = sum(int(a[1].sum() + a[2].sum()) for a in assigned)  # rows the groups receive
+    g = int(min(k, max(1, GROUPS_PER_CPU * cpus, -(-moved // task_rows))))
+    group_of = lpt_groups(work, g, _rows_per_cluster(assigned), task_rows)
     group_ref = ray.put(group_of)
     pieces = [_scatter(b, a[0], group_ref, g) for b, a in zip(bms, assigned, strict=True)]
     n_q = 0 if c is None else len(pieces[0])
@@ -295,7 +320,12 @@ def search_partitioned(
     # concatenated cluster by cluster, job by job: the local search's order
     per_job = sorted((p for r in ray.get(results) for p in r), key=lambda item: item[0])
     params = _params(bms, assigned, work, sample.shape[0], k, k0, m, t)
-    params |= {"groups": g, "kmeans_s": round(t1 - t0, 3), "assign_s": round(t2 - t1, 3)}
+    params |= {
+        "groups": g,
+        "task_rows": task_rows,
+        "kmeans_s": round(t1 - t0, 3),
+        "assign_s": round(t2 - t1, 3),
+    }
     params["search_s"] = round(time.perf_counter() - t2, 3)
     return near._concat([p for _, p in per_job]), params
 
@@ -351,6 +381,7 @@ def _run(
     t: float,
     opts: SearchOptions,
     task_cpus: float,
+    task_rows: int,
 ) -> NearPairs:
     """near._run with the searchers on the cluster: same method choice, pairs and params."""
     chosen, params = near.search_params(_shaped(q), _shaped(c), self_search, t, opts)
@@ -359,7 +390,7 @@ def _run(
         params["backend"] = "none"
         return NearPairs(*near._empty_pairs(), method=chosen, params=params)
     start = time.perf_counter()
-    pairs, extra = SEARCHERS[chosen](q, None if self_search else c, t, opts, task_cpus)
+    pairs, extra = SEARCHERS[chosen](q, None if self_search else c, t, opts, task_cpus, task_rows)
     i, j, s = near._finish(pairs, c.n)
     params.update(extra)
     params["backend"] = "ray-tasks"
@@ -369,13 +400,17 @@ def _run(
 
 
 def find_near_pairs(
-    emb: Rows, threshold: float, options: SearchOptions | None = None, task_cpus: float = 1.0
+    emb: Rows,
+    threshold: float,
+    options: SearchOptions | None = None,
+    task_cpus: float = 1.0,
+    task_rows: int = TASK_ROWS,
 ) -> NearPairs:
     """`dedup.near.find_near_pairs`, searched by tasks on the connected Ray cluster (`emb` may
     be kept there already: `RayRows`, never brought here)."""
     t = near._check_threshold(threshold)
     bm = _blocks_of(emb, "embeddings")
-    return _run(bm, bm, True, t, options or SearchOptions(), task_cpus)
+    return _run(bm, bm, True, t, options or SearchOptions(), task_cpus, task_rows)
 
 
 def find_near_pairs_between(
@@ -384,10 +419,11 @@ def find_near_pairs_between(
     threshold: float,
     options: SearchOptions | None = None,
     task_cpus: float = 1.0,
+    task_rows: int = TASK_ROWS,
 ) -> NearPairs:
     """`dedup.near.find_near_pairs_between`, searched by tasks on the connected Ray cluster."""
     t = near._check_threshold(threshold)
     q, c = _blocks_of(query, "query"), _blocks_of(corpus, "corpus")
     if q.dim != c.dim:
         raise ValueError(f"query has {q.dim} columns, expected {c.dim} (as corpus)")
-    return _run(q, c, False, t, options or SearchOptions(), task_cpus)
+    return _run(q, c, False, t, options or SearchOptions(), task_cpus, task_rows)
