@@ -240,7 +240,8 @@ def _kept(a: argparse.Namespace, n: int) -> tuple[Any, dict[str, float]]:
     t0, bounds = time.perf_counter(), near._blocks(n, STORE_ROWS)
     if a.via == "blocks":
         make = ray.remote(_synth_block)
-        refs = [make.remote(b, e - s, a.dim, a.centres) for b, (s, e) in enumerate(bounds)]
+        centres = max(1, n // a.rows_per_centre)
+        refs = [make.remote(b, e - s, a.dim, centres) for b, (s, e) in enumerate(bounds)]
         starts = np.array([s for s, _ in bounds] + [n], dtype=np.int64)
         ray.wait(refs, num_returns=len(refs), fetch_local=False)
         return RayRows(BlockMatrix(refs, starts, a.dim)), {"make_s": time.perf_counter() - t0}
@@ -250,11 +251,9 @@ def _kept(a: argparse.Namespace, n: int) -> tuple[Any, dict[str, float]]:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     write = ray.remote(_synth_shard)
+    centres = max(1, n // a.rows_per_centre)
     ray.get(
-        [
-            write.remote(str(folder), b, s, e - s, a.dim, a.centres)
-            for b, (s, e) in enumerate(bounds)
-        ]
+        [write.remote(str(folder), b, s, e - s, a.dim, centres) for b, (s, e) in enumerate(bounds)]
     )
     t1 = time.perf_counter()
     hashes = pl.Series([f"{r:032x}" for r in range(n)])  # the sample table's column
@@ -268,6 +267,7 @@ def _driver_side(a: argparse.Namespace) -> dict[str, Any]:
     from leanset.dedup import calibrate
     from leanset.dedup.matrix import check_rows
     from leanset.dedup.near import SearchOptions
+    from leanset.dedup.stage import _pair_cosines
     from leanset.pipelines.engine import search
 
     c = _cluster(a.object_store_mb)
@@ -281,9 +281,8 @@ def _driver_side(a: argparse.Namespace) -> dict[str, Any]:
         opts = SearchOptions(method="partitioned", device="cpu")
         found = search.find_near_pairs(kept, a.threshold, opts, 1.0, a.task_rows)
         t3 = time.perf_counter()
-        both = kept.fetch(np.concatenate([found.i, found.j]))
         k = found.i.size
-        cos = np.einsum("ij,ij->i", both[:k], both[k:])
+        cos = _pair_cosines(kept, found.i, found.j)  # as the dedup stage scores them
         times |= {"check_s": t1 - t0, "calibrate_s": t2 - t1, "search_s": t3 - t2}
         times["pairs_cos_s"] = time.perf_counter() - t3
         workers = [_peak_mib(p) for p in c.worker_pids("ray::")]
@@ -328,6 +327,7 @@ def _driver_sizes(a: argparse.Namespace) -> int:
         args = [sys.executable, "-m", "bench.ray_engine", "driver", "--side", "ray"]
         args += ["--rows", str(parse_size(size)), "--dim", str(a.dim), "--via", a.via]
         args += ["--workdir", a.workdir, "--threshold", str(a.threshold)]
+        args += ["--rows-per-centre", str(a.rows_per_centre)]
         args += ["--object-store-mb", str(a.object_store_mb), "--task-rows", str(a.task_rows)]
         out = subprocess.run(args, check=True, stdout=subprocess.PIPE, text=True).stdout
         row = json.loads(out.strip().splitlines()[-1])
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kind", choices=["search", "embed", "driver"])
     p.add_argument("--sizes", default="1m,4m", help="driver: row counts, each in its own process")
     p.add_argument("--via", choices=["blocks", "cache"], default="blocks")
-    p.add_argument("--centres", type=int, default=4000, help="driver: clusters of the rows")
+    p.add_argument("--rows-per-centre", type=int, default=250, help="driver: cluster density")
     p.add_argument("--task-rows", type=int, default=262_144, help="driver: engine.task_rows")
     p.add_argument("--side", choices=["local", "ray"])  # internal: one side in this process
     p.add_argument("--rows", type=int, default=1_000_000)

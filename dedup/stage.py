@@ -64,6 +64,7 @@ GEOMETRY_MAX_PER_IMAGE = 8  # at most this many pairs per image are checked geom
 TEXT_K, TEXT_FLOOR = 10, 0.5  # text candidates: each content's 10 nearest at cosine >= 0.5
 RECALIBRATE_GROWTH = 0.1  # calibrations are kept from the parent until the data changes by 10%
 RECALIBRATE_MIN = 1000  # ... and by at least this many contents
+FETCH_PAIRS = 32768  # pairs scored per fetch of a matrix kept elsewhere (bounds what comes here)
 
 
 @dataclass(frozen=True)
@@ -571,14 +572,17 @@ def _neighbours(x: Rows, k: int, n_sample: int, rows: np.ndarray | None = None) 
 
 
 def _pair_cosines(emb: Rows, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """float32 cosines of row pairs (a matrix kept elsewhere: only the pairs' rows come here)."""
+    """float32 cosines of row pairs (a matrix kept elsewhere: the pairs' rows come here, a
+    bounded number at a time)."""
     if isinstance(emb, np.ndarray):
-        ea, eb = emb[a], emb[b]
-    else:
-        both = emb.fetch(np.concatenate([a, b]))
-        ea, eb = both[: len(a)], both[len(a) :]
-    out: np.ndarray = np.einsum("ij,ij->i", ea, eb).astype(np.float32).clip(-1, 1)
-    return out
+        out: np.ndarray = np.einsum("ij,ij->i", emb[a], emb[b]).astype(np.float32).clip(-1, 1)
+        return out
+    parts = [np.zeros(0, np.float32)]
+    for s in range(0, len(a), FETCH_PAIRS):
+        both = emb.fetch(np.concatenate([a[s : s + FETCH_PAIRS], b[s : s + FETCH_PAIRS]]))
+        k = both.shape[0] // 2
+        parts.append(np.einsum("ij,ij->i", both[:k], both[k:]).astype(np.float32).clip(-1, 1))
+    return np.concatenate(parts)
 
 
 def _prior_edges(

@@ -344,3 +344,49 @@ def test_tasks_align_the_cache_with_the_table_as_the_local_cache_read(driver, tm
     assert kept is not None and kept.shape == want.shape
     assert np.array_equal(kept.dense().view(np.uint32), want.view(np.uint32))
     assert not want[0].any() and not want[1].any() and want[2].any() and want[10].any()
+
+
+def _sample_table(n: int, seed: int = 0) -> pl.DataFrame:
+    """A sample table with splits, labels, exact copies (equal hashes) and an unreadable row."""
+    rng = np.random.default_rng(seed)
+    r = np.arange(n)
+    hashes = [f"{k:032x}" for k in r]
+    for k in rng.choice(n - 1, 40, replace=False).tolist():
+        hashes[k + 1] = hashes[k]
+    error = [None] * n
+    error[3] = "unreadable: truncated"
+    return pl.DataFrame(
+        {
+            "sample_id": [f"s{k:06d}" for k in r],
+            "position": r,
+            "split": np.where(r % 5 == 0, "test", "train"),
+            "label": (r % 7).astype(str),
+            "content_hash": hashes,
+            "error": pl.Series(error, dtype=pl.Utf8),
+            "size_bytes": np.full(n, 1000),
+            "source": pl.Series([None] * n, dtype=pl.Utf8),
+        }
+    )
+
+
+@pytest.mark.parametrize("threshold", [T, "auto"])
+def test_dedup_over_a_matrix_kept_on_the_cluster_decides_as_locally(driver, threshold):
+    from leanset.dedup.config import DedupSettings
+    from leanset.dedup.stage import find_duplicates
+    from leanset.pipelines.config import EngineSettings
+    from leanset.pipelines.steps import _searchers
+
+    x = at_threshold(1500, 64, T)
+    table = _sample_table(x.shape[0])
+    same = table["content_hash"].to_numpy()
+    first = {h: k for k, h in reversed(list(enumerate(same.tolist())))}
+    x = x[[first[h] for h in same.tolist()]]  # equal content, equal vector
+    x[3] = 0.0  # the unreadable row's zeros
+    settings = DedupSettings(threshold=threshold, search="partitioned", confirm="embedding")
+    local = find_duplicates(table, x, settings)
+    search, between = _searchers(EngineSettings(type="ray", task_rows=2000))
+    remote = find_duplicates(table, _kept(x), settings, search=search, search_between=between)
+    assert local.table["dedup_drop"].drop_nulls().len() > 100
+    assert remote.table.equals(local.table) and remote.pairs.equals(local.pairs)
+    assert remote.calibration == local.calibration and remote.index_key == local.index_key
+    assert remote.search["engine"] == "ray"
