@@ -222,12 +222,54 @@ def _synth_block(b: int, rows: int, dim: int, n_centres: int) -> np.ndarray:
 
 
 def _synth_shard(folder: str, b: int, start: int, rows: int, dim: int, n_centres: int) -> int:
-    """Block b written as one embedding-cache shard (row r's content hash: r in hex)."""
+    """Block b written as one embedding-cache shard (row r's content hash: r, 32 digits)."""
     from leanset.pipelines.embed.cache import write_shard
 
-    hashes = [f"{start + r:032x}" for r in range(rows)]
+    hashes = [f"{start + r:032d}" for r in range(rows)]
     write_shard(Path(folder), hashes, _synth_block(b, rows, dim, n_centres), f"shard-{b:06d}.npz")
     return rows
+
+
+def _table(hashes: Any) -> Any:
+    """A sample table as the loader makes it (ids, split, label, hash, error, size, source)."""
+    import polars as pl
+
+    n = len(hashes)
+    r = np.arange(n)
+    return pl.DataFrame(
+        {
+            "sample_id": pl.Series(r).cast(pl.Utf8),
+            "position": r,
+            "split": np.where(r % 5 == 0, "test", "train"),
+            "label": (r % 10).astype(str),
+            "content_hash": hashes,
+            "error": pl.Series([None] * n, dtype=pl.Utf8),
+            "size_bytes": np.full(n, 1000),
+            "source": pl.Series([None] * n, dtype=pl.Utf8),
+        }
+    )
+
+
+def _stage(a: argparse.Namespace, kept: Any, hashes: Any) -> dict[str, Any]:
+    """The whole dedup stage with `engine: ray` (find_duplicates over the kept rows)."""
+    from leanset.dedup.config import DedupSettings
+    from leanset.dedup.stage import find_duplicates
+    from leanset.pipelines.config import EngineSettings
+    from leanset.pipelines.steps import _searchers
+
+    table = _table(hashes)
+    del hashes
+    t0 = time.perf_counter()
+    search, between = _searchers(EngineSettings(type="ray", task_rows=a.task_rows))
+    settings = DedupSettings(threshold=a.threshold, search="partitioned", confirm="embedding")
+    res = find_duplicates(table, kept, settings, search=search, search_between=between)
+    return {
+        "table_bytes_per_row": round(table.estimated_size() / table.height, 1),
+        "decided_bytes_per_row": round(res.table.estimated_size() / table.height, 1),
+        "pairs": res.pairs.height,
+        "dropped": int(res.table["dedup_drop"].is_not_null().sum()),
+        "dedup_stage_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 def _kept(a: argparse.Namespace, n: int) -> tuple[Any, dict[str, float]]:
@@ -256,9 +298,11 @@ def _kept(a: argparse.Namespace, n: int) -> tuple[Any, dict[str, float]]:
         [write.remote(str(folder), b, s, e - s, a.dim, centres) for b, (s, e) in enumerate(bounds)]
     )
     t1 = time.perf_counter()
-    hashes = pl.Series([f"{r:032x}" for r in range(n)])  # the sample table's column
+    hashes = pl.Series(np.arange(n)).cast(pl.Utf8).str.zfill(32)  # the sample table's column
     kept = from_cache(folder, hashes, np.ones(n, bool))
+    assert kept is not None
     ray.wait(kept.blocks.refs, num_returns=len(kept.blocks.refs), fetch_local=False)
+    a.hashes = hashes  # the stage's table is built from them
     return kept, {"make_s": t1 - t0, "align_s": time.perf_counter() - t1}
 
 
@@ -271,8 +315,13 @@ def _driver_side(a: argparse.Namespace) -> dict[str, Any]:
     from leanset.pipelines.engine import search
 
     c = _cluster(a.object_store_mb)
+    a.anon_peak = _AnonPeak(c)
     try:
         kept, times = _kept(a, a.rows)
+        if a.stage:
+            hashes, a.hashes = a.hashes, None
+            staged = _stage(a, kept, hashes)
+            return _peaks(a, c) | staged | {k: round(v, 1) for k, v in times.items()}
         t0 = time.perf_counter()
         check_rows(kept, unit=True)
         t1 = time.perf_counter()
@@ -285,14 +334,7 @@ def _driver_side(a: argparse.Namespace) -> dict[str, Any]:
         cos = _pair_cosines(kept, found.i, found.j)  # as the dedup stage scores them
         times |= {"check_s": t1 - t0, "calibrate_s": t2 - t1, "search_s": t3 - t2}
         times["pairs_cos_s"] = time.perf_counter() - t3
-        workers = [_peak_mib(p) for p in c.worker_pids("ray::")]
-        return {
-            "rows": a.rows,
-            "dim": a.dim,
-            "via": a.via,
-            "driver_peak_mib": round(_hwm_mib()),
-            "worker_peak_mib_max": round(max(workers, default=0)),
-            "workers": len(workers),
+        return _peaks(a, c) | {
             "pairs": int(k),
             "min_pair_cos": round(float(cos.min()), 4) if k else None,
             "calibration_rows": int(nb.rows.size),
@@ -307,10 +349,47 @@ def _driver_side(a: argparse.Namespace) -> dict[str, Any]:
         c.stop()
 
 
+class _AnonPeak:
+    """The largest private (anonymous) RSS any worker process of the cluster reached, sampled
+    every 0.2 s: VmHWM also counts the object-store pages a worker maps, which are shared."""
+
+    def __init__(self, cluster: Any) -> None:
+        import threading
+
+        self.cluster, self.peak_mib, self.stop = cluster, 0.0, threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.2):
+            for pid in self.cluster.worker_pids("ray::"):
+                self.peak_mib = max(self.peak_mib, _status_mib(pid, "RssAnon"))
+
+
+def _peaks(a: argparse.Namespace, c: Any) -> dict[str, Any]:
+    """The driver's peak RSS and the largest of the cluster's worker processes' peaks."""
+    workers = [_peak_mib(p) for p in c.worker_pids("ray::")]
+    anon = a.anon_peak.peak_mib if getattr(a, "anon_peak", None) else None
+    return {
+        "rows": a.rows,
+        "dim": a.dim,
+        "via": a.via,
+        "stage": a.stage,
+        "driver_peak_mib": round(_hwm_mib()),
+        "worker_peak_mib_max": round(max(workers, default=0)),
+        "worker_private_peak_mib_max": round(anon) if anon is not None else None,
+        "workers": len(workers),
+    }
+
+
 def _peak_mib(pid: int) -> float:
+    return _status_mib(pid, "VmHWM")
+
+
+def _status_mib(pid: int, key: str) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM"):
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -327,7 +406,7 @@ def _driver_sizes(a: argparse.Namespace) -> int:
         args = [sys.executable, "-m", "bench.ray_engine", "driver", "--side", "ray"]
         args += ["--rows", str(parse_size(size)), "--dim", str(a.dim), "--via", a.via]
         args += ["--workdir", a.workdir, "--threshold", str(a.threshold)]
-        args += ["--rows-per-centre", str(a.rows_per_centre)]
+        args += ["--rows-per-centre", str(a.rows_per_centre)] + (["--stage"] if a.stage else [])
         args += ["--object-store-mb", str(a.object_store_mb), "--task-rows", str(a.task_rows)]
         out = subprocess.run(args, check=True, stdout=subprocess.PIPE, text=True).stdout
         row = json.loads(out.strip().splitlines()[-1])
@@ -345,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kind", choices=["search", "embed", "driver"])
     p.add_argument("--sizes", default="1m,4m", help="driver: row counts, each in its own process")
     p.add_argument("--via", choices=["blocks", "cache"], default="blocks")
+    p.add_argument("--stage", action="store_true", help="driver: the whole dedup stage (cache)")
     p.add_argument("--rows-per-centre", type=int, default=250, help="driver: cluster density")
     p.add_argument("--task-rows", type=int, default=262_144, help="driver: engine.task_rows")
     p.add_argument("--side", choices=["local", "ray"])  # internal: one side in this process
@@ -358,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if a.kind == "driver":
+        if a.stage and a.via != "cache":
+            p.error("--stage needs --via cache (the table's hashes align the cache)")
         if a.side:
             print(json.dumps(_driver_side(a), default=str))
             return 0
