@@ -148,7 +148,8 @@ class ObjectStorage:
         try:
             self._store = from_url(self.url, config=config or None, client_options=client or None)  # type: ignore[arg-type]
         except Exception as exc:  # obstore raises its own config errors
-            raise StoreError(f"store {url}: cannot open it ({exc})") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"store {url}: cannot open it ({first})") from exc
 
     def show(self, rel: str) -> str:
         """How messages name an object."""
@@ -237,6 +238,15 @@ def _allow_http(options: dict[str, str]) -> bool:
 
 
 Storage = LocalStorage | ObjectStorage
+
+
+def storage_problem(url: str, options: dict[str, str]) -> str | None:
+    """Why obstore refuses these options for `url` (an unknown key, a bad value), else None."""
+    try:
+        ObjectStorage(url, options)
+    except StoreError as exc:
+        return str(exc).removeprefix(f"store {url}: ")
+    return None
 
 
 def storage_for(root: str | Path, options: dict[str, str] | None = None) -> Storage:

@@ -1,0 +1,169 @@
+"""`leanset run` with its store in a bucket (moto's real S3 server, started here): the same
+decisions as on a folder, caches and queue in the bucket, incremental runs, racing runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from leanset.pipelines.config import ConfigError, load_flow
+from leanset.pipelines.core import run_core
+from leanset.pipelines.store import Store
+from leanset.pipelines.store.queue import read_queue
+from leanset.pipelines.store.verify import verify_store
+from tests import s3_server
+from tests.helpers import make_imagefolder, pixel_flow_body, write_flows, write_png
+from tests.s3_server import S3Server
+from tests.test_labeling_flow import DIGITS, digits  # noqa: F401  (a fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    server = s3_server.start()
+    yield server
+    server.server.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's bucket mirrors live under its own folder (never the user's cache)."""
+    monkeypatch.setenv("LEANSET_CACHE_DIR", str(tmp_path / "machine-1"))
+
+
+def _decisions(store: Store) -> pl.DataFrame:
+    return store.read("decisions").drop("first_seen", strict=False).sort("sample_id")
+
+
+def _flows(tmp_path: Path, url: str, options: dict[str, str], **body: object) -> Path:
+    local = pixel_flow_body(**body)
+    bucket = pixel_flow_body(store=url, storage_options=options, **body)
+    return write_flows(tmp_path, local=local, bucket=bucket)
+
+
+def test_a_run_on_a_bucket_store_decides_as_on_a_folder_and_reruns_incrementally(
+    s3, tmp_path, monkeypatch
+):
+    make_imagefolder(tmp_path / "images")
+    url = f"s3://{s3.bucket()}/stores/photos"
+    config = _flows(tmp_path, url, s3.options)
+    local, bucket = (load_flow(config, name) for name in ("local", "bucket"))
+    run_core(local)
+    first = run_core(bucket)
+    assert first.summary.version == 1 and first.summary.report == f"{url}/reports/v000001.html"
+    remote = Store(url, s3.options)
+    assert _decisions(remote).equals(_decisions(Store(tmp_path / "store")))
+    assert remote.manifest()["embed"]["computed"] > 0
+    names = remote.storage.list("")
+    assert any(n.startswith("cache/embeddings/") for n in names)
+    for name in ("cache/file-hashes.parquet", "after-commit/v000001.done.json"):
+        assert name in names and f"{name}.sum" in names
+    assert not (tmp_path / "stores").exists()  # nothing of the bucket store went to a folder
+
+    again = run_core(bucket)
+    assert again.summary.unchanged and [m["version"] for m in remote.manifests()] == [1]
+
+    for k in range(3):  # new files: only they are embedded
+        write_png(tmp_path / f"images/train/a/new{k}.png", np.full((16, 16), 40 * k + 10))
+    assert run_core(bucket).summary.version == 2
+    assert remote.manifest(2)["embed"]["computed"] == 3
+
+    monkeypatch.setenv("LEANSET_CACHE_DIR", str(tmp_path / "machine-2"))  # another machine
+    write_png(tmp_path / "images/train/b/later.png", np.full((16, 16), 200))
+    assert run_core(bucket).summary.version == 3
+    assert remote.manifest(3)["embed"]["computed"] == 1  # the bucket's shards were pulled
+    run_core(local)
+    assert _decisions(remote).equals(_decisions(Store(tmp_path / "store")))
+    assert verify_store(url, s3.options).ok
+
+
+def test_the_labeling_queue_of_a_bucket_store_fills_as_a_folders(
+    s3,
+    tmp_path,
+    digits,  # noqa: F811
+):
+    url = f"s3://{s3.bucket()}/digits"
+    config = write_flows(
+        tmp_path, local=DIGITS, bucket=DIGITS | {"store": url, "storage_options": s3.options}
+    )
+    local, bucket = (load_flow(config, name) for name in ("local", "bucket"))
+    run_core(local)
+    run_core(bucket)
+    remote = Store(url, s3.options)
+    assert _decisions(remote).equals(_decisions(Store(tmp_path / "store")))
+    with remote.labeling() as root:
+        queue = read_queue(root)
+    expected = read_queue(tmp_path / "store")
+    assert queue.height == expected.height > 0
+    cols = ["sample_id", "reason", "status", "version"]
+    assert queue.select(cols).sort("sample_id").equals(expected.select(cols).sort("sample_id"))
+    assert "locks/labeling.lease" not in remote.storage.list("locks")  # released
+    assert remote.manifest()["post_commit"]["steps"] == ["queue", "report"]
+    done = json.loads(remote.storage.read("after-commit/v000001.done.json"))
+    assert set(done["steps"]) == {"queue", "report"}
+
+
+def test_storage_options_are_checked_like_every_key(s3, tmp_path):
+    url = f"s3://{s3.bucket()}/s"
+    config = write_flows(
+        tmp_path,
+        ok=pixel_flow_body(store=url, storage_options={"aws_region": "us-east-1", "x": 1} | {}),
+    )
+    with pytest.raises(ConfigError, match=r"'ok': storage_options: cannot open it .*'x'"):
+        load_flow(config, "ok")
+    config = write_flows(tmp_path, f=pixel_flow_body(storage_options={"aws_region": "eu"}))
+    with pytest.raises(ConfigError, match=r"'f': storage_options: applies to s3://.* URLs only"):
+        load_flow(config, "f")
+    config = write_flows(tmp_path, f=pixel_flow_body(store=url, storage_options=["a"]))
+    with pytest.raises(ConfigError, match=r"'f': storage_options: expected a mapping"):
+        load_flow(config, "f")
+    config = write_flows(tmp_path, f=pixel_flow_body(store=url, storage_options={"k": {}}))
+    with pytest.raises(ConfigError, match=r"'f': storage_options.k: expected a string"):
+        load_flow(config, "f")
+    settings = load_flow(write_flows(tmp_path, f=pixel_flow_body(store=url, **_opts(s3))), "f")
+    assert settings.storage_options == s3.options
+    assert "storage_options" not in settings.to_record()  # credentials stay out of manifests
+
+
+def _opts(s3: S3Server) -> dict[str, object]:
+    return {"storage_options": s3.options}
+
+
+def test_a_bucket_store_with_engine_ray_is_refused_in_one_line(s3, tmp_path, capsys):
+    from leanset.pipelines.cli import main
+
+    make_imagefolder(tmp_path / "images")
+    url = f"s3://{s3.bucket()}/s"
+    config = write_flows(tmp_path, f=pixel_flow_body(store=url, engine="ray", **_opts(s3)))
+    assert main(["run", str(config), "--flow", "f"]) == 2
+    said = capsys.readouterr()
+    assert "engine: ray needs a store folder" in said.out + said.err
+    assert "Traceback" not in said.err and Store(url, s3.options).latest() is None
+
+
+@pytest.mark.slow
+def test_racing_runs_on_a_bucket_store_make_one_version_per_parent(s3, tmp_path):
+    make_imagefolder(tmp_path / "images", n=60)
+    url = f"s3://{s3.bucket()}/race"
+    config = write_flows(tmp_path, f=pixel_flow_body(store=url, **_opts(s3)))
+    cmd = [sys.executable, "-m", "leanset", "run", str(config), "--flow", "f"]
+    for _ in range(2):
+        runs = [
+            subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for _ in range(3)
+        ]
+        outs = [(p.wait(timeout=600), p.stdout.read().decode()) for p in runs]  # type: ignore[union-attr]
+        assert any(rc == 0 for rc, _ in outs), outs
+        write_png(tmp_path / "images/train/a/changed.png", np.full((16, 16), len(outs)))
+    store = Store(url, s3.options)
+    parents = [m["parent"] for m in store.manifests()]
+    assert len(parents) == len(set(parents))  # one version per parent
+    assert verify_store(url, s3.options).ok
