@@ -378,6 +378,8 @@ def check_source_exists(settings: FlowSettings, config: str | Path) -> None:
     """The source the flow reads is there (called before a run starts, not at every load: the
     demo writes its data after reading the config, and `serve` reads flows that run later)."""
     src, where = settings.source, f"{config}: flow {settings.name!r}"
+    if is_url(src.path or "") or any(is_url(f) for f in src.data_files or []):
+        return  # on object storage: listed when the run loads it
     if src.type == "imagefolder" and not Path(src.path or "").is_dir():
         raise ConfigError(
             f"{where}: source.path: {src.path} is not a folder (expected images in "

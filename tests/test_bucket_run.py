@@ -167,3 +167,53 @@ def test_racing_runs_on_a_bucket_store_make_one_version_per_parent(s3, tmp_path)
     parents = [m["parent"] for m in store.manifests()]
     assert len(parents) == len(set(parents))  # one version per parent
     assert verify_store(url, s3.options).ok
+
+
+def _upload(folder: Path, url: str, options: dict[str, str]) -> None:
+    """Copy a local folder under a bucket prefix (what a user's `aws s3 sync` would do)."""
+    from leanset.pipelines.store.storage import ObjectStorage
+
+    bucket = ObjectStorage(url, options)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        bucket.write(path.relative_to(folder).as_posix(), path.read_bytes())
+
+
+def test_an_image_source_in_a_bucket_decides_as_the_same_folder_on_disk(s3, tmp_path):
+    make_imagefolder(tmp_path / "images")
+    name = s3.bucket()
+    _upload(tmp_path / "images", f"s3://{name}/data/images", s3.options)
+    source = {"type": "imagefolder", "path": f"s3://{name}/data/images", **_opts(s3)}
+    bucket = pixel_flow_body(source=source, store=f"s3://{name}/store", **_opts(s3))
+    config = write_flows(tmp_path, local=pixel_flow_body(), bucket=bucket)
+    run_core(load_flow(config, "local"))
+    run_core(load_flow(config, "bucket"))
+    remote = Store(f"s3://{name}/store", s3.options)
+    assert _decisions(remote).equals(_decisions(Store(tmp_path / "store")))
+    write_png(tmp_path / "images/train/a/extra.png", np.full((16, 16), 99))
+    _upload(tmp_path / "images", f"s3://{name}/data/images", s3.options)
+    assert run_core(load_flow(config, "bucket")).summary.version == 2
+    assert remote.manifest(2)["embed"]["computed"] == 1
+
+
+def test_parquet_files_in_a_bucket_decide_as_the_same_files_on_disk(
+    s3,
+    tmp_path,
+    digits,  # noqa: F811
+):
+    name = s3.bucket()
+    _upload(tmp_path, f"s3://{name}/tables", s3.options)  # digits.parquet (and flows.yaml)
+    files = {"data_files": [f"s3://{name}/tables/*.parquet"], **_opts(s3)}
+    body = DIGITS | {"active_learning": None, "label_noise": None}
+    bucket = body | {"source": DIGITS["source"] | files, "store": f"s3://{name}/s", **_opts(s3)}
+    config = write_flows(tmp_path, local=body, bucket=bucket)
+    run_core(load_flow(config, "local"))
+    run_core(load_flow(config, "bucket"))
+    remote = Store(f"s3://{name}/s", s3.options)
+    keys = ["sample_id", "kept", "drop_reason", "label"]
+    local = Store(tmp_path / "store").read("decisions").select(keys).sort("sample_id")
+    assert remote.read("decisions").select(keys).sort("sample_id").equals(local)
+    assert (
+        remote.read("dataset")
+        .sort("sample_id")
+        .equals(Store(tmp_path / "store").read("dataset").sort("sample_id"))
+    )

@@ -203,6 +203,20 @@ class ObjectStorage:
             found += [str(o["path"]) for o in page]
         return sorted(found)
 
+    def entries(self, prefix: str) -> dict[str, str]:
+        """{name: ETag (or size and time when the store gives none)} of the objects under a
+        prefix: what a mirror compares to know which objects changed."""
+        import obstore
+
+        found: dict[str, str] = {}
+        under = prefix.strip("/")
+        for page in obstore.list(self._store, f"{under}/" if under else None):
+            self.traffic.count("list")
+            for o in page:
+                tag = o.get("e_tag") or f"{o['size']}@{o['last_modified']}"
+                found[str(o["path"])] = str(tag)
+        return found
+
     def delete(self, rel: str) -> None:
         """Remove an object (absent is fine)."""
         import obstore
