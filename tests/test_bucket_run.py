@@ -217,3 +217,43 @@ def test_parquet_files_in_a_bucket_decide_as_the_same_files_on_disk(
         .sort("sample_id")
         .equals(Store(tmp_path / "store").read("dataset").sort("sample_id"))
     )
+
+
+def test_queue_export_and_gc_on_a_bucket_store(
+    s3,
+    tmp_path,
+    monkeypatch,
+    capsys,
+    digits,  # noqa: F811
+):
+    from leanset.pipelines.cli import main
+
+    for key, value in s3.options.items():  # the CLI reads credentials from the environment
+        monkeypatch.setenv(key, value)
+    url = f"s3://{s3.bucket()}/digits"
+    config = write_flows(tmp_path, bucket=DIGITS | {"store": url})
+    for threshold in ("0.995", "0.99", "0.98"):
+        run_core(load_flow(config, "bucket", [f"dedup.threshold={threshold}"]))
+    store = Store(url)
+    assert [m["version"] for m in store.manifests()] == [1, 2, 3]
+
+    capsys.readouterr()
+    assert main(["queue", "show", url]) == 0
+    assert "queued" in capsys.readouterr().out
+    out = tmp_path / "tasks.json"
+    assert main(["queue", "export", url, "--out", str(out)]) == 0
+    tasks = json.loads(out.read_text())
+    with store.labeling() as root:
+        queue = read_queue(root)
+    assert len(tasks) == queue.height and set(queue["status"]) == {"exported"}  # pushed back
+
+    exported = tmp_path / "v3.parquet"
+    assert main(["export", url, "--format", "parquet", "--out", str(exported)]) == 0
+    assert pl.read_parquet(exported).height == store.manifest(3)["counts"]["kept"]
+
+    assert main(["gc", url, "--keep-last", "1"]) == 0
+    assert [m["version"] for m in Store(url).manifests()] == [3]
+    names = store.storage.list("")
+    assert "reports/v000001.html" not in names and "reports/v000003.html" in names
+    assert Store(url).read("decisions").height == store.manifest(3)["counts"]["input"]
+    assert verify_store(url).ok

@@ -203,6 +203,18 @@ class ObjectStorage:
             found += [str(o["path"]) for o in page]
         return sorted(found)
 
+    def listing(self, prefix: str) -> dict[str, tuple[int, float]]:
+        """{name: (size, last modified as a POSIX time)} of the objects under a prefix."""
+        import obstore
+
+        found: dict[str, tuple[int, float]] = {}
+        under = prefix.strip("/")
+        for page in obstore.list(self._store, f"{under}/" if under else None):
+            self.traffic.count("list")
+            for o in page:
+                found[str(o["path"])] = (int(o["size"]), o["last_modified"].timestamp())
+        return found
+
     def entries(self, prefix: str) -> dict[str, str]:
         """{name: ETag (or size and time when the store gives none)} of the objects under a
         prefix: what a mirror compares to know which objects changed."""
