@@ -151,7 +151,7 @@ def test_a_bucket_store_with_engine_ray_is_refused_in_one_line(s3, tmp_path, cap
 
 @pytest.mark.slow
 def test_racing_runs_on_a_bucket_store_make_one_version_per_parent(s3, tmp_path):
-    make_imagefolder(tmp_path / "images", n=60)
+    make_imagefolder(tmp_path / "images")
     url = f"s3://{s3.bucket()}/race"
     config = write_flows(tmp_path, f=pixel_flow_body(store=url, **_opts(s3)))
     cmd = [sys.executable, "-m", "leanset", "run", str(config), "--flow", "f"]

@@ -16,51 +16,46 @@ import fnmatch
 import glob
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from leanset.pipelines.config import SourceSettings
 from leanset.pipelines.fsutil import atomic_write_bytes
 from leanset.pipelines.sources.dataset import SourceError
 from leanset.pipelines.store.errors import StoreError
-from leanset.pipelines.store.storage import ObjectStorage, Traffic, is_url
+from leanset.pipelines.store.storage import ObjectStorage, is_url
 from leanset.pipelines.store.workdir import cache_home
 
 ETAGS = ".leanset-etags.json"  # in a mirror folder: the ETag of each file it fetched
 
 
-def localize(source: SourceSettings, traffic: Traffic | None = None) -> SourceSettings:
+def localize(source: SourceSettings) -> SourceSettings:
     """The source with every object-storage URL replaced by its fetched local mirror."""
     opts = source.storage_options
     if source.path and is_url(source.path) and source.type in ("imagefolder", "disk"):
-        path = fetch_prefix(source.path, opts, traffic=traffic)
+        path = fetch_prefix(source.path, opts)
         return dataclasses.replace(source, path=str(path))
     if any(is_url(f) for f in source.data_files or []):
-        files = [
-            str(fetch_pattern(f, opts, traffic)) if is_url(f) else f
-            for f in source.data_files or []
-        ]
+        files = [str(fetch_pattern(f, opts)) if is_url(f) else f for f in source.data_files or []]
         return dataclasses.replace(source, data_files=files)
     return source
 
 
-def fetch_pattern(
-    pattern: str, options: dict[str, str] | None, traffic: Traffic | None = None
-) -> Path:
+def fetch_pattern(pattern: str, options: dict[str, str] | None) -> Path:
     """The local form of a URL pattern (``s3://b/data/*.parquet``): the objects under its fixed
     folder that it may match are fetched; the returned pattern matches exactly what it did."""
     fixed = glob.escape(pattern) == pattern
     head = pattern if fixed else pattern[: min(pattern.index(c) for c in "*?[" if c in pattern)]
     folder = head.rsplit("/", 1)[0]
     rest = pattern[len(folder) + 1 :]
-    local = fetch_prefix(folder, options, lambda rel: fnmatch.fnmatch(rel, rest), traffic)
+    local = fetch_prefix(folder, options, lambda rel: fnmatch.fnmatch(rel, rest))
     return local / rest
 
 
 def fetch_prefix(
     url: str,
     options: dict[str, str] | None,
-    wanted: object = None,
-    traffic: Traffic | None = None,
+    wanted: Callable[[str], bool] | None = None,
 ) -> Path:
     """Fetch the objects under `url` (those `wanted(rel)` accepts) into its mirror folder."""
     url = url.rstrip("/")
@@ -69,7 +64,7 @@ def fetch_prefix(
         listed = storage.entries("")
     except (StoreError, OSError) as exc:
         raise SourceError(f"source {url}: cannot list it ({exc})") from exc
-    keep = {rel: tag for rel, tag in listed.items() if wanted is None or wanted(rel)}  # type: ignore[operator]
+    keep = {rel: tag for rel, tag in listed.items() if wanted is None or wanted(rel)}
     if not keep:
         raise SourceError(f"source {url}: no object there")
     folder = cache_home() / "sources" / hashlib.blake2b(url.encode(), digest_size=8).hexdigest()
@@ -84,11 +79,6 @@ def fetch_prefix(
             path.unlink()
             known.pop(rel, None)
     atomic_write_bytes(folder / ETAGS, json.dumps(known, sort_keys=True).encode())
-    if traffic is not None:
-        traffic.requests.update(
-            {k: traffic.requests.get(k, 0) + v for k, v in storage.traffic.requests.items()}
-        )
-        traffic.bytes_in += storage.traffic.bytes_in
     return folder
 
 

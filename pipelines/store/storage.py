@@ -47,10 +47,12 @@ class Traffic:
     bytes_out: int = 0
 
     def count(self, kind: str, read: int = 0, written: int = 0) -> None:
-        """Record one request."""
+        """Record one request (in this storage's counts and in the process's, `PROCESS`)."""
         self.requests[kind] = self.requests.get(kind, 0) + 1
         self.bytes_in += read
         self.bytes_out += written
+        if self is not PROCESS:
+            PROCESS.count(kind, read, written)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -59,6 +61,9 @@ class Traffic:
             "bytes_read": self.bytes_in,
             "bytes_written": self.bytes_out,
         }
+
+
+PROCESS = Traffic()  # every storage of this process together (what a whole run moved)
 
 
 class LocalStorage:
