@@ -257,3 +257,22 @@ def test_queue_export_and_gc_on_a_bucket_store(
     assert "reports/v000001.html" not in names and "reports/v000003.html" in names
     assert Store(url).read("decisions").height == store.manifest(3)["counts"]["input"]
     assert verify_store(url).ok
+
+
+def test_leanset_clean_commits_into_a_bucket_store(s3, tmp_path):
+    from sklearn.datasets import load_digits
+
+    import leanset
+    from tests.test_api import EXACT, frame
+
+    x, y = load_digits(return_X_y=True)
+    x, y = x[:200].astype(np.float32), y[:200].copy()
+    x[190:], y[190:] = x[:10], y[:10]
+    url = f"s3://{s3.bucket()}/api"
+    args = {"id": "id", "label": "label", "embeddings": x, "dedup": EXACT, "label_noise": None}
+    r = leanset.clean(frame(y), store=url, storage_options=s3.options, **args)
+    assert len(r.kept()) == 190
+    assert Store(url, s3.options).manifest()["counts"]["kept"] == 190
+    again = leanset.clean(frame(y), store=url, storage_options=s3.options, **args)
+    assert [m["version"] for m in Store(url, s3.options).manifests()] == [1]  # unchanged
+    assert len(again.kept()) == 190
