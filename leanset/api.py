@@ -68,8 +68,9 @@ def clean(
         try:
             prepared = prepare(data, folder, embeddings, pred_probs, roles, classes)
             settings = _settings(prepared, roles, embeddings, pred_probs, classes, where, sections)
+            scratch = Path(tmp) / "store"  # a dry run's report folder (never read back)
             hooks = (
-                Hooks() if store else Hooks(html_report=_no_report, dry_run_folder=lambda: where)
+                Hooks() if store else Hooks(html_report=_no_report, dry_run_folder=lambda: scratch)
             )
             run = run_core(settings, dry_run=store is None, hooks=hooks)
             opts = settings.storage_options
