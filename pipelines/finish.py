@@ -178,9 +178,11 @@ def finish_pending(store: Store, manifest: JSON, data: LoadedDataset, run_id: st
 
 
 def _report_problem(store: Store, version: int) -> str | None:
-    """Why a version's report does not match its seal (pulled first from a bucket)."""
+    """Why a version's report does not match its seal. In a bucket an object is whole or absent
+    (`leanset verify` checks its seal), so only its presence is asked (one HEAD, not its bytes)."""
     path = store.side_layout.report(version)
-    store.side.pull_file(store.side_rel(path))
+    if store.storage.remote:
+        return None if store.storage.size(store.side_rel(path)) is not None else "it is missing"
     return check_file(path)
 
 

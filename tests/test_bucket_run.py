@@ -256,7 +256,11 @@ def test_queue_export_and_gc_on_a_bucket_store(
     names = store.storage.list("")
     assert "reports/v000001.html" not in names and "reports/v000003.html" in names
     assert Store(url).read("decisions").height == store.manifest(3)["counts"]["input"]
-    assert verify_store(url).ok
+    checked = verify_store(url)
+    assert checked.ok and checked.files_checked > 10
+    store.storage.write("labeling/queue.parquet", b"not the queue")  # damaged in the bucket
+    found = [f.path for f in verify_store(url).findings if f.severity == "damaged"]
+    assert found == [f"{url}/labeling/queue.parquet"]
 
 
 def test_leanset_clean_commits_into_a_bucket_store(s3, tmp_path):
