@@ -30,6 +30,7 @@ from leanset.pipelines.store.errors import StoreError
 
 OBJECT_SCHEMES = ("s3", "gs", "az", "abfs", "abfss")
 _HTTP_KEYS = ("aws_allow_http", "allow_http")  # obstore takes these as a client option
+_PAGE = 1000  # keys per listing page (S3's most): one counted "list" per page
 
 
 def is_url(root: str | Path) -> bool:
@@ -203,8 +204,12 @@ class ObjectStorage:
 
         found: list[str] = []
         under = prefix.strip("/")
-        for page in obstore.list(self._store, f"{under}/" if under else None):
-            self.traffic.count("list")
+        self.traffic.count("list")
+        for k, page in enumerate(
+            obstore.list(self._store, f"{under}/" if under else None, chunk_size=_PAGE)
+        ):
+            if k:  # the first page was counted above (an empty listing is a request too)
+                self.traffic.count("list")
             found += [str(o["path"]) for o in page]
         return sorted(found)
 
@@ -214,8 +219,12 @@ class ObjectStorage:
 
         found: dict[str, tuple[int, float]] = {}
         under = prefix.strip("/")
-        for page in obstore.list(self._store, f"{under}/" if under else None):
-            self.traffic.count("list")
+        self.traffic.count("list")
+        for k, page in enumerate(
+            obstore.list(self._store, f"{under}/" if under else None, chunk_size=_PAGE)
+        ):
+            if k:  # the first page was counted above (an empty listing is a request too)
+                self.traffic.count("list")
             for o in page:
                 found[str(o["path"])] = (int(o["size"]), o["last_modified"].timestamp())
         return found
@@ -227,8 +236,12 @@ class ObjectStorage:
 
         found: dict[str, str] = {}
         under = prefix.strip("/")
-        for page in obstore.list(self._store, f"{under}/" if under else None):
-            self.traffic.count("list")
+        self.traffic.count("list")
+        for k, page in enumerate(
+            obstore.list(self._store, f"{under}/" if under else None, chunk_size=_PAGE)
+        ):
+            if k:  # the first page was counted above (an empty listing is a request too)
+                self.traffic.count("list")
             for o in page:
                 tag = o.get("e_tag") or f"{o['size']}@{o['last_modified']}"
                 found[str(o["path"])] = str(tag)
