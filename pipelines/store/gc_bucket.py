@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-from leanset.pipelines.store.layout import EMBEDDINGS, TABLES
+from leanset.pipelines.store.layout import EMBEDDINGS, TABLES, StoreLayout
 from leanset.pipelines.store.storage import ObjectStorage
 from leanset.pipelines.store.versions import Store
+
+_REL = StoreLayout(Path("."))  # names relative to the store, as the bucket lists them
 
 
 def remote_plan(
@@ -29,19 +32,21 @@ def remote_plan(
     assert isinstance(storage, ObjectStorage)
     ages = _ages(storage)
     out: dict[str, list[str]] = {
-        "manifests": [f"manifests/v{int(m['version']):06d}.json" for m in removed]
+        "manifests": [_REL.manifest(int(m["version"])).as_posix() for m in removed]
     }
     out["table_files"] = [
         n for t in TABLES for n in _table_objects(store, t, kept, removed, ages, grace)
     ]
-    out["index_files"] = _unnamed("index/", kept, removed, ages, grace, _pairs)
-    out["vector_files"] = _unnamed("vectors/", kept, removed, ages, grace, _shards)
+    out["index_files"] = _unnamed(f"{_REL.index.as_posix()}/", kept, removed, ages, grace, _pairs)
+    out["vector_files"] = _unnamed(
+        f"{_REL.vectors.as_posix()}/", kept, removed, ages, grace, _shards
+    )
     keep_fp = {_fingerprint(m) for m in kept}
     gone_fp = {fp for m in removed if (fp := _fingerprint(m))} - keep_fp
     out["cache_dirs"] = sorted(
         n for n in ages if any(n.startswith(f"{EMBEDDINGS}/{fp}/") for fp in gone_fp)
     )
-    reports = [f"reports/v{int(m['version']):06d}.html" for m in removed]
+    reports = [_REL.report(int(m["version"])).as_posix() for m in removed]
     out["reports"] = sorted(n for r in reports for n in (r, f"{r}.sum") if n in ages)
     return out
 

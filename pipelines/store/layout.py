@@ -30,6 +30,9 @@ TABLES = ("dataset", "decisions")
 EMBEDDINGS = "cache/embeddings"  # the embedding cache, relative to the store
 FILE_HASHES = "cache/file-hashes.parquet"
 PROMOTIONS = "promotions"
+LABELING_LEASE = (
+    "locks/labeling.lease"  # a bucket store: held while the labeling queue is rewritten
+)
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,13 @@ import json
 import platform
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from leanset.labeling.quality import PairedDifference, paired_difference, unpack_bits
-from leanset.pipelines.store.layout import PROMOTIONS
+from leanset.pipelines.store.layout import PROMOTIONS, StoreLayout
 from leanset.pipelines.store.versions import Store, StoreConflict, StoreError
 
 JSON = dict[str, Any]
@@ -199,7 +200,7 @@ def promote(
         "gate": gate.to_dict(),
     }
     data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
-    if not store.storage.create(f"{PROMOTIONS}/p{number:06d}.json", data):
+    if not store.storage.create(StoreLayout(Path(".")).promotion(number).as_posix(), data):
         raise StoreConflict(
             f"store {store.where}: another promotion was recorded at the same time; nothing was "
             f"recorded for version {version}. Run `leanset promote` again."

@@ -24,10 +24,10 @@ from leanset.pipelines.store.integrity import (
     serialise,
     table_files,
 )
-from leanset.pipelines.store.layout import TABLES, StoreLayout
+from leanset.pipelines.store.layout import LABELING_LEASE, TABLES, StoreLayout
 from leanset.pipelines.store.storage import Storage, storage_for
 from leanset.pipelines.store.vectors import KeptVectors, read_vectors, write_vectors
-from leanset.pipelines.store.workdir import LABELING_LEASE, SideFolder
+from leanset.pipelines.store.workdir import SideFolder
 
 log = logging.getLogger("leanset.store")
 __all__ = ["Diff", "IntegrityError", "Store", "StoreConflict", "StoreError", "StoreFull"]

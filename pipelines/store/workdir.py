@@ -41,7 +41,6 @@ from leanset.pipelines.store.storage import Storage
 CACHE_ENV = "LEANSET_CACHE_DIR"
 LEASE_SECONDS = 600.0  # a lease older than this was left by a killed process
 SEALS = ".sum"
-LABELING_LEASE = "locks/labeling.lease"  # held while the labeling queue is rewritten
 
 
 def cache_home() -> Path:
