@@ -247,6 +247,11 @@ def test_queue_export_and_gc_on_a_bucket_store(
         queue = read_queue(root)
     assert len(tasks) == queue.height and set(queue["status"]) == {"exported"}  # pushed back
 
+    capsys.readouterr()
+    assert main(["report", url]) == 0  # a local copy of the bucket's report, to open
+    shown = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert shown.read_bytes() == store.storage.read("reports/v000003.html")
+
     exported = tmp_path / "v3.parquet"
     assert main(["export", url, "--format", "parquet", "--out", str(exported)]) == 0
     assert pl.read_parquet(exported).height == store.manifest(3)["counts"]["kept"]
