@@ -314,3 +314,21 @@ def test_concurrent_queue_rewrites_on_a_bucket_lose_nothing(s3):
         queue = read_queue(root)
     assert sorted(queue["sample_id"]) == sorted(f"w{k}-{i}" for k in range(4) for i in range(5))
     assert store.storage.list("locks") == []  # every lease released
+
+
+def test_a_saved_dataset_in_a_bucket_decides_as_on_disk(s3, tmp_path, digits):  # noqa: F811
+    import datasets
+
+    table = pl.read_parquet(tmp_path / "digits.parquet").head(400)
+    datasets.Dataset.from_polars(table).save_to_disk(str(tmp_path / "saved"))
+    name = s3.bucket()
+    _upload(tmp_path / "saved", f"s3://{name}/saved", s3.options)
+    body = DIGITS | {"source": {"type": "disk", "path": "saved"}, "active_learning": None}
+    remote = {"type": "disk", "path": f"s3://{name}/saved", **_opts(s3)}
+    bucket = body | {"source": remote, "store": f"s3://{name}/s", **_opts(s3)}
+    config = write_flows(tmp_path, local=body, bucket=bucket)
+    run_core(load_flow(config, "local"))
+    run_core(load_flow(config, "bucket"))
+    keys = ["sample_id", "kept", "drop_reason", "label", "label_issue"]
+    got = Store(f"s3://{name}/s", s3.options).read("decisions").select(keys).sort("sample_id")
+    assert got.equals(Store(tmp_path / "store").read("decisions").select(keys).sort("sample_id"))
