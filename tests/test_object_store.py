@@ -220,6 +220,7 @@ def test_the_cli_verifies_diffs_lists_and_runs_on_a_bucket(s3, monkeypatch, caps
     out = capsys.readouterr().out
     assert json.loads(out[out.index("{") :])["entered"] == [{"sample_id": "c", "drop_reason": None}]
     url = f"s3://{s3.bucket()}/run"
+    monkeypatch.setenv("LEANSET_CACHE_DIR", str(tmp_path / "cache"))  # the bucket's mirror
     flows = pixel_flow(tmp_path, "f", store=url)
     assert main(["run", str(flows), "--flow", "f"]) == 0  # credentials from the environment
     capsys.readouterr()
