@@ -7,6 +7,7 @@ store's cache, content-addressed, so a scheduled run embeds only what is new in 
 
 from __future__ import annotations
 
+import glob
 import logging
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from leanset.dedup.contamination import (
 )
 from leanset.dedup.contamination import info as contamination_info
 from leanset.dedup.matrix import check_matrix
-from leanset.pipelines.config import FlowSettings, LeakReference
+from leanset.pipelines.config import FlowSettings, LeakReference, SourceSettings
 from leanset.pipelines.embed import EmbeddingCache, embed_dataset, make_embedder
-from leanset.pipelines.sources import load_source
+from leanset.pipelines.fsutil import digest, digest_file
+from leanset.pipelines.sources import FileHashCache, load_source
 from leanset.pipelines.store import Store
 from leanset.pipelines.store.errors import StoreError
 from leanset.pipelines.store.layout import StoreLayout
@@ -100,11 +102,41 @@ def check_contamination(
 
 
 def reference_state(settings: FlowSettings) -> str:
-    """The versions of the reference stores (part of the config hash: a reference store's new
-    version makes the next run check again, though this dataset did not change)."""
+    """What the references hold (part of the config hash): a reference store's latest version,
+    a source's files by content, so a changed reference makes the next run check again though
+    this dataset did not change. A hub reference is named by its settings alone (pin its
+    `revision`)."""
+    if not settings.leaks.against:
+        return ""
     parts = []
+    hashes = FileHashCache(StoreLayout.of(settings.store).file_hashes)
     for ref in settings.leaks.against:
         if ref.store is not None:
             latest = Store(ref.store).latest()
             parts.append(f"{ref.store}@{latest['version'] if latest else 0}")
+        elif ref.source is not None and ref.source.type != "hub":
+            parts.append(f"{ref.name}#{source_content(ref.source, hashes)}")
+    hashes.save()
     return "|".join(parts)
+
+
+def source_files(source: SourceSettings) -> list[Path]:
+    """The files a (local) source reads: every file below its folder, or its data files."""
+    if source.type in ("imagefolder", "disk") and source.path:
+        return sorted(p for p in Path(source.path).rglob("*") if p.is_file())
+    found = {Path(f) for pattern in source.data_files or [] for f in glob.glob(pattern)}
+    return sorted(found)
+
+
+def source_content(source: SourceSettings, hashes: FileHashCache) -> str:
+    """One digest of a source's files (path and content hash each); a file is read only when
+    its size or modification time changed since its hash was cached."""
+    entries = []
+    for path in source_files(source):
+        st = path.stat()
+        known = hashes.get(str(path), st)
+        content = known.hash if known else digest_file(path)
+        if known is None:
+            hashes.put(str(path), st, content)
+        entries.append(f"{path}={content}")
+    return digest("\n".join(entries).encode())

@@ -117,3 +117,28 @@ def test_a_reference_needs_one_of_store_or_source(tmp_path: Path):
     body = pixel_flow_body(leaks={"against": [{"splits": ["test"]}]})
     with pytest.raises(ConfigError, match=r"leaks.against\[0\]: expected exactly one"):
         load_flow(write_flows(tmp_path, f=body), "f")
+
+
+def test_a_changed_source_reference_is_read_again_by_the_next_run(prefect_harness, tmp_path):
+    """Before: a source reference was re-read only when this dataset or its settings changed, so
+    a reference file rewritten with a copy of a training image left that copy in."""
+    from leanset.pipelines.flows import clean_flow
+
+    rng = np.random.default_rng(6)
+    bases = [rng.integers(0, 256, (16, 16)) for _ in range(6)]
+    _images(tmp_path / "bench", bases[:2], "test", ["b0", "b1"])
+    _images(tmp_path / "mine", bases[2:], "train", ["m2", "m3", "m4", "m5"])
+    leaks = {"against": [{"source": {"type": "imagefolder", "path": "bench"}, "name": "bench"}]}
+    body = pixel_flow_body(source={"type": "imagefolder", "path": "mine"}, leaks=leaks)
+    config = write_flows(tmp_path, mine=body | {"dedup": {"threshold": 0.95}})
+    first = clean_flow(config_path=str(config), flow_name="mine")
+    assert first["counts"]["by_reason"] == {}
+    assert clean_flow(config_path=str(config), flow_name="mine")["unchanged"]
+    copy = np.clip(bases[4] + rng.normal(0, 3, (16, 16)), 0, 255)
+    _images(tmp_path / "bench", [copy], "test", ["b1"])  # the same file, new content
+    again = clean_flow(config_path=str(config), flow_name="mine")
+    assert not again["unchanged"] and again["counts"]["by_reason"] == {"contaminated": 1}
+    rows = Store(tmp_path / "store").read("decisions").filter(pl.col("kept").not_())
+    assert rows["source"].to_list() == ["train/a/m4.png"]
+    assert rows["contaminated_by"][0].startswith("bench:")
+    assert clean_flow(config_path=str(config), flow_name="mine")["unchanged"]
