@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from leanset.dedup.contamination import (
+    Prior,
     Reference,
     contamination_columns,
     find_contamination,
@@ -86,19 +87,56 @@ def check_contamination(
     threshold: float,
     dry_run: bool = False,
 ) -> tuple[pl.DataFrame, JSON]:
-    """The table with the contamination columns, and what the manifest records."""
+    """The table with the contamination columns, and what the manifest records. When the parent
+    version searched the same references (same contents, embedder and eval splits), only the
+    contents it did not search are searched now."""
     leaks = settings.leaks
     refs = [
         source_reference(r, settings, dry_run) if r.source else store_reference(r, fingerprint)
         for r in leaks.against
     ]
     t = leaks.threshold if leaks.threshold is not None else threshold
-    found = find_contamination(table, matrix, refs, t, settings.dedup.eval_splits)
+    basis = search_basis(settings, fingerprint)
+    prior = prior_findings(settings, basis)
+    found = find_contamination(table, matrix, refs, t, settings.dedup.eval_splits, prior=prior)
     for name, n in found.found.items():
         log.info("Contamination: %d training samples are near copies of %s", n, Path(name).name)
+    log.info(
+        "Contamination: searched %d training contents, %d carried from the parent version",
+        found.searched,
+        found.carried,
+    )
     info = contamination_info(found, t, leaks.policy)
     info["references"] = {r.name: len(r.hashes) for r in refs}
+    info["basis"] = basis
     return contamination_columns(table, found, leaks.policy), info
+
+
+def search_basis(settings: FlowSettings, fingerprint: str) -> str:
+    """What a search's findings depend on besides the threshold: the references' contents, the
+    embedder and the eval splits (a digest the manifest records)."""
+    splits = ",".join(sorted(settings.dedup.eval_splits))
+    return digest(f"{reference_state(settings)}|{fingerprint}|{splits}".encode())
+
+
+def prior_findings(settings: FlowSettings, basis: str) -> Prior | None:
+    """The parent version's findings per training content, when it searched on the same basis."""
+    store = Store(settings.store)
+    parent = store.latest()
+    checked = ((parent or {}).get("checks") or {}).get("contamination") or {}
+    if parent is None or checked.get("basis") != basis:
+        return None
+    decisions = store.read("decisions", parent["version"])
+    rows = decisions.filter(
+        pl.col("error").is_null() & ~pl.col("split").is_in(list(settings.dedup.eval_splits))
+    ).unique("content_hash", keep="first")
+    found = zip(
+        rows["content_hash"].to_list(),
+        rows["contaminated_by"].to_list(),
+        rows["contamination_similarity"].fill_null(0.0).to_list(),
+        strict=True,
+    )
+    return Prior({h: (b, s) for h, b, s in found}, float(checked["threshold"]))
 
 
 def reference_state(settings: FlowSettings) -> str:
