@@ -149,6 +149,36 @@ def find_duplicates(
     return DedupResult(out, pairs, found.info, record, key)
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """The candidate pairs (table rows, a < b) of a dedup run, before the geometric check: which
+    a route other than geometry accepts, and which the geometric check would verify."""
+
+    a: np.ndarray
+    b: np.ndarray
+    accepted: np.ndarray  # bool
+    to_verify: np.ndarray  # bool
+
+
+def candidate_pairs(
+    table: pl.DataFrame, emb: np.ndarray, settings: DedupSettings, signals: Signals | None = None
+) -> Candidates:
+    """The candidates `find_duplicates` would judge on this table (no prior): for diagnostics of
+    what each signal proposes."""
+    emb = _check_embeddings(table, emb)
+    rep_of = exact_representatives(table) if settings.exact else _no_exact(table)
+    reps = np.flatnonzero(rep_of == np.arange(len(rep_of)))
+    routes = _routes(settings, emb, signals)
+    cal = _Calibrator(settings, "", None, len(reps)).run(routes, emb, signals, reps)
+    finder = _Finder(None, None, settings, table, reps, None)
+    a, b, _ = finder.candidates(routes, emb, signals, cal)
+    r = _route(a, b, routes, emb, _second(signals), cal)
+    verify = np.zeros(len(a), dtype=bool)
+    if "geometry" in routes:
+        verify[r.to_verify(a, b)] = True
+    return Candidates(a, b, ~np.isnan(r.score), verify)
+
+
 def _check_embeddings(table: pl.DataFrame, emb: np.ndarray) -> np.ndarray:
     """One finite row per sample (unreadable samples have zero rows); a bad row names its sample."""
 
@@ -342,6 +372,18 @@ class _Finder:
         signals: Signals | None,
         t: _Thresholds,
     ) -> _Found:
+        a, b, info = self.candidates(routes, emb, signals, t)
+        found = _confirm(a, b, routes, emb, _second(signals), t)
+        return self._with_prior(found, info)
+
+    def candidates(
+        self,
+        routes: tuple[str, ...],
+        emb: np.ndarray | None,
+        signals: Signals | None,
+        t: _Thresholds,
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Every signal's candidate pairs, each unordered pair once, and how the search ran."""
         info: dict[str, Any] = {"method": "none", "routes": list(routes)}
         cand: list[tuple[np.ndarray, np.ndarray]] = []
         if "embedding" in routes and emb is not None and t.embedding is not None:
@@ -359,9 +401,7 @@ class _Finder:
         if "geometry" in routes and emb is not None and t.floor is not None:
             cand.append(self._knn(emb, GEOMETRY_K, t.floor))
         a, b = _unique_pairs(cand, len(self.hashes))
-        features = signals.features if signals is not None else None
-        found = _confirm(a, b, routes, emb, (image, text, features), t)
-        return self._with_prior(found, info)
+        return a, b, info
 
     def _new_mask(self) -> np.ndarray:
         """Contents the prior did not search (without exact dedup a content's first row is old)."""
@@ -475,17 +515,38 @@ def dihedral(image: ImageSignal, turns: bool) -> np.ndarray:
 _Second = tuple[ImageSignal | None, sparse.csr_matrix | None, FeatureSource | None]
 
 
-def _confirm(
+def _second(signals: Signals | None) -> _Second:
+    if signals is None:
+        return None, None, None
+    return signals.image, signals.text, signals.features
+
+
+@dataclass
+class _Routed:
+    """Candidates as the routes other than geometry judged them."""
+
+    cos: np.ndarray  # embedding cosine of each pair (1 without an embedding)
+    score: np.ndarray  # the first accepting route's score; NaN where none accepted
+    fired: list[list[str]]  # the routes that accepted each pair
+    hashed: np.ndarray  # the pair's hashes agree (corroboration, never acceptance)
+
+    def to_verify(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Indices of the pairs the geometric check verifies: none accepted them, hash
+        agreement and cosine first, at most GEOMETRY_MAX_PER_IMAGE per image."""
+        rank = np.where(self.hashed, 2.0, self.cos)
+        return _bounded(np.flatnonzero(np.isnan(self.score)), a, b, rank)
+
+
+def _route(
     a: np.ndarray,
     b: np.ndarray,
     routes: tuple[str, ...],
     emb: np.ndarray | None,
     second: _Second,
     t: _Thresholds,
-) -> _Found:
-    """The candidates some route accepts, scored by the first route that does; what no route
-    accepts, the geometric check verifies (agreeing hashes are named beside it, never alone)."""
-    image, text, features = second
+) -> _Routed:
+    """The candidates each route other than geometry accepts, scored by the first that does."""
+    image, text, _ = second
     cos = (
         np.einsum("ij,ij->i", emb[a], emb[b]).astype(np.float32).clip(-1, 1)
         if emb is not None
@@ -504,11 +565,26 @@ def _confirm(
             fired[k].append(name)
     for k in np.flatnonzero(hashed).tolist():
         fired[k].append("hashes")
+    return _Routed(cos, score, fired, hashed)
+
+
+def _confirm(
+    a: np.ndarray,
+    b: np.ndarray,
+    routes: tuple[str, ...],
+    emb: np.ndarray | None,
+    second: _Second,
+    t: _Thresholds,
+) -> _Found:
+    """The candidates some route accepts, scored by the first route that does; what no route
+    accepts, the geometric check verifies (agreeing hashes are named beside it, never alone)."""
+    r = _route(a, b, routes, emb, second, t)
+    score, fired, features = r.score, r.fired, second[2]
     info: dict[str, Any] = {}
     if "geometry" in routes and features is not None:
-        todo = _bounded(np.flatnonzero(np.isnan(score)), a, b, np.where(hashed, 2.0, cos))
+        todo = r.to_verify(a, b)
         v = verify_pairs(a[todo], b[todo], features)
-        score[todo[v.copy]] = cos[todo[v.copy]]
+        score[todo[v.copy]] = r.cos[todo[v.copy]]
         for k, reason in zip(todo[v.copy].tolist(), np.array(v.reasons)[v.copy], strict=True):
             fired[k].append(str(reason))
         info["verified"] = v.info
