@@ -28,6 +28,7 @@ names the routes. The decisions table says which routes accepted each pair (`dup
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,7 @@ from leanset.dedup.near import (
     find_near_pairs_between,
     sample_neighbours,
 )
+from leanset.dedup.words import NO_WORDS, WordPairs, word_pairs
 
 HASH_BITS = 10  # the hashes route: both pHash and dHash within at most this many of 64 bits
 PIXEL_MARGIN = 0.35  # the pixels route: this share of the way from the pixel null to 1
@@ -60,6 +62,7 @@ EMBEDDING_MARGIN = 0.5  # threshold auto: this share of the way from the embeddi
 PIXEL_CANDIDATES = 0.8  # thumbnail pairs at least this correlated are checked by the hashes
 GEOMETRY_K = 3  # geometry candidates: each image's 3 nearest neighbours by embedding ...
 FLOOR_Q = 0.5  # ... at or above this quantile of the calibration's null
+WORDS_K = 5  # ... and its 5 nearest images by visual words (crops, turns, flips, overlays)
 GEOMETRY_MAX_PER_IMAGE = 8  # at most this many pairs per image are checked geometrically
 TEXT_K, TEXT_FLOOR = 10, 0.5  # text candidates: each content's 10 nearest at cosine >= 0.5
 RECALIBRATE_GROWTH = 0.1  # calibrations are kept from the parent until the data changes by 10%
@@ -175,7 +178,7 @@ def candidate_pairs(
     r = _route(a, b, routes, emb, _second(signals), cal)
     verify = np.zeros(len(a), dtype=bool)
     if "geometry" in routes:
-        verify[r.to_verify(a, b)] = True
+        verify[r.to_verify(a, b, _word_score(a, b, finder.words))] = True
     return Candidates(a, b, ~np.isnan(r.score), verify)
 
 
@@ -313,7 +316,9 @@ def _index_key(basis: str, settings: DedupSettings, routes: tuple[str, ...], t: 
             "pixels": t.pixels,
             "hash_bits": t.hash_bits,
             "floor": t.floor,
-            "geometry": [GEOMETRY_K, GEOMETRY_MAX_PER_IMAGE] if "geometry" in routes else None,
+            "geometry": [GEOMETRY_K, WORDS_K, GEOMETRY_MAX_PER_IMAGE]
+            if "geometry" in routes
+            else None,
         },
         sort_keys=True,
     )
@@ -364,6 +369,7 @@ class _Finder:
         self.settings, self.prior, self.reps = settings, prior, reps
         self.hashes = table["content_hash"].to_numpy()
         self.new = self._new_mask() if prior is not None else np.ones(len(reps), dtype=bool)
+        self.words = NO_WORDS
 
     def run(
         self,
@@ -373,7 +379,7 @@ class _Finder:
         t: _Thresholds,
     ) -> _Found:
         a, b, info = self.candidates(routes, emb, signals, t)
-        found = _confirm(a, b, routes, emb, _second(signals), t)
+        found = _confirm(a, b, routes, emb, _second(signals), t, self.words)
         return self._with_prior(found, info)
 
     def candidates(
@@ -400,8 +406,22 @@ class _Finder:
             cand.append(self._knn(emb, TEXT_K, TEXT_FLOOR))
         if "geometry" in routes and emb is not None and t.floor is not None:
             cand.append(self._knn(emb, GEOMETRY_K, t.floor))
+        if "geometry" in routes and signals is not None and signals.features is not None:
+            self.words = self._words(signals.features)
+            cand.append((self.words.i, self.words.j))
         a, b = _unique_pairs(cand, len(self.hashes))
         return a, b, info
+
+    def _words(self, features: FeatureSource) -> WordPairs:
+        """Each (new) image's WORDS_K nearest images by visual words, as table rows (every
+        image's features are read: a copy may sit anywhere)."""
+        start = time.perf_counter()
+        feats = features(self.reps)
+        read = time.perf_counter() - start
+        found = word_pairs(feats, WORDS_K, queries=np.flatnonzero(self.new))
+        return WordPairs(
+            self.reps[found.i], self.reps[found.j], found.score, found.seconds, found.words, read
+        )
 
     def _new_mask(self) -> np.ndarray:
         """Contents the prior did not search (without exact dedup a content's first row is old)."""
@@ -530,11 +550,41 @@ class _Routed:
     fired: list[list[str]]  # the routes that accepted each pair
     hashed: np.ndarray  # the pair's hashes agree (corroboration, never acceptance)
 
-    def to_verify(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Indices of the pairs the geometric check verifies: none accepted them, hash
-        agreement and cosine first, at most GEOMETRY_MAX_PER_IMAGE per image."""
-        rank = np.where(self.hashed, 2.0, self.cos)
+    def to_verify(self, a: np.ndarray, b: np.ndarray, word: np.ndarray) -> np.ndarray:
+        """Indices of the pairs the geometric check verifies: none accepted them; hash agreement
+        first, then visual-word neighbours (by their similarity), then by cosine; at most
+        GEOMETRY_MAX_PER_IMAGE per image (on look-alike data the embedding's neighbours are
+        look-alikes, the words' are copies)."""
+        rank = np.where(self.hashed, 3.0, np.where(word > 0, 1.0 + word, self.cos))
         return _bounded(np.flatnonzero(np.isnan(self.score)), a, b, rank)
+
+
+def _word_score(a: np.ndarray, b: np.ndarray, words: WordPairs) -> np.ndarray:
+    """The visual-word similarity of each candidate pair (0 where words did not propose it)."""
+    out = np.zeros(len(a), np.float32)
+    if len(words.i) == 0 or len(a) == 0:
+        return out
+    n = int(max(a.max(), b.max(), words.i.max(), words.j.max())) + 1
+    key = a.astype(np.int64) * n + b
+    wkey = words.i.astype(np.int64) * n + words.j
+    order = np.argsort(wkey)
+    pos = np.clip(np.searchsorted(wkey[order], key), 0, len(wkey) - 1)
+    hit = wkey[order][pos] == key
+    out[hit] = words.score[order][pos][hit]
+    return out
+
+
+def _with_words(info: dict[str, Any], words: WordPairs) -> dict[str, Any]:
+    """The check's cost with the visual-word search's: reading every image's features, the
+    vocabulary and the search."""
+    feature = info["feature_seconds"] + words.read_seconds
+    total = info["seconds"] + words.read_seconds + words.seconds
+    return info | {
+        "feature_seconds": round(feature, 3),
+        "word_seconds": round(words.seconds, 3),
+        "word_pairs": len(words.i),
+        "seconds": round(total, 3),
+    }
 
 
 def _route(
@@ -575,6 +625,7 @@ def _confirm(
     emb: np.ndarray | None,
     second: _Second,
     t: _Thresholds,
+    words: WordPairs,
 ) -> _Found:
     """The candidates some route accepts, scored by the first route that does; what no route
     accepts, the geometric check verifies (agreeing hashes are named beside it, never alone)."""
@@ -582,12 +633,12 @@ def _confirm(
     score, fired, features = r.score, r.fired, second[2]
     info: dict[str, Any] = {}
     if "geometry" in routes and features is not None:
-        todo = r.to_verify(a, b)
+        todo = r.to_verify(a, b, _word_score(a, b, words))
         v = verify_pairs(a[todo], b[todo], features)
         score[todo[v.copy]] = r.cos[todo[v.copy]]
         for k, reason in zip(todo[v.copy].tolist(), np.array(v.reasons)[v.copy], strict=True):
             fired[k].append(str(reason))
-        info["verified"] = v.info
+        info["verified"] = _with_words(v.info, words)
     keep = ~np.isnan(score)
     idx = np.flatnonzero(keep)
     return _Found(a[keep], b[keep], score[keep], ["+".join(fired[k]) for k in idx], info)
