@@ -54,7 +54,7 @@ from leanset.dedup.near import (
     find_near_pairs_between,
     sample_neighbours,
 )
-from leanset.dedup.words import NO_WORDS, WordPairs, word_pairs
+from leanset.dedup.words import DISTINCT, NO_WORDS, WordPairs, word_pairs
 
 HASH_BITS = 10  # the hashes route: both pHash and dHash within at most this many of 64 bits
 PIXEL_MARGIN = 0.35  # the pixels route: this share of the way from the pixel null to 1
@@ -62,7 +62,7 @@ EMBEDDING_MARGIN = 0.5  # threshold auto: this share of the way from the embeddi
 PIXEL_CANDIDATES = 0.8  # thumbnail pairs at least this correlated are checked by the hashes
 GEOMETRY_K = 3  # geometry candidates: each image's 3 nearest neighbours by embedding ...
 FLOOR_Q = 0.5  # ... at or above this quantile of the calibration's null
-WORDS_K = 5  # ... and its 5 nearest images by visual words (crops, turns, flips, overlays)
+WORDS_K = 3  # ... and its 3 nearest images by visual words that stand out (dedup.words)
 GEOMETRY_MAX_PER_IMAGE = 8  # at most this many pairs per image are checked geometrically
 TEXT_K, TEXT_FLOOR = 10, 0.5  # text candidates: each content's 10 nearest at cosine >= 0.5
 RECALIBRATE_GROWTH = 0.1  # calibrations are kept from the parent until the data changes by 10%
@@ -316,7 +316,7 @@ def _index_key(basis: str, settings: DedupSettings, routes: tuple[str, ...], t: 
             "pixels": t.pixels,
             "hash_bits": t.hash_bits,
             "floor": t.floor,
-            "geometry": [GEOMETRY_K, WORDS_K, GEOMETRY_MAX_PER_IMAGE]
+            "geometry": [GEOMETRY_K, WORDS_K, DISTINCT, GEOMETRY_MAX_PER_IMAGE]
             if "geometry" in routes
             else None,
         },
