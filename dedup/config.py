@@ -54,12 +54,15 @@ def _check_share(where: str, value: float) -> None:
 class OutlierSettings:
     """Samples far from every other (flows.yaml's `outliers:`): the mean cosine distance to the
     `k` nearest distinct contents, as a robust z-score over this dataset; flagged at `z` or
-    above, at most `max_fraction` of the scored rows (the most extreme)."""
+    above, at most `max_fraction` of the scored rows (the most extreme). Above `sample` distinct
+    contents, each one's neighbours are searched among a random `sample` of them (cost N x
+    sample, not N x N)."""
 
     policy: CheckPolicy = "flag"
     k: int = 10
     z: float = 3.0
     max_fraction: float = 0.02
+    sample: int = bounded(200_000, low=2)
 
     def __post_init__(self) -> None:
         if self.k < 1:

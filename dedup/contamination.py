@@ -31,11 +31,28 @@ class Reference:
 
 @dataclass(frozen=True)
 class Contamination:
-    """Per table row: the reference row it copies (`name:sample_id`) and the similarity."""
+    """Per table row: the reference row it copies (`name:sample_id`) and the similarity; how many
+    training rows were searched (the others' findings carried from a prior run)."""
 
     by: list[str | None]
     similarity: np.ndarray
     found: dict[str, int]
+    searched: int = 0
+    carried: int = 0
+
+
+@dataclass(frozen=True)
+class Prior:
+    """What an earlier run found against the same references, embedder and eval splits: per
+    content hash it searched, the reference row it copies (None: none) and the similarity, at
+    its `threshold`."""
+
+    found: dict[str, tuple[str | None, float]]
+    threshold: float
+
+    def holds(self, threshold: float) -> bool:
+        """Its findings stand at `threshold`: a miss stays a miss at a higher one."""
+        return threshold >= self.threshold
 
 
 def find_contamination(
@@ -45,27 +62,53 @@ def find_contamination(
     threshold: float,
     eval_splits: Sequence[str],
     options: SearchOptions | None = None,
+    prior: Prior | None = None,
 ) -> Contamination:
     """Each readable training row's closest reference copy at or above `threshold` (an identical
-    content hash counts as similarity 1, whatever the vectors)."""
+    content hash counts as similarity 1, whatever the vectors). With a `prior` that holds at this
+    threshold, only contents it did not search are searched; the others keep its findings."""
     x = check_matrix(matrix, rows=table.height, error=DedupError)
     train = (table["error"].is_null() & ~table["split"].is_in(list(eval_splits))).to_numpy()
+    hashes = table["content_hash"].to_list()
     rows = np.flatnonzero(train)
     best = np.full(table.height, -np.inf)
     by: list[str | None] = [None] * table.height
-    found: dict[str, int] = {}
-    hashes = table["content_hash"].to_list()
+    owner: list[str | None] = [None] * table.height
+    if prior is not None and prior.holds(threshold):
+        known = np.array([hashes[r] in prior.found for r in rows], dtype=bool)
+        _carry(rows[known], hashes, prior, threshold, references, best, by, owner)
+        rows = rows[~known]
     for ref in references:
         hits = _pairs(x[rows], ref, threshold, options)
         same = {h: k for k, h in enumerate(ref.hashes)}
         hits += [(i, same[hashes[r]], 1.0) for i, r in enumerate(rows) if hashes[r] in same]
-        before = sum(b is not None for b in by)
         for i, j, sim in hits:
             r = rows[i]
             if sim > best[r]:
-                best[r], by[r] = sim, f"{ref.name}:{ref.sample_ids[j]}"
-        found[ref.name] = sum(b is not None for b in by) - before
-    return Contamination(by, np.where(np.isfinite(best), best, np.nan), found)
+                best[r], by[r], owner[r] = sim, f"{ref.name}:{ref.sample_ids[j]}", ref.name
+    found = {ref.name: owner.count(ref.name) for ref in references}
+    n_train = int(train.sum())
+    similarity = np.where(np.isfinite(best), best, np.nan)
+    return Contamination(by, similarity, found, len(rows), n_train - len(rows))
+
+
+def _carry(
+    rows: np.ndarray,
+    hashes: list[str],
+    prior: Prior,
+    threshold: float,
+    references: Sequence[Reference],
+    best: np.ndarray,
+    by: list[str | None],
+    owner: list[str | None],
+) -> None:
+    """The prior's findings for `rows` (those still at or above `threshold`), in place."""
+    names = sorted((ref.name for ref in references), key=len, reverse=True)
+    for r in rows.tolist():
+        name, sim = prior.found[hashes[r]]
+        if name is not None and sim >= threshold:
+            best[r], by[r] = sim, name
+            owner[r] = next((n for n in names if name.startswith(f"{n}:")), None)
 
 
 def _pairs(
@@ -93,5 +136,12 @@ def contamination_columns(table: pl.DataFrame, found: Contamination, policy: str
 
 
 def info(found: Contamination, threshold: float, policy: str) -> dict[str, Any]:
-    """What the manifest records: samples found per reference, the threshold, the policy."""
-    return {"found": found.found, "threshold": threshold, "policy": policy}
+    """What the manifest records: samples found per reference, the threshold, the policy, the
+    training rows searched and those whose findings a prior run's carried."""
+    return {
+        "found": found.found,
+        "threshold": threshold,
+        "policy": policy,
+        "searched": found.searched,
+        "carried": found.carried,
+    }

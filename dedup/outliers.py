@@ -47,14 +47,44 @@ class OutlierScores:
         }
 
 
-def knn_distance(x: np.ndarray, k: int, device: str = "auto") -> np.ndarray:
-    """Mean cosine distance of each unit row to its `k` nearest other rows (NaN with no other)."""
+def knn_distance(
+    x: np.ndarray, k: int, device: str = "auto", sample: int | None = None, seed: int = 0
+) -> np.ndarray:
+    """Mean cosine distance of each unit row to its `k` nearest other rows (NaN with no other);
+    with more rows than `sample`, to its `k` nearest among a random `sample` of the rows."""
     n = x.shape[0]
     if n < 2:
         return np.full(n, np.nan)
+    if sample is not None and n > sample:
+        return _sampled_knn_distance(x, k, sample, seed)
     nb = sample_neighbours(x, min(k, n - 1), n, rows=np.arange(n), device=device)
     sim = np.where(nb.idx >= 0, nb.sim, np.nan).astype(np.float64)
     return np.asarray(np.nanmean(1.0 - sim, axis=1))
+
+
+_QUERY_BLOCK = 65_536  # query rows per FAISS call: bounds the result arrays
+
+
+def _sampled_knn_distance(x: np.ndarray, k: int, sample: int, seed: int) -> np.ndarray:
+    """Every row's mean cosine distance to its `k` nearest rows of a random sample (itself
+    excluded when it is in the sample): a row's distances are all on the sample's scale, so the
+    robust z over the dataset compares like with like."""
+    import faiss
+
+    n = x.shape[0]
+    pick = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(np.ascontiguousarray(x[pick]))
+    k = min(k, sample - 1)
+    out = np.empty(n)
+    for s in range(0, n, _QUERY_BLOCK):
+        e = min(n, s + _QUERY_BLOCK)
+        sims, idx = index.search(np.ascontiguousarray(x[s:e]), k + 1)
+        own = pick[np.maximum(idx, 0)] == np.arange(s, e)[:, None]
+        order = np.argsort(own, axis=1, kind="stable")[:, :k]  # the row itself last, dropped
+        near = np.take_along_axis(sims.astype(np.float64), order, axis=1)
+        out[s:e] = np.mean(1.0 - np.clip(near, -1.0, 1.0), axis=1)
+    return out
 
 
 def score_outliers(
@@ -65,7 +95,7 @@ def score_outliers(
     distinct = table.with_row_index("_i").filter(pl.col("error").is_null())
     distinct = distinct.unique("content_hash", keep="first", maintain_order=True)
     rows = distinct["_i"].to_numpy()
-    dist_distinct = knn_distance(x[rows], settings.k, device)
+    dist_distinct = knn_distance(x[rows], settings.k, device, settings.sample)
     centre = Robust.of(dist_distinct)
     z_distinct = centre.z(dist_distinct)
     by_hash = dict(zip(distinct["content_hash"].to_list(), range(len(rows)), strict=True))

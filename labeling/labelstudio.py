@@ -3,13 +3,15 @@ answers in a JSON export.
 
 Tasks are for the labeling config `label_studio_config(...)` returns (an `Image` or `Text` object
 named `image`/`text`, a single-choice `Choices` control named `label`); each task carries
-`data.sample_id`, and the model's suggestion as a pre-annotation
+`data.sample_id`, `data.twins` (a label conflict's samples side by side with their labels, as
+HTML: empty for other tasks), and the model's suggestion as a pre-annotation
 (`predictions[0].result[0].value.choices`, with its `score`). An export is Label Studio's JSON
 export: a list of tasks with `annotations[].result[].value.choices`.
 """
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -33,7 +35,8 @@ def label_studio_config(
     classes: Sequence[str], *, kind: str = "image", from_name: str = "label"
 ) -> str:
     """The Label Studio labeling config (XML) the exported tasks assume: a header with the
-    sample's current label and why it is queued (`$context`), the content, single-choice classes."""
+    sample's current label and why it is queued (`$context`), the content, a label conflict's
+    samples side by side (`$twins`, empty for other tasks), single-choice classes."""
     if kind not in ("image", "text"):
         raise LabelingError(f"kind must be image or text, got {kind!r}")
     if not classes:
@@ -46,15 +49,63 @@ def label_studio_config(
     choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in classes)
     return (
         f'<View>\n  <Header value="$context"/>\n  {obj}\n'
+        '  <HyperText name="twins" value="$twins" inline="true"/>\n'
         f'  <Choices name={quoteattr(from_name)} toName="{kind}" choice="single" '
         f'showInline="true">\n{choices}\n  </Choices>\n</View>\n'
     )
 
 
-def context_line(label: str | None, reason: str) -> str:
-    """What the task view shows above the content: the current label and why it is queued."""
+def context_line(label: str | None, reason: str, twins: Sequence[dict[str, Any]] = ()) -> str:
+    """What the task view shows above the content: the current label and why it is queued (and,
+    for a label conflict, the labels of its twins and that the answer labels them all)."""
     current = label if label is not None else "none (unlabeled)"
-    return f"Current label: {current} | queued because: {REASON_TEXT.get(reason, reason)}"
+    line = f"Current label: {current} | queued because: {REASON_TEXT.get(reason, reason)}"
+    if not twins:
+        return line
+    labels = ", ".join(_label_text(t["label"]) for t in twins)
+    return f"{line} | {len(twins)} other sample(s) labeled {labels}: your answer labels them all"
+
+
+def _label_text(label: str | None) -> str:
+    return "none" if label is None else label
+
+
+TWINS_SHOWN = 12  # a task shows this many of a conflict's samples; the answer labels them all
+
+
+def twins_html(row: dict[str, Any], image_root: str | None) -> str:
+    """A label conflict's samples side by side with their labels (the queued one first), as
+    HTML for the task's `twins` panel; empty for a task without twins."""
+    twins = row.get("twins") or []
+    if not twins:
+        return ""
+    members = [{**row, "this": True}] + [{**t, "this": False} for t in twins]
+    cards = "".join(_card(m, image_root) for m in members[:TWINS_SHOWN])
+    more = len(members) - TWINS_SHOWN
+    tail = f"<p>and {more} more sample(s), labeled as listed above</p>" if more > 0 else ""
+    return (
+        f"<p><b>All {len(members)} samples of this label conflict</b> (one answer labels them "
+        f'all)</p><div style="display:flex;flex-wrap:wrap;gap:12px">{cards}</div>{tail}'
+    )
+
+
+def _card(member: dict[str, Any], image_root: str | None) -> str:
+    """One sample of a conflict: its content, label and id."""
+    sid = member["sample_id"]
+    if image_root is not None:
+        url = html.escape(image_ref(image_root, sid, member["source"]), quote=True)
+        body = (
+            f'<img src="{url}" style="max-width:200px;max-height:200px" alt="{html.escape(sid)}"/>'
+        )
+    else:
+        text = member["text"] if member["text"] is not None else f"(no text: {member['source']})"
+        body = f'<div style="white-space:pre-wrap;max-height:12em;overflow:auto">{html.escape(text)}</div>'
+    which = " (this task)" if member["this"] else ""
+    return (
+        '<div style="border:1px solid #ccc;padding:6px;max-width:320px">'
+        f"{body}<div><b>label: {html.escape(_label_text(member['label']))}</b>{which}</div>"
+        f'<div style="font-size:80%;color:#666">{html.escape(sid)}</div></div>'
+    )
 
 
 def local_files_prefix(dataset_root: Path, document_root: Path) -> str:
@@ -99,7 +150,8 @@ def task_for_row(row: dict[str, Any], image_root: str | None, from_name: str, mo
         "source": row["source"],
         "reason": row["reason"],
         "given_label": row["label"],
-        "context": context_line(row["label"], row["reason"]),
+        "context": context_line(row["label"], row["reason"], row.get("twins") or ()),
+        "twins": twins_html(row, image_root),
     }
     task: dict[str, Any] = {"data": data}
     if row["suggested_label"] is not None:

@@ -503,9 +503,73 @@ def queue_rows(table: pl.DataFrame, settings: ActiveLearningSettings | None) -> 
     cols = ["sample_id", "source", "reason", "label"] + [
         c for c in ("al_score", "queue_rank", "suggested_label", "suggested_score") if c in has
     ]
-    return (
+    rows = (
         table.with_columns(pl.coalesce(reasons).alias("reason"))
         .filter(pl.col("reason").is_not_null())
         .unique("sample_id", keep="first", maintain_order=True)
         .select(cols)
+    )
+    return _with_twins(_one_per_conflict(rows, table), table)
+
+
+_CONFLICT = pl.col("reason") == "label_conflict"
+_TWIN = pl.Struct({"sample_id": pl.Utf8, "label": pl.Utf8, "source": pl.Utf8, "text": pl.Utf8})
+
+
+def _one_per_conflict(rows: pl.DataFrame, table: pl.DataFrame) -> pl.DataFrame:
+    """One task per label-conflict group (its kept sample when queued, else the first): the
+    others are shown in it as twins, so one answer settles the group."""
+    where = table.select("sample_id", "dup_group", "position")
+    joined = rows.join(where, on="sample_id", how="left", maintain_order="left")
+    chosen = (
+        joined.filter(_CONFLICT)
+        .sort([pl.col("sample_id") != pl.col("dup_group"), pl.col("position")])
+        .unique("dup_group", keep="first")["sample_id"]
+    )
+    keep = ~_CONFLICT | pl.col("sample_id").is_in(chosen.implode())
+    return joined.filter(keep).drop("dup_group", "position")
+
+
+def _with_twins(rows: pl.DataFrame, table: pl.DataFrame) -> pl.DataFrame:
+    """`twins`: the other samples of each label-conflict row's group (id, label, source; the text
+    is filled by `with_texts`), null for other rows."""
+    groups = table.filter(pl.col("dup_group").is_not_null()).select(
+        "dup_group", "sample_id", "label", "source", "position"
+    )
+    asked = rows.filter(_CONFLICT).select("sample_id").join(groups, on="sample_id")
+    twin = pl.struct(
+        pl.col("twin_id").alias("sample_id"),
+        pl.col("label"),
+        pl.col("source"),
+        pl.lit(None, dtype=pl.Utf8).alias("text"),
+    )
+    twins = (
+        asked.select("sample_id", "dup_group")
+        .join(groups.rename({"sample_id": "twin_id"}), on="dup_group")
+        .filter(pl.col("twin_id") != pl.col("sample_id"))
+        .sort("position")
+        .group_by("sample_id", maintain_order=True)
+        .agg(twin.alias("twins"))
+    )
+    return rows.join(twins, on="sample_id", how="left", maintain_order="left")
+
+
+def with_texts(
+    rows: pl.DataFrame, table: pl.DataFrame, texts: Callable[[list[int]], list[str]]
+) -> pl.DataFrame:
+    """Queue rows of a text dataset with `text` filled, theirs and their twins' (`texts`: the
+    contents of the table's rows at the given positions)."""
+    if "twins" not in rows.columns:
+        rows = rows.with_columns(pl.lit(None).alias("twins"))
+    twin_ids = [t["sample_id"] for ts in rows["twins"].to_list() if ts for t in ts]
+    ids = rows["sample_id"].to_list() + twin_ids
+    where = table.select("sample_id", "position").filter(pl.col("sample_id").is_in(ids))
+    text = dict(zip(where["sample_id"], texts(where["position"].to_list()), strict=True))
+    twins = [
+        [t | {"text": text.get(t["sample_id"])} for t in ts] if ts else None
+        for ts in rows["twins"].to_list()
+    ]
+    return rows.with_columns(
+        pl.col("sample_id").replace_strict(text, default=None, return_dtype=pl.Utf8).alias("text"),
+        pl.Series("twins", twins, dtype=pl.List(_TWIN)),
     )

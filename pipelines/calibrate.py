@@ -446,11 +446,16 @@ def _time_rounds(work: Workload, options: CalibrateOptions, device: str) -> list
 
 
 def _time_epochs(work: Workload, options: CalibrateOptions, device: str) -> JSON:
-    """Whole epochs (the steps, then the per-epoch work) of two sizes, `repeats` times each:
-    seconds = fixed + per_sample * samples, fitted by least squares (wall and CPU seconds)."""
+    """Whole epochs (the steps, then the per-epoch work) of two sizes, `repeats` times each,
+    after one untimed epoch: seconds = fixed + per_sample * samples, fitted by least squares
+    (wall and CPU seconds)."""
     sync = _synchroniser(device)
     n = len(work.units)
     sizes = sorted({max(1, n // 4), n})
+    for i in range(n):  # what a loop does once (decode caches, allocator, lazy init) is no epoch's
+        work.run(i)
+    work.end_epoch()
+    sync()
     samples, wall, cpu = [], [], []
     for _ in range(options.repeats):
         for k in sizes:

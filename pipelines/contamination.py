@@ -7,6 +7,7 @@ store's cache, content-addressed, so a scheduled run embeds only what is new in 
 
 from __future__ import annotations
 
+import glob
 import logging
 from pathlib import Path
 
@@ -14,15 +15,17 @@ import numpy as np
 import polars as pl
 
 from leanset.dedup.contamination import (
+    Prior,
     Reference,
     contamination_columns,
     find_contamination,
 )
 from leanset.dedup.contamination import info as contamination_info
 from leanset.dedup.matrix import check_matrix
-from leanset.pipelines.config import FlowSettings, LeakReference
+from leanset.pipelines.config import FlowSettings, LeakReference, SourceSettings
 from leanset.pipelines.embed import EmbeddingCache, embed_dataset, make_embedder
-from leanset.pipelines.sources import load_source
+from leanset.pipelines.fsutil import digest, digest_file
+from leanset.pipelines.sources import FileHashCache, load_source
 from leanset.pipelines.store import Store
 from leanset.pipelines.store.errors import StoreError
 from leanset.pipelines.store.layout import StoreLayout
@@ -84,27 +87,94 @@ def check_contamination(
     threshold: float,
     dry_run: bool = False,
 ) -> tuple[pl.DataFrame, JSON]:
-    """The table with the contamination columns, and what the manifest records."""
+    """The table with the contamination columns, and what the manifest records. When the parent
+    version searched the same references (same contents, embedder and eval splits), only the
+    contents it did not search are searched now."""
     leaks = settings.leaks
     refs = [
         source_reference(r, settings, dry_run) if r.source else store_reference(r, fingerprint)
         for r in leaks.against
     ]
     t = leaks.threshold if leaks.threshold is not None else threshold
-    found = find_contamination(table, matrix, refs, t, settings.dedup.eval_splits)
+    basis = search_basis(settings, fingerprint)
+    prior = prior_findings(settings, basis)
+    found = find_contamination(table, matrix, refs, t, settings.dedup.eval_splits, prior=prior)
     for name, n in found.found.items():
         log.info("Contamination: %d training samples are near copies of %s", n, Path(name).name)
+    log.info(
+        "Contamination: searched %d training contents, %d carried from the parent version",
+        found.searched,
+        found.carried,
+    )
     info = contamination_info(found, t, leaks.policy)
     info["references"] = {r.name: len(r.hashes) for r in refs}
+    info["basis"] = basis
     return contamination_columns(table, found, leaks.policy), info
 
 
+def search_basis(settings: FlowSettings, fingerprint: str) -> str:
+    """What a search's findings depend on besides the threshold: the references' contents, the
+    embedder and the eval splits (a digest the manifest records)."""
+    splits = ",".join(sorted(settings.dedup.eval_splits))
+    return digest(f"{reference_state(settings)}|{fingerprint}|{splits}".encode())
+
+
+def prior_findings(settings: FlowSettings, basis: str) -> Prior | None:
+    """The parent version's findings per training content, when it searched on the same basis."""
+    store = Store(settings.store)
+    parent = store.latest()
+    checked = ((parent or {}).get("checks") or {}).get("contamination") or {}
+    if parent is None or checked.get("basis") != basis:
+        return None
+    decisions = store.read("decisions", parent["version"])
+    rows = decisions.filter(
+        pl.col("error").is_null() & ~pl.col("split").is_in(list(settings.dedup.eval_splits))
+    ).unique("content_hash", keep="first")
+    found = zip(
+        rows["content_hash"].to_list(),
+        rows["contaminated_by"].to_list(),
+        rows["contamination_similarity"].fill_null(0.0).to_list(),
+        strict=True,
+    )
+    return Prior({h: (b, s) for h, b, s in found}, float(checked["threshold"]))
+
+
 def reference_state(settings: FlowSettings) -> str:
-    """The versions of the reference stores (part of the config hash: a reference store's new
-    version makes the next run check again, though this dataset did not change)."""
+    """What the references hold (part of the config hash): a reference store's latest version,
+    a source's files by content, so a changed reference makes the next run check again though
+    this dataset did not change. A hub reference is named by its settings alone (pin its
+    `revision`)."""
+    if not settings.leaks.against:
+        return ""
     parts = []
+    hashes = FileHashCache(StoreLayout.of(settings.store).file_hashes)
     for ref in settings.leaks.against:
         if ref.store is not None:
             latest = Store(ref.store).latest()
             parts.append(f"{ref.store}@{latest['version'] if latest else 0}")
+        elif ref.source is not None and ref.source.type != "hub":
+            parts.append(f"{ref.name}#{source_content(ref.source, hashes)}")
+    hashes.save()
     return "|".join(parts)
+
+
+def source_files(source: SourceSettings) -> list[Path]:
+    """The files a (local) source reads: every file below its folder, or its data files."""
+    if source.type in ("imagefolder", "disk") and source.path:
+        return sorted(p for p in Path(source.path).rglob("*") if p.is_file())
+    found = {Path(f) for pattern in source.data_files or [] for f in glob.glob(pattern)}
+    return sorted(found)
+
+
+def source_content(source: SourceSettings, hashes: FileHashCache) -> str:
+    """One digest of a source's files (path and content hash each); a file is read only when
+    its size or modification time changed since its hash was cached."""
+    entries = []
+    for path in source_files(source):
+        st = path.stat()
+        known = hashes.get(str(path), st)
+        content = known.hash if known else digest_file(path)
+        if known is None:
+            hashes.put(str(path), st, content)
+        entries.append(f"{path}={content}")
+    return digest("\n".join(entries).encode())

@@ -28,7 +28,13 @@ from leanset.dedup.guard import DedupGuardError, check_drops, split_drops
 from leanset.dedup.imagesig import ImageSignal
 from leanset.dedup.lexical import shingle_matrix
 from leanset.dedup.stage import DedupResult, Signals
-from leanset.labeling.stage import AnswerPolicy, LabelingOutcome, apply_answers, queue_rows
+from leanset.labeling.stage import (
+    AnswerPolicy,
+    LabelingOutcome,
+    apply_answers,
+    queue_rows,
+    with_texts,
+)
 from leanset.pipelines import finish, steps
 from leanset.pipelines.calibrate import read_calibration
 from leanset.pipelines.checks import (
@@ -615,6 +621,4 @@ def _queue_rows(decided: pl.DataFrame, settings: FlowSettings, data: LoadedDatas
     rows = with_review_rows(queue_rows(decided, settings.active_learning), decided)
     if rows.height == 0 or data.modality == "image":
         return rows
-    where = decided.select("sample_id", "position").join(rows.select("sample_id"), on="sample_id")
-    texts = dict(zip(where["sample_id"], data.texts(where["position"].to_list()), strict=True))
-    return rows.with_columns(pl.col("sample_id").replace_strict(texts).alias("text"))
+    return with_texts(rows, decided, data.texts)

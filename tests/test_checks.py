@@ -75,6 +75,28 @@ def test_the_cap_keeps_the_most_extreme_and_policies_drop_only_training_rows():
     assert queued["outlier_review"].sum() == 4 and queued["outlier_drop"].null_count() == 100
 
 
+def test_a_sampled_neighbour_search_finds_the_same_outliers_for_a_bounded_cost():
+    """Above `outliers.sample` distinct contents, each row meets only a random sample of the rows:
+    the planted far rows still stand out, and the ranking agrees with the exact search."""
+    x = _cluster(3000, seed=2)
+    planted = [5, 1500, 2999]
+    x[planted] = _unit(np.random.default_rng(8).normal(size=(3, 32)))
+    table = _table(3000)
+    exact = score_outliers(table, x, OutlierSettings(z=5, max_fraction=0.01))
+    sampled = score_outliers(table, x, OutlierSettings(z=5, max_fraction=0.01, sample=400))
+    assert (
+        np.flatnonzero(sampled.flagged).tolist()
+        == planted
+        == np.flatnonzero(exact.flagged).tolist()
+    )
+    rank = np.corrcoef(
+        np.argsort(np.argsort(exact.distance)), np.argsort(np.argsort(sampled.distance))
+    )
+    assert rank[0, 1] > 0.8
+    same = score_outliers(table[:300], x[:300], OutlierSettings(sample=300))
+    assert np.array_equal(same.score, score_outliers(table[:300], x[:300], OutlierSettings()).score)
+
+
 def test_bad_outlier_settings_name_the_key():
     with pytest.raises(DedupError, match="outliers.k"):
         OutlierSettings(k=0)

@@ -7,7 +7,12 @@ import polars as pl
 import pytest
 
 from leanset.dedup.config import DedupError
-from leanset.dedup.contamination import Reference, contamination_columns, find_contamination
+from leanset.dedup.contamination import (
+    Prior,
+    Reference,
+    contamination_columns,
+    find_contamination,
+)
 from leanset.pipelines.config import ConfigError, load_flow
 from leanset.pipelines.store import Store
 from tests.helpers import pixel_flow_body, write_flows, write_png
@@ -117,3 +122,60 @@ def test_a_reference_needs_one_of_store_or_source(tmp_path: Path):
     body = pixel_flow_body(leaks={"against": [{"splits": ["test"]}]})
     with pytest.raises(ConfigError, match=r"leaks.against\[0\]: expected exactly one"):
         load_flow(write_flows(tmp_path, f=body), "f")
+
+
+def test_a_changed_source_reference_is_read_again_by_the_next_run(prefect_harness, tmp_path):
+    """Before: a source reference was re-read only when this dataset or its settings changed, so
+    a reference file rewritten with a copy of a training image left that copy in."""
+    from leanset.pipelines.flows import clean_flow
+
+    rng = np.random.default_rng(6)
+    bases = [rng.integers(0, 256, (16, 16)) for _ in range(6)]
+    _images(tmp_path / "bench", bases[:2], "test", ["b0", "b1"])
+    _images(tmp_path / "mine", bases[2:], "train", ["m2", "m3", "m4", "m5"])
+    leaks = {"against": [{"source": {"type": "imagefolder", "path": "bench"}, "name": "bench"}]}
+    body = pixel_flow_body(source={"type": "imagefolder", "path": "mine"}, leaks=leaks)
+    config = write_flows(tmp_path, mine=body | {"dedup": {"threshold": 0.95}})
+    first = clean_flow(config_path=str(config), flow_name="mine")
+    assert first["counts"]["by_reason"] == {}
+    assert clean_flow(config_path=str(config), flow_name="mine")["unchanged"]
+    copy = np.clip(bases[4] + rng.normal(0, 3, (16, 16)), 0, 255)
+    _images(tmp_path / "bench", [copy], "test", ["b1"])  # the same file, new content
+    again = clean_flow(config_path=str(config), flow_name="mine")
+    assert not again["unchanged"] and again["counts"]["by_reason"] == {"contaminated": 1}
+    rows = Store(tmp_path / "store").read("decisions").filter(pl.col("kept").not_())
+    assert rows["source"].to_list() == ["train/a/m4.png"]
+    assert rows["contaminated_by"][0].startswith("bench:")
+    assert clean_flow(config_path=str(config), flow_name="mine")["unchanged"]
+    store = Store(tmp_path / "store")
+    assert _searched(store) == (4, 0)  # the reference changed: every training content again
+    # this dataset grows by a copy of a reference image: only the new row is searched
+    _images(tmp_path / "mine", [bases[0]], "train", ["n0"])
+    grown = clean_flow(config_path=str(config), flow_name="mine")
+    assert grown["counts"]["by_reason"] == {"contaminated": 2}
+    assert _searched(store) == (1, 4)
+    dropped = store.read("decisions").filter(pl.col("kept").not_())["source"].sort().to_list()
+    assert dropped == ["train/a/m4.png", "train/a/n0.png"]
+
+
+def _searched(store: Store) -> tuple[int, int]:
+    checked = store.latest()["checks"]["contamination"]
+    return checked["searched"], checked["carried"]
+
+
+def test_a_prior_search_is_carried_only_where_it_still_holds():
+    rng = np.random.default_rng(1)
+    x = _unit(rng.normal(size=(5, 16)))
+    ref = Reference("b", ["r0", "r1"], ["hr0", "hr1"], _unit(x[[0, 1]] + 0.01))
+    table = pl.DataFrame(
+        {"content_hash": [f"h{i}" for i in range(5)], "error": [None] * 5, "split": ["train"] * 5},
+        schema_overrides={"error": pl.Utf8},
+    )
+    full = find_contamination(table, x, [ref], 0.95, [])
+    known = {f"h{i}": (full.by[i], float(full.similarity[i])) for i in range(4)}
+    known["h1"] = (None, 0.0)  # what the prior says wins where it is used
+    found = find_contamination(table, x, [ref], 0.95, [], prior=Prior(known, 0.95))
+    assert (found.searched, found.carried) == (1, 4)
+    assert found.by == ["b:r0", None, None, None, None] and found.found == {"b": 1}
+    lower = find_contamination(table, x, [ref], 0.9, [], prior=Prior(known, 0.95))
+    assert (lower.searched, lower.by[:2]) == (5, ["b:r0", "b:r1"])  # a miss may be a hit now

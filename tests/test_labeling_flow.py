@@ -185,3 +185,69 @@ def test_a_class_too_small_for_the_folds_is_left_unjudged_and_the_run_goes_on(
     rare = dec.filter(pl.col("label") == "rare")
     assert rare.height == 3 and rare["label_issue"].null_count() == 3
     assert dec.filter(pl.col("label") != "rare")["label_issue"].null_count() == 0
+
+
+def _conflict_photos(root: Path) -> None:
+    """Two classes of distinct images; img00 (class a) has a near copy filed under b and an
+    exact copy filed under c: one group, three labels."""
+    from tests.helpers import write_png
+
+    rng = np.random.default_rng(5)
+    bases = [rng.integers(0, 256, (16, 16)) for _ in range(12)]
+    for k, img in enumerate(bases):
+        write_png(root / f"train/{'ab'[k % 2]}/img{k:02d}.png", img)
+    write_png(root / "train/b/twin.png", np.clip(bases[0] + rng.normal(0, 3, (16, 16)), 0, 255))
+    write_png(root / "train/c/copy.png", bases[0])
+
+
+def test_a_label_conflict_task_shows_its_twins_and_its_answer_labels_the_group(
+    prefect_harness, tmp_path
+):
+    """Before: the conflict's task showed one sample, and its answer relabeled only that one,
+    so the next run kept the conflict."""
+    from tests.helpers import pixel_flow_body
+
+    _conflict_photos(tmp_path / "images")
+    body = pixel_flow_body(dedup={"threshold": 0.95}, active_learning={"budget": 1})
+    config = write_flows(tmp_path, photos=body)
+    clean_flow(config_path=str(config), flow_name="photos")
+    store = Store(tmp_path / "store")
+    dec = store.read("decisions")
+    group = dec.filter(pl.col("label_conflict"))
+    assert sorted(group["source"]) == ["train/a/img00.png", "train/b/twin.png", "train/c/copy.png"]
+    queue = read_queue(store.root).filter(pl.col("reason") == "label_conflict")
+    assert queue.height == 1  # one task per conflict group
+    tasks_path = tmp_path / "tasks.json"
+    export_label_studio(store.root, tasks_path, image_root="/data/local-files/?d=images")
+    (task,) = [t for t in json.loads(tasks_path.read_text()) if t["data"]["twins"]]
+    shown = task["data"]["twins"]
+    for source, label in [("img00.png", "a"), ("twin.png", "b"), ("copy.png", "c")]:
+        assert source in shown and f"label: {label}" in shown
+    assert "2 other sample(s) labeled" in task["data"]["context"]
+
+    task["annotations"] = [
+        {
+            "id": 11,
+            "completed_by": 1,
+            "result": [
+                {
+                    "from_name": "label",
+                    "to_name": "image",
+                    "type": "choices",
+                    "value": {"choices": ["a"]},
+                }
+            ],
+        }
+    ]
+    (tmp_path / "answers.json").write_text(json.dumps([task]))
+    res = import_label_studio(store.root, tmp_path / "answers.json", classes=["a", "b", "c"])
+    assert (res.applied, res.twins_labeled) == (1, 2)
+    again = import_label_studio(store.root, tmp_path / "answers.json", classes=["a", "b", "c"])
+    assert (again.applied, again.unchanged, again.twins_labeled) == (0, 1, 0)
+
+    second = clean_flow(config_path=str(config), flow_name="photos")
+    assert second["version"] == 2
+    after = store.read("decisions").filter(pl.col("sample_id").is_in(group["sample_id"].implode()))
+    assert after["label"].to_list() == ["a", "a", "a"]
+    assert not after["label_conflict"].any()
+    assert after["relabel_source"].drop_nulls().to_list() == ["label-studio:11"] * 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -348,3 +349,72 @@ def test_an_annotation_edited_after_an_import_is_recorded_again(tmp_path: Path) 
     assert (result.applied, result.unchanged) == (1, 0)
     assert read_answers(store)["label"].to_list() == ["4"]
     assert import_label_studio(store, tmp_path / "b.json").unchanged == 1
+
+
+def _conflict_row(text: bool = False) -> pl.DataFrame:
+    """One label-conflict row (s000, label 1) with two twins (s001 label 2, s002 label 3)."""
+    twins = [
+        {"sample_id": f"s00{k}", "label": str(k + 1), "source": f"train/{k}/t{k}.png"}
+        | {"text": f"twin <{k}>" if text else None}
+        for k in (1, 2)
+    ]
+    return pl.DataFrame(
+        {
+            "sample_id": ["s000"],
+            "source": ["train/0/x.png"],
+            "reason": ["label_conflict"],
+            "label": ["1"],
+            "text": ["me & you" if text else None],
+            "twins": [twins],
+        }
+    )
+
+
+def test_a_text_conflict_task_shows_every_text_with_its_label(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    enqueue(store, _conflict_row(text=True), now=T0)
+    (task,) = json.loads(export_label_studio(store, tmp_path / "t.json").path.read_text())
+    shown = task["data"]["twins"]
+    assert "me &amp; you" in shown and "twin &lt;1&gt;" in shown and "twin &lt;2&gt;" in shown
+    assert shown.index("label: 1") < shown.index("label: 2") < shown.index("label: 3")
+    assert '<HyperText name="twins" value="$twins"' in label_studio_config(CLASSES, kind="text")
+
+
+def test_a_twins_own_task_wins_over_its_groups_answer(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    own = _rows(1, start=2, reason="label_issue")
+    enqueue(store, pl.concat([_conflict_row(), own], how="diagonal_relaxed"), now=T0)
+    tasks = json.loads(
+        export_label_studio(store, tmp_path / "t.json", image_root="x").path.read_text()
+    )
+    answered = _annotate(tasks, {"s000": "5", "s002": "7"})
+    result = import_label_studio(store, _write_json(tmp_path / "a.json", answered))
+    assert (result.applied, result.twins_labeled) == (2, 1)
+    answers = read_answers(store)
+    assert dict(zip(answers["sample_id"], answers["label"], strict=True)) == {
+        "s000": "5",
+        "s001": "5",
+        "s002": "7",
+    }
+    lead = answers.filter(pl.col("sample_id") == "s000").row(0, named=True)
+    twin = answers.filter(pl.col("sample_id") == "s001").row(0, named=True)
+    assert (twin["previous_label"], twin["reason"]) == ("2", "label_conflict")
+    assert (twin["task_id"], twin["annotation_id"]) == (lead["task_id"], lead["annotation_id"])
+
+
+def test_a_queue_file_written_before_twins_existed_still_reads(tmp_path: Path) -> None:
+    from leanset.pipelines.store.layout import StoreLayout
+    from leanset.pipelines.store.sealed import write_sealed
+
+    store = tmp_path / "store"
+    enqueue(store, _rows(3, start=10), now=T0)
+    path = StoreLayout(store).queue
+    older = io.BytesIO()
+    read_queue(store).drop("twins").write_parquet(older)
+    write_sealed(path, older.getvalue())
+    queue = read_queue(store)
+    assert queue.height == 3 and queue["twins"].null_count() == 3
+    assert enqueue(store, _conflict_row(), now=T0).added == 1
+    assert read_queue(store)["twins"].list.len().to_list() == [None, None, None, 2]
+    csv = export_table(store, tmp_path / "q.csv", format="csv").path.read_text()
+    assert '""sample_id"": ""s001""' in csv

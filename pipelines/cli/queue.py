@@ -153,6 +153,10 @@ def _print_import(res: Any) -> None:
     ]
     if skipped:
         console.print(f"skipped: {', '.join(skipped)}", highlight=False)
+    if res.twins_labeled:
+        console.print(
+            f"{res.twins_labeled} twin(s) of label conflicts given the same label", highlight=False
+        )
     for problem in res.malformed:
         console.print(f"malformed: {problem}", highlight=False)
     if res.unknown_ids:

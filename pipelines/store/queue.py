@@ -50,6 +50,10 @@ REASONS = ("uncertain", "label_issue", "label_conflict", "outlier", "unusable_im
 PENDING = ("queued", "exported")
 STATUSES = ("queued", "exported", "answered")
 _TS = pl.Datetime("us", "UTC")
+# the other samples of a label conflict, shown beside the queued one; an answer labels them all
+TWIN = pl.Struct(
+    {"sample_id": pl.String(), "label": pl.String(), "source": pl.String(), "text": pl.String()}
+)
 QUEUE_SCHEMA = pl.Schema(
     {
         "sample_id": pl.String(),
@@ -67,10 +71,20 @@ QUEUE_SCHEMA = pl.Schema(
         "answered_at": _TS,
         "run_id": pl.String(),
         "version": pl.Int64(),
+        "twins": pl.List(TWIN),
     }
 )
+ADDED_LATER = ("twins",)  # columns older queue files lack: read as null
 ROW_REQUIRED = ("sample_id", "source", "reason")
-ROW_OPTIONAL = ("al_score", "queue_rank", "label", "suggested_label", "suggested_score", "text")
+ROW_OPTIONAL = (
+    "al_score",
+    "queue_rank",
+    "label",
+    "suggested_label",
+    "suggested_score",
+    "text",
+    "twins",
+)
 ANSWER_SCHEMA = pl.Schema(
     {
         "sample_id": pl.String(),
@@ -121,6 +135,7 @@ class ImportResult:
     skipped_unknown_label: int = 0
     skipped_duplicate_task: int = 0
     skipped_malformed: int = 0
+    twins_labeled: int = 0  # other samples of an answered label conflict, given its label
     unknown_ids: tuple[str, ...] = field(default_factory=tuple)
     malformed: tuple[str, ...] = field(default_factory=tuple)  # the first bad tasks, named
 
@@ -177,7 +192,9 @@ def _read(path: Path, schema: pl.Schema) -> pl.DataFrame:
     if raw is None:
         return pl.DataFrame(schema=schema)
     try:
-        return pl.read_parquet(io.BytesIO(raw)).select(list(schema)).cast(schema)
+        frame = pl.read_parquet(io.BytesIO(raw))
+        older = [pl.lit(None).alias(c) for c in ADDED_LATER if c in schema and c not in frame]
+        return frame.with_columns(older).select(list(schema)).cast(schema)
     except pl.exceptions.PolarsError as exc:  # unsealed (older) file that does not parse
         raise IntegrityError(f"{path} is unreadable ({exc}); {_restore_hint(path)}") from exc
 
@@ -254,7 +271,8 @@ def enqueue(
     """Add rows to the queue; samples waiting for a human (queued/exported) are not re-queued.
 
     `rows` holds `sample_id`, `source`, `reason` (uncertain|label_issue|label_conflict) and any of
-    `al_score`, `queue_rank`, `label` (current), `suggested_label`, `suggested_score`, `text`.
+    `al_score`, `queue_rank`, `label` (current), `suggested_label`, `suggested_score`, `text`,
+    `twins` (a label conflict's other samples: `sample_id`, `label`, `source`, `text`).
     Answered samples are skipped too, unless `requeue_answered`.
     """
     rows = _check_rows(rows)
@@ -412,8 +430,9 @@ def _mark(
 
 
 def _csv_bytes(frame: pl.DataFrame) -> bytes:
-    """The queue as CSV (text column included)."""
-    return frame.write_csv().encode()
+    """The queue as CSV (text column included; a conflict's twins as a JSON list)."""
+    twins = [json.dumps(t) if t else None for t in frame["twins"].to_list()]
+    return frame.with_columns(pl.Series("twins", twins, dtype=pl.String)).write_csv().encode()
 
 
 def _parquet_bytes(frame: pl.DataFrame) -> bytes:
@@ -455,7 +474,9 @@ def import_label_studio(
     """Record the human labels of a Label Studio JSON export; unknown ids are skipped and counted.
 
     Only samples in the queue are accepted; with `classes`, a label outside them is skipped.
-    Re-importing the same file changes nothing (`unchanged`).
+    Re-importing the same file changes nothing (`unchanged`). The label chosen for a label
+    conflict's task is recorded for each of its twins too (the person saw them all), unless a
+    twin's own task in the same file answered it.
     """
     path = Path(annotations_path)
     if not path.is_file():
@@ -474,13 +495,18 @@ def import_label_studio(
         }
         counts, new, unknown, bad = collect_answers(tasks, known, seen, classes, from_name)
         fresh = _answer_frame(new, known, stamp, path.name, from_name)
+        twins = _twin_answers(fresh, known)
         if fresh.height:
-            _write(apath, pl.concat([answers, fresh]))
+            _write(apath, pl.concat([answers, fresh, twins]))
             _write(
                 qpath, _mark(queue, fresh["sample_id"].to_list(), "answered", "answered_at", stamp)
             )
     result = ImportResult(
-        n_tasks=len(tasks), unknown_ids=tuple(unknown[:10]), malformed=tuple(bad[:10]), **counts
+        n_tasks=len(tasks),
+        twins_labeled=twins.height,
+        unknown_ids=tuple(unknown[:10]),
+        malformed=tuple(bad[:10]),
+        **counts,
     )
     for problem in bad:
         logger.warning("annotation file %s: %s; task skipped", path, problem)
@@ -515,3 +541,18 @@ def _answer_frame(
         for sid, (task, ann) in new.items()
     ]
     return pl.DataFrame(records, schema=ANSWER_SCHEMA)
+
+
+def _twin_answers(fresh: pl.DataFrame, known: dict[str, dict[str, Any]]) -> pl.DataFrame:
+    """The answer of each label-conflict task repeated for its twins (the samples shown beside
+    it), except twins answered by their own task; previous label and source are the twin's."""
+    answered = set(fresh["sample_id"].to_list())
+    records = [
+        answer | {"sample_id": twin["sample_id"], "previous_label": twin["label"]}
+        for answer in fresh.iter_rows(named=True)
+        for twin in known[answer["sample_id"]]["twins"] or ()
+        if twin["sample_id"] not in answered
+    ]
+    return pl.DataFrame(records, schema=ANSWER_SCHEMA).unique(
+        "sample_id", keep="first", maintain_order=True
+    )
