@@ -2,16 +2,17 @@
 
 A crop, a rotated or flipped scan, or a photo with a caption burned in keeps most of its
 keypoints, while its pooled embedding and thumbnail move. Each image's ORB descriptors (the ones
-the geometric check uses, `dedup.geometry`) are quantised to visual words: a vocabulary of
-`VOCABULARY` words learned on this data by k-means on the descriptors' bits (FAISS), a word being
-the nearest binary centroid. An image is the tf-idf weighted, unit-length histogram of its words;
+the geometric check uses, `dedup.geometry`) are quantised to visual words: a two-level
+vocabulary (`BRANCH` cells of `BRANCH` words) learned on this data by k-means on the descriptors'
+bits, a word being the Hamming-nearest binary centroid. An image is the tf-idf weighted, unit-length histogram of its words;
 the mirrored image's words give a second histogram, so a flip is found too (ORB itself is
 rotation-invariant, so turns need nothing more). Each image's `k` most similar images, plain or
 mirrored, are its candidates where they stand out from the image's look-alikes (`DISTINCT` times
 the similarity of its `NULL_RANK`-th nearest): distinct images that look alike share common
 words (down-weighted by idf) about as much as the next look-alike does, a copy shares the rare
 ones of the part it keeps. On the trust benchmark's textiles (all alike), of the 3 nearest
-(5,040 pairs, 436 of 442 true pairs among them) 10% above the 8th keeps 1,112 pairs and 432 true.
+(5,040 pairs, 436 of 442 true pairs among them) 10% above the 8th keeps 1,112 pairs and 432 true;
+5% is used (more of the crops, whose words stand out least).
 
 Nothing here accepts a pair: the candidates go to the geometric check.
 """
