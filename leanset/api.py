@@ -16,6 +16,7 @@ from leanset.inputs import DATA_FILE, Prepared, kind_of, prepare
 from leanset.pipelines.config import ConfigError, FlowSettings, load_body, load_flow
 from leanset.pipelines.core import Hooks, run_core
 from leanset.pipelines.scaffold import flow_yaml, inspect
+from leanset.pipelines.store.storage import is_url
 from leanset.result import Result, result_of
 
 FLOW_NAME = "clean"  # the flow's name in what `clean` commits (its manifest, its store)
@@ -60,21 +61,25 @@ def clean(
             raise ConfigError(f"leanset.clean: {key!r} is set by clean's arguments, not a section")
     roles = {k: v for k, v in zip(ROLES, (id, label, split, text, image), strict=True) if v}
     with tempfile.TemporaryDirectory(prefix="leanset-clean-") as tmp:
-        where = Path(store).expanduser().resolve() if store else Path(tmp) / "store"
+        where: Path | str = Path(tmp) / "store"
+        if store:  # a bucket URL as it is; a folder made absolute
+            where = str(store) if is_url(store) else Path(store).expanduser().resolve()
         folder = _data_folder(where) if store else Path(tmp) / "data"
         try:
             prepared = prepare(data, folder, embeddings, pred_probs, roles, classes)
             settings = _settings(prepared, roles, embeddings, pred_probs, classes, where, sections)
+            scratch = Path(tmp) / "store"  # a dry run's report folder (never read back)
             hooks = (
-                Hooks() if store else Hooks(html_report=_no_report, dry_run_folder=lambda: where)
+                Hooks() if store else Hooks(html_report=_no_report, dry_run_folder=lambda: scratch)
             )
             run = run_core(settings, dry_run=store is None, hooks=hooks)
-            return result_of(run, data, prepared, committed=store is not None)
+            opts = settings.storage_options
+            return result_of(run, data, prepared, committed=store is not None, options=opts)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _data_folder(store: Path) -> Path:
+def _data_folder(store: Path | str) -> Path:
     """Where an input in memory is written for a run into `store`: the same folder for every run
     into that store, so its path in the config (and so the config hash) stays the same and an
     unchanged input makes no new version."""
@@ -88,7 +93,7 @@ def _settings(
     embeddings: str | np.ndarray | None,
     pred_probs: str | np.ndarray | None,
     classes: list[str] | None,
-    store: Path,
+    store: Path | str,
     sections: dict[str, Any],
 ) -> FlowSettings:
     """The flow `leanset init` would write for this data, with the caller's columns and sections."""
@@ -147,7 +152,8 @@ def run(flows_yaml: str | Path, flow: str, **overrides: Any) -> Result:
 
     check_source_exists(settings, flows_yaml)
     outcome = run_core(settings)
-    return result_of(outcome, Path(settings.source.path or flows_yaml), None, committed=True)
+    data = Path(settings.source.path or flows_yaml)
+    return result_of(outcome, data, None, committed=True, options=settings.storage_options)
 
 
 def _flat(overrides: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

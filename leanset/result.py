@@ -101,10 +101,17 @@ def duplicate_groups(decisions: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def result_of(run: RunResult, data: Any, prepared: Prepared | None, committed: bool) -> Result:
-    """The Result of a core run (an unchanged run: the current version's decisions)."""
+def result_of(
+    run: RunResult,
+    data: Any,
+    prepared: Prepared | None,
+    committed: bool,
+    options: dict[str, str] | None = None,
+) -> Result:
+    """The Result of a core run (an unchanged run: the current version's decisions);
+    `options`: a bucket store's storage_options."""
     s = run.summary if committed else replace(run.summary, report=None)
-    store = Store(run.summary.store)
+    store = Store(run.summary.store, options)
     decisions = run.decisions if run.decisions is not None else store.read("decisions")
     draft = run.draft
     manifest = draft.manifest.to_dict() if draft else store.manifest(s.version)

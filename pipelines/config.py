@@ -27,6 +27,7 @@ from leanset.dedup.config import (
     OutlierSettings,
 )
 from leanset.labeling.config import ActiveLearningSettings, LabelNoiseSettings
+from leanset.pipelines.store.storage import is_url, storage_problem
 
 
 class ConfigError(ValueError):
@@ -45,6 +46,8 @@ class SourceSettings:
     config: str | None = None
     revision: str | None = None
     splits: list[str] | None = None
+    # credentials and endpoint of s3://, gs://, az:// paths (else the usual environment variables)
+    storage_options: dict[str, str] | None = runtime(None)
 
 
 @dataclass(frozen=True)
@@ -207,10 +210,20 @@ class FlowSettings:
     schedule: ScheduleSettings | None = runtime(None)
     engine: EngineSettings = field(default_factory=EngineSettings, metadata={"decides": False})
     description: str = runtime("")
+    # credentials and endpoint of an s3://, gs://, az:// store (else the usual environment variables)
+    storage_options: dict[str, str] | None = runtime(None)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (for manifests and Prefect parameters)."""
         return dataclasses.asdict(self)
+
+    def to_record(self) -> dict[str, Any]:
+        """What a manifest records: `to_dict()` without `storage_options` (they may hold
+        credentials; a reader of the store brings its own)."""
+        data = self.to_dict()
+        data.pop("storage_options")
+        data["source"].pop("storage_options")
+        return data
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes the decisions: not those declared `decides=False`
@@ -365,6 +378,8 @@ def check_source_exists(settings: FlowSettings, config: str | Path) -> None:
     """The source the flow reads is there (called before a run starts, not at every load: the
     demo writes its data after reading the config, and `serve` reads flows that run later)."""
     src, where = settings.source, f"{config}: flow {settings.name!r}"
+    if is_url(src.path or "") or any(is_url(f) for f in src.data_files or []):
+        return  # on object storage: listed when the run loads it
     if src.type == "imagefolder" and not Path(src.path or "").is_dir():
         raise ConfigError(
             f"{where}: source.path: {src.path} is not a folder (expected images in "
@@ -458,6 +473,8 @@ def _coerce(hint: Any, value: Any, where: str, keypath: str) -> Any:
                 f"{where}: {keypath}: expected one of {list(args)}, got {_show(value)}"
             )
         return value
+    if origin is dict:
+        return _mapping(value, where, keypath)
     if origin is list:
         if isinstance(value, str):
             value = [value]
@@ -480,6 +497,23 @@ def _coerce_any(hints: list[Any], value: Any, where: str, keypath: str) -> Any:
             continue
     expected = " or ".join(_describe(h) for h in hints)
     raise ConfigError(f"{where}: {keypath}: expected {expected}, got {_show(value)}")
+
+
+def _mapping(value: Any, where: str, keypath: str) -> dict[str, str]:
+    """`storage_options`: names to scalar values, kept as strings (what obstore and deltalake take)."""
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{where}: {keypath}: expected a mapping of option: value, got {_show(value)}"
+        )
+    out = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or isinstance(item, (dict, list)) or item is None:
+            raise ConfigError(
+                f"{where}: {keypath}.{key}: expected a string, number or boolean value, "
+                f"got {_show(item)}"
+            )
+        out[key] = str(item).lower() if isinstance(item, bool) else str(item)
+    return out
 
 
 def _describe(hint: Any) -> str:
@@ -530,6 +564,9 @@ def _resolve_paths(s: FlowSettings, base: Path, where: str) -> FlowSettings:
     _check_labeling(s, where)
     _check_cost(s, where)
     _check_engine(s.engine, where)
+    _check_storage_options(s.store, s.storage_options, where, "storage_options")
+    for f in src.data_files or [src.path or ""]:
+        _check_storage_options(f, src.storage_options, where, "source.storage_options")
     s = dataclasses.replace(s, leaks=_resolve_leaks(s, base, where))
     source = dataclasses.replace(
         src,
@@ -620,6 +657,25 @@ def _check_engine(e: EngineSettings, where: str) -> None:
             f"{where}: engine.address: expected auto, HOST:PORT or ray://HOST:PORT, "
             f"got {_show(e.address)}"
         )
+
+
+def _check_storage_options(
+    where_to: str, options: dict[str, str] | None, where: str, keypath: str
+) -> None:
+    """`storage_options` belong to an object-storage URL, and the object store must take them."""
+    if not options:
+        return
+    if not is_url(where_to):
+        if keypath == "storage_options" or not where_to:
+            raise ConfigError(
+                f"{where}: {keypath}: applies to s3://, gs://, az:// URLs only, and "
+                f"{'the store' if keypath == 'storage_options' else 'the source'} is "
+                f"{where_to or 'not on object storage'}"
+            )
+        return
+    problem = storage_problem(where_to, options)
+    if problem:
+        raise ConfigError(f"{where}: {keypath}: {problem}")
 
 
 def _looks_like_path(value: str) -> bool:

@@ -52,10 +52,13 @@ from leanset.pipelines.report.balance import balance_info
 from leanset.pipelines.sources import LoadedDataset, SourceError
 from leanset.pipelines.steps import CostMeasures, VersionDraft
 from leanset.pipelines.store import Store
+from leanset.pipelines.store.errors import StoreError
 from leanset.pipelines.store.history import History
+from leanset.pipelines.store.layout import EMBEDDINGS
 from leanset.pipelines.store.location import check_store_location, check_writable
 from leanset.pipelines.store.manifest import JSON, Counts, Manifest
 from leanset.pipelines.store.queue import PENDING, read_answers, read_queue
+from leanset.pipelines.store.storage import is_url
 from leanset.pipelines.store.tables import (
     class_names,
     dataset_table,
@@ -147,22 +150,33 @@ def run_core(
     outside the store. With `engine: ray` the cluster is connected and checked first, before any
     work. `loaded`: the input already read for these settings (else it is read here)."""
     check_store_location(settings.store, settings.source)
-    run = _Run(settings, Store(settings.store), hooks, hooks.run_id(), dry_run, force)
+    run = _Run(settings, open_flow_store(settings), hooks, hooks.run_id(), dry_run, force)
     if loaded is not None and loaded.settings != settings:
         loaded = None
     with _engine(settings, run.run_id) as engine:
         return _pipeline(run, loaded, engine)
 
 
+def open_flow_store(settings: FlowSettings) -> Store:
+    """The store of a flow, with its `storage_options` (a bucket's credentials and endpoint)."""
+    return Store(settings.store, settings.storage_options)
+
+
+def _calibration(store: Store) -> JSON | None:
+    """The store's `leanset calibrate` record (pulled first from a bucket)."""
+    store.side.pull_file(store.side_rel(store.side_layout.calibration))
+    return read_calibration(store.side_layout)
+
+
 def answer_if_unchanged(settings: FlowSettings, dry_run: bool) -> RunSummary | Loaded:
     """The summary of an unchanged run, read without Prefect; else the loaded input, for the run
     that follows (so it does not read it again)."""
-    store, timer = Store(settings.store), Timer()
+    store, timer = open_flow_store(settings), Timer()
     with timer("load"):
         data = steps.load_dataset(settings, dry_run)
     current = store.latest()
     labeled, _ = _with_answers(data, store, settings, current)
-    hashed = config_hash(settings, read_calibration(store.layout))
+    hashed = config_hash(settings, _calibration(store))
     if current and is_current(current, input_fingerprint(labeled.table), hashed):
         if not dry_run:
             finish.finish_pending(store, current, labeled, "leanset run")
@@ -179,6 +193,11 @@ def _engine(settings: FlowSettings, run_id: str) -> Iterator[JSON]:
     if settings.engine.type == "local":
         yield {"type": "local"}
         return
+    if is_url(settings.store):
+        raise StoreError(
+            f"store {settings.store}: engine: ray needs a store folder every node sees so far; "
+            f"a store on object storage runs with engine: local"
+        )
     from leanset.pipelines.engine import ray_session
 
     paths = {"store": Path(settings.store)}
@@ -200,7 +219,7 @@ def _engine(settings: FlowSettings, run_id: str) -> Iterator[JSON]:
 def _pipeline(run: _Run, loaded: Loaded | None, engine: JSON) -> RunResult:
     settings, store, timer = run.settings, run.store, run.timer
     parent = store.latest()
-    calibration = read_calibration(store.layout)
+    calibration = _calibration(store)
     with timer("load"):
         data = run.hooks.load(settings, run.dry_run, loaded.data if loaded else None)
     if loaded:
@@ -218,6 +237,7 @@ def _pipeline(run: _Run, loaded: Loaded | None, engine: JSON) -> RunResult:
     history.warn_if_ids_changed(data.table)
     version = (parent["version"] if parent else 0) + 1
     data = data.with_table(history.mark_first_seen(data.table, version))
+    store.cache.pull(EMBEDDINGS, new_names_only=True)  # a bucket store: the shards it lacks here
     embedded = _embed(run, data)
     prior = history.prior_index() if settings.dedup.near else None
     with timer("dedup"):
@@ -238,6 +258,7 @@ def _pipeline(run: _Run, loaded: Loaded | None, engine: JSON) -> RunResult:
             settings, embedded.info.get("fingerprint", ""), dd.calibration, run.dry_run
         )
         checked = run.hooks.checks(labeled.table, embedded.matrix, settings, basis)
+    store.cache.push(EMBEDDINGS)  # the shards embedding and the geometric check wrote
     decided = data.with_table(decide(checked.table))
     measured = _measure_cost(run, decided, dd.table, embedded)
     seen = (fingerprint, hashed, embedded, dd, labeled.info | human, guard)
@@ -266,7 +287,7 @@ def _commit(
     """The commit point, then what follows it."""
     settings, store = run.settings, run.store
     with run.timer("commit"):
-        committed = run.hooks.commit(str(store.root), draft)
+        committed = run.hooks.commit(store, draft)
     log.info("Committed version %s of %s.", committed["version"], settings.store)
     summary = RunSummary.of(settings.name, settings.store, committed, run.timer.seconds, False)
     after = (run, summary, committed, decided, draft, parent)
@@ -299,17 +320,20 @@ def _after_commit(
     leaves them to the next run or `leanset show`)."""
     settings, store, version = run.settings, run.store, committed["version"]
     if draft.queue is not None:
-        filled = run.hooks.fill_queue(str(store.root), draft.queue, version, run.run_id)
+        filled = run.hooks.fill_queue(store, draft.queue, version, run.run_id)
         summary.labeling["queue"] = filled
         if "not_written" not in filled:  # the disk is full: left to the next run
             finish.mark_done(store, version, finish.QUEUE, filled)
     if settings.cost.promote:
         summary.statement += "\n" + _promote_after_run(store, version, settings)
-    path = store.layout.report(version)
-    parent_report = store.layout.report(parent["version"]) if parent else None
+    path = store.side_layout.report(version)
+    parent_report = store.side_layout.report(parent["version"]) if parent else None
     written = run.hooks.html_report(
         path, summary, draft.decisions, decided, committed, parent_report
     )
+    if written:
+        store.side.push(store.side_rel(store.side_layout.report(version)))
+        written = store.shown(Path(written))
     summary.report = written or None  # none when the disk is full: left to the next run
     if summary.report:
         finish.mark_done(store, version, finish.REPORT, summary.report)
@@ -330,8 +354,7 @@ def unchanged_summary(
     summary = RunSummary.of(settings.name, settings.store, current, dict(timer.seconds), True)
     summary.embed, summary.search, summary.labeling, summary.cost = {}, {}, {}, {}
     summary.statement = ""
-    report = store.layout.report(current["version"])
-    summary.report = str(report) if report.is_file() else None
+    summary.report = store.report_of(current["version"])
     return summary
 
 
@@ -343,7 +366,7 @@ def _dry_run(run: _Run, draft: VersionDraft, data: LoadedDataset, version: int) 
     summary.dry_run = True
     folder = run.hooks.dry_run_folder()
     path = folder / f"{settings.name}-v{version}-dry-run.html"
-    parent_report = run.store.layout.report(draft.parent) if draft.parent else None
+    parent_report = run.store.side_layout.report(draft.parent) if draft.parent else None
     summary.report = run.hooks.html_report(
         path, summary, draft.decisions, data, manifest, parent_report
     )
@@ -380,7 +403,9 @@ def _with_answers(
         move_to=al.labeled_pool_split if al is not None else "train",
         applied_through=datetime.fromisoformat(through) if through else None,
     )
-    labeled, human = apply_answers(data.table, read_answers(store.root), policy)
+    with store.labeling() as root:
+        answers = read_answers(root)
+    labeled, human = apply_answers(data.table, answers, policy)
     return data.with_table(labeled), human
 
 
@@ -494,7 +519,8 @@ def _label(
         return LabelingOutcome(table, {})
     column = settings.label_noise.pred_probs_column if settings.label_noise else None
     given = data.column(column) if column else None
-    pending = read_queue(run.store.root).filter(pl.col("status").is_in(list(PENDING)))
+    with run.store.labeling() as root:
+        pending = read_queue(root).filter(pl.col("status").is_in(list(PENDING)))
     t = settings.dedup.threshold
     threshold = float(calibration.get("threshold", 0.95)) if t == "auto" else float(t)
     names = data.label_names() if given is not None else None  # the pred_probs column order
@@ -558,7 +584,7 @@ def _draft(
     manifest = Manifest(
         flow=settings.name,
         config_hash=found.config_hash,
-        config=settings.to_dict(),
+        config=settings.to_record(),
         input_fingerprint=found.fingerprint,
         counts=counts,
         timings=dict(timer.seconds),

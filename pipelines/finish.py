@@ -11,11 +11,13 @@ the report is rewritten whole. The next run finishes its parent's missing steps,
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, TypeVar
 
 import polars as pl
@@ -23,8 +25,10 @@ import polars as pl
 from leanset.pipelines.fsutil import digest, is_disk_full
 from leanset.pipelines.sources import LoadedDataset
 from leanset.pipelines.store import IntegrityError, Store, StoreError
+from leanset.pipelines.store.layout import FILE_HASHES
 from leanset.pipelines.store.manifest import JSON
 from leanset.pipelines.store.sealed import check_file, read_sealed, write_sealed
+from leanset.pipelines.store.storage import is_url
 from leanset.pipelines.summary import RunSummary
 
 log = logging.getLogger("leanset.store")
@@ -40,7 +44,8 @@ def steps_for(labeling: bool) -> JSON:
 
 def done_steps(store: Store, version: int) -> JSON:
     """{step: its result} for the finished post-commit steps of a version."""
-    path = store.layout.completion(version)
+    path = store.side_layout.completion(version)
+    store.side.pull_file(store.side_rel(path))
     try:
         raw = read_sealed(path, "its post-commit steps are redone (they are idempotent)")
         data = json.loads(raw) if raw is not None else {}
@@ -56,7 +61,7 @@ def pending_steps(store: Store, manifest: JSON) -> list[str]:
     wanted = (manifest.get("post_commit") or {}).get("steps") or []
     version = int(manifest["version"])
     done = done_steps(store, version)
-    if REPORT in done and check_file(store.layout.report(version)) is not None:
+    if REPORT in done and _report_problem(store, version) is not None:
         log.warning("version %s: its report is damaged; it is written again", version)
         done.pop(REPORT)
     return [s for s in wanted if s not in done]
@@ -67,7 +72,8 @@ def mark_done(store: Store, version: int, step: str, result: Any) -> None:
     steps = done_steps(store, version) | {step: result}
     record = {"version": version, "steps": steps}
     text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
-    write_sealed(store.layout.completion(version), text.encode())
+    path = write_sealed(store.side_layout.completion(version), text.encode())
+    store.side.push(store.side_rel(path))
 
 
 def queue_rows(store: Store, manifest: JSON) -> pl.DataFrame:
@@ -76,9 +82,9 @@ def queue_rows(store: Store, manifest: JSON) -> pl.DataFrame:
     rel = post.get("queue_rows")
     if not rel:
         return pl.DataFrame()
-    path = store.root / rel
+    path = store.storage.show(rel)
     try:
-        raw = path.read_bytes()
+        raw = store.storage.read(rel)
     except OSError as exc:
         raise StoreError(
             f"version {manifest['version']}: its queue rows {path} cannot be read ({exc}); "
@@ -98,9 +104,10 @@ def finish_queue(store: Store, manifest: JSON, run_id: str | None) -> JSON:
 
     rows = queue_rows(store, manifest)
     version = int(manifest["version"])
-    counts = (
-        asdict(enqueue(store.root, rows, run_id=run_id, version=version)) if rows.height else {}
-    )
+    counts: JSON = {}
+    if rows.height:
+        with store.labeling(write=True) as root:
+            counts = asdict(enqueue(root, rows, run_id=run_id, version=version))
     result = counts or {"added": 0}
     mark_done(store, version, QUEUE, result)
     return result
@@ -122,15 +129,16 @@ def finish_report(
             f"version {version}: its report cannot be written again: the source no longer holds "
             f"the samples it was made from (`leanset export` still gives its decisions)"
         )
-    summary = RunSummary.of(manifest.get("flow") or "", str(store.root), manifest, {}, False)
+    summary = RunSummary.of(manifest.get("flow") or "", store.where, manifest, {}, False)
     summary.labeling["queue"] = done_steps(store, version).get(QUEUE)
     parent = manifest.get("parent")
-    parent_report = store.layout.report(int(parent)) if parent else None
+    parent_report = store.side_layout.report(int(parent)) if parent else None
     path = write_html_report(
-        store.layout.report(version), summary, decisions, data, manifest, parent_report
+        store.side_layout.report(version), summary, decisions, data, manifest, parent_report
     )
-    mark_done(store, version, REPORT, str(path))
-    return str(path)
+    store.side.push(store.side_rel(Path(path)))
+    mark_done(store, version, REPORT, store.shown(Path(path)))
+    return store.shown(Path(path))
 
 
 def finish_version(
@@ -169,6 +177,15 @@ def finish_pending(store: Store, manifest: JSON, data: LoadedDataset, run_id: st
     return done
 
 
+def _report_problem(store: Store, version: int) -> str | None:
+    """Why a version's report does not match its seal. In a bucket an object is whole or absent
+    (`leanset verify` checks its seal), so only its presence is asked (one HEAD, not its bytes)."""
+    path = store.side_layout.report(version)
+    if store.storage.remote:
+        return None if store.storage.size(store.side_rel(path)) is not None else "it is missing"
+    return check_file(path)
+
+
 def unless_disk_full(call: Callable[[], T], fallback: T) -> T:
     """`call()`, or `fallback` when the disk is full (a post-commit step is then left pending)."""
     try:
@@ -194,7 +211,7 @@ def after_commit(store: Store, manifest: JSON, steps: Callable[[], None]) -> Non
             "some space; the next `leanset run` (or `leanset show %s`) finishes them",
             manifest["version"],
             " and ".join(pending),
-            store.root,
+            store.where,
         )
 
 
@@ -205,10 +222,15 @@ def _load(store: Store, manifest: JSON) -> LoadedDataset:
 
     try:
         settings = flow_from_dict(manifest.get("config") or {})
+        source = settings.source
+        opts = getattr(store.storage, "options", None)  # a bucket store's own options
+        if opts and is_url(source.path or (source.data_files or [""])[0]):
+            source = dataclasses.replace(source, storage_options=opts)
     except ConfigError as exc:
         raise StoreError(
             f"version {manifest['version']}: its config cannot be read by this leanset ({exc}); "
             f"its report cannot be written again"
         ) from exc
-    hashes = FileHashCache(store.layout.file_hashes)
-    return load_source(settings.source, settings.columns, hashes)
+    store.side.pull_file(FILE_HASHES)
+    hashes = FileHashCache(store.side_layout.file_hashes)
+    return load_source(source, settings.columns, hashes)

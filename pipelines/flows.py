@@ -141,15 +141,15 @@ def cost_task(
     retry_condition_fn=_worth_retrying,
     cache_policy=NO_CACHE,
 )
-def commit_task(store_root: str, draft: VersionDraft) -> JSON:
+def commit_task(store: Store, draft: VersionDraft) -> JSON:
     """Write the new version (tables and pair index first, manifest last)."""
-    return steps.commit(store_root, draft)
+    return steps.commit(store, draft)
 
 
 @task(name="fill-labeling-queue", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def enqueue_task(store_root: str, rows: pl.DataFrame, version: int, run_id: str) -> JSON:
+def enqueue_task(store: Store, rows: pl.DataFrame, version: int, run_id: str) -> JSON:
     """Add this version's uncertain samples, label issues and label conflicts to the queue."""
-    return steps.fill_queue(store_root, rows, version, run_id)
+    return steps.fill_queue(store, rows, version, run_id)
 
 
 @task(name="write-html-report", cache_policy=NO_CACHE)
@@ -222,7 +222,7 @@ def _run_name() -> str:
     name = str(params.get("flow_name", "leanset"))
     try:
         settings = load_flow(params["config_path"], name, params.get("overrides") or ())
-        latest = Store(settings.store).latest()
+        latest = Store(settings.store, settings.storage_options).latest()
     except USER_ERRORS + (KeyError,):  # the flow itself reports a bad config
         return name
     version = (latest["version"] if latest else 0) + 1

@@ -35,10 +35,12 @@ from leanset.pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_datase
 from leanset.pipelines.embed.features import FeatureStore
 from leanset.pipelines.sources import FileHashCache, LoadedDataset, load_source
 from leanset.pipelines.store import Store
-from leanset.pipelines.store.layout import StoreLayout
+from leanset.pipelines.store.layout import FILE_HASHES, StoreLayout
 from leanset.pipelines.store.manifest import JSON, Manifest
 from leanset.pipelines.store.queue import PENDING, enqueue, read_queue
+from leanset.pipelines.store.storage import is_url
 from leanset.pipelines.store.vectors import KeptVectors
+from leanset.pipelines.store.workdir import mirror_folder
 from leanset.pipelines.summary import RunSummary
 from leanset.pipelines.units import Accounting, account, split_roles, units_per_row
 
@@ -56,12 +58,23 @@ def load(
 
 def load_dataset(settings: FlowSettings, dry_run: bool = False) -> LoadedDataset:
     """The sample table; a dry run reads the file-hash cache but never writes it."""
-    hashes = FileHashCache(StoreLayout.of(settings.store).file_hashes)
+    store = Store(settings.store, settings.storage_options)
+    store.side.pull_file(FILE_HASHES)
+    hashes = FileHashCache(store.side_layout.file_hashes)
     probs = settings.label_noise is not None and settings.label_noise.pred_probs_column is not None
     data = load_source(settings.source, settings.columns, hashes, content_optional=probs)
     if not dry_run:
         hashes.save()
+        store.side.push(FILE_HASHES)
     return data
+
+
+def embeddings_folder(settings: FlowSettings) -> Path:
+    """The flow's embedding cache folder: in its store, or for a bucket store in its local mirror
+    (the run pulls the bucket's shards into it before embedding and pushes new ones after)."""
+    if is_url(settings.store):
+        return StoreLayout(mirror_folder(settings.store)).embeddings
+    return StoreLayout.of(settings.store).embeddings
 
 
 def embed(
@@ -77,9 +90,7 @@ def embed(
     if settings.engine.type == "ray":  # the cluster's scheduler owns its GPUs
         from leanset.pipelines.engine.embed import embed_dataset_ray
 
-        res, stats = embed_dataset_ray(
-            data, emb, settings.engine, StoreLayout.of(settings.store).embeddings
-        )
+        res, stats = embed_dataset_ray(data, emb, settings.engine, embeddings_folder(settings))
         res.engine = stats.to_dict()
         res.measures = measures_after(data, settings, res)
         return res
@@ -89,7 +100,7 @@ def embed(
         return embed_dataset(
             data,
             embedder,
-            StoreLayout.of(settings.store).embeddings,
+            embeddings_folder(settings),
             batch_size=emb.batch_size,
             num_workers=emb.num_workers,
             shard_rows=emb.shard_rows,
@@ -110,7 +121,7 @@ def image_signal(data: LoadedDataset, settings: FlowSettings, dry_run: bool = Fa
     return embed_dataset(
         data,
         ThumbnailEmbedder(),
-        StoreLayout.of(settings.store).embeddings,
+        embeddings_folder(settings),
         batch_size=256,
         num_workers=emb.num_workers if emb else 0,
         shard_rows=emb.shard_rows if emb else 4096,
@@ -123,7 +134,7 @@ def image_features(
 ) -> FeatureStore:
     """Local features of the images, for the geometric check (computed when a pair needs them,
     cached beside the embeddings; a dry run keeps what it computes in memory)."""
-    return FeatureStore(data, StoreLayout.of(settings.store).embeddings, read_only=dry_run)
+    return FeatureStore(data, embeddings_folder(settings), read_only=dry_run)
 
 
 def dedup(
@@ -240,9 +251,9 @@ class VersionDraft:
     cost: CostDelta | None = None
 
 
-def commit(store_root: str, draft: VersionDraft) -> JSON:
+def commit(store: Store, draft: VersionDraft) -> JSON:
     """Write the new version (tables and pair index first, manifest last)."""
-    return Store(store_root).commit(
+    return store.commit(
         draft.dataset,
         draft.decisions,
         draft.manifest.to_dict(),
@@ -253,17 +264,21 @@ def commit(store_root: str, draft: VersionDraft) -> JSON:
     )
 
 
-def fill_queue(store_root: str, rows: pl.DataFrame, version: int, run_id: str) -> JSON:
+def fill_queue(store: Store, rows: pl.DataFrame, version: int, run_id: str) -> JSON:
     """Add this version's uncertain samples, label issues and label conflicts to the queue."""
     if rows.height == 0:
         return {"added": 0}
-    counts = finish.unless_disk_full(
-        lambda: enqueue(store_root, rows, run_id=run_id, version=version), None
-    )
-    if counts is None:
+
+    def add() -> tuple[Any, pl.DataFrame]:
+        with store.labeling(write=True) as root:
+            counts = enqueue(root, rows, run_id=run_id, version=version)
+            return counts, read_queue(root)
+
+    added_and_queue = finish.unless_disk_full(add, None)
+    if added_and_queue is None:
         return {"added": 0, "not_written": "no space left on the store's disk"}
+    counts, queue = added_and_queue
     done = asdict(counts)
-    queue = read_queue(store_root)
     added = queue.filter(pl.col("version") == version).group_by("reason").len().sort("reason")
     done["by_reason"] = dict(zip(added["reason"], added["len"], strict=True))
     done["waiting"] = queue.filter(pl.col("status").is_in(list(PENDING))).height

@@ -204,9 +204,7 @@ def _unreferenced(store: Store) -> int:
     return len([n for n in found if n not in named])
 
 
-def test_the_cli_verifies_and_diffs_a_bucket_and_refuses_what_needs_a_folder(
-    s3, monkeypatch, capsys, tmp_path
-):
+def test_the_cli_verifies_diffs_lists_and_runs_on_a_bucket(s3, monkeypatch, capsys, tmp_path):
     from leanset.pipelines.cli import main
     from tests.helpers import make_imagefolder, pixel_flow
 
@@ -221,10 +219,14 @@ def test_the_cli_verifies_and_diffs_a_bucket_and_refuses_what_needs_a_folder(
     assert main(["diff", url, "1", "2", "--json"]) == 0
     out = capsys.readouterr().out
     assert json.loads(out[out.index("{") :])["entered"] == [{"sample_id": "c", "drop_reason": None}]
-    assert main(["versions", url]) == 2  # promotions are still files by path: one clear line
-    said = capsys.readouterr()
-    assert "needs a store folder" in said.out + said.err and "Traceback" not in said.err
+    url = f"s3://{s3.bucket()}/run"
+    monkeypatch.setenv("LEANSET_CACHE_DIR", str(tmp_path / "cache"))  # the bucket's mirror
     flows = pixel_flow(tmp_path, "f", store=url)
-    assert main(["run", str(flows), "--flow", "f"]) == 2
-    said = capsys.readouterr()
-    assert "a flow run needs a store folder" in said.out + said.err
+    assert main(["run", str(flows), "--flow", "f"]) == 0  # credentials from the environment
+    capsys.readouterr()
+    assert main(["show", url, "--json"]) == 0  # the manifest and its promotions
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{") :])["version"] == 1
+    assert main(["versions", url, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert [r["version"] for r in json.loads(out[out.index("[") :])] == [1]

@@ -101,12 +101,14 @@ def cmd_queue_export(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     statuses = STATUS_CHOICES[args.status] or STATUSES
     if args.format != "label-studio":
-        out = export_table(store.root, args.out, format=args.format, statuses=statuses)
+        with store.labeling() as here:
+            out = export_table(here, args.out, format=args.format, statuses=statuses)
         console.print(f"wrote {out.n_tasks} queue rows to {out.path}", highlight=False)
         return 0
-    check_writable(store.root, "a Label Studio export marks the queue rows exported")
+    check_writable(store.where, "a Label Studio export marks the queue rows exported")
     root, dataset, docs = image_root(store, args)
-    res = export_label_studio(store.root, args.out, image_root=root, statuses=statuses)
+    with store.labeling(write=True) as here:
+        res = export_label_studio(here, args.out, image_root=root, statuses=statuses)
     xml = Path(args.out).with_suffix(".label_config.xml")
     xml.write_text(label_studio_config(_classes(store), kind="image" if root else "text"))
     console.print(
@@ -133,8 +135,10 @@ def cmd_queue_import(args: argparse.Namespace) -> int:
     from leanset.pipelines.store.queue import import_label_studio
 
     store = open_store(args.store)
-    check_writable(store.root, "an import records the answers in its labeling/ folder")
-    res = import_label_studio(store.root, args.annotations, classes=_classes(store))
+    check_writable(store.where, "an import records the answers in its labeling/ folder")
+    classes = _classes(store)
+    with store.labeling(write=True) as here:
+        res = import_label_studio(here, args.annotations, classes=classes)
     _print_import(res)
     return 0
 
@@ -177,7 +181,8 @@ def cmd_queue_push(args: argparse.Namespace) -> int:
 
     store = open_store(args.store)
     target = _target(store, args, images=True)
-    project_id, counts = push_queue(store.root, target, api_key())
+    with store.labeling(write=True) as here:
+        project_id, counts = push_queue(here, target, api_key())
     console.print(
         f"project {args.project!r} (id {project_id}) at {args.url}: {counts.created} task(s) "
         f"created, {counts.updated} updated, {counts.unchanged} unchanged",
@@ -190,9 +195,9 @@ def cmd_queue_pull(args: argparse.Namespace) -> int:
     from leanset.pipelines.labelstudio import api_key, pull_queue
 
     store = open_store(args.store)
-    path, res = pull_queue(
-        store.root, _target(store, args, images=False), api_key(), _classes(store)
-    )
+    target, classes = _target(store, args, images=False), _classes(store)
+    with store.labeling(write=True) as here:
+        path, res = pull_queue(here, target, api_key(), classes)
     console.print(f"pulled {res.n_tasks} task(s) updated since the last pull ({path})")
     _print_import(res)
     return 0
@@ -202,14 +207,15 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
     from leanset.pipelines.store.queue import read_answers, read_queue
 
     store = open_store(args.store)
-    q = read_queue(store.root)
+    with store.labeling() as here:
+        q, answers = read_queue(here), read_answers(here)
     t = Table(title=f"labeling queue of {show_path(args.store)}", title_justify="left")
     for col in ("status", "reason", "samples"):
         t.add_column(col)
     for row in q.group_by("status", "reason").len().sort("status", "reason").iter_rows():
         t.add_row(*[str(v) for v in row])
     print_table(t)
-    console.print(f"{read_answers(store.root).height:,} answered sample(s) recorded")
+    console.print(f"{answers.height:,} answered sample(s) recorded")
     return 0
 
 

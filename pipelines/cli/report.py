@@ -31,7 +31,12 @@ def add_commands(sub: Any) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     version = store.manifest(args.version)["version"]
-    path = store.layout.report(version).resolve()
+    if store.storage.remote:  # a copy in the bucket store's local mirror, to open
+        rel = store.side_rel(store.side_layout.report(version))
+        store.cache.pull_file(rel)
+        path = store.cache.root / rel
+    else:
+        path = store.layout.report(version).resolve()
     if not path.is_file():
         raise StoreError(
             f"store {args.store}: version {version} has no report ({path} is missing; it is "

@@ -132,8 +132,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(m | {"promotions": mine}, indent=2, default=str))
         return 0
     summary = RunSummary.of(m.get("flow") or "", args.store, m, {}, unchanged=False)
-    report = store.layout.report(m["version"])
-    summary.report = str(report) if report.is_file() else None
+    summary.report = store.report_of(m["version"])
     print_summary(summary)
     if summary.report is None:
         console.print(f"report: none written for version {m['version']}", highlight=False)

@@ -25,6 +25,7 @@ from leanset.pipelines.sources.dataset import (
 )
 from leanset.pipelines.sources.folder import open_folder
 from leanset.pipelines.sources.hashes import FileHashCache, Hashed
+from leanset.pipelines.sources.remote import localize
 from leanset.pipelines.sources.vectors import vector_blocks
 
 log = logging.getLogger("leanset.sources")
@@ -40,7 +41,9 @@ def load_source(
     """Load the configured source and build the sample table (ids, splits, labels, hashes).
 
     `content_optional`: a table with no image, text or vector column is valid (modality `none`:
-    ids, labels and given probabilities; each row's content hash is its place in the source)."""
+    ids, labels and given probabilities; each row's content hash is its place in the source).
+    A source on object storage is read from its local mirror (`sources/remote.py`)."""
+    source = localize(source)
     opened = _open_splits(source, columns.unlabeled_splits)
     splits = opened.splits
     if source.splits:

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     import datasets
 
 from leanset.pipelines.fsutil import atomic_write_bytes, digest
+from leanset.pipelines.sources.remote import fetch_prefix
 from leanset.pipelines.store import Store, StoreError
+from leanset.pipelines.store.layout import EMBEDDINGS
+from leanset.pipelines.store.storage import is_url
 
 FORMATS = ("parquet", "hf", "imagefolder")
 EXTRAS = ("embeddings", "pred_probs", "decisions")
@@ -134,6 +137,9 @@ class VersionView:
             frame = frame.with_columns(embedding_column(store, manifest, frame))
         source = manifest.get("config", {}).get("source", {})
         root = Path(source["path"]) if source.get("path") else None
+        if source.get("path") and is_url(source["path"]):  # images in a bucket: its local mirror
+            opts = getattr(store.storage, "options", None)
+            root = fetch_prefix(source["path"], opts)
         return cls(frame, classes, root, manifest["version"])
 
 
@@ -176,7 +182,8 @@ def embedding_column(store: Store, manifest: dict[str, Any], frame: pl.DataFrame
     if not fingerprint:
         raise StoreError(f"version {manifest['version']} was made without an embedder")
     hashes = frame["content_hash"].to_list()
-    found, vectors = EmbeddingCache(store.layout.embeddings, fingerprint).get(hashes)
+    store.cache.pull(EMBEDDINGS, new_names_only=True)  # a bucket store: into its local mirror
+    found, vectors = EmbeddingCache(store.cache_layout.embeddings, fingerprint).get(hashes)
     # every kept sample was read; among the decisions, unreadable ones have no vector
     readable = (
         frame["error"].is_null().to_numpy()
@@ -186,7 +193,7 @@ def embedding_column(store: Store, manifest: dict[str, Any], frame: pl.DataFrame
     missing = np.flatnonzero(readable & ~found)
     if missing.size:
         raise StoreError(
-            f"the embedding cache of {store.root} no longer holds the vectors of {missing.size} "
+            f"the embedding cache of {store.where} no longer holds the vectors of {missing.size} "
             f"sample(s) (first: {frame['sample_id'][int(missing[0])]!r}); rerun the flow to "
             "recompute them, then export again"
         )

@@ -66,6 +66,7 @@ class GcPlan:
     reports: list[str] = field(default_factory=list)
     bytes: int = 0
     applied: bool = False
+    bucket: Any = field(default=None, repr=False)  # a store in a bucket: its ObjectStorage
 
     def paths(self) -> list[str]:
         """Everything the plan removes, in the order it is removed (manifests first)."""
@@ -124,11 +125,13 @@ def plan_gc(
     """Decide what to remove without removing anything."""
     manifests = store.manifests()
     if not manifests:
-        raise GcError(f"store {store.root} has no versions; there is nothing to collect")
+        raise GcError(f"store {store.where} has no versions; there is nothing to collect")
     by_version = {int(m["version"]): m for m in manifests}
     kept = _kept_versions(store, sorted(by_version), keep_last, keep)
     kept |= {v for v in [promoted_version(store)] if v in by_version}  # what exports read
     removed = [v for v in sorted(by_version) if v not in kept]
+    if store.storage.remote:
+        return _bucket_plan(store, by_version, sorted(kept), removed, grace_seconds)
     plan = GcPlan(store=str(store.root), keep=sorted(kept), remove=removed)
     plan.manifests = [str(store.layout.manifest(v).resolve()) for v in removed]
     kept_manifests = [by_version[v] for v in plan.keep]
@@ -148,8 +151,25 @@ def plan_gc(
     return plan
 
 
+def _bucket_plan(
+    store: Store, by_version: dict[int, Any], keep: list[int], removed: list[int], grace: float
+) -> GcPlan:
+    """The plan for a store in a bucket (`gc_bucket.py`): object URLs instead of paths."""
+    from leanset.pipelines.store.gc_bucket import remote_plan, sizes
+
+    kept_m, removed_m = [by_version[v] for v in keep], [by_version[v] for v in removed]
+    names = remote_plan(store, kept_m, removed_m, grace)
+    plan = GcPlan(store=store.where, keep=keep, remove=removed, bucket=store.storage)
+    for key, found in names.items():
+        setattr(plan, key, [store.storage.show(n) for n in found])
+    plan.bytes = sizes(store.storage, [n for found in names.values() for n in found])  # type: ignore[arg-type]
+    return plan
+
+
 def apply_gc(plan: GcPlan) -> GcPlan:
     """Remove what the plan lists: manifests first, so a crash never leaves a broken version."""
+    if plan.bucket is not None:
+        return _apply_bucket(plan)
     _remove_paths(plan.manifests)
     _remove_paths(plan.table_files + plan.index_files + plan.vector_files)
     _remove_paths(plan.cache_dirs)
@@ -166,6 +186,19 @@ def apply_gc(plan: GcPlan) -> GcPlan:
     return plan
 
 
+def _apply_bucket(plan: GcPlan) -> GcPlan:
+    """Delete a bucket plan's objects, manifests first."""
+    storage = plan.bucket
+    prefix = storage.show("")
+    for url in plan.paths():
+        storage.delete(url.removeprefix(prefix))
+    plan.applied = True
+    log.info(
+        "store %s: removed versions %s (%d objects)", plan.store, plan.remove, len(plan.paths())
+    )
+    return plan
+
+
 # ---------------------------------------------------------------- what to keep
 
 
@@ -174,18 +207,18 @@ def _kept_versions(
 ) -> set[int]:
     """The versions to keep: the newest `keep_last`, or the named ones; always the newest."""
     if (keep_last is None) == (keep is None):
-        raise GcError(f"store {store.root}: give either keep_last or keep (the versions to keep)")
+        raise GcError(f"store {store.where}: give either keep_last or keep (the versions to keep)")
     if keep_last is not None:
         if keep_last < 1:
-            raise GcError(f"store {store.root}: keep_last must be at least 1, got {keep_last}")
+            raise GcError(f"store {store.where}: keep_last must be at least 1, got {keep_last}")
         return set(versions[-keep_last:])
     missing = sorted(set(keep or []) - set(versions))
     if missing:
         raise GcError(
-            f"store {store.root} has no version(s) {missing} to keep; versions: {versions}"
+            f"store {store.where} has no version(s) {missing} to keep; versions: {versions}"
         )
     if not keep:
-        raise GcError(f"store {store.root}: name at least one version to keep")
+        raise GcError(f"store {store.where}: name at least one version to keep")
     return set(keep) | {versions[-1]}
 
 

@@ -12,6 +12,7 @@ STORE/
   reports/v000001.html          a static report per version
   cost/calibration.json         the last `leanset calibrate` measurement (training throughput)
   promotions/p000001.json       who promoted which version and why (append-only, one file each)
+  locks/labeling.lease          a store in a bucket: held while the labeling queue is rewritten
   vectors/v000001-<t>-000.npz    raw vectors of precomputed embeddings, shared between versions
   after-commit/v000001-<t>.queue.parquet  rows a version's queue fill adds (written before its manifest)
   after-commit/v000001.done.json          which post-commit steps of a version are done (written last)
@@ -26,6 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TABLES = ("dataset", "decisions")
+EMBEDDINGS = "cache/embeddings"  # the embedding cache, relative to the store
+FILE_HASHES = "cache/file-hashes.parquet"
+PROMOTIONS = "promotions"
+LABELING_LEASE = (
+    "locks/labeling.lease"  # a bucket store: held while the labeling queue is rewritten
+)
 
 
 @dataclass(frozen=True)
@@ -62,11 +69,11 @@ class StoreLayout:
     @property
     def embeddings(self) -> Path:
         """The embedding cache: one folder per embedder fingerprint."""
-        return self.root / "cache" / "embeddings"
+        return self.root / EMBEDDINGS
 
     @property
     def file_hashes(self) -> Path:
-        return self.root / "cache" / "file-hashes.parquet"
+        return self.root / FILE_HASHES
 
     @property
     def labeling(self) -> Path:
@@ -108,7 +115,7 @@ class StoreLayout:
 
     @property
     def promotions(self) -> Path:
-        return self.root / "promotions"
+        return self.root / PROMOTIONS
 
     def promotion(self, number: int) -> Path:
         """The n-th promotion record (created exclusively; never rewritten)."""

@@ -19,11 +19,8 @@ def check_store_location(store: str | Path, source: SourceSettings) -> None:
     """Refuse a store path that would mix the store with the data it cleans, or with other files;
     the message names both paths and what to do."""
     if is_url(store):
-        raise StoreError(
-            f"store {store}: a flow run needs a store folder (a local path, or a bucket mounted "
-            f"at the same path on every node) so far; a store on object storage can be committed "
-            f"to, read, diffed and verified (`leanset verify URL`, `leanset diff URL A B`)"
-        )
+        _check_prefixes(str(store), source)
+        return
     path = Path(store).expanduser().resolve()
     if path == Path(path.anchor):
         raise StoreError(f"store {store}: the filesystem root cannot be a store; {_FIX}")
@@ -32,6 +29,17 @@ def check_store_location(store: str | Path, source: SourceSettings) -> None:
     for pattern in source.data_files or []:
         _check_pattern(path, pattern)
     _check_folder(path, store)
+
+
+def _check_prefixes(url: str, source: SourceSettings) -> None:
+    """A bucket store and a bucket source must not hold each other (same rule as folders)."""
+    store = url.rstrip("/") + "/"
+    for given in [source.path or "", *(source.data_files or [])]:
+        if not is_url(given):
+            continue
+        fixed = re.split(r"[*?\[]", given, maxsplit=1)[0]  # the part before any wildcard
+        if fixed.startswith(store) or store.startswith(fixed.rstrip("/") + "/") or fixed == url:
+            raise StoreError(f"store {url} and the source {given} overlap; {_FIX}")
 
 
 def check_writable(store: str | Path, why: str) -> None:

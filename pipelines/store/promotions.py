@@ -15,17 +15,19 @@ raw probe had memorised them), and the gate says how many.
 
 from __future__ import annotations
 
+import fnmatch
 import getpass
 import json
 import platform
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from leanset.labeling.quality import PairedDifference, paired_difference, unpack_bits
-from leanset.pipelines.fsutil import create_exclusive
+from leanset.pipelines.store.layout import PROMOTIONS, StoreLayout
 from leanset.pipelines.store.versions import Store, StoreConflict, StoreError
 
 JSON = dict[str, Any]
@@ -71,15 +73,14 @@ class Gate:
 
 def promotions(store: Store) -> list[JSON]:
     """Every promotion record, oldest first."""
-    folder = store.layout.promotions
-    if not folder.is_dir():
-        return []
+    names = store.storage.list(PROMOTIONS)
     out = []
-    for path in sorted(folder.glob("p*.json")):
+    for rel in sorted(n for n in names if fnmatch.fnmatch(n, f"{PROMOTIONS}/p*.json")):
         try:
-            out.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise StoreError(f"promotion record {path} is unreadable ({exc})") from exc
+            out.append(json.loads(store.storage.read(rel).decode("utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            shown = store.storage.show(rel)
+            raise StoreError(f"promotion record {shown} is unreadable ({exc})") from exc
     return out
 
 
@@ -199,9 +200,9 @@ def promote(
         "gate": gate.to_dict(),
     }
     data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
-    if not create_exclusive(store.layout.promotion(number), data):
+    if not store.storage.create(StoreLayout(Path(".")).promotion(number).as_posix(), data):
         raise StoreConflict(
-            f"store {store.root}: another promotion was recorded at the same time; nothing was "
+            f"store {store.where}: another promotion was recorded at the same time; nothing was "
             f"recorded for version {version}. Run `leanset promote` again."
         )
     return record, gate

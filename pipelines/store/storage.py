@@ -30,6 +30,7 @@ from leanset.pipelines.store.errors import StoreError
 
 OBJECT_SCHEMES = ("s3", "gs", "az", "abfs", "abfss")
 _HTTP_KEYS = ("aws_allow_http", "allow_http")  # obstore takes these as a client option
+_PAGE = 1000  # keys per listing page (S3's most): one counted "list" per page
 
 
 def is_url(root: str | Path) -> bool:
@@ -47,10 +48,12 @@ class Traffic:
     bytes_out: int = 0
 
     def count(self, kind: str, read: int = 0, written: int = 0) -> None:
-        """Record one request."""
+        """Record one request (in this storage's counts and in the process's, `PROCESS`)."""
         self.requests[kind] = self.requests.get(kind, 0) + 1
         self.bytes_in += read
         self.bytes_out += written
+        if self is not PROCESS:
+            PROCESS.count(kind, read, written)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -59,6 +62,9 @@ class Traffic:
             "bytes_read": self.bytes_in,
             "bytes_written": self.bytes_out,
         }
+
+
+PROCESS = Traffic()  # every storage of this process together (what a whole run moved)
 
 
 class LocalStorage:
@@ -148,7 +154,8 @@ class ObjectStorage:
         try:
             self._store = from_url(self.url, config=config or None, client_options=client or None)  # type: ignore[arg-type]
         except Exception as exc:  # obstore raises its own config errors
-            raise StoreError(f"store {url}: cannot open it ({exc})") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"store {url}: cannot open it ({first})") from exc
 
     def show(self, rel: str) -> str:
         """How messages name an object."""
@@ -197,10 +204,48 @@ class ObjectStorage:
 
         found: list[str] = []
         under = prefix.strip("/")
-        for page in obstore.list(self._store, f"{under}/" if under else None):
-            self.traffic.count("list")
+        self.traffic.count("list")
+        for k, page in enumerate(
+            obstore.list(self._store, f"{under}/" if under else None, chunk_size=_PAGE)
+        ):
+            if k:  # the first page was counted above (an empty listing is a request too)
+                self.traffic.count("list")
             found += [str(o["path"]) for o in page]
         return sorted(found)
+
+    def listing(self, prefix: str) -> dict[str, tuple[int, float]]:
+        """{name: (size, last modified as a POSIX time)} of the objects under a prefix."""
+        import obstore
+
+        found: dict[str, tuple[int, float]] = {}
+        under = prefix.strip("/")
+        self.traffic.count("list")
+        for k, page in enumerate(
+            obstore.list(self._store, f"{under}/" if under else None, chunk_size=_PAGE)
+        ):
+            if k:  # the first page was counted above (an empty listing is a request too)
+                self.traffic.count("list")
+            for o in page:
+                found[str(o["path"])] = (int(o["size"]), o["last_modified"].timestamp())
+        return found
+
+    def entries(self, prefix: str) -> dict[str, str]:
+        """{name: ETag (or size and time when the store gives none)} of the objects under a
+        prefix: what a mirror compares to know which objects changed."""
+        import obstore
+
+        found: dict[str, str] = {}
+        under = prefix.strip("/")
+        self.traffic.count("list")
+        for k, page in enumerate(
+            obstore.list(self._store, f"{under}/" if under else None, chunk_size=_PAGE)
+        ):
+            if k:  # the first page was counted above (an empty listing is a request too)
+                self.traffic.count("list")
+            for o in page:
+                tag = o.get("e_tag") or f"{o['size']}@{o['last_modified']}"
+                found[str(o["path"])] = str(tag)
+        return found
 
     def delete(self, rel: str) -> None:
         """Remove an object (absent is fine)."""
@@ -237,6 +282,15 @@ def _allow_http(options: dict[str, str]) -> bool:
 
 
 Storage = LocalStorage | ObjectStorage
+
+
+def storage_problem(url: str, options: dict[str, str]) -> str | None:
+    """Why obstore refuses these options for `url` (an unknown key, a bad value), else None."""
+    try:
+        ObjectStorage(url, options)
+    except StoreError as exc:
+        return str(exc).removeprefix(f"store {url}: ")
+    return None
 
 
 def storage_for(root: str | Path, options: dict[str, str] | None = None) -> Storage:

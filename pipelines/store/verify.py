@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from leanset.pipelines.store import integrity
 from leanset.pipelines.store.errors import StoreError
+from leanset.pipelines.store.layout import EMBEDDINGS, FILE_HASHES
 from leanset.pipelines.store.versions import Store, check_table_files
 
 Severity = Literal["damaged", "note"]
@@ -123,47 +124,51 @@ def _caches(store: Store, out: Verification) -> None:
     """Corrupt embedding shards: a note (they are re-embedded and `leanset gc` removes them)."""
     from leanset.pipelines.embed.cache import read_shard
 
-    if store.storage.remote:
-        return  # no embedding cache is kept under a store on object storage
-    root = store.layout.embeddings
+    store.cache.pull(EMBEDDINGS, new_names_only=True)  # a bucket store: into its local mirror
+    root = store.cache_layout.embeddings
     for path in sorted(root.glob("*/shard-*.npz")) if root.is_dir() else []:
         out.files_checked += 1
         if read_shard(path) is None:
+            shown = store.storage.show(store.side_rel(path)) if store.storage.remote else path
             out.findings.append(
                 Finding(
                     "note",
-                    str(path),
-                    f"embedding cache shard {path} is corrupt; its samples are re-embedded by the "
-                    f"next run, and `leanset gc` removes it",
+                    str(shown),
+                    f"embedding cache shard {shown} is corrupt; its samples are re-embedded by "
+                    f"the next run, and `leanset gc` removes it",
                 )
             )
 
 
 def _sealed_files(store: Store, out: Verification) -> None:
     """Labeling files, the Label Studio sync state, reports, after-commit records, the file-hash
-    cache: each against its seal (`pipelines/store/sealed.py`); kept in local stores only."""
-    if store.storage.remote:
-        return
-    lay = store.layout
+    cache: each against its seal (`pipelines/store/sealed.py`; a bucket's are pulled first)."""
+    for prefix in ("labeling", "reports", "after-commit"):
+        store.side.pull(prefix)
+    store.side.pull_file(FILE_HASHES)
+    lay = store.side_layout
     labeling = [lay.queue, lay.answers, lay.label_studio_sync]
     fix = "restore it and its .sum file from a backup of the store's labeling/ folder"
     for path in labeling:
-        _sealed(path, "damaged", fix, out)
+        _sealed(store, path, "damaged", fix, out)
     reports = sorted(lay.reports.glob("v*.html")) if lay.reports.is_dir() else []
     for path in reports:
-        _sealed(path, "note", "the next `leanset run` (or `leanset show`) writes it again", out)
+        _sealed(
+            store, path, "note", "the next `leanset run` (or `leanset show`) writes it again", out
+        )
     done = sorted(lay.after_commit.glob("v*.done.json")) if lay.after_commit.is_dir() else []
     for path in done:
-        _sealed(path, "note", "the next `leanset run` redoes its post-commit steps", out)
-    _sealed(lay.file_hashes, "note", "the cache is rebuilt by the next run", out)
+        _sealed(store, path, "note", "the next `leanset run` redoes its post-commit steps", out)
+    _sealed(store, lay.file_hashes, "note", "the cache is rebuilt by the next run", out)
 
 
-def _sealed(path: Path, severity: Severity, fix: str, out: Verification) -> None:
+def _sealed(store: Store, path: Path, severity: Severity, fix: str, out: Verification) -> None:
     from leanset.pipelines.store.sealed import check_file
 
     if not path.is_file():
         return
     out.files_checked += 1
     why = check_file(path)
+    shown = store.shown(path)
     if why is not None:
-        out.findings.append(Finding(severity, str(path), f"{path} is damaged: {why}; {fix}"))
+        out.findings.append(Finding(severity, shown, f"{shown} is damaged: {why}; {fix}"))

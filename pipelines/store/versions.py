@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import io
 import json
 import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,10 @@ from leanset.pipelines.store.integrity import (
     serialise,
     table_files,
 )
-from leanset.pipelines.store.layout import TABLES, StoreLayout
+from leanset.pipelines.store.layout import LABELING_LEASE, TABLES, StoreLayout
 from leanset.pipelines.store.storage import Storage, storage_for
 from leanset.pipelines.store.vectors import KeptVectors, read_vectors, write_vectors
+from leanset.pipelines.store.workdir import SideFolder
 
 log = logging.getLogger("leanset.store")
 __all__ = ["Diff", "IntegrityError", "Store", "StoreConflict", "StoreError", "StoreFull"]
@@ -63,6 +66,56 @@ class Store:
             raise StoreError(
                 f"store path {self._root} is a file; expected a folder (or a new path)"
             )
+        self._side: SideFolder | None = None
+        self.cache = SideFolder.shared(self.storage)  # the content-addressed caches
+
+    @property
+    def side(self) -> SideFolder:
+        """Where this process reads and writes the store's rewritable side files (the store
+        folder itself, or for a bucket a local folder of its own, pulled and pushed)."""
+        if self._side is None:
+            self._side = SideFolder.private(self.storage)
+        return self._side
+
+    @property
+    def side_layout(self) -> StoreLayout:
+        """The layout of `side`: the store's own layout for a local store."""
+        return self._layout if not self.storage.remote else StoreLayout(self.side.root)
+
+    @property
+    def cache_layout(self) -> StoreLayout:
+        """The layout of `cache`: the store's own layout for a local store."""
+        return self._layout if not self.storage.remote else StoreLayout(self.cache.root)
+
+    def side_rel(self, path: Path) -> str:
+        """A path under `side` (or `cache`) as a name relative to the store."""
+        base = self.cache.root if path.is_relative_to(self.cache.root) else self.side.root
+        if not self.storage.remote:
+            base = self._root
+        return path.relative_to(base).as_posix()
+
+    def shown(self, path: Path) -> str:
+        """How a side file is named to a user: its path, or for a bucket its URL."""
+        return str(path) if not self.storage.remote else self.storage.show(self.side_rel(path))
+
+    def report_of(self, version: int) -> str | None:
+        """Where a version's HTML report is (its path, or its URL), None when none was written."""
+        path = self.side_layout.report(version)
+        if not self.storage.remote:
+            return str(path) if path.is_file() else None
+        return self.shown(path) if self.storage.size(self.side_rel(path)) is not None else None
+
+    @contextlib.contextmanager
+    def labeling(self, write: bool = False) -> Iterator[Path]:
+        """The store folder whose labeling files `queue.py` reads (and, with `write`, rewrites);
+        for a bucket: pulled into `side` (under the bucket's labeling lease when writing) and
+        pushed back after."""
+        held = self.side.leased(LABELING_LEASE, "the labeling queue") if write else None
+        with held or contextlib.nullcontext():
+            self.side.pull("labeling")
+            yield self.side.root
+            if write:
+                self.side.push("labeling")
 
     @property
     def root(self) -> Path:

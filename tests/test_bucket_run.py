@@ -1,0 +1,334 @@
+"""`leanset run` with its store in a bucket (moto's real S3 server, started here): the same
+decisions as on a folder, caches and queue in the bucket, incremental runs, racing runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from leanset.pipelines.config import ConfigError, load_flow
+from leanset.pipelines.core import run_core
+from leanset.pipelines.store import Store
+from leanset.pipelines.store.queue import read_queue
+from leanset.pipelines.store.verify import verify_store
+from tests import s3_server
+from tests.helpers import make_imagefolder, pixel_flow_body, write_flows, write_png
+from tests.s3_server import S3Server
+from tests.test_labeling_flow import DIGITS, digits  # noqa: F401  (a fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    server = s3_server.start()
+    yield server
+    server.server.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's bucket mirrors live under its own folder (never the user's cache)."""
+    monkeypatch.setenv("LEANSET_CACHE_DIR", str(tmp_path / "machine-1"))
+
+
+def _decisions(store: Store) -> pl.DataFrame:
+    return store.read("decisions").drop("first_seen", strict=False).sort("sample_id")
+
+
+def _flows(tmp_path: Path, url: str, options: dict[str, str], **body: object) -> Path:
+    local = pixel_flow_body(**body)
+    bucket = pixel_flow_body(store=url, storage_options=options, **body)
+    return write_flows(tmp_path, local=local, bucket=bucket)
+
+
+def test_a_run_on_a_bucket_store_decides_as_on_a_folder_and_reruns_incrementally(
+    s3, tmp_path, monkeypatch
+):
+    make_imagefolder(tmp_path / "images")
+    url = f"s3://{s3.bucket()}/stores/photos"
+    config = _flows(tmp_path, url, s3.options)
+    local, bucket = (load_flow(config, name) for name in ("local", "bucket"))
+    run_core(local)
+    first = run_core(bucket)
+    assert first.summary.version == 1 and first.summary.report == f"{url}/reports/v000001.html"
+    remote = Store(url, s3.options)
+    assert _decisions(remote).equals(_decisions(Store(tmp_path / "store")))
+    assert remote.manifest()["embed"]["computed"] > 0
+    names = remote.storage.list("")
+    assert any(n.startswith("cache/embeddings/") for n in names)
+    for name in ("cache/file-hashes.parquet", "after-commit/v000001.done.json"):
+        assert name in names and f"{name}.sum" in names
+    assert not (tmp_path / "stores").exists()  # nothing of the bucket store went to a folder
+
+    again = run_core(bucket)
+    assert again.summary.unchanged and [m["version"] for m in remote.manifests()] == [1]
+
+    for k in range(3):  # new files: only they are embedded
+        write_png(tmp_path / f"images/train/a/new{k}.png", np.full((16, 16), 40 * k + 10))
+    assert run_core(bucket).summary.version == 2
+    assert remote.manifest(2)["embed"]["computed"] == 3
+
+    monkeypatch.setenv("LEANSET_CACHE_DIR", str(tmp_path / "machine-2"))  # another machine
+    write_png(tmp_path / "images/train/b/later.png", np.full((16, 16), 200))
+    assert run_core(bucket).summary.version == 3
+    assert remote.manifest(3)["embed"]["computed"] == 1  # the bucket's shards were pulled
+    run_core(local)
+    assert _decisions(remote).equals(_decisions(Store(tmp_path / "store")))
+    assert verify_store(url, s3.options).ok
+
+
+def test_the_labeling_queue_of_a_bucket_store_fills_as_a_folders(
+    s3,
+    tmp_path,
+    digits,  # noqa: F811
+):
+    url = f"s3://{s3.bucket()}/digits"
+    config = write_flows(
+        tmp_path, local=DIGITS, bucket=DIGITS | {"store": url, "storage_options": s3.options}
+    )
+    local, bucket = (load_flow(config, name) for name in ("local", "bucket"))
+    run_core(local)
+    run_core(bucket)
+    remote = Store(url, s3.options)
+    assert _decisions(remote).equals(_decisions(Store(tmp_path / "store")))
+    with remote.labeling() as root:
+        queue = read_queue(root)
+    expected = read_queue(tmp_path / "store")
+    assert queue.height == expected.height > 0
+    cols = ["sample_id", "reason", "status", "version"]
+    assert queue.select(cols).sort("sample_id").equals(expected.select(cols).sort("sample_id"))
+    assert "locks/labeling.lease" not in remote.storage.list("locks")  # released
+    assert remote.manifest()["post_commit"]["steps"] == ["queue", "report"]
+    done = json.loads(remote.storage.read("after-commit/v000001.done.json"))
+    assert set(done["steps"]) == {"queue", "report"}
+
+
+def test_storage_options_are_checked_like_every_key(s3, tmp_path):
+    url = f"s3://{s3.bucket()}/s"
+    config = write_flows(
+        tmp_path,
+        ok=pixel_flow_body(store=url, storage_options={"aws_region": "us-east-1", "x": 1} | {}),
+    )
+    with pytest.raises(ConfigError, match=r"'ok': storage_options: cannot open it .*'x'"):
+        load_flow(config, "ok")
+    config = write_flows(tmp_path, f=pixel_flow_body(storage_options={"aws_region": "eu"}))
+    with pytest.raises(ConfigError, match=r"'f': storage_options: applies to s3://.* URLs only"):
+        load_flow(config, "f")
+    config = write_flows(tmp_path, f=pixel_flow_body(store=url, storage_options=["a"]))
+    with pytest.raises(ConfigError, match=r"'f': storage_options: expected a mapping"):
+        load_flow(config, "f")
+    config = write_flows(tmp_path, f=pixel_flow_body(store=url, storage_options={"k": {}}))
+    with pytest.raises(ConfigError, match=r"'f': storage_options.k: expected a string"):
+        load_flow(config, "f")
+    settings = load_flow(write_flows(tmp_path, f=pixel_flow_body(store=url, **_opts(s3))), "f")
+    assert settings.storage_options == s3.options
+    assert "storage_options" not in settings.to_record()  # credentials stay out of manifests
+
+
+def _opts(s3: S3Server) -> dict[str, object]:
+    return {"storage_options": s3.options}
+
+
+def test_a_bucket_store_with_engine_ray_is_refused_in_one_line(s3, tmp_path, capsys):
+    from leanset.pipelines.cli import main
+
+    make_imagefolder(tmp_path / "images")
+    url = f"s3://{s3.bucket()}/s"
+    config = write_flows(tmp_path, f=pixel_flow_body(store=url, engine="ray", **_opts(s3)))
+    assert main(["run", str(config), "--flow", "f"]) == 2
+    said = capsys.readouterr()
+    assert "engine: ray needs a store folder" in said.out + said.err
+    assert "Traceback" not in said.err and Store(url, s3.options).latest() is None
+
+
+@pytest.mark.slow
+def test_racing_runs_on_a_bucket_store_make_one_version_per_parent(s3, tmp_path):
+    make_imagefolder(tmp_path / "images")
+    url = f"s3://{s3.bucket()}/race"
+    config = write_flows(tmp_path, f=pixel_flow_body(store=url, **_opts(s3)))
+    cmd = [sys.executable, "-m", "leanset", "run", str(config), "--flow", "f"]
+    for _ in range(2):
+        runs = [
+            subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for _ in range(3)
+        ]
+        outs = [(p.wait(timeout=600), p.stdout.read().decode()) for p in runs]  # type: ignore[union-attr]
+        assert any(rc == 0 for rc, _ in outs), outs
+        write_png(tmp_path / "images/train/a/changed.png", np.full((16, 16), len(outs)))
+    store = Store(url, s3.options)
+    parents = [m["parent"] for m in store.manifests()]
+    assert len(parents) == len(set(parents))  # one version per parent
+    assert verify_store(url, s3.options).ok
+
+
+def _upload(folder: Path, url: str, options: dict[str, str]) -> None:
+    """Copy a local folder under a bucket prefix (what a user's `aws s3 sync` would do)."""
+    from leanset.pipelines.store.storage import ObjectStorage
+
+    bucket = ObjectStorage(url, options)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        bucket.write(path.relative_to(folder).as_posix(), path.read_bytes())
+
+
+def test_an_image_source_in_a_bucket_decides_as_the_same_folder_on_disk(s3, tmp_path):
+    make_imagefolder(tmp_path / "images")
+    name = s3.bucket()
+    _upload(tmp_path / "images", f"s3://{name}/data/images", s3.options)
+    source = {"type": "imagefolder", "path": f"s3://{name}/data/images", **_opts(s3)}
+    bucket = pixel_flow_body(source=source, store=f"s3://{name}/store", **_opts(s3))
+    config = write_flows(tmp_path, local=pixel_flow_body(), bucket=bucket)
+    run_core(load_flow(config, "local"))
+    run_core(load_flow(config, "bucket"))
+    remote = Store(f"s3://{name}/store", s3.options)
+    assert _decisions(remote).equals(_decisions(Store(tmp_path / "store")))
+    write_png(tmp_path / "images/train/a/extra.png", np.full((16, 16), 99))
+    _upload(tmp_path / "images", f"s3://{name}/data/images", s3.options)
+    assert run_core(load_flow(config, "bucket")).summary.version == 2
+    assert remote.manifest(2)["embed"]["computed"] == 1
+
+
+def test_parquet_files_in_a_bucket_decide_as_the_same_files_on_disk(
+    s3,
+    tmp_path,
+    digits,  # noqa: F811
+):
+    name = s3.bucket()
+    _upload(tmp_path, f"s3://{name}/tables", s3.options)  # digits.parquet (and flows.yaml)
+    files = {"data_files": [f"s3://{name}/tables/*.parquet"], **_opts(s3)}
+    body = DIGITS | {"active_learning": None, "label_noise": None}
+    bucket = body | {"source": DIGITS["source"] | files, "store": f"s3://{name}/s", **_opts(s3)}
+    config = write_flows(tmp_path, local=body, bucket=bucket)
+    run_core(load_flow(config, "local"))
+    run_core(load_flow(config, "bucket"))
+    remote = Store(f"s3://{name}/s", s3.options)
+    keys = ["sample_id", "kept", "drop_reason", "label"]
+    local = Store(tmp_path / "store").read("decisions").select(keys).sort("sample_id")
+    assert remote.read("decisions").select(keys).sort("sample_id").equals(local)
+    assert (
+        remote.read("dataset")
+        .sort("sample_id")
+        .equals(Store(tmp_path / "store").read("dataset").sort("sample_id"))
+    )
+
+
+def test_queue_export_and_gc_on_a_bucket_store(
+    s3,
+    tmp_path,
+    monkeypatch,
+    capsys,
+    digits,  # noqa: F811
+):
+    from leanset.pipelines.cli import main
+
+    for key, value in s3.options.items():  # the CLI reads credentials from the environment
+        monkeypatch.setenv(key, value)
+    url = f"s3://{s3.bucket()}/digits"
+    config = write_flows(tmp_path, bucket=DIGITS | {"store": url})
+    for threshold in ("0.995", "0.99", "0.98"):
+        run_core(load_flow(config, "bucket", [f"dedup.threshold={threshold}"]))
+    store = Store(url)
+    assert [m["version"] for m in store.manifests()] == [1, 2, 3]
+
+    capsys.readouterr()
+    assert main(["queue", "show", url]) == 0
+    assert "queued" in capsys.readouterr().out
+    out = tmp_path / "tasks.json"
+    assert main(["queue", "export", url, "--out", str(out)]) == 0
+    tasks = json.loads(out.read_text())
+    with store.labeling() as root:
+        queue = read_queue(root)
+    assert len(tasks) == queue.height and set(queue["status"]) == {"exported"}  # pushed back
+
+    capsys.readouterr()
+    assert main(["report", url]) == 0  # a local copy of the bucket's report, to open
+    shown = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert shown.read_bytes() == store.storage.read("reports/v000003.html")
+
+    exported = tmp_path / "v3.parquet"
+    assert main(["export", url, "--format", "parquet", "--out", str(exported)]) == 0
+    assert pl.read_parquet(exported).height == store.manifest(3)["counts"]["kept"]
+
+    assert main(["gc", url, "--keep-last", "1"]) == 0
+    assert [m["version"] for m in Store(url).manifests()] == [3]
+    names = store.storage.list("")
+    assert "reports/v000001.html" not in names and "reports/v000003.html" in names
+    assert Store(url).read("decisions").height == store.manifest(3)["counts"]["input"]
+    checked = verify_store(url)
+    assert checked.ok and checked.files_checked > 10
+    store.storage.write("labeling/queue.parquet", b"not the queue")  # damaged in the bucket
+    found = [f.path for f in verify_store(url).findings if f.severity == "damaged"]
+    assert found == [f"{url}/labeling/queue.parquet"]
+
+
+def test_leanset_clean_commits_into_a_bucket_store(s3, tmp_path):
+    from sklearn.datasets import load_digits
+
+    import leanset
+    from tests.test_api import EXACT, frame
+
+    x, y = load_digits(return_X_y=True)
+    x, y = x[:200].astype(np.float32), y[:200].copy()
+    x[190:], y[190:] = x[:10], y[:10]
+    url = f"s3://{s3.bucket()}/api"
+    args = {"id": "id", "label": "label", "embeddings": x, "dedup": EXACT, "label_noise": None}
+    r = leanset.clean(frame(y), store=url, storage_options=s3.options, **args)
+    assert len(r.kept()) == 190
+    assert Store(url, s3.options).manifest()["counts"]["kept"] == 190
+    again = leanset.clean(frame(y), store=url, storage_options=s3.options, **args)
+    assert [m["version"] for m in Store(url, s3.options).manifests()] == [1]  # unchanged
+    assert len(again.kept()) == 190
+
+
+def test_concurrent_queue_rewrites_on_a_bucket_lose_nothing(s3):
+    """Four writers add their own rows at once: the bucket's lease serialises the rewrites."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from leanset.pipelines.store.queue import enqueue
+
+    url = f"s3://{s3.bucket()}/q"
+
+    def add(k: int) -> None:
+        rows = pl.DataFrame(
+            {
+                "sample_id": [f"w{k}-{i}" for i in range(5)],
+                "source": ["x"] * 5,
+                "reason": ["uncertain"] * 5,
+            }
+        )
+        store = Store(url, s3.options)  # one per writer, as separate processes have
+        with store.labeling(write=True) as root:
+            enqueue(root, rows, run_id=f"writer-{k}", version=1)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(add, range(4)))
+    store = Store(url, s3.options)
+    with store.labeling() as root:
+        queue = read_queue(root)
+    assert sorted(queue["sample_id"]) == sorted(f"w{k}-{i}" for k in range(4) for i in range(5))
+    assert store.storage.list("locks") == []  # every lease released
+
+
+def test_a_saved_dataset_in_a_bucket_decides_as_on_disk(s3, tmp_path, digits):  # noqa: F811
+    import datasets
+
+    table = pl.read_parquet(tmp_path / "digits.parquet").head(400)
+    datasets.Dataset.from_polars(table).save_to_disk(str(tmp_path / "saved"))
+    name = s3.bucket()
+    _upload(tmp_path / "saved", f"s3://{name}/saved", s3.options)
+    body = DIGITS | {"source": {"type": "disk", "path": "saved"}, "active_learning": None}
+    remote = {"type": "disk", "path": f"s3://{name}/saved", **_opts(s3)}
+    bucket = body | {"source": remote, "store": f"s3://{name}/s", **_opts(s3)}
+    config = write_flows(tmp_path, local=body, bucket=bucket)
+    run_core(load_flow(config, "local"))
+    run_core(load_flow(config, "bucket"))
+    keys = ["sample_id", "kept", "drop_reason", "label", "label_issue"]
+    got = Store(f"s3://{name}/s", s3.options).read("decisions").select(keys).sort("sample_id")
+    assert got.equals(Store(tmp_path / "store").read("decisions").select(keys).sort("sample_id"))
