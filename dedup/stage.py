@@ -41,7 +41,7 @@ from leanset.dedup import calibrate
 from leanset.dedup.calibrate import Calibration
 from leanset.dedup.config import ROUTES, DedupError, DedupSettings
 from leanset.dedup.exact import exact_representatives
-from leanset.dedup.geometry import FeatureSource, verify_pairs
+from leanset.dedup.geometry import MAX_OVERHANG, MIRROR_MARGIN, FeatureSource, verify_pairs
 from leanset.dedup.groups import Edges, GroupColumns, resolve_groups
 from leanset.dedup.imagesig import SIDE, ImageSignal, pair_evidence
 from leanset.dedup.lexical import MIN_CONTAINMENT, MIN_JACCARD, pair_overlap
@@ -60,6 +60,8 @@ HASH_BITS = 10  # the hashes route: both pHash and dHash within at most this man
 PIXEL_MARGIN = 0.35  # the pixels route: this share of the way from the pixel null to 1
 EMBEDDING_MARGIN = 0.5  # threshold auto: this share of the way from the embedding null to 1
 PIXEL_CANDIDATES = 0.8  # thumbnail pairs at least this correlated are checked by the hashes
+MAX_BLOCK_GAP = 0.2  # pixels: the textured blocks' median NCC at most this far below the whole's
+# (copies on the trust sets: <= 0.04; distinct textiles sharing a caption and logo: >= 0.46)
 GEOMETRY_K = 3  # geometry candidates: each image's 3 nearest neighbours by embedding ...
 FLOOR_Q = 0.5  # ... at or above this quantile of the calibration's null
 WORDS_K = 3  # ... and its 3 nearest images by visual words that stand out (dedup.words)
@@ -319,6 +321,7 @@ def _index_key(basis: str, settings: DedupSettings, routes: tuple[str, ...], t: 
             "geometry": [GEOMETRY_K, WORDS_K, DISTINCT, GEOMETRY_MAX_PER_IMAGE]
             if "geometry" in routes
             else None,
+            "rules": [MAX_BLOCK_GAP, MAX_OVERHANG, MIRROR_MARGIN],  # pairs decided by other rules
         },
         sort_keys=True,
     )
@@ -675,7 +678,8 @@ def _route_checks(
         return out, hashed
     ev = pair_evidence(image, a, b)
     if "pixels" in routes and t.pixels is not None:
-        out["pixels"] = (ev.comparable & (ev.ncc >= np.float32(t.pixels)), ev.ncc)
+        spread = ev.block_ncc >= ev.ncc - MAX_BLOCK_GAP  # not a shared caption band and logo
+        out["pixels"] = (ev.comparable & (ev.ncc >= np.float32(t.pixels)) & spread, ev.ncc)
     if "hashes" in routes and t.hash_bits >= 2:
         hashed = ev.comparable & (np.maximum(ev.phash, ev.dhash) <= t.hash_bits)
     return out, hashed
