@@ -12,7 +12,11 @@ of the matches, and the smaller image lies within the larger one under the fit (
 share of its area that maps into the other image's frame) with its inliers spread over it
 (`spread`, the share of its textured grid cells that hold an inlier). Two overlapping tiles or
 adjacent video frames match on a shared strip only: the smaller one maps half outside the other,
-so they are not confirmed. Flat, dark or near-uniform images have too few keypoints to confirm
+so they are not confirmed. A crop lies within its original, so no corner of the smaller image
+may map further outside the other than the fit's error (`MAX_OVERHANG`): two distinct tiles of
+one repeating pattern (roof tiles, rows of windows, a crowd) fit a shift by one period, which
+leaves a tenth of the tile outside. A mirrored fit counts only when the plain features do not
+fit nearly as well: mirror-symmetric or periodic content (a chessboard) fits both ways. Flat, dark or near-uniform images have too few keypoints to confirm
 anything: a pair with one is never confirmed here.
 """
 
@@ -37,6 +41,11 @@ RATIO = 0.8  # Lowe's ratio test on the two nearest descriptors
 MIN_INLIERS = 20  # inliers of the RANSAC fit
 MIN_INLIER_SHARE = 0.25  # ... as a share of the ratio-test matches
 MIN_INSIDE = 0.85  # share of the smaller image that maps inside the larger one
+MAX_OVERHANG = 0.05  # ... and no corner of it maps further outside than this share of a side:
+# a crop lies within its original up to the fit's error (at most 0.02 on the trust sets), while
+# two tiles of one repeating pattern (roof tiles, windows, a crowd) fit a shift by one period
+# (0.09-0.13 on them); see `_overhang`
+MIRROR_MARGIN = 3.0  # a mirrored fit needs this many times the inliers of the best plain fit
 MIN_SPREAD = 0.3  # share of the smaller image's textured grid cells that hold an inlier
 MIN_SCALE = 0.2  # the fit scales either side by 0.2-5 (a crop keeps at least a fifth of a side)
 MAX_ANISOTROPY = 2.0  # the fit's two scales differ by at most this factor (aspect changes)
@@ -171,6 +180,10 @@ def verify(a: ImageFeatures, b: ImageFeatures) -> Match:
     if plain.copy or not a.plain.usable or not b.plain.usable:
         return plain
     flipped = match(a.plain, b.mirrored)
+    if flipped.copy and flipped.inliers < MIRROR_MARGIN * plain.inliers:
+        # the plain features fit too: mirror-symmetric or periodic content (a chessboard), where
+        # a mirrored fit is not evidence of a mirrored copy
+        return Match(**{**flipped.__dict__, "copy": False})
     if flipped.copy:
         f = np.array(flipped.fit).reshape(2, 3)
         f[0] = np.array([0.0, 0.0, b.mirrored.width]) - f[0]  # onto b's unmirrored pixels
@@ -224,17 +237,18 @@ def _judge(
     rotation = math.degrees(math.atan2(linear[1, 0] - linear[0, 1], linear[0, 0] + linear[1, 1]))
     a_small = a.width * a.height * scale**2 <= b.width * b.height
     if a_small:
-        inside = _share_inside(fit, a, b)
+        inside, overhang = _share_inside(fit, a, b), _overhang(fit, a, b)
         spread = _spread(src, a)
     else:
         inverse = np.asarray(__import__("cv2").invertAffineTransform(fit))
-        inside = _share_inside(inverse, b, a)
+        inside, overhang = _share_inside(inverse, b, a), _overhang(inverse, b, a)
         spread = _spread(dst, b)
     n = len(src)
     ok = (
         n >= MIN_INLIERS
         and n >= MIN_INLIER_SHARE * matches
         and inside >= MIN_INSIDE
+        and overhang <= MAX_OVERHANG
         and spread >= MIN_SPREAD
         and MIN_SCALE <= sy <= sx <= 1 / MIN_SCALE
         and sx / sy <= MAX_ANISOTROPY
@@ -253,6 +267,15 @@ def _share_inside(fit: np.ndarray, small: Features, big: Features, grid: int = 2
         (pts[:, 0] >= 0) & (pts[:, 0] <= big.width) & (pts[:, 1] >= 0) & (pts[:, 1] <= big.height)
     )
     return float(inside.mean())
+
+
+def _overhang(fit: np.ndarray, small: Features, big: Features) -> float:
+    """How far the furthest corner of `small` maps outside `big`'s frame, as a share of big's
+    longer side (0 when the whole of it lies inside)."""
+    w, h = small.width, small.height
+    corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64) @ fit.T
+    out = np.maximum(-corners, corners - np.array([big.width, big.height])).max()
+    return float(max(out, 0.0) / max(big.width, big.height))
 
 
 def _spread(points: np.ndarray, f: Features, cells: int = 4) -> float:

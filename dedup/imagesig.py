@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 SIDE = 32  # thumbnails are SIDE x SIDE
+BLOCKS = 4  # the block NCC is taken on a BLOCKS x BLOCKS grid of the thumbnail
+TEXTURED = 0.25  # a block is textured when its grey spread is at least this share of the whole's
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
@@ -99,6 +101,7 @@ class PairEvidence:
     phash: np.ndarray
     dhash: np.ndarray
     comparable: np.ndarray
+    block_ncc: np.ndarray  # median NCC of the textured blocks, in the orientation of `ncc`
 
 
 def pair_evidence(sig: ImageSignal, i: np.ndarray, j: np.ndarray) -> PairEvidence:
@@ -110,9 +113,40 @@ def pair_evidence(sig: ImageSignal, i: np.ndarray, j: np.ndarray) -> PairEvidenc
         d: np.ndarray = np.minimum(hamming(h[i, 0], h[j, 0]), hamming(h[i, 0], h[j, 1]))
         return d
 
+    use_mirror = flipped > plain
+    other = np.where(use_mirror[:, None], sig.mirrored[j], sig.thumbs[j])
     return PairEvidence(
         ncc=np.maximum(plain, flipped).astype(np.float32),
         phash=dist(sig.phash),
         dhash=dist(sig.dhash),
         comparable=sig.valid[i] & sig.valid[j],
+        block_ncc=block_ncc(sig.thumbs[i], other),
     )
+
+
+def block_ncc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per pair of thumbnail rows: the median NCC of the blocks (a BLOCKS x BLOCKS grid) that are
+    textured in both (-1 when none is). A copy agrees block by block; two distinct images that
+    share a burned-in caption and logo correlate as wholes through those few blocks only."""
+    if not len(a):
+        return np.zeros(0, np.float32)
+    side = SIDE // BLOCKS
+
+    def split(t: np.ndarray) -> np.ndarray:
+        blocks = t.reshape(len(t), BLOCKS, side, BLOCKS, side).transpose(0, 1, 3, 2, 4)
+        flat = blocks.reshape(len(t), BLOCKS * BLOCKS, side * side)
+        centred: np.ndarray = flat - flat.mean(axis=2, keepdims=True)
+        return centred
+
+    x, y = split(np.asarray(a, np.float32)), split(np.asarray(b, np.float32))
+    nx, ny = np.linalg.norm(x, axis=2), np.linalg.norm(y, axis=2)
+    # a block is as spread out as its whole thumbnail when its norm is the whole's / BLOCKS
+    wx = np.linalg.norm(np.asarray(a, np.float32), axis=1)[:, None] / BLOCKS
+    wy = np.linalg.norm(np.asarray(b, np.float32), axis=1)[:, None] / BLOCKS
+    textured = (nx >= TEXTURED * wx) & (ny >= TEXTURED * wy)
+    corr = np.einsum("nkd,nkd->nk", x, y) / np.maximum(nx * ny, 1e-12)
+    corr = np.where(textured, corr, np.nan)
+    out = np.full(len(a), -1.0, np.float32)
+    some = textured.any(axis=1)
+    out[some] = np.nanmedian(corr[some], axis=1)
+    return out

@@ -28,6 +28,7 @@ names the routes. The decisions table says which routes accepted each pair (`dup
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +41,7 @@ from leanset.dedup import calibrate
 from leanset.dedup.calibrate import Calibration
 from leanset.dedup.config import ROUTES, DedupError, DedupSettings
 from leanset.dedup.exact import exact_representatives
-from leanset.dedup.geometry import FeatureSource, verify_pairs
+from leanset.dedup.geometry import MAX_OVERHANG, MIRROR_MARGIN, FeatureSource, verify_pairs
 from leanset.dedup.groups import Edges, GroupColumns, resolve_groups
 from leanset.dedup.imagesig import SIDE, ImageSignal, pair_evidence
 from leanset.dedup.lexical import MIN_CONTAINMENT, MIN_JACCARD, pair_overlap
@@ -53,13 +54,17 @@ from leanset.dedup.near import (
     find_near_pairs_between,
     sample_neighbours,
 )
+from leanset.dedup.words import DISTINCT, NO_WORDS, WordPairs, word_pairs
 
 HASH_BITS = 10  # the hashes route: both pHash and dHash within at most this many of 64 bits
 PIXEL_MARGIN = 0.35  # the pixels route: this share of the way from the pixel null to 1
 EMBEDDING_MARGIN = 0.5  # threshold auto: this share of the way from the embedding null to 1
 PIXEL_CANDIDATES = 0.8  # thumbnail pairs at least this correlated are checked by the hashes
+MAX_BLOCK_GAP = 0.2  # pixels: the textured blocks' median NCC at most this far below the whole's
+# (copies on the trust sets: <= 0.04; distinct textiles sharing a caption and logo: >= 0.46)
 GEOMETRY_K = 3  # geometry candidates: each image's 3 nearest neighbours by embedding ...
 FLOOR_Q = 0.5  # ... at or above this quantile of the calibration's null
+WORDS_K = 3  # ... and its 3 nearest images by visual words that stand out (dedup.words)
 GEOMETRY_MAX_PER_IMAGE = 8  # at most this many pairs per image are checked geometrically
 TEXT_K, TEXT_FLOOR = 10, 0.5  # text candidates: each content's 10 nearest at cosine >= 0.5
 RECALIBRATE_GROWTH = 0.1  # calibrations are kept from the parent until the data changes by 10%
@@ -148,6 +153,36 @@ def find_duplicates(
     if record:
         record |= {"basis": basis, "setting": str(settings.threshold)}
     return DedupResult(out, pairs, found.info, record, key)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The candidate pairs (table rows, a < b) of a dedup run, before the geometric check: which
+    a route other than geometry accepts, and which the geometric check would verify."""
+
+    a: np.ndarray
+    b: np.ndarray
+    accepted: np.ndarray  # bool
+    to_verify: np.ndarray  # bool
+
+
+def candidate_pairs(
+    table: pl.DataFrame, emb: Rows, settings: DedupSettings, signals: Signals | None = None
+) -> Candidates:
+    """The candidates `find_duplicates` would judge on this table (no prior): for diagnostics of
+    what each signal proposes."""
+    emb = _check_embeddings(table, emb)
+    rep_of = exact_representatives(table) if settings.exact else _no_exact(table)
+    reps = np.flatnonzero(rep_of == np.arange(len(rep_of)))
+    routes = _routes(settings, emb, signals)
+    cal = _Calibrator(settings, "", None, len(reps)).run(routes, emb, signals, reps)
+    finder = _Finder(None, None, settings, table, reps, None)
+    a, b, _ = finder.candidates(routes, emb, signals, cal)
+    r = _route(a, b, routes, emb, _second(signals), cal)
+    verify = np.zeros(len(a), dtype=bool)
+    if "geometry" in routes:
+        verify[r.to_verify(a, b, _word_score(a, b, finder.words))] = True
+    return Candidates(a, b, ~np.isnan(r.score), verify)
 
 
 def _check_embeddings(table: pl.DataFrame, emb: Rows) -> Rows:
@@ -284,7 +319,10 @@ def _index_key(basis: str, settings: DedupSettings, routes: tuple[str, ...], t: 
             "pixels": t.pixels,
             "hash_bits": t.hash_bits,
             "floor": t.floor,
-            "geometry": [GEOMETRY_K, GEOMETRY_MAX_PER_IMAGE] if "geometry" in routes else None,
+            "geometry": [GEOMETRY_K, WORDS_K, DISTINCT, GEOMETRY_MAX_PER_IMAGE]
+            if "geometry" in routes
+            else None,
+            "rules": [MAX_BLOCK_GAP, MAX_OVERHANG, MIRROR_MARGIN],  # pairs decided by other rules
         },
         sort_keys=True,
     )
@@ -335,6 +373,7 @@ class _Finder:
         self.settings, self.prior, self.reps = settings, prior, reps
         self.hashes = table["content_hash"].to_numpy()
         self.new = self._new_mask() if prior is not None else np.ones(len(reps), dtype=bool)
+        self.words = NO_WORDS
 
     def run(
         self,
@@ -343,6 +382,18 @@ class _Finder:
         signals: Signals | None,
         t: _Thresholds,
     ) -> _Found:
+        a, b, info = self.candidates(routes, emb, signals, t)
+        found = _confirm(a, b, routes, emb, _second(signals), t, self.words)
+        return self._with_prior(found, info)
+
+    def candidates(
+        self,
+        routes: tuple[str, ...],
+        emb: Rows | None,
+        signals: Signals | None,
+        t: _Thresholds,
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Every signal's candidate pairs, each unordered pair once, and how the search ran."""
         info: dict[str, Any] = {"method": "none", "routes": list(routes)}
         cand: list[tuple[np.ndarray, np.ndarray]] = []
         if "embedding" in routes and emb is not None and t.embedding is not None:
@@ -359,10 +410,22 @@ class _Finder:
             cand.append(self._knn(emb, TEXT_K, TEXT_FLOOR))
         if "geometry" in routes and emb is not None and t.floor is not None:
             cand.append(self._knn(emb, GEOMETRY_K, t.floor))
+        if "geometry" in routes and signals is not None and signals.features is not None:
+            self.words = self._words(signals.features)
+            cand.append((self.words.i, self.words.j))
         a, b = _unique_pairs(cand, len(self.hashes))
-        features = signals.features if signals is not None else None
-        found = _confirm(a, b, routes, emb, (image, text, features), t)
-        return self._with_prior(found, info)
+        return a, b, info
+
+    def _words(self, features: FeatureSource) -> WordPairs:
+        """Each (new) image's WORDS_K nearest images by visual words, as table rows (every
+        image's features are read: a copy may sit anywhere)."""
+        start = time.perf_counter()
+        feats = features(self.reps)
+        read = time.perf_counter() - start
+        found = word_pairs(feats, WORDS_K, queries=np.flatnonzero(self.new))
+        return WordPairs(
+            self.reps[found.i], self.reps[found.j], found.score, found.seconds, found.words, read
+        )
 
     def _new_mask(self) -> np.ndarray:
         """Contents the prior did not search (without exact dedup a content's first row is old)."""
@@ -479,17 +542,68 @@ def dihedral(image: ImageSignal, turns: bool) -> np.ndarray:
 _Second = tuple[ImageSignal | None, sparse.csr_matrix | None, FeatureSource | None]
 
 
-def _confirm(
+def _second(signals: Signals | None) -> _Second:
+    if signals is None:
+        return None, None, None
+    return signals.image, signals.text, signals.features
+
+
+@dataclass
+class _Routed:
+    """Candidates as the routes other than geometry judged them."""
+
+    cos: np.ndarray  # embedding cosine of each pair (1 without an embedding)
+    score: np.ndarray  # the first accepting route's score; NaN where none accepted
+    fired: list[list[str]]  # the routes that accepted each pair
+    hashed: np.ndarray  # the pair's hashes agree (corroboration, never acceptance)
+
+    def to_verify(self, a: np.ndarray, b: np.ndarray, word: np.ndarray) -> np.ndarray:
+        """Indices of the pairs the geometric check verifies: none accepted them; hash agreement
+        first, then visual-word neighbours (by their similarity), then by cosine; at most
+        GEOMETRY_MAX_PER_IMAGE per image (on look-alike data the embedding's neighbours are
+        look-alikes, the words' are copies)."""
+        rank = np.where(self.hashed, 3.0, np.where(word > 0, 1.0 + word, self.cos))
+        return _bounded(np.flatnonzero(np.isnan(self.score)), a, b, rank)
+
+
+def _word_score(a: np.ndarray, b: np.ndarray, words: WordPairs) -> np.ndarray:
+    """The visual-word similarity of each candidate pair (0 where words did not propose it)."""
+    out = np.zeros(len(a), np.float32)
+    if len(words.i) == 0 or len(a) == 0:
+        return out
+    n = int(max(a.max(), b.max(), words.i.max(), words.j.max())) + 1
+    key = a.astype(np.int64) * n + b
+    wkey = words.i.astype(np.int64) * n + words.j
+    order = np.argsort(wkey)
+    pos = np.clip(np.searchsorted(wkey[order], key), 0, len(wkey) - 1)
+    hit = wkey[order][pos] == key
+    out[hit] = words.score[order][pos][hit]
+    return out
+
+
+def _with_words(info: dict[str, Any], words: WordPairs) -> dict[str, Any]:
+    """The check's cost with the visual-word search's: reading every image's features, the
+    vocabulary and the search."""
+    feature = info["feature_seconds"] + words.read_seconds
+    total = info["seconds"] + words.read_seconds + words.seconds
+    return info | {
+        "feature_seconds": round(feature, 3),
+        "word_seconds": round(words.seconds, 3),
+        "word_pairs": len(words.i),
+        "seconds": round(total, 3),
+    }
+
+
+def _route(
     a: np.ndarray,
     b: np.ndarray,
     routes: tuple[str, ...],
     emb: Rows | None,
     second: _Second,
     t: _Thresholds,
-) -> _Found:
-    """The candidates some route accepts, scored by the first route that does; what no route
-    accepts, the geometric check verifies (agreeing hashes are named beside it, never alone)."""
-    image, text, features = second
+) -> _Routed:
+    """The candidates each route other than geometry accepts, scored by the first that does."""
+    image, text, _ = second
     cos = _pair_cosines(emb, a, b) if emb is not None else np.ones(len(a), np.float32)
     score = np.full(len(a), np.nan, dtype=np.float32)
     fired: list[list[str]] = [[] for _ in range(len(a))]
@@ -504,14 +618,30 @@ def _confirm(
             fired[k].append(name)
     for k in np.flatnonzero(hashed).tolist():
         fired[k].append("hashes")
+    return _Routed(cos, score, fired, hashed)
+
+
+def _confirm(
+    a: np.ndarray,
+    b: np.ndarray,
+    routes: tuple[str, ...],
+    emb: Rows | None,
+    second: _Second,
+    t: _Thresholds,
+    words: WordPairs,
+) -> _Found:
+    """The candidates some route accepts, scored by the first route that does; what no route
+    accepts, the geometric check verifies (agreeing hashes are named beside it, never alone)."""
+    r = _route(a, b, routes, emb, second, t)
+    score, fired, features = r.score, r.fired, second[2]
     info: dict[str, Any] = {}
     if "geometry" in routes and features is not None:
-        todo = _bounded(np.flatnonzero(np.isnan(score)), a, b, np.where(hashed, 2.0, cos))
+        todo = r.to_verify(a, b, _word_score(a, b, words))
         v = verify_pairs(a[todo], b[todo], features)
-        score[todo[v.copy]] = cos[todo[v.copy]]
+        score[todo[v.copy]] = r.cos[todo[v.copy]]
         for k, reason in zip(todo[v.copy].tolist(), np.array(v.reasons)[v.copy], strict=True):
             fired[k].append(str(reason))
-        info["verified"] = v.info
+        info["verified"] = _with_words(v.info, words)
     keep = ~np.isnan(score)
     idx = np.flatnonzero(keep)
     return _Found(a[keep], b[keep], score[keep], ["+".join(fired[k]) for k in idx], info)
@@ -548,7 +678,8 @@ def _route_checks(
         return out, hashed
     ev = pair_evidence(image, a, b)
     if "pixels" in routes and t.pixels is not None:
-        out["pixels"] = (ev.comparable & (ev.ncc >= np.float32(t.pixels)), ev.ncc)
+        spread = ev.block_ncc >= ev.ncc - MAX_BLOCK_GAP  # not a shared caption band and logo
+        out["pixels"] = (ev.comparable & (ev.ncc >= np.float32(t.pixels)) & spread, ev.ncc)
     if "hashes" in routes and t.hash_bits >= 2:
         hashed = ev.comparable & (np.maximum(ev.phash, ev.dhash) <= t.hash_bits)
     return out, hashed

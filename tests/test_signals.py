@@ -193,3 +193,44 @@ def test_agreeing_hashes_send_a_pair_to_the_geometric_check_which_decides():
     dropped = out.table.filter(pl.col("dedup_drop").is_not_null())
     assert dropped["sample_id"].to_list() == ["s001"]
     assert dropped["dup_evidence"][0].startswith("hashes+geometry: ")
+
+
+def test_distinct_textiles_sharing_a_burned_in_caption_are_not_pixel_copies():
+    """Real look-alike textiles (conformal-clip-data): two distinct ones that carry the same
+    caption band and logo correlate as wholes above the calibrated pixel threshold, through those
+    blocks only, so the pixels route refuses them; a blurred copy and a copy with a caption still
+    agree block by block and are found."""
+    import io
+
+    from PIL import Image, ImageFilter
+
+    from bench.trust import sources, transforms
+    from leanset.pipelines.embed.adapters import ThumbnailEmbedder
+
+    embedder = ThumbnailEmbedder()
+
+    def prepared(im: Image.Image) -> np.ndarray:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        return embedder.prepare(buf.getvalue())
+
+    images = [Image.open(s.path).convert("RGB") for s in sources.textile_sources()[::16][:120]]
+    plain = embedder.encode([prepared(im) for im in images])
+    close = plain @ plain.T - 2 * np.eye(len(plain))
+    a, b = (int(v) for v in np.unravel_index(np.argmax(close), close.shape))  # most alike pair
+    c, d = [k for k in range(len(images)) if k not in (a, b)][:2]
+    images[a] = transforms.overlay(images[a], np.random.default_rng(7))[0]
+    images[b] = transforms.overlay(images[b], np.random.default_rng(7))[0]  # the same caption
+    images.append(images[c].filter(ImageFilter.GaussianBlur(1.5)))  # row 120: a blurred copy
+    images.append(transforms.overlay(images[d], np.random.default_rng(8))[0])  # 121: captioned
+    sig = ImageSignal.of(embedder.encode([prepared(im) for im in images]))
+    n = len(images)
+    emb = unit(np.random.default_rng(3).normal(size=(n, 64)))  # only the pixels can decide
+    settings = DedupSettings(confirm=("embedding", "pixels"))
+    out = find_duplicates(_table(n), emb, settings, signals=Signals(image=sig))
+    shared = pair_evidence(sig, np.array([a]), np.array([b]))
+    assert shared.ncc[0] >= out.calibration["pixels"]["threshold"]  # the whole agrees ...
+    assert shared.block_ncc[0] < 0.5  # ... its textured blocks do not
+    dropped = out.table.filter(pl.col("dedup_drop").is_not_null())
+    assert sorted(dropped["sample_id"].to_list()) == ["s120", "s121"]
+    assert sorted(dropped["near_dup_of"].to_list()) == [f"s{c:03d}", f"s{d:03d}"]

@@ -1,7 +1,7 @@
 """Local image features for the geometric check, by content hash, cached next to the embeddings.
 
-Only images in a candidate pair that no other route accepted are ever decoded for features
-(`dedup.geometry`); each is computed once and kept in checksummed shards under
+Every image's features are read when the geometric check runs (the visual-word candidates of
+`dedup.words` compare all images); each is computed once and kept in checksummed shards under
 `<embeddings>/<fingerprint>/`, so a rerun or a later version reads them instead.
 """
 

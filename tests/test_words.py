@@ -1,0 +1,103 @@
+"""Candidates from visual words on real photo tiles: a crop, a rotation, a turn, a flip or an
+overlay of a tile is among its nearest images by words, however far apart the embedding puts
+them; the geometric check then decides."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image, ImageDraw
+
+from leanset.dedup.config import DedupSettings
+from leanset.dedup.geometry import ImageFeatures, image_features
+from leanset.dedup.stage import Signals, candidate_pairs, find_duplicates
+from leanset.dedup.words import word_pairs
+from tests.helpers import photo_tiles
+
+N = 44
+
+
+def _edits(tiles: list[np.ndarray]) -> dict[int, np.ndarray]:
+    """Planted copies, by the tile they copy."""
+    over = Image.fromarray(tiles[20])
+    draw = ImageDraw.Draw(over)
+    draw.rectangle((70, 5, 122, 30), fill=255)
+    draw.text((5, 110), "(c) CAPTION", fill=0)
+    rotated = Image.fromarray(tiles[5]).resize((256, 256)).rotate(8, Image.Resampling.BICUBIC)
+    return {
+        0: tiles[0][15:115, 20:120],  # a crop of 78% of each side
+        5: np.asarray(rotated)[28:228, 28:228],  # rotated 8 degrees, cropped inside
+        9: np.rot90(tiles[9]).copy(),
+        12: tiles[12][:, ::-1].copy(),
+        20: np.asarray(over),
+    }
+
+
+@pytest.fixture(scope="module")
+def planted() -> tuple[list[ImageFeatures | None], list[tuple[int, int]]]:
+    """Features of N distinct tiles and of five edited copies after them; the true pairs."""
+    tiles = photo_tiles(N, min_std=30)
+    copies = _edits(tiles)
+    feats: list[ImageFeatures | None] = [image_features(t) for t in tiles]
+    feats += [image_features(c) for c in copies.values()]
+    return feats, [(orig, N + k) for k, orig in enumerate(copies)]
+
+
+def test_each_edited_copy_is_among_its_nearest_by_words(planted) -> None:
+    feats, truth = planted
+    found = word_pairs(feats, 3)
+    pairs = set(zip(found.i.tolist(), found.j.tolist(), strict=True))
+    assert [p for p in truth if p not in pairs] == []
+    assert len(pairs) <= 3 * len(feats)  # bounded: k per image
+    assert found.words > 0 and found.seconds > 0
+
+
+def test_words_propose_only_for_the_images_asked(planted) -> None:
+    feats, truth = planted
+    asked = np.array([N + 2])  # only the turned copy is new
+    found = word_pairs(feats, 2, queries=asked)
+    assert len(found.i) <= 2 and (9, N + 2) in set(zip(found.i, found.j, strict=True))
+
+
+def _table(n: int) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "sample_id": [f"s{i:03d}" for i in range(n)],
+            "position": np.arange(n),
+            "source": [f"{i}.png" for i in range(n)],
+            "split": ["train"] * n,
+            "label": ["a"] * n,
+            "content_hash": [f"{i:032x}" for i in range(n)],
+            "size_bytes": np.zeros(n, dtype=np.int64),
+            "error": [None] * n,
+        },
+        schema_overrides={"error": pl.Utf8},
+    )
+
+
+def test_copies_the_embedding_never_proposes_are_found_by_words_and_geometry(planted) -> None:
+    """Unrelated embeddings (as when every image looks alike to the model): the embedding's
+    neighbours are never the copies, so only visual words propose them; the check confirms the
+    five copies and nothing else."""
+    feats, truth = planted
+    n = len(feats)
+    emb = np.random.default_rng(3).normal(size=(n, 64)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+
+    def source(rows: np.ndarray) -> list[ImageFeatures | None]:
+        return [feats[r] for r in rows]
+
+    settings = DedupSettings(confirm=["embedding", "geometry"])
+    signals = Signals(features=source)
+    cand = candidate_pairs(_table(n), emb, settings, signals)
+    sent = cand.to_verify
+    proposed = set(zip(cand.a[sent].tolist(), cand.b[sent].tolist(), strict=True))
+    assert set(truth) <= proposed
+    out = find_duplicates(_table(n), emb, settings, signals=signals)
+    dropped = out.table.filter(pl.col("dedup_drop").is_not_null())
+    assert sorted(dropped["sample_id"].to_list()) == [f"s{N + k:03d}" for k in range(5)]
+    assert all(e.startswith("geometry: ") for e in dropped["dup_evidence"].to_list())
+    verified = out.search["verified"]
+    assert verified["word_pairs"] >= 5 and verified["word_seconds"] > 0
+    assert verified["pairs"] <= 8 * n  # at most GEOMETRY_MAX_PER_IMAGE per image
