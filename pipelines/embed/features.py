@@ -10,10 +10,13 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from leanset.dedup import geometry
 from leanset.dedup.geometry import Features, ImageFeatures
@@ -41,6 +44,7 @@ FINGERPRINT = (
     ).hexdigest()
 )
 _PARTS = ("p", "m")
+CHUNK = 1024  # images decoded and computed at a time
 
 
 class FeatureStore:
@@ -65,15 +69,25 @@ class FeatureStore:
         known = self._cached()
         wanted = [int(r) for r in rows]
         todo = sorted({r for r in wanted if self.hashes[r] not in known})
-        if todo:
-            new = {
-                self.hashes[r]: _compute(c) for r, c in zip(todo, self.data.read(todo), strict=True)
-            }
-            known.update(new)
-            self.computed += len(new)
-            if not self.read_only:
-                write_features(self.dir, new)
+        bar = tqdm(total=len(todo), desc="local features", unit="image", leave=False, disable=None)
+        with bar, ThreadPoolExecutor(_threads()) as pool:
+            for start in range(0, len(todo), CHUNK):
+                chunk = todo[
+                    start : start + CHUNK
+                ]  # bounded memory; a shard per chunk survives a kill
+                feats = pool.map(_compute, self.data.read(chunk))
+                new = dict(zip((self.hashes[r] for r in chunk), feats, strict=True))
+                known.update(new)
+                self.computed += len(new)
+                if not self.read_only:
+                    write_features(self.dir, new)
+                bar.update(len(chunk))
         return [known[self.hashes[r]] for r in wanted]
+
+
+def _threads() -> int:
+    """OpenCV and the image decoders release the GIL: one thread per CPU this process may use."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
 def _compute(content: bytes) -> ImageFeatures | None:
