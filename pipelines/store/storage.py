@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,41 +201,27 @@ class ObjectStorage:
 
     def list(self, prefix: str) -> list[str]:
         """Names of the objects under a prefix, sorted."""
-        import obstore
-
-        found: list[str] = []
-        under = prefix.strip("/")
-        self.traffic.count("list")
-        for k, page in enumerate(
-            obstore.list(self._store, f"{under}/" if under else None, chunk_size=_PAGE)
-        ):
-            if k:  # the first page was counted above (an empty listing is a request too)
-                self.traffic.count("list")
-            found += [str(o["path"]) for o in page]
-        return sorted(found)
+        return sorted(str(o["path"]) for o in self._objects(prefix))
 
     def listing(self, prefix: str) -> dict[str, tuple[int, float]]:
         """{name: (size, last modified as a POSIX time)} of the objects under a prefix."""
-        import obstore
-
-        found: dict[str, tuple[int, float]] = {}
-        under = prefix.strip("/")
-        self.traffic.count("list")
-        for k, page in enumerate(
-            obstore.list(self._store, f"{under}/" if under else None, chunk_size=_PAGE)
-        ):
-            if k:  # the first page was counted above (an empty listing is a request too)
-                self.traffic.count("list")
-            for o in page:
-                found[str(o["path"])] = (int(o["size"]), o["last_modified"].timestamp())
-        return found
+        return {
+            str(o["path"]): (int(o["size"]), o["last_modified"].timestamp())
+            for o in self._objects(prefix)
+        }
 
     def entries(self, prefix: str) -> dict[str, str]:
         """{name: ETag (or size and time when the store gives none)} of the objects under a
         prefix: what a mirror compares to know which objects changed."""
+        return {
+            str(o["path"]): str(o.get("e_tag") or f"{o['size']}@{o['last_modified']}")
+            for o in self._objects(prefix)
+        }
+
+    def _objects(self, prefix: str) -> Iterator[Any]:
+        """The object metadata under a prefix, one list request counted per page."""
         import obstore
 
-        found: dict[str, str] = {}
         under = prefix.strip("/")
         self.traffic.count("list")
         for k, page in enumerate(
@@ -242,10 +229,7 @@ class ObjectStorage:
         ):
             if k:  # the first page was counted above (an empty listing is a request too)
                 self.traffic.count("list")
-            for o in page:
-                tag = o.get("e_tag") or f"{o['size']}@{o['last_modified']}"
-                found[str(o["path"])] = str(tag)
-        return found
+            yield from page
 
     def delete(self, rel: str) -> None:
         """Remove an object (absent is fine)."""
