@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -70,12 +68,10 @@ class FeatureStore:
         wanted = [int(r) for r in rows]
         todo = sorted({r for r in wanted if self.hashes[r] not in known})
         bar = tqdm(total=len(todo), desc="local features", unit="image", leave=False, disable=None)
-        with bar, ThreadPoolExecutor(_threads()) as pool:
+        with bar:  # a chunk at a time: bounded memory, and a shard per chunk survives a kill
             for start in range(0, len(todo), CHUNK):
-                chunk = todo[
-                    start : start + CHUNK
-                ]  # bounded memory; a shard per chunk survives a kill
-                feats = pool.map(_compute, self.data.read(chunk))
+                chunk = todo[start : start + CHUNK]
+                feats = [_compute(c) for c in self.data.read(chunk)]
                 new = dict(zip((self.hashes[r] for r in chunk), feats, strict=True))
                 known.update(new)
                 self.computed += len(new)
@@ -83,11 +79,6 @@ class FeatureStore:
                     write_features(self.dir, new)
                 bar.update(len(chunk))
         return [known[self.hashes[r]] for r in wanted]
-
-
-def _threads() -> int:
-    """OpenCV and the image decoders release the GIL: one thread per CPU this process may use."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
 def _compute(content: bytes) -> ImageFeatures | None:
