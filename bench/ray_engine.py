@@ -387,12 +387,15 @@ def _peak_mib(pid: int) -> float:
 
 
 def _status_mib(pid: int, key: str) -> float:
+    """A /proc status figure in MiB; 0 for a worker that exited between listing and reading
+    (it adds nothing to the maximum over the live ones)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
     return 0.0
 
 
