@@ -288,7 +288,8 @@ def end_of_epoch(model: Any) -> None:
 
 
 def bench_epochs(work: Path, name: str, images: Path, body: dict[str, Any], epochs: int, seed: int):
-    """Clean `images`, calibrate the CNN loop (two epoch sizes) into the store, clean again (the
+    """Clean `images`, calibrate the CNN loop into the store (two epoch sizes, and a model on the
+    sampled rows raced against one on the rows the first version keeps), clean again (the
     statement priced by the calibration), then race whole epochs: steps, evaluation, checkpoint."""
     import torch
     from PIL import Image
@@ -520,6 +521,7 @@ def _row(name: str, summary: dict[str, Any], r: Race, epochs: int) -> dict[str, 
         "measured (wall)": f"{measured['wall']:.1%} ±{r.spread('wall'):.1%}",
         "measured (CPU)": f"{measured['cpu']:.1%} ±{r.spread('cpu'):.1%}",
         "rel. error (wall, CPU)": f"{err(stated, 'wall')}, {err(stated, 'cpu')}",
+        "kept-sample cost": f"{cd.get('kept_cost_weight', 1.0):.3f}x",
         "sample fraction": f"{cd['reduction']:.1%} (error {err(cd['reduction'], 'wall')})",
         "train samples only": f"{samples:.1%} (error {err(samples, 'wall')})",
         "old all-splits statement": f"{old:.1%} (error {err(old, 'wall')})",

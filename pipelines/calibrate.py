@@ -46,6 +46,7 @@ class CalibrateOptions:
     batch_size: int = 32
     max_samples: int = 512
     device: str = "auto"
+    kept_epochs: int = 6  # epochs of the kept-rows race (the first untimed); 0 skips it
 
     def __post_init__(self) -> None:
         for name in ("steps", "repeats", "batch_size", "max_samples"):
@@ -53,6 +54,8 @@ class CalibrateOptions:
                 raise ConfigError(f"calibrate: --{name.replace('_', '-')} must be at least 1")
         if self.warmup < 0:
             raise ConfigError("calibrate: --warmup must be at least 0")
+        if self.kept_epochs == 1 or self.kept_epochs < 0:
+            raise ConfigError("calibrate: --kept-epochs must be 0 (skip) or at least 2")
 
 
 @dataclass
@@ -91,9 +94,11 @@ def calibrate(settings: FlowSettings, options: CalibrateOptions) -> JSON:
     rows = _training_rows(data, settings, options.max_samples)
     work = _workload(data, rows, settings, options, device)
     rounds = _time_rounds(work, options, device)
-    record = _record(settings, options, device, work, rounds) | {
-        "epoch": _time_epochs(work, options, device)
-    }
+    epoch = _time_epochs(work, options, device)
+    record = _record(settings, options, device, work, rounds) | {"epoch": epoch}
+    kept = _kept_rows(settings, data, rows) if options.kept_epochs else None
+    if kept is not None:
+        record["kept"] = _time_kept(data, kept, settings, options, device, epoch)
     record["id"] = canonical({k: v for k, v in record.items() if k != "id"})
     atomic_write_json(StoreLayout.of(settings.store).calibration, record)
     return record
@@ -472,6 +477,91 @@ def _time_epochs(work: Workload, options: CalibrateOptions, device: str) -> JSON
         for clock, secs in (("wall", wall), ("cpu", cpu))
         for part, value in zip(("fixed", "per_sample"), fit_epoch(samples, secs), strict=True)
     }
+
+
+def _kept_rows(
+    settings: FlowSettings, data: LoadedDataset, rows: list[int]
+) -> tuple[int, list[int], list[int]] | None:
+    """(the latest version, the sampled rows it decided on, those it kept); None before the first
+    version, or when it keeps all or none of the sampled rows."""
+    import polars as pl
+
+    from leanset.pipelines.store import Store
+
+    if not StoreLayout.of(settings.store).manifests.is_dir():
+        return None
+    store = Store(settings.store)
+    latest = store.latest()
+    if latest is None:
+        return None
+    decided = store.read("decisions", latest["version"]).select("sample_id", "kept")
+    kept_ids = set(decided.filter(pl.col("kept"))["sample_id"].to_list())
+    known = set(decided["sample_id"].to_list())
+    ids = data.table["sample_id"].gather(rows).to_list()
+    sampled = [r for r, i in zip(rows, ids, strict=True) if i in known]
+    kept = [r for r, i in zip(rows, ids, strict=True) if i in kept_ids]
+    if not kept or len(kept) == len(sampled):
+        return None
+    return int(latest["version"]), sampled, kept
+
+
+def _time_kept(
+    data: LoadedDataset,
+    version_rows: tuple[int, list[int], list[int]],
+    settings: FlowSettings,
+    options: CalibrateOptions,
+    device: str,
+    epoch: JSON,
+) -> JSON:
+    """Train one fresh model on the sampled rows and one on those the latest version keeps, whole
+    epochs in turn (the first untimed), the batches in a new order each epoch: what a kept sample
+    costs against an average one, with everything that makes that differ (cheaper or dearer
+    removed samples, partial batches, a model whose trained weights compute faster or slower)."""
+    version, rows, kept = version_rows
+    order = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    keep = set(kept)
+    works = {
+        name: _workload(data, _no_single_batch(part, options.batch_size), settings, options, device)
+        for name, part in (("all", order), ("kept", [r for r in order if r in keep]))
+    }
+    sync = _synchroniser(device)
+    secs: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in works}
+    for e in range(options.kept_epochs):
+        for name in list(works) if e % 2 == 0 else list(works)[::-1]:
+            work = works[name]
+            batches = np.random.default_rng(e).permutation(len(work.units))  # as a loader does
+            t0, c0 = time.perf_counter(), time.process_time()
+            for i in batches:
+                work.run(int(i))
+            work.end_epoch()
+            sync()
+            if e:  # the first epoch fills caches and is no epoch's cost
+                secs[name]["wall"].append(time.perf_counter() - t0)
+                secs[name]["cpu"].append(time.process_time() - c0)
+    samples = {k: sum(u["samples"] for u in w.units) for k, w in works.items()}
+    out: JSON = {"version": version, "samples": samples, "epochs": options.kept_epochs - 1}
+    for clock in ("wall", "cpu"):
+        fixed = float(epoch[f"fixed_{clock}_seconds"])
+        out[f"{clock}_seconds"] = {k: v[clock] for k, v in secs.items()}
+        out[f"weight_{clock}"] = kept_weight(
+            {k: statistics.fmean(v[clock]) for k, v in secs.items()}, samples, fixed
+        )
+    return out
+
+
+def _no_single_batch(rows: list[int], batch_size: int) -> list[int]:
+    """`rows` less a last one that would train alone (a batch of one breaks batch norm; loaders
+    drop it)."""
+    return rows[:-1] if len(rows) > 1 and len(rows) % batch_size == 1 else rows
+
+
+def kept_weight(seconds: dict[str, float], samples: dict[str, int], fixed: float) -> float:
+    """What a kept sample costs per epoch against an average sample: the per-sample part of the
+    kept rows' epoch over that of all rows' (1.0 when the epochs are too short to say)."""
+    per = {k: (seconds[k] - fixed) / samples[k] for k in ("all", "kept") if samples[k]}
+    if len(per) < 2 or per["all"] <= 0 or per["kept"] <= 0:
+        return 1.0
+    return per["kept"] / per["all"]
 
 
 def fit_epoch(samples: Sequence[int], seconds: Sequence[float]) -> tuple[float, float]:

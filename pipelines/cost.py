@@ -3,8 +3,9 @@ itself spent, when it pays for itself, and what the cleaning did to quality.
 
 Only the training splits enter the epoch (see `pipelines.units`), counted in `cost.unit`. The raw
 epoch is priced from the first of: `cost.gpu_hours_per_epoch`, a throughput per GPU in flows.yaml,
-the store's `leanset calibrate` record; the cleaned epoch costs the raw one times the share of units
-left. Break-even compares everything the run spent (GPU-hours and CPU-hours) with the saving, in
+the store's `leanset calibrate` record; the cleaned epoch costs the raw one's fixed part plus its
+per-unit part times the share of units left, times what a kept unit costs against an average one
+when `leanset calibrate` measured that (`kept_weight`). Break-even compares everything the run spent (GPU-hours and CPU-hours) with the saving, in
 money when both resources are involved, so it is stated only when every resource has a price.
 """
 
@@ -82,6 +83,11 @@ class EpochPrice:
     hours: float
     source: str
     fixed_hours: float = 0.0  # the part of `hours` that does not shrink with the samples
+    kept_weight: float = 1.0  # a kept sample's cost against an average one (calibrate measures it)
+
+    def after(self, share: float) -> float:
+        """Hours of the cleaned epoch that keeps `share` of the units."""
+        return self.fixed_hours + (self.hours - self.fixed_hours) * share * self.kept_weight
 
 
 def uses_calibration(cost: CostSettings) -> bool:
@@ -132,15 +138,24 @@ def _calibrated_price(cost: CostSettings, cal: JSON, samples: int, units: int) -
     fixed = float(
         (cal.get("epoch") or {}).get("fixed_wall_seconds" if gpu else "fixed_cpu_seconds", 0.0)
     )
+    kept = cal.get("kept") or {}
+    weight = float(kept.get("weight_wall" if gpu else "weight_cpu", 1.0))
     source = (
         f"leanset calibrate on {cal.get('device_name')} ({cal.get('model')}): "
         f"{stats['mean']:,.4g} {unit}{rate} ±{100 * spread:.1f}% over {len(stats['runs'])} "
         f"repeats"
         + (f", plus {fixed:,.3g} {'s' if gpu else 'CPU-s'} fixed per epoch" if fixed else "")
+        + (
+            f"; a kept sample costs {weight:.3g}x an average one (one model trained on the "
+            f"sampled rows, one on those version {kept['version']} keeps, "
+            f"{kept['epochs']} timed epochs each)"
+            if kept
+            else ""
+        )
         + f", {cal.get('measured_at')}"
     )
     hours = (fixed + amount / stats["mean"]) / 3600
-    return EpochPrice("GPU" if gpu else "CPU", hours, source, fixed / 3600)
+    return EpochPrice("GPU" if gpu else "CPU", hours, source, fixed / 3600, weight)
 
 
 # ---------------------------------------------------------------- the delta
@@ -180,6 +195,7 @@ class CostDelta:
     num_gpus: int
     quality: JSON
     fixed_hours_per_epoch: float = 0.0  # the part of an epoch that does not shrink with samples
+    kept_cost_weight: float = 1.0  # a kept sample's cost against an average one (measured)
 
     @property
     def time_reduction(self) -> float:
@@ -205,7 +221,7 @@ def cost_delta(
     price = epoch_price(cost, acc, calibration)
     before = price.hours if price else None
     fixed = price.fixed_hours if price else 0.0
-    after = fixed + (before - fixed) * share if before is not None else None
+    after = price.after(share) if price is not None else None
     saved = before - after if before is not None and after is not None else None
     eval_b, eval_a = _eval_hours(cost, acc)
     saved_total = saved
@@ -247,6 +263,7 @@ def cost_delta(
         num_gpus=cost.num_gpus,
         quality=quality or {"skipped": "not measured"},
         fixed_hours_per_epoch=fixed,
+        kept_cost_weight=price.kept_weight if price else 1.0,
     )
 
 
@@ -340,11 +357,16 @@ def _training_line(cd: CostDelta) -> str:
     if per_hour is not None and cd.hours_saved_per_epoch is not None:
         text += f" (${cd.hours_saved_per_epoch * per_hour:,.2f})"
     text += " per epoch"
-    if cd.fixed_hours_per_epoch:
+    if cd.fixed_hours_per_epoch or cd.kept_cost_weight != 1.0:
+        parts = [f"{_h(cd.fixed_hours_per_epoch)} {r}-h of each epoch is fixed"] * bool(
+            cd.fixed_hours_per_epoch
+        )
+        if cd.kept_cost_weight != 1.0:
+            parts.append(f"a kept sample costs {cd.kept_cost_weight:.3g}x an average one")
         text += (
             f" ({_signed_pct(-cd.time_reduction)} of the epoch's time beside "
-            f"{_signed_pct(-cd.reduction)} of its {cd.unit}: {_h(cd.fixed_hours_per_epoch)} "
-            f"{r}-h of each epoch is fixed, measured by `leanset calibrate` at two epoch sizes)"
+            f"{_signed_pct(-cd.reduction)} of its {cd.unit}: {' and '.join(parts)}, measured by "
+            "`leanset calibrate`)"
         )
     if cd.saved_over_planned_epochs is not None:
         text += f"; {_h(cd.saved_over_planned_epochs)} {r}-h over {cd.epochs} epochs"

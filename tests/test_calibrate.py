@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from leanset.pipelines.cli import main
@@ -165,3 +166,37 @@ def test_calibrate_measures_the_fixed_part_of_an_epoch_and_the_statement_uses_it
     )
     assert 0 < c["time_reduction"] < c["reduction"]
     assert "of the epoch's time beside" in cd["statement"]
+
+
+def test_calibrate_prices_kept_samples_that_cost_more_than_the_removed_ones(
+    prefect_harness, tmp_path: Path, capsys
+):
+    """The duplicates are small images and the step's cost follows pixels: dropping a fifth of
+    the samples saves 2% of the time, not 20%. Calibrate trains one model on the sampled rows and
+    one on those the latest version keeps, and the statement prices the kept samples with it."""
+    from tests.helpers import write_png
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "images"
+    for i in range(30):
+        write_png(root / f"train/{'ab'[i % 2]}/big{i}.png", rng.integers(0, 256, (32, 32)))
+    for i in range(10):
+        small = rng.integers(0, 256, (8, 8))
+        write_png(root / f"train/{'ab'[i % 2]}/small{i}.png", small)
+        write_png(root / f"train/{'ab'[i % 2]}/small{i}-copy.png", small)
+    body = pixel_flow_body(
+        dedup={"near": False}, cost={"train_step": "tests.train_steps:pixel_priced_step"}
+    )
+    config = write_flows(tmp_path, tiny=body)
+    first = clean_flow(config_path=str(config), flow_name="tiny")
+    assert first["cost"]["samples_after"] == 40  # one of each small pair removed
+    args = [*FAST, "--batch-size", "5", "--kept-epochs", "4"]
+    assert main(["calibrate", str(config), "--flow", "tiny", *args]) == 0
+    assert "a kept sample costs" in capsys.readouterr().out
+    kept = json.loads(StoreLayout.of(tmp_path / "store").calibration.read_text())["kept"]
+    assert kept["version"] == 1 and kept["samples"] == {"all": 50, "kept": 40}
+    c = clean_flow(config_path=str(config), flow_name="tiny")["cost"]
+    truth = 1 - (30 * 1024 + 10 * 64) / (30 * 1024 + 20 * 64)  # 2.0% of the epoch's time
+    assert c["reduction"] == pytest.approx(0.2)
+    assert c["time_reduction"] == pytest.approx(truth, abs=0.03)
+    assert c["kept_cost_weight"] == pytest.approx((1 - truth) / 0.8, rel=0.05)

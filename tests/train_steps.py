@@ -53,3 +53,22 @@ class _StepWithEpochEnd:
 def pixel_step_with_eval(device: str) -> _StepWithEpochEnd:
     """`tiny_pixel_step` plus an evaluation pass at the end of each epoch (fixed per epoch)."""
     return _StepWithEpochEnd(device)
+
+
+def pixel_priced_step(device: str) -> Callable[[list[Any], list[str | None]], None]:
+    """A step whose CPU cost follows each image's pixels (2 µs each), whatever `cost.unit` says:
+    a set whose small images are the duplicates saves less time than samples when cleaned."""
+    import time
+
+    from PIL import Image
+
+    def step(contents: list[Any], labels: list[str | None]) -> None:
+        pixels = 0
+        for c in contents:
+            with Image.open(io.BytesIO(c)) as img:
+                pixels += img.width * img.height
+        end = time.process_time() + 2e-6 * pixels
+        while time.process_time() < end:
+            pass
+
+    return step

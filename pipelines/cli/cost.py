@@ -27,6 +27,13 @@ def add_commands(sub: Any) -> None:
     cal.add_argument("--batch-size", type=int, default=32, help="samples per timed step")
     cal.add_argument("--max-samples", type=int, default=512, help="training samples to draw from")
     cal.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
+    cal.add_argument(
+        "--kept-epochs",
+        type=int,
+        default=6,
+        help="epochs of the race between a model on the sampled rows and one on those the latest "
+        "version keeps (the first untimed; 0 skips it; default %(default)s)",
+    )
     cal.add_argument("--json", action="store_true", help="print the stored record as JSON")
     cal.set_defaults(func=cmd_calibrate)
 
@@ -64,6 +71,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_samples=args.max_samples,
         device=args.device,
+        kept_epochs=args.kept_epochs,
     )
     record = calibrate(settings, options)
     if args.json:
@@ -98,6 +106,14 @@ def calibration_lines(record: dict[str, Any], cost: CostSettings, store: str) ->
             f"{ep['fixed_cpu_seconds']:,.3g} s + {ep['per_sample_cpu_seconds'] * 1e3:,.3g} ms), "
             f"from whole epochs of {min(ep['samples']):,} and {max(ep['samples']):,} samples"
         )
+    kept = record.get("kept")
+    if kept:
+        lines.append(
+            f"  a kept sample costs {kept['weight_wall']:.3g}x an average one (wall; CPU: "
+            f"{kept['weight_cpu']:.3g}x): one model trained on {kept['samples']['all']:,} "
+            f"sampled rows and one on the {kept['samples']['kept']:,} of them version "
+            f"{kept['version']} keeps, {kept['epochs']} timed epochs each, in turn"
+        )
     lines.append(f"stored in {StoreLayout.of(store).calibration}")
     if not uses_calibration(cost):
         lines.append(
@@ -114,7 +130,7 @@ def calibration_lines(record: dict[str, Any], cost: CostSettings, store: str) ->
         if price is not None:
             ub, ua = a.total("train", "units_before"), a.total("train", "units_after")
             share = ua / ub if ub else 1.0
-            after = price.fixed_hours + (price.hours - price.fixed_hours) * share
+            after = price.after(share)
             lines.append(
                 f"at this rate version {latest['version']}'s training splits ({ub:,} → {ua:,} "
                 f"{a.unit}) cost {price.hours:,.4g} → {after:,.4g} {price.resource}-h per epoch"
