@@ -516,7 +516,8 @@ def _time_kept(
     """Train one fresh model on the sampled rows and one on those the latest version keeps, whole
     epochs in turn (the first untimed), the batches in a new order each epoch: what a kept sample
     costs against an average one, with everything that makes that differ (cheaper or dearer
-    removed samples, partial batches, a model whose trained weights compute faster or slower)."""
+    removed samples, partial batches, a model whose trained weights compute faster or slower).
+    The weight used is 1 unless the per-epoch weights' 95% interval leaves 1 out."""
     version, rows, kept = version_rows
     order = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
     keep = set(kept)
@@ -543,10 +544,37 @@ def _time_kept(
     for clock in ("wall", "cpu"):
         fixed = float(epoch[f"fixed_{clock}_seconds"])
         out[f"{clock}_seconds"] = {k: v[clock] for k, v in secs.items()}
-        out[f"weight_{clock}"] = kept_weight(
-            {k: statistics.fmean(v[clock]) for k, v in secs.items()}, samples, fixed
+        measured = measured_weight(secs["all"][clock], secs["kept"][clock], samples, fixed)
+        out[f"measured_weight_{clock}"] = measured
+        # a weight its own epochs cannot tell from 1 would only add their noise to the statement
+        out[f"weight_{clock}"] = (
+            1.0 if measured["ci_low"] <= 1.0 <= measured["ci_high"] else measured["weight"]
         )
     return out
+
+
+def measured_weight(
+    all_seconds: list[float], kept_seconds: list[float], samples: dict[str, int], fixed: float
+) -> JSON:
+    """The kept weight of the mean epochs, with the 95% interval of the per-epoch weights."""
+    mean = {"all": statistics.fmean(all_seconds), "kept": statistics.fmean(kept_seconds)}
+    pairs = [
+        kept_weight({"all": a, "kept": k}, samples, fixed)
+        for a, k in zip(all_seconds, kept_seconds, strict=True)
+    ]
+    low, high = _interval(pairs)
+    return {"weight": kept_weight(mean, samples, fixed), "ci_low": low, "ci_high": high}
+
+
+def _interval(values: list[float]) -> tuple[float, float]:
+    """95% t-interval of the mean of `values` (unbounded with fewer than two)."""
+    if len(values) < 2:
+        return float("-inf"), float("inf")
+    from scipy import stats
+
+    mean, sem = statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * sem
+    return mean - half, mean + half
 
 
 def _no_single_batch(rows: list[int], batch_size: int) -> list[int]:

@@ -200,3 +200,15 @@ def test_calibrate_prices_kept_samples_that_cost_more_than_the_removed_ones(
     assert c["reduction"] == pytest.approx(0.2)
     assert c["time_reduction"] == pytest.approx(truth, abs=0.03)
     assert c["kept_cost_weight"] == pytest.approx((1 - truth) / 0.8, rel=0.05)
+
+
+def test_a_kept_weight_its_epochs_cannot_tell_from_one_is_not_used():
+    """Noisy epochs (a loaded machine) give a weight near 1 whose interval holds 1: priced as 1,
+    so the race adds no noise to the statement; steady epochs give one that is used."""
+    from leanset.pipelines.calibrate import measured_weight
+
+    samples = {"all": 100, "kept": 80}
+    noisy = measured_weight([1.0, 1.3, 0.9, 1.2], [0.85, 0.95, 0.9, 1.0], samples, 0.0)
+    assert noisy["ci_low"] <= 1.0 <= noisy["ci_high"]
+    steady = measured_weight([1.0, 1.01, 0.99], [0.96, 0.97, 0.95], samples, 0.0)
+    assert steady["weight"] == pytest.approx(0.96 / 0.8) and steady["ci_low"] > 1.0

@@ -108,11 +108,15 @@ def calibration_lines(record: dict[str, Any], cost: CostSettings, store: str) ->
         )
     kept = record.get("kept")
     if kept:
+        m = kept["measured_weight_wall"], kept["measured_weight_cpu"]
         lines.append(
-            f"  a kept sample costs {kept['weight_wall']:.3g}x an average one (wall; CPU: "
-            f"{kept['weight_cpu']:.3g}x): one model trained on {kept['samples']['all']:,} "
-            f"sampled rows and one on the {kept['samples']['kept']:,} of them version "
-            f"{kept['version']} keeps, {kept['epochs']} timed epochs each, in turn"
+            f"  a kept sample costs {m[0]['weight']:.3g}x an average one (wall, 95% "
+            f"{m[0]['ci_low']:.3g}-{m[0]['ci_high']:.3g}; CPU {m[1]['weight']:.3g}x, "
+            f"{m[1]['ci_low']:.3g}-{m[1]['ci_high']:.3g}): one model trained on "
+            f"{kept['samples']['all']:,} sampled rows and one on the {kept['samples']['kept']:,} "
+            f"of them version {kept['version']} keeps, {kept['epochs']} timed epochs each, in "
+            f"turn; priced at {kept['weight_wall']:.3g}x (wall), {kept['weight_cpu']:.3g}x (CPU), "
+            "1 where the interval holds 1"
         )
     lines.append(f"stored in {StoreLayout.of(store).calibration}")
     if not uses_calibration(cost):
