@@ -145,17 +145,24 @@ def _calibrated_price(cost: CostSettings, cal: JSON, samples: int, units: int) -
         f"{stats['mean']:,.4g} {unit}{rate} ±{100 * spread:.1f}% over {len(stats['runs'])} "
         f"repeats"
         + (f", plus {fixed:,.3g} {'s' if gpu else 'CPU-s'} fixed per epoch" if fixed else "")
-        + (
-            f"; a kept sample costs {weight:.3g}x an average one (one model trained on the "
-            f"sampled rows, one on those version {kept['version']} keeps, "
-            f"{kept['epochs']} timed epochs each)"
-            if kept
-            else ""
-        )
+        + (_kept_source(kept, "wall" if gpu else "cpu") if kept else "")
         + f", {cal.get('measured_at')}"
     )
     hours = (fixed + amount / stats["mean"]) / 3600
     return EpochPrice("GPU" if gpu else "CPU", hours, source, fixed / 3600, weight)
+
+
+def _kept_source(kept: JSON, clock: str) -> str:
+    """The calibration's kept-sample weight in the statement's source: as priced, as measured."""
+    m = kept.get(f"measured_weight_{clock}") or {}
+    measured = (
+        f"; measured {m['weight']:.3g}x, 95% {m['ci_low']:.3g}-{m['ci_high']:.3g}" if m else ""
+    )
+    return (
+        f"; a kept sample priced at {float(kept[f'weight_{clock}']):.3g}x an average one (one "
+        f"model trained on the sampled rows, one on those version {kept['version']} keeps, "
+        f"{kept['epochs']} timed epochs each{measured}; 1 where the interval holds 1)"
+    )
 
 
 # ---------------------------------------------------------------- the delta
