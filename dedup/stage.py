@@ -41,7 +41,14 @@ from leanset.dedup import calibrate
 from leanset.dedup.calibrate import Calibration
 from leanset.dedup.config import ROUTES, DedupError, DedupSettings
 from leanset.dedup.exact import exact_representatives
-from leanset.dedup.geometry import MAX_OVERHANG, MIRROR_MARGIN, FeatureSource, verify_pairs
+from leanset.dedup.geometry import (
+    GUIDED_BITS,
+    GUIDED_FROM,
+    MAX_OVERHANG,
+    MIRROR_MARGIN,
+    FeatureSource,
+    verify_pairs,
+)
 from leanset.dedup.groups import Edges, GroupColumns, resolve_groups
 from leanset.dedup.imagesig import SIDE, ImageSignal, pair_evidence
 from leanset.dedup.lexical import MIN_CONTAINMENT, MIN_JACCARD, pair_overlap
@@ -322,7 +329,13 @@ def _index_key(basis: str, settings: DedupSettings, routes: tuple[str, ...], t: 
             "geometry": [GEOMETRY_K, WORDS_K, DISTINCT, GEOMETRY_MAX_PER_IMAGE]
             if "geometry" in routes
             else None,
-            "rules": [MAX_BLOCK_GAP, MAX_OVERHANG, MIRROR_MARGIN],  # pairs decided by other rules
+            "rules": [
+                MAX_BLOCK_GAP,
+                MAX_OVERHANG,
+                MIRROR_MARGIN,
+                GUIDED_FROM,
+                GUIDED_BITS,
+            ],  # pairs decided by other rules
         },
         sort_keys=True,
     )
