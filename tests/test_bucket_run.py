@@ -137,18 +137,6 @@ def _opts(s3: S3Server) -> dict[str, object]:
     return {"storage_options": s3.options}
 
 
-def test_a_bucket_store_with_engine_ray_is_refused_in_one_line(s3, tmp_path, capsys):
-    from leanset.pipelines.cli import main
-
-    make_imagefolder(tmp_path / "images")
-    url = f"s3://{s3.bucket()}/s"
-    config = write_flows(tmp_path, f=pixel_flow_body(store=url, engine="ray", **_opts(s3)))
-    assert main(["run", str(config), "--flow", "f"]) == 2
-    said = capsys.readouterr()
-    assert "engine: ray needs a store folder" in said.out + said.err
-    assert "Traceback" not in said.err and Store(url, s3.options).latest() is None
-
-
 @pytest.mark.slow
 def test_racing_runs_on_a_bucket_store_make_one_version_per_parent(s3, tmp_path):
     make_imagefolder(tmp_path / "images")
