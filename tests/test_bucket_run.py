@@ -320,3 +320,70 @@ def test_a_saved_dataset_in_a_bucket_decides_as_on_disk(s3, tmp_path, digits):  
     keys = ["sample_id", "kept", "drop_reason", "label", "label_issue"]
     got = Store(f"s3://{name}/s", s3.options).read("decisions").select(keys).sort("sample_id")
     assert got.equals(Store(tmp_path / "store").read("decisions").select(keys).sort("sample_id"))
+
+
+def _leak_sets(tmp_path: Path) -> list[np.ndarray]:
+    """bench/test: b0, b1; mine/train: a near copy of b0 and four others; the near copies."""
+    rng = np.random.default_rng(3)
+    bases = [rng.integers(0, 256, (16, 16)) for _ in range(8)]
+    near = [np.clip(b + rng.normal(0, 3, (16, 16)), 0, 255) for b in bases]
+    for name, img in zip(["b0", "b1"], bases[:2], strict=True):
+        write_png(tmp_path / f"bench/test/a/{name}.png", img)
+    for name, img in zip(["c0", "m2", "m3", "m4", "m5"], [near[0], *bases[2:6]], strict=True):
+        write_png(tmp_path / f"mine/train/a/{name}.png", img)
+    return near
+
+
+def test_a_reference_store_in_a_bucket_drops_its_copies_on_any_machine(s3, tmp_path, monkeypatch):
+    near = _leak_sets(tmp_path)
+    name = s3.bucket()
+    bench_url, mine_url = f"s3://{name}/benchstore", f"s3://{name}/mine"
+    common = {"dedup": {"threshold": 0.95}, "outliers": {"policy": "off"}}
+    bench = pixel_flow_body(source={"type": "imagefolder", "path": "bench"}, store=bench_url)
+    ref = {"store": bench_url, "splits": ["test"]}
+    given = {"against": [ref | {"storage_options": s3.options}]}
+    mine = pixel_flow_body(source={"type": "imagefolder", "path": "mine"}, leaks=given)
+    inherit = mine | {"leaks": {"against": [ref]}, "store": mine_url, **_opts(s3)}
+    config = write_flows(
+        tmp_path, bench=bench | common | _opts(s3), mine=mine | common, inherit=inherit | common
+    )
+    run_core(load_flow(config, "bench"))
+    bench_ids = {
+        r["source"]: r["sample_id"]
+        for r in Store(bench_url, s3.options).read("decisions").iter_rows(named=True)
+    }
+    monkeypatch.setenv("LEANSET_CACHE_DIR", str(tmp_path / "machine-2"))  # no mirror of it here
+    first = run_core(load_flow(config, "mine"))
+    assert first.summary.counts.by_reason == {"contaminated": 1}
+    rows = {
+        r["source"]: r for r in Store(tmp_path / "store").read("decisions").iter_rows(named=True)
+    }
+    assert rows["train/a/c0.png"]["contaminated_by"] == f"benchstore:{bench_ids['test/a/b0.png']}"
+    manifest = Store(tmp_path / "store").latest()
+    assert manifest["checks"]["contamination"]["found"] == {"benchstore": 1}
+    assert "storage_options" not in manifest["config"]["leaks"]["against"][0]  # no credentials
+
+    run_core(load_flow(config, "inherit"))  # the flow's own storage_options reach the reference
+    assert (
+        _decisions(Store(mine_url, s3.options))
+        .drop("run_id", strict=False)
+        .equals(_decisions(Store(tmp_path / "store")).drop("run_id", strict=False))
+    )
+    assert run_core(load_flow(config, "mine")).summary.unchanged
+    write_png(tmp_path / "bench/test/a/b3.png", near[3])  # the reference gains a copy of m3
+    run_core(load_flow(config, "bench"))
+    again = run_core(load_flow(config, "mine"))
+    assert not again.summary.unchanged
+    assert again.summary.counts.by_reason == {"contaminated": 2}
+
+
+def test_a_reference_stores_storage_options_are_checked(s3, tmp_path):
+    url = f"s3://{s3.bucket()}/bench"
+    bad = {"against": [{"store": url, "storage_options": {"nonsense_key": "1"}}]}
+    config = write_flows(tmp_path, f=pixel_flow_body(leaks=bad))
+    with pytest.raises(ConfigError, match=r"leaks.against\[0\].storage_options: cannot open it"):
+        load_flow(config, "f")
+    local = {"against": [{"store": "bench", "storage_options": {"aws_region": "eu"}}]}
+    config = write_flows(tmp_path, f=pixel_flow_body(leaks=local))
+    with pytest.raises(ConfigError, match=r"leaks.against\[0\].storage_options: applies to s3://"):
+        load_flow(config, "f")
