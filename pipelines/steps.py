@@ -99,7 +99,7 @@ def embed(
         folder = embeddings_folder(settings)
         res, stats = embed_dataset_ray(data, emb, settings.engine, folder, bucket=bucket)
         res.engine = stats.to_dict()
-        res.measures = measures_after(data, settings, res)
+        res.measures = measures_after(data, settings, res, folder)
         return res
     embedder = make_embedder(emb, data.columns.embedding)
 

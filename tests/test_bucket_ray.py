@@ -99,6 +99,9 @@ def test_a_bucket_store_on_ray_decides_as_a_local_run_with_no_shared_folder(
     assert manifest["engine"]["type"] == "ray" and manifest["embed"]["engine"]["slices"] > 1
     assert len(_shards(url, s3.options)) == manifest["embed"]["engine"]["slices"]
     assert verify_store(url, s3.options).ok  # every shard a worker PUT passes its checksum
+    objects = remote.storage.list("cache/embeddings")  # the driver's own caches were pushed
+    assert any(n.startswith("cache/embeddings/imgq-") for n in objects)
+    assert not Path("s3:").exists()  # nothing was written to a local path named like the URL
 
     assert run_core(load_flow(config, "bucket")).summary.unchanged
     write_png(tmp_path / "images/train/a/new.png", np.full((16, 16), 77))
