@@ -387,3 +387,28 @@ def test_a_reference_stores_storage_options_are_checked(s3, tmp_path):
     config = write_flows(tmp_path, f=pixel_flow_body(leaks=local))
     with pytest.raises(ConfigError, match=r"leaks.against\[0\].storage_options: applies to s3://"):
         load_flow(config, "f")
+
+
+def test_a_new_machine_does_not_hash_a_bucket_sources_files_again(s3, tmp_path, monkeypatch):
+    from leanset.pipelines.store.storage import PROCESS
+
+    make_imagefolder(tmp_path / "images")
+    name = s3.bucket()
+    _upload(tmp_path / "images", f"s3://{name}/data/images", s3.options)
+    source = {"type": "imagefolder", "path": f"s3://{name}/data/images", **_opts(s3)}
+    body = pixel_flow_body(source=source, store=f"s3://{name}/store", **_opts(s3))
+    settings = load_flow(write_flows(tmp_path, bucket=body), "bucket")
+    run_core(settings)
+    remote = Store(f"s3://{name}/store", s3.options)
+    hashes = remote.storage.read("cache/file-hashes.parquet")
+    monkeypatch.setenv("LEANSET_CACHE_DIR", str(tmp_path / "machine-2"))  # a fresh mirror
+    puts = PROCESS.requests.get("put", 0)
+    assert run_core(settings).summary.unchanged
+    assert PROCESS.requests.get("put", 0) == puts  # no file hashed: its cache is not rewritten
+    assert remote.storage.read("cache/file-hashes.parquet") == hashes
+
+    write_png(tmp_path / "images/train/a/img000.png", np.full((16, 16), 5))  # a new ETag
+    _upload(tmp_path / "images", f"s3://{name}/data/images", s3.options)
+    monkeypatch.setenv("LEANSET_CACHE_DIR", str(tmp_path / "machine-3"))
+    assert run_core(settings).summary.version == 2  # the changed object was hashed again
+    assert remote.storage.read("cache/file-hashes.parquet") != hashes

@@ -43,7 +43,7 @@ def load_source(
     `content_optional`: a table with no image, text or vector column is valid (modality `none`:
     ids, labels and given probabilities; each row's content hash is its place in the source).
     A source on object storage is read from its local mirror (`sources/remote.py`)."""
-    source = localize(source)
+    source = localize(source, file_hashes)
     opened = _open_splits(source, columns.unlabeled_splits)
     splits = opened.splits
     if source.splits:

@@ -22,6 +22,7 @@ from pathlib import Path
 from leanset.pipelines.config import SourceSettings
 from leanset.pipelines.fsutil import atomic_write_bytes
 from leanset.pipelines.sources.dataset import SourceError
+from leanset.pipelines.sources.hashes import FileHashCache
 from leanset.pipelines.store.errors import StoreError
 from leanset.pipelines.store.storage import ObjectStorage, is_url
 from leanset.pipelines.store.workdir import cache_home
@@ -29,11 +30,16 @@ from leanset.pipelines.store.workdir import cache_home
 ETAGS = ".leanset-etags.json"  # in a mirror folder: the ETag of each file it fetched
 
 
-def localize(source: SourceSettings) -> SourceSettings:
-    """The source with every object-storage URL replaced by its fetched local mirror."""
+def localize(source: SourceSettings, hashes: FileHashCache | None = None) -> SourceSettings:
+    """The source with every object-storage URL replaced by its fetched local mirror; `hashes`
+    learns each mirrored file's object (URL and ETag), so a new machine does not hash it again."""
     opts = source.storage_options
     if source.path and is_url(source.path) and source.type in ("imagefolder", "disk"):
         path = fetch_prefix(source.path, opts)
+        if hashes is not None:
+            url = source.path.rstrip("/")
+            tags = _etags(path)
+            hashes.alias({str(path / rel): f"{url}/{rel}#{tag}" for rel, tag in tags.items()})
         return dataclasses.replace(source, path=str(path))
     if any(is_url(f) for f in source.data_files or []):
         files = [str(fetch_pattern(f, opts)) if is_url(f) else f for f in source.data_files or []]
