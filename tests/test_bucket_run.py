@@ -412,3 +412,51 @@ def test_a_new_machine_does_not_hash_a_bucket_sources_files_again(s3, tmp_path, 
     monkeypatch.setenv("LEANSET_CACHE_DIR", str(tmp_path / "machine-3"))
     assert run_core(settings).summary.version == 2  # the changed object was hashed again
     assert remote.storage.read("cache/file-hashes.parquet") != hashes
+
+
+def test_label_studio_tasks_of_a_bucket_image_source_open_through_the_bucket(
+    s3, tmp_path, monkeypatch, capsys
+):
+    import urllib.request
+
+    from leanset.pipelines.cli import main
+
+    images = make_imagefolder(tmp_path / "images")
+    rng = np.random.default_rng(7)
+    for k in range(6):  # a pool: active learning queues some of them
+        write_png(images / f"unlabeled/a/u{k}.png", rng.integers(0, 256, (16, 16)))
+    name = s3.bucket()
+    _upload(images, f"s3://{name}/data/images", s3.options)
+    source = {"type": "imagefolder", "path": f"s3://{name}/data/images", **_opts(s3)}
+    url = f"s3://{name}/store"
+    labels = {"label_noise": {"policy": "flag"}, "active_learning": {"budget": 4}}
+    body = pixel_flow_body(source=source, store=url, **labels, **_opts(s3))
+    run_core(load_flow(write_flows(tmp_path, f=body), "f"))
+    for key, value in s3.options.items():  # the CLI reads credentials from the environment
+        monkeypatch.setenv(key, value)
+
+    out = tmp_path / "tasks.json"
+    assert main(["queue", "export", url, "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    tasks = json.loads(out.read_text())
+    assert len(tasks) == 4
+    for task in tasks:  # what Label Studio's S3 storage resolves (and presigns) for the browser
+        assert task["data"]["image"] == f"s3://{name}/data/images/{task['data']['source']}"
+    assert f"bucket/container {name}, prefix data/images" in " ".join(said.split())
+
+    signed = tmp_path / "signed.json"
+    argv = ["queue", "export", url, "--out", str(signed), "--status", "all", "--presign", "600"]
+    assert main(argv) == 0
+    for task in json.loads(signed.read_text()):  # links any browser opens, for 10 minutes
+        link = task["data"]["image"]
+        assert link.startswith(s3.endpoint) and "X-Amz-Signature=" in link
+        with urllib.request.urlopen(link) as response:
+            assert response.read() == (images / task["data"]["source"]).read_bytes()
+
+
+def test_label_studio_names_azure_objects_as_its_azure_storage_does():
+    from leanset.pipelines.labelstudio import cloud_url
+
+    assert cloud_url("az://photos/data/set") == "azure-blob://photos/data/set"
+    assert cloud_url("abfss://photos@acct.dfs.core.windows.net/set/") == "azure-blob://photos/set"
+    assert cloud_url("gs://b/p") == "gs://b/p" and cloud_url("s3://b/p/") == "s3://b/p"

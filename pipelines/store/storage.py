@@ -231,6 +231,22 @@ class ObjectStorage:
                 self.traffic.count("list")
             yield from page
 
+    def signed_url(self, rel: str, seconds: float) -> str:
+        """A presigned HTTPS GET URL of an object, valid `seconds` (signed here: no request)."""
+        from datetime import timedelta
+
+        import obstore
+
+        try:
+            signer: Any = self._store  # S3, GCS or Azure (the schemes a store may have)
+            return str(obstore.sign(signer, "GET", rel, timedelta(seconds=seconds)))
+        except Exception as exc:  # obstore's own errors: no signing credentials, unsupported
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(
+                f"{self.show(rel)}: cannot presign it ({first}); presigning needs the store's "
+                "own signing credentials (an access key, a service account key, an account key)"
+            ) from exc
+
     def delete(self, rel: str) -> None:
         """Remove an object (absent is fine)."""
         import obstore
