@@ -4,6 +4,7 @@ decisions as on a folder, caches and queue in the bucket, incremental runs, raci
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -460,3 +461,38 @@ def test_label_studio_names_azure_objects_as_its_azure_storage_does():
     assert cloud_url("az://photos/data/set") == "azure-blob://photos/data/set"
     assert cloud_url("abfss://photos@acct.dfs.core.windows.net/set/") == "azure-blob://photos/set"
     assert cloud_url("gs://b/p") == "gs://b/p" and cloud_url("s3://b/p/") == "s3://b/p"
+
+
+def _unanswered(scheme: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A store URL of `scheme` whose object store cannot answer here (no network needed)."""
+    from tests.ray_cluster import free_port
+
+    for key in list(os.environ):
+        if key.startswith(("AWS_", "GOOGLE_", "AZURE_")):
+            monkeypatch.delenv(key)
+    if scheme == "s3":  # nothing listens there
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+        monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+        monkeypatch.setenv("AWS_REGION", "us-east-1")
+    if scheme == "gs":  # a service account key that is not one
+        monkeypatch.setenv("GOOGLE_SERVICE_ACCOUNT_KEY", "{}")
+    return f"{scheme}://bucket/store"  # az: no account named anywhere
+
+
+@pytest.mark.parametrize(
+    ("scheme", "names"),
+    [("s3", "AWS_ACCESS_KEY_ID"), ("gs", "GOOGLE_APPLICATION_CREDENTIALS"), ("az", "AZURE_")],
+)
+def test_an_object_store_that_does_not_answer_is_one_line_naming_its_credentials(
+    scheme, names, capsys, monkeypatch
+):
+    from leanset.pipelines.cli import main
+
+    url = _unanswered(scheme, monkeypatch)
+    assert main(["versions", url]) == 2
+    said = capsys.readouterr()
+    lines = [line for line in (said.out + said.err).splitlines() if line.strip()]
+    assert len(lines) == 1 and url in lines[0] and names in lines[0], lines
+    assert "Traceback" not in said.err
