@@ -211,8 +211,9 @@ def _engine(settings: FlowSettings, run_id: str) -> Iterator[JSON]:
 
 def _node_paths(settings: FlowSettings) -> dict[str, Path]:
     """What every Ray node must see at the driver's paths: the store folder (not a bucket
-    store: its workers write to the bucket) and the source (a bucket source: the driver's
-    mirror of it, where the workers read its files)."""
+    store: its workers write to the bucket) and the source. Of a source in a bucket, only a
+    `disk` source's mirror (its Arrow files); a worker fetches an image folder's files from the
+    bucket itself, and `data_files` are read into the Arrow cache by the driver."""
     src = settings.source
     paths = {} if is_url(settings.store) else {"store": Path(settings.store)}
     if src.path and src.type in ("imagefolder", "disk") and not is_url(src.path):
@@ -220,9 +221,10 @@ def _node_paths(settings: FlowSettings) -> dict[str, Path]:
     for n, f in enumerate(src.data_files or []):  # a glob: its folder
         if not is_url(f):
             paths[f"source.data_files[{n}]"] = Path(f).parent if set("*?[") & set(f) else Path(f)
-    for name, folder in source_mirrors(src).items():
-        folder.mkdir(parents=True, exist_ok=True)  # filled by the first load
-        paths[f"{name} (its local mirror)"] = folder
+    if src.type == "disk":  # its Arrow files, read by the workers; an image folder's files and
+        for name, folder in source_mirrors(src).items():  # data_files' rows do not need it
+            folder.mkdir(parents=True, exist_ok=True)  # filled by the first load
+            paths[f"{name} (its local mirror)"] = folder
     return paths
 
 

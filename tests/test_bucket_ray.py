@@ -155,12 +155,11 @@ def test_a_worker_killed_while_putting_shards_ends_in_the_same_decisions(
     assert verify_store(url, s3.options).ok  # no partial shard: a PUT is whole or absent
 
 
-def test_a_bucket_source_on_ray_reads_the_drivers_mirror_which_the_nodes_must_see(
-    s3, cluster, tmp_path, monkeypatch
+def test_a_bucket_image_source_on_ray_is_read_by_the_workers_from_the_bucket(
+    s3, cluster, hidden_cache, tmp_path
 ):
     from leanset.pipelines.config import load_flow
     from leanset.pipelines.core import run_core
-    from leanset.pipelines.engine import EngineError
     from leanset.pipelines.store import Store
     from leanset.pipelines.store.storage import ObjectStorage
 
@@ -176,14 +175,7 @@ def test_a_bucket_source_on_ray_reads_the_drivers_mirror_which_the_nodes_must_se
         source=source, store=url, storage_options=s3.options, engine=_engine(cluster)
     )
     config = write_flows(tmp_path, local=pixel_flow_body(), bucket=body)
-
-    assert cluster.hidden is not None
-    monkeypatch.setenv("LEANSET_CACHE_DIR", str(Path(cluster.hidden) / "unseen"))
-    with pytest.raises(EngineError, match=r"source.path \(its local mirror\) is not visible"):
-        run_core(load_flow(config, "bucket"))
-    assert Store(url, s3.options).latest() is None
-
-    monkeypatch.setenv("LEANSET_CACHE_DIR", str(tmp_path / "seen"))  # one node: it sees it
+    # the driver's mirror of the source is hidden from the node: its workers fetch the objects
     run_core(load_flow(config, "bucket"))
     run_core(load_flow(config, "local"))
     assert _decisions(Store(url, s3.options)).equals(_decisions(Store(tmp_path / "store")))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import glob
 import hashlib
 import json
@@ -28,6 +29,27 @@ from leanset.pipelines.store.storage import ObjectStorage, is_url
 from leanset.pipelines.store.workdir import cache_home
 
 ETAGS = ".leanset-etags.json"  # in a mirror folder: the ETag of each file it fetched
+
+
+def remote_folders(
+    source: SourceSettings, local: SourceSettings
+) -> dict[str, tuple[str, tuple[tuple[str, str], ...]]]:
+    """{mirror folder: (URL, options)} of an image folder in a bucket (`local`: its localized
+    form), so a reader elsewhere can fetch a file from the bucket (empty otherwise)."""
+    if source.type != "imagefolder" or not is_url(source.path or "") or not local.path:
+        return {}
+    opts = tuple(sorted((source.storage_options or {}).items()))
+    return {local.path: (str(source.path).rstrip("/"), opts)}
+
+
+def read_object(url: str, options: tuple[tuple[str, str], ...], rel: str) -> bytes:
+    """One object under a source prefix URL (a reader on a machine without the mirror)."""
+    return _storage(url, options).read(rel)
+
+
+@functools.cache
+def _storage(url: str, options: tuple[tuple[str, str], ...]) -> ObjectStorage:
+    return ObjectStorage(url, dict(options))
 
 
 def localize(source: SourceSettings, hashes: FileHashCache | None = None) -> SourceSettings:
