@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,10 +122,16 @@ class LoadedDataset:
         path = Path(given)
         for folder, (url, options) in self.remote.items():
             if path.is_relative_to(folder):
-                from leanset.pipelines.sources.remote import read_object
-
-                return read_object(url, options, path.relative_to(folder).as_posix())
+                return bytes(_bucket(url, options).read(path.relative_to(folder).as_posix()))
         return None
+
+
+@functools.cache
+def _bucket(url: str, options: tuple[tuple[str, str], ...]) -> Any:
+    """One connection per source prefix and process (a worker reuses it for every file)."""
+    from leanset.pipelines.store.storage import ObjectStorage
+
+    return ObjectStorage(url, dict(options))
 
 
 def image_bytes(value: Any) -> bytes:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import functools
 import glob
 import hashlib
 import json
@@ -40,16 +39,6 @@ def remote_folders(
         return {}
     opts = tuple(sorted((source.storage_options or {}).items()))
     return {local.path: (str(source.path).rstrip("/"), opts)}
-
-
-def read_object(url: str, options: tuple[tuple[str, str], ...], rel: str) -> bytes:
-    """One object under a source prefix URL (a reader on a machine without the mirror)."""
-    return _storage(url, options).read(rel)
-
-
-@functools.cache
-def _storage(url: str, options: tuple[tuple[str, str], ...]) -> ObjectStorage:
-    return ObjectStorage(url, dict(options))
 
 
 def localize(source: SourceSettings, hashes: FileHashCache | None = None) -> SourceSettings:
