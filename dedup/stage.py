@@ -139,11 +139,11 @@ def find_duplicates(
     )
     cols = resolve_groups(table, rep_of, Edges(found.a, found.b, found.score), settings)
     out = table.with_columns(_to_columns(table, cols, _row_evidence(rep_of, cols, found)))
-    hashes = table["content_hash"].to_numpy()
+    hashes = table["content_hash"]  # a column, never N Python strings
     pairs = pl.DataFrame(
         {
-            "hash_a": hashes[found.a],
-            "hash_b": hashes[found.b],
+            "hash_a": hashes.gather(found.a),
+            "hash_b": hashes.gather(found.b),
             "sim": found.score,
             "evidence": found.evidence,
         },
@@ -371,7 +371,7 @@ class _Finder:
         self.search: Search = search or find_near_pairs
         self.between: SearchBetween = between or find_near_pairs_between
         self.settings, self.prior, self.reps = settings, prior, reps
-        self.hashes = table["content_hash"].to_numpy()
+        self.hashes = table["content_hash"]  # a column: as Python strings, ~90 B per row
         self.new = self._new_mask() if prior is not None else np.ones(len(reps), dtype=bool)
         self.words = NO_WORDS
 
@@ -430,11 +430,10 @@ class _Finder:
     def _new_mask(self) -> np.ndarray:
         """Contents the prior did not search (without exact dedup a content's first row is old)."""
         assert self.prior is not None
-        h = self.hashes[self.reps]
-        old = np.fromiter((x in self.prior.covered for x in h), bool, len(h))
-        first = np.zeros(len(h), dtype=bool)
-        first[np.unique(h, return_index=True)[1]] = True
-        return ~(old & first)
+        h = self.hashes.gather(self.reps)
+        covered = pl.Series(sorted(self.prior.covered), dtype=h.dtype)
+        old = h.is_in(covered).fill_null(False) & h.is_first_distinct()
+        return np.asarray(~old.to_numpy(), dtype=bool)
 
     def _opts(self) -> SearchOptions:
         s = self.settings
@@ -717,12 +716,12 @@ def _pair_cosines(emb: Rows, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _prior_edges(
-    pairs: pl.DataFrame, hashes: np.ndarray, old: np.ndarray
+    pairs: pl.DataFrame, hashes: pl.Series, old: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """The prior's pairs whose two contents are still present, as table rows: one edge per pair
     of contents (without exact dedup the prior held a pair once per pair of rows, and pairs
     within one content, whose other rows are searched again as new)."""
-    row_of = dict(zip(hashes[old].tolist(), old.tolist(), strict=True))
+    row_of = dict(zip(hashes.gather(old).to_list(), old.tolist(), strict=True))
     lo = pl.min_horizontal("hash_a", "hash_b")
     hi = pl.max_horizontal("hash_a", "hash_b")
     live = (
