@@ -251,8 +251,8 @@ def _table(hashes: Any) -> Any:
 
 
 class _Steps:
-    """The driver's RSS after each step of the dedup stage and its peak so far (VmHWM): which
-    step raises the peak, measured by wrapping the stage module's own functions."""
+    """The driver's RSS (all, private, shared memory) after each step of the dedup stage and its
+    peak so far (VmHWM), in MiB: which step raises the peak (the stage's own functions, wrapped)."""
 
     NAMES = ("exact_representatives", "_take", "_unique_pairs", "_confirm", "resolve_groups")
     NAMES += ("_row_evidence", "_to_columns")
@@ -262,8 +262,8 @@ class _Steps:
         self.rows: list[list[Any]] = []
 
     def mark(self, name: str, t0: float) -> None:
-        rss = _status_mib(os.getpid(), "VmRSS")
-        self.rows.append([name, round(rss), round(_hwm_mib()), round(time.perf_counter() - t0, 1)])
+        rss = [round(_status_mib(os.getpid(), k)) for k in ("VmRSS", "RssAnon", "RssShmem")]
+        self.rows.append([name, *rss, round(_hwm_mib()), round(time.perf_counter() - t0, 1)])
 
     def wrap(self, fn: Any, name: str) -> Any:
         def timed(*args: Any, **kw: Any) -> Any:
@@ -301,7 +301,7 @@ def _stage(a: argparse.Namespace, kept: Any, hashes: Any) -> dict[str, Any]:
     res = stage.find_duplicates(table, kept, settings, search=search, search_between=between)
     steps.mark("find_duplicates", t0)
     return {
-        "steps_rss_hwm_mib_s": steps.rows,
+        "steps_rss_anon_shmem_hwm_mib_s": steps.rows,
         "table_bytes_per_row": round(table.estimated_size() / table.height, 1),
         "decided_bytes_per_row": round(res.table.estimated_size() / table.height, 1),
         "pairs": res.pairs.height,
