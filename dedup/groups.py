@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -30,7 +31,14 @@ class GroupContext:
 
     age: np.ndarray  # rank by (first_seen, position): 0 = oldest
     size_bytes: np.ndarray
-    centrality: np.ndarray  # mean similarity of a row's content to its near-duplicate neighbours
+    rep_of: np.ndarray
+    edges: Edges
+
+    @cached_property
+    def centrality(self) -> np.ndarray:
+        """Mean similarity of a row's content to its near-duplicate neighbours (made only for
+        the policy that reads it: five float arrays of the table's length)."""
+        return _centrality(len(self.rep_of), self.rep_of, self.edges)
 
 
 def _first(ctx: GroupContext) -> np.ndarray:
@@ -131,15 +139,17 @@ def resolve_groups(
 ) -> GroupColumns:
     """Decide for every row whether it is kept, and which kept row a dropped one matches."""
     is_eval = table["split"].is_in(settings.eval_splits).to_numpy()
-    ctx = GroupContext(
-        age=age_order(table),
-        size_bytes=table["size_bytes"].to_numpy(),
-        centrality=_centrality(table.height, rep_of, edges),
-    )
-    rank = _ranks(KEEP_POLICIES[settings.keep](ctx))
-    units = _build_units(rep_of, is_eval, rank, edges)
+    units = _build_units(rep_of, is_eval, _keep_rank(table, rep_of, edges, settings), edges)
     state = _decide_units(units, settings)
     return _row_columns(table, units, state, settings)
+
+
+def _keep_rank(
+    table: pl.DataFrame, rep_of: np.ndarray, edges: Edges, settings: DedupSettings
+) -> np.ndarray:
+    """Each row's rank under the keep policy (its context is freed before the units are built)."""
+    ctx = GroupContext(age_order(table), table["size_bytes"].to_numpy(), rep_of, edges)
+    return _ranks(KEEP_POLICIES[settings.keep](ctx))
 
 
 def _centrality(n: int, rep_of: np.ndarray, edges: Edges) -> np.ndarray:
