@@ -51,8 +51,10 @@ def _hwm_mib() -> float:
 
 
 def _cluster(object_store_mb: int) -> Any:
+    from leanset.pipelines.engine.cluster import map_large_allocations
     from tests.ray_cluster import start_head
 
+    map_large_allocations()  # as a flow's driver does when it connects (engine.cluster)
     t0 = time.perf_counter()
     c = start_head(num_cpus=2, object_store_mb=object_store_mb)
     import ray
