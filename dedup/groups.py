@@ -69,7 +69,6 @@ KEEP_POLICIES: dict[str, KeepPolicy] = {
 
 DROP_REASONS: tuple[str | None, ...] = (None, "exact_duplicate", "near_duplicate", "test_leak")
 _EXACT, _NEAR, _LEAK = 1, 2, 3  # codes into DROP_REASONS
-_DUPLICATE, _TEST_LEAK = 1, 2  # why a unit points to another (0: it does not)
 
 
 @dataclass
@@ -220,7 +219,7 @@ class _State:
 
     ref: np.ndarray
     sim: np.ndarray  # similarity to `ref`
-    why: np.ndarray  # int8: _DUPLICATE, _TEST_LEAK or 0
+    why: np.ndarray  # "duplicate", "test_leak" or None (objects: one pointer per unit)
     kept: np.ndarray
     leak_of: np.ndarray
     leak_sim: np.ndarray
@@ -229,7 +228,7 @@ class _State:
     def of(cls, n: int) -> _State:
         neg = np.full(n, -1, dtype=np.int64)
         nan = np.full(n, np.nan, dtype=np.float32)
-        why = np.zeros(n, dtype=np.int8)
+        why = np.full(n, None, dtype=object)
         return cls(neg.copy(), nan, why, np.ones(n, dtype=bool), neg.copy(), nan.copy())
 
 
@@ -263,7 +262,7 @@ def _greedy(units: _Units, state: _State, members: np.ndarray, drop: bool) -> No
             continue
         k = _best(nbr[ok], sims[ok], units.rank)
         state.ref[u], state.sim[u] = nbr[ok][k], sims[ok][k]
-        state.why[u] = _DUPLICATE
+        state.why[u] = "duplicate"
         state.kept[u] = not drop
 
 
@@ -283,7 +282,7 @@ def _mark_leaks(units: _Units, state: _State, members: np.ndarray, drop: bool) -
             state.leak_of[target], state.leak_sim[target] = u, sim
         if drop:
             state.ref[u], state.sim[u] = target, sim
-            state.why[u], state.kept[u] = _TEST_LEAK, False
+            state.why[u], state.kept[u] = "test_leak", False
 
 
 def _best(candidates: np.ndarray, sims: np.ndarray, rank: np.ndarray) -> int:
@@ -308,7 +307,7 @@ def _row_columns(
     dropped = pointed | ~is_lead
     drop_side = ~units.is_eval[unit] | settings.dedup_eval
     drop = _drop_codes(
-        table["content_hash"], rows, ref, dropped, state.why[unit] == _TEST_LEAK, drop_side
+        table["content_hash"], rows, ref, dropped, state.why[unit] == "test_leak", drop_side
     )
     by_row = np.argsort(rows, kind="stable")
     none = np.full(len(rows), -1, dtype=np.int64)

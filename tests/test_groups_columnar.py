@@ -56,7 +56,7 @@ def _reference(table: pl.DataFrame, rep_of: np.ndarray, e: Edges, s: DedupSettin
         if state.leak_of[u] >= 0:
             leak[r] = rows[state.leak_of[u]][0]
         for i in r if target >= 0 else r[1:]:
-            if state.why[u] == 2:
+            if state.why[u] == "test_leak":
                 drop[i] = "test_leak"
             elif not units.is_eval[u] or s.dedup_eval:
                 drop[i] = "exact_duplicate" if hashes[i] == hashes[ref[i]] else "near_duplicate"
