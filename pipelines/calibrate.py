@@ -100,8 +100,19 @@ def calibrate(settings: FlowSettings, options: CalibrateOptions) -> JSON:
     if kept is not None:
         record["kept"] = _time_kept(data, kept, settings, options, device, epoch)
     record["id"] = canonical({k: v for k, v in record.items() if k != "id"})
-    atomic_write_json(StoreLayout.of(settings.store).calibration, record)
+    _store_record(settings, record)
     return record
+
+
+def _store_record(settings: FlowSettings, record: JSON) -> None:
+    """Write the record into the flow's store: its folder, or a bucket store through its side
+    folder (written locally, then pushed: the bucket holds the old record or the new one)."""
+    from leanset.pipelines.store import Store
+
+    store = Store(settings.store, settings.storage_options)
+    path = store.side_layout.calibration
+    atomic_write_json(path, record)
+    store.side.push(store.side_rel(path))
 
 
 def _training_rows(data: LoadedDataset, settings: FlowSettings, limit: int) -> list[int]:
@@ -488,9 +499,9 @@ def _kept_rows(
 
     from leanset.pipelines.store import Store
 
-    if not StoreLayout.of(settings.store).manifests.is_dir():
+    store = Store(settings.store, settings.storage_options)
+    if not store.storage.remote and not StoreLayout.of(settings.store).manifests.is_dir():
         return None
-    store = Store(settings.store)
     latest = store.latest()
     if latest is None:
         return None

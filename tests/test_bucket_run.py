@@ -496,3 +496,30 @@ def test_an_object_store_that_does_not_answer_is_one_line_naming_its_credentials
     lines = [line for line in (said.out + said.err).splitlines() if line.strip()]
     assert len(lines) == 1 and url in lines[0] and names in lines[0], lines
     assert "Traceback" not in said.err
+
+
+def test_calibrate_stores_its_record_in_a_bucket_store_and_the_next_run_prices_with_it(
+    s3, tmp_path, monkeypatch, capsys
+):
+    """`leanset calibrate` on a flow whose store is a bucket: the record is an object of the
+    store (nothing is written to a local folder named like the URL), the kept-sample race reads
+    the bucket's latest version, and the next run prices its epoch with the record."""
+    from leanset.pipelines.cli import main
+
+    make_imagefolder(tmp_path / "images")
+    url = f"s3://{s3.bucket()}/stores/calibrated"
+    config = _flows(tmp_path, url, s3.options, dedup={"threshold": 0.95})
+    bucket = load_flow(config, "bucket")
+    assert run_core(bucket).summary.version == 1
+    monkeypatch.chdir(tmp_path)
+    fast = ["--steps", "2", "--repeats", "2", "--warmup", "1", "--batch-size", "4"]
+    args = ["calibrate", str(config), "--flow", "bucket", *fast, "--kept-epochs", "2"]
+    assert main([*args, "--device", "cpu"]) == 0
+    assert f"stored in {url}/cost/calibration.json" in capsys.readouterr().out
+    assert not (tmp_path / "s3:").exists()
+    remote = Store(url, s3.options)
+    record = json.loads(remote.storage.read("cost/calibration.json"))
+    assert record["kept"]["version"] == 1
+    second = run_core(bucket)
+    assert second.summary.version == 2  # a new cost input: a new statement
+    assert "leanset calibrate on cpu" in remote.manifest(2)["cost"]["price_source"]

@@ -87,6 +87,7 @@ def calibration_lines(record: dict[str, Any], cost: CostSettings, store: str) ->
     from leanset.pipelines.cost import epoch_price, uses_calibration
     from leanset.pipelines.store import Store
     from leanset.pipelines.store.layout import StoreLayout
+    from leanset.pipelines.store.storage import is_url
     from leanset.pipelines.units import accounting_from_dict
 
     lines = [f"calibrated flow {record['flow']} on {record['device_name']} with {record['model']}"]
@@ -118,7 +119,11 @@ def calibration_lines(record: dict[str, Any], cost: CostSettings, store: str) ->
             f"turn; priced at {kept['weight_wall']:.3g}x (wall), {kept['weight_cpu']:.3g}x (CPU), "
             "1 where the interval holds 1"
         )
-    lines.append(f"stored in {StoreLayout.of(store).calibration}")
+    rel = StoreLayout.of(".").calibration.as_posix()  # a bucket store's record is an object
+    where = (
+        f"{str(store).rstrip('/')}/{rel}" if is_url(store) else StoreLayout.of(store).calibration
+    )
+    lines.append(f"stored in {where}")
     if not uses_calibration(cost):
         lines.append(
             "note: flows.yaml prices the epoch itself (cost.gpu_hours_per_epoch or a throughput), "
