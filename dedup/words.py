@@ -128,7 +128,7 @@ def _kmeans(descriptors: np.ndarray, k: int) -> np.ndarray:
             )
             sums = onehot @ bits
             count = np.bincount(label, minlength=k)[:, None]
-            centres = np.where(count > 0, sums / np.maximum(count, 1), centres).astype(np.float32)
+            centres = np.where(count > 0, sums / np.maximum(count, 1), centres)
     centroids: np.ndarray = np.packbits(centres >= 0.5, axis=1)
     return centroids
 
