@@ -16,8 +16,11 @@ so they are not confirmed. A crop lies within its original, so no corner of the 
 may map further outside the other than the fit's error (`MAX_OVERHANG`): two distinct tiles of
 one repeating pattern (roof tiles, rows of windows, a crowd) fit a shift by one period, which
 leaves a tenth of the tile outside. A mirrored fit counts only when the plain features do not
-fit nearly as well: mirror-symmetric or periodic content (a chessboard) fits both ways. Flat, dark or near-uniform images have too few keypoints to confirm
-anything: a pair with one is never confirmed here.
+fit nearly as well: mirror-symmetric or periodic content (a chessboard) fits both ways. A plain
+fit of a copy's shape that falls short only on evidence (inliers, their spread) is given guided
+matches (`GUIDED_FROM`): re-encoded or blurred small images lose most ratio-test matches, not
+their keypoints. Flat, dark or near-uniform images have too few keypoints to confirm anything: a
+pair with one is never confirmed here.
 """
 
 from __future__ import annotations
@@ -51,6 +54,12 @@ MIN_SCALE = 0.2  # the fit scales either side by 0.2-5 (a crop keeps at least a 
 MAX_ANISOTROPY = 2.0  # the fit's two scales differ by at most this factor (aspect changes)
 RANSAC_PIXELS = 4.0  # reprojection tolerance, at SIDE pixels
 RANSAC_ITERS = 500  # enough for 99% confidence at the least inlier share accepted (0.25: 293)
+GUIDED_FROM = 12  # a fit of the right shape with this many inliers, short of the evidence asked
+# for, is given guided matches: every keypoint whose descriptor is close (GUIDED_BITS) to that of
+# a keypoint within RANSAC_PIXELS of where the fit puts it. On re-encoded, blurred or rotated
+# small images the ratio test drops most true matches (the second nearest is as close), so a true
+# copy's fit holds 12-19 inliers where its keypoints agree at 35-60 places
+GUIDED_BITS = 50  # of ORB's 256 bits: true matches differ in 10-45, unrelated keypoints in ~100
 
 
 @dataclass(frozen=True)
@@ -216,7 +225,7 @@ def verify(a: ImageFeatures, b: ImageFeatures) -> Match:
     plain = match(a.plain, b.plain)
     if plain.copy or not a.plain.usable or not b.plain.usable:
         return plain
-    flipped = match(a.plain, b.mirrored)
+    flipped = match(a.plain, b.mirrored, guided=False)  # symmetric content fits mirrored
     if flipped.copy and flipped.inliers < MIRROR_MARGIN * plain.inliers:
         # the plain features fit too: mirror-symmetric or periodic content (a chessboard), where
         # a mirrored fit is not evidence of a mirrored copy
@@ -228,8 +237,9 @@ def verify(a: ImageFeatures, b: ImageFeatures) -> Match:
     return plain if plain.inliers >= flipped.inliers else flipped
 
 
-def match(a: Features, b: Features) -> Match:
-    """Ratio-test matches of a's descriptors in b's, an affine RANSAC fit, and its judgement."""
+def match(a: Features, b: Features, guided: bool = True) -> Match:
+    """Ratio-test matches of a's descriptors in b's, an affine RANSAC fit, and its judgement
+    (with guided matches, where the fit has the shape of a copy but too few inliers)."""
     import cv2
 
     if not (a.usable and b.usable):
@@ -245,7 +255,10 @@ def match(a: Features, b: Features) -> Match:
     if fit is None:
         return Match(False, matches=len(good))
     fit, keep = _refine(src, dst, mask.ravel().astype(bool))
-    return _judge(a, b, fit, src[keep], dst[keep], len(good))
+    judged = _judge(a, b, fit, src[keep], dst[keep], len(good))
+    if judged.copy or not guided or not _guidable(judged, a, b, fit):
+        return judged
+    return _guided(a, b, fit, judged)
 
 
 def hamming_knn(query: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -290,12 +303,66 @@ def _least_squares(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.linalg.lstsq(x, y, rcond=None)[0]
 
 
+def _guidable(judged: Match, a: Features, b: Features, fit: np.ndarray) -> bool:
+    """A refused fit worth guided matches: enough inliers, of a copy's shape (`_judge`'s rules on
+    the map itself: scale, anisotropy, no flip, the smaller image inside the other)."""
+    return (
+        judged.inliers >= GUIDED_FROM
+        and judged.inliers >= MIN_INLIER_SHARE * judged.matches
+        and judged.inside >= MIN_INSIDE
+        and _shaped(fit)
+        and _overhang(*_small_first(fit, a, b)) <= MAX_OVERHANG
+    )
+
+
+def _guided(a: Features, b: Features, fit: np.ndarray, judged: Match) -> Match:
+    """The fit refined on guided matches (one per keypoint of b) and judged again; the ratio-test
+    judgement where that does not make a copy."""
+    import cv2
+
+    where = a.points @ fit[:, :2].T + fit[:, 2]
+    near = ((where[:, None, :] - b.points[None, :, :]) ** 2).sum(-1) <= RANSAC_PIXELS**2
+    found = cv2.BFMatcher(cv2.NORM_HAMMING).match(
+        a.descriptors, b.descriptors, near.astype(np.uint8)
+    )
+    found = sorted((m for m in found if m.distance <= GUIDED_BITS), key=lambda m: m.distance)
+    first = np.unique([m.trainIdx for m in found], return_index=True)[1]
+    chosen = [found[i] for i in first]
+    if len(chosen) < MIN_INLIERS:
+        return judged
+    src = a.points[[m.queryIdx for m in chosen]]
+    dst = b.points[[m.trainIdx for m in chosen]]
+    refit, keep = _refine(src, dst, np.ones(len(chosen), dtype=bool))
+    again = _judge(a, b, refit, src[keep], dst[keep], max(judged.matches, int(keep.sum())))
+    return again if again.copy else judged
+
+
+def _shaped(fit: np.ndarray) -> bool:
+    """The map scales, stretches and turns as a copy may (no flip: mirrors have own features)."""
+    linear = fit[:, :2]
+    sx, sy = np.linalg.svd(linear, compute_uv=False)
+    return bool(
+        MIN_SCALE <= sy <= sx <= 1 / MIN_SCALE
+        and sx / sy <= MAX_ANISOTROPY
+        and np.linalg.det(linear) > 0
+    )
+
+
+def _small_first(
+    fit: np.ndarray, a: Features, b: Features
+) -> tuple[np.ndarray, Features, Features]:
+    """The map from the smaller image (by mapped area) into the larger one, and the two images."""
+    scale2 = abs(np.linalg.det(fit[:, :2]))
+    if a.width * a.height * scale2 <= b.width * b.height:
+        return fit, a, b
+    return np.asarray(__import__("cv2").invertAffineTransform(fit)), b, a
+
+
 def _judge(
     a: Features, b: Features, fit: np.ndarray, src: np.ndarray, dst: np.ndarray, matches: int
 ) -> Match:
     """Accept a fit whose inliers are many and spread, with the smaller image inside the other."""
     linear = fit[:, :2]
-    sx, sy = np.linalg.svd(linear, compute_uv=False)
     scale = float(math.sqrt(abs(np.linalg.det(linear))))
     rotation = math.degrees(math.atan2(linear[1, 0] - linear[0, 1], linear[0, 0] + linear[1, 1]))
     a_small = a.width * a.height * scale**2 <= b.width * b.height
@@ -313,9 +380,7 @@ def _judge(
         and inside >= MIN_INSIDE
         and overhang <= MAX_OVERHANG
         and spread >= MIN_SPREAD
-        and MIN_SCALE <= sy <= sx <= 1 / MIN_SCALE
-        and sx / sy <= MAX_ANISOTROPY
-        and np.linalg.det(linear) > 0
+        and _shaped(fit)
     )
     fitted = tuple(float(v) for v in fit.ravel())
     return Match(bool(ok), n, matches, inside, spread, rotation, scale, False, fitted)

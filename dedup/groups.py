@@ -4,7 +4,8 @@ A *unit* is one distinct content on one side (train or eval): the readable rows 
 content hash (or, with exact detection off, one row). Near-duplicate edges join units. Units are
 visited in keep-policy order; a unit is dropped only when it directly matches (an edge at or above
 the threshold) a unit already kept on its side, and then points to that unit. So a~b~c never joins
-a and c: c survives unless it matches a itself.
+a and c through b: c survives unless it matches a itself, or b is kept for both (a dropped unit
+that matches two or more kept units nothing else points to is kept instead of them).
 
 Leakage is a direct match across sides. The reference side is deduplicated first (eval under
 `drop_train` and `report`, train under `drop_eval`); a unit of the other side that directly matches
@@ -243,6 +244,36 @@ def _greedy(units: _Units, state: _State, members: np.ndarray, drop: bool) -> No
         state.ref[u], state.sim[u] = nbr[ok][k], sims[ok][k]
         state.why[u] = "duplicate"
         state.kept[u] = not drop
+    _keep_hubs(units, state, linked, side, anchor, drop)
+
+
+def _keep_hubs(
+    units: _Units,
+    state: _State,
+    members: np.ndarray,
+    side: np.ndarray,
+    anchor: np.ndarray,
+    drop: bool,
+) -> None:
+    """A dropped unit that matches two or more kept units of its side, none of which another unit
+    points to, is kept instead and they point to it: one sample stands for all of them (an original
+    whose two crops were visited first would otherwise leave both crops kept; no chain is made:
+    each of them matches it directly)."""
+    pointed = np.bincount(state.ref[members][state.ref[members] >= 0], minlength=len(side))
+    for u in members[np.argsort(units.rank[members], kind="stable")].tolist():
+        if anchor[u] or state.why[u] != "duplicate":
+            continue
+        nbr, sims = units.neighbours(u)
+        ok = side[nbr] & anchor[nbr]
+        kept, ref = nbr[ok], int(state.ref[u])
+        if len(kept) < 2 or pointed[ref] != 1 or (pointed[kept[kept != ref]] > 0).any():
+            continue
+        state.ref[kept], state.sim[kept] = u, sims[ok]
+        for k in kept.tolist():
+            state.why[k], state.kept[k] = "duplicate", not drop
+        anchor[kept], pointed[ref] = False, 0
+        anchor[u], pointed[u] = True, len(kept)
+        state.ref[u], state.sim[u], state.why[u], state.kept[u] = -1, np.nan, None, True
 
 
 def _mark_leaks(units: _Units, state: _State, members: np.ndarray, drop: bool) -> None:

@@ -41,7 +41,14 @@ from leanset.dedup import calibrate
 from leanset.dedup.calibrate import Calibration
 from leanset.dedup.config import ROUTES, DedupError, DedupSettings
 from leanset.dedup.exact import exact_representatives
-from leanset.dedup.geometry import MAX_OVERHANG, MIRROR_MARGIN, FeatureSource, verify_pairs
+from leanset.dedup.geometry import (
+    GUIDED_BITS,
+    GUIDED_FROM,
+    MAX_OVERHANG,
+    MIRROR_MARGIN,
+    FeatureSource,
+    verify_pairs,
+)
 from leanset.dedup.groups import Edges, GroupColumns, resolve_groups
 from leanset.dedup.imagesig import SIDE, ImageSignal, pair_evidence
 from leanset.dedup.lexical import MIN_CONTAINMENT, MIN_JACCARD, pair_overlap
@@ -319,10 +326,16 @@ def _index_key(basis: str, settings: DedupSettings, routes: tuple[str, ...], t: 
             "pixels": t.pixels,
             "hash_bits": t.hash_bits,
             "floor": t.floor,
-            "geometry": [GEOMETRY_K, WORDS_K, DISTINCT, GEOMETRY_MAX_PER_IMAGE]
+            "geometry": [GEOMETRY_K, WORDS_K, DISTINCT, GEOMETRY_MAX_PER_IMAGE, "words first"]
             if "geometry" in routes
             else None,
-            "rules": [MAX_BLOCK_GAP, MAX_OVERHANG, MIRROR_MARGIN],  # pairs decided by other rules
+            "rules": [
+                MAX_BLOCK_GAP,
+                MAX_OVERHANG,
+                MIRROR_MARGIN,
+                GUIDED_FROM,
+                GUIDED_BITS,
+            ],  # pairs decided by other rules
         },
         sort_keys=True,
     )
@@ -558,11 +571,12 @@ class _Routed:
     hashed: np.ndarray  # the pair's hashes agree (corroboration, never acceptance)
 
     def to_verify(self, a: np.ndarray, b: np.ndarray, word: np.ndarray) -> np.ndarray:
-        """Indices of the pairs the geometric check verifies: none accepted them; hash agreement
-        first, then visual-word neighbours (by their similarity), then by cosine; at most
+        """Indices of the pairs the geometric check verifies: none accepted them; visual-word
+        neighbours first (by their similarity), then hash agreement, then by cosine; at most
         GEOMETRY_MAX_PER_IMAGE per image (on look-alike data the embedding's neighbours are
-        look-alikes, the words' are copies)."""
-        rank = np.where(self.hashed, 3.0, np.where(word > 0, 1.0 + word, self.cos))
+        look-alikes, the words' are copies; tiles of one scene's background in many frames agree
+        in their hashes with a dozen others, which took the budget from a word-proposed copy)."""
+        rank = np.where(word > 0, 3.0 + word, np.where(self.hashed, 2.0, self.cos))
         return _bounded(np.flatnonzero(np.isnan(self.score)), a, b, rank)
 
 
@@ -669,7 +683,7 @@ def _route_checks(
     t: _Thresholds,
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
     """Per route: which candidates it accepts, and its score on the similarity scale; and which
-    pairs' hashes agree (they corroborate, and are verified first, but accept nothing alone)."""
+    pairs' hashes agree (they corroborate, and are verified early, but accept nothing alone)."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     hashed = np.zeros(len(a), dtype=bool)
     if "embedding" in routes and t.embedding is not None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +25,18 @@ from leanset.labeling.config import LabelingError
 Answer = tuple[dict[str, Any], dict[str, Any]]  # (task, the annotation applied)
 MODEL_VERSION = "leanset"  # the predictions leanset puts on tasks (replaced on every push)
 LOCAL_FILES = "/data/local-files/?d="  # where Label Studio serves files of a Local Storage
+
+
+@dataclass(frozen=True)
+class ImageLinks:
+    """How a task names its image when a plain URL prefix will not do: `sign` turns the image's
+    path relative to the dataset root into its URL (a presigned bucket URL, for instance)."""
+
+    prefix: str  # what the URLs stand for (messages name it)
+    sign: Callable[[str], str]
+
+
+ImageRoot = str | ImageLinks  # a URL prefix joined with each relative path, or ImageLinks
 REASON_TEXT = {
     "uncertain": "uncertain (the model is unsure)",
     "label_issue": "label issue (the given label looks wrong)",
@@ -73,7 +86,7 @@ def _label_text(label: str | None) -> str:
 TWINS_SHOWN = 12  # a task shows this many of a conflict's samples; the answer labels them all
 
 
-def twins_html(row: dict[str, Any], image_root: str | None) -> str:
+def twins_html(row: dict[str, Any], image_root: ImageRoot | None) -> str:
     """A label conflict's samples side by side with their labels (the queued one first), as
     HTML for the task's `twins` panel; empty for a task without twins."""
     twins = row.get("twins") or []
@@ -89,7 +102,7 @@ def twins_html(row: dict[str, Any], image_root: str | None) -> str:
     )
 
 
-def _card(member: dict[str, Any], image_root: str | None) -> str:
+def _card(member: dict[str, Any], image_root: ImageRoot | None) -> str:
     """One sample of a conflict: its content, label and id."""
     sid = member["sample_id"]
     if image_root is not None:
@@ -121,18 +134,23 @@ def local_files_prefix(dataset_root: Path, document_root: Path) -> str:
     return LOCAL_FILES + quote(data.relative_to(docs).as_posix())
 
 
-def image_ref(image_root: str, sample_id: str, source: str | None) -> str:
-    """`image_root/source`, refusing sources that are absolute or climb out with '..'."""
+def image_ref(image_root: ImageRoot, sample_id: str, source: str | None) -> str:
+    """`image_root/source` (or `image_root.sign(source)`), refusing sources that are absolute or
+    climb out with '..'."""
     rel = PurePosixPath((source or "").replace("\\", "/"))
     if not source or rel.is_absolute() or ".." in rel.parts or ":" in rel.parts[0]:
         raise LabelingError(
             f"sample {sample_id!r} has source {source!r}; expected a path relative to the "
             "dataset root (no '..', not absolute)"
         )
+    if isinstance(image_root, ImageLinks):
+        return image_root.sign(rel.as_posix())
     return f"{image_root.rstrip('/')}/{quote(rel.as_posix())}"
 
 
-def task_for_row(row: dict[str, Any], image_root: str | None, from_name: str, model: str) -> dict:
+def task_for_row(
+    row: dict[str, Any], image_root: ImageRoot | None, from_name: str, model: str
+) -> dict:
     """One Label Studio task with the model's suggestion as a pre-annotation."""
     kind = "image" if image_root is not None else "text"
     if image_root is not None:

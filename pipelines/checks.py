@@ -5,6 +5,7 @@ in `dedup/`; this module runs the configured ones and gathers what the manifest 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -18,7 +19,6 @@ from leanset.pipelines.contamination import check_contamination
 from leanset.pipelines.embed import EmbedResult
 from leanset.pipelines.embed.measures import ImageMeasure, Measure, measure_rows
 from leanset.pipelines.sources import LoadedDataset
-from leanset.pipelines.store.layout import StoreLayout
 from leanset.pipelines.store.manifest import JSON
 
 MEASURE_COLUMN = "_image_measures"  # the embed step's measures, until the check replaces them
@@ -140,13 +140,13 @@ def image_measure(data: LoadedDataset, settings: FlowSettings) -> Measure | None
 
 
 def measures_after(
-    data: LoadedDataset, settings: FlowSettings, res: EmbedResult
+    data: LoadedDataset, settings: FlowSettings, res: EmbedResult, root: Path
 ) -> np.ndarray | None:
-    """The measures of an embedding that did not take them (`engine: ray`): cached, or read."""
+    """The measures of an embedding that did not take them (`engine: ray`): cached (under
+    `root`, the run's embedding cache folder: a bucket store's local mirror), or read."""
     measure = image_measure(data, settings)
     if measure is None:
         return None
-    root = StoreLayout.of(settings.store).embeddings
     return measure_rows(data, measure, root, {}, list(res.errors))
 
 

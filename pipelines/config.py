@@ -180,6 +180,9 @@ class LeakReference:
     columns: ColumnSettings = field(default_factory=ColumnSettings)
     splits: list[str] | None = None  # only these splits of the reference (None: all)
     name: str | None = None  # how `contaminated_by` names it (default: the store or source path)
+    # credentials and endpoint of a reference store on s3://, gs://, az:// (else the flow's
+    # storage_options when its store uses the same scheme, else the environment)
+    storage_options: dict[str, str] | None = runtime(None)
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,10 @@ class FlowSettings:
         data = self.to_dict()
         data.pop("storage_options")
         data["source"].pop("storage_options")
+        for ref in data["leaks"]["against"]:
+            ref.pop("storage_options", None)
+            if ref.get("source"):
+                ref["source"].pop("storage_options", None)
         return data
 
     def fingerprint(self) -> str:
@@ -668,10 +675,11 @@ def _check_storage_options(
     if not options:
         return
     if not is_url(where_to):
-        if keypath == "storage_options" or not where_to:
+        a_store = not keypath.endswith("source.storage_options")
+        if a_store or not where_to:
             raise ConfigError(
                 f"{where}: {keypath}: applies to s3://, gs://, az:// URLs only, and "
-                f"{'the store' if keypath == 'storage_options' else 'the source'} is "
+                f"{'the store' if a_store else 'the source'} is "
                 f"{where_to or 'not on object storage'}"
             )
         return
@@ -712,9 +720,19 @@ def _resolve_leaks(s: FlowSettings, base: Path, where: str) -> LeaksSettings:
             raise ConfigError(f"{key}: expected exactly one of store or source")
         if ref.source is None:
             store = _abs(base, ref.store or "")
+            opts = f"leaks.against[{n}].storage_options"
+            _check_storage_options(store, ref.storage_options, where, opts)
             refs.append(dataclasses.replace(ref, store=store, name=ref.name or Path(store).name))
             continue
+        if ref.storage_options:
+            raise ConfigError(
+                f"{key}.storage_options: belongs to a reference store; a source reference takes "
+                "source.storage_options"
+            )
         src = ref.source
+        for f in src.data_files or [src.path or ""]:
+            opts = f"leaks.against[{n}].source.storage_options"
+            _check_storage_options(f, src.storage_options, where, opts)
         path = _abs(base, src.path) if src.path and src.type != "hub" else src.path
         files = [_abs(base, f) for f in src.data_files] if src.data_files else None
         source = dataclasses.replace(src, path=path, data_files=files)

@@ -26,22 +26,37 @@ from leanset.pipelines.config import FlowSettings, LeakReference, SourceSettings
 from leanset.pipelines.embed import EmbeddingCache, embed_dataset, make_embedder
 from leanset.pipelines.fsutil import digest, digest_file
 from leanset.pipelines.sources import FileHashCache, load_source
+from leanset.pipelines.sources.remote import remote_state
 from leanset.pipelines.store import Store
 from leanset.pipelines.store.errors import StoreError
-from leanset.pipelines.store.layout import StoreLayout
+from leanset.pipelines.store.layout import EMBEDDINGS
 from leanset.pipelines.store.manifest import JSON
+from leanset.pipelines.store.storage import is_url
 
 log = logging.getLogger("leanset.flow")
 
 
-def store_reference(ref: LeakReference, fingerprint: str) -> Reference:
-    """A store's latest samples with the vectors its cache holds for this embedder."""
+def reference_store(ref: LeakReference, settings: FlowSettings) -> Store:
+    """A reference store, opened with its storage options: its own, else the flow's when both
+    stores are URLs of one scheme (one bucket's endpoint and credentials), else the environment."""
     path = str(ref.store)
-    store = Store(path)
+    opts = ref.storage_options
+    if opts is None and is_url(path) and is_url(settings.store):
+        same = path.split("://")[0] == settings.store.split("://")[0]
+        opts = settings.storage_options if same else None
+    return Store(path, opts)
+
+
+def store_reference(ref: LeakReference, fingerprint: str, store: Store) -> Reference:
+    """A store's latest samples with the vectors its cache holds for this embedder (a bucket
+    store's shards of this embedder are pulled into its local mirror first, only those it
+    lacks)."""
+    path = str(ref.store)
     if store.latest() is None:
         raise StoreError(f"leaks.against: {path} holds no leanset version (expected a store)")
     rows = _rows(store.read("decisions"), ref)
-    cache = EmbeddingCache(StoreLayout.of(path).embeddings, fingerprint, read_only=True)
+    store.cache.pull(f"{EMBEDDINGS}/{fingerprint}", new_names_only=True)
+    cache = EmbeddingCache(store.cache_layout.embeddings, fingerprint, read_only=True)
     found, vectors = cache.get(rows["content_hash"].to_list())
     if not found.all():
         raise StoreError(
@@ -57,13 +72,17 @@ def source_reference(ref: LeakReference, settings: FlowSettings, dry_run: bool) 
     assert ref.source is not None and settings.embedder is not None  # checked by the loader
     data = load_source(ref.source, ref.columns)
     embedder = make_embedder(settings.embedder, ref.columns.embedding)
-    cache = StoreLayout.of(settings.store).embeddings
+    cache = _own_store(settings).cache_layout.embeddings  # a bucket: pushed with the run's
     res = embed_dataset(data, embedder, cache, progress=False)  # a dry run's vectors serve too
     table = data.table.with_columns(pl.Series("_row", np.arange(data.table.height)))
     table = table.filter(~pl.col("content_hash").is_in(list(res.errors)))
     rows = _rows(table, ref)
     assert isinstance(res.matrix, np.ndarray)  # embedded here, not on a cluster
     return _reference(ref, rows, res.matrix[rows["_row"].to_numpy()])
+
+
+def _own_store(settings: FlowSettings) -> Store:
+    return Store(settings.store, settings.storage_options)
 
 
 def _rows(table: pl.DataFrame, ref: LeakReference) -> pl.DataFrame:
@@ -93,7 +112,9 @@ def check_contamination(
     contents it did not search are searched now."""
     leaks = settings.leaks
     refs = [
-        source_reference(r, settings, dry_run) if r.source else store_reference(r, fingerprint)
+        source_reference(r, settings, dry_run)
+        if r.source
+        else store_reference(r, fingerprint, reference_store(r, settings))
         for r in leaks.against
     ]
     t = leaks.threshold if leaks.threshold is not None else threshold
@@ -122,7 +143,7 @@ def search_basis(settings: FlowSettings, fingerprint: str) -> str:
 
 def prior_findings(settings: FlowSettings, basis: str) -> Prior | None:
     """The parent version's findings per training content, when it searched on the same basis."""
-    store = Store(settings.store)
+    store = _own_store(settings)
     parent = store.latest()
     checked = ((parent or {}).get("checks") or {}).get("contamination") or {}
     if parent is None or checked.get("basis") != basis:
@@ -148,10 +169,12 @@ def reference_state(settings: FlowSettings) -> str:
     if not settings.leaks.against:
         return ""
     parts = []
-    hashes = FileHashCache(StoreLayout.of(settings.store).file_hashes)
+    hashes = FileHashCache(
+        _own_store(settings).cache_layout.file_hashes
+    )  # a bucket: this machine's
     for ref in settings.leaks.against:
         if ref.store is not None:
-            latest = Store(ref.store).latest()
+            latest = reference_store(ref, settings).latest()
             parts.append(f"{ref.store}@{latest['version'] if latest else 0}")
         elif ref.source is not None and ref.source.type != "hub":
             parts.append(f"{ref.name}#{source_content(ref.source, hashes)}")
@@ -170,6 +193,8 @@ def source_files(source: SourceSettings) -> list[Path]:
 def source_content(source: SourceSettings, hashes: FileHashCache) -> str:
     """One digest of a source's files (path and content hash each); a file is read only when
     its size or modification time changed since its hash was cached."""
+    if is_url(source.path or "") or any(is_url(f) for f in source.data_files or []):
+        return remote_state(source)
     entries = []
     for path in source_files(source):
         st = path.stat()

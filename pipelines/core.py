@@ -51,9 +51,9 @@ from leanset.pipelines.cost import ComputeMeter, CostDelta, config_hash, cost_de
 from leanset.pipelines.decide import decide
 from leanset.pipelines.report.balance import balance_info
 from leanset.pipelines.sources import LoadedDataset, SourceError
+from leanset.pipelines.sources.remote import source_mirrors
 from leanset.pipelines.steps import CostMeasures, VersionDraft
 from leanset.pipelines.store import Store
-from leanset.pipelines.store.errors import StoreError
 from leanset.pipelines.store.history import History
 from leanset.pipelines.store.layout import EMBEDDINGS
 from leanset.pipelines.store.location import check_store_location, check_writable
@@ -194,27 +194,38 @@ def _engine(settings: FlowSettings, run_id: str) -> Iterator[JSON]:
     if settings.engine.type == "local":
         yield {"type": "local"}
         return
-    if is_url(settings.store):
-        raise StoreError(
-            f"store {settings.store}: engine: ray needs a store folder every node sees so far; "
-            f"a store on object storage runs with engine: local"
-        )
     from leanset.pipelines.engine import ray_session
 
-    paths = {"store": Path(settings.store)}
-    if settings.source.path and settings.source.type in ("imagefolder", "disk"):
-        paths["source.path"] = Path(settings.source.path)
-    for n, f in enumerate(settings.source.data_files or []):  # a glob: its folder
-        paths[f"source.data_files[{n}]"] = Path(f).parent if set("*?[") & set(f) else Path(f)
+    paths = _node_paths(settings)
     import datasets.config
 
     hf_cache = Path(datasets.config.HF_DATASETS_CACHE)  # workers read the Arrow files there
     if hf_cache.is_dir():
         paths["the Hugging Face datasets cache (HF_DATASETS_CACHE)"] = hf_cache
     metadata = {"leanset_flow": settings.name, "prefect_flow_run_id": run_id}
-    with ray_session(settings.engine, paths, ["store"], metadata) as info:
+    writable = [] if is_url(settings.store) else ["store"]  # a bucket: workers PUT their shards
+    with ray_session(settings.engine, paths, writable, metadata) as info:
         log.info("Ray cluster %s: %s", info.address, info.resources)
         yield {"type": "ray", **info.to_dict()}
+
+
+def _node_paths(settings: FlowSettings) -> dict[str, Path]:
+    """What every Ray node must see at the driver's paths: the store folder (not a bucket
+    store: its workers write to the bucket) and the source. Of a source in a bucket, only a
+    `disk` source's mirror (its Arrow files); a worker fetches an image folder's files from the
+    bucket itself, and `data_files` are read into the Arrow cache by the driver."""
+    src = settings.source
+    paths = {} if is_url(settings.store) else {"store": Path(settings.store)}
+    if src.path and src.type in ("imagefolder", "disk") and not is_url(src.path):
+        paths["source.path"] = Path(src.path)
+    for n, f in enumerate(src.data_files or []):  # a glob: its folder
+        if not is_url(f):
+            paths[f"source.data_files[{n}]"] = Path(f).parent if set("*?[") & set(f) else Path(f)
+    if src.type == "disk":  # its Arrow files, read by the workers; an image folder's files and
+        for name, folder in source_mirrors(src).items():  # data_files' rows do not need it
+            folder.mkdir(parents=True, exist_ok=True)  # filled by the first load
+            paths[f"{name} (its local mirror)"] = folder
+    return paths
 
 
 def _pipeline(run: _Run, loaded: Loaded | None, engine: JSON) -> RunResult:

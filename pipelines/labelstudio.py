@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from leanset.labeling.config import LabelingError
-from leanset.labeling.labelstudio import MODEL_VERSION
+from leanset.labeling.labelstudio import MODEL_VERSION, ImageRoot
 
 API_KEY_ENV = "LABEL_STUDIO_API_KEY"
 PAGE_SIZE = 1000
@@ -204,6 +204,47 @@ def pull_tasks(client: Any, project_id: int, since: str | None) -> tuple[list[di
     return tasks, max((t["updated_at"] for t in tasks), default=since)
 
 
+# ---------------------------------------------------------------- images of a bucket source
+
+
+def cloud_url(url: str) -> str:
+    """A bucket URL as Label Studio's cloud storages name objects: ``s3://`` and ``gs://`` as
+    they are, Azure (``az://container/...``, ``abfs[s]://container@account.../...``) as
+    ``azure-blob://container/...``."""
+    scheme, _, rest = url.rstrip("/").partition("://")
+    if scheme.lower() not in ("az", "abfs", "abfss"):
+        return url.rstrip("/")
+    head, _, path = rest.partition("/")
+    container = head.split("@", 1)[0]
+    return f"azure-blob://{container}/{path}".rstrip("/")
+
+
+def bucket_images(url: str, presign_s: float | None) -> ImageRoot:
+    """Task images of an image source in a bucket: the objects' cloud URLs, which Label Studio
+    opens through a Source Cloud Storage on that bucket, or (`presign_s`) presigned HTTPS URLs
+    valid that many seconds, which any browser opens (credentials from the environment)."""
+    if presign_s is None:
+        return cloud_url(url)
+    from leanset.labeling.labelstudio import ImageLinks
+    from leanset.pipelines.store.storage import ObjectStorage
+
+    storage = ObjectStorage(url)
+    return ImageLinks(url, lambda rel: storage.signed_url(rel, presign_s))
+
+
+def cloud_storage_hint(url: str) -> str:
+    """How Label Studio must be set up to open `cloud_url` task images."""
+    scheme, _, rest = cloud_url(url).partition("://")
+    bucket, _, prefix = rest.partition("/")
+    kind = {"s3": "Amazon S3", "gs": "Google Cloud Storage"}.get(scheme, "Azure Blob Storage")
+    return (
+        f"images: the tasks name them {scheme}://{bucket}/{prefix + '/' if prefix else ''}...; "
+        f"in the project add a Source Cloud Storage ({kind}, bucket/container {bucket}, prefix "
+        f"{prefix or '(none)'}) with 'Use pre-signed URLs' on, and do not sync it (leanset "
+        "makes the tasks); or export with --presign SECONDS for links any browser opens"
+    )
+
+
 # ---------------------------------------------------------------- the store's queue, both ways
 
 
@@ -218,7 +259,7 @@ class Target:
 
     url: str
     project: str
-    image_root: str | None  # None: text tasks
+    image_root: ImageRoot | None  # None: text tasks
     dataset_root: Path | None  # a Local Storage goes on it (image datasets)
     classes: tuple[str, ...]
 

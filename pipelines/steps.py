@@ -35,9 +35,10 @@ from leanset.pipelines.embed import EmbedResult, ThumbnailEmbedder, embed_datase
 from leanset.pipelines.embed.features import FeatureStore
 from leanset.pipelines.sources import FileHashCache, LoadedDataset, load_source
 from leanset.pipelines.store import Store
-from leanset.pipelines.store.layout import FILE_HASHES, StoreLayout
+from leanset.pipelines.store.layout import EMBEDDINGS, FILE_HASHES, StoreLayout
 from leanset.pipelines.store.manifest import JSON, Manifest
 from leanset.pipelines.store.queue import PENDING, enqueue, read_queue
+from leanset.pipelines.store.shardplace import ShardPlace
 from leanset.pipelines.store.storage import is_url
 from leanset.pipelines.store.vectors import KeptVectors
 from leanset.pipelines.store.workdir import mirror_folder
@@ -90,9 +91,15 @@ def embed(
     if settings.engine.type == "ray":  # the cluster's scheduler owns its GPUs
         from leanset.pipelines.engine.embed import embed_dataset_ray
 
-        res, stats = embed_dataset_ray(data, emb, settings.engine, embeddings_folder(settings))
+        bucket = (
+            ShardPlace.bucket(settings.store, settings.storage_options, EMBEDDINGS)
+            if is_url(settings.store)
+            else None
+        )
+        folder = embeddings_folder(settings)
+        res, stats = embed_dataset_ray(data, emb, settings.engine, folder, bucket=bucket)
         res.engine = stats.to_dict()
-        res.measures = measures_after(data, settings, res)
+        res.measures = measures_after(data, settings, res, folder)
         return res
     embedder = make_embedder(emb, data.columns.embedding)
 

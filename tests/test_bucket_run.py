@@ -4,6 +4,7 @@ decisions as on a folder, caches and queue in the bucket, incremental runs, raci
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -135,18 +136,6 @@ def test_storage_options_are_checked_like_every_key(s3, tmp_path):
 
 def _opts(s3: S3Server) -> dict[str, object]:
     return {"storage_options": s3.options}
-
-
-def test_a_bucket_store_with_engine_ray_is_refused_in_one_line(s3, tmp_path, capsys):
-    from leanset.pipelines.cli import main
-
-    make_imagefolder(tmp_path / "images")
-    url = f"s3://{s3.bucket()}/s"
-    config = write_flows(tmp_path, f=pixel_flow_body(store=url, engine="ray", **_opts(s3)))
-    assert main(["run", str(config), "--flow", "f"]) == 2
-    said = capsys.readouterr()
-    assert "engine: ray needs a store folder" in said.out + said.err
-    assert "Traceback" not in said.err and Store(url, s3.options).latest() is None
 
 
 @pytest.mark.slow
@@ -332,3 +321,178 @@ def test_a_saved_dataset_in_a_bucket_decides_as_on_disk(s3, tmp_path, digits):  
     keys = ["sample_id", "kept", "drop_reason", "label", "label_issue"]
     got = Store(f"s3://{name}/s", s3.options).read("decisions").select(keys).sort("sample_id")
     assert got.equals(Store(tmp_path / "store").read("decisions").select(keys).sort("sample_id"))
+
+
+def _leak_sets(tmp_path: Path) -> list[np.ndarray]:
+    """bench/test: b0, b1; mine/train: a near copy of b0 and four others; the near copies."""
+    rng = np.random.default_rng(3)
+    bases = [rng.integers(0, 256, (16, 16)) for _ in range(8)]
+    near = [np.clip(b + rng.normal(0, 3, (16, 16)), 0, 255) for b in bases]
+    for name, img in zip(["b0", "b1"], bases[:2], strict=True):
+        write_png(tmp_path / f"bench/test/a/{name}.png", img)
+    for name, img in zip(["c0", "m2", "m3", "m4", "m5"], [near[0], *bases[2:6]], strict=True):
+        write_png(tmp_path / f"mine/train/a/{name}.png", img)
+    return near
+
+
+def test_a_reference_store_in_a_bucket_drops_its_copies_on_any_machine(s3, tmp_path, monkeypatch):
+    near = _leak_sets(tmp_path)
+    name = s3.bucket()
+    bench_url, mine_url = f"s3://{name}/benchstore", f"s3://{name}/mine"
+    common = {"dedup": {"threshold": 0.95}, "outliers": {"policy": "off"}}
+    bench = pixel_flow_body(source={"type": "imagefolder", "path": "bench"}, store=bench_url)
+    ref = {"store": bench_url, "splits": ["test"]}
+    given = {"against": [ref | {"storage_options": s3.options}]}
+    mine = pixel_flow_body(source={"type": "imagefolder", "path": "mine"}, leaks=given)
+    inherit = mine | {"leaks": {"against": [ref]}, "store": mine_url, **_opts(s3)}
+    config = write_flows(
+        tmp_path, bench=bench | common | _opts(s3), mine=mine | common, inherit=inherit | common
+    )
+    run_core(load_flow(config, "bench"))
+    bench_ids = {
+        r["source"]: r["sample_id"]
+        for r in Store(bench_url, s3.options).read("decisions").iter_rows(named=True)
+    }
+    monkeypatch.setenv("LEANSET_CACHE_DIR", str(tmp_path / "machine-2"))  # no mirror of it here
+    first = run_core(load_flow(config, "mine"))
+    assert first.summary.counts.by_reason == {"contaminated": 1}
+    rows = {
+        r["source"]: r for r in Store(tmp_path / "store").read("decisions").iter_rows(named=True)
+    }
+    assert rows["train/a/c0.png"]["contaminated_by"] == f"benchstore:{bench_ids['test/a/b0.png']}"
+    manifest = Store(tmp_path / "store").latest()
+    assert manifest["checks"]["contamination"]["found"] == {"benchstore": 1}
+    assert "storage_options" not in manifest["config"]["leaks"]["against"][0]  # no credentials
+
+    run_core(load_flow(config, "inherit"))  # the flow's own storage_options reach the reference
+    assert (
+        _decisions(Store(mine_url, s3.options))
+        .drop("run_id", strict=False)
+        .equals(_decisions(Store(tmp_path / "store")).drop("run_id", strict=False))
+    )
+    assert run_core(load_flow(config, "mine")).summary.unchanged
+    write_png(tmp_path / "bench/test/a/b3.png", near[3])  # the reference gains a copy of m3
+    run_core(load_flow(config, "bench"))
+    again = run_core(load_flow(config, "mine"))
+    assert not again.summary.unchanged
+    assert again.summary.counts.by_reason == {"contaminated": 2}
+
+
+def test_a_reference_stores_storage_options_are_checked(s3, tmp_path):
+    url = f"s3://{s3.bucket()}/bench"
+    bad = {"against": [{"store": url, "storage_options": {"nonsense_key": "1"}}]}
+    config = write_flows(tmp_path, f=pixel_flow_body(leaks=bad))
+    with pytest.raises(ConfigError, match=r"leaks.against\[0\].storage_options: cannot open it"):
+        load_flow(config, "f")
+    local = {"against": [{"store": "bench", "storage_options": {"aws_region": "eu"}}]}
+    config = write_flows(tmp_path, f=pixel_flow_body(leaks=local))
+    with pytest.raises(ConfigError, match=r"leaks.against\[0\].storage_options: applies to s3://"):
+        load_flow(config, "f")
+
+
+def test_a_new_machine_does_not_hash_a_bucket_sources_files_again(s3, tmp_path, monkeypatch):
+    from leanset.pipelines.store.storage import PROCESS
+
+    make_imagefolder(tmp_path / "images")
+    name = s3.bucket()
+    _upload(tmp_path / "images", f"s3://{name}/data/images", s3.options)
+    source = {"type": "imagefolder", "path": f"s3://{name}/data/images", **_opts(s3)}
+    body = pixel_flow_body(source=source, store=f"s3://{name}/store", **_opts(s3))
+    settings = load_flow(write_flows(tmp_path, bucket=body), "bucket")
+    run_core(settings)
+    remote = Store(f"s3://{name}/store", s3.options)
+    hashes = remote.storage.read("cache/file-hashes.parquet")
+    monkeypatch.setenv("LEANSET_CACHE_DIR", str(tmp_path / "machine-2"))  # a fresh mirror
+    puts = PROCESS.requests.get("put", 0)
+    assert run_core(settings).summary.unchanged
+    assert PROCESS.requests.get("put", 0) == puts  # no file hashed: its cache is not rewritten
+    assert remote.storage.read("cache/file-hashes.parquet") == hashes
+
+    write_png(tmp_path / "images/train/a/img000.png", np.full((16, 16), 5))  # a new ETag
+    _upload(tmp_path / "images", f"s3://{name}/data/images", s3.options)
+    monkeypatch.setenv("LEANSET_CACHE_DIR", str(tmp_path / "machine-3"))
+    assert run_core(settings).summary.version == 2  # the changed object was hashed again
+    assert remote.storage.read("cache/file-hashes.parquet") != hashes
+
+
+def test_label_studio_tasks_of_a_bucket_image_source_open_through_the_bucket(
+    s3, tmp_path, monkeypatch, capsys
+):
+    import urllib.request
+
+    from leanset.pipelines.cli import main
+
+    images = make_imagefolder(tmp_path / "images")
+    rng = np.random.default_rng(7)
+    for k in range(6):  # a pool: active learning queues some of them
+        write_png(images / f"unlabeled/a/u{k}.png", rng.integers(0, 256, (16, 16)))
+    name = s3.bucket()
+    _upload(images, f"s3://{name}/data/images", s3.options)
+    source = {"type": "imagefolder", "path": f"s3://{name}/data/images", **_opts(s3)}
+    url = f"s3://{name}/store"
+    labels = {"label_noise": {"policy": "flag"}, "active_learning": {"budget": 4}}
+    body = pixel_flow_body(source=source, store=url, **labels, **_opts(s3))
+    run_core(load_flow(write_flows(tmp_path, f=body), "f"))
+    for key, value in s3.options.items():  # the CLI reads credentials from the environment
+        monkeypatch.setenv(key, value)
+
+    out = tmp_path / "tasks.json"
+    assert main(["queue", "export", url, "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    tasks = json.loads(out.read_text())
+    assert len(tasks) == 4
+    for task in tasks:  # what Label Studio's S3 storage resolves (and presigns) for the browser
+        assert task["data"]["image"] == f"s3://{name}/data/images/{task['data']['source']}"
+    assert f"bucket/container {name}, prefix data/images" in " ".join(said.split())
+
+    signed = tmp_path / "signed.json"
+    argv = ["queue", "export", url, "--out", str(signed), "--status", "all", "--presign", "600"]
+    assert main(argv) == 0
+    for task in json.loads(signed.read_text()):  # links any browser opens, for 10 minutes
+        link = task["data"]["image"]
+        assert link.startswith(s3.endpoint) and "X-Amz-Signature=" in link
+        with urllib.request.urlopen(link) as response:
+            assert response.read() == (images / task["data"]["source"]).read_bytes()
+
+
+def test_label_studio_names_azure_objects_as_its_azure_storage_does():
+    from leanset.pipelines.labelstudio import cloud_url
+
+    assert cloud_url("az://photos/data/set") == "azure-blob://photos/data/set"
+    assert cloud_url("abfss://photos@acct.dfs.core.windows.net/set/") == "azure-blob://photos/set"
+    assert cloud_url("gs://b/p") == "gs://b/p" and cloud_url("s3://b/p/") == "s3://b/p"
+
+
+def _unanswered(scheme: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A store URL of `scheme` whose object store cannot answer here (no network needed)."""
+    from tests.ray_cluster import free_port
+
+    for key in list(os.environ):
+        if key.startswith(("AWS_", "GOOGLE_", "AZURE_")):
+            monkeypatch.delenv(key)
+    if scheme == "s3":  # nothing listens there
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+        monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+        monkeypatch.setenv("AWS_REGION", "us-east-1")
+    if scheme == "gs":  # a service account key that is not one
+        monkeypatch.setenv("GOOGLE_SERVICE_ACCOUNT_KEY", "{}")
+    return f"{scheme}://bucket/store"  # az: no account named anywhere
+
+
+@pytest.mark.parametrize(
+    ("scheme", "names"),
+    [("s3", "AWS_ACCESS_KEY_ID"), ("gs", "GOOGLE_APPLICATION_CREDENTIALS"), ("az", "AZURE_")],
+)
+def test_an_object_store_that_does_not_answer_is_one_line_naming_its_credentials(
+    scheme, names, capsys, monkeypatch
+):
+    from leanset.pipelines.cli import main
+
+    url = _unanswered(scheme, monkeypatch)
+    assert main(["versions", url]) == 2
+    said = capsys.readouterr()
+    lines = [line for line in (said.out + said.err).splitlines() if line.strip()]
+    assert len(lines) == 1 and url in lines[0] and names in lines[0], lines
+    assert "Traceback" not in said.err

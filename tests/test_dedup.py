@@ -112,13 +112,31 @@ def test_keep_policies(keep: str, kept: str):
 
 
 def test_no_chains_a_sample_is_dropped_only_for_its_own_match():
-    rows = [(k, "train", None, f"h{k}") for k in "xyz"]
-    emb = unit([1, 0], [np.cos(0.3), np.sin(0.3)], [np.cos(0.6), np.sin(0.6)])  # x~y, y~z, x!~z
+    """x~y, y~z, x!~z, w~x: x is kept first, y and w point to it; z matches only dropped y."""
+    rows = [(k, "train", None, f"h{k}") for k in "xyzw"]
+    emb = unit(
+        [1, 0, 0],
+        [np.cos(0.3), np.sin(0.3), 0],
+        [np.cos(0.6), np.sin(0.6), 0],
+        [np.cos(0.3), 0, np.sin(0.3)],
+    )
     out = run(DedupSettings(threshold=0.95), rows, emb)
-    assert col(out, "dedup_drop") == [None, "near_duplicate", None]  # z matches only dropped y
-    assert col(out, "near_dup_of") == [None, "x", None]
-    assert col(out, "dup_group") == ["x", "x", None]
+    assert col(out, "dedup_drop") == [None, "near_duplicate", None, "near_duplicate"]
+    assert col(out, "near_dup_of") == [None, "x", None, "x"]
+    assert col(out, "dup_group") == ["x", "x", None, "x"]
     assert col(out, "dup_similarity")[1] == pytest.approx(np.cos(0.3), abs=1e-4)
+
+
+def test_a_sample_matching_two_kept_ones_is_kept_for_both():
+    """c1~o, c2~o, c1!~c2 (two crops of one original, the crops first in keep order): o is kept
+    and both crops point to it, rather than o dropped for c1 and c2 kept beside it."""
+    rows = [(k, "train", None, f"h{k}") for k in ("c1", "o", "c2")]
+    emb = unit([np.cos(0.3), np.sin(0.3)], [1, 0], [np.cos(0.3), -np.sin(0.3)])
+    out = run(DedupSettings(threshold=0.95), rows, emb)
+    assert col(out, "dedup_drop") == ["near_duplicate", None, "near_duplicate"]
+    assert col(out, "near_dup_of") == ["o", None, "o"]
+    assert col(out, "dup_group") == ["o", "o", "o"]
+    assert col(out, "dup_similarity")[2] == pytest.approx(np.cos(0.3), abs=1e-4)
 
 
 def test_a_chain_through_the_test_split_makes_no_leak():

@@ -277,3 +277,20 @@ def test_hamming_knn_finds_the_nearest_descriptors() -> None:
     assert np.array_equal(dist, np.take_along_axis(full, order, axis=1))
     assert np.array_equal(idx[:, 0], order[:, 0])
     assert np.array_equal(idx[:50, 0], np.arange(50))
+
+
+def test_a_reencoded_copy_short_of_ratio_test_inliers_is_confirmed_by_guided_matches() -> None:
+    """A chessboard tile squeezed to 90% of its width and saved at JPEG quality 39 (a copy the
+    trust benchmark plants): the ratio test keeps 18 inliers (the second nearest descriptor of a
+    square's corner is as close as the nearest), short of MIN_INLIERS; the keypoints that agree
+    where the fit puts them are 40 and more."""
+    import io
+
+    from bench.trust.transforms import encode_jpeg
+
+    tile = _mvtb_tiles("left11.jpg")["r0c3"]
+    squeezed = Image.fromarray(tile).resize((144, 160), Image.Resampling.BICUBIC)
+    copy = np.asarray(Image.open(io.BytesIO(encode_jpeg(squeezed, 39))).convert("L"))
+    m = verify(image_features(tile), image_features(copy))
+    assert m.copy, m
+    assert m.inliers >= 40 and 0.85 < m.scale < 1.0

@@ -101,3 +101,21 @@ def test_copies_the_embedding_never_proposes_are_found_by_words_and_geometry(pla
     verified = out.search["verified"]
     assert verified["word_pairs"] >= 5 and verified["word_seconds"] > 0
     assert verified["pairs"] <= 8 * n  # at most GEOMETRY_MAX_PER_IMAGE per image
+
+
+def test_a_word_proposed_pair_is_verified_before_an_image_budget_of_hash_agreeing_ones() -> None:
+    """Image 0 agrees in its hashes with GEOMETRY_MAX_PER_IMAGE + 1 others (tiles of one scene's
+    background in many frames do) and is a visual-word neighbour of image 20 (its copy): the
+    word pair is among the pairs verified."""
+    from leanset.dedup.stage import GEOMETRY_MAX_PER_IMAGE, _Routed
+
+    n = GEOMETRY_MAX_PER_IMAGE + 1
+    a = np.zeros(n + 1, dtype=np.int64)
+    b = np.append(np.arange(1, n + 1), 20)
+    hashed = np.append(np.ones(n, dtype=bool), False)
+    word = np.append(np.zeros(n, dtype=np.float32), 0.3)
+    cos = np.full(n + 1, 0.8, dtype=np.float32)
+    routed = _Routed(cos, np.full(n + 1, np.nan, np.float32), [[] for _ in a], hashed)
+    chosen = routed.to_verify(a, b, word)
+    assert n in chosen.tolist()
+    assert len(chosen) == GEOMETRY_MAX_PER_IMAGE

@@ -10,9 +10,11 @@ from typing import Any
 
 from rich.table import Table
 
+from leanset.labeling.labelstudio import ImageRoot
 from leanset.pipelines.cli.console import console, print_table, show_path
 from leanset.pipelines.cli.store import STORE_HELP, open_store
 from leanset.pipelines.store import Store
+from leanset.pipelines.store.errors import StoreError
 from leanset.pipelines.store.location import check_writable
 
 STATUS_CHOICES = {"new": ("queued",), "exported": ("exported",), "all": None}
@@ -77,19 +79,36 @@ def _image_arguments(cmd: argparse.ArgumentParser) -> None:
         help="any other URL prefix for task images (joined with each image's path relative to "
         "the dataset folder)",
     )
+    cmd.add_argument(
+        "--presign",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="an image source in a bucket: presigned HTTPS links valid this long instead of "
+        "s3://, gs://, azure-blob:// URLs (those need a Cloud Storage in the project)",
+    )
 
 
-def image_root(store: Store, args: argparse.Namespace) -> tuple[str | None, Path | None, Path]:
+def image_root(
+    store: Store, args: argparse.Namespace
+) -> tuple[ImageRoot | None, Path | None, Path]:
     """The URL prefix of task images (None for text datasets), the dataset folder, and the
     Label Studio document root the prefix assumes."""
     from leanset.labeling.labelstudio import local_files_prefix
+    from leanset.pipelines.labelstudio import bucket_images
+    from leanset.pipelines.store.storage import is_url
 
     source = store.manifest()["config"]["source"]
-    dataset = Path(source["path"]).resolve() if source.get("path") else None
+    in_bucket = is_url(source.get("path") or "")
+    if getattr(args, "presign", None) is not None and not (in_bucket and not args.image_root):
+        raise StoreError("--presign: only for an image source in a bucket (without --image-root)")
+    dataset = Path(source["path"]).resolve() if source.get("path") and not in_bucket else None
     if args.image_root:
         return args.image_root, dataset, Path("/")
-    if source["type"] != "imagefolder" or dataset is None:
+    if source["type"] != "imagefolder" or not source.get("path"):
         return None, None, Path("/")
+    if in_bucket or dataset is None:  # no Local Storage: the bucket's own URLs, or presigned links
+        return bucket_images(source["path"], args.presign), None, Path("/")
     docs = Path(args.document_root or os.environ.get(DOCUMENT_ROOT_ENV) or dataset.parent)
     return local_files_prefix(dataset, docs), dataset, docs.resolve()
 
@@ -118,7 +137,17 @@ def cmd_queue_export(args: argparse.Namespace) -> int:
     )
     if dataset is not None and not args.image_root:
         _storage_hint(docs, dataset)
+    _cloud_hint(store, args, root)
     return 0
+
+
+def _cloud_hint(store: Store, args: argparse.Namespace, root: ImageRoot | None) -> None:
+    """For task images named by their bucket URLs: how Label Studio opens them."""
+    from leanset.pipelines.labelstudio import cloud_storage_hint
+
+    path = store.manifest()["config"]["source"].get("path") or ""
+    if isinstance(root, str) and not args.image_root and "://" in root:
+        console.print(cloud_storage_hint(path), highlight=False)
 
 
 def _storage_hint(docs: Path, dataset: Path) -> None:
@@ -188,6 +217,7 @@ def cmd_queue_push(args: argparse.Namespace) -> int:
         f"created, {counts.updated} updated, {counts.unchanged} unchanged",
         highlight=False,
     )
+    _cloud_hint(store, args, target.image_root)
     return 0
 
 

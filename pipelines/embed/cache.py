@@ -84,14 +84,9 @@ def write_shard(
     """One checksummed float16 shard written atomically under `folder` (without reading the
     cache). A fixed `name` makes a rewrite replace the shard instead of adding one; `dtype`:
     float32 for values that are not unit vectors (image measures)."""
-    stored = vectors.astype(dtype)
-    hash_arr = np.asarray(list(hashes), dtype="U32")
-    buf = io.BytesIO()
-    np.savez(
-        buf, hashes=hash_arr, vectors=stored, checksum=np.asarray(shard_checksum(hash_arr, stored))
-    )
     try:
-        return atomic_write_bytes(Path(folder) / (name or shard_name(hashes)), buf.getvalue())
+        data = shard_bytes(hashes, vectors, dtype)
+        return atomic_write_bytes(Path(folder) / (name or shard_name(hashes)), data)
     except OSError as exc:
         if not is_disk_full(exc):
             raise
@@ -101,16 +96,30 @@ def write_shard(
         ) from None
 
 
+def shard_bytes(
+    hashes: Sequence[str], vectors: np.ndarray, dtype: type[np.floating] = SHARD_DTYPE
+) -> bytes:
+    """A shard's file bytes: hashes, vectors stored as `dtype`, and their checksum."""
+    stored = vectors.astype(dtype)
+    hash_arr = np.asarray(list(hashes), dtype="U32")
+    buf = io.BytesIO()
+    np.savez(
+        buf, hashes=hash_arr, vectors=stored, checksum=np.asarray(shard_checksum(hash_arr, stored))
+    )
+    return buf.getvalue()
+
+
 def shard_checksum(hashes: np.ndarray, vectors: np.ndarray) -> str:
     h = hashlib.blake2b(hashes.tobytes(), digest_size=16)
     h.update(np.ascontiguousarray(vectors).tobytes())
     return h.hexdigest()
 
 
-def read_shard(path: Path) -> tuple[list[str], np.ndarray] | None:
-    """A shard's (hashes, vectors), or None (with a warning) when it is corrupt or truncated."""
+def read_shard(path: Path | str, data: bytes | None = None) -> tuple[list[str], np.ndarray] | None:
+    """A shard's (hashes, vectors), or None (with a warning) when it is corrupt or truncated.
+    `data`: its bytes, already read (from a bucket); `path` then only names it."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(data) if data is not None else path, allow_pickle=False) as z:
             hashes, vectors, checksum = z["hashes"], z["vectors"], str(z["checksum"])
         if len(hashes) != len(vectors) or shard_checksum(hashes, vectors) != checksum:
             raise ValueError("checksum or row count does not match")

@@ -26,11 +26,12 @@ import polars as pl
 
 from leanset.pipelines.config import EmbedderSettings, EngineSettings
 from leanset.pipelines.embed import EmbeddingCache, EmbedResult, PrecomputedEmbedder, make_embedder
-from leanset.pipelines.embed.cache import shard_name, write_shard
+from leanset.pipelines.embed.cache import shard_bytes, shard_name
 from leanset.pipelines.embed.protocol import SampleError
 from leanset.pipelines.embed.stage import NONFINITE, _check_dims, _roundtrip, embed_dataset
 from leanset.pipelines.engine.rows import from_cache
 from leanset.pipelines.sources import LoadedDataset
+from leanset.pipelines.store.shardplace import ShardPlace
 
 IN_FLIGHT = 2  # slices queued per worker: keeps a GPU fed while bounding memory
 START_TIMEOUT_S = 180.0  # workers must be up by then (their resources were checked before)
@@ -40,10 +41,10 @@ class EmbedWorker:
     """One Ray actor: the embedder built once; one slice in, one cache shard out."""
 
     def __init__(
-        self, settings: EmbedderSettings, reader: LoadedDataset, folder: str, batch_size: int
+        self, settings: EmbedderSettings, reader: LoadedDataset, place: ShardPlace, batch_size: int
     ):
         self.embedder = make_embedder(settings, reader.columns.embedding)
-        self.reader, self.folder, self.batch_size = reader, Path(folder), batch_size
+        self.reader, self.place, self.batch_size = reader, place, batch_size
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs (the pid lets a test kill it)."""
@@ -80,7 +81,7 @@ class EmbedWorker:
             good += [h for (h, _), ok in zip(items, finite, strict=True) if ok]
             vectors.append(out[finite])
         if good:
-            write_shard(self.folder, good, np.concatenate(vectors), name)
+            self.place.write(name, shard_bytes(good, np.concatenate(vectors)))
         return {"embedded": len(good), "errors": errors, "seconds": time.perf_counter() - t0}
 
     def _prepare(
@@ -161,7 +162,11 @@ def _n_workers(engine: EngineSettings, n_slices: int) -> int:
 
 
 def _start(
-    engine: EngineSettings, settings: EmbedderSettings, data: LoadedDataset, folder: Path, n: int
+    engine: EngineSettings,
+    settings: EmbedderSettings,
+    data: LoadedDataset,
+    place: ShardPlace,
+    n: int,
 ) -> tuple[list[Any], list[dict[str, Any]]]:
     """n started workers and what each reports; a worker that cannot start is named."""
     import ray
@@ -175,9 +180,7 @@ def _start(
     batch = engine.batch_size or settings.batch_size
     # the reader is a few KB (Arrow file references): passed inline, so a restarted worker
     # never depends on an object the driver might have released
-    workers: list[Any] = [
-        actor.remote(settings, data.reader(), str(folder), batch) for _ in range(n)
-    ]
+    workers: list[Any] = [actor.remote(settings, data.reader(), place, batch) for _ in range(n)]
     try:
         return workers, ray.get([w.info.remote() for w in workers], timeout=START_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError as exc:
@@ -228,8 +231,11 @@ def embed_dataset_ray(
     engine: EngineSettings,
     cache_root: str | Path,
     on_result: OnResult | None = None,
+    bucket: ShardPlace | None = None,
 ) -> tuple[EmbedResult, EmbedStats]:
-    """`embed_dataset` with the computing done by Ray workers: the same EmbedResult."""
+    """`embed_dataset` with the computing done by Ray workers: the same EmbedResult. `bucket`:
+    a bucket store's cache prefix, where the workers write their shards and the tasks read them
+    (`cache_root` is then the driver's mirror of it, which the workers never touch)."""
     import ray
 
     t0 = time.perf_counter()
@@ -247,22 +253,28 @@ def embed_dataset_ray(
     if todo.height:
         slices = _slices(data, todo, engine.shard_rows or settings.shard_rows)
         stats.slices = len(slices)
-        folder = Path(cache_root) / probe.fingerprint
+        place = _place(cache_root, bucket, probe.fingerprint)
         workers, stats.workers = _start(
-            engine, settings, data, folder, _n_workers(engine, len(slices))
+            engine, settings, data, place, _n_workers(engine, len(slices))
         )
         try:  # workers end with the stage, also when it fails (else they keep their GPUs)
             errors = _run_slices(workers, slices, stats, on_result)
         finally:
             for w in workers:
                 ray.kill(w)
-    return _result(data, probe.fingerprint, cache_root, hashes, todo, errors, stats, t0), stats
+    place = _place(cache_root, bucket, probe.fingerprint)
+    return _result(data, probe.fingerprint, place, hashes, todo, errors, stats, t0), stats
+
+
+def _place(cache_root: str | Path, bucket: ShardPlace | None, fingerprint: str) -> ShardPlace:
+    """Where this embedder's shards are written and read on the cluster."""
+    return (bucket or ShardPlace(str(cache_root))).child(fingerprint)
 
 
 def _result(
     data: LoadedDataset,
     fingerprint: str,
-    cache_root: str | Path,
+    place: ShardPlace,
     hashes: list[str],
     todo: pl.DataFrame,
     errors: dict[str, str],
@@ -276,7 +288,7 @@ def _result(
         raise RuntimeError(f"{lost} samples were neither embedded nor failed")
     table = data.table
     matrix = from_cache(
-        Path(cache_root) / fingerprint,
+        place,
         table["content_hash"],
         table["error"].is_null().to_numpy(),
     )

@@ -26,6 +26,7 @@ import polars as pl
 
 from leanset.dedup import near
 from leanset.dedup.matrix import NORM_TOL
+from leanset.pipelines.store.shardplace import ShardPlace
 
 STORE_ROWS = 4 * near._ASSIGN_ROWS  # rows per object-store block
 
@@ -203,12 +204,12 @@ def knn_block(
     return idx + start, s64
 
 
-def shard_keys(path: str) -> tuple[np.ndarray, Any]:
+def shard_keys(place: ShardPlace, name: str) -> tuple[np.ndarray, Any]:
     """A cache shard's 64-bit hash keys (to the driver) and (hashes, vectors) (stays in the
     object store); a corrupt shard has no keys (the local cache skips it too)."""
     from leanset.pipelines.embed.cache import read_shard
 
-    shard = read_shard(Path(path))
+    shard = read_shard(place.show(name), place.read(name))
     if shard is None:
         return np.zeros(0, np.uint64), None
     hashes, vectors = shard
@@ -273,16 +274,19 @@ def _index(key_parts: list[np.ndarray]) -> _Index:
 
 
 def from_cache(
-    folder: str | Path, hashes: pl.Series, readable: np.ndarray, rows: int = STORE_ROWS
+    folder: str | Path | ShardPlace,
+    hashes: pl.Series,
+    readable: np.ndarray,
+    rows: int = STORE_ROWS,
 ) -> RayRows | None:
     """The cache's vectors aligned with the table (row i: the vector of `hashes[i]` when
     some readable row has that content, else zeros), built by tasks; None when the cache holds
-    no vector at all."""
+    no vector at all. `folder`: the shards' folder, or their place in a bucket store."""
     import ray
 
-    paths = sorted(str(p) for p in Path(folder).glob("shard-*.npz"))
+    place = folder if isinstance(folder, ShardPlace) else ShardPlace(str(folder))
     split = _remote(shard_keys, 2)
-    loaded = [split.remote(p) for p in paths]
+    loaded = [split.remote(place, name) for name in place.names()]
     key_parts = ray.get([k for k, _ in loaded])
     shard_refs = [s for _, s in loaded]
     dims = [d for d in ray.get([_remote(_dim).remote(s) for s in shard_refs]) if d > 0]

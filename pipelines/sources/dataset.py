@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,9 @@ class LoadedDataset:
     modality: Modality
     splits: dict[str, Any] = field(repr=False)  # split name -> datasets.Dataset
     columns: ColumnSettings = field(default_factory=ColumnSettings)
+    # image folders mirrored from a bucket: {local mirror folder: (its URL, storage options)},
+    # so a reader on another machine (a Ray worker) fetches a file its disk lacks from the bucket
+    remote: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = field(default_factory=dict)
 
     def with_table(self, table: pl.DataFrame) -> LoadedDataset:
         """The same dataset with a table that has more columns (rows unchanged)."""
@@ -101,7 +105,33 @@ class LoadedDataset:
             return ds[row][self.columns.embedding]
         if self.modality == "text":
             return ds[row][self.columns.text]
-        return image_bytes(ds[row][self.columns.image])
+        value = ds[row][self.columns.image]
+        try:
+            return image_bytes(value)
+        except FileNotFoundError:
+            fetched = self._from_bucket(value)
+            if fetched is None:
+                raise
+            return fetched
+
+    def _from_bucket(self, value: Any) -> bytes | None:
+        """A mirrored image file this machine lacks, read from its bucket (None: not mirrored)."""
+        given = value.get("path") if isinstance(value, dict) else None
+        if not given:
+            return None
+        path = Path(given)
+        for folder, (url, options) in self.remote.items():
+            if path.is_relative_to(folder):
+                return bytes(_bucket(url, options).read(path.relative_to(folder).as_posix()))
+        return None
+
+
+@functools.cache
+def _bucket(url: str, options: tuple[tuple[str, str], ...]) -> Any:
+    """One connection per source prefix and process (a worker reuses it for every file)."""
+    from leanset.pipelines.store.storage import ObjectStorage
+
+    return ObjectStorage(url, dict(options))
 
 
 def image_bytes(value: Any) -> bytes:

@@ -20,12 +20,15 @@ class Hashed(NamedTuple):
 
 
 class FileHashCache:
-    """Content hashes of image files keyed by (path, size, mtime): reruns skip reading them."""
+    """Content hashes of image files keyed by (path, size, mtime): reruns skip reading them. A
+    file mirrored from a bucket is keyed by (its object's URL and ETag, size) instead, the same
+    on every machine, so a new machine's fresh mirror is not hashed again."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._known: dict[tuple[str, int, int], str] = {}
         self._added = 0
+        self._aliases: dict[str, str] = {}
         if self.path.is_file():
             try:
                 t = _read_checked(self.path)
@@ -38,14 +41,23 @@ class FileHashCache:
                     "file hash cache %s is unreadable (%s); files are hashed again", path, exc
                 )
 
+    def alias(self, names: dict[str, str]) -> None:
+        """Key these local files (path: name) by a name that holds on every machine: a mirrored
+        object's ``URL#ETag``, its size still checked, its local modification time not."""
+        self._aliases.update(names)
+
     def get(self, path: str, st: os.stat_result) -> Hashed | None:
-        """The cached hash when the file's size and modification time are unchanged."""
-        h = self._known.get((path, st.st_size, st.st_mtime_ns))
+        """The cached hash when the file's size and modification time (or ETag) are unchanged."""
+        h = self._known.get(self._key(path, st))
         return Hashed(h, st.st_size) if h else None
 
     def put(self, path: str, st: os.stat_result, content_hash: str) -> None:
-        self._known[(path, st.st_size, st.st_mtime_ns)] = content_hash
+        self._known[self._key(path, st)] = content_hash
         self._added += 1
+
+    def _key(self, path: str, st: os.stat_result) -> tuple[str, int, int]:
+        name = self._aliases.get(path)
+        return (name, st.st_size, 0) if name else (path, st.st_size, st.st_mtime_ns)
 
     def save(self) -> None:
         """Write the cache (atomically) when this load hashed new files."""

@@ -25,7 +25,7 @@ from leanset.pipelines.sources.dataset import (
 )
 from leanset.pipelines.sources.folder import open_folder
 from leanset.pipelines.sources.hashes import FileHashCache, Hashed
-from leanset.pipelines.sources.remote import localize
+from leanset.pipelines.sources.remote import localize, remote_folders
 from leanset.pipelines.sources.vectors import vector_blocks
 
 log = logging.getLogger("leanset.sources")
@@ -43,7 +43,7 @@ def load_source(
     `content_optional`: a table with no image, text or vector column is valid (modality `none`:
     ids, labels and given probabilities; each row's content hash is its place in the source).
     A source on object storage is read from its local mirror (`sources/remote.py`)."""
-    source = localize(source)
+    given, source = source, localize(source, file_hashes)
     opened = _open_splits(source, columns.unlabeled_splits)
     splits = opened.splits
     if source.splits:
@@ -72,7 +72,8 @@ def load_source(
         .alias("label"),  # a pool split: its folder or column labels are placeholders
     )
     table = _assign_ids(table, modality)
-    return LoadedDataset(table=table, modality=modality, splits=splits, columns=columns)
+    remote = remote_folders(given, source)
+    return LoadedDataset(table, modality, splits, columns, remote)
 
 
 @dataclass

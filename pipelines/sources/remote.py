@@ -22,6 +22,7 @@ from pathlib import Path
 from leanset.pipelines.config import SourceSettings
 from leanset.pipelines.fsutil import atomic_write_bytes
 from leanset.pipelines.sources.dataset import SourceError
+from leanset.pipelines.sources.hashes import FileHashCache
 from leanset.pipelines.store.errors import StoreError
 from leanset.pipelines.store.storage import ObjectStorage, is_url
 from leanset.pipelines.store.workdir import cache_home
@@ -29,11 +30,27 @@ from leanset.pipelines.store.workdir import cache_home
 ETAGS = ".leanset-etags.json"  # in a mirror folder: the ETag of each file it fetched
 
 
-def localize(source: SourceSettings) -> SourceSettings:
-    """The source with every object-storage URL replaced by its fetched local mirror."""
+def remote_folders(
+    source: SourceSettings, local: SourceSettings
+) -> dict[str, tuple[str, tuple[tuple[str, str], ...]]]:
+    """{mirror folder: (URL, options)} of an image folder in a bucket (`local`: its localized
+    form), so a reader elsewhere can fetch a file from the bucket (empty otherwise)."""
+    if source.type != "imagefolder" or not is_url(source.path or "") or not local.path:
+        return {}
+    opts = tuple(sorted((source.storage_options or {}).items()))
+    return {local.path: (str(source.path).rstrip("/"), opts)}
+
+
+def localize(source: SourceSettings, hashes: FileHashCache | None = None) -> SourceSettings:
+    """The source with every object-storage URL replaced by its fetched local mirror; `hashes`
+    learns each mirrored file's object (URL and ETag), so a new machine does not hash it again."""
     opts = source.storage_options
     if source.path and is_url(source.path) and source.type in ("imagefolder", "disk"):
         path = fetch_prefix(source.path, opts)
+        if hashes is not None:
+            url = source.path.rstrip("/")
+            tags = _etags(path)
+            hashes.alias({str(path / rel): f"{url}/{rel}#{tag}" for rel, tag in tags.items()})
         return dataclasses.replace(source, path=str(path))
     if any(is_url(f) for f in source.data_files or []):
         files = [str(fetch_pattern(f, opts)) if is_url(f) else f for f in source.data_files or []]
@@ -44,12 +61,56 @@ def localize(source: SourceSettings) -> SourceSettings:
 def fetch_pattern(pattern: str, options: dict[str, str] | None) -> Path:
     """The local form of a URL pattern (``s3://b/data/*.parquet``): the objects under its fixed
     folder that it may match are fetched; the returned pattern matches exactly what it did."""
-    fixed = glob.escape(pattern) == pattern
-    head = pattern if fixed else pattern[: min(pattern.index(c) for c in "*?[" if c in pattern)]
-    folder = head.rsplit("/", 1)[0]
+    folder = _pattern_folder(pattern)
     rest = pattern[len(folder) + 1 :]
     local = fetch_prefix(folder, options, lambda rel: fnmatch.fnmatch(rel, rest))
     return local / rest
+
+
+def _pattern_folder(pattern: str) -> str:
+    """The folder above a file URL or a pattern's first wildcard."""
+    fixed = glob.escape(pattern) == pattern
+    head = pattern if fixed else pattern[: min(pattern.index(c) for c in "*?[" if c in pattern)]
+    return head.rsplit("/", 1)[0]
+
+
+def mirror_of(url: str) -> Path:
+    """The local mirror folder of a source prefix URL."""
+    digest = hashlib.blake2b(url.rstrip("/").encode(), digest_size=8).hexdigest()
+    return cache_home() / "sources" / digest
+
+
+def source_mirrors(source: SourceSettings) -> dict[str, Path]:
+    """The mirror folder of each object-storage part of a source, by the key that names it."""
+    found = {}
+    if source.path and is_url(source.path) and source.type in ("imagefolder", "disk"):
+        found["source.path"] = mirror_of(source.path)
+    for n, f in enumerate(source.data_files or []):
+        if is_url(f):
+            found[f"source.data_files[{n}]"] = mirror_of(_pattern_folder(f))
+    return found
+
+
+def remote_state(source: SourceSettings) -> str:
+    """What a source on object storage holds, from its listing alone (each object's URL and
+    ETag): the same on every machine, and nothing is downloaded."""
+    opts, lines = source.storage_options, []
+    parts = [source.path] if source.path and source.type in ("imagefolder", "disk") else []
+    for given in [*parts, *(source.data_files or [])]:
+        if not is_url(given):
+            continue
+        folder = given.rstrip("/") if given in parts else _pattern_folder(given)
+        rest = given[len(folder) + 1 :]
+        try:
+            listed = ObjectStorage(folder, opts).entries("")
+        except (StoreError, OSError) as exc:
+            raise SourceError(f"source {folder}: cannot list it ({exc})") from exc
+        lines += [
+            f"{folder}/{rel}={tag}"
+            for rel, tag in sorted(listed.items())
+            if given in parts or fnmatch.fnmatch(rel, rest)
+        ]
+    return hashlib.blake2b("\n".join(lines).encode(), digest_size=16).hexdigest()
 
 
 def fetch_prefix(
@@ -67,7 +128,7 @@ def fetch_prefix(
     keep = {rel: tag for rel, tag in listed.items() if wanted is None or wanted(rel)}
     if not keep:
         raise SourceError(f"source {url}: no object there")
-    folder = cache_home() / "sources" / hashlib.blake2b(url.encode(), digest_size=8).hexdigest()
+    folder = mirror_of(url)
     known = _etags(folder)
     for rel, tag in sorted(keep.items()):
         if known.get(rel) != tag or not (folder / rel).is_file():

@@ -27,10 +27,13 @@ from __future__ import annotations
 import logging
 import re
 import time
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from leanset.pipelines.store.layout import TABLES
 from leanset.pipelines.store.promotions import promoted_version
@@ -389,9 +392,28 @@ def _corrupt_shards(store: Store, removed_dirs: list[str]) -> list[str]:
 
 
 def _valid(path: Path) -> bool:
+    return shard_readable(path)
+
+
+FEATURES_PREFIX = "orb-"  # the geometric check's local features (`embed/features.py`)
+
+
+def shard_readable(path: Path) -> bool:
+    """Whether a cache shard reads back whole, each kind by its own reader: local features have
+    their own format (an embedding reader would call every one of them corrupt)."""
     from leanset.pipelines.embed.cache import read_shard
 
-    return read_shard(path) is not None
+    if not path.parent.name.startswith(FEATURES_PREFIX):
+        return read_shard(path) is not None
+    from leanset.pipelines.embed.features import read_features
+
+    if read_features(path):
+        return True
+    try:  # a shard of images none of which had features reads as empty too
+        with np.load(path, allow_pickle=False) as z:
+            return len(z["hashes"]) == 0
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False
 
 
 def _stale_temp_files(store: Store, grace_seconds: float) -> list[str]:

@@ -27,6 +27,7 @@ import polars as pl
 from leanset.labeling.config import LabelingError
 from leanset.labeling.labelstudio import (
     MODEL_VERSION,
+    ImageRoot,
     annotator_of,
     choices_of,
     collect_answers,
@@ -339,7 +340,7 @@ def _pending_rows(queue: pl.DataFrame, statuses: Sequence[str]) -> pl.DataFrame:
 def pending_tasks(
     store: str | Path,
     statuses: Sequence[str],
-    image_root: str | None,
+    image_root: ImageRoot | None,
     from_name: str = "label",
     model_version: str = MODEL_VERSION,
 ) -> tuple[list[str], list[dict[str, Any]]]:
@@ -365,7 +366,7 @@ def export_label_studio(
     store: str | Path,
     out_path: str | Path,
     *,
-    image_root: str | None = None,
+    image_root: ImageRoot | None = None,
     statuses: Sequence[str] = ("queued",),
     from_name: str = "label",
     model_version: str = MODEL_VERSION,

@@ -156,7 +156,9 @@ class ObjectStorage:
             self._store = from_url(self.url, config=config or None, client_options=client or None)  # type: ignore[arg-type]
         except Exception as exc:  # obstore raises its own config errors
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StoreError(f"store {url}: cannot open it ({first})") from exc
+            raise StoreError(
+                f"store {url}: cannot open it ({first}); {credentials_hint(url)}"
+            ) from exc
 
     def show(self, rel: str) -> str:
         """How messages name an object."""
@@ -166,7 +168,8 @@ class ObjectStorage:
         """An object's bytes (FileNotFoundError when absent)."""
         import obstore
 
-        data = bytes(obstore.get(self._store, rel).bytes())
+        with self._answer(rel):
+            data = bytes(obstore.get(self._store, rel).bytes())
         self.traffic.count("get", read=len(data))
         return data
 
@@ -174,7 +177,8 @@ class ObjectStorage:
         """One PUT: the object appears whole or not at all."""
         import obstore
 
-        obstore.put(self._store, rel, data)
+        with self._answer(rel):
+            obstore.put(self._store, rel, data)
         self.traffic.count("put", written=len(data))
 
     def create(self, rel: str, data: bytes) -> bool:
@@ -184,7 +188,8 @@ class ObjectStorage:
 
         self.traffic.count("put-if-absent", written=len(data))
         try:
-            obstore.put(self._store, rel, data, mode="create")
+            with self._answer(rel):
+                obstore.put(self._store, rel, data, mode="create")
         except AlreadyExistsError:
             return False
         return True
@@ -195,7 +200,8 @@ class ObjectStorage:
 
         self.traffic.count("head")
         try:
-            return int(obstore.head(self._store, rel)["size"])
+            with self._answer(rel):
+                return int(obstore.head(self._store, rel)["size"])
         except FileNotFoundError:
             return None
 
@@ -224,19 +230,53 @@ class ObjectStorage:
 
         under = prefix.strip("/")
         self.traffic.count("list")
-        for k, page in enumerate(
-            obstore.list(self._store, f"{under}/" if under else None, chunk_size=_PAGE)
-        ):
-            if k:  # the first page was counted above (an empty listing is a request too)
-                self.traffic.count("list")
-            yield from page
+        pages = obstore.list(self._store, f"{under}/" if under else None, chunk_size=_PAGE)
+        with self._answer(under):  # a page's request fails while the loop asks for it
+            for k, page in enumerate(pages):
+                if k:  # the first page was counted above (an empty listing is a request too)
+                    self.traffic.count("list")
+                yield from page
+
+    @contextlib.contextmanager
+    def _answer(self, rel: str) -> Iterator[None]:
+        """The object store's own errors (no credentials, refused, unreachable) as one
+        `StoreError` naming the object and where credentials come from; an absent object and a
+        lost conditional PUT pass as they are (callers expect them)."""
+        from obstore.exceptions import AlreadyExistsError, BaseError
+
+        try:
+            yield
+        except (FileNotFoundError, AlreadyExistsError):
+            raise
+        except BaseError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(
+                f"{self.show(rel)}: the object store did not answer ({first[:300]}); "
+                f"{credentials_hint(self.url)}"
+            ) from None
+
+    def signed_url(self, rel: str, seconds: float) -> str:
+        """A presigned HTTPS GET URL of an object, valid `seconds` (signed here: no request)."""
+        from datetime import timedelta
+
+        import obstore
+
+        try:
+            signer: Any = self._store  # S3, GCS or Azure (the schemes a store may have)
+            return str(obstore.sign(signer, "GET", rel, timedelta(seconds=seconds)))
+        except Exception as exc:  # obstore's own errors: no signing credentials, unsupported
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(
+                f"{self.show(rel)}: cannot presign it ({first}); presigning needs the store's "
+                "own signing credentials (an access key, a service account key, an account key)"
+            ) from exc
 
     def delete(self, rel: str) -> None:
         """Remove an object (absent is fine)."""
         import obstore
 
         self.traffic.count("delete")
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError), self._answer(rel):
             obstore.delete(self._store, rel)
 
     def ensure_root(self) -> None:
@@ -256,6 +296,23 @@ class ObjectStorage:
         if _allow_http(opts) and not any(k.lower() == "aws_allow_http" for k in opts):
             opts["AWS_ALLOW_HTTP"] = "true"
         return opts
+
+
+_CREDENTIALS = {
+    "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), AWS_REGION, and "
+    "AWS_ENDPOINT_URL for an S3-compatible store",
+    "gs": "GOOGLE_APPLICATION_CREDENTIALS (or GOOGLE_SERVICE_ACCOUNT)",
+    "az": "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or another AZURE_* "
+    "credential; the account may also be in the URL: abfss://CONTAINER@ACCOUNT.dfs.core."
+    "windows.net/...)",
+}
+
+
+def credentials_hint(url: str) -> str:
+    """Where credentials for `url`'s object store come from (each scheme alike)."""
+    scheme = url.partition("://")[0].lower()
+    given = _CREDENTIALS["az" if scheme in ("az", "abfs", "abfss") else scheme]
+    return f"credentials and endpoint come from {given}, or from storage_options"
 
 
 def _allow_http(options: dict[str, str]) -> bool:

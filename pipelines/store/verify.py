@@ -122,13 +122,13 @@ def _recorded_file(store: Store, rel: str, want: str, out: Verification, fix: st
 
 def _caches(store: Store, out: Verification) -> None:
     """Corrupt embedding shards: a note (they are re-embedded and `leanset gc` removes them)."""
-    from leanset.pipelines.embed.cache import read_shard
+    from leanset.pipelines.store.gc import shard_readable
 
     store.cache.pull(EMBEDDINGS, new_names_only=True)  # a bucket store: into its local mirror
     root = store.cache_layout.embeddings
     for path in sorted(root.glob("*/shard-*.npz")) if root.is_dir() else []:
         out.files_checked += 1
-        if read_shard(path) is None:
+        if not shard_readable(path):
             shown = store.storage.show(store.side_rel(path)) if store.storage.remote else path
             out.findings.append(
                 Finding(

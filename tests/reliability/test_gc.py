@@ -224,3 +224,20 @@ def test_command_parses_and_prints_the_plan(store: Store, capsys):
         parser.parse_args(["gc", str(store.root), "--keep-last", "1", "--keep", "2"])
     with pytest.raises(SystemExit):
         parser.parse_args(["gc", str(store.root)])
+
+
+def test_the_geometric_checks_feature_shards_are_not_called_corrupt(tmp_path: Path):
+    from leanset.pipelines.config import load_flow
+    from leanset.pipelines.core import run_core
+    from leanset.pipelines.store.verify import verify_store
+    from tests.helpers import make_imagefolder, pixel_flow_body, write_flows
+
+    make_imagefolder(tmp_path / "images")
+    run_core(load_flow(write_flows(tmp_path, f=pixel_flow_body()), "f"))
+    store = Store(tmp_path / "store")
+    features = sorted((tmp_path / "store/cache/embeddings").glob("orb-*/shard-*.npz"))
+    assert features  # the geometric check cached local features
+    assert plan_gc(store, keep_last=1).corrupt_shards == []  # gc would have deleted them
+    assert not [f for f in verify_store(tmp_path / "store").findings if "corrupt" in f.problem]
+    features[0].write_bytes(features[0].read_bytes()[:-40])  # a damaged one still is
+    assert plan_gc(store, keep_last=1).corrupt_shards == [str(features[0].resolve())]
