@@ -300,7 +300,8 @@ def _least_squares(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     try:
         return np.linalg.solve(gram, x.T @ y)
     except np.linalg.LinAlgError:
-        return np.linalg.lstsq(x, y, rcond=None)[0]
+        fallback: np.ndarray = np.linalg.lstsq(x, y, rcond=None)[0]
+        return fallback
 
 
 def _guidable(judged: Match, a: Features, b: Features, fit: np.ndarray) -> bool:
