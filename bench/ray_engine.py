@@ -51,8 +51,10 @@ def _hwm_mib() -> float:
 
 
 def _cluster(object_store_mb: int) -> Any:
+    from leanset.pipelines.engine.cluster import map_large_allocations
     from tests.ray_cluster import start_head
 
+    map_large_allocations()  # as a flow's driver does when it connects (engine.cluster)
     t0 = time.perf_counter()
     c = start_head(num_cpus=2, object_store_mb=object_store_mb)
     import ray
@@ -250,20 +252,58 @@ def _table(hashes: Any) -> Any:
     )
 
 
+class _Steps:
+    """The driver's RSS (all, private, shared memory) after each step of the dedup stage and its
+    peak so far (VmHWM), in MiB: which step raises the peak (the stage's own functions, wrapped)."""
+
+    NAMES = ("exact_representatives", "_take", "_unique_pairs", "_confirm", "resolve_groups")
+    NAMES += ("_row_evidence", "_to_columns")
+    METHODS = (("_Calibrator", "run"), ("_Finder", "candidates"), ("_Finder", "run"))
+
+    def __init__(self) -> None:
+        self.rows: list[list[Any]] = []
+
+    def mark(self, name: str, t0: float) -> None:
+        rss = [round(_status_mib(os.getpid(), k)) for k in ("VmRSS", "RssAnon", "RssShmem")]
+        self.rows.append([name, *rss, round(_hwm_mib()), round(time.perf_counter() - t0, 1)])
+
+    def wrap(self, fn: Any, name: str) -> Any:
+        def timed(*args: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            out = fn(*args, **kw)
+            self.mark(name, t0)
+            return out
+
+        return timed
+
+    def install(self, module: Any) -> None:
+        for name in self.NAMES:
+            setattr(module, name, self.wrap(getattr(module, name), name))
+        for cls, method in self.METHODS:
+            owner = getattr(module, cls)
+            setattr(owner, method, self.wrap(getattr(owner, method), f"{cls}.{method}"))
+
+
 def _stage(a: argparse.Namespace, kept: Any, hashes: Any) -> dict[str, Any]:
     """The whole dedup stage with `engine: ray` (find_duplicates over the kept rows)."""
+    from leanset.dedup import stage
     from leanset.dedup.config import DedupSettings
-    from leanset.dedup.stage import find_duplicates
     from leanset.pipelines.config import EngineSettings
     from leanset.pipelines.steps import _searchers
 
+    steps = _Steps()
+    t0 = time.perf_counter()
     table = _table(hashes)
     del hashes
+    steps.mark("sample table", t0)
+    steps.install(stage)
     t0 = time.perf_counter()
     search, between = _searchers(EngineSettings(type="ray", task_rows=a.task_rows))
     settings = DedupSettings(threshold=a.threshold, search="partitioned", confirm="embedding")
-    res = find_duplicates(table, kept, settings, search=search, search_between=between)
+    res = stage.find_duplicates(table, kept, settings, search=search, search_between=between)
+    steps.mark("find_duplicates", t0)
     return {
+        "steps_rss_anon_shmem_hwm_mib_s": steps.rows,
         "table_bytes_per_row": round(table.estimated_size() / table.height, 1),
         "decided_bytes_per_row": round(res.table.estimated_size() / table.height, 1),
         "pairs": res.pairs.height,
@@ -317,11 +357,13 @@ def _driver_side(a: argparse.Namespace) -> dict[str, Any]:
     c = _cluster(a.object_store_mb)
     a.anon_peak = _AnonPeak(c)
     try:
+        started = _hwm_mib()
         kept, times = _kept(a, a.rows)
         if a.stage:
-            hashes, a.hashes = a.hashes, None
-            staged = _stage(a, kept, hashes)
-            return _peaks(a, c) | staged | {k: round(v, 1) for k, v in times.items()}
+            aligned = _hwm_mib()
+            staged = _stage(a, kept, a.__dict__.pop("hashes"))
+            marks = {"driver_hwm_mib_started_aligned": [round(started), round(aligned)]}
+            return _peaks(a, c) | marks | staged | {k: round(v, 1) for k, v in times.items()}
         t0 = time.perf_counter()
         check_rows(kept, unit=True)
         t1 = time.perf_counter()

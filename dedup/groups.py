@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -31,7 +32,14 @@ class GroupContext:
 
     age: np.ndarray  # rank by (first_seen, position): 0 = oldest
     size_bytes: np.ndarray
-    centrality: np.ndarray  # mean similarity of a row's content to its near-duplicate neighbours
+    rep_of: np.ndarray
+    edges: Edges
+
+    @cached_property
+    def centrality(self) -> np.ndarray:
+        """Mean similarity of a row's content to its near-duplicate neighbours (made only for
+        the policy that reads it: five float arrays of the table's length)."""
+        return _centrality(len(self.rep_of), self.rep_of, self.edges)
 
 
 def _first(ctx: GroupContext) -> np.ndarray:
@@ -60,22 +68,26 @@ KEEP_POLICIES: dict[str, KeepPolicy] = {
 }
 
 
+DROP_REASONS: tuple[str | None, ...] = (None, "exact_duplicate", "near_duplicate", "test_leak")
+_EXACT, _NEAR, _LEAK = 1, 2, 3  # codes into DROP_REASONS
+
+
 @dataclass
 class GroupColumns:
-    """Per-row output arrays of the dedup stage (row indices, -1 = none)."""
+    """The rows the dedup stage marks (ascending) and their values (row indices, -1 = none).
 
+    Only rows of a content with a near-duplicate edge or with more than one row are marked: every
+    other row is kept and points nowhere, so the decisions cost nothing per row beyond these.
+    """
+
+    n: int  # rows in the table
+    rows: np.ndarray
     ref: np.ndarray
     sim: np.ndarray  # similarity to `ref` (NaN without one; 1 for identical content)
     leak_of: np.ndarray
     group: np.ndarray
-    drop: list[str | None]
+    drop: np.ndarray  # int8 codes into DROP_REASONS
     conflict: np.ndarray
-
-    @classmethod
-    def empty(cls, n: int) -> GroupColumns:
-        neg = np.full(n, -1, dtype=np.int64)
-        nan = np.full(n, np.nan, dtype=np.float32)
-        return cls(neg.copy(), nan, neg.copy(), neg.copy(), [None] * n, np.zeros(n, dtype=bool))
 
 
 def age_order(table: pl.DataFrame) -> np.ndarray:
@@ -108,8 +120,9 @@ class Edges:
 class _Units:
     """Units (one content on one side), their rows in preference order, and their edges (CSR)."""
 
-    of_row: np.ndarray  # unit per row, -1 = unreadable
-    rows: list[np.ndarray]  # rows of each unit, most preferred first
+    order: np.ndarray  # readable rows grouped by unit, most preferred first within a unit
+    row_starts: np.ndarray  # CSR over units into `order`
+    lead: np.ndarray  # per unit: its most preferred row
     is_eval: np.ndarray  # per unit
     rank: np.ndarray  # per unit: the rank of its most preferred row
     starts: np.ndarray  # CSR over units
@@ -126,15 +139,17 @@ def resolve_groups(
 ) -> GroupColumns:
     """Decide for every row whether it is kept, and which kept row a dropped one matches."""
     is_eval = table["split"].is_in(settings.eval_splits).to_numpy()
-    ctx = GroupContext(
-        age=age_order(table),
-        size_bytes=table["size_bytes"].to_numpy(),
-        centrality=_centrality(table.height, rep_of, edges),
-    )
-    rank = _ranks(KEEP_POLICIES[settings.keep](ctx))
-    units = _build_units(rep_of, is_eval, rank, edges)
+    units = _build_units(rep_of, is_eval, _keep_rank(table, rep_of, edges, settings), edges)
     state = _decide_units(units, settings)
     return _row_columns(table, units, state, settings)
+
+
+def _keep_rank(
+    table: pl.DataFrame, rep_of: np.ndarray, edges: Edges, settings: DedupSettings
+) -> np.ndarray:
+    """Each row's rank under the keep policy (its context is freed before the units are built)."""
+    ctx = GroupContext(age_order(table), table["size_bytes"].to_numpy(), rep_of, edges)
+    return _ranks(KEEP_POLICIES[settings.keep](ctx))
 
 
 def _centrality(n: int, rep_of: np.ndarray, edges: Edges) -> np.ndarray:
@@ -154,17 +169,22 @@ def _build_units(rep_of: np.ndarray, is_eval: np.ndarray, rank: np.ndarray, edge
     readable = np.flatnonzero(rep_of >= 0)
     key = rep_of[readable] * 2 + is_eval[readable]
     keys, unit_idx = np.unique(key, return_inverse=True)
-    of_row = np.full(len(rep_of), -1, dtype=np.int64)
-    of_row[readable] = unit_idx
     order = readable[np.lexsort((rank[readable], unit_idx))]
-    bounds = np.flatnonzero(np.diff(of_row[order])) + 1
-    rows = np.split(order, bounds) if len(order) else []
-    unit_rank = np.array([rank[r[0]] for r in rows], dtype=np.int64)
+    row_starts = _csr_starts(unit_idx, len(keys))
+    lead = order[row_starts[:-1]]
     ua, ub, us = _unit_edges(keys, edges)
     nbr_order = np.lexsort((ub, ua))
-    starts = np.zeros(len(keys) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(ua, minlength=len(keys)), out=starts[1:])
-    return _Units(of_row, rows, keys % 2 == 1, unit_rank, starts, ub[nbr_order], us[nbr_order])
+    starts = _csr_starts(ua, len(keys))
+    return _Units(
+        order, row_starts, lead, keys % 2 == 1, rank[lead], starts, ub[nbr_order], us[nbr_order]
+    )
+
+
+def _csr_starts(owner: np.ndarray, n: int) -> np.ndarray:
+    """Start of each of n owners' entries in `owner`'s sorted order, and the end."""
+    starts = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner, minlength=n), out=starts[1:])
+    return starts
 
 
 def _unit_edges(keys: np.ndarray, edges: Edges) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -200,7 +220,7 @@ class _State:
 
     ref: np.ndarray
     sim: np.ndarray  # similarity to `ref`
-    why: list[str | None]
+    why: np.ndarray  # "duplicate", "test_leak" or None (objects: one pointer per unit)
     kept: np.ndarray
     leak_of: np.ndarray
     leak_sim: np.ndarray
@@ -209,12 +229,13 @@ class _State:
     def of(cls, n: int) -> _State:
         neg = np.full(n, -1, dtype=np.int64)
         nan = np.full(n, np.nan, dtype=np.float32)
-        return cls(neg.copy(), nan, [None] * n, np.ones(n, dtype=bool), neg.copy(), nan.copy())
+        why = np.full(n, None, dtype=object)
+        return cls(neg.copy(), nan, why, np.ones(n, dtype=bool), neg.copy(), nan.copy())
 
 
 def _decide_units(units: _Units, settings: DedupSettings) -> _State:
     """The greedy passes: reference side, leaks of the other side, then the other side."""
-    state = _State.of(len(units.rows))
+    state = _State.of(len(units.lead))
     ref_is_eval = settings.leakage != "drop_eval"
     drops_eval = settings.dedup_eval
     ref_side = np.flatnonzero(units.is_eval == ref_is_eval)
@@ -230,9 +251,9 @@ def _decide_units(units: _Units, settings: DedupSettings) -> _State:
 
 def _greedy(units: _Units, state: _State, members: np.ndarray, drop: bool) -> None:
     """Visit `members` in preference order; a unit matching a kept one of its side points to it."""
-    side = np.zeros(len(units.rows), dtype=bool)
+    side = np.zeros(len(units.lead), dtype=bool)
     side[members] = True
-    anchor = np.zeros(len(units.rows), dtype=bool)  # kept units of this side, as visited
+    anchor = np.zeros(len(units.lead), dtype=bool)  # kept units of this side, as visited
     linked = members[np.diff(units.starts)[members] > 0]  # units without edges are kept as they are
     for u in linked[np.argsort(units.rank[linked], kind="stable")].tolist():
         nbr, sims = units.neighbours(u)
@@ -278,7 +299,7 @@ def _keep_hubs(
 
 def _mark_leaks(units: _Units, state: _State, members: np.ndarray, drop: bool) -> None:
     """Units of `members` that directly match a kept unit of the other side."""
-    for u in members.tolist():
+    for u in members[np.diff(units.starts)[members] > 0].tolist():  # the rest match nothing
         if not state.kept[u]:
             continue
         nbr, sims = units.neighbours(u)
@@ -303,43 +324,82 @@ def _best(candidates: np.ndarray, sims: np.ndarray, rank: np.ndarray) -> int:
 def _row_columns(
     table: pl.DataFrame, units: _Units, state: _State, settings: DedupSettings
 ) -> GroupColumns:
-    """Unit decisions as per-row references, drop reasons, groups and label conflicts."""
-    out = GroupColumns.empty(table.height)
-    hashes = table["content_hash"].to_numpy()
-    for u, rows in enumerate(units.rows):
-        lead = rows[0]
-        target = state.ref[u]
-        if target >= 0:
-            out.ref[rows], out.sim[rows] = units.rows[target][0], state.sim[u]
-        else:  # the unit's other rows are exact copies of its lead
-            out.ref[rows[1:]], out.sim[rows[1:]] = lead, 1.0
-        if state.leak_of[u] >= 0:
-            out.leak_of[rows] = units.rows[state.leak_of[u]][0]
-        drop_side = not units.is_eval[u] or settings.dedup_eval
-        for i in rows if target >= 0 else rows[1:]:
-            if state.why[u] == "test_leak":
-                out.drop[i] = "test_leak"
-            elif drop_side:
-                same = hashes[i] == hashes[out.ref[i]]
-                out.drop[i] = "exact_duplicate" if same else "near_duplicate"
-    _groups(out, table["label"].to_list())
+    """Unit decisions as per-row references, drop reasons, groups and label conflicts, for the
+    rows of units with an edge or more than one row (the others are kept, pointing nowhere)."""
+    unit, rows, is_lead = _marked_rows(units)
+    target = state.ref[unit]
+    pointed = target >= 0  # the whole unit points to another's lead; else its rows to its own
+    lead_of_unit = units.lead[unit]
+    ref = np.where(pointed, units.lead[np.maximum(target, 0)], np.where(is_lead, -1, lead_of_unit))
+    one, nan = np.float32(1.0), np.float32(np.nan)
+    sim = np.where(pointed, state.sim[unit], np.where(is_lead, nan, one)).astype(np.float32)
+    leak = state.leak_of[unit]
+    leak_of = np.where(leak >= 0, units.lead[np.maximum(leak, 0)], -1)
+    dropped = pointed | ~is_lead
+    drop_side = ~units.is_eval[unit] | settings.dedup_eval
+    drop = _drop_codes(
+        table["content_hash"], rows, ref, dropped, state.why[unit] == "test_leak", drop_side
+    )
+    by_row = np.argsort(rows, kind="stable")
+    none = np.full(len(rows), -1, dtype=np.int64)
+    out = GroupColumns(
+        table.height,
+        rows[by_row],
+        ref[by_row].astype(np.int64),
+        sim[by_row],
+        leak_of[by_row].astype(np.int64),
+        none,
+        drop[by_row],
+        np.zeros(len(rows), dtype=bool),
+    )
+    _groups(out, table["label"])
     return out
 
 
-def _groups(out: GroupColumns, labels: list[str | None]) -> None:
+def _marked_rows(units: _Units) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The unit of each row of units with an edge or more than one row, the row, and whether it
+    is its unit's lead."""
+    size = np.diff(units.row_starts)
+    touched = np.flatnonzero((np.diff(units.starts) > 0) | (size > 1))
+    count = size[touched]
+    unit = np.repeat(touched, count)
+    first = np.repeat(units.row_starts[touched], count)
+    pos = first + np.arange(len(unit)) - np.repeat(np.cumsum(count) - count, count)
+    return unit, units.order[pos], pos == first
+
+
+def _drop_codes(
+    hashes: pl.Series,
+    rows: np.ndarray,
+    ref: np.ndarray,
+    dropped: np.ndarray,
+    leak: np.ndarray,
+    drop_side: np.ndarray,
+) -> np.ndarray:
+    """Why each dropped row goes: a leak, or on a side that drops duplicates, an exact or a
+    near duplicate of its reference."""
+    code = np.zeros(len(rows), dtype=np.int8)
+    dup = dropped & ~leak & drop_side
+    same = hashes.gather(rows[dup]).eq_missing(hashes.gather(ref[dup])).to_numpy()
+    code[dup] = np.where(same, _EXACT, _NEAR)
+    code[dropped & leak] = _LEAK
+    return code
+
+
+def _groups(out: GroupColumns, labels: pl.Series) -> None:
     """A group is a kept row and the rows pointing to it (a leak's group is its eval match's)."""
-    root = np.arange(len(out.ref))
-    has = out.ref >= 0
-    root[has] = out.ref[has]
+    at = np.where(out.ref >= 0, np.searchsorted(out.rows, out.ref), -1)  # targets are marked
+    root = np.arange(len(out.rows))
+    has = at >= 0
+    root[has] = at[has]
     for _ in range(2):  # a leak may point to an eval row that points on (dedup_eval off)
-        root = np.where(out.ref[root] >= 0, out.ref[root], root)
+        root = np.where(at[root] >= 0, at[root], root)
     members = np.flatnonzero(has)
-    out.group[members] = root[members]
-    out.group[np.unique(root[members])] = np.unique(root[members])
-    by_group: dict[int, set[str]] = {}
-    for i in np.flatnonzero(out.group >= 0).tolist():
-        label = labels[i]
-        if label is not None:
-            by_group.setdefault(int(out.group[i]), set()).add(label)
-    conflicted = [g for g, names in by_group.items() if len(names) > 1]
+    roots = np.unique(root[members])
+    out.group[members] = out.rows[root[members]]
+    out.group[roots] = out.rows[roots]
+    grouped = np.flatnonzero(out.group >= 0)
+    named = pl.DataFrame({"g": out.group[grouped], "label": labels.gather(out.rows[grouped])})
+    per_group = named.drop_nulls("label").group_by("g").agg(pl.col("label").n_unique())
+    conflicted = per_group.filter(pl.col("label") > 1)["g"].to_numpy()
     out.conflict[np.isin(out.group, conflicted) & (out.group >= 0)] = True

@@ -49,7 +49,7 @@ from leanset.dedup.geometry import (
     FeatureSource,
     verify_pairs,
 )
-from leanset.dedup.groups import Edges, GroupColumns, resolve_groups
+from leanset.dedup.groups import DROP_REASONS, Edges, GroupColumns, resolve_groups
 from leanset.dedup.imagesig import SIDE, ImageSignal, pair_evidence
 from leanset.dedup.lexical import MIN_CONTAINMENT, MIN_JACCARD, pair_overlap
 from leanset.dedup.matrix import Rows, check_matrix, check_rows, cuda_available
@@ -146,11 +146,11 @@ def find_duplicates(
     )
     cols = resolve_groups(table, rep_of, Edges(found.a, found.b, found.score), settings)
     out = table.with_columns(_to_columns(table, cols, _row_evidence(rep_of, cols, found)))
-    hashes = table["content_hash"].to_numpy()
+    hashes = table["content_hash"]  # a column, never N Python strings
     pairs = pl.DataFrame(
         {
-            "hash_a": hashes[found.a],
-            "hash_b": hashes[found.b],
+            "hash_a": hashes.gather(found.a),
+            "hash_b": hashes.gather(found.b),
             "sim": found.score,
             "evidence": found.evidence,
         },
@@ -384,7 +384,7 @@ class _Finder:
         self.search: Search = search or find_near_pairs
         self.between: SearchBetween = between or find_near_pairs_between
         self.settings, self.prior, self.reps = settings, prior, reps
-        self.hashes = table["content_hash"].to_numpy()
+        self.hashes = table["content_hash"]  # a column: as Python strings, ~90 B per row
         self.new = self._new_mask() if prior is not None else np.ones(len(reps), dtype=bool)
         self.words = NO_WORDS
 
@@ -443,11 +443,10 @@ class _Finder:
     def _new_mask(self) -> np.ndarray:
         """Contents the prior did not search (without exact dedup a content's first row is old)."""
         assert self.prior is not None
-        h = self.hashes[self.reps]
-        old = np.fromiter((x in self.prior.covered for x in h), bool, len(h))
-        first = np.zeros(len(h), dtype=bool)
-        first[np.unique(h, return_index=True)[1]] = True
-        return ~(old & first)
+        h = self.hashes.gather(self.reps)
+        covered = pl.Series(sorted(self.prior.covered), dtype=h.dtype)
+        old = h.is_in(covered).fill_null(False) & h.is_first_distinct()
+        return np.asarray(~old.to_numpy(), dtype=bool)
 
     def _opts(self) -> SearchOptions:
         s = self.settings
@@ -731,12 +730,12 @@ def _pair_cosines(emb: Rows, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _prior_edges(
-    pairs: pl.DataFrame, hashes: np.ndarray, old: np.ndarray
+    pairs: pl.DataFrame, hashes: pl.Series, old: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """The prior's pairs whose two contents are still present, as table rows: one edge per pair
     of contents (without exact dedup the prior held a pair once per pair of rows, and pairs
     within one content, whose other rows are searched again as new)."""
-    row_of = dict(zip(hashes[old].tolist(), old.tolist(), strict=True))
+    row_of = dict(zip(hashes.gather(old).to_list(), old.tolist(), strict=True))
     lo = pl.min_horizontal("hash_a", "hash_b")
     hi = pl.max_horizontal("hash_a", "hash_b")
     live = (
@@ -755,41 +754,48 @@ def _prior_edges(
 
 
 def _row_evidence(rep_of: np.ndarray, cols: GroupColumns, found: _Found) -> list[str | None]:
-    """Per row: `exact`, or the routes that accepted the pair joining its content to its
+    """Per marked row: `exact`, or the routes that accepted the pair joining its content to its
     reference's (pairs join contents: their representative rows)."""
     by_pair = {
         (min(x, y), max(x, y)): e
         for x, y, e in zip(found.a.tolist(), found.b.tolist(), found.evidence, strict=True)
     }
-    out: list[str | None] = [None] * len(rep_of)
-    for i in np.flatnonzero(cols.ref >= 0).tolist():
-        x, y = int(rep_of[i]), int(rep_of[cols.ref[i]])
-        out[i] = "exact" if x == y else by_pair.get((min(x, y), max(x, y)))
+    out: list[str | None] = [None] * len(cols.rows)
+    for k in np.flatnonzero(cols.ref >= 0).tolist():
+        x, y = int(rep_of[cols.rows[k]]), int(rep_of[cols.ref[k]])
+        out[k] = "exact" if x == y else by_pair.get((min(x, y), max(x, y)))
     return out
 
 
 def _to_columns(
     table: pl.DataFrame, cols: GroupColumns, evidence: list[str | None]
 ) -> list[pl.Series]:
-    ids = table["sample_id"].to_numpy().astype(object)
-    hashes = table["content_hash"].to_numpy()
+    """The decision columns: nulls (and False) everywhere but at the marked rows."""
+    ids, hashes, n = table["sample_id"].cast(pl.Utf8), table["content_hash"], table.height
     has_ref = cols.ref >= 0
-    ref = np.where(has_ref, cols.ref, 0)
-    same = has_ref & (hashes == hashes[ref])
+    same = np.zeros(len(cols.rows), dtype=bool)
+    same[has_ref] = (
+        hashes.gather(cols.rows[has_ref]).eq_missing(hashes.gather(cols.ref[has_ref])).to_numpy()
+    )
 
     def ids_where(mask: np.ndarray, idx: np.ndarray) -> pl.Series:
-        names = ids[np.where(mask, idx, 0)]
-        return pl.Series(
-            [n if m else None for n, m in zip(names, mask, strict=True)], dtype=pl.Utf8
-        )
+        return _spread(n, cols.rows[mask], ids.gather(idx[mask]))
 
+    conflict = np.zeros(n, dtype=bool)
+    conflict[cols.rows[cols.conflict]] = True
+    reasons = [DROP_REASONS[c] for c in cols.drop.tolist()]
     return [
-        ids_where(same, ref).alias("exact_dup_of"),
-        ids_where(has_ref & ~same, ref).alias("near_dup_of"),
-        pl.Series("dup_similarity", cols.sim).fill_nan(None).cast(pl.Float32),
-        pl.Series("dup_evidence", evidence, dtype=pl.Utf8),
+        ids_where(same, cols.ref).alias("exact_dup_of"),
+        ids_where(has_ref & ~same, cols.ref).alias("near_dup_of"),
+        _spread(n, cols.rows, pl.Series(cols.sim)).fill_nan(None).alias("dup_similarity"),
+        _spread(n, cols.rows, pl.Series(evidence, dtype=pl.Utf8)).alias("dup_evidence"),
         ids_where(cols.group >= 0, cols.group).alias("dup_group"),
         ids_where(cols.leak_of >= 0, cols.leak_of).alias("leak_of"),
-        pl.Series("label_conflict", cols.conflict, dtype=pl.Boolean),
-        pl.Series("dedup_drop", cols.drop, dtype=pl.Utf8),
+        pl.Series("label_conflict", conflict, dtype=pl.Boolean),
+        _spread(n, cols.rows, pl.Series(reasons, dtype=pl.Utf8)).alias("dedup_drop"),
     ]
+
+
+def _spread(n: int, rows: np.ndarray, values: pl.Series) -> pl.Series:
+    """A column of n nulls holding `values` at `rows`."""
+    return pl.Series(dtype=values.dtype).extend_constant(None, n).scatter(rows, values)
