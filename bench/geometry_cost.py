@@ -12,8 +12,9 @@ the CLI three times on fresh stores that share one embedding cache:
 2. with it (`confirm: auto`), embeddings cached, local features computed;
 3. without it again, embeddings cached.
 
-Reported: the seconds of each run, images/s of feature extraction and pairs/s of the
-verification (the manifest's `search.verified`), the candidate pairs verified and confirmed, the
+Reported: the wall seconds of each run (and its CPU seconds: the machine is shared), the
+check's seconds by stage (features, visual words, matching), images/s of feature extraction and
+pairs/s of the verification (the manifest's `search.verified`), the pairs verified and confirmed, the
 ratio of run 2 to run 3 (a rerun whose embeddings are cached: the check's worst share) and of a
 first run with the check to one without (run 1 plus the check's extra seconds, over run 1), and
 the load average around each run (the machine is shared: compare ratios within one run).
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -115,17 +117,24 @@ def _run(name: str, images: Path, embedder: str, confirm: Any, cache: Path) -> d
     }
     flows = write_flows(work / "flows.yaml", "cost", body)
     load = os.getloadavg()[0]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _child_cpu()
     run_cli(flows, "cost", force=True, threads=2)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, _child_cpu() - cpu0
     share_caches(store, cache)
     manifest = json.loads(next((store / "manifests").glob("v*.json")).read_text())
     return {
         "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu, 1),
         "load": [round(load, 1), round(os.getloadavg()[0], 1)],
         "dropped": manifest["counts"]["dropped"],
         "verified": manifest["search"].get("verified"),
     }
+
+
+def _child_cpu() -> float:
+    """CPU seconds (user and system) of this process's finished children: the CLI runs."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def measure(n: int, embedder: str) -> dict[str, Any]:
@@ -154,8 +163,10 @@ def _row(r: dict[str, Any]) -> str:
     runs = r["runs"]
     loads = [x for run in runs.values() for x in run["load"]]
     return (
-        f"| {r['n']:,} | {r['embedder']} | {runs['without_cold']['seconds']} | "
-        f"{runs['without_warm']['seconds']} | {runs['with']['seconds']} | "
+        f"| {r['n']:,} | {r['embedder']} | {_secs(runs['without_cold'])} | "
+        f"{_secs(runs['without_warm'])} | {_secs(runs['with'])} | "
+        f"{v.get('feature_seconds', 0):.0f} / {v.get('word_seconds', 0):.0f} / "
+        f"{v.get('match_seconds', 0):.0f} | "
         f"{v.get('pairs', 0):,} of {v.get('images', 0):,} images, {v.get('confirmed', 0):,} "
         f"confirmed | {r['features_per_s']} | {r['pairs_per_s']} | "
         f"{r['ratio_cached_embeddings']}x | {r['ratio_first_run']}x | "
@@ -163,10 +174,16 @@ def _row(r: dict[str, Any]) -> str:
     )
 
 
+def _secs(run: dict[str, Any]) -> str:
+    """Wall seconds (CPU seconds) of one run; CPU is missing from runs measured before it was."""
+    return f"{run['seconds']} ({run.get('cpu_seconds', '-')})"
+
+
 HEADER = (
-    "| N | embedder | s without (embedding) | s without (cached) | s with (cached) | verified "
+    "| N | embedder | s without (embedding) | s without (cached) | s with (cached) "
+    "| features / words / matching s | verified "
     "| features img/s | pairs/s | ratio, cached embeddings | ratio, first run | load |\n"
-    "| ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |"
+    "| ---: | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |"
 )
 
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
+from threadpoolctl import threadpool_limits
 
-from leanset.dedup.geometry import ImageFeatures
+from leanset.dedup.geometry import ImageFeatures, hamming_knn
 
 BRANCH = 64  # a two-level vocabulary: 64 cells of 64 words each (4,096 words)
 TRAIN_DESCRIPTORS = 64_000  # k-means learns on at most this many descriptors (sampled)
@@ -117,14 +118,17 @@ def _kmeans(descriptors: np.ndarray, k: int) -> np.ndarray:
     k = int(min(k, max(1, len(descriptors) // 8)))
     bits = np.unpackbits(descriptors, axis=1).astype(np.float32)
     centres = bits[rng.choice(len(bits), k, replace=False)]
-    for _ in range(KMEANS_ITERS):
-        label = _nearest_bits(centres, bits)
-        onehot = sparse.csr_matrix(
-            (np.ones(len(label), np.float32), (label, np.arange(len(label)))), shape=(k, len(bits))
-        )
-        sums = onehot @ bits
-        count = np.bincount(label, minlength=k)[:, None]
-        centres = np.where(count > 0, sums / np.maximum(count, 1), centres)
+    with threadpool_limits(1):  # small products: BLAS threads cost more than they share (5x
+        # the CPU on a loaded 2-core machine)
+        for _ in range(KMEANS_ITERS):
+            label = _nearest_bits(centres, bits)
+            onehot = sparse.csr_matrix(
+                (np.ones(len(label), np.float32), (label, np.arange(len(label)))),
+                shape=(k, len(bits)),
+            )
+            sums = onehot @ bits
+            count = np.bincount(label, minlength=k)[:, None]
+            centres = np.where(count > 0, sums / np.maximum(count, 1), centres)
     centroids: np.ndarray = np.packbits(centres >= 0.5, axis=1)
     return centroids
 
@@ -139,12 +143,10 @@ def _nearest_bits(centres: np.ndarray, bits: np.ndarray) -> np.ndarray:
 
 
 def _nearest(centroids: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
-    """The Hamming-nearest binary centroid of each binary descriptor."""
-    c = np.unpackbits(centroids, axis=1).astype(np.float32)
+    """The Hamming-nearest binary centroid of each binary descriptor (ties to the lower index)."""
     out = np.empty(len(descriptors), np.int64)
     for s in range(0, len(descriptors), CHUNK):
-        bits = np.unpackbits(descriptors[s : s + CHUNK], axis=1).astype(np.float32)
-        out[s : s + CHUNK] = _nearest_bits(c, bits)
+        out[s : s + CHUNK] = hamming_knn(descriptors[s : s + CHUNK], centroids, 1)[1][:, 0]
     return out
 
 

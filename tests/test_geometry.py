@@ -208,6 +208,77 @@ def test_a_run_confirms_a_crop_and_a_turn_by_geometry_and_reuses_the_features(tm
     assert cached.computed == 0  # every image's features were cached (the words read them all)
 
 
+def _orb_of(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A full ORB search (detect and compute) of an image at the check's settings."""
+    import cv2
+
+    from leanset.dedup import geometry
+
+    orb = cv2.ORB_create(  # type: ignore[attr-defined]
+        nfeatures=geometry.MAX_FEATURES, edgeThreshold=15, patchSize=15, fastThreshold=10
+    )
+    kps, desc = orb.detectAndCompute(grey, None)
+    return np.array([k.pt for k in kps], np.float32), desc
+
+
+def test_the_mirrored_features_are_those_a_search_of_the_mirrored_image_finds() -> None:
+    """The mirror's keypoints are the plain ones mirrored, only their descriptors computed again:
+    nearly all of them are a keypoint with the very descriptor that a full search of the mirrored
+    image finds at that spot (the rest are ties in which corners ORB keeps)."""
+    from leanset.dedup.geometry import _stretch, working_grey
+
+    found = same = 0
+    for tile in photo_tiles(6, side=256):
+        grey = _stretch(working_grey(tile))
+        mirrored = image_features(tile).mirrored
+        points, desc = _orb_of(np.ascontiguousarray(grey[:, ::-1]))
+        for p, d in zip(mirrored.points, mirrored.descriptors, strict=True):
+            at = np.argmin(((points - p) ** 2).sum(axis=1))
+            found += 1
+            same += bool(((points[at] - p) ** 2).sum() < 0.25 and np.array_equal(desc[at], d))
+    assert found > 1000
+    assert same >= 0.95 * found
+
+
+@pytest.mark.parametrize("edit", ["mirror", "mirror+turn", "mirror+crop"])
+def test_mirrored_copies_are_confirmed_as_mirrored_either_way(photo: np.ndarray, edit: str) -> None:
+    """A flipped copy is confirmed as mirrored whichever image is the pair's first."""
+    copy = {
+        "mirror": photo[:, ::-1],
+        "mirror+turn": np.rot90(photo[:, ::-1]),
+        "mirror+crop": photo[30:220, 20:230][:, ::-1],
+    }[edit]
+    a, b = image_features(photo), image_features(np.ascontiguousarray(copy))
+    for m in (verify(a, b), verify(b, a)):
+        assert m.copy and m.mirrored, m
+
+
+def test_the_stretch_percentiles_are_numpys() -> None:
+    """The contrast stretch reads its percentiles off a histogram; they equal np.percentile's."""
+    from leanset.dedup.geometry import _percentiles
+
+    rng = np.random.default_rng(0)
+    for n in range(200):
+        grey = rng.integers(0, 256, size=(1 + n % 37, 1 + n * 7 % 301), dtype=np.uint8)
+        grey //= np.uint8(1 + n % 50)
+        assert _percentiles(grey, (1, 99)) == list(np.percentile(grey, [1, 99]))
+
+
+def test_hamming_knn_finds_the_nearest_descriptors() -> None:
+    """The matcher's nearest neighbours are the brute-force Hamming nearest, ties to the lower."""
+    from leanset.dedup.geometry import hamming_knn
+
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, size=(300, 32), dtype=np.uint8)
+    query = np.concatenate([base[:50], rng.integers(0, 256, size=(150, 32), dtype=np.uint8)])
+    dist, idx = hamming_knn(query, base, 2)
+    full = np.unpackbits(query[:, None, :] ^ base[None, :, :], axis=2).sum(axis=2)
+    order = np.argsort(full, axis=1, kind="stable")[:, :2]
+    assert np.array_equal(dist, np.take_along_axis(full, order, axis=1))
+    assert np.array_equal(idx[:, 0], order[:, 0])
+    assert np.array_equal(idx[:50, 0], np.arange(50))
+
+
 def test_a_reencoded_copy_short_of_ratio_test_inliers_is_confirmed_by_guided_matches() -> None:
     """A chessboard tile squeezed to 90% of its width and saved at JPEG quality 39 (a copy the
     trust benchmark plants): the ratio test keeps 18 inliers (the second nearest descriptor of a

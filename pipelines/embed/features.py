@@ -35,7 +35,7 @@ FINGERPRINT = (
                 geometry.MIN_RANGE,
                 geometry.FAST_THRESHOLDS,
                 geometry.MIN_SIDE,
-                3,
+                4,  # 4: the mirror's keypoints are the plain ones mirrored
             )
         ).encode(),
         digest_size=8,
