@@ -29,9 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
-    server = s3_server.start()
-    yield server
-    server.server.stop()  # type: ignore[attr-defined]
+    with s3_server.serving() as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)
@@ -515,7 +514,9 @@ def test_calibrate_stores_its_record_in_a_bucket_store_and_the_next_run_prices_w
     fast = ["--steps", "2", "--repeats", "2", "--warmup", "1", "--batch-size", "4"]
     args = ["calibrate", str(config), "--flow", "bucket", *fast, "--kept-epochs", "2"]
     assert main([*args, "--device", "cpu"]) == 0
-    assert f"stored in {url}/cost/calibration.json" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"stored in {url}/cost/calibration.json" in printed
+    assert "at this rate version 1's training splits" in printed  # the bucket's latest version
     assert not (tmp_path / "s3:").exists()
     remote = Store(url, s3.options)
     record = json.loads(remote.storage.read("cost/calibration.json"))

@@ -8,7 +8,7 @@ from typing import Any
 
 from leanset.pipelines.cli.console import console
 from leanset.pipelines.cli.store import STORE_HELP
-from leanset.pipelines.config import CostSettings
+from leanset.pipelines.config import CostSettings, FlowSettings
 
 
 def add_commands(sub: Any) -> None:
@@ -77,18 +77,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
-    for line in calibration_lines(record, settings.cost, settings.store):
+    for line in calibration_lines(record, settings):
         console.print(line, highlight=False)
     return 0
 
 
-def calibration_lines(record: dict[str, Any], cost: CostSettings, store: str) -> list[str]:
+def calibration_lines(record: dict[str, Any], settings: FlowSettings) -> list[str]:
     """What `leanset calibrate` prints: the throughput with its spread, and what it prices."""
-    from leanset.pipelines.cost import epoch_price, uses_calibration
-    from leanset.pipelines.store import Store
-    from leanset.pipelines.store.layout import StoreLayout
-    from leanset.pipelines.store.storage import is_url
-    from leanset.pipelines.units import accounting_from_dict
+    from leanset.pipelines.cost import uses_calibration
 
     lines = [f"calibrated flow {record['flow']} on {record['device_name']} with {record['model']}"]
     for unit, rates in record["throughput"].items():
@@ -107,44 +103,68 @@ def calibration_lines(record: dict[str, Any], cost: CostSettings, store: str) ->
             f"{ep['fixed_cpu_seconds']:,.3g} s + {ep['per_sample_cpu_seconds'] * 1e3:,.3g} ms), "
             f"from whole epochs of {min(ep['samples']):,} and {max(ep['samples']):,} samples"
         )
-    kept = record.get("kept")
-    if kept:
-        m = kept["measured_weight_wall"], kept["measured_weight_cpu"]
-        lines.append(
-            f"  a kept sample costs {m[0]['weight']:.3g}x an average one (wall, 95% "
-            f"{m[0]['ci_low']:.3g}-{m[0]['ci_high']:.3g}; CPU {m[1]['weight']:.3g}x, "
-            f"{m[1]['ci_low']:.3g}-{m[1]['ci_high']:.3g}): one model trained on "
-            f"{kept['samples']['all']:,} sampled rows and one on the {kept['samples']['kept']:,} "
-            f"of them version {kept['version']} keeps, {kept['epochs']} timed epochs each, in "
-            f"turn; priced at {kept['weight_wall']:.3g}x (wall), {kept['weight_cpu']:.3g}x (CPU), "
-            "1 where the interval holds 1"
-        )
-    rel = StoreLayout.of(".").calibration.as_posix()  # a bucket store's record is an object
-    where = (
-        f"{str(store).rstrip('/')}/{rel}" if is_url(store) else StoreLayout.of(store).calibration
-    )
-    lines.append(f"stored in {where}")
-    if not uses_calibration(cost):
+    if record.get("kept"):
+        lines.append(_kept_line(record["kept"]))
+    lines.append(f"stored in {_record_place(settings.store)}")
+    if not uses_calibration(settings.cost):
         lines.append(
             "note: flows.yaml prices the epoch itself (cost.gpu_hours_per_epoch or a throughput), "
             "so runs use that; remove it to use this measurement"
         )
         return lines
     lines.append(f"the next run of flow {record['flow']} prices its epochs with it")
-    latest = Store(store).latest() if StoreLayout.of(store).manifests.is_dir() else None
+    return lines + _latest_price(record, settings)
+
+
+def _kept_line(kept: dict[str, Any]) -> str:
+    """The kept-sample race: the measured weight with its interval, and what is priced."""
+    m = kept["measured_weight_wall"], kept["measured_weight_cpu"]
+    return (
+        f"  a kept sample costs {m[0]['weight']:.3g}x an average one (wall, 95% "
+        f"{m[0]['ci_low']:.3g}-{m[0]['ci_high']:.3g}; CPU {m[1]['weight']:.3g}x, "
+        f"{m[1]['ci_low']:.3g}-{m[1]['ci_high']:.3g}): one model trained on "
+        f"{kept['samples']['all']:,} sampled rows and one on the {kept['samples']['kept']:,} "
+        f"of them version {kept['version']} keeps, {kept['epochs']} timed epochs each, in "
+        f"turn; priced at {kept['weight_wall']:.3g}x (wall), {kept['weight_cpu']:.3g}x (CPU), "
+        "1 where the interval holds 1"
+    )
+
+
+def _record_place(store: str) -> str:
+    """Where the calibration record is: its path, or for a bucket store its object's URL."""
+    from leanset.pipelines.store.layout import StoreLayout
+    from leanset.pipelines.store.storage import is_url
+
+    if not is_url(store):
+        return str(StoreLayout.of(store).calibration)
+    return f"{str(store).rstrip('/')}/{StoreLayout.of('.').calibration.as_posix()}"
+
+
+def _latest_price(record: dict[str, Any], settings: FlowSettings) -> list[str]:
+    """What the store's latest version's training splits cost per epoch at this rate."""
+    from leanset.pipelines.cost import epoch_price
+    from leanset.pipelines.store import Store
+    from leanset.pipelines.store.layout import StoreLayout
+    from leanset.pipelines.units import accounting_from_dict
+
+    store = Store(settings.store, settings.storage_options)
+    local = not store.storage.remote
+    if local and not StoreLayout.of(settings.store).manifests.is_dir():
+        return []
+    latest = store.latest()
     acc = (latest or {}).get("cost", {}).get("accounting")
-    if latest and acc:
-        a = accounting_from_dict(acc)
-        price = epoch_price(cost, a, record)
-        if price is not None:
-            ub, ua = a.total("train", "units_before"), a.total("train", "units_after")
-            share = ua / ub if ub else 1.0
-            after = price.after(share)
-            lines.append(
-                f"at this rate version {latest['version']}'s training splits ({ub:,} → {ua:,} "
-                f"{a.unit}) cost {price.hours:,.4g} → {after:,.4g} {price.resource}-h per epoch"
-            )
-    return lines
+    if not latest or not acc:
+        return []
+    a = accounting_from_dict(acc)
+    price = epoch_price(settings.cost, a, record)
+    if price is None:
+        return []
+    ub, ua = a.total("train", "units_before"), a.total("train", "units_after")
+    after = price.after(ua / ub if ub else 1.0)
+    return [
+        f"at this rate version {latest['version']}'s training splits ({ub:,} → {ua:,} "
+        f"{a.unit}) cost {price.hours:,.4g} → {after:,.4g} {price.resource}-h per epoch"
+    ]
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
