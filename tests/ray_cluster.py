@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +125,21 @@ class LocalCluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
         if self.hidden:
             shutil.rmtree(self.hidden, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def hidden_head() -> Iterator[LocalCluster]:
+    """A 2-CPU head with a folder hidden from it, for a test module; on exit this process's Ray
+    connection is shut down and the cluster stopped."""
+    use_token_auth()  # before the first `import ray` of this process
+    c = start_head(num_cpus=2, object_store_mb=256, hide=True)
+    try:
+        yield c
+    finally:
+        import ray
+
+        ray.shutdown()
+        c.stop()
 
 
 def start_head(

@@ -6,11 +6,13 @@ python -m tests.s3_server loop URL OPTIONS_JSON MARKER           (commits until 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,16 @@ def start() -> S3Server:
     server.start()
     host, port = server.get_host_and_port()
     return S3Server(server, f"http://{host}:{port}")
+
+
+@contextlib.contextmanager
+def serving() -> Iterator[S3Server]:
+    """moto's S3 server, started, and stopped on exit (a test module's fixture)."""
+    server = start()
+    try:
+        yield server
+    finally:
+        server.server.stop()  # type: ignore[attr-defined]
 
 
 def frames(ids: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -22,7 +22,7 @@ import pytest
 
 from tests import s3_server
 from tests.helpers import make_imagefolder, pixel_flow_body, write_flows, write_png
-from tests.ray_cluster import LocalCluster, can_hide, start_head, use_token_auth
+from tests.ray_cluster import LocalCluster, can_hide, hidden_head
 from tests.s3_server import S3Server
 
 pytest.importorskip("ray")
@@ -35,22 +35,14 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
-    server = s3_server.start()
-    yield server
-    server.server.stop()  # type: ignore[attr-defined]
+    with s3_server.serving() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    use_token_auth()  # before the first `import ray` of this process
-    c = start_head(num_cpus=2, object_store_mb=256, hide=True)
-    try:
+    with hidden_head() as c:
         yield c
-    finally:
-        import ray
-
-        ray.shutdown()
-        c.stop()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 
 from tests.helpers import write_png
-from tests.ray_cluster import LocalCluster, can_hide, free_port, start_head, use_token_auth
+from tests.ray_cluster import LocalCluster, can_hide, free_port, hidden_head
 from tests.test_near import _bitwise, at_threshold
 
 pytest.importorskip("ray")
@@ -30,15 +30,8 @@ T = 0.9
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    use_token_auth()  # before the first `import ray` of this process
-    c = start_head(num_cpus=2, object_store_mb=256, hide=True)
-    try:
+    with hidden_head() as c:
         yield c
-    finally:
-        import ray
-
-        ray.shutdown()
-        c.stop()
 
 
 @pytest.fixture

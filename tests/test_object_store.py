@@ -30,9 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
-    server = s3_server.start()
-    yield server
-    server.server.stop()  # type: ignore[attr-defined]
+    with s3_server.serving() as server:
+        yield server
 
 
 def _commit(store: Store, ids: list[str], kept: list[bool], parent: int | None) -> dict:
