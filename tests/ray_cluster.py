@@ -22,8 +22,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,3 +207,25 @@ def _start_head(num_cpus: int, object_store_mb: int, hide: bool, timeout: float)
             raise RuntimeError(f"ray start --head failed:\n{text}")
         time.sleep(0.1)
     return c
+
+
+def kill_one_worker_when(
+    cluster: LocalCluster, ready: Callable[[], bool], name: str = "ray::EmbedWorker"
+) -> tuple[threading.Thread, list[int]]:
+    """A thread that SIGKILLs one worker of `cluster` named `name` once `ready()` holds (for a
+    test of a run killed part way); the pids it killed come back in the list."""
+    killed: list[int] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            if ready():
+                pids = cluster.worker_pids(name)
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread, killed

@@ -9,8 +9,6 @@ the driver keeps its bucket mirrors there, so a worker that read or wrote them w
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ import pytest
 
 from tests import s3_server
 from tests.helpers import make_imagefolder, pixel_flow_body, write_flows, write_png
-from tests.ray_cluster import LocalCluster, can_hide, hidden_head
+from tests.ray_cluster import LocalCluster, can_hide, hidden_head, kill_one_worker_when
 from tests.s3_server import S3Server
 
 pytest.importorskip("ray")
@@ -107,21 +105,7 @@ def _kill_one_worker_after_first_shard(
     cluster: LocalCluster, url: str, options: dict[str, str]
 ) -> tuple[threading.Thread, list[int]]:
     """A thread that SIGKILLs one embedding worker once the first shard is in the bucket."""
-    killed: list[int] = []
-
-    def watch() -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not killed:
-            if _shards(url, options):
-                pids = cluster.worker_pids("ray::EmbedWorker")
-                if pids:
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.append(pids[0])
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread, killed
+    return kill_one_worker_when(cluster, lambda: bool(_shards(url, options)))
 
 
 def test_a_worker_killed_while_putting_shards_ends_in_the_same_decisions(

@@ -7,8 +7,6 @@ show what happens when the store is not visible on a node.
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +17,13 @@ import polars as pl
 import pytest
 
 from tests.helpers import write_png
-from tests.ray_cluster import LocalCluster, can_hide, free_port, hidden_head
+from tests.ray_cluster import (
+    LocalCluster,
+    can_hide,
+    free_port,
+    hidden_head,
+    kill_one_worker_when,
+)
 from tests.test_near import _bitwise, at_threshold
 
 pytest.importorskip("ray")
@@ -147,21 +151,7 @@ def _kill_one_worker_after_first_shard(
 ) -> tuple[threading.Thread, list[int]]:
     """A thread that SIGKILLs one embedding worker of this cluster once the first shard is written
     (the other slices still queued or running)."""
-    killed: list[int] = []
-
-    def watch() -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not killed:
-            if any(cache.rglob("shard-*.npz")):
-                pids = cluster.worker_pids("ray::EmbedWorker")
-                if pids:
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.append(pids[0])
-            time.sleep(0.02)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread, killed
+    return kill_one_worker_when(cluster, lambda: any(cache.rglob("shard-*.npz")))
 
 
 def test_a_worker_killed_mid_embedding_still_ends_in_the_same_decisions(
