@@ -28,7 +28,8 @@ from leanset.dedup.config import DedupSettings
 
 @dataclass(frozen=True)
 class GroupContext:
-    """What keep policies may look at: per-row arrays of the whole table, and the edges."""
+    """What keep policies may look at: arrays over the rows a decision can touch (the rows in
+    an edge or an exact copy, in table order), their contents' table rows, and the edges."""
 
     age: np.ndarray  # rank by (first_seen, position): 0 = oldest
     size_bytes: np.ndarray
@@ -70,6 +71,7 @@ KEEP_POLICIES: dict[str, KeepPolicy] = {
 
 DROP_REASONS: tuple[str | None, ...] = (None, "exact_duplicate", "near_duplicate", "test_leak")
 _EXACT, _NEAR, _LEAK = 1, 2, 3  # codes into DROP_REASONS
+_CHUNK = 1 << 20  # rows of the table looked at a time when finding the involved ones
 
 
 @dataclass
@@ -138,30 +140,63 @@ def resolve_groups(
     table: pl.DataFrame, rep_of: np.ndarray, edges: Edges, settings: DedupSettings
 ) -> GroupColumns:
     """Decide for every row whether it is kept, and which kept row a dropped one matches."""
-    is_eval = table["split"].is_in(settings.eval_splits).to_numpy()
-    units = _build_units(rep_of, is_eval, _keep_rank(table, rep_of, edges, settings), edges)
+    rows = involved_rows(rep_of, edges)
+    wanted = [c for c in ("split", "position", "first_seen", "size_bytes") if c in table.columns]
+    sub = table.select(wanted)[rows]
+    is_eval = sub["split"].is_in(settings.eval_splits).to_numpy()
+    rank = _keep_rank(sub, rep_of[rows], edges, settings)
+    units = _on_rows(_build_units(rep_of[rows], is_eval, rank, edges), rows)
     state = _decide_units(units, settings)
     return _row_columns(table, units, state, settings)
+
+
+def involved_rows(rep_of: np.ndarray, edges: Edges) -> np.ndarray:
+    """The readable rows (ascending) whose content has a near-duplicate edge or more than one
+    readable row: the only ones a decision can touch (a lone content without an edge is kept
+    and points nowhere). One byte per row of the table, the rest per involved row."""
+    n = len(rep_of)
+    hit = np.zeros(n, dtype=bool)
+    hit[edges.a], hit[edges.b] = True, True
+    for s in range(0, n, _CHUNK):  # bounded pieces: no N-long index array
+        rep = rep_of[s : s + _CHUNK]
+        hit[rep[(rep >= 0) & (rep != np.arange(s, s + len(rep)))]] = True
+    parts = [np.zeros(0, np.int64)]
+    for s in range(0, n, _CHUNK):
+        rep = rep_of[s : s + _CHUNK]
+        parts.append(np.flatnonzero((rep >= 0) & hit[np.maximum(rep, 0)]) + s)
+    return np.concatenate(parts).astype(np.int64)
+
+
+def _on_rows(units: _Units, rows: np.ndarray) -> _Units:
+    """Units built over the involved rows, their row positions turned into table rows."""
+    units.order, units.lead = rows[units.order], rows[units.lead]
+    return units
 
 
 def _keep_rank(
     table: pl.DataFrame, rep_of: np.ndarray, edges: Edges, settings: DedupSettings
 ) -> np.ndarray:
-    """Each row's rank under the keep policy (its context is freed before the units are built)."""
+    """Each row's rank under the keep policy (its context is freed before the units are built).
+    On the involved rows alone the ranks keep their order, so every comparison is the same."""
     ctx = GroupContext(age_order(table), table["size_bytes"].to_numpy(), rep_of, edges)
     return _ranks(KEEP_POLICIES[settings.keep](ctx))
 
 
 def _centrality(n: int, rep_of: np.ndarray, edges: Edges) -> np.ndarray:
-    """Mean edge similarity of each row's content (0 for contents without edges)."""
-    total = np.zeros(n)
-    count = np.zeros(n)
-    np.add.at(total, edges.a, edges.sim)
-    np.add.at(total, edges.b, edges.sim)
-    np.add.at(count, edges.a, 1)
-    np.add.at(count, edges.b, 1)
-    mean = np.divide(total, count, out=np.zeros(n), where=count > 0)
-    return np.where(rep_of >= 0, mean[np.maximum(rep_of, 0)], 0.0)
+    """Mean edge similarity of each row's content (0 for contents without edges); `rep_of`:
+    the content of each of the n rows (a table row), summed edge by edge as before."""
+    ends, at = np.unique(np.concatenate([edges.a, edges.b]), return_inverse=True)
+    total = np.zeros(len(ends))
+    count = np.zeros(len(ends))
+    m = len(edges.a)
+    np.add.at(total, at[:m], edges.sim)
+    np.add.at(total, at[m:], edges.sim)
+    np.add.at(count, at[:m], 1)
+    np.add.at(count, at[m:], 1)
+    mean = np.divide(total, count, out=np.zeros(len(ends)), where=count > 0)
+    k = np.minimum(np.searchsorted(ends, rep_of), max(len(ends) - 1, 0))
+    found = (rep_of >= 0) & (ends[k] == rep_of) if len(ends) else np.zeros(n, dtype=bool)
+    return np.where(found, mean[k] if len(ends) else 0.0, 0.0)
 
 
 def _build_units(rep_of: np.ndarray, is_eval: np.ndarray, rank: np.ndarray, edges: Edges) -> _Units:

@@ -1,9 +1,18 @@
-"""The Ray driver's allocator setting: freed large arrays go back to the system."""
+"""The Ray driver's memory: freed large arrays go back to the system; the alignment tasks get
+row positions and a check sum, not the table's hash strings."""
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
+
+import numpy as np
+import polars as pl
+import pytest
+
+from leanset.pipelines.embed.protocol import l2_normalise
+from leanset.pipelines.engine.rows import _index, _keys, gather_block, gather_plan
 
 # 40 arrays of 8 MiB, each followed by a small live array, then the large ones freed
 _PROGRAM = """
@@ -41,3 +50,29 @@ def _retained_mib(mode: str) -> int:
 def test_freed_large_arrays_leave_the_driver_once_mapped_on_their_own() -> None:
     assert _retained_mib("default") > 200  # glibc keeps them in the heap behind the small ones
     assert _retained_mib("mapped") < 40
+
+
+def test_an_alignment_task_gets_positions_and_a_check_sum_not_the_hash_strings() -> None:
+    """What the driver sends a task is written into the object store's shared pages, which stay
+    resident in the driver: about 8 bytes a row now (the hash strings took ~45)."""
+    n = 50_000
+    hashes = pl.Series([f"{k:032x}" for k in range(n)])
+    vectors = np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32)
+    shard = (np.asarray(hashes.to_list()), vectors)
+    index = _index([_keys(hashes)])
+    table = hashes.gather(np.arange(n)[::-1])  # the table holds them in another order
+    at = np.searchsorted(index.keys, _keys(table))
+    ok = np.ones(n, dtype=bool)
+    ok[5] = False  # a row without a vector: zeros
+    plan, shards, check = gather_plan(0, n, table, ok, at, index)
+    assert shards == [0]
+    assert len(pickle.dumps((check, plan))) / n < 10
+    block = gather_block(n, 8, check, plan, shard)
+    want = l2_normalise(vectors[::-1].copy())
+    want[5] = 0
+    assert np.array_equal(block.view(np.uint32), want.view(np.uint32))
+    pos, rows = plan[0]
+    wrong = rows.copy()
+    wrong[0] = wrong[1]  # what a 64-bit key collision does: two contents take one vector
+    with pytest.raises(RuntimeError, match="key collision"):
+        gather_block(n, 8, check, [(pos, wrong)], shard)

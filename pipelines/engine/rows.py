@@ -4,7 +4,9 @@
 made by tasks, never by the driver: `from_cache` aligns the cache's shards with the sample table
 in tasks (each reads one shard; each output block gathers its rows from the shards that hold
 them). The driver keeps one 64-bit key per cached vector and per table row while it plans that
-gather (16 bytes a row, dropped after), then only the block references.
+gather (16 bytes a row, dropped after), then only the block references. A task gets its rows'
+positions and a check sum of their hashes, never the hash strings (what a driver sends is
+written into the object store's shared pages, which stay resident in the driver).
 
 What the dedup stage asks of it is answered by tasks with bounded results: `take` (a subset, as
 new blocks), `fetch` (some rows to the driver: a calibration sample, the rows of pairs),
@@ -219,28 +221,41 @@ def shard_keys(place: ShardPlace, name: str) -> tuple[np.ndarray, Any]:
 def gather_block(
     n_rows: int,
     dim: int,
-    want: list[str | None],
+    check: int,
     plan: list[tuple[np.ndarray, np.ndarray]],
     *shards: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
-    """One output block: row p is the vector of `want[p]` (zeros where None), taken from the
-    shards at the planned positions; every hash is checked (a key collision is an error)."""
+    """One output block: row p is the vector planned for it (zeros where none), taken from the
+    shards at the planned positions. The hashes taken must sum, as second 64-bit keys, to
+    `check`: the wanted hashes' sum (a key collision is an error; no hash string is sent)."""
     from leanset.pipelines.embed.protocol import l2_normalise
 
     out = np.zeros((n_rows, dim), np.float32)
-    pos_all, vec_all = [], []
+    pos_all, vec_all, got = [], [], [np.zeros(0, np.uint64)]
     for (pos, idx), (hashes, vectors) in zip(plan, shards, strict=True):
-        got = hashes[idx]
-        for p, h in zip(pos.tolist(), got.tolist(), strict=True):
-            if want[p] != h:
-                raise RuntimeError(f"embedding cache: key collision between {want[p]} and {h}")
+        got.append(_check_keys(hashes[idx].tolist()))
         pos_all.append(pos)
         vec_all.append(vectors[idx])
+    if _key_sum(np.concatenate(got)) != check:
+        raise RuntimeError(
+            f"embedding cache: a 64-bit key collision in a block of {n_rows} table rows "
+            "(the cached hashes taken are not the table's)"
+        )
     if pos_all:
         pos = np.concatenate(pos_all)
         order = np.argsort(pos, kind="stable")  # the local cache stacks vectors in row order
         out[pos[order]] = l2_normalise(np.concatenate(vec_all)[order].astype(np.float32))
     return out
+
+
+def _check_keys(hashes: list[str] | pl.Series) -> np.ndarray:
+    """Second 64-bit keys of content hashes (another seed than `_keys`'s)."""
+    return pl.Series(hashes, dtype=pl.Utf8).hash(seed=1).to_numpy().astype(np.uint64)
+
+
+def _key_sum(keys: np.ndarray) -> int:
+    """The keys' sum modulo 2**64 (any order: a block's rows come shard by shard)."""
+    return int(np.add.reduce(keys, dtype=np.uint64)) if keys.size else 0
 
 
 # ------------------------------------------------------------------------------- driver
@@ -321,12 +336,23 @@ def _gather(
     shard_refs: list[Any],
 ) -> Any:
     """The task that builds table rows s:e (its plan: per shard, positions and shard rows)."""
-    pos = np.flatnonzero(ok[s:e])
+    plan, shards, check = gather_plan(s, e, hashes, ok, at, index)
+    refs = [shard_refs[sh] for sh in shards]
+    return _remote(gather_block).remote(e - s, dim, check, plan, *refs)
+
+
+def gather_plan(
+    s: int, e: int, hashes: pl.Series, ok: np.ndarray, at: np.ndarray, index: _Index
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int], int]:
+    """Rows s:e's plan: per shard that holds some, (block positions, shard rows) as int32, the
+    shards, and the wanted hashes' check sum: about 8 bytes a row go to the task (the hash
+    strings stayed here: ~40 bytes a row of the driver's shared memory)."""
+    pos = np.flatnonzero(ok[s:e]).astype(np.int32)
     shard, row = index.shard[at[s:e][pos]], index.row[at[s:e][pos]]
-    plan, refs = [], []
+    plan, shards = [], []
     for sh in np.unique(shard).tolist():
         mine = shard == sh
         plan.append((pos[mine], row[mine]))
-        refs.append(shard_refs[sh])
-    want = [h if good else None for h, good in zip(hashes[s:e].to_list(), ok[s:e], strict=True)]
-    return _remote(gather_block).remote(e - s, dim, want, plan, *refs)
+        shards.append(int(sh))
+    check = _key_sum(_check_keys(hashes[s:e].filter(pl.Series(ok[s:e]))))
+    return plan, shards, check
