@@ -270,6 +270,19 @@ def test_a_matrix_kept_on_the_cluster_searches_and_calibrates_like_the_local_one
     assert np.array_equal(kept.fetch(pick), x[reps][pick])
 
 
+def test_taking_every_row_of_a_block_shares_the_block_and_sends_no_positions(driver):
+    """The dedup stage takes its contents' rows (all of them when no sample is a copy): a whole
+    block is shared, not copied by a task from positions the driver wrote into shared pages."""
+    x = np.random.default_rng(0).standard_normal((1000, 16)).astype(np.float32)
+    kept = _kept(x, rows=300)  # blocks 0-300, 300-600, 600-900, 900-1000
+    rows = np.concatenate([np.arange(0, 600), np.arange(650, 1000)])
+    taken = kept.take(rows)
+    refs = kept.blocks.refs
+    assert taken.blocks.refs[:2] == refs[:2] and taken.blocks.refs[3] == refs[3]
+    assert taken.blocks.refs[2] != refs[2]
+    assert np.array_equal(taken.dense(), x[rows])
+
+
 def test_a_row_bound_per_task_makes_more_groups_and_the_same_pairs(driver):
     from leanset.dedup import near
     from leanset.dedup.near import SearchOptions

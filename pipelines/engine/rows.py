@@ -107,15 +107,18 @@ class RayRows:
         return self.blocks.n
 
     def take(self, rows: np.ndarray) -> RayRows:
-        """Rows `rows` (ascending) as a new matrix, gathered block by block by tasks."""
+        """Rows `rows` (ascending) as a new matrix, gathered block by block by tasks; a block
+        whose rows are all taken is shared as it is (its positions are never sent: what the
+        driver sends is written into shared pages that stay resident in the driver)."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (np.diff(rows) <= 0).any():
             raise ValueError("RayRows.take needs strictly ascending rows")
         bm, refs, starts = self.blocks, [], [0]
         where = np.searchsorted(bm.starts, rows, side="right") - 1
         for b in np.unique(where).tolist():
-            local = rows[where == b] - bm.starts[b]
-            refs.append(_remote(take_rows).remote(bm.refs[b], local))
+            local = (rows[where == b] - bm.starts[b]).astype(np.int32)
+            whole = local.size == bm.starts[b + 1] - bm.starts[b]  # ascending: all of them
+            refs.append(bm.refs[b] if whole else _remote(take_rows).remote(bm.refs[b], local))
             starts.append(starts[-1] + local.size)
         return RayRows(BlockMatrix(refs, np.array(starts, dtype=np.int64), bm.dim))
 
