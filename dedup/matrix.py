@@ -6,6 +6,8 @@ public function of each stage validates it with `check_matrix`; private helpers 
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -124,8 +126,16 @@ def _check_block(
         )
 
 
+# device nodes of the drivers torch's CUDA (NVIDIA, WSL) and ROCm builds run on
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd")
+
+
 def cuda_available() -> bool:
-    """True when torch is importable and sees a CUDA device."""
+    """True when torch is importable and sees a CUDA device. Without a GPU's device node torch
+    is not imported to be asked (importing it costs a process ~470 MiB: a Ray driver that only
+    asks would hold that for nothing)."""
+    if "torch" not in sys.modules and not any(os.path.exists(p) for p in GPU_DEVICE_NODES):
+        return False
     try:
         import torch
     except ImportError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -76,3 +77,20 @@ def test_an_alignment_task_gets_positions_and_a_check_sum_not_the_hash_strings()
     wrong[0] = wrong[1]  # what a 64-bit key collision does: two contents take one vector
     with pytest.raises(RuntimeError, match="key collision"):
         gather_block(n, 8, check, [(pos, wrong)], shard)
+
+
+def test_asking_for_a_gpu_on_a_machine_without_one_does_not_import_torch() -> None:
+    """The dedup stage asks whether this process has a GPU (the exact search's row limit); on a
+    Ray driver without one, importing torch to answer held ~470 MiB for the rest of the run."""
+    program = (
+        "import sys\n"
+        "from leanset.dedup.stage import default_exact_max_rows\n"
+        "print(default_exact_max_rows(), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", program], check=True, capture_output=True)
+    limit, imported = out.stdout.decode().split()
+    from leanset.dedup.matrix import GPU_DEVICE_NODES
+
+    if any(Path(p).exists() for p in GPU_DEVICE_NODES):
+        pytest.skip("this machine has a GPU device node: torch is asked")
+    assert (limit, imported) == ("200000", "False")
