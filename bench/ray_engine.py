@@ -233,22 +233,25 @@ def _synth_shard(folder: str, b: int, start: int, rows: int, dim: int, n_centres
 
 
 def _table(hashes: Any) -> Any:
-    """A sample table as the loader makes it (ids, split, label, hash, error, size, source)."""
+    """A sample table as the loader makes it (ids, split, label, hash, error, size, source),
+    built by polars column by column (NumPy string arrays of N rows cost the driver more than
+    the table itself, and would be the peak of this benchmark rather than the dedup stage's)."""
     import polars as pl
 
-    n = len(hashes)
-    r = np.arange(n)
-    return pl.DataFrame(
-        {
-            "sample_id": pl.Series(r).cast(pl.Utf8),
-            "position": r,
-            "split": np.where(r % 5 == 0, "test", "train"),
-            "label": (r % 10).astype(str),
-            "content_hash": hashes,
-            "error": pl.Series([None] * n, dtype=pl.Utf8),
-            "size_bytes": np.full(n, 1000),
-            "source": pl.Series([None] * n, dtype=pl.Utf8),
-        }
+    n, r = len(hashes), pl.col("position")
+
+    def nulls() -> pl.Series:  # one column each, as a loader's
+        return pl.repeat(None, n, dtype=pl.Utf8, eager=True)
+
+    return pl.DataFrame({"position": pl.int_range(n, eager=True, dtype=pl.Int64)}).select(
+        r.cast(pl.Utf8).alias("sample_id"),
+        r,
+        pl.when(r % 5 == 0).then(pl.lit("test")).otherwise(pl.lit("train")).alias("split"),
+        (r % 10).cast(pl.Utf8).alias("label"),
+        pl.lit(hashes).alias("content_hash"),
+        pl.lit(nulls()).alias("error"),
+        pl.repeat(1000, n, dtype=pl.Int64).alias("size_bytes"),
+        pl.lit(nulls()).alias("source"),
     )
 
 

@@ -65,7 +65,7 @@ def test_an_alignment_task_gets_positions_and_a_check_sum_not_the_hash_strings()
     at = np.searchsorted(index.keys, _keys(table))
     ok = np.ones(n, dtype=bool)
     ok[5] = False  # a row without a vector: zeros
-    plan, shards, check = gather_plan(0, n, table, ok, at, index)
+    plan, shards, check = gather_plan(table, ok, at, index)
     assert shards == [0]
     assert len(pickle.dumps((check, plan))) / n < 10
     block = gather_block(n, 8, check, plan, shard)

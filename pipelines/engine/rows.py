@@ -3,10 +3,11 @@
 `RayRows` is an N x D float32 matrix as row blocks in Ray's object store (`BlockMatrix`),
 made by tasks, never by the driver: `from_cache` aligns the cache's shards with the sample table
 in tasks (each reads one shard; each output block gathers its rows from the shards that hold
-them). The driver keeps one 64-bit key per cached vector and per table row while it plans that
-gather (16 bytes a row, dropped after), then only the block references. A task gets its rows'
-positions and a check sum of their hashes, never the hash strings (what a driver sends is
-written into the object store's shared pages, which stay resident in the driver).
+them). The driver keeps one 64-bit key, shard and row per cached vector while it plans that
+gather (16 bytes a vector, dropped after) and the table's keys one block at a time, then only
+the block references. A task gets its rows' positions and a check sum of their hashes, never the
+hash strings (what a driver sends is written into the object store's shared pages, which stay
+resident in the driver).
 
 What the dedup stage asks of it is answered by tasks with bounded results: `take` (a subset, as
 new blocks), `fetch` (some rows to the driver: a calibration sample, the rows of pairs),
@@ -312,50 +313,51 @@ def from_cache(
         return None
     index = _index(key_parts)
     del key_parts
-    keys = _keys(hashes)
-    at = np.minimum(np.searchsorted(index.keys, keys), index.keys.size - 1)
-    # as the local cache read: every row whose content some readable row has, when cached
-    ok = np.isin(keys, keys[np.asarray(readable, bool)]) & (index.keys[at] == keys)
-    del keys
+    good = _readable_keys(hashes, readable)
     refs, bounds = [], near._blocks(len(hashes), rows)
-    for s, e in bounds:
-        refs.append(_gather(s, e, dims[0], hashes, ok, at, index, shard_refs))
+    for s, e in bounds:  # a block's keys at a time: no N-long key, position or mask array
+        block = hashes[s:e]
+        keys = _keys(block)
+        at = np.minimum(np.searchsorted(index.keys, keys), index.keys.size - 1)
+        # as the local cache read: every row whose content some readable row has, when cached
+        ok = index.keys[at] == keys
+        if good is not None:
+            ok &= np.isin(keys, good)
+        plan, shards, check = gather_plan(block, ok, at, index)
+        refs.append(
+            _remote(gather_block).remote(
+                e - s, dims[0], check, plan, *[shard_refs[sh] for sh in shards]
+            )
+        )
     starts = np.array([s for s, _ in bounds] + [len(hashes)], dtype=np.int64)
     return RayRows(BlockMatrix(refs, starts, dims[0]))
+
+
+def _readable_keys(hashes: pl.Series, readable: np.ndarray) -> np.ndarray | None:
+    """The sorted keys of the readable rows' contents (None when every row is readable)."""
+    readable = np.asarray(readable, bool)
+    if readable.all():
+        return None
+    return np.unique(_keys(hashes.filter(pl.Series(readable))))
 
 
 def _dim(shard: Any) -> int:
     return 0 if shard is None else int(shard[1].shape[1])
 
 
-def _gather(
-    s: int,
-    e: int,
-    dim: int,
-    hashes: pl.Series,
-    ok: np.ndarray,
-    at: np.ndarray,
-    index: _Index,
-    shard_refs: list[Any],
-) -> Any:
-    """The task that builds table rows s:e (its plan: per shard, positions and shard rows)."""
-    plan, shards, check = gather_plan(s, e, hashes, ok, at, index)
-    refs = [shard_refs[sh] for sh in shards]
-    return _remote(gather_block).remote(e - s, dim, check, plan, *refs)
-
-
 def gather_plan(
-    s: int, e: int, hashes: pl.Series, ok: np.ndarray, at: np.ndarray, index: _Index
+    hashes: pl.Series, ok: np.ndarray, at: np.ndarray, index: _Index
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int], int]:
-    """Rows s:e's plan: per shard that holds some, (block positions, shard rows) as int32, the
-    shards, and the wanted hashes' check sum: about 8 bytes a row go to the task (the hash
-    strings stayed here: ~40 bytes a row of the driver's shared memory)."""
-    pos = np.flatnonzero(ok[s:e]).astype(np.int32)
-    shard, row = index.shard[at[s:e][pos]], index.row[at[s:e][pos]]
+    """A block's plan (`ok`: its rows that take a vector, `at`: where in the index): per shard
+    that holds some, (block positions, shard rows) as int32, the shards, and the wanted hashes'
+    check sum. About 8 bytes a row go to the task (the hash strings stayed here: ~45 bytes a row
+    of the driver's shared memory)."""
+    pos = np.flatnonzero(ok).astype(np.int32)
+    shard, row = index.shard[at[pos]], index.row[at[pos]]
     plan, shards = [], []
     for sh in np.unique(shard).tolist():
         mine = shard == sh
         plan.append((pos[mine], row[mine]))
         shards.append(int(sh))
-    check = _key_sum(_check_keys(hashes[s:e].filter(pl.Series(ok[s:e]))))
+    check = _key_sum(_check_keys(hashes.filter(pl.Series(ok))))
     return plan, shards, check
