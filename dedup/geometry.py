@@ -228,7 +228,13 @@ def verify(a: ImageFeatures, b: ImageFeatures) -> Match:
     plain = match(a.plain, b.plain)
     if plain.copy or not a.plain.usable or not b.plain.usable:
         return plain
-    flipped = match(a.plain, b.mirrored, guided=False)  # symmetric content fits mirrored
+    flipped = match(  # symmetric content fits mirrored; fewer mirrored matches than the plain
+        # ones, or than MIRROR_MARGIN times its inliers, cannot make a mirrored copy: no fit
+        a.plain,
+        b.mirrored,
+        guided=False,
+        at_least=max(plain.matches, math.ceil(MIRROR_MARGIN * plain.inliers)),
+    )
     if flipped.copy and flipped.inliers < MIRROR_MARGIN * plain.inliers:
         # the plain features fit too: mirror-symmetric or periodic content (a chessboard), where
         # a mirrored fit is not evidence of a mirrored copy
@@ -240,16 +246,17 @@ def verify(a: ImageFeatures, b: ImageFeatures) -> Match:
     return plain if plain.inliers >= flipped.inliers else flipped
 
 
-def match(a: Features, b: Features, guided: bool = True) -> Match:
+def match(a: Features, b: Features, guided: bool = True, at_least: int = 0) -> Match:
     """Ratio-test matches of a's descriptors in b's, an affine RANSAC fit, and its judgement
-    (with guided matches, where the fit has the shape of a copy but too few inliers)."""
+    (with guided matches, where the fit has the shape of a copy but too few inliers); no fit is
+    tried with fewer than `at_least` matches (nor fewer than `MIN_INLIERS`)."""
     import cv2
 
     if not (a.usable and b.usable):
         return Match(False)
     dist, nearest = hamming_knn(a.descriptors, b.descriptors, 2)
     good = np.flatnonzero(dist[:, 0] < RATIO * dist[:, 1])
-    if len(good) < MIN_INLIERS:
+    if len(good) < max(MIN_INLIERS, at_least):
         return Match(False, matches=len(good))
     src, dst = a.points[good], b.points[nearest[good, 0]]
     fit, mask = cv2.estimateAffine2D(

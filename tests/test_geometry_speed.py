@@ -73,3 +73,35 @@ def test_the_feature_store_computes_on_threads_what_it_computes_on_one(tmp_path:
         for part in ("plain", "mirrored"):
             assert np.array_equal(getattr(x, part).points, getattr(y, part).points)
             assert np.array_equal(getattr(x, part).descriptors, getattr(y, part).descriptors)
+
+
+def test_a_mirrored_fit_is_tried_only_where_it_could_make_a_mirrored_copy(monkeypatch) -> None:
+    """Distinct tiles whose mirrored descriptors match no better than their plain ones get no
+    mirrored RANSAC fit (about half the fits of the check); a mirrored copy still gets one."""
+    import cv2
+
+    fits: list[int] = []
+    real = cv2.estimateAffine2D
+
+    def counted(*args, **kwargs):  # the real fit, counted
+        fits.append(len(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cv2, "estimateAffine2D", counted)
+    tiles = photo_tiles(14, min_std=30)
+    feats = [image_features(t) for t in tiles]
+    pairs = [(i, j) for i in range(len(feats)) for j in range(i + 1, len(feats))]
+    tried = 0
+    for i, j in pairs:
+        plain = geometry.match(feats[i].plain, feats[j].plain)
+        tried += int(plain.matches >= geometry.MIN_INLIERS)  # fitted plain
+        tried += int(
+            geometry.match(feats[i].plain, feats[j].mirrored, guided=False).matches
+            >= geometry.MIN_INLIERS
+        )
+    fits.clear()
+    assert not any(verify(feats[i], feats[j]).copy for i, j in pairs)
+    assert len(fits) < 0.8 * tried  # the old check fitted every pair with 20 matches both ways
+    fits.clear()
+    m = verify(feats[0], image_features(tiles[0][:, ::-1].copy()))
+    assert m.copy and m.mirrored and len(fits) == 2
