@@ -105,3 +105,16 @@ def test_a_mirrored_fit_is_tried_only_where_it_could_make_a_mirrored_copy(monkey
     fits.clear()
     m = verify(feats[0], image_features(tiles[0][:, ::-1].copy()))
     assert m.copy and m.mirrored and len(fits) == 2
+
+
+def test_the_word_search_on_threads_finds_the_pairs_it_finds_on_one(monkeypatch) -> None:
+    from leanset.dedup import words
+
+    images, _, _ = _pairs_with_copies()
+    feats = [image_features(t) for t in images]
+    monkeypatch.setattr(words, "BLOCK", 4)  # several blocks, scored side by side
+    one = words.word_pairs(feats, 3, threads=1)
+    many = words.word_pairs(feats, 3, threads=3)
+    assert len(one.i) > 0
+    for part in ("i", "j", "score"):
+        assert np.array_equal(getattr(one, part), getattr(many, part))
