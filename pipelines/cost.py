@@ -5,7 +5,8 @@ Only the training splits enter the epoch (see `pipelines.units`), counted in `co
 epoch is priced from the first of: `cost.gpu_hours_per_epoch`, a throughput per GPU in flows.yaml,
 the store's `leanset calibrate` record; the cleaned epoch costs the raw one's fixed part plus its
 per-unit part times the share of units left, times what a kept unit costs against an average one
-when `leanset calibrate` measured that (`kept_weight`). Break-even compares everything the run spent (GPU-hours and CPU-hours) with the saving, in
+when `leanset calibrate` measured that (`kept_weight`); with calibrate's race over several seeds the
+statement also gives the range one training run's saving falls in (`kept_range`). Break-even compares everything the run spent (GPU-hours and CPU-hours) with the saving, in
 money when both resources are involved, so it is stated only when every resource has a price.
 """
 
