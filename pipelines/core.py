@@ -265,7 +265,7 @@ def _pipeline(run: _Run, loaded: Loaded | None, engine: JSON) -> RunResult:
     guard = _guard(dd.table, run)
     with timer("labeling"):
         labels = settings.label_noise or settings.active_learning  # else _label needs no matrix
-        matrix = embedded.dense() if labels else None
+        matrix = embedded.matrix if labels else None  # engine ray: stays on the cluster
         labeled = _label(run, dd.table, matrix, data, dd.calibration)
     with timer("checks"):
         basis = Basis.of(
@@ -316,7 +316,7 @@ def _measure_cost(
     raw labels are those before any noise policy)."""
     with run.timer("cost"):
         labels = deduped["label"].to_list()
-        matrix = embedded.dense() if run.settings.cost.quality else None
+        matrix = embedded.matrix if run.settings.cost.quality else None  # ray: stays there
         measured = run.hooks.cost(decided, labels, matrix, run.settings)
     run.meter.add_gpu(measured.gpu_seconds, "cuda" if measured.gpu_seconds else "cpu")
     return measured
@@ -413,10 +413,11 @@ class _Embedded:
         return self.matrix
 
 
-def _for_checks(embedded: _Embedded, settings: FlowSettings) -> np.ndarray | None:
-    """The matrix for the checks that read it (leaks, outliers, drift); None when none runs."""
+def _for_checks(embedded: _Embedded, settings: FlowSettings) -> Rows | None:
+    """The matrix for the checks that read it (leaks, outliers, drift); None when none runs.
+    Kept on a Ray cluster, it stays there (the checks run as tasks over its blocks)."""
     wanted = settings.leaks.against or settings.outliers.policy != "off" or settings.drift.enabled
-    return embedded.dense() if wanted else None
+    return embedded.matrix if wanted else None
 
 
 def _with_answers(
@@ -535,7 +536,7 @@ def _guard(table: pl.DataFrame, run: _Run) -> JSON:
 def _label(
     run: _Run,
     table: pl.DataFrame,
-    matrix: np.ndarray | None,
+    matrix: Rows | None,
     data: LoadedDataset,
     calibration: JSON,
 ) -> LabelingOutcome:
