@@ -20,7 +20,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from leanset.dedup.config import DedupSettings
@@ -401,16 +400,10 @@ class _Embedded:
     and the fingerprints of what made them (the basis of a reusable pair index)."""
 
     table: pl.DataFrame
-    matrix: Rows | None  # engine ray: kept on the cluster until a stage needs it here
+    matrix: Rows | None  # engine ray: kept on the cluster (every stage asks it for pieces)
     info: JSON
     signals: Signals | None = None
     basis: str = ""
-
-    def dense(self) -> np.ndarray | None:
-        """The matrix here (brought from the cluster once, when a stage after dedup needs it)."""
-        if self.matrix is not None and not isinstance(self.matrix, np.ndarray):
-            self.matrix = self.matrix.dense()
-        return self.matrix
 
 
 def _for_checks(embedded: _Embedded, settings: FlowSettings) -> Rows | None:
