@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -21,6 +22,7 @@ from leanset.pipelines.config import EngineSettings, FlowSettings, SourceSetting
 from leanset.pipelines.engine.rows import BlockMatrix, RayRows
 from tests.ray_cluster import LocalCluster, hidden_head
 from tests.test_checks import _table, _unit
+from tests.test_engine_ray import images  # noqa: F401 - the flow test's image folder
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -215,3 +217,38 @@ def test_the_quality_probe_fits_on_the_cluster_as_locally(driver):
     assert _timeless(remote) == _timeless(local) and remote["raw"]["wall_seconds"] > 0
     few = table.with_columns(pl.lit("train").alias("split"))
     assert "skipped" in table_quality(few, labels, _guarded(x, 0), ["train"], ["test"])
+
+
+def test_a_flow_with_every_stage_after_dedup_on_decides_as_locally_without_the_matrix_here(
+    prefect_harness,
+    cluster,
+    images,
+    tmp_path,
+    monkeypatch,  # noqa: F811 - the fixture
+):
+    from leanset.pipelines.flows import clean_flow
+    from tests.test_engine_ray import _config, _ray_engine, _tables
+
+    def config(store: Path, engine: str) -> str:
+        cfg = _config(tmp_path, images, store, engine)
+        cfg.write_text(  # embedding pairs only: the geometric route's k-NN reads rows here
+            cfg.read_text().replace("threshold: 0.95}", "threshold: 0.95, confirm: embedding}")
+            + "    label_noise: {n_folds: 3}\n"
+            + "    active_learning: {budget: 5}\n"
+            + "    outliers: {policy: flag, z: 2.0}\n"
+        )
+        return str(cfg)
+
+    local = clean_flow(config_path=config(tmp_path / "local", "local"), flow_name="f")
+
+    def refused(self: RayRows) -> np.ndarray:
+        raise AssertionError("a stage brought the whole matrix to the driver")
+
+    monkeypatch.setattr(RayRows, "dense", refused)
+    remote = clean_flow(config_path=config(tmp_path / "ray", _ray_engine(cluster)), flow_name="f")
+    assert remote["counts"] == local["counts"]
+    want, got = _tables(tmp_path / "local"), _tables(tmp_path / "ray")
+    for name, table in want.items():
+        assert got[name].equals(table), name
+    columns = set(want["decisions"].columns) | set(want["dataset"].columns)
+    assert {"outlier_score", "label_issue", "pred_probs"} <= columns
