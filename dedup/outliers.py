@@ -131,7 +131,8 @@ def score_outliers(
 ) -> OutlierScores:
     """Each readable row's outlier score and flag (copies of one content share its score).
     A matrix kept on a cluster is scored by `knn` on its distinct rows (`take`n there)."""
-    distinct = table.with_row_index("_i").filter(pl.col("error").is_null())
+    readable = table.select("content_hash", "error").with_row_index("_i")  # two columns only
+    distinct = readable.filter(pl.col("error").is_null())
     distinct = distinct.unique("content_hash", keep="first", maintain_order=True)
     rows = distinct["_i"].to_numpy()
     if isinstance(matrix, np.ndarray):

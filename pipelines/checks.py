@@ -99,7 +99,8 @@ def split_drift(table: pl.DataFrame, matrix: Rows, settings: FlowSettings) -> JS
     """{eval split: its two-sample test against the training rows} (readable distinct rows)."""
     evals = settings.dedup.eval_splits
     skip = [*evals, *settings.columns.unlabeled_splits]
-    rows = table.with_row_index("_i").filter(pl.col("error").is_null())
+    rows = table.select("content_hash", "error", "split").with_row_index("_i")
+    rows = rows.filter(pl.col("error").is_null())
     rows = rows.unique("content_hash", keep="first", maintain_order=True)
     train = rows.filter(~pl.col("split").is_in(skip))["_i"].to_numpy()
     device = settings.embedder.device if settings.embedder else "auto"

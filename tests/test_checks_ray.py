@@ -222,9 +222,9 @@ def test_the_quality_probe_fits_on_the_cluster_as_locally(driver):
 def test_a_flow_with_every_stage_after_dedup_on_decides_as_locally_without_the_matrix_here(
     prefect_harness,
     cluster,
-    images,
+    images,  # noqa: F811 - the fixture imported above
     tmp_path,
-    monkeypatch,  # noqa: F811 - the fixture
+    monkeypatch,
 ):
     from leanset.pipelines.flows import clean_flow
     from tests.test_engine_ray import _config, _ray_engine, _tables
