@@ -10,9 +10,9 @@ exact    (distinct rows <= `outliers.sample`) one task per (query chunk, corpus 
 sampled  the sample's rows are gathered into blocks on the cluster; one task per group of
          chunks builds the sample's index and scores its chunks (`outliers.sampled_chunk`).
 
-The drift test reads only its sampled rows (`drift.split_shift_rows`), and the contamination
-search runs as the dedup search's tasks (`search.find_near_pairs_between`): neither needs this
-module's tasks.
+The drift test reads only its sampled rows (`drift.split_shift_rows`), the contamination search
+runs as the dedup search's tasks (`between`), and the probes run in one task each
+(`RayRows.apply`): none of them needs the tasks below.
 """
 
 from __future__ import annotations
