@@ -26,8 +26,11 @@ pair with one is never confirmed here.
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,7 +228,13 @@ def verify(a: ImageFeatures, b: ImageFeatures) -> Match:
     plain = match(a.plain, b.plain)
     if plain.copy or not a.plain.usable or not b.plain.usable:
         return plain
-    flipped = match(a.plain, b.mirrored, guided=False)  # symmetric content fits mirrored
+    flipped = match(  # symmetric content fits mirrored; fewer mirrored matches than the plain
+        # ones, or than MIRROR_MARGIN times its inliers, cannot make a mirrored copy: no fit
+        a.plain,
+        b.mirrored,
+        guided=False,
+        at_least=max(plain.matches, math.ceil(MIRROR_MARGIN * plain.inliers)),
+    )
     if flipped.copy and flipped.inliers < MIRROR_MARGIN * plain.inliers:
         # the plain features fit too: mirror-symmetric or periodic content (a chessboard), where
         # a mirrored fit is not evidence of a mirrored copy
@@ -237,16 +246,17 @@ def verify(a: ImageFeatures, b: ImageFeatures) -> Match:
     return plain if plain.inliers >= flipped.inliers else flipped
 
 
-def match(a: Features, b: Features, guided: bool = True) -> Match:
+def match(a: Features, b: Features, guided: bool = True, at_least: int = 0) -> Match:
     """Ratio-test matches of a's descriptors in b's, an affine RANSAC fit, and its judgement
-    (with guided matches, where the fit has the shape of a copy but too few inliers)."""
+    (with guided matches, where the fit has the shape of a copy but too few inliers); no fit is
+    tried with fewer than `at_least` matches (nor fewer than `MIN_INLIERS`)."""
     import cv2
 
     if not (a.usable and b.usable):
         return Match(False)
     dist, nearest = hamming_knn(a.descriptors, b.descriptors, 2)
     good = np.flatnonzero(dist[:, 0] < RATIO * dist[:, 1])
-    if len(good) < MIN_INLIERS:
+    if len(good) < max(MIN_INLIERS, at_least):
         return Match(False, matches=len(good))
     src, dst = a.points[good], b.points[nearest[good, 0]]
     fit, mask = cv2.estimateAffine2D(
@@ -264,18 +274,46 @@ def match(a: Features, b: Features, guided: bool = True) -> Match:
 def hamming_knn(query: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each binary descriptor's k Hamming-nearest in `base` (distances, indices), on one thread:
     it is called per pair or per chunk, where FAISS's threads cost more than they share (and
-    spin on a loaded machine)."""
+    spin on a loaded machine); calls run side by side in `workers` threads instead."""
+    import faiss
+
+    with one_faiss_thread():
+        return faiss.knn_hamming(
+            np.ascontiguousarray(query, np.uint8), np.ascontiguousarray(base, np.uint8), k
+        )
+
+
+@contextmanager
+def one_faiss_thread() -> Iterator[None]:
+    """FAISS on one OpenMP thread inside the block (left alone where it already is, so that
+    threads calling this side by side never race on the setting)."""
     import faiss
 
     before = faiss.omp_get_max_threads()
+    if before == 1:
+        yield
+        return
     faiss.omp_set_num_threads(1)
     try:
-        dist, idx = faiss.knn_hamming(
-            np.ascontiguousarray(query, np.uint8), np.ascontiguousarray(base, np.uint8), k
-        )
+        yield
     finally:
         faiss.omp_set_num_threads(before)
-    return dist, idx
+
+
+def workers(asked: int | None = None) -> int:
+    """Threads for the check's per-image and per-pair work: `asked`, else this process's cores
+    (OpenCV and FAISS release the GIL, so the threads run on separate cores)."""
+    if asked is not None:
+        return max(1, asked)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], n: int) -> list[Any]:
+    """`[fn(x) for x in items]`, in input order, on `n` threads (inline for one)."""
+    if n <= 1 or len(items) < 2:
+        return [fn(x) for x in items]
+    with one_faiss_thread(), ThreadPoolExecutor(n, thread_name_prefix="leanset-geometry") as pool:
+        return list(pool.map(fn, items, chunksize=1))
 
 
 def _refine(src: np.ndarray, dst: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -435,16 +473,21 @@ class Verified:
     info: dict[str, Any]
 
 
-def verify_pairs(a: np.ndarray, b: np.ndarray, source: FeatureSource) -> Verified:
-    """Check pairs of table rows (a[k], b[k]) geometrically; features are read once per image."""
+PAIR_BLOCK = 64  # pairs per task of the thread pool (fewer hand-offs than one pair per task)
+
+
+def verify_pairs(
+    a: np.ndarray, b: np.ndarray, source: FeatureSource, threads: int | None = None
+) -> Verified:
+    """Check pairs of table rows (a[k], b[k]) geometrically, on `threads` threads (default: the
+    cores); features are read once per image. The result is that of checking them in order."""
     start = time.perf_counter()
     rows = np.unique(np.concatenate([a, b])) if len(a) else np.zeros(0, np.int64)
     feats = dict(zip(rows.tolist(), source(rows), strict=True))
     read = time.perf_counter()
-    found = [
-        verify(fa, fb) if fa is not None and fb is not None else Match(False)
-        for fa, fb in ((feats[i], feats[j]) for i, j in zip(a.tolist(), b.tolist(), strict=True))
-    ]
+    pairs = [(feats[i], feats[j]) for i, j in zip(a.tolist(), b.tolist(), strict=True)]
+    blocks = [pairs[s : s + PAIR_BLOCK] for s in range(0, len(pairs), PAIR_BLOCK)]
+    found = [m for block in parallel_map(_verify_block, blocks, workers(threads)) for m in block]
     done = time.perf_counter()
     copy = np.array([m.copy for m in found], dtype=bool)
     info = {
@@ -456,3 +499,8 @@ def verify_pairs(a: np.ndarray, b: np.ndarray, source: FeatureSource) -> Verifie
         "seconds": round(done - start, 3),
     }
     return Verified(copy, [m.reason() if m.copy else "" for m in found], info)
+
+
+def _verify_block(pairs: list[tuple[ImageFeatures | None, ImageFeatures | None]]) -> list[Match]:
+    """`verify` of each pair; no copy where an image has no features."""
+    return [verify(x, y) if x is not None and y is not None else Match(False) for x, y in pairs]

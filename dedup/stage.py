@@ -16,8 +16,8 @@ duplicate when a *route* of `dedup.confirm` accepts it:
 * `geometry` (images): local features agree under one affine map covering most of the smaller
   image (`dedup.geometry`): crops, turns, flips, overlays. It checks only the candidates no
   other route accepted: each image's `GEOMETRY_K` nearest neighbours by embedding above a loose
-  floor (the calibration's null quantile `FLOOR_Q`), thumbnail look-alikes in any of the eight
-  turns and flips, and pairs whose hashes agree;
+  floor (the calibration's null quantile `FLOOR_Q`), its nearest images by visual words (turned
+  copies among them), thumbnail look-alikes plain or mirrored, and pairs whose hashes agree;
 * `shingles` (text): character 5-gram containment >= 0.9 and Jaccard >= 0.5 (`dedup.lexical`),
   on candidates the embedding proposes generously (each text's 10 nearest at cosine >= 0.5).
 
@@ -50,7 +50,7 @@ from leanset.dedup.geometry import (
     verify_pairs,
 )
 from leanset.dedup.groups import DROP_REASONS, Edges, GroupColumns, resolve_groups
-from leanset.dedup.imagesig import SIDE, ImageSignal, pair_evidence
+from leanset.dedup.imagesig import ImageSignal, pair_evidence
 from leanset.dedup.lexical import MIN_CONTAINMENT, MIN_JACCARD, pair_overlap
 from leanset.dedup.matrix import Rows, check_matrix, check_rows, cuda_available
 from leanset.dedup.near import (
@@ -406,27 +406,34 @@ class _Finder:
         signals: Signals | None,
         t: _Thresholds,
     ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        """Every signal's candidate pairs, each unordered pair once, and how the search ran."""
+        """Every signal's candidate pairs, each unordered pair once, and how the search ran:
+        `seconds` is every candidate search's but the visual words' (those are the geometric
+        check's, in `verified`), `candidate_seconds` each search's."""
         info: dict[str, Any] = {"method": "none", "routes": list(routes)}
         cand: list[tuple[np.ndarray, np.ndarray]] = []
+        clock = _Clock()
         if "embedding" in routes and emb is not None and t.embedding is not None:
-            a, b, info = self._pairs(emb, t.embedding, info)
+            with clock("embedding"):
+                a, b, info = self._pairs(emb, t.embedding, info)
             cand.append((a, b))
         image = signals.image if signals is not None else None
         if image is not None and ({"pixels", "hashes", "geometry"} & set(routes)):
             floor = min(PIXEL_CANDIDATES, t.pixels or PIXEL_CANDIDATES)
-            turns = "geometry" in routes  # a turned copy is a candidate for the geometric check
-            a, b, _ = self._pairs(image.thumbs, floor, {}, corpus=dihedral(image, turns))
+            with clock("thumbnails"):
+                a, b, _ = self._pairs(image.thumbs, floor, {}, corpus=flips(image))
             cand.append((a, b))
         text = signals.text if signals is not None else None
         if text is not None and emb is not None and "shingles" in routes:
-            cand.append(self._knn(emb, TEXT_K, TEXT_FLOOR))
+            with clock("text_neighbours"):
+                cand.append(self._knn(emb, TEXT_K, TEXT_FLOOR))
         if "geometry" in routes and emb is not None and t.floor is not None:
-            cand.append(self._knn(emb, GEOMETRY_K, t.floor))
+            with clock("geometry_neighbours"):
+                cand.append(self._knn(emb, GEOMETRY_K, t.floor))
         if "geometry" in routes and signals is not None and signals.features is not None:
             self.words = self._words(signals.features)
             cand.append((self.words.i, self.words.j))
         a, b = _unique_pairs(cand, len(self.hashes))
+        info |= {"seconds": clock.total(), "candidate_seconds": clock.parts()}
         return a, b, info
 
     def _words(self, features: FeatureSource) -> WordPairs:
@@ -539,16 +546,38 @@ def _unique_pairs(
     return key // n, key % n
 
 
-def dihedral(image: ImageSignal, turns: bool) -> np.ndarray:
-    """The thumbnails and their mirrors, and with `turns` the three quarter turns of each."""
-    if not turns:
-        return np.concatenate([image.thumbs, image.mirrored])
-    n = len(image.thumbs)
-    parts = []
-    for flat in (image.thumbs, image.mirrored):
-        sq = flat.reshape(n, SIDE, SIDE)
-        parts += [np.rot90(sq, q, axes=(1, 2)).reshape(n, -1) for q in range(4)]
-    return np.ascontiguousarray(np.concatenate(parts))
+def flips(image: ImageSignal) -> np.ndarray:
+    """The thumbnails and their mirrors: the thumbnail route's search corpus. Quarter turns are
+    left to the visual words (ORB is rotation-invariant): searching them too made the corpus 4x
+    larger, ~20 s of a 10k-image run, and found no copy the words missed (README, "Trusting the
+    decisions")."""
+    return np.concatenate([image.thumbs, image.mirrored])
+
+
+class _Clock:
+    """Seconds spent in named blocks (`with clock("name"):`), summed per name."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {}
+        self._name = ""
+        self._start = 0.0
+
+    def __call__(self, name: str) -> _Clock:
+        self._name = name
+        return self
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        spent = time.perf_counter() - self._start
+        self._seconds[self._name] = self._seconds.get(self._name, 0.0) + spent
+
+    def parts(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self._seconds.items()}
+
+    def total(self) -> float:
+        return round(sum(self._seconds.values()), 3)
 
 
 _Second = tuple[ImageSignal | None, sparse.csr_matrix | None, FeatureSource | None]

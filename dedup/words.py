@@ -26,7 +26,7 @@ import numpy as np
 from scipy import sparse
 from threadpoolctl import threadpool_limits
 
-from leanset.dedup.geometry import ImageFeatures, hamming_knn
+from leanset.dedup.geometry import ImageFeatures, hamming_knn, parallel_map, workers
 
 BRANCH = 64  # a two-level vocabulary: 64 cells of 64 words each (4,096 words)
 TRAIN_DESCRIPTORS = 64_000  # k-means learns on at most this many descriptors (sampled)
@@ -54,10 +54,14 @@ NO_WORDS = WordPairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, n
 
 
 def word_pairs(
-    features: list[ImageFeatures | None], k: int, queries: np.ndarray | None = None
+    features: list[ImageFeatures | None],
+    k: int,
+    queries: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> WordPairs:
     """Each usable image's `k` most similar others by tf-idf visual words (mirrors included);
-    with `queries` (positions in `features`), only those images' neighbours."""
+    with `queries` (positions in `features`), only those images' neighbours. The search runs on
+    `threads` threads (default: the cores)."""
     start = time.perf_counter()
     usable = [n for n, f in enumerate(features) if f is not None and f.plain.usable]
     if len(usable) < 2 or k < 1:
@@ -68,7 +72,7 @@ def word_pairs(
     p, m = _tfidf(_histograms(plain, vocab), _histograms(mirror, vocab))
     rows = np.asarray(usable, dtype=np.int64)
     asked = np.arange(len(rows)) if queries is None else np.flatnonzero(np.isin(rows, queries))
-    i, j, score = _top_k(p, m, asked, min(k, len(usable) - 1))
+    i, j, score = _top_k(p, m, asked, min(k, len(usable) - 1), threads)
     a, b = rows[i], rows[j]
     n = len(features)
     key, first = np.unique(np.minimum(a, b) * n + np.maximum(a, b), return_index=True)
@@ -176,27 +180,43 @@ def _tfidf(
 
 
 def _top_k(
-    plain: sparse.csr_matrix, mirrored: sparse.csr_matrix, asked: np.ndarray, k: int
+    plain: sparse.csr_matrix,
+    mirrored: sparse.csr_matrix,
+    asked: np.ndarray,
+    k: int,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each asked row's k best other rows by the better of its plain and mirrored similarity,
-    kept where it stands out: at least `DISTINCT` times the row's `NULL_RANK`-th best."""
+    kept where it stands out: at least `DISTINCT` times the row's `NULL_RANK`-th best. Blocks
+    of rows are scored side by side on `threads` threads (scipy's products release the GIL),
+    each block as large as a block on one thread divided by the threads (the same memory)."""
     corpus = plain.T.tocsc()
     depth = min(max(k, NULL_RANK), plain.shape[0] - 1)
-    ii, jj, ss = [], [], []
-    for start in range(0, len(asked), BLOCK):
-        rows = asked[start : start + BLOCK]
-        sim = np.maximum((plain[rows] @ corpus).toarray(), (mirrored[rows] @ corpus).toarray())
-        sim[np.arange(len(rows)), rows] = -1.0
-        top = np.argpartition(-sim, depth - 1, axis=1)[:, :depth]
-        best = np.take_along_axis(sim, top, axis=1)
-        order = np.argsort(-best, axis=1, kind="stable")
-        top, best = np.take_along_axis(top, order, 1), np.take_along_axis(best, order, 1)
-        keep = np.ones((len(rows), k), dtype=bool)  # too few images for a null: the k best
-        if depth >= NULL_RANK:
-            keep = best[:, :k] >= DISTINCT * best[:, NULL_RANK - 1 : NULL_RANK]
-        ii.append(np.repeat(rows, k)[keep.ravel()])
-        jj.append(top[:, :k][keep])
-        ss.append(best[:, :k][keep])
-    if not ii:
+    n = workers(threads)
+    size = max(1, BLOCK // n)
+    blocks = [asked[s : s + size] for s in range(0, len(asked), size)]
+    scored = parallel_map(lambda rows: _block(plain, mirrored, corpus, rows, k, depth), blocks, n)
+    if not scored:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return np.concatenate(ii), np.concatenate(jj), np.concatenate(ss)
+    return tuple(np.concatenate(part) for part in zip(*scored, strict=True))  # type: ignore[return-value]
+
+
+def _block(
+    plain: sparse.csr_matrix,
+    mirrored: sparse.csr_matrix,
+    corpus: sparse.csc_matrix,
+    rows: np.ndarray,
+    k: int,
+    depth: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_top_k` of one block of rows: (row, other row, similarity) of the pairs kept."""
+    sim = np.maximum((plain[rows] @ corpus).toarray(), (mirrored[rows] @ corpus).toarray())
+    sim[np.arange(len(rows)), rows] = -1.0
+    top = np.argpartition(-sim, depth - 1, axis=1)[:, :depth]
+    best = np.take_along_axis(sim, top, axis=1)
+    order = np.argsort(-best, axis=1, kind="stable")
+    top, best = np.take_along_axis(top, order, 1), np.take_along_axis(best, order, 1)
+    keep = np.ones((len(rows), k), dtype=bool)  # too few images for a null: the k best
+    if depth >= NULL_RANK:
+        keep = best[:, :k] >= DISTINCT * best[:, NULL_RANK - 1 : NULL_RANK]
+    return np.repeat(rows, k)[keep.ravel()], top[:, :k][keep], best[:, :k][keep]

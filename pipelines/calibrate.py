@@ -47,6 +47,7 @@ class CalibrateOptions:
     max_samples: int = 512
     device: str = "auto"
     kept_epochs: int = 6  # epochs of the kept-rows race (the first untimed); 0 skips it
+    kept_seeds: int = 3  # the kept-rows race again with fresh models and batch orders per seed
 
     def __post_init__(self) -> None:
         for name in ("steps", "repeats", "batch_size", "max_samples"):
@@ -56,6 +57,8 @@ class CalibrateOptions:
             raise ConfigError("calibrate: --warmup must be at least 0")
         if self.kept_epochs == 1 or self.kept_epochs < 0:
             raise ConfigError("calibrate: --kept-epochs must be 0 (skip) or at least 2")
+        if self.kept_seeds < 1:
+            raise ConfigError("calibrate: --kept-seeds must be at least 1")
 
 
 @dataclass
@@ -524,24 +527,62 @@ def _time_kept(
     device: str,
     epoch: JSON,
 ) -> JSON:
-    """Train one fresh model on the sampled rows and one on those the latest version keeps, whole
-    epochs in turn (the first untimed), the batches in a new order each epoch: what a kept sample
-    costs against an average one, with everything that makes that differ (cheaper or dearer
-    removed samples, partial batches, a model whose trained weights compute faster or slower).
-    The weight used is 1 unless the per-epoch weights' 95% interval leaves 1 out."""
+    """Race one fresh model on the sampled rows against one on those the latest version keeps,
+    once per seed (`kept_seeds`): what a kept sample costs against an average one, with
+    everything that makes that differ (cheaper or dearer removed samples, partial batches, a
+    model whose trained weights compute faster or slower, which varies between training runs).
+    The weight used is 1 unless the 95% interval of its mean leaves 1 out; the range is where
+    one training run's weight falls (95%), over the seeds."""
     version, rows, kept = version_rows
-    order = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
-    keep = set(kept)
-    works = {
-        name: _workload(data, _no_single_batch(part, options.batch_size), settings, options, device)
-        for name, part in (("all", order), ("kept", [r for r in order if r in keep]))
+    races = [_race_kept(data, rows, set(kept), settings, options, device, s) for s in
+             range(options.kept_seeds)]  # fmt: skip
+    samples = races[0][1]
+    out: JSON = {
+        "version": version,
+        "samples": samples,
+        "epochs": options.kept_epochs - 1,
+        "seeds": options.kept_seeds,
     }
+    for clock in ("wall", "cpu"):
+        fixed = float(epoch[f"fixed_{clock}_seconds"])
+        per_seed = [secs for secs, _ in races]
+        out[f"{clock}_seconds"] = {k: [v for s in per_seed for v in s[k][clock]] for k in samples}
+        measured = seeds_weight([(s["all"][clock], s["kept"][clock]) for s in per_seed],
+                                samples, fixed)  # fmt: skip
+        out[f"measured_weight_{clock}"] = measured
+        # a weight its own epochs cannot tell from 1 would only add their noise to the statement
+        out[f"weight_{clock}"] = (
+            1.0 if measured["ci_low"] <= 1.0 <= measured["ci_high"] else measured["weight"]
+        )
+    return out
+
+
+def _race_kept(
+    data: LoadedDataset,
+    rows: list[int],
+    keep: set[int],
+    settings: FlowSettings,
+    options: CalibrateOptions,
+    device: str,
+    seed: int,
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, int]]:
+    """One seed's race: both models start from the same weights (drawn with `seed`), whole
+    epochs in turn (the first untimed), the batches in a new order each epoch as a loader's."""
+    import torch
+
+    order = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
+    works = {}
+    for name, part in (("all", order), ("kept", [r for r in order if r in keep])):
+        torch.manual_seed(seed)  # the same initial weights for both models
+        works[name] = _workload(
+            data, _no_single_batch(part, options.batch_size), settings, options, device
+        )
     sync = _synchroniser(device)
     secs: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in works}
     for e in range(options.kept_epochs):
         for name in list(works) if e % 2 == 0 else list(works)[::-1]:
             work = works[name]
-            batches = np.random.default_rng(e).permutation(len(work.units))  # as a loader does
+            batches = np.random.default_rng([seed, e]).permutation(len(work.units))
             t0, c0 = time.perf_counter(), time.process_time()
             for i in batches:
                 work.run(int(i))
@@ -550,18 +591,30 @@ def _time_kept(
             if e:  # the first epoch fills caches and is no epoch's cost
                 secs[name]["wall"].append(time.perf_counter() - t0)
                 secs[name]["cpu"].append(time.process_time() - c0)
-    samples = {k: sum(u["samples"] for u in w.units) for k, w in works.items()}
-    out: JSON = {"version": version, "samples": samples, "epochs": options.kept_epochs - 1}
-    for clock in ("wall", "cpu"):
-        fixed = float(epoch[f"fixed_{clock}_seconds"])
-        out[f"{clock}_seconds"] = {k: v[clock] for k, v in secs.items()}
-        measured = measured_weight(secs["all"][clock], secs["kept"][clock], samples, fixed)
-        out[f"measured_weight_{clock}"] = measured
-        # a weight its own epochs cannot tell from 1 would only add their noise to the statement
-        out[f"weight_{clock}"] = (
-            1.0 if measured["ci_low"] <= 1.0 <= measured["ci_high"] else measured["weight"]
-        )
-    return out
+    return secs, {k: sum(u["samples"] for u in w.units) for k, w in works.items()}
+
+
+def seeds_weight(
+    races: list[tuple[list[float], list[float]]], samples: dict[str, int], fixed: float
+) -> JSON:
+    """The kept weight over several seeds' races (each: all rows' and kept rows' epoch seconds):
+    the mean of the seeds' weights with its 95% interval, and the range (95%) one more training
+    run's weight falls in. With one seed, both are its per-epoch interval."""
+    each = [measured_weight(a, k, samples, fixed) for a, k in races]
+    weights = [m["weight"] for m in each]
+    if len(each) == 1:
+        one = each[0]
+        return one | {"range_low": one["ci_low"], "range_high": one["ci_high"], "seeds": weights}
+    low, high = _interval(weights)
+    r_low, r_high = _interval(weights, predict=True)
+    return {
+        "weight": statistics.fmean(weights),
+        "ci_low": low,
+        "ci_high": high,
+        "range_low": r_low,
+        "range_high": r_high,
+        "seeds": weights,
+    }
 
 
 def measured_weight(
@@ -577,14 +630,16 @@ def measured_weight(
     return {"weight": kept_weight(mean, samples, fixed), "ci_low": low, "ci_high": high}
 
 
-def _interval(values: list[float]) -> tuple[float, float]:
-    """95% t-interval of the mean of `values` (unbounded with fewer than two)."""
+def _interval(values: list[float], predict: bool = False) -> tuple[float, float]:
+    """95% t-interval of the mean of `values`, or with `predict` of one more value drawn like
+    them (unbounded with fewer than two)."""
     if len(values) < 2:
         return float("-inf"), float("inf")
     from scipy import stats
 
-    mean, sem = statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * sem
+    n = len(values)
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+    half = float(stats.t.ppf(0.975, n - 1)) * sd * ((1 + 1 / n) if predict else 1 / n) ** 0.5
     return mean - half, mean + half
 
 

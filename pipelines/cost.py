@@ -5,7 +5,8 @@ Only the training splits enter the epoch (see `pipelines.units`), counted in `co
 epoch is priced from the first of: `cost.gpu_hours_per_epoch`, a throughput per GPU in flows.yaml,
 the store's `leanset calibrate` record; the cleaned epoch costs the raw one's fixed part plus its
 per-unit part times the share of units left, times what a kept unit costs against an average one
-when `leanset calibrate` measured that (`kept_weight`). Break-even compares everything the run spent (GPU-hours and CPU-hours) with the saving, in
+when `leanset calibrate` measured that (`kept_weight`); with calibrate's race over several seeds the
+statement also gives the range one training run's saving falls in (`kept_range`). Break-even compares everything the run spent (GPU-hours and CPU-hours) with the saving, in
 money when both resources are involved, so it is stated only when every resource has a price.
 """
 
@@ -84,10 +85,21 @@ class EpochPrice:
     source: str
     fixed_hours: float = 0.0  # the part of `hours` that does not shrink with the samples
     kept_weight: float = 1.0  # a kept sample's cost against an average one (calibrate measures it)
+    kept_range: tuple[float, float] | None = None  # where one training run's weight falls (95%)
 
-    def after(self, share: float) -> float:
-        """Hours of the cleaned epoch that keeps `share` of the units."""
-        return self.fixed_hours + (self.hours - self.fixed_hours) * share * self.kept_weight
+    def after(self, share: float, weight: float | None = None) -> float:
+        """Hours of the cleaned epoch that keeps `share` of the units (at `weight`, else the
+        priced kept weight)."""
+        w = self.kept_weight if weight is None else weight
+        return self.fixed_hours + (self.hours - self.fixed_hours) * share * w
+
+    def saving_range(self, share: float) -> tuple[float, float] | None:
+        """The share of the epoch's time one training run saves (95%), from the kept weight's
+        range over calibrate's seeds; None without one."""
+        if self.kept_range is None or not self.hours:
+            return None
+        low, high = (max(0.0, w) for w in self.kept_range)
+        return 1 - self.after(share, high) / self.hours, 1 - self.after(share, low) / self.hours
 
 
 def uses_calibration(cost: CostSettings) -> bool:
@@ -140,6 +152,8 @@ def _calibrated_price(cost: CostSettings, cal: JSON, samples: int, units: int) -
     )
     kept = cal.get("kept") or {}
     weight = float(kept.get("weight_wall" if gpu else "weight_cpu", 1.0))
+    m = kept.get("measured_weight_wall" if gpu else "measured_weight_cpu") or {}
+    span = (float(m["range_low"]), float(m["range_high"])) if "range_low" in m else None
     source = (
         f"leanset calibrate on {cal.get('device_name')} ({cal.get('model')}): "
         f"{stats['mean']:,.4g} {unit}{rate} ±{100 * spread:.1f}% over {len(stats['runs'])} "
@@ -149,7 +163,7 @@ def _calibrated_price(cost: CostSettings, cal: JSON, samples: int, units: int) -
         + f", {cal.get('measured_at')}"
     )
     hours = (fixed + amount / stats["mean"]) / 3600
-    return EpochPrice("GPU" if gpu else "CPU", hours, source, fixed / 3600, weight)
+    return EpochPrice("GPU" if gpu else "CPU", hours, source, fixed / 3600, weight, span)
 
 
 def _kept_source(kept: JSON, clock: str) -> str:
@@ -158,10 +172,14 @@ def _kept_source(kept: JSON, clock: str) -> str:
     measured = (
         f"; measured {m['weight']:.3g}x, 95% {m['ci_low']:.3g}-{m['ci_high']:.3g}" if m else ""
     )
+    if "range_low" in m:
+        measured += f", one training run {m['range_low']:.3g}-{m['range_high']:.3g}x"
+    seeds = int(kept.get("seeds", 1))
     return (
         f"; a kept sample priced at {float(kept[f'weight_{clock}']):.3g}x an average one (one "
         f"model trained on the sampled rows, one on those version {kept['version']} keeps, "
-        f"{kept['epochs']} timed epochs each{measured}; 1 where the interval holds 1)"
+        f"{kept['epochs']} timed epochs each, {seeds} seed{'s' * (seeds > 1)}{measured}; 1 "
+        "where the interval holds 1)"
     )
 
 
@@ -203,6 +221,8 @@ class CostDelta:
     quality: JSON
     fixed_hours_per_epoch: float = 0.0  # the part of an epoch that does not shrink with samples
     kept_cost_weight: float = 1.0  # a kept sample's cost against an average one (measured)
+    time_reduction_low: float | None = None  # the range (95%) one training run's saving falls in
+    time_reduction_high: float | None = None
 
     @property
     def time_reduction(self) -> float:
@@ -230,6 +250,7 @@ def cost_delta(
     fixed = price.fixed_hours if price else 0.0
     after = price.after(share) if price is not None else None
     saved = before - after if before is not None and after is not None else None
+    span = price.saving_range(share) if price else None
     eval_b, eval_a = _eval_hours(cost, acc)
     saved_total = saved
     if saved is not None and price is not None and price.resource == "GPU" and eval_b is not None:
@@ -271,6 +292,8 @@ def cost_delta(
         quality=quality or {"skipped": "not measured"},
         fixed_hours_per_epoch=fixed,
         kept_cost_weight=price.kept_weight if price else 1.0,
+        time_reduction_low=span[0] if span else None,
+        time_reduction_high=span[1] if span else None,
     )
 
 
@@ -324,7 +347,7 @@ def statement(cd: CostDelta) -> str:
 
 def _headline(cd: CostDelta) -> str:
     what = f"{cd.resource}-h" if cd.resource else f"{cd.unit} (not priced)"
-    head = f"{_signed_pct(-cd.time_reduction)} {what} per epoch"
+    head = f"{_signed_pct(-cd.time_reduction)} {what} per epoch{_range(cd)}"
     q = cd.quality
     if "paired" in q:
         p = q["paired"]
@@ -335,6 +358,14 @@ def _headline(cd: CostDelta) -> str:
             + ")"
         )
     return head + "."
+
+
+def _range(cd: CostDelta) -> str:
+    """The range one training run's saving falls in, when calibrate measured one."""
+    if cd.time_reduction_low is None or cd.time_reduction_high is None:
+        return ""
+    low, high = _signed_pct(-cd.time_reduction_high), _signed_pct(-cd.time_reduction_low)
+    return f" ({low} to {high} for one training run, 95%)"
 
 
 def _splits_line(cd: CostDelta) -> str:
@@ -364,14 +395,16 @@ def _training_line(cd: CostDelta) -> str:
     if per_hour is not None and cd.hours_saved_per_epoch is not None:
         text += f" (${cd.hours_saved_per_epoch * per_hour:,.2f})"
     text += " per epoch"
-    if cd.fixed_hours_per_epoch or cd.kept_cost_weight != 1.0:
+    if cd.fixed_hours_per_epoch or cd.kept_cost_weight != 1.0 or _range(cd):
         parts = [f"{_h(cd.fixed_hours_per_epoch)} {r}-h of each epoch is fixed"] * bool(
             cd.fixed_hours_per_epoch
         )
         if cd.kept_cost_weight != 1.0:
             parts.append(f"a kept sample costs {cd.kept_cost_weight:.3g}x an average one")
+        if _range(cd):
+            parts.append("what a kept sample costs varies between training runs")
         text += (
-            f" ({_signed_pct(-cd.time_reduction)} of the epoch's time beside "
+            f" ({_signed_pct(-cd.time_reduction)} of the epoch's time{_range(cd)} beside "
             f"{_signed_pct(-cd.reduction)} of its {cd.unit}: {' and '.join(parts)}, measured by "
             "`leanset calibrate`)"
         )

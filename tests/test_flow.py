@@ -56,7 +56,7 @@ def test_flow_cleans_versions_and_skips_unchanged_rerun(
 
     page = Path(first["report"]).read_text()  # the version's HTML report shows the samples
     assert first["report"].endswith("reports/v000001.html")
-    assert page.count("data:image/png;base64,") >= 5 and "train/a/near0.png" in page
+    assert page.count("data:image/jpeg;base64,") >= 5 and "train/a/near0.png" in page
     assert "Closest calls" in page and "test_leak" in page
 
     second = clean_flow(config_path=str(tiny_flow), flow_name="tiny")

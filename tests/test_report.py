@@ -151,6 +151,25 @@ def test_report_counts_groups_issues_human_labels_and_parent_link(tmp_path: Path
     assert "<svg" in page
 
 
+def test_group_thumbnails_are_small_jpegs_a_person_can_still_see(tmp_path: Path):
+    """The group cards' thumbnails are JPEG (PNG encoding was most of a 10k-image report's
+    time): each decodes to the sample's picture, at most THUMB_PX on its longer side."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from leanset.pipelines.report.html import THUMB_PX
+
+    data, decisions, summary = _version(tmp_path)
+    page = render(summary, decisions, data, {"calibration": CALIBRATION})
+    uris = re.findall(r"src='data:image/(\w+);base64,([^']+)'", page)
+    assert uris and {kind for kind, _ in uris} == {"jpeg"}
+    for _, b64 in uris:
+        img = Image.open(io.BytesIO(base64.b64decode(b64)))
+        assert img.format == "JPEG" and img.mode == "RGB" and max(img.size) <= THUMB_PX
+
+
 def test_console_summary_prints_each_thing_once_and_no_reprs(tmp_path: Path):
     _, decisions, summary = _version(tmp_path)
     summary.statement = "Cleaning removes 2 of 6 samples. " + "Saves [some] GPU-hours. " * 9

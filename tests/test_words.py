@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 
 from leanset.dedup.config import DedupSettings
 from leanset.dedup.geometry import ImageFeatures, image_features
+from leanset.dedup.imagesig import ImageSignal
 from leanset.dedup.stage import Signals, candidate_pairs, find_duplicates
 from leanset.dedup.words import word_pairs
 from tests.helpers import photo_tiles
@@ -119,3 +120,49 @@ def test_a_word_proposed_pair_is_verified_before_an_image_budget_of_hash_agreein
     chosen = routed.to_verify(a, b, word)
     assert n in chosen.tolist()
     assert len(chosen) == GEOMETRY_MAX_PER_IMAGE
+
+
+def _thumbnails(images: list[np.ndarray]) -> np.ndarray:
+    """Area-averaged SIDE x SIDE grey thumbnails, mean-centred, of unit length."""
+    from leanset.dedup.imagesig import SIDE
+
+    small = [
+        np.asarray(Image.fromarray(i).resize((SIDE, SIDE), Image.Resampling.BOX), np.float32)
+        for i in images
+    ]
+    x = np.stack(small).reshape(len(images), -1)
+    x -= x.mean(axis=1, keepdims=True)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_turned_copies_come_from_words_and_the_thumbnails_search_only_plain_and_mirrored() -> None:
+    """The thumbnail route searches each thumbnail against the others and their mirrors only
+    (2 N rows, not the 8 N of every quarter turn): a quarter-turned and a mirrored copy are
+    still dropped by the geometric check, and the summary's search seconds include every
+    candidate search."""
+    from leanset.dedup.near import find_near_pairs_between
+
+    tiles = photo_tiles(N, min_std=30)
+    images = [*tiles, np.rot90(tiles[9]).copy(), np.rot90(tiles[30], 2).copy(), tiles[12][:, ::-1]]
+    feats = [image_features(i) for i in images]
+    n = len(images)
+    emb = np.random.default_rng(3).normal(size=(n, 64)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    corpus_rows: list[int] = []
+
+    def between(q, c, t, opts):  # the real search; records how many rows it searched
+        corpus_rows.append(len(c))
+        return find_near_pairs_between(q, c, t, opts)
+
+    signals = Signals(
+        image=ImageSignal.of(_thumbnails(images)), features=lambda rows: [feats[r] for r in rows]
+    )
+    out = find_duplicates(_table(n), emb, DedupSettings(), signals=signals, search_between=between)
+    assert corpus_rows == [2 * n]
+    rows = {r["sample_id"]: r for r in out.table.iter_rows(named=True)}
+    for k, orig in enumerate([9, 30, 12]):  # the turns by geometry; the mirror by any route
+        assert rows[f"s{N + k:03d}"]["near_dup_of"] == f"s{orig:03d}"
+    assert all("geometry: " in rows[f"s{N + k:03d}"]["dup_evidence"] for k in range(2))
+    parts = out.search["candidate_seconds"]
+    assert {"embedding", "thumbnails", "geometry_neighbours"} <= set(parts)
+    assert out.search["seconds"] == pytest.approx(sum(parts.values()), abs=0.002)

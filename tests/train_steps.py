@@ -72,3 +72,44 @@ def pixel_priced_step(device: str) -> Callable[[list[Any], list[str | None]], No
             pass
 
     return step
+
+
+class _TrajectoryStep:
+    """A small MLP whose step cost follows how dense its hidden activations are (as a CPU's max
+    pooling does): two models trained on different rows end up at different speeds, by a ratio
+    that depends on the training run (initial weights, batch order)."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.model = torch.nn.Sequential(
+            torch.nn.Linear(256, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2)
+        ).to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.2)
+        self.device = device
+
+    def __call__(self, contents: list[Any], labels: list[str | None]) -> None:
+        import time
+
+        import torch
+        from PIL import Image
+
+        pixels = [
+            np.asarray(Image.open(io.BytesIO(c)).convert("L").resize((16, 16)), dtype=np.float32)
+            for c in contents
+        ]
+        x = torch.as_tensor(np.stack(pixels).reshape(len(pixels), -1) / 255.0, device=self.device)
+        y = torch.as_tensor([1 if label == "b" else 0 for label in labels], device=self.device)
+        self.opt.zero_grad()
+        hidden = self.model[1](self.model[0](x))
+        torch.nn.functional.cross_entropy(self.model[2](hidden), y).backward()
+        self.opt.step()
+        dense = float((hidden > 0).float().mean())
+        end = time.process_time() + 1e-4 * len(contents) * (1 + 4 * dense)
+        while time.process_time() < end:
+            pass
+
+
+def trajectory_step(device: str) -> _TrajectoryStep:
+    """`cost.train_step` of `_TrajectoryStep`."""
+    return _TrajectoryStep(device)

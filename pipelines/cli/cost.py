@@ -34,6 +34,13 @@ def add_commands(sub: Any) -> None:
         help="epochs of the race between a model on the sampled rows and one on those the latest "
         "version keeps (the first untimed; 0 skips it; default %(default)s)",
     )
+    cal.add_argument(
+        "--kept-seeds",
+        type=int,
+        default=3,
+        help="run that race this many times, fresh models and batch orders each: the statement's "
+        "range for one training run comes from their spread (default %(default)s)",
+    )
     cal.add_argument("--json", action="store_true", help="print the stored record as JSON")
     cal.set_defaults(func=cmd_calibrate)
 
@@ -72,6 +79,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         max_samples=args.max_samples,
         device=args.device,
         kept_epochs=args.kept_epochs,
+        kept_seeds=args.kept_seeds,
     )
     record = calibrate(settings, options)
     if args.json:
@@ -119,15 +127,24 @@ def calibration_lines(record: dict[str, Any], settings: FlowSettings) -> list[st
 def _kept_line(kept: dict[str, Any]) -> str:
     """The kept-sample race: the measured weight with its interval, and what is priced."""
     m = kept["measured_weight_wall"], kept["measured_weight_cpu"]
-    return (
+    seeds = int(kept.get("seeds", 1))
+    text = (
         f"  a kept sample costs {m[0]['weight']:.3g}x an average one (wall, 95% "
         f"{m[0]['ci_low']:.3g}-{m[0]['ci_high']:.3g}; CPU {m[1]['weight']:.3g}x, "
         f"{m[1]['ci_low']:.3g}-{m[1]['ci_high']:.3g}): one model trained on "
         f"{kept['samples']['all']:,} sampled rows and one on the {kept['samples']['kept']:,} "
         f"of them version {kept['version']} keeps, {kept['epochs']} timed epochs each, in "
-        f"turn; priced at {kept['weight_wall']:.3g}x (wall), {kept['weight_cpu']:.3g}x (CPU), "
-        "1 where the interval holds 1"
+        f"turn, {seeds} seed{'s' * (seeds > 1)}; priced at {kept['weight_wall']:.3g}x (wall), "
+        f"{kept['weight_cpu']:.3g}x (CPU), 1 where the interval holds 1"
     )
+    if "range_low" in m[1]:
+        text += (
+            f"\n  one training run's kept weight (95%, over the seeds "
+            f"{', '.join(f'{w:.3g}x' for w in m[1]['seeds'])}, CPU): "
+            f"{m[1]['range_low']:.3g}-{m[1]['range_high']:.3g}x; wall "
+            f"{m[0]['range_low']:.3g}-{m[0]['range_high']:.3g}x: the statement's range"
+        )
+    return text
 
 
 def _record_place(store: str) -> str:

@@ -48,8 +48,15 @@ CHUNK = 1024  # images decoded and computed at a time
 class FeatureStore:
     """Features of table rows: from the cache, else decoded and computed (and cached)."""
 
-    def __init__(self, data: LoadedDataset, root: str | Path, read_only: bool = False):
+    def __init__(
+        self,
+        data: LoadedDataset,
+        root: str | Path,
+        read_only: bool = False,
+        threads: int | None = None,
+    ):
         self.data, self.read_only = data, read_only
+        self.threads = geometry.workers(threads)  # images decoded and computed side by side
         self.dir = Path(root) / FINGERPRINT
         self.hashes = data.table["content_hash"].to_list()
         self._known: dict[str, ImageFeatures | None] | None = None  # read on first need
@@ -71,7 +78,7 @@ class FeatureStore:
         with bar:  # a chunk at a time: bounded memory, and a shard per chunk survives a kill
             for start in range(0, len(todo), CHUNK):
                 chunk = todo[start : start + CHUNK]
-                feats = [_compute(c) for c in self.data.read(chunk)]
+                feats = geometry.parallel_map(_compute, self.data.read(chunk), self.threads)
                 new = dict(zip((self.hashes[r] for r in chunk), feats, strict=True))
                 known.update(new)
                 self.computed += len(new)

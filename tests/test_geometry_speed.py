@@ -1,0 +1,120 @@
+"""The geometric check's cost: the same decisions on both cores, fewer matches, a faster search."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from leanset.dedup import geometry
+from leanset.dedup.geometry import image_features, verify, verify_pairs
+from tests.helpers import photo_tiles
+
+
+def _pairs_with_copies() -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Real tiles, an edited copy of some of them, and every pair among the first few."""
+    tiles = photo_tiles(16, min_std=30)
+    copies = [
+        tiles[0][10:110, 5:115],
+        np.rot90(tiles[3]).copy(),
+        tiles[6][:, ::-1].copy(),
+        np.ascontiguousarray(tiles[9][::-1, :]),
+    ]
+    images = tiles + copies
+    pairs = [(i, j) for i in range(len(images)) for j in range(i + 1, len(images)) if i < 10]
+    a, b = (np.array(x, np.int64) for x in zip(*pairs, strict=True))
+    return images, a, b
+
+
+def test_the_pool_runs_its_work_side_by_side_and_keeps_the_order() -> None:
+    """Two tasks that each wait for the other can only finish on two threads at once."""
+    meet = threading.Barrier(2, timeout=20)
+
+    def task(x: int) -> tuple[int, str]:
+        if x < 2:
+            meet.wait()
+        return x * x, threading.current_thread().name
+
+    out = geometry.parallel_map(task, list(range(7)), 2)
+    assert [v for v, _ in out] == [x * x for x in range(7)]
+    assert all(name.startswith("leanset-geometry") for _, name in out)
+    assert geometry.parallel_map(lambda x: x + 1, [1, 2], 1) == [2, 3]
+
+
+def test_pairs_checked_on_threads_get_the_verdicts_and_reasons_of_one_by_one() -> None:
+    images, a, b = _pairs_with_copies()
+    feats = [image_features(t) for t in images]
+    source = lambda rows: [feats[r] for r in rows]  # noqa: E731
+    one = verify_pairs(a, b, source, threads=1)
+    many = verify_pairs(a, b, source, threads=3)
+    direct = [verify(feats[i], feats[j]) for i, j in zip(a, b, strict=True)]
+    assert one.copy.tolist() == many.copy.tolist() == [m.copy for m in direct]
+    assert one.reasons == many.reasons
+    assert one.copy.sum() >= 3  # the crop, the turn and the mirror at least
+
+
+def test_the_feature_store_computes_on_threads_what_it_computes_on_one(tmp_path: Path) -> None:
+    from leanset.pipelines import steps
+    from leanset.pipelines.config import load_flow
+    from leanset.pipelines.embed.features import FeatureStore
+    from tests.helpers import pixel_flow, write_png
+
+    for i, t in enumerate(photo_tiles(12, min_std=30)):
+        write_png(tmp_path / f"images/train/t{i:02d}.png", t)
+    data = steps.load_dataset(load_flow(pixel_flow(tmp_path, "f"), "f"))
+    rows = np.arange(data.table.height)
+    one = FeatureStore(data, tmp_path / "one", threads=1)(rows)
+    many_store = FeatureStore(data, tmp_path / "many", threads=4)
+    many = many_store(rows)
+    assert many_store.threads == 4 and many_store.computed == len(rows)
+    for x, y in zip(one, many, strict=True):
+        assert x is not None and y is not None
+        for part in ("plain", "mirrored"):
+            assert np.array_equal(getattr(x, part).points, getattr(y, part).points)
+            assert np.array_equal(getattr(x, part).descriptors, getattr(y, part).descriptors)
+
+
+def test_a_mirrored_fit_is_tried_only_where_it_could_make_a_mirrored_copy(monkeypatch) -> None:
+    """Distinct tiles whose mirrored descriptors match no better than their plain ones get no
+    mirrored RANSAC fit (about half the fits of the check); a mirrored copy still gets one."""
+    import cv2
+
+    fits: list[int] = []
+    real = cv2.estimateAffine2D
+
+    def counted(*args, **kwargs):  # the real fit, counted
+        fits.append(len(args[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cv2, "estimateAffine2D", counted)
+    tiles = photo_tiles(14, min_std=30)
+    feats = [image_features(t) for t in tiles]
+    pairs = [(i, j) for i in range(len(feats)) for j in range(i + 1, len(feats))]
+    tried = 0
+    for i, j in pairs:
+        plain = geometry.match(feats[i].plain, feats[j].plain)
+        tried += int(plain.matches >= geometry.MIN_INLIERS)  # fitted plain
+        tried += int(
+            geometry.match(feats[i].plain, feats[j].mirrored, guided=False).matches
+            >= geometry.MIN_INLIERS
+        )
+    fits.clear()
+    assert not any(verify(feats[i], feats[j]).copy for i, j in pairs)
+    assert len(fits) < 0.8 * tried  # the old check fitted every pair with 20 matches both ways
+    fits.clear()
+    m = verify(feats[0], image_features(tiles[0][:, ::-1].copy()))
+    assert m.copy and m.mirrored and len(fits) == 2
+
+
+def test_the_word_search_on_threads_finds_the_pairs_it_finds_on_one(monkeypatch) -> None:
+    from leanset.dedup import words
+
+    images, _, _ = _pairs_with_copies()
+    feats = [image_features(t) for t in images]
+    monkeypatch.setattr(words, "BLOCK", 4)  # several blocks, scored side by side
+    one = words.word_pairs(feats, 3, threads=1)
+    many = words.word_pairs(feats, 3, threads=3)
+    assert len(one.i) > 0
+    for part in ("i", "j", "score"):
+        assert np.array_equal(getattr(one, part), getattr(many, part))
