@@ -362,6 +362,13 @@ def _driver_side(a: argparse.Namespace) -> dict[str, Any]:
     try:
         started = _hwm_mib()
         kept, times = _kept(a, a.rows)
+        if a.checks:  # the stages after dedup (bench/ray_checks.py)
+            from bench.ray_checks import after_dedup
+
+            aligned = _hwm_mib()
+            done = after_dedup(a, kept, a.__dict__.pop("hashes"))
+            marks = {"driver_hwm_mib_started_aligned": [round(started), round(aligned)]}
+            return _peaks(a, c) | marks | done | {k: round(v, 1) for k, v in times.items()}
         if a.stage:
             aligned = _hwm_mib()
             staged = _stage(a, kept, a.__dict__.pop("hashes"))
@@ -456,6 +463,9 @@ def _driver_sizes(a: argparse.Namespace) -> int:
         args += ["--workdir", a.workdir, "--threshold", str(a.threshold)]
         args += ["--rows-per-centre", str(a.rows_per_centre)] + (["--stage"] if a.stage else [])
         args += ["--object-store-mb", str(a.object_store_mb), "--task-rows", str(a.task_rows)]
+        args += (
+            ["--checks", a.checks, "--outlier-sample", str(a.outlier_sample)] if a.checks else []
+        )
         out = subprocess.run(args, check=True, stdout=subprocess.PIPE, text=True).stdout
         row = json.loads(out.strip().splitlines()[-1])
         row["load_1min_before_after"] = [round(load, 1), round(os.getloadavg()[0], 1)]
@@ -474,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--via", choices=["blocks", "cache"], default="blocks")
     p.add_argument("--stage", action="store_true", help="driver: the whole dedup stage (cache)")
     p.add_argument("--rows-per-centre", type=int, default=250, help="driver: cluster density")
+    p.add_argument("--checks", choices=["ray", "dense"], help="driver: the stages after dedup")
+    p.add_argument("--outlier-sample", type=int, default=20_000, help="driver --checks")
     p.add_argument("--task-rows", type=int, default=262_144, help="driver: engine.task_rows")
     p.add_argument("--side", choices=["local", "ray"])  # internal: one side in this process
     p.add_argument("--rows", type=int, default=1_000_000)
@@ -486,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if a.kind == "driver":
+        if a.checks and a.via != "cache":
+            p.error("--checks needs --via cache (the table's hashes align the cache)")
         if a.stage and a.via != "cache":
             p.error("--stage needs --via cache (the table's hashes align the cache)")
         if a.side:

@@ -62,7 +62,8 @@ def policy_columns(
     drop = flagged & training if policy == "drop" else np.zeros(table.height, dtype=bool)
     review = flagged if policy == "queue" else np.zeros(table.height, dtype=bool)
     prefix = prefix or reason
+    dropped = pl.select(pl.when(pl.Series(drop)).then(pl.lit(reason)).otherwise(None))
     return [
-        pl.Series(f"{prefix}_drop", [reason if d else None for d in drop], dtype=pl.Utf8),
+        dropped.to_series().cast(pl.Utf8).alias(f"{prefix}_drop"),
         pl.Series(f"{prefix}_review", review),
     ]

@@ -4,7 +4,7 @@ threshold. Eval splits are never touched: they are what the reference protects."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +12,12 @@ import numpy as np
 import polars as pl
 
 from leanset.dedup.config import DedupError
-from leanset.dedup.matrix import check_matrix
-from leanset.dedup.near import SearchOptions, find_near_pairs_between
+from leanset.dedup.matrix import Rows, check_matrix, check_rows
+from leanset.dedup.near import NearPairs, SearchOptions, find_near_pairs_between
+
+# (query rows, reference vectors, threshold, options) -> pairs: `near.find_near_pairs_between`,
+# or the same searched by cluster tasks for rows kept there
+Between = Callable[[Any, np.ndarray, float, SearchOptions | None], NearPairs]
 
 REASON = "contaminated"
 
@@ -57,17 +61,22 @@ class Prior:
 
 def find_contamination(
     table: pl.DataFrame,
-    matrix: np.ndarray,
+    matrix: Rows,
     references: Sequence[Reference],
     threshold: float,
     eval_splits: Sequence[str],
     options: SearchOptions | None = None,
     prior: Prior | None = None,
+    between: Between = find_near_pairs_between,
 ) -> Contamination:
     """Each readable training row's closest reference copy at or above `threshold` (an identical
     content hash counts as similarity 1, whatever the vectors). With a `prior` that holds at this
-    threshold, only contents it did not search are searched; the others keep its findings."""
-    x = check_matrix(matrix, rows=table.height, error=DedupError)
+    threshold, only contents it did not search are searched; the others keep its findings.
+    A matrix kept on a cluster is searched there by `between` (its rows `take`n there)."""
+    if isinstance(matrix, np.ndarray):
+        x: Rows = check_matrix(matrix, rows=table.height, error=DedupError)
+    else:
+        x = check_rows(matrix, rows=table.height, error=DedupError)
     train = (table["error"].is_null() & ~table["split"].is_in(list(eval_splits))).to_numpy()
     hashes = table["content_hash"].to_list()
     rows = np.flatnonzero(train)
@@ -79,7 +88,7 @@ def find_contamination(
         _carry(rows[known], hashes, prior, threshold, references, best, by, owner)
         rows = rows[~known]
     for ref in references:
-        hits = _pairs(x[rows], ref, threshold, options)
+        hits = _pairs(_subset(x, rows), ref, threshold, options, between)
         same = {h: k for k, h in enumerate(ref.hashes)}
         hits += [(i, same[hashes[r]], 1.0) for i, r in enumerate(rows) if hashes[r] in same]
         for i, j, sim in hits:
@@ -111,17 +120,26 @@ def _carry(
             owner[r] = next((n for n in names if name.startswith(f"{n}:")), None)
 
 
+def _subset(x: Rows, rows: np.ndarray) -> Rows:
+    """Rows `rows` (ascending) of a matrix here or kept on a cluster (there, as new blocks)."""
+    return x[rows] if isinstance(x, np.ndarray) else x.take(rows)
+
+
 def _pairs(
-    q: np.ndarray, ref: Reference, threshold: float, options: SearchOptions | None
+    q: Rows,
+    ref: Reference,
+    threshold: float,
+    options: SearchOptions | None,
+    between: Between,
 ) -> list[tuple[int, int, float]]:
-    if len(q) == 0 or len(ref.vectors) == 0:
+    if q.shape[0] == 0 or len(ref.vectors) == 0:
         return []
     if ref.vectors.shape[1] != q.shape[1]:
         raise DedupError(
             f"reference {ref.name!r} has {ref.vectors.shape[1]}-dimensional embeddings, this "
             f"dataset {q.shape[1]}: both must come from the same embedder"
         )
-    p = find_near_pairs_between(q, ref.vectors, threshold, options)
+    p = between(q, ref.vectors, threshold, options)
     return list(zip(p.i.tolist(), p.j.tolist(), p.sim.astype(float).tolist(), strict=True))
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from leanset.dedup.config import DriftSettings
+from leanset.dedup.matrix import Rows
 from leanset.dedup.near import sample_neighbours
 
 
@@ -47,11 +48,23 @@ def split_shift(
     train: np.ndarray, other: np.ndarray, settings: DriftSettings, device: str = "auto"
 ) -> SplitTest:
     """The k-NN two-sample test of `other` (unit rows) against `train` (unit rows)."""
+    rows = np.arange(len(train) + len(other))
+    both = np.concatenate([train, other]) if len(rows) else train
+    return split_shift_rows(both, rows[: len(train)], rows[len(train) :], settings, device)
+
+
+def split_shift_rows(
+    x: Rows, train: np.ndarray, other: np.ndarray, settings: DriftSettings, device: str = "auto"
+) -> SplitTest:
+    """`split_shift` of rows `other` of `x` against its rows `train`: only the sampled rows are
+    read (a matrix kept on a cluster sends at most 2 x `settings.sample` rows here)."""
     rng = np.random.default_rng(settings.seed)
-    a = train[rng.permutation(len(train))[: settings.sample]]
-    b = other[rng.permutation(len(other))[: settings.sample]]
-    pool = np.ascontiguousarray(np.concatenate([a, b]), dtype=np.float32)
-    side = np.r_[np.zeros(len(a), bool), np.ones(len(b), bool)]
+    ia = train[rng.permutation(len(train))[: settings.sample]]
+    ib = other[rng.permutation(len(other))[: settings.sample]]
+    pick = np.concatenate([ia, ib])
+    got = x[pick] if isinstance(x, np.ndarray) else x.fetch(pick)
+    pool = np.ascontiguousarray(got, dtype=np.float32)
+    side = np.r_[np.zeros(len(ia), bool), np.ones(len(ib), bool)]
     k = min(settings.k, len(pool) - 1)
     nb = sample_neighbours(pool, k, len(pool), rows=np.arange(len(pool)), device=device)
     observed = _same_share(nb.idx, side)
@@ -60,4 +73,4 @@ def split_shift(
     )
     p = float((1 + (null >= observed).sum()) / (1 + len(null)))
     verdict = "differs from train (not IID)" if p < settings.alpha else "looks like train"
-    return SplitTest(observed, float(null.mean()), p, (len(a), len(b)), verdict)
+    return SplitTest(observed, float(null.mean()), p, (len(ia), len(ib)), verdict)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from leanset.dedup.matrix import Rows
 from leanset.labeling.config import LabelingError
 from leanset.labeling.probe import UNLABELED, ProbeOptions, encode_labels, train_probe
 
@@ -208,7 +209,7 @@ def unpack_bits(text: str, n: int) -> np.ndarray:
 def table_quality(
     table: Any,
     raw_labels: Sequence[str | None],
-    embeddings: np.ndarray,
+    embeddings: Rows,
     train_splits: Sequence[str],
     eval_splits: Sequence[str],
     options: ProbeOptions | None = None,
@@ -238,17 +239,12 @@ def table_quality(
     keep = np.flatnonzero(used)
     enc_raw = encode_labels([raw[i] for i in keep], classes=names).idx
     enc_clean = encode_labels([clean[i] for i in keep], classes=names).idx
+    args = (enc_raw, enc_clean, raw_train[keep], trained_clean[keep], eval_rows[keep])
     try:
-        delta = quality_delta(
-            embeddings[keep],
-            enc_raw,
-            enc_clean,
-            raw_train[keep],
-            trained_clean[keep],
-            eval_rows[keep],
-            len(names),
-            options,
-        )
+        if isinstance(embeddings, np.ndarray):
+            delta = quality_delta(embeddings[keep], *args, len(names), options)
+        else:  # kept on a cluster: both fits run in one task there, over the rows they use
+            delta = embeddings.apply(keep, quality_delta, *args, len(names), options)
     except LabelingError as exc:
         return {"skipped": str(exc)}
     leaked = leaked_eval_rows(table, raw_train & ~kept)

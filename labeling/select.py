@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from leanset.dedup.matrix import check_matrix
+from leanset.dedup.matrix import Rows, check_matrix, check_rows
 from leanset.labeling.config import LabelingError
 from leanset.labeling.probe import validate_pred_probs
 
@@ -101,7 +101,7 @@ class Selection:
 
 def select_batch(
     probs: np.ndarray,
-    embeddings: np.ndarray,
+    embeddings: Rows,
     *,
     budget: int,
     candidate_idx: np.ndarray | None = None,
@@ -116,21 +116,27 @@ def select_batch(
     """Choose up to `budget` rows among `candidate_idx` (default: all) to label next.
 
     `probs`: class probabilities for every row; `groups`: one int per row, rows sharing a
-    non-negative id are one duplicate group (negative = no group).
+    non-negative id are one duplicate group (negative = no group). `embeddings` kept on a
+    cluster: only the pool's rows (`budget` x `pool_factor`) come here.
     """
-    x = check_matrix(embeddings, error=LabelingError)
-    p = validate_pred_probs(probs, len(x), np.shape(probs)[-1])
-    cand = _check_candidates(candidate_idx, len(x))
+    if isinstance(embeddings, np.ndarray):
+        x: Rows = check_matrix(embeddings, error=LabelingError)
+    else:
+        x = check_rows(embeddings, error=LabelingError)
+    n = x.shape[0]
+    p = validate_pred_probs(probs, n, np.shape(probs)[-1])
+    cand = _check_candidates(candidate_idx, n)
     _check_settings(budget, strategy, diversity, pool_factor, max_similarity)
-    group_ids = _check_groups(groups, len(x))
+    group_ids = _check_groups(groups, n)
     rng = np.random.default_rng(seed)
-    al_score = np.full(len(x), np.nan)
+    al_score = np.full(n, np.nan)
     al_score[cand] = SELECTORS[strategy](p[cand], rng)
     excluded = {int(g) for g in exclude_groups if g >= 0}  # negative ids mean "no group"
     eligible = _compute_eligible(cand, al_score, group_ids, excluded)
     order = eligible[np.argsort(-al_score[eligible], kind="stable")]
     pool = order[: math.ceil(budget * pool_factor)]
-    picked = pool[DIVERSITY[diversity](x[pool], al_score[pool], budget, max_similarity, seed)]
+    near = x[pool] if isinstance(x, np.ndarray) else x.fetch(pool)
+    picked = pool[DIVERSITY[diversity](near, al_score[pool], budget, max_similarity, seed)]
     if len(picked) < min(budget, len(order)):
         logger.info("selection: %d of budget %d (the rest were near-copies)", len(picked), budget)
     return Selection(

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from leanset.dedup.matrix import Rows
 from leanset.labeling.classorder import ClassOrder, check_class_order, resolve_class_order
 from leanset.labeling.config import ActiveLearningSettings, LabelingError, LabelNoiseSettings
 from leanset.labeling.noise import (
@@ -118,7 +119,7 @@ class NoiseOutcome:
 
 def label_noise(
     table: pl.DataFrame,
-    emb: np.ndarray | None,
+    emb: Rows | None,
     settings: LabelNoiseSettings,
     pred_probs: Any = None,
     on_fit: Callable[[], None] | None = None,
@@ -276,7 +277,7 @@ def _issues_from_given(
 
 
 def _issues_from_probe(
-    emb: np.ndarray | None,
+    emb: Rows | None,
     rows: np.ndarray,
     sub: pl.DataFrame,
     enc: EncodedLabels,
@@ -287,16 +288,17 @@ def _issues_from_probe(
     """Label issues on the calibrated out-of-fold probabilities of the selected probe."""
     if emb is None:
         raise LabelingError("label_noise: needs an embedder (for the probe) or pred_probs_column")
-    res = judge_labels(
-        emb[rows],
-        enc.idx,
+    args: dict[str, Any] = dict(
         keys=sub["content_hash"].to_numpy(),
         groups=_groups(sub),
         classes=enc.classes,
         settings=settings,
         sample_ids=ids,
-        on_fit=on_fit,
     )
+    if isinstance(emb, np.ndarray):
+        res = judge_labels(emb[rows], enc.idx, **args, on_fit=on_fit)
+    else:  # kept on a cluster: the probe's folds run in one task there, over the judged rows
+        res = emb.apply(rows, judge_labels, enc.idx, **args)
     info = res.selection.info() | {"first_pass_issues": res.first_pass_issues}
     return res.issues, res.selection.calibrated, res.flags, info
 
@@ -344,7 +346,7 @@ class LabelingOutcome:
 
 def label_and_select(
     table: pl.DataFrame,
-    emb: np.ndarray | None,
+    emb: Rows | None,
     noise: LabelNoiseSettings | None,
     selection: ActiveLearningSettings | None,
     *,
@@ -426,7 +428,7 @@ class _StageProgress:
 
 def select_for_labeling(
     table: pl.DataFrame,
-    emb: np.ndarray | None,
+    emb: Rows | None,
     probs: np.ndarray | None,
     settings: ActiveLearningSettings,
     pending: pl.DataFrame,

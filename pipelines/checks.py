@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from leanset.dedup.drift import split_shift
+from leanset.dedup.drift import split_shift_rows
 from leanset.dedup.imagequality import image_columns, judge_images
 from leanset.dedup.imagequality import info as image_info
-from leanset.dedup.outliers import outlier_columns, score_outliers
+from leanset.dedup.matrix import Rows
+from leanset.dedup.outliers import KnnDistance, knn_distance, outlier_columns, score_outliers
 from leanset.pipelines.config import FlowSettings
 from leanset.pipelines.contamination import check_contamination
 from leanset.pipelines.embed import EmbedResult
@@ -52,12 +53,13 @@ class Checked:
 
 def run_checks(
     table: pl.DataFrame,
-    matrix: np.ndarray | None,
+    matrix: Rows | None,
     settings: FlowSettings,
     basis: Basis | None = None,
 ) -> Checked:
     """The configured checks over the table (checks that need embeddings skip without them).
-    `basis`: the embedder and dedup threshold contamination is searched with."""
+    `basis`: the embedder and dedup threshold contamination is searched with. A matrix kept on
+    a Ray cluster stays there: tasks compute what the checks need from its blocks."""
     info: JSON = {}
     iq = settings.image_quality
     if iq.policy != "off" and MEASURE_COLUMN in table.columns:
@@ -76,7 +78,7 @@ def run_checks(
     out = settings.outliers
     if out.policy != "off":
         device = settings.embedder.device if settings.embedder else "auto"
-        scores = score_outliers(table, matrix, out, device)
+        scores = score_outliers(table, matrix, out, device, _knn(matrix))
         table = outlier_columns(table, scores, out, settings.dedup.eval_splits)
         info["outliers"] = scores.info(out)
     if settings.drift.enabled and (drift := split_drift(table, matrix, settings)):
@@ -84,11 +86,21 @@ def run_checks(
     return Checked(table, info)
 
 
-def split_drift(table: pl.DataFrame, matrix: np.ndarray, settings: FlowSettings) -> JSON:
+def _knn(matrix: Rows) -> KnnDistance:
+    """The outlier check's k-NN distances: here, or (kept on a cluster) by the engine's tasks."""
+    if isinstance(matrix, np.ndarray):
+        return knn_distance
+    from leanset.pipelines.engine.checks import knn_distance as on_cluster
+
+    return on_cluster
+
+
+def split_drift(table: pl.DataFrame, matrix: Rows, settings: FlowSettings) -> JSON:
     """{eval split: its two-sample test against the training rows} (readable distinct rows)."""
     evals = settings.dedup.eval_splits
     skip = [*evals, *settings.columns.unlabeled_splits]
-    rows = table.with_row_index("_i").filter(pl.col("error").is_null())
+    rows = table.select("content_hash", "error", "split").with_row_index("_i")
+    rows = rows.filter(pl.col("error").is_null())
     rows = rows.unique("content_hash", keep="first", maintain_order=True)
     train = rows.filter(~pl.col("split").is_in(skip))["_i"].to_numpy()
     device = settings.embedder.device if settings.embedder else "auto"
@@ -96,7 +108,7 @@ def split_drift(table: pl.DataFrame, matrix: np.ndarray, settings: FlowSettings)
     for name in sorted(set(rows["split"].to_list()) & set(evals)):
         other = rows.filter(pl.col("split") == name)["_i"].to_numpy()
         if len(train) >= 2 and len(other) >= 2:
-            test = split_shift(matrix[train], matrix[other], settings.drift, device)
+            test = split_shift_rows(matrix, train, other, settings.drift, device)
             out[name] = test.to_dict()
     return out
 

@@ -21,7 +21,7 @@ from leanset.dedup.contamination import (
     find_contamination,
 )
 from leanset.dedup.contamination import info as contamination_info
-from leanset.dedup.matrix import check_matrix
+from leanset.dedup.matrix import Rows, check_matrix
 from leanset.pipelines.config import FlowSettings, LeakReference, SourceSettings
 from leanset.pipelines.embed import EmbeddingCache, embed_dataset, make_embedder
 from leanset.pipelines.fsutil import digest, digest_file
@@ -101,7 +101,7 @@ def _reference(ref: LeakReference, rows: pl.DataFrame, vectors: np.ndarray) -> R
 
 def check_contamination(
     table: pl.DataFrame,
-    matrix: np.ndarray,
+    matrix: Rows,
     settings: FlowSettings,
     fingerprint: str,
     threshold: float,
@@ -120,7 +120,14 @@ def check_contamination(
     t = leaks.threshold if leaks.threshold is not None else threshold
     basis = search_basis(settings, fingerprint)
     prior = prior_findings(settings, basis)
-    found = find_contamination(table, matrix, refs, t, settings.dedup.eval_splits, prior=prior)
+    evals = settings.dedup.eval_splits
+    if isinstance(matrix, np.ndarray):
+        found = find_contamination(table, matrix, refs, t, evals, prior=prior)
+    else:  # kept on a Ray cluster: searched by the engine's tasks
+        from leanset.pipelines.engine.checks import between
+
+        search = between(settings.engine)
+        found = find_contamination(table, matrix, refs, t, evals, prior=prior, between=search)
     for name, n in found.found.items():
         log.info("Contamination: %d training samples are near copies of %s", n, Path(name).name)
     log.info(

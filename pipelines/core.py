@@ -20,7 +20,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from leanset.dedup.config import DedupSettings
@@ -265,7 +264,7 @@ def _pipeline(run: _Run, loaded: Loaded | None, engine: JSON) -> RunResult:
     guard = _guard(dd.table, run)
     with timer("labeling"):
         labels = settings.label_noise or settings.active_learning  # else _label needs no matrix
-        matrix = embedded.dense() if labels else None
+        matrix = embedded.matrix if labels else None  # engine ray: stays on the cluster
         labeled = _label(run, dd.table, matrix, data, dd.calibration)
     with timer("checks"):
         basis = Basis.of(
@@ -316,7 +315,7 @@ def _measure_cost(
     raw labels are those before any noise policy)."""
     with run.timer("cost"):
         labels = deduped["label"].to_list()
-        matrix = embedded.dense() if run.settings.cost.quality else None
+        matrix = embedded.matrix if run.settings.cost.quality else None  # ray: stays there
         measured = run.hooks.cost(decided, labels, matrix, run.settings)
     run.meter.add_gpu(measured.gpu_seconds, "cuda" if measured.gpu_seconds else "cpu")
     return measured
@@ -401,22 +400,17 @@ class _Embedded:
     and the fingerprints of what made them (the basis of a reusable pair index)."""
 
     table: pl.DataFrame
-    matrix: Rows | None  # engine ray: kept on the cluster until a stage needs it here
+    matrix: Rows | None  # engine ray: kept on the cluster (every stage asks it for pieces)
     info: JSON
     signals: Signals | None = None
     basis: str = ""
 
-    def dense(self) -> np.ndarray | None:
-        """The matrix here (brought from the cluster once, when a stage after dedup needs it)."""
-        if self.matrix is not None and not isinstance(self.matrix, np.ndarray):
-            self.matrix = self.matrix.dense()
-        return self.matrix
 
-
-def _for_checks(embedded: _Embedded, settings: FlowSettings) -> np.ndarray | None:
-    """The matrix for the checks that read it (leaks, outliers, drift); None when none runs."""
+def _for_checks(embedded: _Embedded, settings: FlowSettings) -> Rows | None:
+    """The matrix for the checks that read it (leaks, outliers, drift); None when none runs.
+    Kept on a Ray cluster, it stays there (the checks run as tasks over its blocks)."""
     wanted = settings.leaks.against or settings.outliers.policy != "off" or settings.drift.enabled
-    return embedded.dense() if wanted else None
+    return embedded.matrix if wanted else None
 
 
 def _with_answers(
@@ -535,7 +529,7 @@ def _guard(table: pl.DataFrame, run: _Run) -> JSON:
 def _label(
     run: _Run,
     table: pl.DataFrame,
-    matrix: np.ndarray | None,
+    matrix: Rows | None,
     data: LoadedDataset,
     calibration: JSON,
 ) -> LabelingOutcome:

@@ -19,6 +19,7 @@ from prefect import Flow, flow, task
 from prefect.cache_policies import NO_CACHE
 
 from leanset.dedup.config import DedupSettings
+from leanset.dedup.matrix import Rows
 from leanset.dedup.stage import DedupResult, PriorIndex, Signals
 from leanset.labeling.stage import LabelingOutcome
 from leanset.pipelines import steps
@@ -104,7 +105,7 @@ def dedup_task(
 @task(name="label-noise-and-selection", cache_policy=NO_CACHE)
 def labeling_task(
     table: pl.DataFrame,
-    matrix: np.ndarray | None,
+    matrix: Rows | None,
     settings: FlowSettings,
     pred_probs: list[Any] | None,
     pending: pl.DataFrame,
@@ -117,7 +118,7 @@ def labeling_task(
 
 @task(name="quality-checks", cache_policy=NO_CACHE)
 def checks_task(
-    table: pl.DataFrame, matrix: np.ndarray | None, settings: FlowSettings, basis: Basis
+    table: pl.DataFrame, matrix: Rows | None, settings: FlowSettings, basis: Basis
 ) -> Checked:
     """Outliers, unusable images, contamination against outside sets, split drift."""
     return run_checks(table, matrix, settings, basis)
@@ -127,7 +128,7 @@ def checks_task(
 def cost_task(
     decided: LoadedDataset,
     raw_labels: list[str | None],
-    matrix: np.ndarray | None,
+    matrix: Rows | None,
     settings: FlowSettings,
 ) -> CostMeasures:
     """Cost units per split, and the probe's quality on the raw and the cleaned train split."""

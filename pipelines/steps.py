@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from leanset.dedup.config import DedupSettings
+from leanset.dedup.matrix import Rows
 from leanset.dedup.stage import (
     DedupResult,
     PriorIndex,
@@ -184,7 +185,7 @@ def _searchers(engine: EngineSettings | None) -> tuple[Search | None, SearchBetw
 
 def labeling(
     table: pl.DataFrame,
-    matrix: np.ndarray | None,
+    matrix: Rows | None,
     settings: FlowSettings,
     pred_probs: list[Any] | None,
     pending: pl.DataFrame,
@@ -217,7 +218,7 @@ class CostMeasures:
 def cost(
     decided: LoadedDataset,
     raw_labels: list[str | None],
-    matrix: np.ndarray | None,
+    matrix: Rows | None,
     settings: FlowSettings,
 ) -> CostMeasures:
     """Cost units of the training and eval splits, and the probe trained on the raw and on the

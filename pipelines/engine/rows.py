@@ -13,6 +13,7 @@ What the dedup stage asks of it is answered by tasks with bounded results: `take
 new blocks), `fetch` (some rows to the driver: a calibration sample, the rows of pairs),
 `neighbours` (`near.sample_neighbours` of a sample, one task per corpus block of the local
 search's blocking, so the neighbours are the local ones) and `first_bad_row` (validation).
+`apply` runs a function over some rows in one task (the label-noise probe, the quality probe).
 `dense` brings the whole matrix to the driver, for the stages that still need it there.
 """
 
@@ -178,12 +179,34 @@ class RayRows:
         sim = np.concatenate([p[1] for p in parts], 1)
         return near._merge_neighbours(rows, idx, sim, k)
 
+    def apply(self, rows: np.ndarray, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`fn(matrix[rows], *args, **kwargs)` run by one task, which gathers rows `rows`
+        (ascending) from the blocks: only its result comes here (its error is raised here)."""
+        import ray
+
+        refs = self.take(rows).blocks.refs
+        done, value = ray.get(_remote(apply_rows).remote(self.blocks.dim, fn, args, kwargs, *refs))
+        if not done:
+            raise value
+        return value
+
 
 # ------------------------------------------------------------------------------- tasks
 
 
 def take_rows(block: np.ndarray, local: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(block[local])
+
+
+def apply_rows(
+    dim: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *parts: Any
+) -> tuple[bool, Any]:
+    """(True, fn(rows, ...)) over the blocks' rows stacked, or (False, the error it raised)."""
+    x = np.ascontiguousarray(np.concatenate(parts)) if parts else np.zeros((0, dim), np.float32)
+    try:
+        return True, fn(x, *args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - raised again on the driver, as if run there
+        return False, exc
 
 
 def bad_rows(block: np.ndarray, unit: bool) -> int:
