@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from tests.helpers import write_png
+
+if TYPE_CHECKING:
+    from tests.ray_cluster import LocalCluster
 
 _STATE = Path(tempfile.mkdtemp(prefix="leanset-tests-"))
 os.environ.update(
@@ -57,3 +62,25 @@ def tiny_images(tmp_path: Path) -> Path:
         write_png(root / f"train/b/base{k}.png", bases[k])
     (root / "train/a/broken.png").write_bytes(b"this is not a png")
     return root
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """A real local Ray cluster (a hidden head: its node cannot see this process's folders),
+    one per test module."""
+    from tests.ray_cluster import hidden_head
+
+    with hidden_head() as c:
+        yield c
+
+
+@pytest.fixture
+def driver(cluster: LocalCluster) -> Iterator[LocalCluster]:
+    """This process connected to the cluster for one test."""
+    import ray
+
+    ray.init(address=cluster.address, log_to_driver=False, namespace="leanset-tests")
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()

@@ -20,7 +20,7 @@ import pytest
 
 from tests import s3_server
 from tests.helpers import make_imagefolder, pixel_flow_body, write_flows, write_png
-from tests.ray_cluster import LocalCluster, can_hide, hidden_head, kill_one_worker_when
+from tests.ray_cluster import LocalCluster, can_hide, kill_one_worker_when
 from tests.s3_server import S3Server
 
 pytest.importorskip("ray")
@@ -35,12 +35,6 @@ pytestmark = [
 def s3() -> Iterator[S3Server]:
     with s3_server.serving() as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with hidden_head() as c:
-        yield c
 
 
 @pytest.fixture

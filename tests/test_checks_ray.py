@@ -6,7 +6,6 @@ Slow (a cluster start): `python -m pytest -m slow tests/test_checks_ray.py`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,29 +19,11 @@ from leanset.dedup.outliers import knn_distance, score_outliers
 from leanset.pipelines.checks import run_checks
 from leanset.pipelines.config import EngineSettings, FlowSettings, SourceSettings
 from leanset.pipelines.engine.rows import BlockMatrix, RayRows
-from tests.ray_cluster import LocalCluster, hidden_head
 from tests.test_checks import _table, _unit
 from tests.test_engine_ray import images  # noqa: F401 - the flow test's image folder
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with hidden_head() as c:
-        yield c
-
-
-@pytest.fixture
-def driver(cluster: LocalCluster) -> Iterator[LocalCluster]:
-    import ray
-
-    ray.init(address=cluster.address, log_to_driver=False, namespace="leanset-tests")
-    try:
-        yield cluster
-    finally:
-        ray.shutdown()
 
 
 def _kept(x: np.ndarray, rows: int = 700) -> RayRows:

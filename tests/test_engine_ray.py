@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,6 @@ from tests.ray_cluster import (
     LocalCluster,
     can_hide,
     free_port,
-    hidden_head,
     kill_one_worker_when,
 )
 from tests.test_near import _bitwise, at_threshold
@@ -30,24 +28,6 @@ pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 T = 0.9
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with hidden_head() as c:
-        yield c
-
-
-@pytest.fixture
-def driver(cluster: LocalCluster) -> Iterator[LocalCluster]:
-    """This process connected to the cluster for one test."""
-    import ray
-
-    ray.init(address=cluster.address, log_to_driver=False, namespace="leanset-tests")
-    try:
-        yield cluster
-    finally:
-        ray.shutdown()
 
 
 @pytest.mark.parametrize("method", ["exact", "partitioned"])
