@@ -16,7 +16,6 @@ from tests.test_engine_ray import (  # noqa: F401  (fixtures)
     _config,
     _kill_one_worker_after_first_shard,
     _ray_engine,
-    cluster,
     images,
 )
 
