@@ -28,13 +28,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from leanset.dedup.near import faiss_threads
 
 SIDE = 256  # features are computed on a grey copy whose longer side is this many pixels
 MAX_FEATURES = 400
@@ -277,27 +278,10 @@ def hamming_knn(query: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray
     spin on a loaded machine); calls run side by side in `workers` threads instead."""
     import faiss
 
-    with one_faiss_thread():
+    with faiss_threads(1):
         return faiss.knn_hamming(
             np.ascontiguousarray(query, np.uint8), np.ascontiguousarray(base, np.uint8), k
         )
-
-
-@contextmanager
-def one_faiss_thread() -> Iterator[None]:
-    """FAISS on one OpenMP thread inside the block (left alone where it already is, so that
-    threads calling this side by side never race on the setting)."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    if before == 1:
-        yield
-        return
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def workers(asked: int | None = None) -> int:
@@ -312,7 +296,7 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], n: int) -> list
     """`[fn(x) for x in items]`, in input order, on `n` threads (inline for one)."""
     if n <= 1 or len(items) < 2:
         return [fn(x) for x in items]
-    with one_faiss_thread(), ThreadPoolExecutor(n, thread_name_prefix="leanset-geometry") as pool:
+    with faiss_threads(1), ThreadPoolExecutor(n, thread_name_prefix="leanset-geometry") as pool:
         return list(pool.map(fn, items, chunksize=1))
 
 

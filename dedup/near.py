@@ -154,16 +154,18 @@ def decide(q: HostRows, qi: np.ndarray, c: HostRows, cj: np.ndarray, threshold: 
 
 
 @contextmanager
-def _faiss_threads(n: int) -> Iterator[None]:
-    """Run FAISS with n OpenMP threads inside the block (0: leave as is)."""
+def faiss_threads(n: int) -> Iterator[None]:
+    """Run FAISS with n OpenMP threads inside the block (0: leave as is). A setting that is
+    already n is left alone, so that threads entering this side by side never race on it."""
     before = faiss.omp_get_max_threads()
-    if n:
-        faiss.omp_set_num_threads(n)
+    if not n or before == n:
+        yield
+        return
+    faiss.omp_set_num_threads(n)
     try:
         yield
     finally:
-        if n:
-            faiss.omp_set_num_threads(before)
+        faiss.omp_set_num_threads(before)
 
 
 Candidates = tuple[np.ndarray, np.ndarray]
@@ -215,7 +217,7 @@ class _FaissKernel(_KernelBase):
         """FAISS's range search a rounding-error bound below the threshold (float32 sums that
         change with FAISS's thread count and block size: they only propose)."""
         radius = max(threshold - error_bound(q.shape[1]), -1.0)
-        with _faiss_threads(1 if q.shape[0] * c.shape[0] < _FAISS_SERIAL_PAIRS else 0):
+        with faiss_threads(1 if q.shape[0] * c.shape[0] < _FAISS_SERIAL_PAIRS else 0):
             lims, _, idx = self._index(c).range_search(q, radius)
         qi = np.repeat(np.arange(q.shape[0], dtype=np.int64), np.diff(lims.astype(np.int64)))
         return qi, idx.astype(np.int64)
