@@ -35,8 +35,6 @@ from typing import Any
 
 import numpy as np
 
-from leanset.dedup.near import faiss_threads
-
 SIDE = 256  # features are computed on a grey copy whose longer side is this many pixels
 MAX_FEATURES = 400
 MIN_KEYPOINTS = 25  # an image with fewer keypoints is too uniform to confirm anything
@@ -276,7 +274,11 @@ def hamming_knn(query: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray
     """Each binary descriptor's k Hamming-nearest in `base` (distances, indices), on one thread:
     it is called per pair or per chunk, where FAISS's threads cost more than they share (and
     spin on a loaded machine); calls run side by side in `workers` threads instead."""
+    # FAISS is imported where it runs, not with this module: `leanset verify` reads feature
+    # shards through it under a memory limit, where loading FAISS fails
     import faiss
+
+    from leanset.dedup.near import faiss_threads
 
     with faiss_threads(1):
         return faiss.knn_hamming(
@@ -296,6 +298,8 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], n: int) -> list
     """`[fn(x) for x in items]`, in input order, on `n` threads (inline for one)."""
     if n <= 1 or len(items) < 2:
         return [fn(x) for x in items]
+    from leanset.dedup.near import faiss_threads
+
     with faiss_threads(1), ThreadPoolExecutor(n, thread_name_prefix="leanset-geometry") as pool:
         return list(pool.map(fn, items, chunksize=1))
 
