@@ -2,11 +2,15 @@
 
 A crop, a rotated or flipped scan, or a photo with a caption burned in keeps most of its
 keypoints, while its pooled embedding and thumbnail move. Each image's ORB descriptors (the ones
-the geometric check uses, `dedup.geometry`) are quantised to visual words: a two-level
-vocabulary (`BRANCH` cells of `BRANCH` words) learned on this data by k-means on the descriptors'
-bits, a word being the Hamming-nearest binary centroid. An image is the tf-idf weighted, unit-length histogram of its words;
-the mirrored image's words give a second histogram, so a flip is found too (ORB itself is
-rotation-invariant, so turns need nothing more). Each image's `k` most similar images, plain or
+the geometric check uses, `dedup.geometry`) are quantised to visual words: a vocabulary learned on
+this data, two levels of k-means on the descriptors' bits (`BRANCH` cells of `BRANCH`, a word
+being the Hamming-nearest binary centroid), then each of those split around its own descriptors
+until a word holds about `LEAF` of them. Words stay rare however many images there are (4,096
+fixed words were each in ~5% of the images, so every image was scored against every other); the
+search is a sparse product that scores only the images sharing a word, its cost the images times
+the images per word rather than their square. An image is the tf-idf weighted, unit-length
+histogram of its words; the mirrored image's words give a second histogram, so a flip is found
+too (ORB itself is rotation-invariant, so turns need nothing more). Each image's `k` most similar images, plain or
 mirrored, are its candidates where they stand out from the image's look-alikes (`DISTINCT` times
 the similarity of its `NULL_RANK`-th nearest): distinct images that look alike share common
 words (down-weighted by idf) about as much as the next look-alike does, a copy shares the rare
@@ -28,13 +32,17 @@ from threadpoolctl import threadpool_limits
 
 from leanset.dedup.geometry import ImageFeatures, hamming_knn, parallel_map, workers
 
-BRANCH = 64  # a two-level vocabulary: 64 cells of 64 words each (4,096 words)
+BRANCH = 64  # two k-means levels of 64 cells of 64 (4,096 cells) ...
+LEAF = 16  # ... each split further, by up to `DEPTH` levels, until a word holds at most this
+DEPTH = 1  # many of the data's descriptors: words stay rare however many images there are
+SPLIT = 512  # at most this many words from one split
+STOP = 8 * LEAF  # a word in more images than this (identical descriptors) is not searched
 TRAIN_DESCRIPTORS = 64_000  # k-means learns on at most this many descriptors (sampled)
 KMEANS_ITERS = 10
 CHUNK = 32_768  # descriptors compared with the centroids at a time (bounded memory)
 NULL_RANK = 8  # an image's 8th most similar image is, on any data, a look-alike at best ...
 DISTINCT = 1.05  # ... and a candidate scores at least 5% above it (the true copy stands out)
-BLOCK = 512  # query images scored per block (bounded memory: BLOCK x N scores)
+BLOCK = 512  # query images scored per block (bounded memory: BLOCK x the images sharing words)
 SEED = 0
 
 
@@ -68,8 +76,10 @@ def word_pairs(
         return NO_WORDS
     plain = [features[n].plain.descriptors for n in usable]  # type: ignore[union-attr]
     mirror = [features[n].mirrored.descriptors for n in usable]  # type: ignore[union-attr]
-    vocab = vocabulary(np.concatenate(plain))
-    p, m = _tfidf(_histograms(plain, vocab), _histograms(mirror, vocab))
+    vocab, plain_words = vocabulary(np.concatenate(plain))
+    hist_p = _histograms(plain_words, plain, vocab.size)
+    hist_m = _histograms(vocab.words(np.concatenate(mirror)), mirror, vocab.size)
+    p, m = _tfidf(hist_p, hist_m)
     rows = np.asarray(usable, dtype=np.int64)
     asked = np.arange(len(rows)) if queries is None else np.flatnonzero(np.isin(rows, queries))
     i, j, score = _top_k(p, m, asked, min(k, len(usable) - 1), threads)
@@ -77,40 +87,92 @@ def word_pairs(
     n = len(features)
     key, first = np.unique(np.minimum(a, b) * n + np.maximum(a, b), return_index=True)
     seconds = time.perf_counter() - start
-    return WordPairs(key // n, key % n, score[first].astype(np.float32), seconds, vocab.size)
+    return WordPairs(key // n, key % n, score[first].astype(np.float32), seconds, vocab.leaves)
 
 
-def vocabulary(descriptors: np.ndarray) -> Vocabulary:
-    """A two-level vocabulary of ORB descriptors: `BRANCH` cells by k-means on the descriptors'
-    bits (rounded to binary centroids), each split again into up to `BRANCH` words."""
+def vocabulary(descriptors: np.ndarray) -> tuple[Vocabulary, np.ndarray]:
+    """The vocabulary of these ORB descriptors, and each one's word: `BRANCH` cells by k-means
+    on the descriptors' bits (rounded to binary centroids), each split again into up to
+    `BRANCH` by k-means, then every cell holding more than `LEAF` of the descriptors split by
+    up to `BRANCH` of its own descriptors (drawn at random), up to `DEPTH` times."""
     rng = np.random.default_rng(SEED)
+    sample = descriptors
     if len(descriptors) > TRAIN_DESCRIPTORS:
-        descriptors = descriptors[rng.choice(len(descriptors), TRAIN_DESCRIPTORS, replace=False)]
-    top = _kmeans(descriptors, BRANCH)
-    cell = _nearest(top, descriptors)
-    subs = [_kmeans(descriptors[cell == c], BRANCH) for c in range(len(top))]
-    return Vocabulary(top, subs)
+        sample = descriptors[rng.choice(len(descriptors), TRAIN_DESCRIPTORS, replace=False)]
+    top = _kmeans(sample, BRANCH)
+    cell = _nearest(top, sample)
+    subs = [_kmeans(sample[cell == c], BRANCH) for c in range(len(top))]
+    vocab = Vocabulary(top, subs, {}, [len(subs) * BRANCH])
+    word = vocab.cells(descriptors)
+    for _ in range(DEPTH):
+        if not vocab.grow(descriptors, word, rng):
+            break
+        word = vocab.descend(descriptors, word)
+    return vocab, word
 
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Binary centroids: the top cells, and each cell's words (32 bytes each)."""
+    """Binary centroids: the top cells, each cell's k-means words (32 bytes each), and the
+    words split further: a word's centroids (its own descriptors) and its first child's id."""
 
     top: np.ndarray
     subs: list[np.ndarray]
+    split: dict[int, tuple[np.ndarray, int]]
+    count: list[int]  # one item: the number of ids given (words and the cells split)
 
     @property
     def size(self) -> int:
-        return len(self.subs) * BRANCH
+        return self.count[0]
 
-    def words(self, descriptors: np.ndarray) -> np.ndarray:
-        """Each descriptor's word (cell * BRANCH + the nearest of the cell's words)."""
+    @property
+    def leaves(self) -> int:
+        return self.size - len(self.split)
+
+    def cells(self, descriptors: np.ndarray) -> np.ndarray:
+        """Each descriptor's k-means word (cell * BRANCH + the nearest of the cell's words)."""
         cell = _nearest(self.top, descriptors)
         out = np.zeros(len(descriptors), np.int64)
         for c in np.unique(cell).tolist():
             mine = np.flatnonzero(cell == c)
             out[mine] = c * BRANCH + _nearest(self.subs[c], descriptors[mine])
         return out
+
+    def words(self, descriptors: np.ndarray) -> np.ndarray:
+        """Each descriptor's word: its k-means word, then down the splits."""
+        word = self.cells(descriptors)
+        for _ in range(DEPTH):
+            word = self.descend(descriptors, word)
+        return word
+
+    def grow(self, descriptors: np.ndarray, word: np.ndarray, rng: np.random.Generator) -> bool:
+        """Split each word holding more than `LEAF` of `descriptors` into up to `BRANCH`
+        (about `LEAF` each) around its own descriptors drawn at random; False when none was."""
+        grown = False
+        for w, mine in _groups(word):
+            if len(mine) > LEAF and w not in self.split:
+                b = min(SPLIT, -(-len(mine) // LEAF))
+                centres = descriptors[mine[np.sort(rng.choice(len(mine), b, replace=False))]]
+                self.split[w] = (centres, self.count[0])
+                self.count[0] += b
+                grown = True
+        return grown
+
+    def descend(self, descriptors: np.ndarray, word: np.ndarray) -> np.ndarray:
+        """One level down: each descriptor of a split word to the nearest of its centroids."""
+        out = word.copy()
+        for w, mine in _groups(word):
+            if w in self.split:
+                centres, first = self.split[w]
+                out[mine] = first + _nearest(centres, descriptors[mine])
+        return out
+
+
+def _groups(word: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Each distinct word (ascending) and the positions holding it."""
+    order = np.argsort(word, kind="stable")
+    values, starts = np.unique(word[order], return_index=True)
+    return list(zip(values.tolist(), np.split(order, starts[1:]), strict=True))
 
 
 def _kmeans(descriptors: np.ndarray, k: int) -> np.ndarray:
@@ -154,12 +216,11 @@ def _nearest(centroids: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
     return out
 
 
-def _histograms(descriptors: list[np.ndarray], vocab: Vocabulary) -> sparse.csr_matrix:
-    """Per image, how many of its descriptors fall in each word."""
-    word = vocab.words(np.concatenate(descriptors))
+def _histograms(word: np.ndarray, descriptors: list[np.ndarray], size: int) -> sparse.csr_matrix:
+    """Per image, how many of its descriptors (their words in order) fall in each word."""
     counts = np.array([len(d) for d in descriptors])
     rows = np.repeat(np.arange(len(descriptors)), counts)
-    shape = (len(descriptors), vocab.size)
+    shape = (len(descriptors), size)
     out = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, word)), shape=shape)
     out.sum_duplicates()
     return out
@@ -168,14 +229,19 @@ def _histograms(descriptors: list[np.ndarray], vocab: Vocabulary) -> sparse.csr_
 def _tfidf(
     plain: sparse.csr_matrix, mirrored: sparse.csr_matrix
 ) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
-    """Square-rooted counts weighted by each word's inverse document frequency, unit rows."""
+    """Square-rooted counts weighted by each word's inverse document frequency, unit rows; the
+    words in more than `STOP` images then left out of the search (their share of the unit
+    length stays: an image of common words only scores low)."""
     df = np.asarray((plain > 0).sum(axis=0)).ravel()
     idf = np.log((plain.shape[0] + 1) / (df + 1)).astype(np.float32)
+    searched = sparse.diags((df <= STOP).astype(np.float32))
     out = []
     for h in (plain, mirrored):
         w = sparse.csr_matrix(h.sqrt() @ sparse.diags(idf))
         norm = np.sqrt(np.asarray(w.multiply(w).sum(axis=1)).ravel())
-        out.append(sparse.csr_matrix(sparse.diags(1 / np.maximum(norm, 1e-12)) @ w))
+        unit = sparse.csr_matrix(sparse.diags(1 / np.maximum(norm, 1e-12)) @ w @ searched)
+        unit.eliminate_zeros()
+        out.append(unit)
     return out[0], out[1]
 
 
@@ -187,15 +253,16 @@ def _top_k(
     threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each asked row's k best other rows by the better of its plain and mirrored similarity,
-    kept where it stands out: at least `DISTINCT` times the row's `NULL_RANK`-th best. Blocks
-    of rows are scored side by side on `threads` threads (scipy's products release the GIL),
-    each block as large as a block on one thread divided by the threads (the same memory)."""
-    corpus = plain.T.tocsc()
-    depth = min(max(k, NULL_RANK), plain.shape[0] - 1)
+    kept where it stands out: at least `DISTINCT` times the row's `NULL_RANK`-th best. The
+    products are sparse (an inverted index: only images sharing a word are scored, and words
+    are rare), so the cost grows with the images times the images per word, not their square.
+    Blocks of rows are scored side by side on `threads` threads (scipy's products release the
+    GIL), each block as large as a block on one thread divided by the threads."""
+    corpus = sparse.csr_matrix(plain.T)
     n = workers(threads)
     size = max(1, BLOCK // n)
     blocks = [asked[s : s + size] for s in range(0, len(asked), size)]
-    scored = parallel_map(lambda rows: _block(plain, mirrored, corpus, rows, k, depth), blocks, n)
+    scored = parallel_map(lambda rows: _block(plain, mirrored, corpus, rows, k), blocks, n)
     if not scored:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     return tuple(np.concatenate(part) for part in zip(*scored, strict=True))  # type: ignore[return-value]
@@ -204,19 +271,33 @@ def _top_k(
 def _block(
     plain: sparse.csr_matrix,
     mirrored: sparse.csr_matrix,
-    corpus: sparse.csc_matrix,
+    corpus: sparse.csr_matrix,
     rows: np.ndarray,
     k: int,
-    depth: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`_top_k` of one block of rows: (row, other row, similarity) of the pairs kept."""
-    sim = np.maximum((plain[rows] @ corpus).toarray(), (mirrored[rows] @ corpus).toarray())
-    sim[np.arange(len(rows)), rows] = -1.0
-    top = np.argpartition(-sim, depth - 1, axis=1)[:, :depth]
-    best = np.take_along_axis(sim, top, axis=1)
-    order = np.argsort(-best, axis=1, kind="stable")
-    top, best = np.take_along_axis(top, order, 1), np.take_along_axis(best, order, 1)
-    keep = np.ones((len(rows), k), dtype=bool)  # too few images for a null: the k best
-    if depth >= NULL_RANK:
-        keep = best[:, :k] >= DISTINCT * best[:, NULL_RANK - 1 : NULL_RANK]
-    return np.repeat(rows, k)[keep.ravel()], top[:, :k][keep], best[:, :k][keep]
+    sim = sparse.csr_matrix((plain[rows] @ corpus).maximum(mirrored[rows] @ corpus))
+    found = [
+        _best(row, sim.indices[lo:hi], sim.data[lo:hi], k)
+        for row, lo, hi in zip(rows.tolist(), sim.indptr[:-1], sim.indptr[1:], strict=True)
+    ]
+    counts = [len(j) for j, _ in found]
+    i = np.repeat(rows.astype(np.int64), counts)
+    j = np.concatenate([j for j, _ in found]).astype(np.int64)
+    return i, j, np.concatenate([s for _, s in found]).astype(np.float32)
+
+
+def _best(row: int, cols: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """One row's k most similar others that stand out (`DISTINCT` times its `NULL_RANK`-th
+    most similar; with fewer others sharing a word, the k best): columns and similarities."""
+    other = (cols != row) & (sims > 0)
+    cols, sims = cols[other], sims[other]
+    depth = max(k, NULL_RANK)
+    if depth < len(sims):
+        top = np.argpartition(-sims, depth - 1)[:depth]
+        cols, sims = cols[top], sims[top]
+    order = np.lexsort((cols, -sims))  # ties to the lower image: the same on any block
+    null = sims[order[NULL_RANK - 1]] if len(sims) >= NULL_RANK else 0.0
+    cols, sims = cols[order][:k], sims[order][:k]
+    keep = sims >= DISTINCT * null
+    return cols[keep], sims[keep]

@@ -166,3 +166,29 @@ def test_turned_copies_come_from_words_and_the_thumbnails_search_only_plain_and_
     parts = out.search["candidate_seconds"]
     assert {"embedding", "thumbnails", "geometry_neighbours"} <= set(parts)
     assert out.search["seconds"] == pytest.approx(sum(parts.values()), abs=0.002)
+
+
+def test_words_stay_rare_as_the_data_grows_and_only_images_sharing_a_word_are_scored(
+    planted, monkeypatch
+) -> None:
+    """The vocabulary splits its k-means cells until a word holds about LEAF of the data's
+    descriptors: twice the descriptors give about twice the words (not the same cells, each in
+    twice the images), the same data gives the same words, and the search proposes no pair of
+    images that share no word (the sparse product scores only those)."""
+    from leanset.dedup import words
+
+    monkeypatch.setattr(words, "BRANCH", 8)  # 64 k-means cells for the tiles' 20k descriptors
+    feats, _ = planted
+    desc = np.concatenate([f.plain.descriptors for f in feats if f is not None])
+    half, whole = words.vocabulary(desc[::2]), words.vocabulary(desc)
+    assert half[0].leaves > 8 * 64 and whole[0].leaves > 1.6 * half[0].leaves
+    assert np.median(np.bincount(whole[1])[np.bincount(whole[1]) > 0]) <= words.LEAF
+    again = words.vocabulary(desc)
+    assert np.array_equal(again[1], whole[1])
+    assert np.array_equal(whole[0].words(desc[:500]), whole[1][:500])
+    found = word_pairs(feats, 3)
+    vocab = whole[0]
+    sets = [set(vocab.words(f.plain.descriptors).tolist()) for f in feats if f is not None]
+    mirrored = [set(vocab.words(f.mirrored.descriptors).tolist()) for f in feats if f is not None]
+    for i, j in zip(found.i.tolist(), found.j.tolist(), strict=True):
+        assert sets[i] & sets[j] or mirrored[i] & sets[j] or mirrored[j] & sets[i]
