@@ -34,8 +34,8 @@ from leanset.dedup.geometry import ImageFeatures, hamming_knn, parallel_map, wor
 
 BRANCH = 64  # two k-means levels of 64 cells of 64 (4,096 cells) ...
 LEAF = 16  # ... each split further, by up to `DEPTH` levels, until a word holds at most this
-DEPTH = 1  # many of the data's descriptors: words stay rare however many images there are
-SPLIT = 512  # at most this many words from one split
+DEPTH = 2  # many of the data's descriptors: words stay rare however many images there are
+SPLIT = 64  # at most this many words from one split
 STOP = 8 * LEAF  # a word in more images than this (identical descriptors) is not searched
 TRAIN_DESCRIPTORS = 64_000  # k-means learns on at most this many descriptors (sampled)
 KMEANS_ITERS = 10
