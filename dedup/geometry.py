@@ -70,8 +70,8 @@ AGREEMENT = 0.5  # a fit whose inliers are too small a share of the ratio-test m
 # land on a keypoint there with a descriptor within AGREEMENT_BITS: repetitive content (a
 # chessboard, tiles) leaves few ratio-test matches of a true copy (the second nearest descriptor is
 # as close), while its keypoints agree densely (the chessboard copies refused before: 0.63-0.9;
-# every false pair the check confirms on the trust sets, and distinct tiles fitted onto each
-# other: 0.1-0.3); guided matches must then still pass every rule of `_judge`
+# the 4 false pairs the check confirms on the trust sets: 0.04-0.27); guided matches must then
+# still pass every rule of `_judge`
 AGREEMENT_BITS = 25
 REVERSE_FROM = 40  # a refused pair with this many ratio-test matches is matched the other way
 # too (accepted only with AGREEMENT): rich or repetitive content, where the direction matters
