@@ -19,8 +19,11 @@ leaves a tenth of the tile outside. A mirrored fit counts only when the plain fe
 fit nearly as well: mirror-symmetric or periodic content (a chessboard) fits both ways. A plain
 fit of a copy's shape that falls short only on evidence (inliers, their spread) is given guided
 matches (`GUIDED_FROM`): re-encoded or blurred small images lose most ratio-test matches, not
-their keypoints. Flat, dark or near-uniform images have too few keypoints to confirm anything: a
-pair with one is never confirmed here.
+their keypoints; so is a fit that falls short on the inliers' share where the keypoints agree
+densely under it (`AGREEMENT`: repetitive content, where the ratio test drops true matches), and a
+refused pair is matched the other way too (the ratio test is not symmetric). Flat, dark or
+near-uniform images have too few keypoints to confirm anything: a pair with one is never
+confirmed here.
 """
 
 from __future__ import annotations
@@ -63,6 +66,16 @@ GUIDED_FROM = 12  # a fit of the right shape with this many inliers, short of th
 # small images the ratio test drops most true matches (the second nearest is as close), so a true
 # copy's fit holds 12-19 inliers where its keypoints agree at 35-60 places
 GUIDED_BITS = 50  # of ORB's 256 bits: true matches differ in 10-45, unrelated keypoints in ~100
+AGREEMENT = 0.5  # a fit whose inliers are too small a share of the ratio-test matches is still
+# given guided matches where at least this share of the keypoints it maps inside the other image
+# land on a keypoint there with a descriptor within AGREEMENT_BITS: repetitive content (a
+# chessboard, tiles) leaves few ratio-test matches of a true copy (the second nearest descriptor is
+# as close), while its keypoints agree densely (the chessboard copies refused before: 0.63-0.9;
+# the 4 false pairs the check confirms on the trust sets: 0.04-0.27); guided matches must then
+# still pass every rule of `_judge`
+AGREEMENT_BITS = 25
+REVERSE_FROM = 40  # a refused pair with this many ratio-test matches is matched the other way
+# too (accepted only with AGREEMENT): rich or repetitive content, where the direction matters
 
 
 @dataclass(frozen=True)
@@ -236,6 +249,10 @@ def image_features(grey: np.ndarray) -> ImageFeatures:
 def verify(a: ImageFeatures, b: ImageFeatures) -> Match:
     """Whether b is a geometric copy of a (a crop, turn, flip, resize ... of it or the reverse)."""
     plain = match(a.plain, b.plain)
+    if not plain.copy and plain.matches >= REVERSE_FROM:
+        back = _reverse(a.plain, b.plain)
+        if back.copy:
+            return back
     if plain.copy or not a.plain.usable or not b.plain.usable:
         return plain
     flipped = match(  # symmetric content fits mirrored; fewer mirrored matches than the plain
@@ -349,10 +366,51 @@ def _guidable(judged: Match, a: Features, b: Features, fit: np.ndarray) -> bool:
     the map itself: scale, anisotropy, no flip, the smaller image inside the other)."""
     return (
         judged.inliers >= GUIDED_FROM
-        and judged.inliers >= MIN_INLIER_SHARE * judged.matches
+        and (
+            judged.inliers >= MIN_INLIER_SHARE * judged.matches
+            or _agreement(a, b, fit) >= AGREEMENT  # repetitive content: see AGREEMENT
+        )
         and judged.inside >= MIN_INSIDE
         and _shaped(fit)
         and _overhang(*_small_first(fit, a, b)) <= MAX_OVERHANG
+    )
+
+
+def _agreement(a: Features, b: Features, fit: np.ndarray) -> float:
+    """Of a's keypoints that `fit` maps inside b's frame, the share that land within
+    RANSAC_PIXELS of a keypoint of b whose descriptor differs in at most AGREEMENT_BITS bits."""
+    where = a.points @ fit[:, :2].T + fit[:, 2]
+    rows = np.flatnonzero(
+        (where[:, 0] >= 0) & (where[:, 0] < b.width) & (where[:, 1] >= 0) & (where[:, 1] < b.height)
+    )
+    if len(rows) < MIN_INLIERS:
+        return 0.0
+    gap = ((where[rows][:, None, :] - b.points[None, :, :]) ** 2).sum(-1)
+    i, j = np.nonzero(gap <= RANSAC_PIXELS**2)  # few per keypoint: only those are compared
+    bits = np.unpackbits(a.descriptors[rows[i]] ^ b.descriptors[j], axis=1).sum(1)
+    close = np.zeros(len(rows), dtype=bool)
+    close[i[bits <= AGREEMENT_BITS]] = True
+    return float(close.mean())
+
+
+def _reverse(a: Features, b: Features) -> Match:
+    """b's features matched into a's (the ratio test is not symmetric: a crop's keypoints meet
+    the distractors of the whole original, the original's few in the crop), as a match of a to
+    b; a copy only where the keypoints agree densely under the fit (`AGREEMENT`)."""
+    back = match(b, a)
+    if not back.copy:
+        return back
+    fit = np.array(back.fit).reshape(2, 3)
+    if _agreement(b, a, fit) < AGREEMENT:
+        return Match(**{**back.__dict__, "copy": False})
+    forward = np.asarray(__import__("cv2").invertAffineTransform(fit))
+    return Match(
+        **{
+            **back.__dict__,
+            "rotation": -back.rotation,
+            "scale": 1.0 / back.scale,
+            "fit": tuple(forward.ravel().tolist()),
+        }
     )
 
 
