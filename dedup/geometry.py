@@ -74,8 +74,11 @@ AGREEMENT = 0.5  # a fit whose inliers are too small a share of the ratio-test m
 # the 4 false pairs the check confirms on the trust sets: 0.04-0.27); guided matches must then
 # still pass every rule of `_judge`
 AGREEMENT_BITS = 25
-REVERSE_FROM = 40  # a refused pair with this many ratio-test matches is matched the other way
-# too (accepted only with AGREEMENT): rich or repetitive content, where the direction matters
+REVERSE_FROM = 100  # a refused pair with this many ratio-test matches is matched the other way
+# too (accepted only with AGREEMENT): rich or repetitive content, where the direction matters. The
+# copies the reverse confirmed on the trust sets had 107-162 matches; from 40 it ran on ~half of
+# a 10k-tile run's pairs (matching CPU 1.6x for 6 more copies of 4,000), from 100 on a third as
+# many (those 6: 3 kept)
 
 
 @dataclass(frozen=True)
