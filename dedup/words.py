@@ -94,7 +94,7 @@ def vocabulary(descriptors: np.ndarray) -> tuple[Vocabulary, np.ndarray]:
     """The vocabulary of these ORB descriptors, and each one's word: `BRANCH` cells by k-means
     on the descriptors' bits (rounded to binary centroids), each split again into up to
     `BRANCH` by k-means, then every cell holding more than `LEAF` of the descriptors split by
-    up to `BRANCH` of its own descriptors (drawn at random), up to `DEPTH` times."""
+    up to `SPLIT` of its own descriptors (drawn at random), up to `DEPTH` times."""
     rng = np.random.default_rng(SEED)
     sample = descriptors
     if len(descriptors) > TRAIN_DESCRIPTORS:
@@ -146,7 +146,7 @@ class Vocabulary:
         return word
 
     def grow(self, descriptors: np.ndarray, word: np.ndarray, rng: np.random.Generator) -> bool:
-        """Split each word holding more than `LEAF` of `descriptors` into up to `BRANCH`
+        """Split each word holding more than `LEAF` of `descriptors` into up to `SPLIT`
         (about `LEAF` each) around its own descriptors drawn at random; False when none was."""
         grown = False
         for w, mine in _groups(word):
