@@ -203,9 +203,23 @@ def _engine(settings: FlowSettings, run_id: str) -> Iterator[JSON]:
         paths["the Hugging Face datasets cache (HF_DATASETS_CACHE)"] = hf_cache
     metadata = {"leanset_flow": settings.name, "prefect_flow_run_id": run_id}
     writable = [] if is_url(settings.store) else ["store"]  # a bucket: workers PUT their shards
-    with ray_session(settings.engine, paths, writable, metadata) as info:
+    buckets = _node_buckets(settings)
+    with ray_session(settings.engine, paths, writable, metadata, buckets) as info:
         log.info("Ray cluster %s: %s", info.address, info.resources)
         yield {"type": "ray", **info.to_dict()}
+
+
+def _node_buckets(settings: FlowSettings) -> dict[str, tuple[str, dict[str, str] | None, bool]]:
+    """What every Ray node must reach in buckets, with the options its tasks are given: a
+    bucket store (workers PUT cache shards there) and an image folder in a bucket (workers
+    fetch the files they embed)."""
+    out: dict[str, tuple[str, dict[str, str] | None, bool]] = {}
+    if is_url(settings.store):
+        out["store"] = (str(settings.store), settings.storage_options, True)
+    src = settings.source
+    if src.type == "imagefolder" and src.path and is_url(src.path):
+        out["source.path"] = (src.path, src.storage_options, False)
+    return out
 
 
 def _node_paths(settings: FlowSettings) -> dict[str, Path]:

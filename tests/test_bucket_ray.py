@@ -149,3 +149,32 @@ def test_a_bucket_image_source_on_ray_is_read_by_the_workers_from_the_bucket(
     run_core(load_flow(config, "bucket"))
     run_core(load_flow(config, "local"))
     assert _decisions(Store(url, s3.options)).equals(_decisions(Store(tmp_path / "store")))
+
+
+def test_a_node_without_the_buckets_credentials_is_named_before_any_work(
+    s3, cluster, hidden_cache, tmp_path, monkeypatch
+):
+    """Credentials in the driver's environment only (the cluster's node was started without
+    them): before any work, one task on each node lists the bucket and puts a probe object
+    there, and the run stops with one message naming the node, the store and the fix. Nothing
+    is committed."""
+    from leanset.pipelines.config import load_flow
+    from leanset.pipelines.core import run_core
+    from leanset.pipelines.engine.cluster import EngineError
+    from leanset.pipelines.store.storage import ObjectStorage
+
+    for key, value in s3.options.items():  # this process only: the node never saw them
+        monkeypatch.setenv(key, value)
+    make_imagefolder(tmp_path / "images")
+    url = f"s3://{s3.bucket()}/stores/env-only"
+    config = write_flows(tmp_path, bucket=pixel_flow_body(store=url, engine=_engine(cluster)))
+    with pytest.raises(EngineError) as raised:
+        run_core(load_flow(config, "bucket"))
+    said = str(raised.value)
+    assert said.startswith("store cannot be used from node") and url in said, said
+    assert "credentials" in said and "storage_options" in said
+    assert ObjectStorage(url, s3.options).list("manifests") == []
+
+    body = pixel_flow_body(store=url, storage_options=s3.options, engine=_engine(cluster))
+    config = write_flows(tmp_path, bucket=body)  # the options travel with the node's tasks
+    assert run_core(load_flow(config, "bucket")).summary.version == 1

@@ -524,3 +524,35 @@ def test_calibrate_stores_its_record_in_a_bucket_store_and_the_next_run_prices_w
     second = run_core(bucket)
     assert second.summary.version == 2  # a new cost input: a new statement
     assert "leanset calibrate on cpu" in remote.manifest(2)["cost"]["price_source"]
+
+
+def test_the_access_check_a_ray_node_runs_reaches_a_bucket_or_names_what_failed(s3):
+    """What each Ray node runs before work (`bucket_problems`): a store it can list and write
+    passes and leaves no probe object behind; a store it cannot reach is one message naming the
+    URL and where credentials come from, within seconds (not obstore's minutes of retries)."""
+    import time
+
+    from leanset.pipelines.engine.cluster import bucket_problems
+    from leanset.pipelines.store.storage import ObjectStorage
+
+    url = f"s3://{s3.bucket()}/store"
+    assert (
+        bucket_problems({"store": (url, s3.options, True), "source": (url, s3.options, False)})
+        == {}
+    )
+    assert ObjectStorage(url, s3.options).list("") == []  # the probe was deleted
+
+    closed = {**s3.options, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_closed_port()}"}
+    t0 = time.perf_counter()
+    found = bucket_problems({"store": (url, closed, True)})
+    assert time.perf_counter() - t0 < 60
+    assert set(found) == {"store"} and url in found["store"]
+    assert "AWS_ACCESS_KEY_ID" in found["store"], found
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, never listening: a connection is refused
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -129,6 +129,40 @@ def test_file_hash_cache_skips_reading_unchanged_files(
     assert row["content_hash"].item() == other["content_hash"].item()
 
 
+def test_two_runs_over_one_file_hash_cache_keep_both_runs_hashes(tmp_path: Path, tiny_images):
+    """Two processes load one store's file-hash cache, each hashes its own files and saves: the
+    second save keeps what the first wrote (it used to replace the file with its own view, so
+    the next run read the first run's files again)."""
+    import multiprocessing
+    import os
+
+    from leanset.pipelines.sources import FileHashCache
+
+    cache_path = tmp_path / "cache" / "file-hashes.parquet"
+    files = sorted(tiny_images.rglob("*.png"))
+    half = len(files) // 2
+    first, second = FileHashCache(cache_path), FileHashCache(cache_path)  # both before a save
+    for cache, part in ((first, files[:half]), (second, files[half:])):
+        for f in part:
+            cache.put(str(f), os.stat(f), f"hash-of-{f.name}")
+    ctx = multiprocessing.get_context("spawn")
+    saver = ctx.Process(target=_save_cache, args=(first,))  # the first save from another process
+    saver.start()
+    saver.join(60)
+    assert saver.exitcode == 0
+    second.save()
+
+    merged = FileHashCache(cache_path)
+    for f in files:
+        known = merged.get(str(f), os.stat(f))
+        assert known is not None, f"{f.name}: the other run's hash was lost"
+        assert known.hash == f"hash-of-{f.name}"
+
+
+def _save_cache(cache) -> None:
+    cache.save()
+
+
 def test_datasets_thread_maps_find_a_tqdm_lock_in_place(tmp_path: Path, monkeypatch):
     """Two flow runs in one process load at once. `datasets`' thread maps go through tqdm's
     `ensure_lock`, which creates the class's lock when missing and deletes it on exit: two of them

@@ -29,14 +29,13 @@ Natural digits that are that close to each other anyway are kept and listed as `
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from urllib.parse import unquote
 import numpy as np
 from PIL import Image
 
-from leanset.pipelines.fsutil import atomic_write_bytes, atomic_write_json
+from leanset.pipelines.fsutil import atomic_write_bytes, atomic_write_json, locked
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +264,7 @@ def make_demo(root: str | Path, seed: int = 0) -> DemoTruth:
     current = _load_if_current(root, seed)
     if current is not None:
         return current
-    with _exclusive(root):
+    with locked(root / ".make_demo.lock"):
         current = _load_if_current(root, seed)  # another process may have just written it
         if current is not None:
             return current
@@ -735,22 +734,6 @@ def _swap_in(build: Path, target: Path) -> None:
     os.replace(build, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _exclusive(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on root/.make_demo.lock where the platform has flock."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    with open(root / ".make_demo.lock", "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _readme(seed: int) -> str:

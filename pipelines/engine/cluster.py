@@ -3,8 +3,9 @@
 Every way a cluster can be unusable becomes one `EngineError` naming the setting and the fix:
 an address nothing answers at (a TCP probe first: Ray itself retries for minutes), `auto` with no
 cluster, a token the cluster wants and this process did not send, embedding workers no node can
-hold (Ray would leave them pending forever), and paths a node cannot see or write, or another
-leanset there (one task pinned to each alive node checks them).
+hold (Ray would leave them pending forever), paths a node cannot see or write, buckets it cannot
+reach with its credentials, or another leanset there (one task pinned to each alive node checks
+them).
 """
 
 from __future__ import annotations
@@ -168,12 +169,17 @@ def check_resources(settings: EngineSettings, address: str) -> None:
     )
 
 
-def node_check(paths: dict[str, str], writable: list[str]) -> dict[str, Any]:
-    """Runs on one node: which paths it cannot see or write, and which leanset it imports."""
+Buckets = dict[str, tuple[str, dict[str, str] | None, bool]]  # name: (URL, options, written)
+
+
+def node_check(paths: dict[str, str], writable: list[str], buckets: Buckets) -> dict[str, Any]:
+    """Runs on one node: which paths it cannot see or write, which buckets it cannot reach, and
+    which leanset it imports."""
     import importlib.metadata
     import tempfile
 
     out: dict[str, Any] = {"host": socket.gethostname(), "missing": {}, "unwritable": {}}
+    out["buckets"] = bucket_problems(buckets)
     for name, p in paths.items():
         try:
             os.stat(p)
@@ -195,7 +201,23 @@ def node_check(paths: dict[str, str], writable: list[str]) -> dict[str, Any]:
     return out
 
 
-def check_paths(paths: dict[str, str], writable: list[str], timeout: float) -> None:
+def bucket_problems(buckets: Buckets) -> dict[str, str]:
+    """Why this machine cannot list (or, where its workers write, put into) each bucket."""
+    from leanset.pipelines.store.errors import StoreError
+    from leanset.pipelines.store.storage import ObjectStorage
+
+    out = {}
+    for name, (url, options, written) in buckets.items():
+        try:
+            ObjectStorage(url, options, quick=True).check_access(written)
+        except StoreError as exc:
+            out[name] = str(exc)
+    return out
+
+
+def check_paths(
+    paths: dict[str, str], writable: list[str], buckets: Buckets, timeout: float
+) -> None:
     """node_check on every alive node (pinned there); the first problem is raised."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -205,7 +227,7 @@ def check_paths(paths: dict[str, str], writable: list[str], timeout: float) -> N
     refs = [
         remote.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote(paths, writable)
+        ).remote(paths, writable, buckets)
         for n in nodes
     ]
     try:
@@ -215,7 +237,7 @@ def check_paths(paths: dict[str, str], writable: list[str], timeout: float) -> N
             f"engine.check_timeout_s: the path check did not finish on every node within "
             f"{timeout:g} s (a node without a free worker, or a hung filesystem mount)"
         ) from exc
-    here = node_check({}, [])["leanset"]
+    here = node_check({}, [], {})["leanset"]
     for n, r in zip(nodes, results, strict=True):
         where = f"node {n['NodeManagerAddress']} ({r['host']}, id {n['NodeID'][:8]})"
         for name, why in r["missing"].items():
@@ -225,6 +247,12 @@ def check_paths(paths: dict[str, str], writable: list[str], timeout: float) -> N
             )
         for name, why in r["unwritable"].items():
             raise EngineError(f"{name} is not writable from {where}: {why}")
+        for name, why in r["buckets"].items():
+            raise EngineError(
+                f"{name} cannot be used from {where}: {why}. Every Ray node needs obstore and "
+                f"the bucket's credentials: set them in that node's environment (or the "
+                f"cluster's runtime environment), or in flows.yaml's storage_options"
+            )
         if r["leanset"] != here:
             raise EngineError(
                 f"leanset on {where} is {r['leanset']}, here it is {here}: install the same "
@@ -282,11 +310,12 @@ def ray_session(
     paths: dict[str, Path],
     writable: list[str],
     metadata: dict[str, str] | None = None,
+    buckets: Buckets | None = None,
 ) -> Iterator[ClusterInfo]:
-    """Connected to the cluster and checked (resources, then `paths` on every node) before the
-    body runs; disconnected after it (a driver whose cluster goes away is ended by Ray). A
-    process already connected (ray.init by the caller) stays connected. `writable` names the
-    paths every node must be able to write (created here when missing)."""
+    """Connected to the cluster and checked (resources, then `paths` and `buckets` on every
+    node) before the body runs; disconnected after it (a driver whose cluster goes away is ended
+    by Ray). A process already connected (ray.init by the caller) stays connected. `writable`
+    names the paths every node must be able to write (created here when missing)."""
     ray = _import_ray()
     t0 = time.perf_counter()
     map_large_allocations()  # the driver works on N-row arrays the cluster's results index
@@ -298,7 +327,8 @@ def ray_session(
         check_resources(settings, settings.address)
         for name in writable:  # a new store: created here, then written from every node
             paths[name].mkdir(parents=True, exist_ok=True)
-        check_paths({k: str(v) for k, v in paths.items()}, writable, settings.check_timeout_s)
+        where = {k: str(v) for k, v in paths.items()}
+        check_paths(where, writable, buckets or {}, settings.check_timeout_s)
         yield _info(ray, t0)
     finally:
         if owned:

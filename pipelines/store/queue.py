@@ -35,15 +35,10 @@ from leanset.labeling.labelstudio import (
     parse_export,
     task_for_row,
 )
-from leanset.pipelines.fsutil import atomic_write_bytes
+from leanset.pipelines.fsutil import atomic_write_bytes, locked
 from leanset.pipelines.store.errors import IntegrityError
 from leanset.pipelines.store.layout import StoreLayout
 from leanset.pipelines.store.sealed import read_sealed, sum_path, write_sealed
-
-try:  # advisory locking is POSIX-only; elsewhere a single writer is assumed
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -174,17 +169,9 @@ def _store_file(store: str | Path, name: str) -> Path:
 @contextlib.contextmanager
 def _locked(store: str | Path) -> Iterator[None]:
     """Hold the store's labeling lock for a read-modify-write."""
-    folder = labeling_dir(store)
-    folder.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:  # pragma: no cover
+    labeling_dir(store).mkdir(parents=True, exist_ok=True)
+    with locked(StoreLayout(Path(store)).labeling_lock):
         yield
-        return
-    with open(StoreLayout(Path(store)).labeling_lock, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _read(path: Path, schema: pl.Schema) -> pl.DataFrame:

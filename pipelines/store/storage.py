@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +141,9 @@ class ObjectStorage:
 
     remote = True
 
-    def __init__(self, url: str, options: dict[str, str] | None = None) -> None:
+    def __init__(self, url: str, options: dict[str, str] | None = None, quick: bool = False):
+        """`quick`: a check before work, answered within seconds (one retry, short timeouts)
+        rather than after obstore's minutes of retries."""
         try:
             from obstore.store import from_url
         except ImportError as exc:
@@ -151,9 +155,18 @@ class ObjectStorage:
         self.traffic = Traffic()
         config = {k.lower(): v for k, v in self.options.items() if k.lower() not in _HTTP_KEYS}
         allow_http = _allow_http(self.options)
-        client = {"allow_http": True} if allow_http else {}
+        client: dict[str, Any] = {"allow_http": True} if allow_http else {}
+        retry: dict[str, Any] | None = None
+        if quick:
+            client |= {"connect_timeout": "5s", "timeout": "10s"}
+            retry = {"max_retries": 1, "retry_timeout": timedelta(seconds=10)}
         try:
-            self._store = from_url(self.url, config=config or None, client_options=client or None)  # type: ignore[arg-type]
+            self._store = from_url(
+                self.url,
+                config=config or None,  # type: ignore[arg-type]
+                client_options=client or None,  # type: ignore[arg-type]
+                retry_config=retry,  # type: ignore[arg-type]
+            )
         except Exception as exc:  # obstore raises its own config errors
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StoreError(
@@ -255,10 +268,21 @@ class ObjectStorage:
                 f"{credentials_hint(self.url)}"
             ) from None
 
+    def check_access(self, write: bool) -> None:
+        """One LIST request (and with `write` a PUT and a DELETE of an empty probe object under
+        locks/): a `StoreError` naming the store and what failed when this machine cannot use it."""
+        import obstore
+
+        self.traffic.count("list")
+        with self._answer(""):
+            next(iter(obstore.list(self._store, None, chunk_size=1)), None)
+        if write:
+            probe = f"locks/.access-check-{uuid.uuid4().hex}"
+            self.write(probe, b"")
+            self.delete(probe)
+
     def signed_url(self, rel: str, seconds: float) -> str:
         """A presigned HTTPS GET URL of an object, valid `seconds` (signed here: no request)."""
-        from datetime import timedelta
-
         import obstore
 
         try:
