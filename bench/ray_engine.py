@@ -19,7 +19,9 @@ hashes held by the driver (`--via cache`, what a flow's embed stage does); then 
 work runs as `find_duplicates` runs it with `engine: ray`: validation, calibration (2,000 sampled
 rows' neighbours), the partitioned search, the pairs' cosines. Each size runs in a fresh process;
 it prints the driver's peak RSS (VmHWM, whole process), the largest peak of the cluster's worker
-processes, the time of each step and the 1-minute load average.
+processes, the time of each step and the 1-minute load average. With `--stage` and two sizes it
+also prints each step's growth in bytes per row from the first size to the last
+(`growth_bytes_per_row_by_step`): which step's memory grows with N.
 """
 
 from __future__ import annotations
