@@ -828,7 +828,5 @@ def _to_columns(
 
 
 def _spread(n: int, rows: np.ndarray, values: pl.Series) -> pl.Series:
-    """A column of n nulls holding `values` at `rows` (one of nulls only takes no memory until
-    it is written to)."""
-    nulls = pl.Series(dtype=values.dtype).extend_constant(None, n)
-    return nulls.scatter(rows, values) if len(rows) else nulls
+    """A column of n nulls holding `values` at `rows`."""
+    return pl.Series(dtype=values.dtype).extend_constant(None, n).scatter(rows, values)
