@@ -88,6 +88,7 @@ def test_a_mirrored_fit_is_tried_only_where_it_could_make_a_mirrored_copy(monkey
         return real(*args, **kwargs)
 
     monkeypatch.setattr(cv2, "estimateAffine2D", counted)
+    monkeypatch.setattr(geometry, "REVERSE_FROM", 10**9)  # only the plain and mirrored fits
     tiles = photo_tiles(14, min_std=30)
     feats = [image_features(t) for t in tiles]
     pairs = [(i, j) for i in range(len(feats)) for j in range(i + 1, len(feats))]
@@ -118,3 +119,36 @@ def test_the_word_search_on_threads_finds_the_pairs_it_finds_on_one(monkeypatch)
     assert len(one.i) > 0
     for part in ("i", "j", "score"):
         assert np.array_equal(getattr(one, part), getattr(many, part))
+
+
+def test_the_refits_stop_at_a_fixed_point_with_the_fit_three_refits_give(monkeypatch) -> None:
+    """Once a refit keeps the matches it was fitted on, another would repeat it: it is skipped,
+    and the fit and inliers are those of the three refits the check always ran."""
+    rng = np.random.default_rng(3)
+    src = rng.uniform(0, 256, (150, 2)).astype(np.float32)
+    true = np.array([[0.9, -0.12, 12.0], [0.12, 0.9, -7.0]])
+    dst = np.hstack([src, np.ones((150, 1), np.float32)]) @ true.T
+    dst[:100] += rng.normal(0, 1.0, (100, 2))  # RANSAC's inliers
+    dst[100:120] += rng.choice([-1, 1], (20, 2)) * 3.5  # just outside its 4 px, within 6
+    dst[120:] += rng.uniform(30, 60, (30, 2))  # wrong matches
+    dst = dst.astype(np.float32)
+    ransac = np.arange(150) < 100
+
+    x = np.hstack([src.astype(np.float64), np.ones((150, 1))])
+    ref_keep = ransac.copy()
+    for _ in range(3):  # what the check computed before: three refits, always
+        ref_fit = geometry._least_squares(x[ref_keep], dst[ref_keep].astype(np.float64)).T
+        ref_keep = np.linalg.norm(x @ ref_fit.T - dst, axis=1) <= 1.5 * geometry.RANSAC_PIXELS
+
+    solves: list[int] = []
+    real = geometry._least_squares
+
+    def counted(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # the real solve, counted
+        solves.append(len(x))
+        return real(x, y)
+
+    monkeypatch.setattr(geometry, "_least_squares", counted)
+    fit, keep = geometry._refine(src, dst, ransac)
+    assert np.array_equal(fit, ref_fit) and np.array_equal(keep, ref_keep)
+    assert keep[:120].all() and not keep[120:].any()
+    assert solves == [100, 120]  # the second refit keeps its own 120 matches: no third
