@@ -19,7 +19,9 @@ hashes held by the driver (`--via cache`, what a flow's embed stage does); then 
 work runs as `find_duplicates` runs it with `engine: ray`: validation, calibration (2,000 sampled
 rows' neighbours), the partitioned search, the pairs' cosines. Each size runs in a fresh process;
 it prints the driver's peak RSS (VmHWM, whole process), the largest peak of the cluster's worker
-processes, the time of each step and the 1-minute load average.
+processes, the time of each step and the 1-minute load average. With `--stage` and two sizes it
+also prints each step's growth in bytes per row from the first size to the last
+(`growth_bytes_per_row_by_step`): which step's memory grows with N.
 """
 
 from __future__ import annotations
@@ -474,7 +476,26 @@ def _driver_sizes(a: argparse.Namespace) -> int:
     if len(rows) > 1:
         first, last = rows[0]["driver_peak_mib"], rows[-1]["driver_peak_mib"]
         print(json.dumps({"driver_peak_ratio_last_over_first": round(last / first, 3)}))
+        if a.stage:
+            print(json.dumps({"growth_bytes_per_row_by_step": step_growth(rows[0], rows[-1])}))
     return 0
+
+
+def step_growth(small: dict[str, Any], large: dict[str, Any]) -> list[list[Any]]:
+    """Per step of `--stage`, from the smaller size to the larger, in bytes per row: how the
+    driver's RSS after the step grew, how the step's own increment (RSS after it less RSS
+    before it) grew, and how the peak so far grew: which step's memory is per row."""
+    key, mib = "steps_rss_anon_shmem_hwm_mib_s", 2**20
+    per_row = mib / (large["rows"] - small["rows"])
+    out, before = [], [0.0, 0.0]
+    for s, g in zip(small[key], large[key], strict=False):
+        if s[0] != g[0]:
+            break
+        own = (g[1] - before[1]) - (s[1] - before[0])
+        out.append([s[0], round((g[1] - s[1]) * per_row), round(own * per_row)])
+        out[-1].append(round((g[4] - s[4]) * per_row))
+        before = [s[1], g[1]]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

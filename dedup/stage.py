@@ -145,7 +145,9 @@ def find_duplicates(
         routes, emb, signals, cal
     )
     cols = resolve_groups(table, rep_of, Edges(found.a, found.b, found.score), settings)
-    out = table.with_columns(_to_columns(table, cols, _row_evidence(rep_of, cols, found)))
+    evidence, contents = _row_evidence(rep_of, cols, found), len(reps)
+    del rep_of, reps  # two N-long int64 arrays, freed before the N-long decision columns
+    out = table.with_columns(_to_columns(table, cols, evidence))
     hashes = table["content_hash"]  # a column, never N Python strings
     pairs = pl.DataFrame(
         {
@@ -156,7 +158,7 @@ def find_duplicates(
         },
         schema=PAIR_SCHEMA,
     )
-    record = _calibration_record(cal, len(reps))
+    record = _calibration_record(cal, contents)
     if record:
         record |= {"basis": basis, "setting": str(settings.threshold)}
     return DedupResult(out, pairs, found.info, record, key)

@@ -13,7 +13,14 @@ import polars as pl
 import pytest
 
 from leanset.pipelines.embed.protocol import l2_normalise
-from leanset.pipelines.engine.rows import _index, _keys, gather_block, gather_plan
+from leanset.pipelines.engine.rows import (
+    _compact,
+    _expand,
+    _index,
+    _keys,
+    gather_block,
+    gather_plan,
+)
 
 # 40 arrays of 8 MiB, each followed by a small live array, then the large ones freed
 _PROGRAM = """
@@ -77,6 +84,44 @@ def test_an_alignment_task_gets_positions_and_a_check_sum_not_the_hash_strings()
     wrong[0] = wrong[1]  # what a 64-bit key collision does: two contents take one vector
     with pytest.raises(RuntimeError, match="key collision"):
         gather_block(n, 8, check, [(pos, wrong)], shard)
+
+
+def test_a_cache_written_in_table_order_is_planned_as_a_few_runs() -> None:
+    """The embed stage writes shards in table order: the plan sends runs (a few bytes a block,
+    was 8 a row), and the block gathered is the same as from positions one by one."""
+    n = 50_000
+    hashes = pl.Series([f"{k:032x}" for k in range(n)])
+    vectors = np.random.default_rng(1).standard_normal((n, 8)).astype(np.float32)
+    shard = (np.asarray(hashes.to_list()), vectors)
+    index = _index([_keys(hashes)])
+    order = np.arange(n)
+    order[[100, 30_000]] = order[[30_000, 100]]  # two rows swapped: runs around them
+    table = hashes.gather(order)
+    at = np.searchsorted(index.keys, _keys(table))
+    ok = np.ones(n, dtype=bool)
+    ok[7:12] = False  # rows without a vector break a run too
+    plan, shards, check = gather_plan(table, ok, at, index)
+    assert len(plan[0]) == 3 and len(pickle.dumps((check, plan))) < 1000
+    raw = [tuple(np.asarray(a) for a in _expand(plan[0]))]
+    assert [len(e) for e in raw] == [2] and raw[0][0].size == n - 5
+    want = l2_normalise(vectors[order].copy())
+    want[7:12] = 0
+    for p in (plan, raw):
+        block = gather_block(n, 8, check, p, shard)
+        assert np.array_equal(block.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_runs_give_back_the_positions_and_rows_they_were_made_of(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    pos = np.flatnonzero(rng.random(n * 2) < 0.5)[:n].astype(np.int32)
+    row = (np.arange(pos.size) + np.cumsum(rng.random(pos.size) < 0.05)).astype(np.int32)
+    if seed % 4 == 0:
+        row = rng.permutation(row).astype(np.int32)  # no runs: sent as they are
+    pos_back, row_back = _expand(_compact(pos, row))
+    assert pos_back.dtype == row_back.dtype == np.int32
+    assert np.array_equal(pos_back, pos) and np.array_equal(row_back, row)
 
 
 def test_asking_for_a_gpu_on_a_machine_without_one_does_not_import_torch() -> None:

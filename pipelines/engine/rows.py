@@ -249,7 +249,7 @@ def gather_block(
     n_rows: int,
     dim: int,
     check: int,
-    plan: list[tuple[np.ndarray, np.ndarray]],
+    plan: list[tuple[np.ndarray, ...]],
     *shards: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
     """One output block: row p is the vector planned for it (zeros where none), taken from the
@@ -259,7 +259,8 @@ def gather_block(
 
     out = np.zeros((n_rows, dim), np.float32)
     pos_all, vec_all, got = [], [], [np.zeros(0, np.uint64)]
-    for (pos, idx), (hashes, vectors) in zip(plan, shards, strict=True):
+    for entry, (hashes, vectors) in zip(plan, shards, strict=True):
+        pos, idx = _expand(entry)
         got.append(_check_keys(hashes[idx].tolist()))
         pos_all.append(pos)
         vec_all.append(vectors[idx])
@@ -370,17 +371,40 @@ def _dim(shard: Any) -> int:
 
 def gather_plan(
     hashes: pl.Series, ok: np.ndarray, at: np.ndarray, index: _Index
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int], int]:
+) -> tuple[list[tuple[np.ndarray, ...]], list[int], int]:
     """A block's plan (`ok`: its rows that take a vector, `at`: where in the index): per shard
-    that holds some, (block positions, shard rows) as int32, the shards, and the wanted hashes'
-    check sum. About 8 bytes a row go to the task (the hash strings stayed here: ~45 bytes a row
-    of the driver's shared memory)."""
+    that holds some, its (block positions, shard rows) as int32 (`_compact`), the shards, and the
+    wanted hashes' check sum. At most 8 bytes a row go to the task, a few bytes a block where the
+    cache was written in table order (the hash strings stay here: they were ~45 bytes a row of
+    the driver's shared memory)."""
     pos = np.flatnonzero(ok).astype(np.int32)
     shard, row = index.shard[at[pos]], index.row[at[pos]]
     plan, shards = [], []
     for sh in np.unique(shard).tolist():
         mine = shard == sh
-        plan.append((pos[mine], row[mine]))
+        plan.append(_compact(pos[mine], row[mine]))
         shards.append(int(sh))
     check = _key_sum(_check_keys(hashes.filter(pl.Series(ok))))
     return plan, shards, check
+
+
+def _compact(pos: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(positions, rows) as they are, or as runs where both step by one (first position, first
+    row, length), whichever is smaller: what the driver sends stays resident in its shared pages,
+    and a cache written in table order is a few runs a block."""
+    step = (np.diff(pos) == 1) & (np.diff(row) == 1)
+    starts = np.flatnonzero(np.concatenate([[True], ~step]))
+    if 3 * starts.size >= 2 * pos.size:
+        return pos, row
+    length = np.diff(np.append(starts, pos.size)).astype(np.int32)
+    return pos[starts], row[starts], length
+
+
+def _expand(entry: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A plan entry's (positions, rows), from runs when `_compact` made them."""
+    if len(entry) == 2:
+        return entry[0], entry[1]
+    first_pos, first_row, length = entry
+    offset = np.arange(int(length.sum()), dtype=np.int32)
+    offset -= np.repeat(np.cumsum(length, dtype=np.int32) - length, length)
+    return np.repeat(first_pos, length) + offset, np.repeat(first_row, length) + offset
