@@ -24,18 +24,15 @@ def after_dedup(a: argparse.Namespace, kept: Any, hashes: Any) -> dict[str, Any]
     """The checks and the quality probe over `kept` (or its dense copy), with the driver's marks."""
     import polars as pl
 
-    from bench.ray_engine import _Steps, _table
+    from bench.ray_engine import _Steps
     from leanset.dedup.config import OutlierSettings
     from leanset.labeling.probe import ProbeOptions
     from leanset.labeling.quality import table_quality
     from leanset.pipelines.checks import run_checks
     from leanset.pipelines.config import EngineSettings, FlowSettings, SourceSettings
 
-    steps = _Steps()
-    t0 = time.perf_counter()
-    table = _table(hashes)
-    del hashes
-    steps.mark("sample table", t0)
+    steps, table = _Steps.over_table(hashes)
+    del hashes  # the table holds what the checks need
     t0 = time.perf_counter()
     matrix = kept if a.checks == "ray" else kept.dense()
     steps.mark("matrix (dense: on the driver)", t0)

@@ -272,6 +272,14 @@ class _Steps:
         rss = [round(_status_mib(os.getpid(), k)) for k in ("VmRSS", "RssAnon", "RssShmem")]
         self.rows.append([name, *rss, round(_hwm_mib()), round(time.perf_counter() - t0, 1)])
 
+    @classmethod
+    def over_table(cls, hashes: Any) -> tuple[_Steps, Any]:
+        """A new record whose first step is building the sample table of `hashes` (returned)."""
+        steps, t0 = cls(), time.perf_counter()
+        table = _table(hashes)
+        steps.mark("sample table", t0)
+        return steps, table
+
     def wrap(self, fn: Any, name: str) -> Any:
         def timed(*args: Any, **kw: Any) -> Any:
             t0 = time.perf_counter()
@@ -296,11 +304,8 @@ def _stage(a: argparse.Namespace, kept: Any, hashes: Any) -> dict[str, Any]:
     from leanset.pipelines.config import EngineSettings
     from leanset.pipelines.steps import _searchers
 
-    steps = _Steps()
-    t0 = time.perf_counter()
-    table = _table(hashes)
-    del hashes
-    steps.mark("sample table", t0)
+    steps, table = _Steps.over_table(hashes)
+    del hashes  # the table holds what the stage needs
     steps.install(stage)
     t0 = time.perf_counter()
     search, between = _searchers(EngineSettings(type="ray", task_rows=a.task_rows))
