@@ -93,6 +93,32 @@ def test_a_perfect_run_scores_one_and_natural_pairs_count_neither_way() -> None:
     assert (s["labels"]["precision"], s["labels"]["recall"]) == (1.0, 1.0)
 
 
+def test_a_leak_dropped_as_a_leak_of_a_natural_sibling_is_closed_but_not_found() -> None:
+    """The original o1 has a natural near copy s1 in test: dropped as its leak (with the test copy
+    t1 kept) it is out of training, but not linked to t1; with t1 dropped it is neither."""
+    raw = tiny_truth()
+    raw["samples"].append(_sample("test/x/s1.jpg", "original", "mvtb/calibration/f3#r0c0"))
+    raw["natural_groups"].append(["train/x/o1.jpg", "test/x/s1.jpg"])
+    truth = score.load_truth(raw)
+    base = {"sample_id": "id-s1.jpg", "source": "test/x/s1.jpg", "kept": True, "drop_reason": None,
+            "leak_of": None, "near_dup_of": None, "exact_dup_of": None, "dup_group": "id-s1.jpg",
+            "dup_similarity": None, "label_issue": False}  # fmt: skip
+    leak = {
+        "kept": False,
+        "drop_reason": "test_leak",
+        "leak_of": "id-s1.jpg",
+        "dup_group": "id-s1.jpg",
+    }
+    for t1_kept, closed in ((True, 1.0), (False, 0.0)):
+        t1 = {"dup_group": "id-s1.jpg"} if t1_kept else {**leak, "drop_reason": "near_duplicate"}
+        table = pl.concat(
+            [decisions({"id-o1.jpg": leak, "id-t1.jpg": t1}), pl.DataFrame([base])],
+            how="vertical_relaxed",
+        )
+        s = score.score_leanset(score.decisions_from_table(table, truth), truth)
+        assert (s["leak_recall"], s["leak_recall_closed"]) == (0.0, closed)
+
+
 def test_a_leak_whose_test_copy_is_dropped_is_not_found_and_innocent_drops_are_listed() -> None:
     truth = score.load_truth(tiny_truth())
     table = decisions(

@@ -183,6 +183,8 @@ def dataset_table(r: Result) -> str:
          f"{_pct(s.get('originals_dropped_frac'))} ({len(dropped)})" if dropped is not None else "–",
          _pct(d["originals_flagged_frac"]), "≤ 2%"],
         ["leaks found, test copy kept", _f(s.get("leak_recall")), "–", "≥ 0.95"],
+        ["leaks closed: the original dropped as a leak of its copy or a natural sibling",
+         _f(s.get("leak_recall_closed")), "–", ""],
         ["train samples wrongly flagged as leaks", str(_leak_wrong(s)) if s else "–", "–", "0"],
         ["train split dropped", _pct(s.get("train_dropped_frac")), "–", ""],
         ["largest duplicate group", str(s.get("largest_group", "–")), "–", ""],

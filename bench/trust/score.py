@@ -11,7 +11,10 @@ leanset's `source` column names them).
   For a method that reports pairs rather than groups (Datalab) the found pairs are scored as such.
 * **per kind**: the share of planted (original, copy) pairs of each kind found together.
 * **leaks**: a planted leak is found when its train original is dropped as `test_leak`, points to
-  a member of its truth group, and the test copy is kept.
+  a member of its truth group, and the test copy is kept (`leak_recall`, the strict figure).
+  `leak_recall_closed` also counts an original dropped as `test_leak` of a natural near copy of
+  it in test (a calibration frame's same background tile): the original is kept out of training
+  all the same and the test copy kept, but the planted copy is not the one it is linked to.
 * **originals dropped**: train originals with no planted copy and in no natural group
   ("innocent") that were dropped, for any reason: the cost of false duplicates. Each is listed
   with its provenance and what it was matched to, so a person can look at it.
@@ -212,10 +215,21 @@ def leak_scores(dec: Decisions, truth: Truth) -> dict[str, Any]:
         j = int(dec.ref[i])
         return j >= 0 and truth.group_of[i] >= 0 and truth.group_of[j] == truth.group_of[i]
 
+    def sibling(i: int) -> bool:
+        j = int(dec.ref[i])
+        return j >= 0 and truth.natural_of[i] >= 0 and truth.natural_of[j] == truth.natural_of[i]
+
     found = sum(
         1
         for p in leaks
         if _is_leak(dec, p.original) and points_into_group(p.original) and dec.kept[p.copy]
+    )
+    closed = sum(  # the original is out of training all the same, its test copy kept
+        1
+        for p in leaks
+        if _is_leak(dec, p.original)
+        and (points_into_group(p.original) or sibling(p.original))
+        and dec.kept[p.copy]
     )
     flagged = [i for i in range(len(dec.reason)) if _is_leak(dec, i)]
     right = [i for i in flagged if points_into_group(i)]
@@ -230,6 +244,7 @@ def leak_scores(dec: Decisions, truth: Truth) -> dict[str, Any]:
     judged = len(flagged) - len(natural)
     return {
         "leak_recall": found / len(leaks) if leaks else 1.0,
+        "leak_recall_closed": closed / len(leaks) if leaks else 1.0,
         "leak_precision": len(right) / judged if judged else 1.0,
         "leaks_planted": len(leaks),
         "leaks_flagged": len(flagged),
