@@ -122,6 +122,23 @@ def test_a_word_proposed_pair_is_verified_before_an_image_budget_of_hash_agreein
     assert len(chosen) == GEOMETRY_MAX_PER_IMAGE
 
 
+def test_a_copy_only_the_embedding_proposes_is_verified_beside_an_image_budget_of_word_pairs() -> (
+    None
+):
+    """Image 0 and its copy 1 are each named by 6 images' word lists (weak scores, no copy among
+    them: as on the diverse trust set's rotate+jpeg eiffel tile) and image 0 has 2 nearer
+    embedding neighbours: the copy, proposed by the embedding alone, is still verified."""
+    from leanset.dedup.stage import _Routed
+
+    a = np.array([0] * 6 + [1] * 6 + [0, 0, 0], dtype=np.int64)
+    b = np.array([*range(2, 8), *range(8, 14), 14, 15, 1], dtype=np.int64)
+    word = np.array([0.05] * 12 + [0.0] * 3, dtype=np.float32)
+    cos = np.array([0.2] * 12 + [0.82, 0.81, 0.73], dtype=np.float32)
+    none = np.zeros(len(a), dtype=bool)
+    routed = _Routed(cos, np.full(len(a), np.nan, np.float32), [[] for _ in a], none)
+    assert len(a) - 1 in routed.to_verify(a, b, word).tolist()
+
+
 def _thumbnails(images: list[np.ndarray]) -> np.ndarray:
     """Area-averaged SIDE x SIDE grey thumbnails, mean-centred, of unit length."""
     from leanset.dedup.imagesig import SIDE
