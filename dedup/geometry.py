@@ -188,7 +188,8 @@ def _features(grey: np.ndarray, kps: Any, desc: np.ndarray | None) -> Features:
     h, w = grey.shape
     if desc is None or not kps:
         return Features(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), w, h)
-    pts = np.asarray(cv2.KeyPoint_convert(kps), dtype=np.float32).reshape(-1, 2)
+    pts = np.asarray(cv2.KeyPoint_convert(kps), dtype=np.float32)  # type: ignore[attr-defined]
+    pts = pts.reshape(-1, 2)
     return Features(pts, np.asarray(desc, dtype=np.uint8), w, h)
 
 

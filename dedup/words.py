@@ -72,14 +72,14 @@ def word_pairs(
 ) -> WordPairs:
     """Each usable image's `k` most similar others by tf-idf visual words (mirrors included);
     with `queries` (positions in `features`), only those images' neighbours. The search runs on
-    `threads` threads (default: the cores)."""
+    `threads` threads (default: the cores), and so do the vocabulary's assignments."""
     start = time.perf_counter()
     usable = [n for n, f in enumerate(features) if f is not None and f.plain.usable]
     if len(usable) < 2 or k < 1:
         return NO_WORDS
     plain = [features[n].plain.descriptors for n in usable]  # type: ignore[union-attr]
     mirror = [features[n].mirrored.descriptors for n in usable]  # type: ignore[union-attr]
-    vocab, plain_words = vocabulary(np.concatenate(plain))
+    vocab, plain_words = vocabulary(np.concatenate(plain), workers(threads))
     hist_p = _histograms(plain_words, plain, vocab.size)
     hist_m = _histograms(vocab.words(np.concatenate(mirror)), mirror, vocab.size)
     p, m = _tfidf(hist_p, hist_m)
@@ -93,11 +93,12 @@ def word_pairs(
     return WordPairs(key // n, key % n, score[first].astype(np.float32), seconds, vocab.leaves)
 
 
-def vocabulary(descriptors: np.ndarray) -> tuple[Vocabulary, np.ndarray]:
+def vocabulary(descriptors: np.ndarray, threads: int = 1) -> tuple[Vocabulary, np.ndarray]:
     """The vocabulary of these ORB descriptors, and each one's word: `BRANCH` cells by k-means
     on the descriptors' bits (rounded to binary centroids), each split again into up to
     `BRANCH` by k-means, then every cell holding more than `LEAF` of the descriptors split by
-    up to `SPLIT` of its own descriptors (drawn at random), up to `DEPTH` times."""
+    up to `SPLIT` of its own descriptors (drawn at random), up to `DEPTH` times. Descriptors
+    are assigned to words on `threads` threads (the same words on any number)."""
     rng = np.random.default_rng(SEED)
     sample = descriptors
     if len(descriptors) > TRAIN_DESCRIPTORS:
@@ -105,7 +106,7 @@ def vocabulary(descriptors: np.ndarray) -> tuple[Vocabulary, np.ndarray]:
     top = _kmeans(sample, BRANCH)
     cell = _nearest(top, sample)
     subs = [_kmeans(sample[cell == c], BRANCH) for c in range(len(top))]
-    vocab = Vocabulary(top, subs, {}, [len(subs) * BRANCH])
+    vocab = Vocabulary(top, subs, {}, [len(subs) * BRANCH], threads)
     word = vocab.cells(descriptors)
     for _ in range(DEPTH):
         if not vocab.grow(descriptors, word, rng):
@@ -123,6 +124,7 @@ class Vocabulary:
     subs: list[np.ndarray]
     split: dict[int, tuple[np.ndarray, int]]
     count: list[int]  # one item: the number of ids given (words and the cells split)
+    threads: int = 1  # descriptors are assigned to words on this many threads
 
     @property
     def size(self) -> int:
@@ -134,11 +136,14 @@ class Vocabulary:
 
     def cells(self, descriptors: np.ndarray) -> np.ndarray:
         """Each descriptor's k-means word (cell * BRANCH + the nearest of the cell's words)."""
-        cell = _nearest(self.top, descriptors)
+        cell = _nearest(self.top, descriptors, self.threads)
         out = np.zeros(len(descriptors), np.int64)
-        for c in np.unique(cell).tolist():
-            mine = np.flatnonzero(cell == c)
-            out[mine] = c * BRANCH + _nearest(self.subs[c], descriptors[mine])
+        groups = _groups(cell)
+        found = parallel_map(
+            lambda g: _nearest(self.subs[g[0]], descriptors[g[1]]), groups, self.threads
+        )
+        for (c, mine), near in zip(groups, found, strict=True):
+            out[mine] = c * BRANCH + near
         return out
 
     def words(self, descriptors: np.ndarray) -> np.ndarray:
@@ -174,13 +179,22 @@ class Vocabulary:
         work = np.bincount(slot, minlength=len(splits.first))[slot] * splits.count[slot]
         many = work >= SEARCH_WORK
         searched = rows[many]
-        for s, mine in _groups(slot[many]):
-            at = searched[mine]
-            out[at] = splits.first[s] + _nearest(splits.centres(s), descriptors[at])
+        groups = [(s, searched[mine]) for s, mine in _groups(slot[many])]
+        found = parallel_map(
+            lambda g: _nearest(splits.centres(g[0]), descriptors[g[1]]), groups, self.threads
+        )
+        for (s, at), near in zip(groups, found, strict=True):
+            out[at] = splits.first[s] + near
         few, few_slot = rows[~many], slot[~many]
-        for s in range(0, len(few), EACH_CHUNK):
-            at, where = few[s : s + EACH_CHUNK], few_slot[s : s + EACH_CHUNK]
-            out[at] = splits.first[where] + _nearest_each(descriptors[at], splits, where)
+        chunks = [
+            (few[s : s + EACH_CHUNK], few_slot[s : s + EACH_CHUNK])
+            for s in range(0, len(few), EACH_CHUNK)
+        ]
+        found = parallel_map(
+            lambda c: _nearest_each(descriptors[c[0]], splits, c[1]), chunks, self.threads
+        )
+        for (at, where), near in zip(chunks, found, strict=True):
+            out[at] = splits.first[where] + near
         return out
 
 
@@ -301,12 +315,12 @@ def _nearest_bits(centres: np.ndarray, bits: np.ndarray) -> np.ndarray:
     return out
 
 
-def _nearest(centroids: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
-    """The Hamming-nearest binary centroid of each binary descriptor (ties to the lower index)."""
-    out = np.empty(len(descriptors), np.int64)
-    for s in range(0, len(descriptors), CHUNK):
-        out[s : s + CHUNK] = hamming_knn(descriptors[s : s + CHUNK], centroids, 1)[1][:, 0]
-    return out
+def _nearest(centroids: np.ndarray, descriptors: np.ndarray, threads: int = 1) -> np.ndarray:
+    """The Hamming-nearest binary centroid of each binary descriptor (ties to the lower index),
+    `CHUNK` descriptors at a time on `threads` threads."""
+    chunks = [descriptors[s : s + CHUNK] for s in range(0, len(descriptors), CHUNK)]
+    found = parallel_map(lambda d: hamming_knn(d, centroids, 1)[1][:, 0], chunks, threads)
+    return np.concatenate(found).astype(np.int64) if found else np.zeros(0, np.int64)
 
 
 def _histograms(word: np.ndarray, descriptors: list[np.ndarray], size: int) -> sparse.csr_matrix:
