@@ -29,6 +29,7 @@ confirmed here.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import os
 import time
@@ -355,8 +356,9 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], n: int) -> list
 def _refine(src: np.ndarray, dst: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares refits on the inliers, taking back matches the RANSAC fit left just outside
     (keypoints of coarse pyramid levels are placed to a few pixels)."""
-    ones = np.ones((len(src), 1), np.float64)
-    x = np.hstack([src.astype(np.float64), ones])
+    x = np.empty((len(src), 3), np.float64)
+    x[:, :2] = src
+    x[:, 2] = 1.0
     fit = np.zeros((2, 3))
     for _ in range(3):
         if keep.sum() < 3:
@@ -532,13 +534,20 @@ def _judge(
 _GRID = (np.arange(24) + 0.5) / 24  # `_share_inside`'s sample positions, as shares of a side
 
 
+@functools.lru_cache(maxsize=256)
+def _grid_points(width: int, height: int) -> np.ndarray:
+    """`_share_inside`'s sample points on a `width` x `height` image (x, y, 1), once per size."""
+    pts = np.empty((_GRID.size**2, 3))
+    pts[:, 0] = np.tile(_GRID * width, _GRID.size)
+    pts[:, 1] = np.repeat(_GRID * height, _GRID.size)
+    pts[:, 2] = 1.0
+    pts.flags.writeable = False
+    return pts
+
+
 def _share_inside(fit: np.ndarray, small: Features, big: Features) -> float:
     """The share of `small`'s area that `fit` maps inside `big`'s frame (sampled on a grid)."""
-    pts = np.empty((_GRID.size**2, 3))
-    pts[:, 0] = np.tile(_GRID * small.width, _GRID.size)
-    pts[:, 1] = np.repeat(_GRID * small.height, _GRID.size)
-    pts[:, 2] = 1.0
-    pts = pts @ fit.T
+    pts = _grid_points(int(small.width), int(small.height)) @ fit.T
     inside = (
         (pts[:, 0] >= 0) & (pts[:, 0] <= big.width) & (pts[:, 1] >= 0) & (pts[:, 1] <= big.height)
     )
