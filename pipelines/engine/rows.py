@@ -9,6 +9,9 @@ the block references. A task gets its rows' positions and a check sum of their h
 hash strings (what a driver sends is written into the object store's shared pages, which stay
 resident in the driver).
 
+`cached_mask` answers the embed stage's question (which contents are cached?) the same way:
+tasks read the shards, the driver gets their keys alone.
+
 What the dedup stage asks of it is answered by tasks with bounded results: `take` (a subset, as
 new blocks), `fetch` (some rows to the driver: a calibration sample, the rows of pairs),
 `neighbours` (`near.sample_neighbours` of a sample, one task per corpus block of the local
@@ -245,6 +248,11 @@ def shard_keys(place: ShardPlace, name: str) -> tuple[np.ndarray, Any]:
     return _keys(hashes), (np.asarray(hashes), vectors)
 
 
+def shard_key_list(place: ShardPlace, name: str) -> np.ndarray:
+    """A cache shard's 64-bit hash keys alone (none for a corrupt shard)."""
+    return shard_keys(place, name)[0]
+
+
 def gather_block(
     n_rows: int,
     dim: int,
@@ -355,6 +363,27 @@ def from_cache(
         )
     starts = np.array([s for s, _ in bounds] + [len(hashes)], dtype=np.int64)
     return RayRows(BlockMatrix(refs, starts, dims[0]))
+
+
+def cached_mask(place: ShardPlace, hashes: pl.Series) -> np.ndarray:
+    """Which of `hashes` the shards at `place` hold a vector for (as `EmbeddingCache.get`'s
+    mask), the shards read by tasks: only their 64-bit keys come here (8 bytes a cached vector),
+    never a vector or a hash string, and the hashes are keyed a block at a time."""
+    import ray
+
+    fn = _remote(shard_key_list)
+    parts = ray.get([fn.remote(place, name) for name in place.names()])
+    keys = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    del parts
+    keys.sort()  # in place: repeated keys do not change what a search finds
+    found = np.zeros(len(hashes), dtype=bool)
+    if not keys.size:
+        return found
+    for s, e in near._blocks(len(hashes), STORE_ROWS):
+        wanted = _keys(hashes[s:e])
+        at = np.minimum(np.searchsorted(keys, wanted), keys.size - 1)
+        found[s:e] = keys[at] == wanted
+    return found
 
 
 def _readable_keys(hashes: pl.Series, readable: np.ndarray) -> np.ndarray | None:
