@@ -330,6 +330,7 @@ def _kept(a: argparse.Namespace, n: int) -> tuple[Any, dict[str, float]]:
     from leanset.pipelines.engine.rows import (
         STORE_ROWS,
         BlockMatrix,
+        CacheRead,
         RayRows,
         cached_mask,
         from_cache,
@@ -356,12 +357,13 @@ def _kept(a: argparse.Namespace, n: int) -> tuple[Any, dict[str, float]]:
     )
     t1 = time.perf_counter()
     hashes = pl.Series(np.arange(n)).cast(pl.Utf8).str.zfill(32)  # the sample table's column
-    cached = cached_mask(ShardPlace(str(folder)), hashes)  # a rerun's embed stage asks first
+    read = CacheRead(ShardPlace(str(folder)))
+    cached = cached_mask(read, hashes)  # a rerun's embed stage asks first, as it does
     assert cached.all()
     del cached
     a.hwm_cached_check = round(_hwm_mib())
     t2 = time.perf_counter()
-    kept = from_cache(folder, hashes, np.ones(n, bool))
+    kept = from_cache(read, hashes, np.ones(n, bool))
     assert kept is not None
     ray.wait(kept.blocks.refs, num_returns=len(kept.blocks.refs), fetch_local=False)
     a.hashes = hashes  # the stage's table is built from them

@@ -31,7 +31,7 @@ from leanset.pipelines.embed import EmbedResult, PrecomputedEmbedder, make_embed
 from leanset.pipelines.embed.cache import shard_bytes, shard_name
 from leanset.pipelines.embed.protocol import SampleError
 from leanset.pipelines.embed.stage import NONFINITE, _check_dims, _roundtrip, embed_dataset
-from leanset.pipelines.engine.rows import cached_mask, from_cache
+from leanset.pipelines.engine.rows import CacheRead, cached_mask, from_cache
 from leanset.pipelines.sources import LoadedDataset
 from leanset.pipelines.store.shardplace import ShardPlace
 
@@ -249,7 +249,8 @@ def embed_dataset_ray(
         .collect()
     )
     place = _place(cache_root, bucket, probe.fingerprint)
-    found = cached_mask(place, readable["content_hash"])  # keys read by tasks, no vector here
+    read = CacheRead(place)  # the shards read once for both questions
+    found = cached_mask(read, readable["content_hash"])  # keys read by tasks, no vector here
     todo = readable.filter(pl.Series(~found))
     distinct = readable.height
     del readable, found
@@ -265,7 +266,7 @@ def embed_dataset_ray(
         finally:
             for w in workers:
                 ray.kill(w)
-    return _result(data, probe.fingerprint, place, distinct, todo, errors, stats, t0), stats
+    return _result(data, probe.fingerprint, read, distinct, todo, errors, stats, t0), stats
 
 
 def _place(cache_root: str | Path, bucket: ShardPlace | None, fingerprint: str) -> ShardPlace:
@@ -276,7 +277,7 @@ def _place(cache_root: str | Path, bucket: ShardPlace | None, fingerprint: str) 
 def _result(
     data: LoadedDataset,
     fingerprint: str,
-    place: ShardPlace,
+    read: CacheRead,
     distinct: int,
     todo: pl.DataFrame,
     errors: dict[str, str],
@@ -290,7 +291,7 @@ def _result(
         raise RuntimeError(f"{lost} samples were neither embedded nor failed")
     table = data.table
     matrix = from_cache(
-        place,
+        read,
         table["content_hash"],
         table["error"].is_null().to_numpy(),
     )
