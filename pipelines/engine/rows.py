@@ -10,7 +10,8 @@ hash strings (what a driver sends is written into the object store's shared page
 resident in the driver).
 
 `cached_mask` answers the embed stage's question (which contents are cached?) the same way:
-tasks read the shards, the driver gets their keys alone.
+tasks read the shards, the driver gets their keys alone; `CacheRead` keeps what they read, so
+the alignment after the embedding reads only the shards written since.
 
 What the dedup stage asks of it is answered by tasks with bounded results: `take` (a subset, as
 new blocks), `fetch` (some rows to the driver: a calibration sample, the rows of pairs),
