@@ -13,13 +13,14 @@ can rank below every distinct image by embedding, while its thumbnail still matc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 SIDE = 32  # thumbnails are SIDE x SIDE
 BLOCKS = 4  # the block NCC is taken on a BLOCKS x BLOCKS grid of the thumbnail
 TEXTURED = 0.25  # a block is textured when its grey spread is at least this share of the whole's
+PAIR_BLOCK = 16_384  # pairs whose thumbnails are gathered at once (~64 MiB per gathered side)
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
@@ -105,7 +106,19 @@ class PairEvidence:
 
 
 def pair_evidence(sig: ImageSignal, i: np.ndarray, j: np.ndarray) -> PairEvidence:
-    """The image evidence on pairs (i, j) of rows of `sig`."""
+    """The image evidence on pairs (i, j) of rows of `sig`, PAIR_BLOCK pairs at a time (each
+    pair gathers four thumbnails: a million candidate pairs at once held ~20 GB)."""
+    parts = [
+        _evidence(sig, i[s : s + PAIR_BLOCK], j[s : s + PAIR_BLOCK])
+        for s in range(0, len(i), PAIR_BLOCK)
+    ] or [_evidence(sig, i[:0], j[:0])]
+    return PairEvidence(
+        *(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(PairEvidence))
+    )
+
+
+def _evidence(sig: ImageSignal, i: np.ndarray, j: np.ndarray) -> PairEvidence:
+    """The image evidence on one block of pairs."""
     plain = np.einsum("nd,nd->n", sig.thumbs[i], sig.thumbs[j])
     flipped = np.einsum("nd,nd->n", sig.thumbs[i], sig.mirrored[j])
 

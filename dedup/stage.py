@@ -748,14 +748,12 @@ def _neighbours(x: Rows, k: int, n_sample: int, rows: np.ndarray | None = None) 
 
 
 def _pair_cosines(emb: Rows, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """float32 cosines of row pairs (a matrix kept elsewhere: the pairs' rows come here, a
-    bounded number at a time)."""
-    if isinstance(emb, np.ndarray):
-        out: np.ndarray = np.einsum("ij,ij->i", emb[a], emb[b]).astype(np.float32).clip(-1, 1)
-        return out
+    """float32 cosines of row pairs, a bounded number of pairs' rows at a time (a matrix kept
+    elsewhere: they come here)."""
     parts = [np.zeros(0, np.float32)]
-    for s in range(0, len(a), FETCH_PAIRS):
-        both = emb.fetch(np.concatenate([a[s : s + FETCH_PAIRS], b[s : s + FETCH_PAIRS]]))
+    for s in range(0, len(a), FETCH_PAIRS):  # both rows of every pair at once: N_pairs x D x 8 B
+        rows = np.concatenate([a[s : s + FETCH_PAIRS], b[s : s + FETCH_PAIRS]])
+        both = emb[rows] if isinstance(emb, np.ndarray) else emb.fetch(rows)
         k = both.shape[0] // 2
         parts.append(np.einsum("ij,ij->i", both[:k], both[k:]).astype(np.float32).clip(-1, 1))
     return np.concatenate(parts)

@@ -47,6 +47,20 @@ def test_flat_images_are_not_compared():
     assert not pair_evidence(sig, np.array([0]), np.array([1])).comparable[0]
 
 
+def test_pair_evidence_is_the_same_taken_a_block_of_pairs_at_a_time(monkeypatch):
+    from leanset.dedup import imagesig
+
+    sig = ImageSignal.of(thumbs(40, seed=3))
+    rng = np.random.default_rng(4)
+    i, j = rng.integers(0, 40, 101), rng.integers(0, 40, 101)
+    whole = pair_evidence(sig, i, j)
+    monkeypatch.setattr(imagesig, "PAIR_BLOCK", 7)  # 15 blocks, the last one short
+    blocked = pair_evidence(sig, i, j)
+    for name in ("ncc", "phash", "dhash", "comparable", "block_ncc"):
+        np.testing.assert_array_equal(getattr(blocked, name), getattr(whole, name))
+    assert len(pair_evidence(sig, i[:0], j[:0]).ncc) == 0
+
+
 def test_shingle_overlap_sees_truncations_and_headers():
     base = "The quick brown fox jumps over the lazy dog near the river bank every morning."
     texts = [
