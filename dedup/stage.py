@@ -79,6 +79,7 @@ GEOMETRY_MAX_PER_IMAGE = 10  # at most this many pairs per image are checked geo
 TEXT_K, TEXT_FLOOR = 10, 0.5  # text candidates: each content's 10 nearest at cosine >= 0.5
 RECALIBRATE_GROWTH = 0.1  # calibrations are kept from the parent until the data changes by 10%
 RECALIBRATE_MIN = 1000  # ... and by at least this many contents
+DROP_TYPE = pl.Enum([r for r in DROP_REASONS if r])  # dedup_drop's values
 FETCH_PAIRS = 32768  # pairs scored per fetch of a matrix kept elsewhere (bounds what comes here)
 
 
@@ -802,30 +803,40 @@ def _row_evidence(rep_of: np.ndarray, cols: GroupColumns, found: _Found) -> list
 def _to_columns(
     table: pl.DataFrame, cols: GroupColumns, evidence: list[str | None]
 ) -> list[pl.Series]:
-    """The decision columns: nulls (and False) everywhere but at the marked rows."""
+    """The decision columns: nulls (and False) everywhere but at the marked rows. The string
+    columns are enums (1-4 bytes a row; a string column takes 16 even where null): the sample
+    ids a row points to, its evidence, its drop reason; the version stores them as strings."""
     ids, hashes, n = table["sample_id"].cast(pl.Utf8), table["content_hash"], table.height
     has_ref = cols.ref >= 0
     same = np.zeros(len(cols.rows), dtype=bool)
     same[has_ref] = (
         hashes.gather(cols.rows[has_ref]).eq_missing(hashes.gather(cols.ref[has_ref])).to_numpy()
     )
+    named = np.concatenate([cols.ref, cols.group, cols.leak_of])
+    id_type = _enum(ids.gather(np.unique(named[named >= 0])))
 
     def ids_where(mask: np.ndarray, idx: np.ndarray) -> pl.Series:
-        return _spread(n, cols.rows[mask], ids.gather(idx[mask]))
+        return _spread(n, cols.rows[mask], ids.gather(idx[mask]).cast(id_type))
 
     conflict = np.zeros(n, dtype=bool)
     conflict[cols.rows[cols.conflict]] = True
-    reasons = [DROP_REASONS[c] for c in cols.drop.tolist()]
+    reasons = pl.Series([DROP_REASONS[c] for c in cols.drop.tolist()], dtype=DROP_TYPE)
+    said = pl.Series(evidence, dtype=pl.Utf8)
     return [
         ids_where(same, cols.ref).alias("exact_dup_of"),
         ids_where(has_ref & ~same, cols.ref).alias("near_dup_of"),
         _spread(n, cols.rows, pl.Series(cols.sim)).fill_nan(None).alias("dup_similarity"),
-        _spread(n, cols.rows, pl.Series(evidence, dtype=pl.Utf8)).alias("dup_evidence"),
+        _spread(n, cols.rows, said.cast(_enum(said))).alias("dup_evidence"),
         ids_where(cols.group >= 0, cols.group).alias("dup_group"),
         ids_where(cols.leak_of >= 0, cols.leak_of).alias("leak_of"),
         pl.Series("label_conflict", conflict, dtype=pl.Boolean),
-        _spread(n, cols.rows, pl.Series(reasons, dtype=pl.Utf8)).alias("dedup_drop"),
+        _spread(n, cols.rows, reasons).alias("dedup_drop"),
     ]
+
+
+def _enum(values: pl.Series) -> pl.Enum:
+    """An enum of the distinct values, in string order (so it sorts as the strings do)."""
+    return pl.Enum(values.drop_nulls().unique().sort())
 
 
 def _spread(n: int, rows: np.ndarray, values: pl.Series) -> pl.Series:

@@ -40,6 +40,9 @@ STOP = 8 * LEAF  # a word in more images than this (identical descriptors) is no
 TRAIN_DESCRIPTORS = 64_000  # k-means learns on at most this many descriptors (sampled)
 KMEANS_ITERS = 10
 CHUNK = 32_768  # descriptors compared with the centroids at a time (bounded memory)
+SEARCH_WORK = 4096  # a split word's descriptors x centroids from which one FAISS search for it
+# costs less than its share of comparing every small word's at once (`_nearest_each`)
+EACH_CHUNK = 262_144  # descriptors compared with their words' centroids at a time (memory)
 NULL_RANK = 8  # an image's 8th most similar image is, on any data, a look-alike at best ...
 DISTINCT = 1.05  # ... and a candidate scores at least 5% above it (the true copy stands out)
 BLOCK = 512  # query images scored per block (bounded memory: BLOCK x the images sharing words)
@@ -69,14 +72,14 @@ def word_pairs(
 ) -> WordPairs:
     """Each usable image's `k` most similar others by tf-idf visual words (mirrors included);
     with `queries` (positions in `features`), only those images' neighbours. The search runs on
-    `threads` threads (default: the cores)."""
+    `threads` threads (default: the cores), and so do the vocabulary's assignments."""
     start = time.perf_counter()
     usable = [n for n, f in enumerate(features) if f is not None and f.plain.usable]
     if len(usable) < 2 or k < 1:
         return NO_WORDS
     plain = [features[n].plain.descriptors for n in usable]  # type: ignore[union-attr]
     mirror = [features[n].mirrored.descriptors for n in usable]  # type: ignore[union-attr]
-    vocab, plain_words = vocabulary(np.concatenate(plain))
+    vocab, plain_words = vocabulary(np.concatenate(plain), workers(threads))
     hist_p = _histograms(plain_words, plain, vocab.size)
     hist_m = _histograms(vocab.words(np.concatenate(mirror)), mirror, vocab.size)
     p, m = _tfidf(hist_p, hist_m)
@@ -90,11 +93,12 @@ def word_pairs(
     return WordPairs(key // n, key % n, score[first].astype(np.float32), seconds, vocab.leaves)
 
 
-def vocabulary(descriptors: np.ndarray) -> tuple[Vocabulary, np.ndarray]:
+def vocabulary(descriptors: np.ndarray, threads: int = 1) -> tuple[Vocabulary, np.ndarray]:
     """The vocabulary of these ORB descriptors, and each one's word: `BRANCH` cells by k-means
     on the descriptors' bits (rounded to binary centroids), each split again into up to
     `BRANCH` by k-means, then every cell holding more than `LEAF` of the descriptors split by
-    up to `SPLIT` of its own descriptors (drawn at random), up to `DEPTH` times."""
+    up to `SPLIT` of its own descriptors (drawn at random), up to `DEPTH` times. Descriptors
+    are assigned to words on `threads` threads (the same words on any number)."""
     rng = np.random.default_rng(SEED)
     sample = descriptors
     if len(descriptors) > TRAIN_DESCRIPTORS:
@@ -102,7 +106,7 @@ def vocabulary(descriptors: np.ndarray) -> tuple[Vocabulary, np.ndarray]:
     top = _kmeans(sample, BRANCH)
     cell = _nearest(top, sample)
     subs = [_kmeans(sample[cell == c], BRANCH) for c in range(len(top))]
-    vocab = Vocabulary(top, subs, {}, [len(subs) * BRANCH])
+    vocab = Vocabulary(top, subs, {}, [len(subs) * BRANCH], threads)
     word = vocab.cells(descriptors)
     for _ in range(DEPTH):
         if not vocab.grow(descriptors, word, rng):
@@ -120,6 +124,7 @@ class Vocabulary:
     subs: list[np.ndarray]
     split: dict[int, tuple[np.ndarray, int]]
     count: list[int]  # one item: the number of ids given (words and the cells split)
+    threads: int = 1  # descriptors are assigned to words on this many threads
 
     @property
     def size(self) -> int:
@@ -131,11 +136,14 @@ class Vocabulary:
 
     def cells(self, descriptors: np.ndarray) -> np.ndarray:
         """Each descriptor's k-means word (cell * BRANCH + the nearest of the cell's words)."""
-        cell = _nearest(self.top, descriptors)
+        cell = _nearest(self.top, descriptors, self.threads)
         out = np.zeros(len(descriptors), np.int64)
-        for c in np.unique(cell).tolist():
-            mine = np.flatnonzero(cell == c)
-            out[mine] = c * BRANCH + _nearest(self.subs[c], descriptors[mine])
+        groups = _groups(cell)
+        found = parallel_map(
+            lambda g: _nearest(self.subs[g[0]], descriptors[g[1]]), groups, self.threads
+        )
+        for (c, mine), near in zip(groups, found, strict=True):
+            out[mine] = c * BRANCH + near
         return out
 
     def words(self, descriptors: np.ndarray) -> np.ndarray:
@@ -149,8 +157,8 @@ class Vocabulary:
         """Split each word holding more than `LEAF` of `descriptors` into up to `SPLIT`
         (about `LEAF` each) around its own descriptors drawn at random; False when none was."""
         grown = False
-        for w, mine in _groups(word):
-            if len(mine) > LEAF and w not in self.split:
+        for w, mine in _groups(word, more_than=LEAF):
+            if w not in self.split:
                 b = min(SPLIT, -(-len(mine) // LEAF))
                 centres = descriptors[mine[np.sort(rng.choice(len(mine), b, replace=False))]]
                 self.split[w] = (centres, self.count[0])
@@ -159,20 +167,119 @@ class Vocabulary:
         return grown
 
     def descend(self, descriptors: np.ndarray, word: np.ndarray) -> np.ndarray:
-        """One level down: each descriptor of a split word to the nearest of its centroids."""
+        """One level down: each descriptor of a split word to the nearest of its centroids. A
+        split word with many descriptors here is one FAISS search; the many small ones (most of
+        a deep level: a few centroids each) are compared all at once (`_nearest_each`), not
+        one search per word."""
         out = word.copy()
-        for w, mine in _groups(word):
-            if w in self.split:
-                centres, first = self.split[w]
-                out[mine] = first + _nearest(centres, descriptors[mine])
+        splits = _Splits.of(self.split)
+        slot = splits.slot(word, self.size)
+        rows = np.flatnonzero(slot >= 0)
+        slot = slot[rows]
+        work = np.bincount(slot, minlength=len(splits.first))[slot] * splits.count[slot]
+        many = work >= SEARCH_WORK
+        searched = rows[many]
+        groups = [(s, searched[mine]) for s, mine in _groups(slot[many])]
+        found = parallel_map(
+            lambda g: _nearest(splits.centres(g[0]), descriptors[g[1]]), groups, self.threads
+        )
+        for (s, at), near in zip(groups, found, strict=True):
+            out[at] = splits.first[s] + near
+        few, few_slot = rows[~many], slot[~many]
+        chunks = [
+            (few[s : s + EACH_CHUNK], few_slot[s : s + EACH_CHUNK])
+            for s in range(0, len(few), EACH_CHUNK)
+        ]
+        found = parallel_map(
+            lambda c: _nearest_each(descriptors[c[0]], splits, c[1]), chunks, self.threads
+        )
+        for (at, where), near in zip(chunks, found, strict=True):
+            out[at] = splits.first[where] + near
         return out
 
 
-def _groups(word: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """Each distinct word (ascending) and the positions holding it."""
+@dataclass(frozen=True)
+class _Splits:
+    """The split words as arrays: sorted ids, each one's first child id, its centroids' count
+    and where they start in `stacked` (every split's centroids, one after another)."""
+
+    word: np.ndarray
+    first: np.ndarray
+    count: np.ndarray
+    start: np.ndarray
+    stacked: np.ndarray  # (total, 32) uint8
+
+    @classmethod
+    def of(cls, split: dict[int, tuple[np.ndarray, int]]) -> _Splits:
+        word = np.array(sorted(split), dtype=np.int64)
+        centres = [split[w][0] for w in word.tolist()]
+        count = np.array([len(c) for c in centres], dtype=np.int64)
+        first = np.array([split[w][1] for w in word.tolist()], dtype=np.int64)
+        start = np.cumsum(count) - count
+        stacked = np.concatenate(centres) if centres else np.zeros((0, 32), np.uint8)
+        return cls(word, first, count, start, np.ascontiguousarray(stacked, np.uint8))
+
+    def slot(self, word: np.ndarray, size: int) -> np.ndarray:
+        """Each word's position among the split words (ids below `size`); -1 where it is not
+        split."""
+        table = np.full(size, -1, np.int64)
+        table[self.word] = np.arange(len(self.word))
+        out: np.ndarray = table[word]
+        return out
+
+    def centres(self, s: int) -> np.ndarray:
+        return self.stacked[self.start[s] : self.start[s] + self.count[s]]
+
+
+def _nearest_each(descriptors: np.ndarray, splits: _Splits, slot: np.ndarray) -> np.ndarray:
+    """Each descriptor's Hamming-nearest centroid among those of its own split word (`slot`),
+    as an index within them, ties to the lower (as `_nearest`): the j-th centroids of every
+    descriptor compared at once, for j up to the most centroids a word has."""
+    n = len(slot)
+    count = splits.count[slot]
+    order = np.argsort(-count, kind="stable")  # most centroids first: those with a j-th are
+    # a prefix
+    x = np.ascontiguousarray(descriptors[order], np.uint8).view(np.uint64)
+    base, count = splits.start[slot[order]], count[order]
+    centres = splits.stacked.view(np.uint64)
+    best = np.full(n, 257, np.int32)  # more than 256 bits: any centroid is closer
+    arg = np.zeros(n, np.int64)
+    most = int(count.max()) if n else 0
+    have = np.searchsorted(-count, -np.arange(most), side="left").tolist()  # with a j-th
+    for j, m in enumerate(have):
+        dist = _popcount(x[:m] ^ centres[base[:m] + j])
+        closer = dist < best[:m]
+        np.copyto(best[:m], dist, where=closer)
+        np.copyto(arg[:m], j, where=closer)
+    out = np.empty(n, np.int64)
+    out[order] = arg
+    return out
+
+
+_BITS = np.array([bin(v).count("1") for v in range(256)], np.int32)
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits per row of a (n, 4) uint64 array (256-bit descriptors)."""
+    if hasattr(np, "bitwise_count"):  # numpy >= 2
+        counts: np.ndarray = np.bitwise_count(x).sum(axis=1, dtype=np.int32)
+        return counts
+    return _popcount_table(x)
+
+
+def _popcount_table(x: np.ndarray) -> np.ndarray:
+    """`_popcount` by a table of each byte's bits (numpy before 2 has no `bitwise_count`)."""
+    counts: np.ndarray = _BITS[np.ascontiguousarray(x).view(np.uint8)].reshape(len(x), -1).sum(1)
+    return counts
+
+
+def _groups(word: np.ndarray, more_than: int = 0) -> list[tuple[int, np.ndarray]]:
+    """Each distinct word (ascending) held at more than `more_than` positions, and those
+    positions (ascending)."""
     order = np.argsort(word, kind="stable")
-    values, starts = np.unique(word[order], return_index=True)
-    return list(zip(values.tolist(), np.split(order, starts[1:]), strict=True))
+    values, starts, counts = np.unique(word[order], return_index=True, return_counts=True)
+    big = np.flatnonzero(counts > more_than).tolist()
+    return [(int(values[k]), order[starts[k] : starts[k] + counts[k]]) for k in big]
 
 
 def _kmeans(descriptors: np.ndarray, k: int) -> np.ndarray:
@@ -208,12 +315,12 @@ def _nearest_bits(centres: np.ndarray, bits: np.ndarray) -> np.ndarray:
     return out
 
 
-def _nearest(centroids: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
-    """The Hamming-nearest binary centroid of each binary descriptor (ties to the lower index)."""
-    out = np.empty(len(descriptors), np.int64)
-    for s in range(0, len(descriptors), CHUNK):
-        out[s : s + CHUNK] = hamming_knn(descriptors[s : s + CHUNK], centroids, 1)[1][:, 0]
-    return out
+def _nearest(centroids: np.ndarray, descriptors: np.ndarray, threads: int = 1) -> np.ndarray:
+    """The Hamming-nearest binary centroid of each binary descriptor (ties to the lower index),
+    `CHUNK` descriptors at a time on `threads` threads."""
+    chunks = [descriptors[s : s + CHUNK] for s in range(0, len(descriptors), CHUNK)]
+    found = parallel_map(lambda d: hamming_knn(d, centroids, 1)[1][:, 0], chunks, threads)
+    return np.concatenate(found).astype(np.int64) if found else np.zeros(0, np.int64)
 
 
 def _histograms(word: np.ndarray, descriptors: list[np.ndarray], size: int) -> sparse.csr_matrix:

@@ -17,6 +17,7 @@ from leanset.pipelines.cost import CostDelta
 from leanset.pipelines.sources import LoadedDataset
 from leanset.pipelines.store import Store
 from leanset.pipelines.store.manifest import JSON
+from leanset.pipelines.store.versions import as_stored
 from leanset.pipelines.summary import RunSummary
 
 TOP = 8  # groups and label issues shown in a notebook
@@ -112,7 +113,8 @@ def result_of(
     `options`: a bucket store's storage_options."""
     s = run.summary if committed else replace(run.summary, report=None)
     store = Store(run.summary.store, options)
-    decisions = run.decisions if run.decisions is not None else store.read("decisions")
+    # as stored either way: the run's own decision columns are enums in memory
+    decisions = as_stored(run.decisions) if run.decisions is not None else store.read("decisions")
     draft = run.draft
     manifest = draft.manifest.to_dict() if draft else store.manifest(s.version)
     queue = draft.queue if draft and draft.queue is not None else pl.DataFrame()

@@ -139,3 +139,29 @@ def test_asking_for_a_gpu_on_a_machine_without_one_does_not_import_torch() -> No
     if any(Path(p).exists() for p in GPU_DEVICE_NODES):
         pytest.skip("this machine has a GPU device node: torch is asked")
     assert (limit, imported) == ("200000", "False")
+
+
+@pytest.mark.parametrize("n", [0, 1, 6, 7, 20])
+def test_the_input_fingerprint_hashes_slices_as_the_one_join_it_replaced(
+    n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store's fingerprints stay valid: slices of 3 rows give the digest of one join of every
+    row (nulls as empty strings, labels of any type as str)."""
+    import hashlib
+
+    from leanset.pipelines.store import tables
+
+    monkeypatch.setattr(tables, "FINGERPRINT_ROWS", 3)
+    frame = pl.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(n)],
+            "content_hash": [None if i % 4 == 0 else f"{i:032x}" for i in range(n)],
+            "label": pl.Series([None if i % 5 == 0 else i % 3 for i in range(n)], dtype=pl.Int64),
+            "split": ["train"] * n,
+        }
+    )
+    h = hashlib.blake2b(digest_size=16)
+    for col in ("sample_id", "content_hash", "label", "split"):
+        h.update(col.encode())
+        h.update("\x1f".join("" if v is None else str(v) for v in frame[col].to_list()).encode())
+    assert tables.input_fingerprint(frame) == h.hexdigest()

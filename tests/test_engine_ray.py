@@ -322,6 +322,33 @@ def test_tasks_align_the_cache_with_the_table_as_the_local_cache_read(driver, tm
     assert not want[0].any() and not want[1].any() and want[2].any() and want[10].any()
 
 
+def test_tasks_say_what_the_cache_holds_as_the_local_cache_does(driver, tmp_path):
+    from leanset.pipelines.embed import EmbeddingCache
+    from leanset.pipelines.embed.cache import write_shard
+    from leanset.pipelines.engine.rows import CacheRead, cached_mask, from_cache
+    from leanset.pipelines.store.shardplace import ShardPlace
+
+    rng = np.random.default_rng(4)
+    hashes = [f"{k:032x}" for k in range(3000)]
+    vec = rng.standard_normal((3000, 8)).astype(np.float32)
+    assert not cached_mask(CacheRead(ShardPlace(str(tmp_path))), pl.Series(hashes)).any()
+    write_shard(tmp_path, hashes[:1200], vec[:1200], "shard-a.npz")
+    write_shard(tmp_path, hashes[1000:1900], vec[1000:1900], "shard-b.npz")
+    write_shard(tmp_path, hashes[2500:], vec[2500:], "shard-c.npz")
+    (tmp_path / "shard-c.npz").write_bytes(b"corrupt")  # skipped, as the local cache skips it
+    asked = [hashes[i] for i in rng.permutation(3000)] + ["f" * 32]
+    found, _ = EmbeddingCache(tmp_path.parent, tmp_path.name).get(asked)
+    read = CacheRead(ShardPlace(str(tmp_path)))
+    got = cached_mask(read, pl.Series(asked))
+    assert np.array_equal(got, found) and 0 < found.sum() < len(asked)
+    # a shard written after the question is read by the alignment; the others are not again
+    write_shard(tmp_path, ["e" * 32], np.ones((1, 8), np.float32), "shard-d.npz")
+    first = dict(read.refs)
+    kept = from_cache(read, pl.Series(["e" * 32, hashes[5]]), np.ones(2, bool))
+    assert kept is not None and kept.dense()[0].any() and kept.dense()[1].any()
+    assert all(read.refs[k] is v for k, v in first.items()) and len(read.refs) == 4
+
+
 def _sample_table(n: int, seed: int = 0) -> pl.DataFrame:
     """A sample table with splits, labels, exact copies (equal hashes) and an unreadable row."""
     rng = np.random.default_rng(seed)

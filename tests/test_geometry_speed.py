@@ -152,3 +152,67 @@ def test_the_refits_stop_at_a_fixed_point_with_the_fit_three_refits_give(monkeyp
     assert np.array_equal(fit, ref_fit) and np.array_equal(keep, ref_keep)
     assert keep[:120].all() and not keep[120:].any()
     assert solves == [100, 120]  # the second refit keeps its own 120 matches: no third
+
+
+def test_small_split_words_compared_at_once_get_the_words_one_search_each_gives(
+    monkeypatch,
+) -> None:
+    """Descending a level by one FAISS search per split word, or comparing the small words'
+    centroids all at once, gives every descriptor the same word, ties to the lower centroid."""
+    from leanset.dedup import words
+
+    rng = np.random.default_rng(5)
+    patterns = rng.integers(0, 256, (300, 32), dtype=np.uint8)  # repeats: many exact ties
+    desc = patterns[rng.integers(0, 300, 20_000)]
+    flip = rng.random(desc.shape) < 0.02
+    desc = np.where(flip, desc ^ np.uint8(1), desc)
+    monkeypatch.setattr(words, "TRAIN_DESCRIPTORS", 5_000)
+    vocab, word = words.vocabulary(desc)
+    start = vocab.cells(desc)
+    assert len(vocab.split) > 20 and len({len(c) for c, _ in vocab.split.values()}) > 2
+    monkeypatch.setattr(words, "SEARCH_WORK", 0)  # every split word: one search
+    searched = vocab.descend(desc, start)
+    monkeypatch.setattr(words, "SEARCH_WORK", 10**12)  # every split word: all at once
+    monkeypatch.setattr(words, "EACH_CHUNK", 3_000)  # in several chunks
+    together = vocab.descend(desc, start)
+    assert np.array_equal(searched, together) and not np.array_equal(searched, start)
+    x = desc[:500].view(np.uint64)
+    bits = np.unpackbits(desc[:500], axis=1).sum(1)
+    assert np.array_equal(words._popcount(x), bits)
+    assert np.array_equal(words._popcount_table(x), bits)
+
+
+def test_keypoints_within_the_radius_are_the_full_distance_matrix_s() -> None:
+    """`_within` finds the pairs the full distance matrix finds, on and off the radius."""
+    rng = np.random.default_rng(2)
+    q = rng.uniform(0, 60, (400, 2)).astype(np.float32)
+    p = rng.uniform(0, 60, (300, 2))
+    p[:50] = q[:50] + np.array([geometry.RANSAC_PIXELS, 0.0])  # exactly on the radius
+    p[50:60] = q[50:60]  # on a keypoint
+    gap = ((p[:, None, :] - q[None, :, :]) ** 2).sum(-1)
+    want = set(zip(*np.nonzero(gap <= geometry.RANSAC_PIXELS**2), strict=True))
+    i, j = geometry._within(p, q, geometry.RANSAC_PIXELS)
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == {(int(a), int(b)) for a, b in want}
+    assert len(i) == len(want) > 60
+
+
+def test_the_mirror_s_keypoints_moved_in_place_give_the_descriptors_of_new_ones() -> None:
+    """The mirrored features are those of new KeyPoints placed as ORB places them (as before)."""
+    import cv2
+
+    for tile in photo_tiles(6, min_std=30):
+        grey = geometry._stretch(geometry.working_grey(tile))
+        orb = cv2.ORB_create(nfeatures=400, edgeThreshold=15, patchSize=15, fastThreshold=10)  # type: ignore[attr-defined]
+        kps, _ = orb.detectAndCompute(grey, None)
+        assert len(kps) >= geometry.MAX_FEATURES // 2  # no second search at a lower threshold
+        factor, width = orb.getScaleFactor(), grey.shape[1]
+        moved = []
+        for k in kps:
+            scale = factor**k.octave
+            x = (round(width / scale) - 1 - k.pt[0] / scale) * scale
+            angle = (180.0 - k.angle) % 360.0
+            moved.append(cv2.KeyPoint(x, k.pt[1], k.size, angle, k.response, k.octave, k.class_id))
+        flipped = np.ascontiguousarray(grey[:, ::-1])
+        _, want = orb.compute(flipped, moved)
+        got = geometry.image_features(tile).mirrored
+        assert np.array_equal(got.descriptors, want)

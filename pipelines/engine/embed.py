@@ -1,15 +1,17 @@
 """The embed stage on Ray actors: each writes the local cache's shards, so every run reuses them.
 
 The driver works out what to embed as `embed_dataset` does (readable rows, the first row per
-content hash, minus what the cache holds) and cuts it into slices of `shard_rows` items. A pool of
-`EmbedWorker` actors (each with its own GPU when `gpus_per_worker` is set) builds the embedder
-once, reads its own samples through the dataset's splits, embeds a slice in batches and writes it
-as one checksummed shard under a name fixed when the slice was cut. Only counts and errors come
-back. A killed worker is restarted by Ray and its slice run again (`max_task_retries`): finished
-shards are on disk, the one it was writing leaves at most a temporary file; with no retries left
-the run fails and a rerun embeds only what never reached the disk. Tasks then align the cache's
-shards with the sample table as a local run's cache read does (`rows.from_cache`): the matrix is
-the one the local engine computes, kept in the cluster's object store; the driver never holds it.
+content hash, minus what the cache holds: `rows.cached_mask`, tasks read the shards' keys, so no
+vector and no Python string per row reaches the driver) and cuts it into slices of `shard_rows`
+items (a slice's lists are made as it is sent). A pool of `EmbedWorker` actors (each with its
+own GPU when `gpus_per_worker` is set) builds the embedder once, reads its own samples through
+the dataset's splits, embeds a slice in batches and writes it as one checksummed shard under a
+name fixed when the slice was cut. Only counts and errors come back. A killed worker is restarted
+by Ray and its slice run again (`max_task_retries`): finished shards are on disk, the one it was
+writing leaves at most a temporary file; with no retries left the run fails and a rerun embeds
+only what never reached the disk. Tasks then align the cache's shards with the sample table as a
+local run's cache read does (`rows.from_cache`): the matrix is the one the local engine computes,
+kept in the cluster's object store; the driver never holds it.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ import numpy as np
 import polars as pl
 
 from leanset.pipelines.config import EmbedderSettings, EngineSettings
-from leanset.pipelines.embed import EmbeddingCache, EmbedResult, PrecomputedEmbedder, make_embedder
+from leanset.pipelines.embed import EmbedResult, PrecomputedEmbedder, make_embedder
 from leanset.pipelines.embed.cache import shard_bytes, shard_name
 from leanset.pipelines.embed.protocol import SampleError
 from leanset.pipelines.embed.stage import NONFINITE, _check_dims, _roundtrip, embed_dataset
-from leanset.pipelines.engine.rows import from_cache
+from leanset.pipelines.engine.rows import CacheRead, cached_mask, from_cache
 from leanset.pipelines.sources import LoadedDataset
 from leanset.pipelines.store.shardplace import ShardPlace
 
@@ -100,12 +102,16 @@ class EmbedWorker:
 
 @dataclass
 class Slice:
-    """One task: these contents, written as cache shard `name`."""
+    """One task: these contents (content_hash, _part, _row: a slice of one frame, no copy),
+    written as cache shard `name`."""
 
     name: str
-    hashes: list[str]
-    parts: list[str]
-    rows: list[int]
+    items: pl.DataFrame
+
+    def lists(self) -> tuple[list[str], list[str], list[int]]:
+        """Its hashes, parts and rows as the worker takes them (made as it is sent)."""
+        f = self.items
+        return f["content_hash"].to_list(), f["_part"].to_list(), f["_row"].to_list()
 
 
 @dataclass
@@ -133,17 +139,9 @@ OnResult = Callable[[dict[str, Any], EmbedStats], None]
 def _slices(data: LoadedDataset, todo: pl.DataFrame, shard_rows: int) -> list[Slice]:
     """The uncached contents (first row of each) cut into shard-sized slices."""
     where = todo.join(data.table.select("position", "_part", "_row"), on="position", how="left")
-    hashes, parts = where["content_hash"].to_list(), where["_part"].to_list()
-    rows = where["_row"].to_list()
-    return [
-        Slice(
-            shard_name(hashes[s : s + shard_rows]),
-            hashes[s : s + shard_rows],
-            parts[s : s + shard_rows],
-            rows[s : s + shard_rows],
-        )
-        for s in range(0, len(hashes), shard_rows)
-    ]
+    where = where.select("content_hash", "_part", "_row").rechunk()
+    cuts = [where.slice(s, shard_rows) for s in range(0, where.height, shard_rows)]
+    return [Slice(shard_name(c["content_hash"].to_list()), c) for c in cuts]
 
 
 def _n_workers(engine: EngineSettings, n_slices: int) -> int:
@@ -205,7 +203,7 @@ def _run_slices(
 
     def submit(w: int) -> None:
         sl = queue.pop()
-        pending[workers[w].embed_slice.remote(sl.name, sl.hashes, sl.parts, sl.rows)] = w
+        pending[workers[w].embed_slice.remote(sl.name, *sl.lists())] = w
 
     for w in range(len(workers)):
         for _ in range(IN_FLIGHT):
@@ -243,17 +241,23 @@ def embed_dataset_ray(
     probe = make_embedder(settings, data.columns.embedding)  # its fingerprint names the shards
     if isinstance(probe, PrecomputedEmbedder):  # nothing to compute: the column is read here
         return embed_dataset(data, probe, cache_root, progress=False), stats
-    readable = data.table.filter(pl.col("error").is_null()).unique(
-        "content_hash", keep="first", maintain_order=True
+    readable = (  # two columns: never a copy of the whole table
+        data.table.lazy()
+        .filter(pl.col("error").is_null())
+        .select("content_hash", "position")
+        .unique("content_hash", keep="first", maintain_order=True)
+        .collect()
     )
-    hashes = readable["content_hash"].to_list()
-    found, _ = EmbeddingCache(cache_root, probe.fingerprint).get(hashes)
-    todo = readable.filter(pl.Series(~found)).select("content_hash", "position")
+    place = _place(cache_root, bucket, probe.fingerprint)
+    read = CacheRead(place)  # the shards read once for both questions
+    found = cached_mask(read, readable["content_hash"])  # keys read by tasks, no vector here
+    todo = readable.filter(pl.Series(~found))
+    distinct = readable.height
+    del readable, found
     errors: dict[str, str] = {}
     if todo.height:
         slices = _slices(data, todo, engine.shard_rows or settings.shard_rows)
         stats.slices = len(slices)
-        place = _place(cache_root, bucket, probe.fingerprint)
         workers, stats.workers = _start(
             engine, settings, data, place, _n_workers(engine, len(slices))
         )
@@ -262,8 +266,7 @@ def embed_dataset_ray(
         finally:
             for w in workers:
                 ray.kill(w)
-    place = _place(cache_root, bucket, probe.fingerprint)
-    return _result(data, probe.fingerprint, place, hashes, todo, errors, stats, t0), stats
+    return _result(data, probe.fingerprint, read, distinct, todo, errors, stats, t0), stats
 
 
 def _place(cache_root: str | Path, bucket: ShardPlace | None, fingerprint: str) -> ShardPlace:
@@ -274,8 +277,8 @@ def _place(cache_root: str | Path, bucket: ShardPlace | None, fingerprint: str) 
 def _result(
     data: LoadedDataset,
     fingerprint: str,
-    place: ShardPlace,
-    hashes: list[str],
+    read: CacheRead,
+    distinct: int,
     todo: pl.DataFrame,
     errors: dict[str, str],
     stats: EmbedStats,
@@ -288,7 +291,7 @@ def _result(
         raise RuntimeError(f"{lost} samples were neither embedded nor failed")
     table = data.table
     matrix = from_cache(
-        place,
+        read,
         table["content_hash"],
         table["error"].is_null().to_numpy(),
     )
@@ -296,7 +299,7 @@ def _result(
     return EmbedResult(
         matrix=np.zeros((table.height, 0), np.float32) if matrix is None else matrix,
         computed=todo.height - len(errors),
-        cached=len(hashes) - todo.height,
+        cached=distinct - todo.height,
         seconds=stats.seconds,
         device=stats.workers[0]["device"] if stats.workers else "cpu",
         fingerprint=fingerprint,

@@ -9,6 +9,10 @@ the block references. A task gets its rows' positions and a check sum of their h
 hash strings (what a driver sends is written into the object store's shared pages, which stay
 resident in the driver).
 
+`cached_mask` answers the embed stage's question (which contents are cached?) the same way:
+tasks read the shards, the driver gets their keys alone; `CacheRead` keeps what they read, so
+the alignment after the embedding reads only the shards written since.
+
 What the dedup stage asks of it is answered by tasks with bounded results: `take` (a subset, as
 new blocks), `fetch` (some rows to the driver: a calibration sample, the rows of pairs),
 `neighbours` (`near.sample_neighbours` of a sample, one task per corpus block of the local
@@ -20,7 +24,7 @@ search's blocking, so the neighbours are the local ones) and `first_bad_row` (va
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -317,19 +321,19 @@ def _index(key_parts: list[np.ndarray]) -> _Index:
 
 
 def from_cache(
-    folder: str | Path | ShardPlace,
+    folder: str | Path | ShardPlace | CacheRead,
     hashes: pl.Series,
     readable: np.ndarray,
     rows: int = STORE_ROWS,
 ) -> RayRows | None:
     """The cache's vectors aligned with the table (row i: the vector of `hashes[i]` when
     some readable row has that content, else zeros), built by tasks; None when the cache holds
-    no vector at all. `folder`: the shards' folder, or their place in a bucket store."""
+    no vector at all. `folder`: the shards' folder, their place in a bucket store, or the
+    shards read so far there (only the new ones are read)."""
     import ray
 
-    place = folder if isinstance(folder, ShardPlace) else ShardPlace(str(folder))
-    split = _remote(shard_keys, 2)
-    loaded = [split.remote(place, name) for name in place.names()]
+    read = folder if isinstance(folder, CacheRead) else CacheRead(_place_of(folder))
+    loaded = [read.refs[name] for name in read.names()]
     key_parts = ray.get([k for k, _ in loaded])
     shard_refs = [s for _, s in loaded]
     dims = [d for d in ray.get([_remote(_dim).remote(s) for s in shard_refs]) if d > 0]
@@ -355,6 +359,50 @@ def from_cache(
         )
     starts = np.array([s for s, _ in bounds] + [len(hashes)], dtype=np.int64)
     return RayRows(BlockMatrix(refs, starts, dims[0]))
+
+
+@dataclass
+class CacheRead:
+    """A cache's shards as tasks read them, kept between the embed stage's two questions (what
+    is cached, then the alignment): per shard name, the refs of its keys and of its (hashes,
+    vectors). A shard read for the first is not read again, and the driver maps its keys once."""
+
+    place: ShardPlace
+    refs: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        """The shards there now (sorted), each read by a task unless it was before."""
+        names = self.place.names()
+        split = _remote(shard_keys, 2)
+        for name in names:
+            if name not in self.refs:
+                keys, shard = split.remote(self.place, name)
+                self.refs[name] = (keys, shard)
+        return names
+
+
+def cached_mask(read: CacheRead, hashes: pl.Series) -> np.ndarray:
+    """Which of `hashes` the shards hold a vector for (as `EmbeddingCache.get`'s mask), the
+    shards read by tasks: only their 64-bit keys come here (8 bytes a cached vector), never a
+    vector or a hash string, and the hashes are keyed a block at a time."""
+    import ray
+
+    parts = ray.get([read.refs[name][0] for name in read.names()])
+    keys = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    del parts
+    keys.sort()  # in place: repeated keys do not change what a search finds
+    found = np.zeros(len(hashes), dtype=bool)
+    if not keys.size:
+        return found
+    for s, e in near._blocks(len(hashes), STORE_ROWS):
+        wanted = _keys(hashes[s:e])
+        at = np.minimum(np.searchsorted(keys, wanted), keys.size - 1)
+        found[s:e] = keys[at] == wanted
+    return found
+
+
+def _place_of(folder: str | Path | ShardPlace) -> ShardPlace:
+    return folder if isinstance(folder, ShardPlace) else ShardPlace(str(folder))
 
 
 def _readable_keys(hashes: pl.Series, readable: np.ndarray) -> np.ndarray | None:

@@ -24,7 +24,9 @@ def geometry_section(decisions: pl.DataFrame, data: LoadedDataset, top: int = 8)
     """Up to `top` pairs that geometry confirmed, side by side with the matched region."""
     if data.modality != "image" or "dup_evidence" not in decisions.columns:
         return ""
-    rows = decisions.filter(pl.col("dup_evidence").str.contains("geometry:", literal=True))
+    rows = decisions.filter(
+        pl.col("dup_evidence").cast(pl.Utf8).str.contains("geometry:", literal=True)
+    )
     if rows.height == 0:
         return ""
     position = dict(zip(decisions["sample_id"], decisions["position"], strict=True))

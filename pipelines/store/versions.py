@@ -322,7 +322,7 @@ class Store:
     def _write_parquet(self, frame: pl.DataFrame, rel: str) -> str:
         """Write a frame as Parquet at `rel` under the store; return the file's digest."""
         buf = io.BytesIO()
-        frame.write_parquet(buf)
+        as_stored(frame).write_parquet(buf)
         self.storage.write(rel, buf.getvalue())
         return digest(buf.getvalue())
 
@@ -353,7 +353,7 @@ class Store:
         path, options = self.storage.table_uri(name), self.storage.delta_options
         meta = {"leanset_version": str(version), "leanset_commit": token}
         try:
-            df.write_delta(
+            as_stored(df).write_delta(
                 path,
                 mode="overwrite",
                 storage_options=options,
@@ -389,6 +389,13 @@ class Store:
             f"but version {current} was committed by another run meanwhile; nothing was written "
             f"as a version. Rerun to build on version {current}."
         )
+
+
+def as_stored(frame: pl.DataFrame) -> pl.DataFrame:
+    """The frame with its enum columns as strings: what a version stores (stages keep some
+    string columns as enums in memory, 1-4 bytes a row instead of 16)."""
+    enums = [c for c, t in frame.schema.items() if isinstance(t, pl.Enum | pl.Categorical)]
+    return frame.with_columns(pl.col(enums).cast(pl.Utf8)) if enums else frame
 
 
 def check_table_files(
