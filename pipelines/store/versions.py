@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import polars as pl
@@ -28,6 +28,10 @@ from leanset.pipelines.store.layout import LABELING_LEASE, TABLES, StoreLayout
 from leanset.pipelines.store.storage import Storage, storage_for
 from leanset.pipelines.store.vectors import KeptVectors, read_vectors, write_vectors
 from leanset.pipelines.store.workdir import SideFolder
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from polars._typing import PolarsDataType
 
 log = logging.getLogger("leanset.store")
 __all__ = ["Diff", "IntegrityError", "Store", "StoreConflict", "StoreError", "StoreFull"]
@@ -347,20 +351,19 @@ class Store:
         self, name: str, df: pl.DataFrame, version: int, token: str
     ) -> tuple[int, set[str]]:
         """Overwrite a Delta table; return the Delta version this write created and its files."""
-        from deltalake import CommitProperties, DeltaTable
+        from deltalake import CommitProperties, DeltaTable, write_deltalake
         from deltalake.exceptions import CommitFailedError
 
         path, options = self.storage.table_uri(name), self.storage.delta_options
         meta = {"leanset_version": str(version), "leanset_commit": token}
         try:
-            as_stored(df).write_delta(
+            write_deltalake(
                 path,
+                stored_stream(df),
                 mode="overwrite",
+                schema_mode="overwrite",
                 storage_options=options,
-                delta_write_options={
-                    "schema_mode": "overwrite",
-                    "commit_properties": CommitProperties(custom_metadata=meta),
-                },
+                commit_properties=CommitProperties(custom_metadata=meta),
             )
         except CommitFailedError as exc:  # another run's write to this table committed first
             raise StoreConflict(
@@ -396,6 +399,45 @@ def as_stored(frame: pl.DataFrame) -> pl.DataFrame:
     string columns as enums in memory, 1-4 bytes a row instead of 16)."""
     enums = [c for c, t in frame.schema.items() if isinstance(t, pl.Enum | pl.Categorical)]
     return frame.with_columns(pl.col(enums).cast(pl.Utf8)) if enums else frame
+
+
+def stored_stream(frame: pl.DataFrame) -> pa.RecordBatchReader:
+    """The frame as the Arrow stream the Delta writer stores: enum columns stay dictionaries (of
+    plain strings: Delta's Parquet writer takes no string views there) and Delta stores them as
+    strings, so no column is turned into a whole-table string column on the way."""
+    import pyarrow as pa
+
+    _refuse_unstorable(frame)
+    # polars hands the frame over as one batch: Delta's writer keeps row order only for one
+    reader = pa.RecordBatchReader.from_stream(frame)
+    fields = [
+        pa.field(f.name, pa.dictionary(f.type.index_type, pa.string()), f.nullable)
+        if pa.types.is_dictionary(f.type)
+        else f
+        for f in reader.schema
+    ]
+    return reader.cast(pa.schema(fields))
+
+
+def _refuse_unstorable(frame: pl.DataFrame) -> None:
+    """Delta has no type for an all-null column without a dtype or for a time of day."""
+    bad = [
+        c
+        for c, t in frame.schema.items()
+        if any(isinstance(u, pl.Null | pl.Time) for u in _types(t))
+    ]
+    if bad:
+        raise TypeError(f"columns {bad} have a type Delta cannot store (Null or Time)")
+
+
+def _types(dtype: PolarsDataType) -> Iterator[PolarsDataType]:
+    """A type and every type nested in it."""
+    yield dtype
+    if isinstance(dtype, pl.List | pl.Array):
+        yield from _types(dtype.inner)
+    elif isinstance(dtype, pl.Struct):
+        for field in dtype.fields:
+            yield from _types(field.dtype)
 
 
 def check_table_files(
