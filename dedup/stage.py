@@ -496,7 +496,8 @@ class _Finder:
         n = len(x)
         query = self.reps[self.new]
         pool = np.concatenate([self.reps + v * n for v in range(len(corpus) // n)])
-        p = self.between(_take(x, query), np.ascontiguousarray(corpus[pool]), t, self._opts())
+        # every content a representative (no exact copies): the corpus itself, not a copy
+        p = self.between(_take(x, query), _take(corpus, pool), t, self._opts())
         a, b = query[p.i], pool[p.j] % n
         keep = a != b
         return a[keep], b[keep], info
