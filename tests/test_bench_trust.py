@@ -228,3 +228,19 @@ def test_the_quick_benchmark_runs_the_cli_and_scores_what_it_committed(
     assert planted == truth["counts"]["copies_in_train"] + truth["counts"]["leaks"]
     assert r["datalab"]["label_oof"]["flips"] == truth["counts"]["label_flips"]
     assert "## text (seed 0)" in printed and "duplicate pairs: precision" in printed
+
+
+def test_a_shared_file_hash_cache_keeps_its_seal(tmp_path: Path) -> None:
+    from leanset.pipelines.sources.hashes import FileHashCache
+    from leanset.pipelines.store.layout import StoreLayout
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    photo = tmp_path / "a.png"
+    photo.write_bytes(b"not really a png")
+    for store, digest in ((dst, "old"), (src, "new")):  # dst holds an older sealed cache
+        cache = FileHashCache(StoreLayout.of(store).file_hashes)
+        cache.put(str(photo), photo.stat(), digest)
+        cache.save()
+    flow.share_caches(src, dst)
+    shared = FileHashCache(StoreLayout.of(dst).file_hashes)  # stale seal: read as damaged, empty
+    assert shared.get(str(photo), photo.stat()) == ("new", photo.stat().st_size)

@@ -36,6 +36,7 @@ import yaml
 from leanset.pipelines.embed.cache import EmbeddingCache
 from leanset.pipelines.store import Store
 from leanset.pipelines.store.layout import StoreLayout
+from leanset.pipelines.store.sealed import sum_path
 
 EMBEDDER: dict[str, Any] = {
     "type": "torch",
@@ -155,9 +156,13 @@ def share_caches(src_store: Path, dst_store: Path) -> None:
     """Bring the embedding shards and the file-hash cache of one store into another."""
     src, dst = StoreLayout.of(src_store), StoreLayout.of(dst_store)
     link_tree(src.embeddings, dst.embeddings)
-    if src.file_hashes.is_file():
+    if src.file_hashes.is_file():  # with its seal: a stale one beside a new copy reads damaged
         dst.file_hashes.parent.mkdir(parents=True, exist_ok=True)
+        seal, dst_seal = sum_path(src.file_hashes), sum_path(dst.file_hashes)
+        dst_seal.unlink(missing_ok=True)
         shutil.copy2(src.file_hashes, dst.file_hashes)
+        if seal.is_file():
+            shutil.copy2(seal, dst_seal)
 
 
 @dataclass
